@@ -1,0 +1,1 @@
+"""Where results live: the run directory, its journal, resume, best factors."""

@@ -1,0 +1,263 @@
+"""The run configuration: one TOML file, five sections, defaults from the paper.
+
+Each field's comment says what it means and which values it takes. Unknown
+keys are rejected naming the key and the section, wrong types with the
+expected type, impossible values with the reason; all as `UserError` (one
+line, exit 2). `example.toml` next to this file is the annotated form.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, UserError
+
+
+@dataclass
+class ModelConfig:
+    path: str = "builtin:tiny-sotu"  # HF folder | file.gguf | builtin:tiny-sotu | builtin:smollm2-135m
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
+
+
+@dataclass
+class DataConfig:
+    path: str = "builtin:sotu"  # builtin:sotu | folder of .txt | .txt/.jsonl/.parquet file | hub id
+    text_column: str = "text"  # column holding the text (jsonl, parquet, hub)
+    per_line: bool = False  # .txt: one document per line instead of per file
+    search_docs: int = 5  # documents scored per candidate (paper: 5 PG19 docs)
+    heldout_docs: int = 5  # disjoint documents for the held-out report
+    split_seed: int = 0  # seeds the document split
+    cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
+
+
+@dataclass
+class SpaceConfig:
+    targets: list[int] = field(default_factory=lambda: [1024])  # long lengths, ascending, > L0
+    short: list[int] = field(default_factory=list)  # short-context lengths, each <= L0
+    lambda_max_ratio: float = 1.25  # λmax = ratio·s (paper 1.25)
+    lambda_max: float = 0.0  # fixed λmax instead of ratio·s; 0 = use the ratio
+    step: float = 0.01  # λ grid (paper 0.01)
+    n_hat: list[int] = field(default_factory=lambda: list(N_HAT_PAPER))  # allowed n̂
+    mscale: str | float = "su"  # su | yarn | none | a fixed float
+    deployable: bool = False  # fix n̂ = 0 (transformers and vLLM have no n̂)
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "longrope"  # longrope | cmaes | tpe | random
+    seed: int = 0  # the whole trajectory is a function of this seed
+    population: int = 64  # initial population (paper 64)
+    parents: int = 32  # kept per iteration (paper 32)
+    mutants: int = 16  # new mutants per iteration (paper 16)
+    crossovers: int = 16  # new crossovers per iteration (paper 16)
+    iterations: int = 40  # iterations after the initial population (paper 40)
+    mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
+    crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
+    sigma: float = 0.1  # mutation step, as a fraction of (λmax - 1)
+    seeds: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
+    patience: int = 20  # early stop: iterations without min_improvement
+    min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
+    max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
+    early_abort: bool = True  # stop scoring a candidate that cannot become a parent
+
+
+@dataclass
+class WorkersConfig:
+    backend: str = "inprocess"  # inprocess | ray
+    count: int = 1  # model replicas (Ray actors)
+    num_gpus: float = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
+    num_cpus: float = 1.0  # CPUs per replica
+    address: str = ""  # existing Ray cluster ("auto", "ray://..."); "" = RAY_ADDRESS or local
+
+
+@dataclass
+class RunConfig:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @property
+    def children(self) -> int:
+        return self.search.mutants + self.search.crossovers
+
+    def budget(self) -> int:
+        """Evaluations per stage: population + iterations × children, capped by max_evals."""
+        full = self.search.population + self.search.iterations * self.children
+        return min(full, self.search.max_evals) if self.search.max_evals else full
+
+
+# Keys that define the search: a resumed run refuses a change to any of them.
+# Budget (iterations, max_evals, patience) and workers may change.
+NOT_DEFINING = {
+    "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
+    "model.device", "model.threads", "data.cache_dir",
+}
+
+_CHOICES = {
+    "model.dtype": {"auto", "float32", "bfloat16", "float16"},
+    "model.device": {"auto", "cpu", "cuda"},
+    "model.attention": {"sdpa", "flash_attention_2", "eager"},
+    "search.sampler": {"longrope", "cmaes", "tpe", "random"},
+    "workers.backend": {"inprocess", "ray"},
+}
+
+
+def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
+    if "float" in hint and "str" in hint:  # mscale: a policy name or a number
+        if isinstance(value, bool) or not isinstance(value, str | int | float):
+            raise UserError(f"{where} must be a policy name or a number, got {value!r}")
+        return value
+    if isinstance(default, bool):
+        ok = isinstance(value, bool)
+    elif isinstance(default, int):
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif isinstance(default, float):
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    elif isinstance(default, str):
+        ok = isinstance(value, str)
+    elif isinstance(default, list):
+        inner = int if "int" in hint else str
+        ok = isinstance(value, list) and all(
+            isinstance(v, inner) and not isinstance(v, bool) for v in value
+        )
+    else:
+        ok = True
+    if not ok:
+        expect = type(default).__name__
+        if isinstance(default, list):
+            expect = f"list of {'int' if 'int' in hint else 'str'}"
+        raise UserError(f"{where} must be {expect}, got {value!r}")
+    return value
+
+
+def from_dict(data: dict[str, Any]) -> RunConfig:
+    """Typed, validated config from a parsed TOML table."""
+    cfg = RunConfig()
+    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    for name, table in data.items():
+        if name not in sections:
+            raise UserError(f"unknown section [{name}]; sections are {', '.join(sections)}")
+        if not isinstance(table, dict):
+            raise UserError(f"[{name}] must be a table")
+        section = getattr(cfg, name)
+        fields = {f.name: f for f in dataclasses.fields(section)}
+        for key, value in table.items():
+            if key not in fields:
+                raise UserError(f"unknown key '{key}' in [{name}]; known: {', '.join(fields)}")
+            where = f"{name}.{key}"
+            hint = str(fields[key].type)
+            setattr(section, key, _check_type(where, value, getattr(section, key), hint))
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: RunConfig) -> None:
+    """Impossible values, each with its own message."""
+    for where, allowed in _CHOICES.items():
+        sec, key = where.split(".")
+        v = getattr(getattr(cfg, sec), key)
+        if v not in allowed:
+            raise UserError(f"{where} = {v!r}; choose one of {', '.join(sorted(allowed))}")
+    sp, se, wk, da = cfg.space, cfg.search, cfg.workers, cfg.data
+    if not sp.targets and not sp.short:
+        raise UserError("space.targets and space.short are both empty: nothing to search")
+    if any(t <= 0 for t in sp.targets + sp.short):
+        raise UserError("space.targets and space.short must be positive lengths")
+    if sp.targets != sorted(set(sp.targets)):
+        raise UserError(f"space.targets must be ascending without repeats, got {sp.targets}")
+    if sp.lambda_max_ratio < 1:
+        raise UserError(f"space.lambda_max_ratio = {sp.lambda_max_ratio} must be >= 1")
+    if sp.lambda_max and sp.lambda_max < 1:
+        raise UserError(f"space.lambda_max = {sp.lambda_max} must be >= 1 (λ < 1 compresses positions)")
+    if not 0 < sp.step <= 1:
+        raise UserError(f"space.step = {sp.step} must be in (0, 1]")
+    if not sp.n_hat or any(n < 0 for n in sp.n_hat):
+        raise UserError(f"space.n_hat must be non-empty, non-negative integers, got {sp.n_hat}")
+    if isinstance(sp.mscale, str) and sp.mscale not in MSCALE_POLICIES:
+        raise UserError(f"space.mscale = {sp.mscale!r}; use {', '.join(MSCALE_POLICIES)} or a number")
+    if not isinstance(sp.mscale, str) and sp.mscale <= 0:
+        raise UserError(f"space.mscale = {sp.mscale} must be positive")
+    for key in ("population", "parents", "iterations"):
+        if getattr(se, key) < (1 if key != "iterations" else 0):
+            raise UserError(f"search.{key} = {getattr(se, key)} must be positive")
+    if se.mutants < 0 or se.crossovers < 0 or se.mutants + se.crossovers < 1:
+        raise UserError("search.mutants and search.crossovers must be >= 0 with at least one child")
+    if se.parents > se.population:
+        raise UserError(f"search.parents = {se.parents} exceeds search.population = {se.population}")
+    if se.max_evals < 0:
+        raise UserError(f"search.max_evals = {se.max_evals} must be >= 0 (0 = the full budget)")
+    for key in ("mutation_prob", "crossover_prob"):
+        if not 0 <= getattr(se, key) <= 1:
+            raise UserError(f"search.{key} = {getattr(se, key)} must be in [0, 1]")
+    if se.sigma <= 0:
+        raise UserError(f"search.sigma = {se.sigma} must be positive")
+    if wk.count < 1:
+        raise UserError(f"workers.count = {wk.count} must be >= 1")
+    if wk.num_gpus < 0 or wk.num_cpus < 0:
+        raise UserError("workers.num_gpus and workers.num_cpus must be >= 0")
+    if da.search_docs < 1 or da.heldout_docs < 0:
+        raise UserError("data.search_docs must be >= 1 and data.heldout_docs >= 0")
+
+
+def load(path: str | Path) -> RunConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"config file {p} does not exist")
+    try:
+        data = tomllib.loads(p.read_text())
+    except tomllib.TOMLDecodeError as e:
+        raise UserError(f"{p} is not valid TOML: {e}") from None
+    try:
+        return from_dict(data)
+    except UserError as e:
+        raise UserError(f"{p}: {e}") from None
+
+
+def dumps(cfg: RunConfig) -> str:
+    """TOML text of a resolved config (every key written, so the frozen copy is complete)."""
+    lines = []
+    for section, table in cfg.to_dict().items():
+        lines.append(f"[{section}]")
+        for key, value in table.items():
+            lines.append(f"{key} = {_toml_value(value)}")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def _toml_value(v: Any) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, int | float):
+        return repr(v)
+    if isinstance(v, str):
+        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    if isinstance(v, list):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    raise TypeError(f"cannot write {v!r} as TOML")
+
+
+def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """Search-defining keys whose values differ, as 'section.key: old -> new'."""
+    out = []
+    for section in new:
+        for key, value in new[section].items():
+            where = f"{section}.{key}"
+            if section == "workers" or where in NOT_DEFINING:
+                continue
+            before = old.get(section, {}).get(key)
+            if before != value:
+                out.append(f"{where}: {before!r} -> {value!r}")
+    return out

@@ -1,0 +1,21 @@
+"""What can be searched: RoPE geometry, rescale-factor values, the search space
+(bounds, grid, monotonicity, n̂ set) and the exact seed initialisers (PI, NTK,
+YaRN, dynamic NTK, Llama 3). Pure numerics: imports nothing else of ours."""
+
+from .errors import UserError
+from .factors import MSCALE_POLICIES, RescaleFactors, resolve_mscale
+from .geometry import RopeGeometry
+from .seeds import SEEDS, seed
+from .space import N_HAT_PAPER, SearchSpace
+
+__all__ = [
+    "MSCALE_POLICIES",
+    "N_HAT_PAPER",
+    "SEEDS",
+    "RescaleFactors",
+    "RopeGeometry",
+    "SearchSpace",
+    "UserError",
+    "resolve_mscale",
+    "seed",
+]

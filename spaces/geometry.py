@@ -1,0 +1,121 @@
+"""RoPE geometry of a model, read from its config without loading weights.
+
+Both config forms are understood: transformers 4.4x-4.57 keep ``rope_theta``
+and ``rope_scaling`` at the top level; 5.x keeps them in ``rope_parameters``.
+The original (pre-training) length L0 is ``original_max_position_embeddings``
+(top level or inside the rope dict), else ``max_position_embeddings``; never
+``sliding_window`` (the official LongRoPE code reads that for Mistral, which is
+wrong: the window is an attention span, not the trained length).
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .errors import UserError
+
+# Architectures whose position encoding is not rotary: a clear error beats a
+# search that silently changes nothing.
+_NO_ROPE = {"gpt2", "bloom", "mpt", "opt", "bert", "roberta", "t5", "gpt_bigcode", "falcon-alibi"}
+
+
+@dataclass(frozen=True)
+class RopeGeometry:
+    """What the rescale factors act on.
+
+    rotary_dim: number of rotated dimensions per head (head_dim times
+        partial_rotary_factor); there are rotary_dim / 2 frequencies.
+    base: θ, the RoPE base.
+    original_length: L0, the context length the model was trained at.
+    """
+
+    rotary_dim: int
+    base: float
+    original_length: int
+    model_type: str = "unknown"
+
+    def __post_init__(self) -> None:
+        if self.rotary_dim <= 0 or self.rotary_dim % 2:
+            raise UserError(f"rotary dimension must be a positive even number, got {self.rotary_dim}")
+        if not self.base > 1:
+            raise UserError(f"RoPE base θ must be > 1, got {self.base}")
+        if self.original_length < 1:
+            raise UserError(f"original length L0 must be >= 1, got {self.original_length}")
+
+    @property
+    def n_freqs(self) -> int:
+        """d/2: one rescale factor per rotary frequency."""
+        return self.rotary_dim // 2
+
+    def inv_freq(self) -> np.ndarray:
+        """θ_i = base^(-2i/d), float64, index 0 = highest frequency (RoFormer eq. 15)."""
+        return 1.0 / self.base ** (np.arange(0, self.rotary_dim, 2, dtype=np.float64) / self.rotary_dim)
+
+    def scale(self, target_length: int) -> float:
+        """s = L / L0."""
+        return target_length / self.original_length
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rotary_dim": self.rotary_dim,
+            "base": self.base,
+            "original_length": self.original_length,
+            "model_type": self.model_type,
+        }
+
+    @classmethod
+    def from_config(cls, config: Any) -> RopeGeometry:
+        """From a transformers config object or a plain config.json dict."""
+        get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+        model_type = str(get("model_type", "unknown") or "unknown")
+        arch = (get("architectures") or [model_type])[0]
+        rope = get("rope_parameters") or get("rope_scaling") or {}
+        if not isinstance(rope, dict):
+            rope = {}
+        if any(isinstance(v, dict) for v in rope.values()):
+            # Per-layer-type rope (Gemma 3 style): take the full-attention entry.
+            rope = rope.get("full_attention") or next(v for v in rope.values() if isinstance(v, dict))
+        theta = rope.get("rope_theta", get("rope_theta"))
+        if model_type in _NO_ROPE or get("alibi") or get("position_embedding_type") == "alibi":
+            raise UserError(f"{arch} ({model_type}) has no rotary position embedding; LongRoPE needs RoPE")
+        if theta is None:
+            if get("num_attention_heads") is None:
+                raise UserError(f"{arch} ({model_type}): config has no attention heads or RoPE base")
+            if model_type not in {"llama", "mistral", "qwen2", "phi3", "mixtral", "qwen3"}:
+                raise UserError(
+                    f"{arch} ({model_type}) declares no rope_theta; is it a RoPE model? "
+                    "Add rope_theta to its config.json if it is"
+                )
+            theta = 10000.0
+        heads = get("num_attention_heads")
+        head_dim = get("head_dim") or (get("hidden_size") // heads if heads else None)
+        if not head_dim:
+            raise UserError(f"{arch} ({model_type}): cannot tell the head dimension from its config")
+        partial = rope.get("partial_rotary_factor", get("partial_rotary_factor", 1.0)) or 1.0
+        rotary_dim = int(head_dim * partial)
+        l0 = get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        l0 = l0 or get("max_position_embeddings")
+        if not l0:
+            raise UserError(f"{arch} ({model_type}): config has no max_position_embeddings")
+        return cls(rotary_dim=rotary_dim, base=float(theta), original_length=int(l0), model_type=model_type)
+
+    @classmethod
+    def from_pretrained(cls, folder: str | Path) -> RopeGeometry:
+        """From a model folder's config.json, without loading weights."""
+        path = Path(folder)
+        if not path.exists():
+            raise UserError(f"model path {path} does not exist")
+        cfg = path / "config.json" if path.is_dir() else path
+        if not cfg.is_file():
+            raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
+        try:
+            data = json.loads(cfg.read_text())
+        except (OSError, json.JSONDecodeError) as e:
+            raise UserError(f"cannot read {cfg}: {e}") from None
+        return cls.from_config(data)
+

@@ -1,0 +1,51 @@
+"""Tiny transformers configs of each supported architecture, for parity tests."""
+
+from __future__ import annotations
+
+import transformers
+
+# name -> (config class, extra kwargs). Phi3 uses partial rotary (0.5) to cover
+# rotary_dim < head_dim; Mistral keeps a sliding window that must not be read as L0.
+ARCHS = {
+    "llama": (transformers.LlamaConfig, {}),
+    "qwen2": (transformers.Qwen2Config, {}),
+    "mistral": (transformers.MistralConfig, {"sliding_window": 48}),
+    "phi3": (transformers.Phi3Config, {"partial_rotary_factor": 0.5}),
+}
+
+
+def tiny_config(arch: str, L0: int = 64, theta: float = 10000.0, rope_scaling=None, **kw):
+    cls, extra = ARCHS[arch]
+    args = dict(
+        vocab_size=128,
+        hidden_size=64,
+        intermediate_size=96,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=L0,
+        rope_theta=theta,
+        pad_token_id=0,
+        bos_token_id=1,
+        eos_token_id=2,
+    )
+    args.update(extra)
+    if arch == "phi3":  # Phi3 keeps its pre-training length at the top level
+        args["original_max_position_embeddings"] = L0
+    args.update(kw)
+    cfg = cls(**args)
+    cfg._attn_implementation = "eager"
+    if rope_scaling is not None:
+        set_rope(cfg, rope_scaling)
+    return cfg
+
+
+def set_rope(cfg, rope_scaling: dict) -> None:
+    """Install a rope type after construction (Phi3's validator only admits
+    longrope), for transformers 5.x (rope_parameters) and 4.57 (rope_scaling)."""
+    if isinstance(getattr(cfg, "rope_parameters", None), dict):
+        cfg.rope_parameters = {"rope_theta": cfg.rope_parameters["rope_theta"],
+                               **{k: v for k, v in cfg.rope_parameters.items()
+                                  if k == "partial_rotary_factor"}, **rope_scaling}
+    else:
+        cfg.rope_scaling = dict(rope_scaling, type=rope_scaling["rope_type"])

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+import tomllib
+from importlib.resources import files
+
+import pytest
+
+from longrope.search import config
+from longrope.spaces import UserError
+
+
+def load_text(tmp_path, text):
+    p = tmp_path / "run.toml"
+    p.write_text(text)
+    return config.load(p)
+
+
+def test_example_equals_defaults_and_round_trips():
+    text = files("longrope.search").joinpath("example.toml").read_text()
+    cfg = config.from_dict(tomllib.loads(text))
+    assert cfg == config.RunConfig()
+    assert config.from_dict(tomllib.loads(config.dumps(cfg))) == cfg
+    assert cfg.budget() == 64 + 40 * 32
+
+
+@pytest.mark.parametrize(
+    "text, message",
+    [
+        ("[model\npath=1", "is not valid TOML"),
+        ("[modle]\npath='x'", r"unknown section \[modle\]"),
+        ("[search]\npopulaton = 3", r"unknown key 'populaton' in \[search\]"),
+        ("[search]\npopulation = '64'", "search.population must be int, got '64'"),
+        ("[search]\npopulation = true", "search.population must be int"),
+        ("[space]\ntargets = [1024, '2k']", "space.targets must be list of int"),
+        ("[space]\nlambda_max = 0.5", "space.lambda_max = 0.5 must be >= 1"),
+        ("[space]\ntargets = [2048, 1024]", "ascending"),
+        ("[space]\nmscale = 'sue'", "space.mscale = 'sue'"),
+        ("[search]\nmax_evals = -1", "search.max_evals = -1 must be >= 0"),
+        ("[search]\npopulation = 0", "search.population = 0 must be positive"),
+        ("[search]\nparents = 80", "search.parents = 80 exceeds search.population = 64"),
+        ("[search]\nsampler = 'bayes'", "search.sampler = 'bayes'; choose one of"),
+        ("[workers]\ncount = 0", "workers.count = 0 must be >= 1"),
+        ("[search]\nmutation_prob = 1.5", r"search.mutation_prob = 1.5 must be in \[0, 1\]"),
+        ("[space]\nn_hat = [0, -4]", "space.n_hat must be non-empty, non-negative"),
+    ],
+)
+def test_each_bad_value_has_its_message(tmp_path, text, message):
+    with pytest.raises(UserError, match=message):
+        load_text(tmp_path, text)
+
+
+def test_floats_accept_ints_and_mscale_accepts_number(tmp_path):
+    cfg = load_text(tmp_path, "[space]\nstep = 1\nmscale = 1.2\n[workers]\nnum_gpus = 1")
+    assert cfg.space.step == 1.0 and cfg.space.mscale == 1.2 and cfg.workers.num_gpus == 1.0
+
+
+def test_defining_diff_names_the_key():
+    a = config.RunConfig().to_dict()
+    b = config.RunConfig()
+    b.space.targets = [2048]
+    b.search.iterations = 99
+    b.workers.count = 4
+    assert config.defining_diff(a, b.to_dict()) == ["space.targets: [1024] -> [2048]"]
+
+
+def test_cli_bad_config_is_one_line_exit_2(tmp_path):
+    p = tmp_path / "bad.toml"
+    p.write_text("[search]\nseed = 'x'\n")
+    r = subprocess.run([sys.executable, "-m", "longrope.search", "config", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
+    assert "search.seed must be int" in r.stderr and "Traceback" not in r.stderr
