@@ -3,7 +3,7 @@
 YaRN, dynamic NTK, Llama 3). Pure numerics: imports nothing else of ours."""
 
 from .errors import UserError
-from .factors import MSCALE_POLICIES, RescaleFactors, resolve_mscale
+from .factors import MSCALE_POLICIES, RescaleFactors, mscale_su, mscale_yarn, resolve_mscale
 from .geometry import RopeGeometry
 from .seeds import SEEDS, seed
 from .space import N_HAT_PAPER, SearchSpace
@@ -16,6 +16,8 @@ __all__ = [
     "RopeGeometry",
     "SearchSpace",
     "UserError",
+    "mscale_su",
+    "mscale_yarn",
     "resolve_mscale",
     "seed",
 ]

@@ -6,3 +6,24 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 sys.path.insert(0, str(Path(__file__).parent))
+
+import pytest  # noqa: E402
+
+from tiny_models import make_tiny_model_dir, write_text_corpus  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory):
+    """A small random Llama (L0 = 32, 8 rotary freqs) with a real BPE tokenizer."""
+    return make_tiny_model_dir(tmp_path_factory.mktemp("tiny-model"))
+
+
+@pytest.fixture(scope="session")
+def text_corpus_dir(tmp_path_factory):
+    """12 .txt documents of real prose (State of the Union addresses)."""
+    return write_text_corpus(tmp_path_factory.mktemp("corpus"), 12)
+
+
+@pytest.fixture(autouse=True)
+def _isolated_cache(tmp_path_factory, monkeypatch):
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path_factory.getbasetemp() / "cache"))

