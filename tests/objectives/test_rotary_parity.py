@@ -6,8 +6,8 @@ import math
 import pytest
 import torch
 import transformers
-from hf_configs import ARCHS, set_rope, tiny_config
 
+from hf_configs import ARCHS, set_rope, tiny_config
 from longrope.objectives.rotary import apply_factors, patch_model
 from longrope.spaces import RescaleFactors, RopeGeometry, mscale_su
 
