@@ -90,8 +90,37 @@ class Evaluator:
         return True
 
 
-def ray_evaluator_class():
-    """The Evaluator as a Ray actor class (imported lazily: Ray is optional in-process)."""
+def make_evaluator(spec: ObjectiveSpec):
+    """The evaluator a spec names: a real model, or the documented synthetic objective."""
+    if spec.model.startswith("synthetic"):
+        from .synthetic import SyntheticEvaluator
+
+        return SyntheticEvaluator(spec)
+    return Evaluator(spec)
+
+
+class _Worker:
+    """Ray actor body: builds its evaluator in the constructor (weights load once)."""
+
+    def __init__(self, spec: ObjectiveSpec):
+        import os
+
+        self.ev = make_evaluator(spec)
+        self._pid = os.getpid()
+
+    def check(self, lengths: list[int]) -> RopeGeometry:
+        return self.ev.check(lengths)
+
+    def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
+                 pool: str = "search") -> Evaluation:
+        return self.ev.evaluate(factors, length, threshold, pool)
+
+    def pid(self) -> int:
+        return self._pid
+
+
+def ray_worker_class():
+    """The worker as a Ray actor class (imported lazily: Ray is optional in-process)."""
     import ray
 
-    return ray.remote(Evaluator)
+    return ray.remote(max_restarts=0)(_Worker)

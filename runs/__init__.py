@@ -1,1 +1,20 @@
-"""Where results live: the run directory, its journal, resume, best factors."""
+"""Where results live: the run directory, its journal, resume, best factors, export.
+
+A run directory holds exactly this (a test checks it)::
+
+    <run-dir>/
+      config.toml          frozen copy of the run's resolved config; resume refuses a
+                           change to anything that defines the search
+      journal.log          Optuna JournalStorage: every trial of every stage
+      best/long-<L>.json   best factors per long target, rewritten atomically
+      best/short-<L>.json  best short-context factors
+      export/              what `longrope export` wrote
+      run.lock             one driver per run (pid and host); removed on exit
+      events.log           human-readable progress, one line per generation
+
+`optuna-dashboard <run-dir>/journal.log` opens the run in Optuna's dashboard.
+"""
+
+from .rundir import Run, atomic_write_text
+
+__all__ = ["Run", "atomic_write_text"]

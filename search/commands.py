@@ -4,6 +4,7 @@ inside the functions so `longrope --help` starts fast."""
 from __future__ import annotations
 
 import argparse
+import sys
 
 from longrope.spaces import UserError
 
@@ -29,6 +30,114 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _run_search(cfg, run_dir: str, resume: bool, progress: bool = True) -> dict:
+    """Validate everything (config, model, data) before touching the run directory."""
+    from longrope.runs import Run
+
+    from . import config as config_mod
+    from .driver import Driver
+
+    existing = Run.is_run(run_dir)
+    if existing:
+        run = Run.open(run_dir)
+        diff = config_mod.defining_diff(run.config(), cfg.to_dict())
+        if diff:
+            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
+                            "target list, space or seed needs a new --run-dir")
+    elif resume:
+        Run.open(run_dir)  # says why it is not a run
+    driver = Driver(cfg, None, progress=progress)
+    driver.start_backend()
+    run = Run.open(run_dir) if existing else Run.create(run_dir, config_mod.dumps(cfg))
+    driver.run = run
+    with run.lock():
+        run.event(f"driver start (pid {__import__('os').getpid()}, {'resume' if existing else 'new run'})")
+        try:
+            results = driver.run_all()
+        except KeyboardInterrupt:
+            run.event("interrupted (Ctrl-C); running trials re-queued")
+            print(f"interrupted; running trials were re-queued. Resume with: longrope resume {run_dir}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            if driver.backend is not None:
+                driver.backend.close()
+    return results
+
+
+def _overrides(cfg, args: argparse.Namespace):
+    if getattr(args, "workers", None) is not None:
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {args.workers}")
+        cfg.workers.count = args.workers
+        if args.workers > 1:
+            cfg.workers.backend = "ray"
+    if getattr(args, "address", None):
+        cfg.workers.address = args.address
+        cfg.workers.backend = "ray"
+    if getattr(args, "max_evals", None) is not None:
+        if args.max_evals < 1:
+            raise UserError(f"--max-evals must be >= 1, got {args.max_evals}")
+        cfg.search.max_evals = args.max_evals
+    return cfg
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or continue) a search described by a TOML config into a run directory."""
+    from . import config
+
+    cfg = _overrides(config.load(args.config), args)
+    results = _run_search(cfg, args.run_dir, resume=False, progress=not args.quiet)
+    print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted search from its journal; the result equals an uninterrupted run."""
+    from longrope.runs import Run
+
+    from . import config
+
+    run = Run.open(args.run_dir)
+    try:
+        cfg = config.from_dict(run.config())
+    except UserError as e:
+        raise UserError(f"{run.path / 'config.toml'}: {e}") from None
+    cfg = _overrides(cfg, args)
+    results = _run_search(cfg, args.run_dir, resume=True, progress=not args.quiet)
+    print(f"done: {', '.join(results)} in {args.run_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per stage: evaluations done / budget, best ppl, generation, running/failed/pruned, ETA."""
+    from longrope.runs import Run
+    from longrope.runs.status import render_status
+
+    print(render_status(Run.open(args.run_dir), args.json))
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the best factors as a Hugging Face config patch (or CSV)."""
+    from longrope.runs import Run
+    from longrope.runs.export import export
+
+    path, warnings = export(Run.open(args.run_dir), args.target, args.short, args.output, args.format)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Make a model folder whose config.json carries exported factors."""
+    from longrope.runs.export import apply_to_folder
+
+    print(apply_to_folder(args.factors, args.model_dir, args.output, copy=args.copy))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "eval", help="perplexity per method and length (none/pi/ntk/yarn/... or factors .json)",
@@ -49,6 +158,47 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
     e.add_argument("--json", action="store_true", help='print {"method": {"length": ppl}} only')
     e.set_defaults(func=cmd_eval)
+
+    for name, fn, is_resume in (("search", cmd_search, False), ("resume", cmd_resume, True)):
+        p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__)
+        if is_resume:
+            p.add_argument("run_dir", help="an existing run directory")
+        else:
+            p.add_argument("config", help="TOML run config (see `longrope config`)")
+            p.add_argument("--run-dir", required=True, help="where the run lives; an existing run "
+                           "with the same search-defining config is resumed")
+        p.add_argument("--workers", type=int, help="model replicas; more than 1 uses Ray")
+        p.add_argument("--address", help="join this Ray cluster (else RAY_ADDRESS, else local)")
+        p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=fn)
+
+    st = sub.add_parser("status", help="progress of a run", description=cmd_status.__doc__)
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true", help="one JSON object with a 'stages' list")
+    st.set_defaults(func=cmd_status)
+
+    ex = sub.add_parser("export", help="best factors as a Hugging Face config patch",
+                        description=cmd_export.__doc__ + " The JSON has max_position_embeddings, "
+                        "original_max_position_embeddings and rope_scaling (rope_type longrope) to merge "
+                        "into a model's config.json, plus a longrope_search block with n̂ and provenance.")
+    ex.add_argument("run_dir")
+    ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
+    ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
+    ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")
+    ex.add_argument("--format", choices=["json", "csv"], default="json",
+                    help="csv: one long factor per line, like the reference implementation")
+    ex.set_defaults(func=cmd_export)
+
+    ap = sub.add_parser("apply", help="a model folder whose config carries exported factors",
+                        description=cmd_apply.__doc__ + " Weights are symlinked unless --copy. In Python, "
+                        "longrope.objectives.rotary.apply_factors(model, factors) patches a loaded model, "
+                        "n̂ included.")
+    ap.add_argument("factors", help="a JSON written by `longrope export`")
+    ap.add_argument("model_dir", help="the Hugging Face model folder to extend")
+    ap.add_argument("-o", "--output", required=True, help="new model folder")
+    ap.add_argument("--copy", action="store_true", help="copy weights instead of symlinking")
+    ap.set_defaults(func=cmd_apply)
 
 
 _REGISTRY.append(register)

@@ -1,0 +1,148 @@
+"""Export: the Hugging Face form of the best factors, CSV, and `apply` to a model folder.
+
+The JSON loads in transformers 4.57 and 5.x as a config patch: 4.57 reads
+``original_max_position_embeddings`` only at the top level, 5.x inside the
+rope dict, so it is written in both places. transformers and vLLM have no n̂:
+an export with n̂ > 0 carries it in ``longrope_search`` and warns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+from typing import Any
+
+from longrope.spaces import RescaleFactors, UserError
+
+from .rundir import Run, atomic_write_text
+
+
+def _bests(run: Run, kind: str) -> dict[int, Path]:
+    return {int(p.stem.split("-", 1)[1]): p for p in sorted((run.path / "best").glob(f"{kind}-*.json"))}
+
+
+def load_best(run: Run, kind: str, length: int | None) -> dict[str, Any] | None:
+    found = _bests(run, kind)
+    if length is None:
+        if not found:
+            return None
+        length = max(found)
+    if length not in found:
+        have = ", ".join(str(n) for n in sorted(found)) or "none"
+        raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
+    return json.loads(found[length].read_text())
+
+
+def hf_config_patch(long: dict[str, Any], short: dict[str, Any] | None) -> dict[str, Any]:
+    L0, L = long["original_length"], long["target_length"]
+    short_factor = short["lambdas"] if short else [1.0] * len(long["lambdas"])
+    rope = {
+        "rope_type": "longrope", "type": "longrope",
+        "long_factor": long["lambdas"], "short_factor": short_factor,
+        "factor": L / L0, "original_max_position_embeddings": L0,
+        "attention_factor": long["mscale"],
+    }
+    return {
+        "max_position_embeddings": L,
+        "original_max_position_embeddings": L0,
+        "rope_scaling": rope,
+        "longrope_search": {
+            "n_hat": long["n_hat"], "target_length": L, "ppl": long["search_ppl"],
+            "heldout_ppl": long.get("heldout_ppl"), "short_length": short["target_length"] if short else None,
+            "short_n_hat": short["n_hat"] if short else 0,
+            "trial": long.get("trial"), "evals": long.get("evals"), "config_hash": long.get("config_hash"),
+            "model": long.get("model"), "data": long.get("data"), "sampler": long.get("sampler"),
+        },
+    }
+
+
+def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
+           fmt: str = "json") -> tuple[Path, list[str]]:
+    """Write the export; returns (path, warnings)."""
+    long = load_best(run, "long", target)
+    if long is None:
+        raise UserError(f"{run.path} has no long-context result yet; run or resume the search first")
+    sh = load_best(run, "short", short)
+    if sh is not None and len(sh["lambdas"]) != len(long["lambdas"]):
+        raise UserError("short and long factors have different lengths")
+    warnings = []
+    if long["n_hat"] > 0:
+        warnings.append(f"n̂ = {long['n_hat']}: transformers and vLLM ignore n̂ (kept in longrope_search); "
+                        "use `longrope apply`'s Python patch to evaluate with it, or search with "
+                        "space.deployable = true")
+    if sh is not None and long["mscale"] != 1.0:
+        warnings.append("transformers applies attention_factor at every length, short ones included; "
+                        "the short factors were searched with mscale 1")
+    path = Path(out) if out else run.path / "export" / (
+        f"longrope-{long['target_length']}.{'csv' if fmt == 'csv' else 'json'}")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if fmt == "csv":
+        text = "\n".join(repr(x) for x in long["lambdas"]) + "\n"
+    else:
+        text = json.dumps(hf_config_patch(long, sh), indent=1) + "\n"
+    atomic_write_text(path, text)
+    return path, warnings
+
+
+def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: str | Path,
+                    copy: bool = False) -> Path:
+    """A model folder whose config.json carries the factors; weights linked (or copied)."""
+    src, out = Path(model_dir), Path(out_dir)
+    fj = Path(factors_json)
+    if not fj.is_file():
+        raise UserError(f"factors file {fj} does not exist")
+    if not (src / "config.json").is_file():
+        raise UserError(f"{src} is not a model folder (no config.json)")
+    try:
+        patch = json.loads(fj.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{fj} is not valid JSON: {e}") from None
+    if "rope_scaling" not in patch:
+        f = RescaleFactors.from_dict(patch)
+        raise UserError(f"{fj} holds raw factors ({len(f.lambdas)} λ), not an export; "
+                        "run `longrope export` first")
+    if out.exists() and any(out.iterdir()):
+        raise UserError(f"{out} exists and is not empty")
+    config = json.loads((src / "config.json").read_text())
+    n_model = _n_freqs(config)
+    if n_model is not None and n_model != len(patch["rope_scaling"]["long_factor"]):
+        raise UserError(f"the factors have {len(patch['rope_scaling']['long_factor'])} values but the "
+                        f"model has {n_model} rotary frequencies")
+    out.mkdir(parents=True, exist_ok=True)
+    rope = dict(patch["rope_scaling"])
+    rope["rope_theta"] = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
+    if rope["rope_theta"] is None:
+        rope.pop("rope_theta")
+    partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
+        "partial_rotary_factor")
+    if partial:
+        rope["partial_rotary_factor"] = partial
+    config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
+    config["rope_scaling"] = rope
+    config["rope_parameters"] = rope
+    for item in src.iterdir():
+        if item.name == "config.json":
+            continue
+        target = out / item.name
+        if copy or item.is_dir():
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+        else:
+            os.symlink(item.resolve(), target)
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1) + "\n")
+    if patch.get("longrope_search", {}).get("n_hat"):
+        print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
+              "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
+    return out
+
+
+def _n_freqs(config: dict) -> int | None:
+    heads = config.get("num_attention_heads")
+    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
+    if not head_dim:
+        return None
+    partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
+        "partial_rotary_factor") or 1.0
+    return int(head_dim * partial) // 2

@@ -1,0 +1,177 @@
+"""The run directory: creation, validation, the lock, the events log, the journal."""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import sys
+import time
+import tomllib
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+from longrope.spaces import UserError
+
+CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    """Temp file in the same folder, fsync, os.replace: a reader sees the old
+    file or the new one, never half of either; on error the old file stays."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except OSError as e:
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
+        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous version is intact") from None
+
+
+class Run:
+    """A run directory and its frozen config."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    # -- creation and validation ---------------------------------------------------
+    @classmethod
+    def create(cls, path: str | Path, config_text: str) -> Run:
+        p = Path(path)
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+        try:
+            (p / "best").mkdir(parents=True, exist_ok=True)
+            (p / "export").mkdir(exist_ok=True)
+        except OSError as e:
+            raise UserError(f"cannot create run directory {p}: {e.strerror or e}") from None
+        atomic_write_text(p / CONFIG, config_text)
+        (p / JOURNAL).touch()
+        (p / EVENTS).touch()
+        return cls(p)
+
+    @classmethod
+    def open(cls, path: str | Path) -> Run:
+        """An existing run; anything else is one clear line and is left untouched."""
+        p = Path(path)
+        if not p.is_dir():
+            raise UserError(f"{p} is not a run directory (it does not exist)")
+        if not (p / CONFIG).is_file():
+            raise UserError(f"{p} is not a run directory: no {CONFIG}")
+        if not (p / JOURNAL).is_file():
+            raise UserError(f"{p} is not a run directory: no {JOURNAL}")
+        run = cls(p)
+        run.config()  # parses, or says why not
+        try:
+            with open(p / JOURNAL, "rb") as f:
+                f.read(1)
+        except OSError as e:
+            raise UserError(f"cannot read {p / JOURNAL}: {e.strerror or e}") from None
+        return run
+
+    @staticmethod
+    def is_run(path: str | Path) -> bool:
+        return (Path(path) / CONFIG).is_file() and (Path(path) / JOURNAL).is_file()
+
+    def config_text(self) -> str:
+        return (self.path / CONFIG).read_text()
+
+    def config(self) -> dict[str, Any]:
+        try:
+            return tomllib.loads(self.config_text())
+        except (OSError, tomllib.TOMLDecodeError) as e:
+            raise UserError(f"{self.path / CONFIG} is unreadable: {e}") from None
+
+    # -- journal ---------------------------------------------------------------------
+    @property
+    def journal(self) -> Path:
+        return self.path / JOURNAL
+
+    def repair_journal(self) -> str | None:
+        """Drop a torn last line (power loss mid-write) so appends stay well-formed."""
+        data = self.journal.read_bytes()
+        if not data:
+            return None
+        end = len(data)
+        if not data.endswith(b"\n"):
+            end = data.rfind(b"\n") + 1
+        else:
+            last_start = data.rfind(b"\n", 0, len(data) - 1) + 1
+            try:
+                json.loads(data[last_start:])
+            except json.JSONDecodeError:
+                end = last_start
+        if end == len(data):
+            return None
+        with open(self.journal, "r+b") as f:
+            f.truncate(end)
+            f.flush()
+            os.fsync(f.fileno())
+        return f"dropped a torn last journal line ({len(data) - end} bytes)"
+
+    def storage(self):
+        import optuna
+        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+
+        backend = JournalFileBackend(str(self.journal), lock_obj=JournalFileOpenLock(str(self.journal)))
+        return optuna.storages.JournalStorage(backend)
+
+    # -- lock and events -------------------------------------------------------------
+    @contextmanager
+    def lock(self):
+        """One driver per run. A lock left by a dead process on this host is taken over."""
+        path = self.path / LOCK
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
+        for _ in range(2):
+            try:
+                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+            except FileExistsError:
+                try:
+                    other = json.loads(path.read_text() or "{}")
+                except (OSError, json.JSONDecodeError):
+                    other = {}
+                if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
+                    print(f"warning: taking over a stale lock of dead process {other.get('pid')}",
+                          file=sys.stderr)
+                    path.unlink(missing_ok=True)
+                    continue
+                raise UserError(f"{self.path} is in use by pid {other.get('pid')} on "
+                                f"{other.get('host')} ({path}); one driver per run") from None
+            with os.fdopen(fd, "w") as f:
+                json.dump(me, f)
+            break
+        try:
+            yield
+        finally:
+            path.unlink(missing_ok=True)
+
+    def event(self, message: str) -> None:
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S")
+        with open(self.path / EVENTS, "a") as f:
+            f.write(f"{stamp} {message}\n")
+
+    def best_path(self, kind: str, length: int) -> Path:
+        return self.path / "best" / f"{kind}-{length}.json"
+
+    def write_best(self, kind: str, length: int, payload: dict[str, Any]) -> None:
+        atomic_write_text(self.best_path(kind, length), json.dumps(payload, indent=1) + "\n")
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

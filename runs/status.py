@@ -1,0 +1,63 @@
+"""`longrope status`: per stage evaluations, best ppl, generation, counts, ETA."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from typing import Any
+
+from .rundir import Run
+
+
+def stage_summaries(run: Run) -> list[dict[str, Any]]:
+    import optuna
+    from optuna.trial import TrialState
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = run.storage()
+    out = []
+    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=summary.study_name, storage=storage)
+        info = study.user_attrs.get("stage", {})
+        trials = [t for t in study.get_trials(deepcopy=False)
+                  if not t.system_attrs.get("longrope_requeued")]
+        count = {s: sum(t.state == s for t in trials) for s in TrialState}
+        done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
+        complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
+                    and math.isfinite(t.value)]
+        best = min((t.value for t in complete), default=None)
+        gens = [t.system_attrs["longrope_slot"][0] for t in trials if "longrope_slot" in t.system_attrs]
+        stopped = study._storage.get_study_system_attrs(study._study_id).get("longrope_stopped")
+        budget = info.get("budget", 0)
+        secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.is_finished()]
+        per_eval = sum(secs) / len(secs) if secs else None
+        finished = bool(stopped) or (budget and done >= budget)
+        out.append({
+            "name": summary.study_name, "kind": info.get("kind"), "target": info.get("length"),
+            "evals": done, "budget": budget, "best_ppl": best,
+            "generation": max(gens) if gens else None,
+            "running": count[TrialState.RUNNING], "waiting": count[TrialState.WAITING],
+            "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
+            "done": bool(finished), "early_stopped_at": stopped,
+            "eta_seconds": None if finished or per_eval is None else per_eval * max(budget - done, 0),
+        })
+    order = {"long": 0, "short": 1}
+    return sorted(out, key=lambda s: (order.get(s["kind"], 2), s["target"] or 0))
+
+
+def render_status(run: Run, as_json: bool) -> str:
+    stages = stage_summaries(run)
+    if as_json:
+        return json.dumps({"run": str(run.path), "stages": stages, "time": time.time()})
+    lines = [f"run {run.path}"]
+    if not stages:
+        lines.append("no stage started yet")
+    for s in stages:
+        best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
+        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min (one worker)"
+                                         if s["eta_seconds"] is not None else "ETA -")
+        lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
+                     f"generation {s['generation']}, running {s['running']}, pruned {s['pruned']}, "
+                     f"failed {s['failed']}, {eta}")
+    return "\n".join(lines)

@@ -1,0 +1,238 @@
+"""The driver: ask -> dispatch -> tell, stage after stage, into the run's journal.
+
+Crash safety: every result is in the journal the moment it is told. A trial
+left RUNNING by a dead driver (or in flight at Ctrl-C) is marked failed and
+its exact parameters re-queued with its slot, so the resumed run evaluates the
+same candidates in the same generations as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+
+from longrope.objectives.perplexity import COMPLETE, PRUNED
+from longrope.objectives.workers import ObjectiveSpec
+from longrope.runs import Run
+from longrope.spaces import RescaleFactors, RopeGeometry
+
+from .backends import Job, make_backend
+from .config import RunConfig
+from .proposers import STOPPED, best_trial, make_proposer, study_system_attrs
+from .sampler import REQUEUED, SLOT
+from .stages import Stage, make_stages, stage_seeds
+
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
+    """The model's geometry from its config alone (no weights), for the stages."""
+    if cfg.model.path.startswith("synthetic"):
+        from longrope.objectives.synthetic import GEOMETRY, parse_cost
+
+        parse_cost(cfg.model.path)
+        return GEOMETRY
+    from longrope.objectives.models import read_config, resolve
+
+    return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
+
+
+def requeue_running(study: optuna.Study, proposer) -> int:
+    """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
+    Idempotent: a slot already re-queued is not queued twice."""
+    storage = study._storage
+    trials = study.get_trials(deepcopy=False)
+    queued = {tuple(t.user_attrs[SLOT]) for t in trials if SLOT in t.user_attrs}
+    n = 0
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        slot = t.system_attrs.get(SLOT)
+        params = proposer.requeue_params(t)
+        if params is not None and (slot is None or tuple(slot) not in queued):
+            attrs = {SLOT: slot} if slot is not None else {}
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+        storage.set_trial_system_attr(t._trial_id, REQUEUED, True)
+        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        n += 1
+    return n
+
+
+def config_hash(run: Run) -> str:
+    return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
+
+
+def best_payload(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
+                 factors: RescaleFactors, heldout: float | None) -> dict[str, Any]:
+    return {
+        "kind": stage.kind, "target_length": stage.length, "original_length": g.original_length,
+        "lambdas": list(factors.lambdas), "n_hat": factors.n_hat, "mscale": factors.mscale,
+        "search_ppl": trial.value, "heldout_ppl": heldout,
+        "evals": sum(1 for t in study.get_trials(deepcopy=False)
+                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        "trial": trial.number, "slot": trial.system_attrs.get(SLOT),
+        "config_hash": config_hash(run), "model": cfg.model.path, "data": cfg.data.path,
+        "sampler": cfg.search.sampler, "seed": cfg.search.seed, "rotary_dim": g.rotary_dim,
+        "base": g.base,
+    }
+
+
+class Driver:
+    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None):
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.geometry = preflight_geometry(cfg)
+        self.stages = make_stages(cfg, self.geometry)
+        self.spec = ObjectiveSpec.from_config(cfg)
+        self.backend = backend
+        self.inflight: dict[int, tuple[optuna.Study, Any, Any]] = {}
+
+    def start_backend(self) -> None:
+        if self.backend is None:
+            self.backend = make_backend(self.spec, self.cfg.workers)
+        lengths = [s.length for s in self.stages]
+        self.backend.check(lengths)
+
+    def run_all(self) -> dict[str, Any]:
+        note = self.run.repair_journal()
+        if note:
+            self.run.event(note)
+            print(f"warning: {note}", file=sys.stderr)
+        storage = self.run.storage()
+        self.start_backend()
+        results: dict[str, Any] = {}
+        previous: RescaleFactors | None = None
+        try:
+            for stage in self.stages:
+                study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
+                                            load_if_exists=True)
+                seeds = stage_seeds(self.cfg, stage, self.geometry, previous if stage.kind == "long" else None)
+                proposer = make_proposer(self.cfg, stage, seeds)
+                study.sampler = proposer.sampler
+                results[stage.name] = self.run_stage(stage, study, proposer)
+                if stage.kind == "long" and results[stage.name] is not None:
+                    previous = results[stage.name]
+        finally:
+            self.abandon_inflight()
+        return results
+
+    def abandon_inflight(self) -> None:
+        """On interruption: hand in-flight trials back to the queue (resume re-runs them)."""
+        studies = {id(s): (s, p) for s, _, p in self.inflight.values()}
+        for study, proposer in studies.values():
+            requeue_running(study, proposer)
+        self.inflight.clear()
+
+    def run_stage(self, stage: Stage, study: optuna.Study, proposer) -> RescaleFactors | None:
+        from tqdm import tqdm
+
+        study.set_user_attr("stage", {"kind": stage.kind, "length": stage.length, "budget": stage.budget,
+                                      "sampler": self.cfg.search.sampler})
+        n = requeue_running(study, proposer)
+        if n:
+            self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")
+        proposer.enqueue_seeds(study)
+        done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
+                   and not t.system_attrs.get(REQUEUED))
+        self.run.event(f"{stage.name}: start, {done}/{stage.budget} evaluations done, "
+                       f"λmax {stage.space.lambda_max:g}, mscale {stage.space.mscale:.4f}")
+        best = best_trial(study)
+        bar = tqdm(total=stage.budget, initial=min(done, stage.budget), desc=stage.name, unit="eval",
+                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        if best is not None:
+            bar.set_postfix_str(f"best ppl {best.value:.4f}")
+        while True:
+            while self.backend.free() > 0 and proposer.ready(study):
+                trial = study.ask(proposer.distributions())
+                frozen = study._storage.get_trial(trial._trial_id)
+                job = Job(trial.number, proposer.factors(trial), stage.length,
+                          proposer.threshold(study, frozen))
+                self.inflight[trial.number] = (study, trial, proposer)
+                self.backend.submit(job)
+            if not self.backend.busy():
+                break
+            key, ev = self.backend.wait()
+            _, trial, _ = self.inflight.pop(key)
+            self.tell(study, trial, ev)
+            bar.update(1)
+            new_best = best_trial(study)
+            if new_best is not None and (best is None or new_best.number != best.number):
+                best = new_best
+                bar.set_postfix_str(f"best ppl {best.value:.4f}")
+                self.write_best(stage, study, best, None)
+            g = proposer.generation_done(study, trial)
+            if g is not None:
+                self.log_generation(stage, study, g, proposer)
+        bar.close()
+        if best is None:
+            self.run.event(f"{stage.name}: no complete evaluation")
+            return None
+        factors = proposer.factors(best)
+        self.score_heldout(stage, study, best, factors)
+        why = f"early stop at generation {study_system_attrs(study).get(STOPPED)}" \
+            if proposer.stopped(study) else "budget reached"
+        self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
+        return factors
+
+    def tell(self, study: optuna.Study, trial, ev) -> None:
+        trial.set_user_attr("doc_nll", list(ev.doc_nll))
+        trial.set_user_attr("tokens", ev.tokens)
+        trial.set_user_attr("seconds", round(ev.seconds, 4))
+        if ev.extra.get("tail_ppl") is not None:
+            trial.set_user_attr("tail_ppl", ev.extra["tail_ppl"])
+        if ev.status == COMPLETE:
+            study.tell(trial, ev.ppl)
+        elif ev.status == PRUNED:
+            trial.set_user_attr("reason", ev.reason)
+            trial.report(ev.ppl, step=len(ev.doc_nll))
+            study.tell(trial, state=TrialState.PRUNED)
+        else:
+            trial.set_user_attr("reason", ev.reason)
+            study.tell(trial, state=TrialState.FAIL)
+            self.run.event(f"trial {trial.number} failed: {ev.reason}")
+
+    def log_generation(self, stage: Stage, study, g: int, proposer) -> None:
+        trials = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(SLOT, [None])[0] == g
+                  and not t.system_attrs.get(REQUEUED)]
+        pruned = sum(t.state == TrialState.PRUNED for t in trials)
+        failed = sum(t.state == TrialState.FAIL for t in trials)
+        best = best_trial(study)
+        cut = proposer.sampler.threshold(study, g + 1) if hasattr(proposer.sampler, "threshold") else None
+        cut_s = f"{cut:.4f}" if cut is not None and math.isfinite(cut) else "-"
+        self.run.event(f"{stage.name} gen {g}: {len(trials)} evaluated, {pruned} pruned, {failed} failed; "
+                       f"best {best.value if best else float('nan'):.4f}, parent cut-off {cut_s}")
+
+    def write_best(self, stage: Stage, study, trial, heldout: float | None) -> None:
+        factors = self._factors_of(stage, trial)
+        self.run.write_best(stage.kind, stage.length,
+                            best_payload(self.cfg, self.run, stage, self.geometry, study, trial, factors,
+                                         heldout))
+
+    def _factors_of(self, stage: Stage, trial) -> RescaleFactors:
+        if any(k.startswith("step_") for k in trial.params):
+            from .alternatives import StepParametrisation
+
+            return StepParametrisation(stage.space).factors(trial.params)
+        from .sampler import from_params
+
+        return from_params(trial.params, stage.space.n_freqs, stage.space.mscale)
+
+    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors) -> None:
+        if not self.cfg.data.heldout_docs:
+            self.write_best(stage, study, best, None)
+            return
+        cached = study.user_attrs.get("heldout")
+        if cached and cached.get("trial") == best.number:
+            ppl = cached["ppl"]
+        else:
+            ppl = self.evaluate_heldout(factors, stage.length)
+            study.set_user_attr("heldout", {"trial": best.number, "ppl": ppl})
+        self.write_best(stage, study, best, ppl)
+
+    def evaluate_heldout(self, factors: RescaleFactors, length: int) -> float:
+        ev = self.backend.evaluate_pool(factors, length, "heldout")
+        return ev.ppl

@@ -1,0 +1,149 @@
+"""Proposers: what the driver asks of a sampler, for the evolution and the others.
+
+The driver only needs: the distributions to ask with, whether a new trial may
+be asked now, the factors of a trial, its early-abort threshold, and whether
+the stage is finished. The evolution answers from its slots and generations;
+CMA-ES/TPE/random from a plain evaluation count.
+"""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+from optuna.trial import TrialState
+
+from longrope.spaces import RescaleFactors
+
+from .alternatives import StepParametrisation, make_sampler
+from .config import RunConfig
+from .sampler import REQUEUED, SLOT, LongRoPESampler, to_params
+from .stages import Stage
+
+STOPPED = "longrope_stopped"
+
+
+def study_system_attrs(study: optuna.Study) -> dict:
+    return study._storage.get_study_system_attrs(study._study_id)
+
+
+class GAProposer:
+    def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
+        se = cfg.search
+        self.sampler = LongRoPESampler(
+            stage.space, se.seed, se.population, se.parents, se.mutants, se.crossovers,
+            se.mutation_prob, se.crossover_prob, se.sigma, seeds, stream=stage.length,
+        )
+        self.budget = stage.budget
+        self.patience, self.min_improvement = se.patience, se.min_improvement
+        self.early_abort = se.early_abort
+        self._thresholds: dict[int, float | None] = {}
+
+    def distributions(self):
+        return self.sampler.distributions()
+
+    def _index(self, slot) -> int:
+        return self.sampler.slots_before(slot[0]) + slot[1]
+
+    def stopped(self, study: optuna.Study) -> bool:
+        return bool(study_system_attrs(study).get(STOPPED))
+
+    def _should_stop(self, study: optuna.Study, g: int) -> bool:
+        """Best improved by less than min_improvement over the last `patience` generations."""
+        if g <= self.patience:
+            return False
+        now = self.sampler.parents(study, g)
+        before = self.sampler.parents(study, g - self.patience)
+        if not now or not before:
+            return False
+        return (before[0].value - now[0].value) / before[0].value < self.min_improvement
+
+    def ready(self, study: optuna.Study) -> bool:
+        slot = self.sampler.next_slot(study)
+        if self._index(slot) >= self.budget or self.stopped(study) or not self.sampler.ready(study):
+            return False
+        if slot[1] == 0 and slot[0] > 0 and self._should_stop(study, slot[0]):
+            study._storage.set_study_system_attr(study._study_id, STOPPED, slot[0])
+            return False
+        return True
+
+    def threshold(self, study: optuna.Study, trial) -> float | None:
+        g = trial.system_attrs[SLOT][0] if hasattr(trial, "system_attrs") else \
+            study._storage.get_trial(trial._trial_id).system_attrs[SLOT][0]
+        if not self.early_abort:
+            return None
+        if g not in self._thresholds:
+            self._thresholds[g] = self.sampler.threshold(study, g)
+        return self._thresholds[g]
+
+    def factors(self, trial) -> RescaleFactors:
+        return self.sampler.factors(trial)
+
+    def generation_done(self, study: optuna.Study, trial) -> int | None:
+        """The generation this trial's completion finished, if it did."""
+        g = study._storage.get_trial(trial._trial_id).system_attrs[SLOT][0]
+        end = self.sampler.slots_before(g + 1)
+        finished = sum(1 for t in self.sampler.owned(study) if t.state in
+                       (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
+        return g if finished == min(end, self.budget) else None
+
+    def enqueue_seeds(self, study: optuna.Study) -> None:
+        pass  # the evolution's generation 0 starts with the seeds itself
+
+    def requeue_params(self, trial) -> dict | None:
+        return trial.params or {}
+
+
+class OptunaProposer:
+    """cmaes | tpe | random over the monotone step parametrisation."""
+
+    def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
+        self.param = StepParametrisation(stage.space)
+        self.sampler = make_sampler(cfg.search.sampler, cfg.search.seed + stage.length)
+        self.budget = stage.budget
+        self.seeds = seeds
+
+    def distributions(self):
+        return self.param.distributions()
+
+    def _counted(self, study):
+        return [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
+
+    def ready(self, study) -> bool:
+        return len(self._counted(study)) < self.budget
+
+    def stopped(self, study) -> bool:
+        return False
+
+    def threshold(self, study, trial) -> float | None:
+        return None
+
+    def factors(self, trial) -> RescaleFactors:
+        return self.param.factors(trial.params)
+
+    def generation_done(self, study, trial) -> int | None:
+        return None
+
+    def enqueue_seeds(self, study: optuna.Study) -> None:
+        if study.trials:
+            return
+        for s in self.seeds:
+            study.enqueue_trial(self.param.params(s))
+
+    def requeue_params(self, trial) -> dict | None:
+        return trial.params or None
+
+
+def make_proposer(cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
+    if cfg.search.sampler == "longrope":
+        return GAProposer(cfg, stage, seeds)
+    return OptunaProposer(cfg, stage, seeds)
+
+
+def best_trial(study: optuna.Study):
+    done = [t for t in study.get_trials(deepcopy=False, states=(TrialState.COMPLETE,))
+            if t.value is not None and math.isfinite(t.value)]
+    return min(done, key=lambda t: (t.value, tuple(t.system_attrs.get(SLOT, [t.number])))) if done else None
+
+
+__all__ = ["GAProposer", "OptunaProposer", "make_proposer", "best_trial", "to_params"]

@@ -1,0 +1,198 @@
+"""LongRoPESampler: the LongRoPE evolution (paper section 3.2) as an Optuna sampler.
+
+Generations are synchronous. Each trial owns a slot (g, j): generation g,
+child j. Generation 0 is the seeds followed by mutants of them, `population`
+in all; generation g >= 1 is `mutants` + `crossovers` children of the
+`parents` best complete trials of generations < g. Because the survivors are
+always kept, "the best 32 of parents ∪ children" equals "the best 32 of all
+evaluated so far", so generation g is a pure function of (seed, g, evaluated
+population); worker count, arrival order and restarts cannot change it.
+
+All bookkeeping lives in the Optuna storage: the slot in each trial's system
+attrs (and in user attrs of a re-queued trial), the chosen parents in study
+system attrs. Any process can pick the search up from the journal alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import numpy as np
+import optuna
+from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial, TrialState
+
+from longrope.spaces import RescaleFactors, SearchSpace
+
+from .operators import mutate, next_generation
+
+SLOT = "longrope_slot"  # [g, j]; in system attrs, and user attrs for a re-queued trial
+REQUEUED = "longrope_requeued"  # on a trial abandoned by a crash and re-queued
+FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
+
+
+def param_name(i: int) -> str:
+    return f"lambda_{i:03d}"
+
+
+def to_params(f: RescaleFactors) -> dict[str, float | int]:
+    d: dict[str, float | int] = {param_name(i): x for i, x in enumerate(f.lambdas)}
+    d["n_hat"] = f.n_hat
+    return d
+
+
+def from_params(params: dict, n: int, mscale: float) -> RescaleFactors:
+    return RescaleFactors(tuple(float(params[param_name(i)]) for i in range(n)),
+                          n_hat=int(params["n_hat"]), mscale=mscale)
+
+
+def owns_slot(t: FrozenTrial) -> bool:
+    """A trial abandoned by a crash gave its slot to its re-queued copy."""
+    return SLOT in t.system_attrs and not t.system_attrs.get(REQUEUED)
+
+
+class LongRoPESampler(optuna.samplers.BaseSampler):
+    def __init__(
+        self,
+        space: SearchSpace,
+        seed: int = 0,
+        population: int = 64,
+        parents: int = 32,
+        mutants: int = 16,
+        crossovers: int = 16,
+        mutation_prob: float = 0.3,
+        crossover_prob: float = 0.3,
+        sigma: float = 0.1,
+        seeds: Sequence[RescaleFactors] = (),
+        stream: int = 0,
+    ):
+        if parents > population:
+            raise ValueError(f"parents ({parents}) must not exceed population ({population})")
+        if mutants + crossovers < 1:
+            raise ValueError("need at least one mutant or crossover per generation")
+        self.space = space
+        self.seed, self.stream = seed, stream
+        self.population, self.n_parents = population, parents
+        self.mutants, self.crossovers = mutants, crossovers
+        self.p_mut, self.p_cross, self.sigma = mutation_prob, crossover_prob, sigma
+        self.seeds = [space.clip(s) for s in seeds]
+        self._children: dict[int, list[RescaleFactors]] = {}
+        self._slots: dict[int, tuple[int, int]] = {}
+
+    # -- slots -------------------------------------------------------------------
+    @property
+    def children_per_generation(self) -> int:
+        return self.mutants + self.crossovers
+
+    def slot_of_index(self, m: int) -> tuple[int, int]:
+        if m < self.population:
+            return 0, m
+        g, j = divmod(m - self.population, self.children_per_generation)
+        return g + 1, j
+
+    def slots_before(self, g: int) -> int:
+        """Number of slots in generations < g."""
+        return 0 if g == 0 else self.population + (g - 1) * self.children_per_generation
+
+    def owned(self, study: optuna.Study) -> list[FrozenTrial]:
+        return [t for t in study.get_trials(deepcopy=False) if owns_slot(t)]
+
+    def next_slot(self, study: optuna.Study) -> tuple[int, int]:
+        waiting = [t for t in study.get_trials(deepcopy=False, states=(TrialState.WAITING,))
+                   if SLOT in t.user_attrs]
+        if waiting:
+            return tuple(waiting[0].user_attrs[SLOT])
+        return self.slot_of_index(len(self.owned(study)))
+
+    def ready(self, study: optuna.Study) -> bool:
+        """True when the next slot's earlier generations have all finished."""
+        g, _ = self.next_slot(study)
+        done = sum(1 for t in self.owned(study) if t.state in FINISHED
+                   and t.system_attrs[SLOT][0] < g)
+        return done == self.slots_before(g)
+
+    # -- generations -------------------------------------------------------------
+    def rng(self, g: int) -> np.random.Generator:
+        return np.random.default_rng([self.seed, self.stream, g])
+
+    def parents(self, study: optuna.Study, g: int) -> list[FrozenTrial]:
+        """The best complete trials of generations < g, ties broken by slot."""
+        done = [t for t in self.owned(study) if t.state == TrialState.COMPLETE
+                and t.system_attrs[SLOT][0] < g and t.value is not None and math.isfinite(t.value)]
+        done.sort(key=lambda t: (t.value, tuple(t.system_attrs[SLOT])))
+        return done[: self.n_parents]
+
+    def threshold(self, study: optuna.Study, g: int) -> float | None:
+        """Early-abort cut-off for generation g: the worst parent's ppl, once there are enough."""
+        if g == 0:
+            return None
+        par = self.parents(study, g)
+        return par[-1].value if len(par) == self.n_parents else None
+
+    def generation(self, study: optuna.Study, g: int) -> list[RescaleFactors]:
+        if g in self._children:
+            return self._children[g]
+        rng = self.rng(g)
+        n = self.space.n_freqs
+        if g == 0:
+            out: list[RescaleFactors] = []
+            seen: set = set()
+            for s in self.seeds:
+                if self.space.key(s) not in seen and len(out) < self.population:
+                    seen.add(self.space.key(s))
+                    out.append(s)
+            base = out or [self.space.repair(RescaleFactors.uniform(1.0, n, mscale=self.space.mscale))]
+            if not out:
+                out.append(base[0])
+                seen.add(self.space.key(base[0]))
+            while len(out) < self.population:
+                child = mutate(base[len(out) % len(base)], rng, self.space, self.p_mut, self.sigma)
+                if self.space.key(child) not in seen:
+                    seen.add(self.space.key(child))
+                    out.append(child)
+        else:
+            par = self.parents(study, g)
+            if not par:
+                raise RuntimeError(f"generation {g} has no complete parents (all failed?)")
+            earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
+            seen = {self.space.key(from_params(t.params, n, self.space.mscale)) for t in earlier
+                    if len(t.params) == n + 1}
+            out = next_generation(
+                [from_params(t.params, n, self.space.mscale) for t in par], rng, self.space,
+                self.mutants, self.crossovers, self.p_mut, self.p_cross, self.sigma, seen,
+            )
+            study._storage.set_study_system_attr(
+                study._study_id, f"longrope_parents_{g:04d}", [t.number for t in par])
+        self._children[g] = out
+        return out
+
+    # -- Optuna sampler interface ------------------------------------------------
+    def distributions(self) -> dict[str, BaseDistribution]:
+        d: dict[str, BaseDistribution] = {
+            param_name(i): FloatDistribution(self.space.lambda_min, self.space.lambda_max)
+            for i in range(self.space.n_freqs)
+        }
+        d["n_hat"] = CategoricalDistribution(self.space.n_hats)
+        return d
+
+    def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
+        return self.distributions()
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        slot = tuple(trial.user_attrs.get(SLOT) or self.slot_of_index(len(self.owned(study))))
+        study._storage.set_trial_system_attr(trial._trial_id, SLOT, list(slot))
+        trial.system_attrs[SLOT] = list(slot)
+        self._slots[trial._trial_id] = slot
+
+    def sample_relative(self, study, trial: FrozenTrial, search_space) -> dict:
+        g, j = self._slots.get(trial._trial_id) or tuple(trial.system_attrs[SLOT])
+        return to_params(self.generation(study, g)[j])
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        raise RuntimeError(f"LongRoPESampler samples every parameter jointly; got {param_name!r} "
+                           "outside its search space")
+
+    def factors(self, trial: FrozenTrial | optuna.Trial) -> RescaleFactors:
+        params = trial.params
+        return from_params(params, self.space.n_freqs, self.space.mscale)
