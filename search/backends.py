@@ -112,7 +112,8 @@ class RayBackend:
             geos = [self._get(a.check.remote(lengths)) for a in self.actors]
         except ray.exceptions.RayActorError as e:
             cause = getattr(e, "cause", None) or e
-            raise UserError(f"a worker failed to start: {str(cause).strip().splitlines()[-1][:300]}") from None
+            last = str(cause).strip().splitlines()[-1][:300]
+            raise UserError(f"a worker failed to start: {last}") from None
         return geos[0]
 
     def free(self) -> int:

@@ -110,7 +110,8 @@ class Driver:
             for stage in self.stages:
                 study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
                                             load_if_exists=True)
-                seeds = stage_seeds(self.cfg, stage, self.geometry, previous if stage.kind == "long" else None)
+                prev = previous if stage.kind == "long" else None
+                seeds = stage_seeds(self.cfg, stage, self.geometry, prev)
                 proposer = make_proposer(self.cfg, stage, seeds)
                 study.sampler = proposer.sampler
                 results[stage.name] = self.run_stage(stage, study, proposer)
