@@ -9,6 +9,7 @@ stops for one worker, and the result cannot change (scoring is deterministic).
 from __future__ import annotations
 
 import os
+import sys
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -84,13 +85,13 @@ class RayBackend:
         init_ray(address)
         self.ray = ray
         self.spec, self.count, self.num_gpus, self.num_cpus = spec, count, num_gpus, num_cpus
-        check_resources(ray.cluster_resources(), count, num_gpus, num_cpus)
+        count = check_resources(ray.cluster_resources(), count, num_gpus, num_cpus)
         self.actor_cls = ray_worker_class()
         self.actors = [self._new_actor() for _ in range(count)]
         self.idle = list(self.actors)
         self.inflight: dict[Any, tuple[Job, Any]] = {}
         self.replaced = 0
-        self.capacity = count
+        self.capacity = self.count = count
 
     def _new_actor(self):
         return self.actor_cls.options(num_gpus=self.num_gpus, num_cpus=self.num_cpus).remote(self.spec)
@@ -157,8 +158,10 @@ class RayBackend:
             self.ray.kill(a)
 
 
-def check_resources(resources: dict, count: int, num_gpus: float, num_cpus: float) -> None:
-    """Refuse a request the cluster cannot ever satisfy (Ray would wait forever)."""
+def check_resources(resources: dict, count: int, num_gpus: float, num_cpus: float) -> int:
+    """Refuse a request the cluster cannot ever satisfy (Ray would wait forever), and
+    cap the replica count at what fits at once: a replica that can never be placed
+    would hold its candidate, and with it the generation, forever."""
     gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
     if num_gpus > 0 and gpus <= 0:
         raise UserError(f"workers.num_gpus = {num_gpus} but the Ray cluster has no GPUs; "
@@ -167,9 +170,15 @@ def check_resources(resources: dict, count: int, num_gpus: float, num_cpus: floa
         raise UserError(f"one replica needs {num_gpus} GPUs but the cluster has {gpus:g} in all")
     if num_cpus > cpus:
         raise UserError(f"one replica needs {num_cpus} CPUs but the cluster has {cpus:g} in all")
-    if num_gpus and count * num_gpus > gpus:
-        print(f"note: {count} replicas × {num_gpus} GPUs exceed the cluster's {gpus:g}; "
-              f"only {int(gpus // num_gpus)} will run at a time")
+    fits = count
+    if num_gpus:
+        fits = min(fits, int(gpus // num_gpus + 1e-9))
+    if num_cpus:
+        fits = min(fits, int(cpus // num_cpus + 1e-9))
+    if fits < count:
+        print(f"note: the cluster fits {fits} of the {count} replicas asked for "
+              f"({gpus:g} GPUs, {cpus:g} CPUs); running {fits}", file=sys.stderr)
+    return max(fits, 1)
 
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:

@@ -42,6 +42,7 @@ def mutate(parent: RescaleFactors, rng, space: SearchSpace, p: float = 0.3,
         k = space.n_hats.index(n_hat) if n_hat in space.n_hats else 0
         k = min(max(k + (1 if direction else -1), 0), len(space.n_hats) - 1)
         n_hat = space.n_hats[k]
+    lam = np.clip(lam, space.lambda_min, space.lambda_max)  # a step may overshoot a bound
     return space.repair(RescaleFactors(tuple(lam.tolist()), n_hat=n_hat, mscale=space.mscale))
 
 

@@ -1,0 +1,109 @@
+"""Same seed, same trajectory: backends, worker counts, arrival order."""
+
+import os
+import signal
+import threading
+
+import numpy as np
+import pytest
+from search_helpers import run_small, small_cfg, trajectory
+
+from longrope.objectives.synthetic import SyntheticEvaluator
+from longrope.objectives.workers import ObjectiveSpec
+from longrope.search.backends import RayBackend, check_resources
+from longrope.spaces import UserError
+
+
+class ShuffledBackend:
+    """Takes up to 4 jobs at once and hands results back in a seeded random order."""
+
+    def __init__(self, seed):
+        self.ev = SyntheticEvaluator(ObjectiveSpec(model="synthetic"))
+        self.rng = np.random.default_rng(seed)
+        self.pending = []
+        self.capacity = 4
+
+    def check(self, lengths):
+        return self.ev.check(lengths)
+
+    def free(self):
+        return self.capacity - len(self.pending)
+
+    def busy(self):
+        return bool(self.pending)
+
+    def submit(self, job):
+        self.pending.append(job)
+
+    def wait(self):
+        job = self.pending.pop(int(self.rng.integers(len(self.pending))))
+        return job.key, self.ev.evaluate(job.factors, job.length, job.threshold)
+
+    def evaluate_pool(self, factors, length, pool):
+        return self.ev.evaluate(factors, length, None, pool)
+
+    def close(self):
+        pass
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    run, _ = run_small(tmp_path_factory.mktemp("ref"), short="[32]")
+    return trajectory(run)
+
+
+def test_same_seed_same_trajectory_and_seed_matters(tmp_path, reference):
+    run, _ = run_small(tmp_path, short="[32]")
+    assert trajectory(run) == reference
+    other, _ = run_small(tmp_path, name="other", short="[32]", seed=1)
+    assert trajectory(other) != reference
+    assert len(reference["long-256"]) == 12 + 4 * 6
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_arrival_order_does_not_matter(tmp_path, reference, seed):
+    run, _ = run_small(tmp_path, backend_obj=ShuffledBackend(seed), short="[32]")
+    assert trajectory(run) == reference
+
+
+@pytest.mark.parametrize("count", [1, 2])
+def test_ray_workers_match_in_process(tmp_path, reference, ray_session, count):
+    run, _ = run_small(tmp_path, backend="ray", count=count, short="[32]")
+    assert trajectory(run) == reference
+
+
+def test_killed_ray_worker_is_replaced_and_result_unchanged(tmp_path, reference, ray_session):
+    backend = RayBackend(ObjectiveSpec(model="synthetic:0.01"), count=2)
+    victim = backend.worker_pids()[0]
+    timer = threading.Timer(0.8, os.kill, (victim, signal.SIGKILL))
+    timer.start()
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend, model="synthetic:0.01", short="[32]")
+    finally:
+        timer.cancel()
+        backend.close()
+    assert backend.replaced >= 1
+    assert trajectory(run) == reference  # synthetic:0.01 scores like synthetic
+
+
+def test_gpu_replicas_are_scheduled_on_declared_gpus(tmp_path, reference, ray_session):
+    run, d = run_small(tmp_path, backend="ray", count=3, num_gpus=1.0, short="[32]")
+    assert trajectory(run) == reference
+    assert d.backend.count == 2  # 3 asked, the cluster declares 2 GPUs
+
+
+def test_gpus_on_a_cluster_without_gpus_is_an_error():
+    with pytest.raises(UserError, match="the Ray cluster has no GPUs"):
+        check_resources({"CPU": 8.0}, 2, 1.0, 1.0)
+    with pytest.raises(UserError, match="one replica needs 4.0 GPUs but the cluster has 2"):
+        check_resources({"CPU": 8.0, "GPU": 2.0}, 1, 4.0, 1.0)
+    assert check_resources({"CPU": 8.0, "GPU": 2.0}, 4, 0.5, 1.0) == 4
+
+
+def test_other_samplers_run_on_the_same_budget(tmp_path):
+    for name in ("cmaes", "tpe", "random"):
+        run, _ = run_small(tmp_path, name=name, sampler=name)
+        rows = trajectory(run)["long-256"]
+        assert len(rows) == 36 and sum(r[2] == "COMPLETE" for r in rows) >= 30
+    cfg, _ = small_cfg()
+    assert cfg.budget() == 36

@@ -1,0 +1,77 @@
+"""Small synthetic runs and trajectory comparison for search and runs tests."""
+
+from __future__ import annotations
+
+import math
+
+import optuna
+
+from longrope.runs import Run
+from longrope.search import config
+from longrope.search.driver import Driver
+
+SMALL = """
+[model]
+path = "{model}"
+[space]
+targets = [256]
+short = {short}
+[search]
+population = 12
+parents = 6
+mutants = 3
+crossovers = 3
+iterations = {iterations}
+seed = {seed}
+sampler = "{sampler}"
+[data]
+heldout_docs = 1
+[workers]
+backend = "{backend}"
+count = {count}
+num_gpus = {num_gpus}
+"""
+
+
+def small_cfg(model="synthetic", short="[]", iterations=4, seed=0, sampler="longrope",
+              backend="inprocess", count=1, num_gpus=0.0):
+    text = SMALL.format(model=model, short=short, iterations=iterations, seed=seed, sampler=sampler,
+                        backend=backend, count=count, num_gpus=num_gpus)
+    import tomllib
+
+    return config.from_dict(tomllib.loads(text)), text
+
+
+def run_small(tmp_path, name="run", backend_obj=None, **kw):
+    cfg, _ = small_cfg(**kw)
+    run = Run.create(tmp_path / name, config.dumps(cfg))
+    d = Driver(cfg, run, progress=False, backend=backend_obj)
+    d.run_all()
+    if d.backend is not None and backend_obj is None:
+        d.backend.close()
+    return run, d
+
+
+def trajectory(run: Run) -> dict[str, list]:
+    """Per stage, the evaluated candidates by slot: (slot, params, state, value)."""
+    storage = run.storage()
+    out = {}
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        study = optuna.load_study(study_name=s.study_name, storage=storage)
+        rows = []
+        for t in study.get_trials(deepcopy=False):
+            if t.system_attrs.get("longrope_requeued"):
+                continue
+            slot = tuple(t.system_attrs.get("longrope_slot") or (t.number,))
+            value = None if t.value is None else round(t.value, 12)
+            rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
+        out[s.study_name] = sorted(rows)
+    return out
+
+
+def complete_count(traj) -> int:
+    return sum(1 for rows in traj.values() for r in rows if r[2] == "COMPLETE")
+
+
+def finite(x) -> bool:
+    return x is not None and math.isfinite(x)
