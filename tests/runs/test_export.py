@@ -1,0 +1,92 @@
+"""Export loads in transformers and reproduces what the search scored; apply too."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+import transformers
+from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+from longrope.objectives.rotary import base_inv_freq
+from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.runs import Run
+from longrope.runs.export import apply_to_folder, export
+from longrope.search import config
+from longrope.search.driver import Driver
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+
+TOML = """
+[model]
+path = "{model}"
+[data]
+path = "{data}"
+search_docs = 2
+heldout_docs = 1
+[space]
+targets = [128]
+short = [16]
+deployable = true
+[search]
+population = 6
+parents = 3
+mutants = 2
+crossovers = 2
+iterations = 1
+"""
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory, tiny_model_dir, text_corpus_dir):
+    import tomllib
+
+    cfg = config.from_dict(tomllib.loads(TOML.format(model=tiny_model_dir, data=text_corpus_dir)))
+    run = Run.create(tmp_path_factory.mktemp("run") / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    return run
+
+
+def test_export_loads_in_transformers_with_the_scored_inv_freq(tiny_run, tiny_model_dir):
+    path, warnings = export(tiny_run)
+    patch = json.loads(path.read_text())
+    best = json.loads(tiny_run.best_path("long", 128).read_text())
+    assert patch["original_max_position_embeddings"] == 32  # top level, for transformers 4.57
+    assert patch["rope_scaling"]["original_max_position_embeddings"] == 32
+    assert patch["longrope_search"]["n_hat"] == 0 and not any("n̂" in w for w in warnings)
+    assert best["heldout_ppl"] is not None and best["heldout_ppl"] > 1
+    base = json.loads((tiny_model_dir / "config.json").read_text())
+    g = RopeGeometry.from_config(base)
+    scored = (base_inv_freq(g) / torch.tensor(best["lambdas"], dtype=torch.float32)).numpy()
+    for cls in (transformers.LlamaConfig, transformers.Phi3Config):
+        keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                    "num_attention_heads", "num_key_value_heads")}
+        cfg = cls(**keep, rope_theta=g.base, max_position_embeddings=patch["max_position_embeddings"],
+                  original_max_position_embeddings=32, rope_scaling=patch["rope_scaling"])
+        inv, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=128)
+        np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6)
+        assert att == pytest.approx(best["mscale"])
+
+
+def test_export_csv_and_unknown_target(tiny_run, tmp_path):
+    path, _ = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
+    best = json.loads(tiny_run.best_path("long", 128).read_text())
+    assert [float(x) for x in path.read_text().split()] == best["lambdas"]
+    with pytest.raises(UserError, match="no long result for length 4096 \\(it has: 128\\)"):
+        export(tiny_run, target=4096)
+
+
+def test_apply_output_loads_and_equals_the_patched_evaluator(tiny_run, tiny_model_dir, tmp_path,
+                                                              text_corpus_dir):
+    path, _ = export(tiny_run)
+    out = apply_to_folder(path, tiny_model_dir, tmp_path / "extended")
+    best = json.loads(tiny_run.best_path("long", 128).read_text())
+    model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
+    ev = Evaluator(ObjectiveSpec(model=str(tiny_model_dir), data=str(text_corpus_dir), attention="eager",
+                                 search_docs=2, heldout_docs=1))
+    ev.rotary.set_factors(RescaleFactors(tuple(best["lambdas"]), 0, best["mscale"]))
+    ids = torch.as_tensor(ev.docs(128)[0])[None]
+    with torch.no_grad():
+        a, b = model(ids).logits, ev.loaded.model(ids).logits
+    torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+    with pytest.raises(UserError, match="not a model folder"):
+        apply_to_folder(path, tmp_path, tmp_path / "x")

@@ -1,0 +1,103 @@
+"""Kill -9 the driver at random points, resume, and get the uninterrupted result."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+from search_helpers import small_cfg, trajectory
+
+from longrope.runs import Run
+from longrope.search import config
+from longrope.search.driver import Driver
+
+
+def cli(*args, **kw):
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    return subprocess.Popen([sys.executable, "-m", "longrope.search", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
+
+
+def reference_run(tmp_path, **kw):
+    cfg, text = small_cfg(**kw)
+    run = Run.create(tmp_path / "reference", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    return text, trajectory(run), json.loads(run.best_path("long", 256).read_text())
+
+
+def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0)):
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text(text)
+    run_dir = tmp_path / "killed"
+    rng = np.random.default_rng(seed)
+    done_kills = 0
+    for i in range(kills + 20):
+        args = ("search", str(cfg_path), "--run-dir", str(run_dir), "--quiet", *extra) if i == 0 else \
+            ("resume", str(run_dir), "--quiet", *extra)
+        p = cli(*args)
+        if done_kills < kills:
+            try:
+                p.wait(timeout=float(rng.uniform(*window)))
+            except subprocess.TimeoutExpired:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+                done_kills += 1
+                continue
+        out, err = p.communicate(timeout=300)
+        assert p.returncode == 0, err
+        if "done:" in out:
+            return Run.open(run_dir), done_kills
+    raise AssertionError("never finished")
+
+
+def test_repeated_kill_9_resume_equals_uninterrupted(tmp_path):
+    text, ref, ref_best = reference_run(tmp_path, model="synthetic:0.004", short="[32]", iterations=6)
+    run, kills = kill_and_resume(tmp_path, text, kills=5)
+    assert kills >= 3
+    got = trajectory(run)
+    assert got == ref
+    for rows in got.values():  # no slot evaluated twice
+        slots = [r[0] for r in rows]
+        assert len(slots) == len(set(slots))
+    best = json.loads(run.best_path("long", 256).read_text())
+    assert best["lambdas"] == ref_best["lambdas"] and best["n_hat"] == ref_best["n_hat"]
+    assert "re-queued" in (run.path / "events.log").read_text()
+    assert not (run.path / "run.lock").exists()
+
+
+def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):
+    text, ref, _ = reference_run(tmp_path, model="synthetic:0.004", iterations=3)
+    run, kills = kill_and_resume(tmp_path, text, kills=1, extra=("--workers", "2"), window=(7.0, 9.0))
+    assert kills == 1 and trajectory(run) == ref
+
+
+def test_sigint_requeues_and_prints_resume_command(tmp_path):
+    _, text = small_cfg(model="synthetic:0.01", iterations=20)
+    (tmp_path / "run.toml").write_text(text)
+    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "r"), "--quiet")
+    time.sleep(3.0)
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, err
+    assert f"longrope resume {tmp_path / 'r'}" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "r" / "run.lock").exists()
+
+
+@pytest.mark.parametrize("torn", [b'{"op_code": 5, "worker', b"\x00\x00garbage"])
+def test_torn_last_journal_line_still_resumes(tmp_path, torn):
+    text, ref, _ = reference_run(tmp_path, iterations=2)
+    cfg, _ = small_cfg(iterations=2)
+    run = Run.create(tmp_path / "torn", config.dumps(cfg))
+    cfg.search.max_evals = 15
+    Driver(cfg, run, progress=False).run_all()
+    with open(run.journal, "ab") as f:
+        f.write(torn)
+    cfg.search.max_evals = 0
+    Driver(cfg, run, progress=False).run_all()
+    assert trajectory(run) == ref
+    assert "torn" in (run.path / "events.log").read_text()

@@ -1,0 +1,83 @@
+"""The run directory: its tree, the lock, damage, changed configs, the dashboard."""
+
+import json
+import os
+import subprocess
+import sys
+
+import optuna
+import pytest
+from search_helpers import run_small, small_cfg
+
+from longrope.runs import Run
+from longrope.spaces import UserError
+
+
+def longrope(*args):
+    return subprocess.run([sys.executable, "-m", "longrope.search", *args], capture_output=True, text=True)
+
+
+def tree(path):
+    return sorted(str(p.relative_to(path)) for p in path.rglob("*"))
+
+
+def test_run_tree_is_exactly_the_documented_one(tmp_path):
+    run, _ = run_small(tmp_path, short="[32]")
+    r = longrope("export", str(run.path))
+    assert r.returncode == 0, r.stderr
+    assert tree(run.path) == ["best", "best/long-256.json", "best/short-32.json", "config.toml",
+                              "events.log", "export", "export/longrope-256.json", "journal.log"]
+    # run.lock exists only while a driver runs; the runs docstring draws this tree
+    import longrope.runs as runs_pkg
+
+    for name in ("config.toml", "journal.log", "best/long-<L>.json", "run.lock", "events.log"):
+        assert name in runs_pkg.__doc__
+
+
+def test_journal_opens_with_plain_optuna(tmp_path):
+    run, _ = run_small(tmp_path)
+    storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(run.journal)))
+    study = optuna.load_study(study_name="long-256", storage=storage)
+    assert len(study.trials) == 36 and study.best_value > 0
+
+
+def test_lock_refuses_second_driver_and_takes_over_stale(tmp_path):
+    run = Run.create(tmp_path / "r", "[model]\n")
+    with run.lock():
+        with pytest.raises(UserError, match="in use by pid"):
+            with run.lock():
+                pass
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"],
+                          capture_output=True, text=True).stdout.strip()
+    (run.path / "run.lock").write_text(json.dumps({"pid": int(dead), "host": os.uname().nodename}))
+    with run.lock():
+        assert json.loads((run.path / "run.lock").read_text())["pid"] == os.getpid()
+    assert not (run.path / "run.lock").exists()
+
+
+def test_changed_search_defining_key_is_refused_naming_it(tmp_path):
+    run, _ = run_small(tmp_path, iterations=1)
+    before = tree(run.path), (run.path / "journal.log").read_bytes()
+    _, text = small_cfg(iterations=1, seed=7)
+    (tmp_path / "changed.toml").write_text(text)
+    r = longrope("search", str(tmp_path / "changed.toml"), "--run-dir", str(run.path), "--quiet")
+    assert r.returncode == 2 and "search.seed: 0 -> 7" in r.stderr and "Traceback" not in r.stderr
+    assert (tree(run.path), (run.path / "journal.log").read_bytes()) == before
+    _, text = small_cfg(iterations=2)  # a budget increase is allowed
+    (tmp_path / "more.toml").write_text(text)
+    r = longrope("search", str(tmp_path / "more.toml"), "--run-dir", str(run.path), "--quiet")
+    assert r.returncode == 0, r.stderr
+
+
+def test_not_a_run_directory_is_one_line_and_untouched(tmp_path):
+    (tmp_path / "junk").mkdir()
+    (tmp_path / "junk" / "notes.txt").write_text("hello")
+    for args in (("resume",), ("status",), ("export",)):
+        r = longrope(*args, str(tmp_path / "junk"))
+        assert r.returncode == 2 and r.stderr.count("\n") == 1
+        assert "is not a run directory: no config.toml" in r.stderr
+    assert tree(tmp_path / "junk") == ["notes.txt"]
+    (tmp_path / "junk" / "config.toml").write_text("[model\n")
+    (tmp_path / "junk" / "journal.log").write_text("")
+    r = longrope("resume", str(tmp_path / "junk"))
+    assert r.returncode == 2 and "unreadable" in r.stderr
