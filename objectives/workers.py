@@ -51,9 +51,9 @@ class Evaluator:
         from .rotary import patch_model
 
         self.spec = spec
+        self.corpus = load_corpus(spec.data, spec.text_column, spec.per_line)  # cheap errors first
         self.loaded = load_model(spec.model, spec.dtype, spec.device, spec.attention, spec.threads)
         self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
-        self.corpus = load_corpus(spec.data, spec.text_column, spec.per_line)
         self.tokens = tokenize(self.corpus, self.loaded.tokenizer, spec.cache_dir or cache_root())
         self.split = Split.make(len(self.tokens), spec.split_seed)
         self._docs: dict[tuple[str, int, int], list[np.ndarray]] = {}

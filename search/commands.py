@@ -4,6 +4,7 @@ inside the functions so `longrope --help` starts fast."""
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 
 from longrope.spaces import UserError
@@ -138,7 +139,44 @@ def cmd_apply(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Search builtin:tiny-sotu at 4x and 8x its training length on SOTU addresses, then compare
+    none/PI/NTK/YaRN/searched on held-out documents, export the factors and plot ppl vs length."""
+    from .demo import run_demo
+
+    run_demo(args.run_dir, args.json, args.max_evals)
+    return 0
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure evaluation overhead, memory, CPU efficiency, search quality against PI/NTK/YaRN and
+    CMA-ES/TPE/random, early-abort savings, Ray scale-out and the cost of a full search."""
+    from pathlib import Path
+
+    from .bench import render, run_bench
+
+    r = run_bench(args.quick, Path(args.out))
+    print(json.dumps(r, default=str) if args.json else render(r))
+    return 0
+
+
 def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmarks: speed, memory, scale, search quality",
+                       description=cmd_bench.__doc__ + " Every figure is a ratio measured side by side "
+                       "in one run; goals are reported, not asserted.")
+    b.add_argument("--quick", action="store_true", help="tiny budgets (checks the table's shape)")
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.set_defaults(func=cmd_bench)
+
+    d = sub.add_parser("demo", help="the one-command demo search on the embedded model and data",
+                       description=cmd_demo.__doc__)
+    d.add_argument("--run-dir", help="where to keep the run (default: a new temporary folder); "
+                   "an existing demo run is resumed")
+    d.add_argument("--max-evals", type=int, help="cap on evaluations per stage (default: demo.toml)")
+    d.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    d.set_defaults(func=cmd_demo)
+
     e = sub.add_parser(
         "eval", help="perplexity per method and length (none/pi/ntk/yarn/... or factors .json)",
         description=cmd_eval.__doc__ + " Methods: none, pi, ntk, yarn, dynamic_ntk, llama3, or a "

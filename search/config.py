@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, UserError
+from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, SEEDS, UserError
 
 
 @dataclass
@@ -202,6 +202,9 @@ def validate(cfg: RunConfig) -> None:
     for key in ("mutation_prob", "crossover_prob"):
         if not 0 <= getattr(se, key) <= 1:
             raise UserError(f"search.{key} = {getattr(se, key)} must be in [0, 1]")
+    for name in se.seeds:
+        if name not in SEEDS and not name.endswith(".json"):
+            raise UserError(f"search.seeds: unknown seed {name!r}; use {', '.join(SEEDS)} or a .json file")
     if se.sigma <= 0:
         raise UserError(f"search.sigma = {se.sigma} must be positive")
     if wk.count < 1:

@@ -87,6 +87,8 @@ class Driver:
         self.cfg, self.run, self.progress = cfg, run, progress
         self.geometry = preflight_geometry(cfg)
         self.stages = make_stages(cfg, self.geometry)
+        for stage in self.stages:  # seed files are checked before anything is written
+            stage_seeds(cfg, stage, self.geometry, None)
         self.spec = ObjectiveSpec.from_config(cfg)
         self.backend = backend
         self.inflight: dict[int, tuple[optuna.Study, Any, Any]] = {}

@@ -55,5 +55,14 @@ def stage_seeds(cfg: RunConfig, stage: Stage, g: RopeGeometry,
     if stage.kind == "short":
         return [seed("none", g, stage.length).replace(mscale=stage.space.mscale)]
     out = [previous.replace(mscale=stage.space.mscale)] if previous is not None else []
-    out += [seed(name, g, stage.length).replace(mscale=stage.space.mscale) for name in cfg.search.seeds]
+    for name in cfg.search.seeds:
+        if name.endswith(".json"):  # a user's factors: must lie in the space (n̂ included)
+            f = RescaleFactors.load(name)
+            try:
+                stage.space.validate(f)
+            except UserError as e:
+                raise UserError(f"seed file {name} at {stage.name}: {e}") from None
+            out.append(f.replace(mscale=stage.space.mscale))
+        else:
+            out.append(seed(name, g, stage.length).replace(mscale=stage.space.mscale))
     return out

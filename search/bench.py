@@ -1,0 +1,357 @@
+"""`longrope bench`: speed, memory, scale and search quality, measured side by side.
+
+Every figure is a ratio of two things measured in the same run on the same
+machine (never a timed assertion). --quick shrinks budgets so the suite can
+check the table's shape; the goals are printed, never asserted.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">=", 0.40),
+         "ga_vs_best_baseline": ("<=", 0.90), "early_abort_saved": (">=", 0.25),
+         "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90)}
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any]:
+    """Patched evaluation (chunked NLL) vs a plain transformers forward with labels=,
+    alternating, same tokens; and forward FLOP/s vs this machine's matmul rate."""
+    import torch
+
+    from longrope.objectives.models import load_model
+    from longrope.objectives.perplexity import document_nll
+    from longrope.objectives.rotary import patch_model
+    from longrope.spaces import seed
+
+    plain = load_model(model_spec, threads=0)
+    patched = load_model(model_spec, threads=0)
+    rot = patch_model(patched.model, patched.geometry)
+    rot.set_factors(seed("yarn", patched.geometry, length))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, plain.model.config.vocab_size, (1, length), generator=gen)
+
+    def run_plain():
+        with torch.no_grad():
+            plain.model(ids, labels=ids).loss.item()
+
+    def run_patched():
+        document_nll(patched.model, ids[0].numpy())
+
+    run_plain(), run_patched()  # warm up
+    tp, tq = [], []
+    for _ in range(reps):
+        tp.append(_median_time(run_plain, 1))
+        tq.append(_median_time(run_patched, 1))
+    t_plain, t_patched = statistics.median(tp), statistics.median(tq)
+    cfg = plain.model.config
+    n_params = sum(p.numel() for n, p in plain.model.named_parameters() if "embed" not in n)
+    n_params += cfg.vocab_size * cfg.hidden_size  # the LM head runs on every position
+    flops = 2 * n_params * length + 2 * cfg.num_hidden_layers * length * length * cfg.hidden_size
+    a = torch.randn(2048, 2048)
+    t_mm = _median_time(lambda: a @ a, 5)
+    mm_rate = 2 * 2048**3 / t_mm
+    return {"overhead": t_patched / t_plain, "t_plain": t_plain, "t_patched": t_patched,
+            "fwd_flops": flops, "fwd_rate": flops / t_patched, "matmul_rate": mm_rate,
+            "cpu_efficiency": (flops / t_patched) / mm_rate}
+
+
+_MEM_SCRIPT = r"""
+import resource, sys, torch
+from longrope.objectives.models import load_model
+from longrope.objectives.perplexity import document_nll
+from longrope.objectives.rotary import patch_model
+spec, length, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+m = load_model(spec)
+ids = torch.randint(0, m.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
+with torch.no_grad():
+    m.model.model(ids[:, :8])  # touch the code paths once
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+if path == "chunked":
+    patch_model(m.model, m.geometry)
+    document_nll(m.model, ids[0].numpy())
+else:
+    with torch.no_grad():
+        m.model(ids, labels=ids).loss.item()
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+"""
+
+
+def memory(model_spec: str, length: int) -> dict[str, Any]:
+    """Peak RSS growth of scoring one document, each path in a fresh process."""
+    out = {}
+    for path in ("chunked", "labels"):
+        r = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, model_spec, str(length), path],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"memory probe failed: {r.stderr[-500:]}")
+        out[path] = int(r.stdout.strip().splitlines()[-1])
+    return {"memory": out["chunked"] / out["labels"], "peak_chunked": out["chunked"],
+            "peak_labels": out["labels"], "length": length}
+
+
+def _search(workdir: Path, name: str, toml: str, progress: bool = False):
+    from longrope.runs import Run
+
+    from . import config
+    from .driver import Driver
+
+    cfg = config.from_dict(tomllib.loads(toml))
+    run = Run.create(workdir / name, config.dumps(cfg))
+    d = Driver(cfg, run, progress=progress)
+    t0 = time.perf_counter()
+    d.run_all()
+    seconds = time.perf_counter() - t0
+    if d.backend is not None:
+        d.backend.close()
+    return run, seconds
+
+
+def _tokens(run) -> int:
+    import optuna
+
+    storage = run.storage()
+    total = 0
+    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
+        for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False):
+            total += t.user_attrs.get("tokens", 0)
+    return total
+
+
+SEARCH_TOML = """
+[model]
+path = "builtin:tiny-sotu"
+threads = {threads}
+[data]
+search_docs = 5
+heldout_docs = 10
+[space]
+targets = [{target}]
+[search]
+sampler = "{sampler}"
+seed = {seed}
+population = 32
+parents = 16
+mutants = 8
+crossovers = 8
+iterations = {iterations}
+max_evals = {budget}
+early_abort = {early_abort}
+[workers]
+backend = "{backend}"
+count = {count}
+"""
+
+
+def _toml(**kw) -> str:
+    base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, early_abort="true",
+                backend="inprocess", count=1, target=1024)
+    base.update(kw)
+    return SEARCH_TOML.format(**base)
+
+
+def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[int],
+                   samplers: list[str]) -> dict[str, Any]:
+    from longrope.objectives.baselines import method_factors
+    from longrope.objectives.workers import Evaluator, ObjectiveSpec
+
+    ev = Evaluator(ObjectiveSpec(model="builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
+    out: dict[str, Any] = {}
+    for target in targets:
+        row: dict[str, Any] = {}
+        for m in ("none", "pi", "ntk", "yarn", "dynamic_ntk"):
+            row[m] = {"heldout": [ev.evaluate(method_factors(m, ev.geometry, target), target,
+                                              pool="heldout").ppl]}
+        for sampler in samplers:
+            held, search = [], []
+            for s in seeds:
+                run, _ = _search(workdir, f"q-{sampler}-{target}-{s}",
+                                 _toml(sampler=sampler, seed=s, target=target, budget=budget))
+                best = json.loads(run.best_path("long", target).read_text())
+                held.append(best["heldout_ppl"])
+                search.append(best["search_ppl"])
+            row["ga" if sampler == "longrope" else sampler] = {"heldout": held, "search": search}
+        out[target] = row
+    return out
+
+
+def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
+    res = {}
+    for flag in ("true", "false"):
+        run, secs = _search(workdir, f"abort-{flag}", _toml(early_abort=flag, budget=budget))
+        best = json.loads(run.best_path("long", 1024).read_text())
+        res[flag] = (_tokens(run), best["lambdas"], best["n_hat"], secs)
+    return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],
+            "early_abort_saved": 1 - res["true"][0] / res["false"][0],
+            "same_best": res["true"][1:3] == res["false"][1:3],
+            "seconds_with": res["true"][3], "seconds_without": res["false"][3]}
+
+
+def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
+    from .backends import init_ray
+
+    init_ray("", num_cpus=2)
+    out = {}
+    cases = [("synthetic", "synthetic:0.05")] + ([("real", "builtin:tiny-sotu")] if real else [])
+    for label, model in cases:
+        rates = {}
+        for count in (1, 2):
+            toml = _toml(backend="ray", count=count, budget=evals, threads=1).replace(
+                'path = "builtin:tiny-sotu"', f'path = "{model}"').replace("early_abort = true",
+                                                                            "early_abort = false")
+            _, secs = _search(workdir, f"scale-{label}-{count}", toml)
+            rates[count] = evals / secs
+        out[f"scale_out_{label}"] = rates[2] / (2 * rates[1])
+        out[f"rate_{label}"] = rates
+    import ray
+
+    ray.shutdown()
+    return out
+
+
+def cost_estimate(model_spec: str, length: int, docs: int = 5) -> dict[str, Any]:
+    """Seconds and peak memory of one document forward; projected paper-default search time."""
+    r = subprocess.run([sys.executable, "-c", _COST_SCRIPT, model_spec, str(length)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"cost probe failed: {r.stderr[-500:]}")
+    secs, peak = (float(x) for x in r.stdout.split()[-2:])
+    per_eval = secs * docs
+    return {"model": model_spec, "length": length, "seconds_per_doc": secs, "seconds_per_eval": per_eval,
+            "peak_rss_bytes": peak,
+            "full_search_hours": {n: 1344 * per_eval / n / 3600 for n in (1, 8, 64)}}
+
+
+_COST_SCRIPT = r"""
+import resource, sys, time, torch
+from longrope.objectives.models import load_model
+from longrope.objectives.perplexity import document_nll
+from longrope.objectives.rotary import patch_model
+m = load_model(sys.argv[1]); n = int(sys.argv[2])
+patch_model(m.model, m.geometry)
+ids = torch.randint(0, m.model.config.vocab_size, (n,), generator=torch.Generator().manual_seed(0)).numpy()
+t = time.perf_counter(); document_nll(m.model, ids); t = time.perf_counter() - t
+print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
+"""
+
+
+def run_bench(quick: bool, out_dir: Path) -> dict[str, Any]:
+    from longrope.objectives.smollm2 import find_gguf
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="longrope-bench-"))
+    have_smol = True
+    try:
+        find_gguf()
+    except Exception:
+        have_smol = False
+    r: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}",
+                         "quick": quick}
+    r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
+    mem_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
+    r["memory"] = memory(mem_model, 512 if quick else (8192 if have_smol else 4096))
+    r["memory"]["model"] = mem_model
+    budget = 12 if quick else 300
+    r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
+                                  [0] if quick else [0, 1, 2],
+                                  ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"])
+    r["early_abort"] = early_abort(work, 12 if quick else 300)
+    r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
+    cost_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
+    r["cost"] = cost_estimate(cost_model, 512 if quick else (16384 if have_smol else 2048))
+    r["summary"] = summarize(r)
+    (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
+    plot(r, out_dir / "bench.png")
+    return r
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+def _spread(xs: list[float]) -> str:
+    xs = sorted(xs)
+    return f"{statistics.median(xs):.2f}" + (f" [{xs[0]:.2f}, {xs[-1]:.2f}]" if len(xs) > 1 else "")
+
+
+def summarize(r: dict[str, Any]) -> dict[str, float]:
+    s = {"overhead": r["speed"]["overhead"], "memory": r["memory"]["memory"],
+         "cpu_efficiency": r["speed"]["cpu_efficiency"],
+         "early_abort_saved": r["early_abort"]["early_abort_saved"]}
+    s.update({k: v for k, v in r["scale"].items() if k.startswith("scale_out")})
+    target = max(r["quality"])
+    row = r["quality"][target]
+    best_base = min(statistics.median(row[m]["heldout"]) for m in ("pi", "ntk", "yarn"))
+    s["ga_vs_best_baseline"] = statistics.median(row["ga"]["heldout"]) / best_base
+    return s
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"machine: {r['machine']}{' (quick mode: tiny budgets)' if r['quick'] else ''}", "",
+             "| figure | measured | goal | met |", "|---|---|---|---|"]
+    for k, v in r["summary"].items():
+        op, goal = GOALS[k]
+        met = v <= goal if op == "<=" else v >= goal
+        lines.append(f"| {k} | {v:.3f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    for target, row in r["quality"].items():
+        lines += ["", f"held-out perplexity at {target} (median [min, max] over seeds):", "",
+                  "| method | held-out | search set |", "|---|---|---|"]
+        for m, v in row.items():
+            searched = _spread(v["search"]) if "search" in v else "-"
+            lines.append(f"| {m} | {_spread(v['heldout'])} | {searched} |")
+    c = r["cost"]
+    lines += ["", f"cost: {c['model']} at {c['length']} tokens: {c['seconds_per_doc']:.2f} s per document, "
+              f"{c['seconds_per_eval']:.1f} s per 5-document evaluation, peak RSS "
+              f"{c['peak_rss_bytes'] / 2**30:.2f} GiB; paper-default search (1,344 evaluations): "
+              + ", ".join(f"{h:.1f} h on {n} worker{'s' if n > 1 else ''}"
+                          for n, h in c["full_search_hours"].items())]
+    ea = r["early_abort"]
+    lines.append(f"early abort: {ea['tokens_with']} vs {ea['tokens_without']} tokens, "
+                 f"same best: {ea['same_best']}")
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(r["quality"])
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        row = r["quality"][target]
+        names = list(row)
+        meds = [statistics.median(row[m]["heldout"]) for m in names]
+        ax.bar(names, meds, color=["#888"] * 5 + ["#c33", "#36c", "#3a3", "#a6a"][: len(names) - 5])
+        ax.set_yscale("log")
+        ax.set_title(f"held-out ppl at {target}")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finite_figures(r: dict[str, Any]) -> bool:
+    return all(math.isfinite(v) for v in r["summary"].values())

