@@ -117,8 +117,15 @@ class Run:
             os.fsync(f.fileno())
         return f"dropped a torn last journal line ({len(data) - end} bytes)"
 
-    def storage(self):
+    def storage(self, url: str = ""):
+        """The journal by default; an RDB URL (sqlite, postgresql, ...) when given."""
         import optuna
+
+        if url:
+            try:
+                return optuna.storages.RDBStorage(url)
+            except Exception as e:
+                raise UserError(f"cannot open storage {url!r}: {type(e).__name__}: {e}") from None
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
         backend = JournalFileBackend(str(self.journal), lock_obj=JournalFileOpenLock(str(self.journal)))

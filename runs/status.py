@@ -15,7 +15,9 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
     from optuna.trial import TrialState
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    storage = run.storage()
+
+    url = run.config().get("search", {}).get("storage", "")
+    storage = run.storage(url)
     out = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)

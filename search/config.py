@@ -66,6 +66,7 @@ class SearchConfig:
     min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
     max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
     early_abort: bool = True  # stop scoring a candidate that cannot become a parent
+    storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
 
 
 @dataclass
@@ -102,7 +103,7 @@ class RunConfig:
 # Budget (iterations, max_evals, patience) and workers may change.
 NOT_DEFINING = {
     "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
-    "model.device", "model.threads", "data.cache_dir",
+    "model.device", "model.threads", "data.cache_dir", "search.storage",
 }
 
 _CHOICES = {

@@ -104,7 +104,7 @@ class Driver:
         if note:
             self.run.event(note)
             print(f"warning: {note}", file=sys.stderr)
-        storage = self.run.storage()
+        storage = self.run.storage(self.cfg.search.storage)
         self.start_backend()
         results: dict[str, Any] = {}
         previous: RescaleFactors | None = None

@@ -1,0 +1,67 @@
+"""Faults that must lose nothing: a failed write of best/, NaN candidates, an RDB storage."""
+
+import errno
+import json
+import os
+
+import pytest
+from search_helpers import run_small, small_cfg, trajectory
+
+from longrope.objectives.perplexity import FAILED, Evaluation
+from longrope.objectives.workers import ObjectiveSpec
+from longrope.runs import Run, rundir
+from longrope.search import config
+from longrope.search.backends import InProcessBackend
+from longrope.search.driver import Driver
+from longrope.spaces import UserError
+
+
+def test_disk_full_while_writing_best_keeps_previous(tmp_path, monkeypatch):
+    run, _ = run_small(tmp_path)
+    path = run.best_path("long", 256)
+    before = path.read_bytes()
+
+    def full(*a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(rundir.os, "replace", full)
+    with pytest.raises(UserError, match="cannot write .*long-256.json: No space left on device; the previous"):
+        run.write_best("long", 256, {"lambdas": [9.0]})
+    assert path.read_bytes() == before
+    assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+class NaNBackend(InProcessBackend):
+    """Every third candidate's loss comes back NaN."""
+
+    def submit(self, job):
+        if job.key % 3 == 2:
+            self._done.append((job.key, Evaluation(job.factors, job.length, FAILED, float("inf"),
+                                                   reason="NLL is nan on document 0")))
+        else:
+            super().submit(job)
+
+
+def test_nan_candidates_are_failed_trials_and_the_run_continues(tmp_path):
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False, backend=NaNBackend(ObjectiveSpec(model="synthetic"))).run_all()
+    rows = trajectory(run)["long-256"]
+    failed = [r for r in rows if r[2] == "FAIL"]
+    assert len(rows) == 36 and 8 <= len(failed) <= 14
+    assert "NLL is nan" in (run.path / "events.log").read_text()
+    assert json.loads(run.best_path("long", 256).read_text())["search_ppl"] > 0
+
+
+def test_rdb_storage_gives_the_same_trajectory(tmp_path):
+    ref, _ = run_small(tmp_path, name="journal")
+    cfg, _ = small_cfg()
+    cfg.search.storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    run = Run.create(tmp_path / "rdb", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    assert os.path.getsize(tmp_path / "optuna.db") > 0
+    import optuna
+
+    study = optuna.load_study(study_name="long-256", storage=cfg.search.storage)
+    ref_study = optuna.load_study(study_name="long-256", storage=ref.storage())
+    assert sorted(t.value for t in study.trials if t.value) == sorted(t.value for t in ref_study.trials if t.value)
