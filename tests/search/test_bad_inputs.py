@@ -48,6 +48,11 @@ def files(tmp_path_factory, tiny_model_dir):
     return d
 
 
+def assert_one_line_error(rc, err, message):
+    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert "Traceback" not in err and (message is None or message in err), err
+
+
 def cfg_file(tmp_path, text):
     p = tmp_path / "c.toml"
     p.write_text(text)
@@ -75,9 +80,7 @@ def test_bad_config(case, tmp_path, capsys):
     text, message = CONFIG_CASES[case]
     run_dir = tmp_path / "run"
     rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert message in err and "Traceback" not in err
+    assert_one_line_error(rc, capsys.readouterr().err, message)
     assert not run_dir.exists()
 
 
@@ -114,9 +117,7 @@ def test_bad_model_or_data(case, tmp_path, capsys, files, tiny_model_dir, text_c
         text = text.replace("iterations = 1", f"iterations = 1\nseeds = ['{files / SEED_FILES[case]}']")
     run_dir = tmp_path / "run"
     rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert message in err and "Traceback" not in err
+    assert_one_line_error(rc, capsys.readouterr().err, message)
     assert not run_dir.exists()
 
 
@@ -124,8 +125,7 @@ def test_cli_flags_budget_and_workers(tmp_path, capsys):
     for flags, message in ((["--max-evals", "0"], "--max-evals must be >= 1"),
                            (["--workers", "0"], "--workers must be >= 1")):
         rc = main(["search", cfg_file(tmp_path, SYN), "--run-dir", str(tmp_path / "r"), *flags])
-        err = capsys.readouterr().err
-        assert rc == 2 and message in err and err.count("\n") == 1
+        assert_one_line_error(rc, capsys.readouterr().err, message)
         assert not (tmp_path / "r").exists()
 
 
@@ -152,9 +152,7 @@ def test_bad_run_commands(case, existing_run, files, tmp_path, capsys):
     make, message = RUN_CASES[case]
     before = snapshot(existing_run)
     rc = main(make(existing_run, files, tmp_path))
-    err = capsys.readouterr().err
-    assert rc == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert "Traceback" not in err and (message is None or message in err)
+    assert_one_line_error(rc, capsys.readouterr().err, message)
     assert snapshot(existing_run) == before
 
 
