@@ -207,8 +207,11 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
 
 
 def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
+    import ray
+
     from .backends import init_ray
 
+    started = not ray.is_initialized()
     init_ray("", num_cpus=2)
     out = {}
     cases = [("synthetic", "synthetic:0.05")] + ([("real", "builtin:tiny-sotu")] if real else [])
@@ -222,9 +225,8 @@ def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
             rates[count] = evals / secs
         out[f"scale_out_{label}"] = rates[2] / (2 * rates[1])
         out[f"rate_{label}"] = rates
-    import ray
-
-    ray.shutdown()
+    if started:
+        ray.shutdown()
     return out
 
 

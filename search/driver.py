@@ -110,12 +110,10 @@ class Driver:
         previous: RescaleFactors | None = None
         try:
             for stage in self.stages:
-                study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
-                                            load_if_exists=True)
                 prev = previous if stage.kind == "long" else None
-                seeds = stage_seeds(self.cfg, stage, self.geometry, prev)
-                proposer = make_proposer(self.cfg, stage, seeds)
-                study.sampler = proposer.sampler
+                proposer = make_proposer(self.cfg, stage, stage_seeds(self.cfg, stage, self.geometry, prev))
+                study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
+                                            load_if_exists=True, sampler=proposer.sampler)
                 results[stage.name] = self.run_stage(stage, study, proposer)
                 if stage.kind == "long" and results[stage.name] is not None:
                     previous = results[stage.name]

@@ -1,0 +1,31 @@
+"""The demo's search beats PI, NTK and YaRN on held-out text; the bench's quick table is complete."""
+
+import json
+import math
+
+from longrope.search.bench import GOALS, finite_figures, render, run_bench
+from longrope.search.cli import main
+
+
+def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
+    assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--json", "--max-evals", "48"]) == 0
+    out = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
+    assert set(out) >= {"target", "evals", "heldout", "export"}
+    held = out["heldout"]
+    assert out["target"] == 1024 and out["evals"] == 2 * 48
+    for base in ("none", "pi", "ntk", "yarn"):
+        assert held["searched"] < held[base], held
+    patch = json.loads(open(out["export"]).read())
+    assert len(patch["rope_scaling"]["long_factor"]) == 32
+    assert (tmp_path / "demo" / "export" / "demo-ppl.png").stat().st_size > 1000
+
+
+def test_bench_quick_table_shape(tmp_path):
+    r = run_bench(quick=True, out_dir=tmp_path)
+    assert set(r["summary"]) == set(GOALS) - {"scale_out_real"}
+    assert finite_figures(r) and all(v > 0 for v in r["summary"].values())
+    assert r["early_abort"]["same_best"] in (True, False)
+    table = render(r)
+    assert table.count("\n| ") >= len(r["summary"]) and "| ga |" in table
+    assert math.isfinite(r["cost"]["seconds_per_eval"])
+    assert (tmp_path / "bench.png").stat().st_size > 1000 and json.loads((tmp_path / "bench.json").read_text())
