@@ -60,7 +60,7 @@ class SearchConfig:
     iterations: int = 40  # iterations after the initial population (paper 40)
     mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
     crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
-    sigma: float = 0.1  # mutation step, as a fraction of (λmax - 1)
+    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1)
     seeds: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: int = 20  # early stop: iterations without min_improvement
     min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)

@@ -63,7 +63,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
         crossovers: int = 16,
         mutation_prob: float = 0.3,
         crossover_prob: float = 0.3,
-        sigma: float = 0.1,
+        sigma: float = 0.05,
         seeds: Sequence[RescaleFactors] = (),
         stream: int = 0,
     ):
