@@ -76,35 +76,53 @@ def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any
 
 
 _MEM_SCRIPT = r"""
-import resource, sys, torch
+import ctypes, sys, threading, time, torch
 from longrope.objectives.models import load_model
 from longrope.objectives.perplexity import document_nll
 from longrope.objectives.rotary import patch_model
+
+def rss():
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * 4096
+
 spec, length, path = sys.argv[1], int(sys.argv[2]), sys.argv[3]
 m = load_model(spec)
 ids = torch.randint(0, m.model.config.vocab_size, (1, length), generator=torch.Generator().manual_seed(0))
 with torch.no_grad():
     m.model.model(ids[:, :8])  # touch the code paths once
-base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 if path == "chunked":
     patch_model(m.model, m.geometry)
+ctypes.CDLL("libc.so.6").malloc_trim(0)  # hand freed heap back, so the baseline is what is live
+base, peak, done = rss(), [0], threading.Event()
+
+def sample():
+    while not done.is_set():
+        peak[0] = max(peak[0], rss())
+        time.sleep(0.0005)
+
+t = threading.Thread(target=sample)
+t.start()
+if path == "chunked":
     document_nll(m.model, ids[0].numpy())
 else:
     with torch.no_grad():
         m.model(ids, labels=ids).loss.item()
-print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - base) * 1024)
+done.set()
+t.join()
+print(max(peak[0], rss()) - base)
 """
 
 
 def memory(model_spec: str, length: int) -> dict[str, Any]:
-    """Peak RSS growth of scoring one document, each path in a fresh process."""
+    """Peak RSS growth while scoring one document (sampled every 0.5 ms from a thread),
+    each path in a fresh process."""
     out = {}
     for path in ("chunked", "labels"):
         r = subprocess.run([sys.executable, "-c", _MEM_SCRIPT, model_spec, str(length), path],
                            capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"memory probe failed: {r.stderr[-500:]}")
-        out[path] = int(r.stdout.strip().splitlines()[-1])
+        out[path] = max(int(r.stdout.strip().splitlines()[-1]), 4096)
     return {"memory": out["chunked"] / out["labels"], "peak_chunked": out["chunked"],
             "peak_labels": out["labels"], "length": length}
 

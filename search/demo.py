@@ -94,6 +94,7 @@ def plot_table(table, L0: int, path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import matplotlib.ticker  # noqa: F401  (ScalarFormatter below)
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for m, row in table.items():
@@ -101,11 +102,13 @@ def plot_table(table, L0: int, path: Path) -> None:
         ax.plot(xs, [row[x] for x in xs], marker="o", label=m, linewidth=2.5 if m == "searched" else 1.2)
     ax.axvline(L0, color="grey", linestyle=":", label=f"L0 = {L0}")
     ax.set_xscale("log", base=2)
+    ax.set_xticks(sorted(next(iter(table.values()))))
+    ax.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
     ax.set_yscale("log")
     ax.set_xlabel("context length (tokens)")
     ax.set_ylabel("held-out perplexity")
     ax.set_title("builtin:tiny-sotu: perplexity vs context length")
-    ax.legend()
+    ax.legend(loc="upper left", fontsize=8)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

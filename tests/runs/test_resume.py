@@ -29,7 +29,27 @@ def reference_run(tmp_path, **kw):
     return text, trajectory(run), json.loads(run.best_path("long", 256).read_text())
 
 
-def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0)):
+def journal_lines(run_dir) -> int:
+    try:
+        return (run_dir / "journal.log").read_bytes().count(b"\n")
+    except OSError:
+        return 0
+
+
+def wait_for_progress(p, run_dir, lines, timeout=120):
+    """Wait until the journal holds `lines` lines (trials under way), or the process ends."""
+    end = time.time() + timeout
+    while time.time() < end and p.poll() is None and journal_lines(run_dir) < lines:
+        time.sleep(0.05)
+    if p.poll() is not None:
+        raise _Finished()
+
+
+class _Finished(Exception):
+    pass
+
+
+def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0), after_lines=None):
     cfg_path = tmp_path / "run.toml"
     cfg_path.write_text(text)
     run_dir = tmp_path / "killed"
@@ -41,12 +61,17 @@ def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0)):
         p = cli(*args)
         if done_kills < kills:
             try:
+                if after_lines:  # kill once the run is demonstrably under way
+                    wait_for_progress(p, run_dir, journal_lines(run_dir) + after_lines)
+                    raise subprocess.TimeoutExpired(p.args, 0)
                 p.wait(timeout=float(rng.uniform(*window)))
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
                 done_kills += 1
                 continue
+            except _Finished:
+                pass
         out, err = p.communicate(timeout=300)
         assert p.returncode == 0, err
         if "done:" in out:
@@ -71,7 +96,7 @@ def test_repeated_kill_9_resume_equals_uninterrupted(tmp_path):
 
 def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):
     text, ref, _ = reference_run(tmp_path, model="synthetic:0.004", iterations=3)
-    run, kills = kill_and_resume(tmp_path, text, kills=1, extra=("--workers", "2"), window=(7.0, 9.0))
+    run, kills = kill_and_resume(tmp_path, text, kills=1, extra=("--workers", "2"), after_lines=60)
     assert kills == 1 and trajectory(run) == ref
 
 
