@@ -23,7 +23,8 @@ def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
 def test_bench_quick_table_shape(tmp_path):
     r = run_bench(quick=True, out_dir=tmp_path)
     assert set(r["summary"]) == set(GOALS) - {"scale_out_real"}
-    assert finite_figures(r) and all(v > 0 for v in r["summary"].values())
+    assert finite_figures(r) and all(v >= 0 for v in r["summary"].values())
+    assert 0 <= r["early_abort"]["early_abort_saved"] < 1 and r["speed"]["overhead"] > 0
     assert r["early_abort"]["same_best"] in (True, False)
     table = render(r)
     assert table.count("\n| ") >= len(r["summary"]) and "| ga |" in table
