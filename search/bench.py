@@ -290,11 +290,11 @@ def run_bench(quick: bool, out_dir: Path) -> dict[str, Any]:
     mem_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
     r["memory"] = memory(mem_model, 512 if quick else (8192 if have_smol else 4096))
     r["memory"]["model"] = mem_model
-    budget = 12 if quick else 300
+    budget = 12 if quick else 160  # 32 + 8 generations of 16 children
     r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
                                   [0] if quick else [0, 1, 2],
                                   ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"])
-    r["early_abort"] = early_abort(work, 12 if quick else 300)
+    r["early_abort"] = early_abort(work, budget)
     r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     cost_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
     r["cost"] = cost_estimate(cost_model, 512 if quick else (16384 if have_smol else 2048))
