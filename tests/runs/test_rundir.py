@@ -81,3 +81,16 @@ def test_not_a_run_directory_is_one_line_and_untouched(tmp_path):
     (tmp_path / "junk" / "journal.log").write_text("")
     r = longrope("resume", str(tmp_path / "junk"))
     assert r.returncode == 2 and "unreadable" in r.stderr
+
+
+def test_status_json_has_the_stages(tmp_path):
+    run, _ = run_small(tmp_path, short="[32]")
+    r = longrope("status", str(run.path), "--json")
+    assert r.returncode == 0, r.stderr
+    stages = json.loads(r.stdout)["stages"]
+    assert [s["name"] for s in stages] == ["long-256", "short-32"]
+    for s in stages:
+        assert {"name", "target", "evals", "budget", "best_ppl", "done"} <= set(s)
+        assert s["evals"] == s["budget"] == 36 and s["done"] and s["best_ppl"] > 1
+    text = longrope("status", str(run.path)).stdout
+    assert "long-256: 36/36 evals" in text and "done" in text

@@ -107,3 +107,19 @@ def test_other_samplers_run_on_the_same_budget(tmp_path):
         assert len(rows) == 36 and sum(r[2] == "COMPLETE" for r in rows) >= 30
     cfg, _ = small_cfg()
     assert cfg.budget() == 36
+
+
+def test_early_stop_after_patience_without_improvement(tmp_path):
+    from search_helpers import trajectory
+
+    from longrope.runs import Run
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    cfg, _ = small_cfg(iterations=30)
+    cfg.search.patience, cfg.search.min_improvement = 2, 0.5  # demand 50% better every 2 generations
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    rows = trajectory(run)["long-256"]
+    assert len(rows) == 12 + 2 * 6  # generations 0, 1, 2; stopped before generation 3
+    assert "early stop at generation 3" in (run.path / "events.log").read_text()
