@@ -164,7 +164,7 @@ class Driver:
             if new_best is not None and (best is None or new_best.number != best.number):
                 best = new_best
                 bar.set_postfix_str(f"best ppl {best.value:.4f}")
-                self.write_best(stage, study, best, None)
+                self.write_best(stage, study, best, None, proposer)
             g = proposer.generation_done(study, trial)
             if g is not None:
                 self.log_generation(stage, study, g, proposer)
@@ -173,7 +173,7 @@ class Driver:
             self.run.event(f"{stage.name}: no complete evaluation")
             return None
         factors = proposer.factors(best)
-        self.score_heldout(stage, study, best, factors)
+        self.score_heldout(stage, study, best, factors, proposer)
         why = f"early stop at generation {study_system_attrs(study).get(STOPPED)}" \
             if proposer.stopped(study) else "budget reached"
         self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
@@ -207,24 +207,14 @@ class Driver:
         self.run.event(f"{stage.name} gen {g}: {len(trials)} evaluated, {pruned} pruned, {failed} failed; "
                        f"best {best.value if best else float('nan'):.4f}, parent cut-off {cut_s}")
 
-    def write_best(self, stage: Stage, study, trial, heldout: float | None) -> None:
-        factors = self._factors_of(stage, trial)
+    def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer) -> None:
         self.run.write_best(stage.kind, stage.length,
-                            best_payload(self.cfg, self.run, stage, self.geometry, study, trial, factors,
-                                         heldout))
+                            best_payload(self.cfg, self.run, stage, self.geometry, study, trial,
+                                         proposer.factors(trial), heldout))
 
-    def _factors_of(self, stage: Stage, trial) -> RescaleFactors:
-        if any(k.startswith("step_") for k in trial.params):
-            from .alternatives import StepParametrisation
-
-            return StepParametrisation(stage.space).factors(trial.params)
-        from .sampler import from_params
-
-        return from_params(trial.params, stage.space.n_freqs, stage.space.mscale)
-
-    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors) -> None:
+    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer) -> None:
         if not self.cfg.data.heldout_docs:
-            self.write_best(stage, study, best, None)
+            self.write_best(stage, study, best, None, proposer)
             return
         cached = study.user_attrs.get("heldout")
         if cached and cached.get("trial") == best.number:
@@ -232,7 +222,7 @@ class Driver:
         else:
             ppl = self.evaluate_heldout(factors, stage.length)
             study.set_user_attr("heldout", {"trial": best.number, "ppl": ppl})
-        self.write_best(stage, study, best, ppl)
+        self.write_best(stage, study, best, ppl, proposer)
 
     def evaluate_heldout(self, factors: RescaleFactors, length: int) -> float:
         ev = self.backend.evaluate_pool(factors, length, "heldout")

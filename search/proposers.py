@@ -68,8 +68,7 @@ class GAProposer:
         return True
 
     def threshold(self, study: optuna.Study, trial) -> float | None:
-        g = trial.system_attrs[SLOT][0] if hasattr(trial, "system_attrs") else \
-            study._storage.get_trial(trial._trial_id).system_attrs[SLOT][0]
+        g = trial.system_attrs[SLOT][0]  # a FrozenTrial, read after before_trial set the slot
         if not self.early_abort:
             return None
         if g not in self._thresholds:
