@@ -156,8 +156,7 @@ class Split:
         order = np.random.default_rng(seed).permutation(n_docs).tolist()
         return cls(tuple(order[0::2]), tuple(order[1::2]))
 
-    def take(self, pool: str, tokens: list[np.ndarray], length: int, count: int,
-             ids: tuple[str, ...] = ()) -> list[np.ndarray]:
+    def take(self, pool: str, tokens: list[np.ndarray], length: int, count: int) -> list[np.ndarray]:
         """The first `count` documents of a pool that reach `length` tokens, cut to length."""
         members = self.search if pool == "search" else self.heldout
         long = [i for i in members if len(tokens[i]) >= length]

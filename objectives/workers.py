@@ -67,15 +67,14 @@ class Evaluator:
             count = self.spec.search_docs if pool == "search" else self.spec.heldout_docs
         key = (pool, length, count)
         if key not in self._docs:
-            self._docs[key] = self.split.take(pool, self.tokens, length, count, self.corpus.ids)
+            self._docs[key] = self.split.take(pool, self.tokens, length, count)
         return self._docs[key]
 
     def check(self, lengths: list[int]) -> RopeGeometry:
         """Fail early (one clear line) if any length lacks documents; return the geometry."""
-        for length in lengths:
-            self.docs(length, "search")
-            if self.spec.heldout_docs:
-                self.docs(length, "heldout")
+        self.check_pool(lengths, "search")
+        if self.spec.heldout_docs:
+            self.check_pool(lengths, "heldout")
         return self.geometry
 
     def check_pool(self, lengths: list[int], pool: str) -> None:

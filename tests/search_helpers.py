@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import optuna
 
 from longrope.runs import Run
@@ -67,11 +65,3 @@ def trajectory(run: Run) -> dict[str, list]:
             rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
         out[s.study_name] = sorted(rows)
     return out
-
-
-def complete_count(traj) -> int:
-    return sum(1 for rows in traj.values() for r in rows if r[2] == "COMPLETE")
-
-
-def finite(x) -> bool:
-    return x is not None and math.isfinite(x)
