@@ -51,10 +51,8 @@ def ensure_converted() -> Path:
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
     # are already dequantized to float32, so write them and a clean config directly.
-    from safetensors.torch import save_model
-
     tmp.mkdir(parents=True)
-    save_model(model, str(tmp / "model.safetensors"), metadata={"format": "pt"})
+    save_weights(model, tmp / "model.safetensors")
     config = model.config
     for attr in ("quantization_config", "_pre_quantization_dtype"):
         if hasattr(config, attr):
@@ -64,3 +62,19 @@ def ensure_converted() -> Path:
     shutil.rmtree(out, ignore_errors=True)
     tmp.rename(out)
     return out
+
+
+def save_weights(model, path: Path) -> None:
+    """Write the state dict as safetensors, storing a tied LM head under the input embedding's
+    name: transformers 4.57 ties lm_head to embed_tokens on load and leaves embed_tokens
+    unloaded (on the meta device) if only lm_head was written; 5.x accepts either."""
+    from safetensors.torch import save_file
+
+    state = model.state_dict()
+    head, emb = model.get_output_embeddings(), model.get_input_embeddings()
+    if head is not None and head.weight.data_ptr() == emb.weight.data_ptr():
+        head_names = [k for k, v in state.items() if v.data_ptr() == head.weight.data_ptr()
+                      and "embed" not in k]
+        for k in head_names:
+            del state[k]
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(path), metadata={"format": "pt"})
