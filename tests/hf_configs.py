@@ -9,7 +9,7 @@ import transformers
 ARCHS = {
     "llama": (transformers.LlamaConfig, {}),
     "qwen2": (transformers.Qwen2Config, {}),
-    "mistral": (transformers.MistralConfig, {"sliding_window": 48}),
+    "mistral": (transformers.MistralConfig, {"sliding_window": 48, "head_dim": 16}),  # 4.57 defaults None
     "phi3": (transformers.Phi3Config, {"partial_rotary_factor": 0.5}),
 }
 
@@ -49,3 +49,5 @@ def set_rope(cfg, rope_scaling: dict) -> None:
                                   if k == "partial_rotary_factor"}, **rope_scaling}
     else:
         cfg.rope_scaling = dict(rope_scaling, type=rope_scaling["rope_type"])
+        if "original_max_position_embeddings" in rope_scaling:  # 4.57 reads it only at the top level
+            cfg.original_max_position_embeddings = rope_scaling["original_max_position_embeddings"]
