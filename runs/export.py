@@ -4,6 +4,12 @@ The JSON loads in transformers 4.57 and 5.x as a config patch: 4.57 reads
 ``original_max_position_embeddings`` only at the top level, 5.x inside the
 rope dict, so it is written in both places. transformers and vLLM have no n̂:
 an export with n̂ > 0 carries it in ``longrope_search`` and warns.
+
+Phi-3 is stricter: its 4.57 config class admits exactly ``type``,
+``short_factor`` and ``long_factor`` and derives the attention factor itself
+(sqrt(1 + ln s / ln L0), our default "su" mscale). ``--format phi3`` and
+`apply` on a phi3 folder write that form, and warn if the searched mscale
+differs from what transformers will compute.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces import RescaleFactors, UserError, mscale_su
 
 from .rundir import Run, atomic_write_text
 
@@ -59,6 +65,25 @@ def hf_config_patch(long: dict[str, Any], short: dict[str, Any] | None) -> dict[
     }
 
 
+PHI3_KEYS = ("type", "short_factor", "long_factor")
+
+
+def phi3_rope_scaling(rope: dict[str, Any]) -> dict[str, Any]:
+    """The three-key rope_scaling every transformers version's Phi3Config accepts."""
+    return {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}
+
+
+def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
+    """Phi-3's form cannot carry attention_factor: say so when the searched one differs."""
+    L, L0 = patch["max_position_embeddings"], patch["original_max_position_embeddings"]
+    searched = patch["rope_scaling"].get("attention_factor")
+    derived = mscale_su(L / L0, L0)
+    if searched is None or abs(searched - derived) <= 1e-9 * derived:
+        return None
+    return (f"the Phi-3 rope_scaling form has no attention_factor: transformers will use {derived:.6f} "
+            f"(sqrt(1 + ln s / ln L0)), not the searched mscale {searched:.6f}")
+
+
 def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
            fmt: str = "json") -> tuple[Path, list[str]]:
     """Write the export; returns (path, warnings)."""
@@ -76,13 +101,19 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     if sh is not None and long["mscale"] != 1.0:
         warnings.append("transformers applies attention_factor at every length, short ones included; "
                         "the short factors were searched with mscale 1")
-    path = Path(out) if out else run.path / "export" / (
-        f"longrope-{long['target_length']}.{'csv' if fmt == 'csv' else 'json'}")
+    suffix = {"json": ".json", "phi3": "-phi3.json", "csv": ".csv"}[fmt]
+    name = f"{long['target_length']}{suffix}"
+    path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
         text = "\n".join(repr(x) for x in long["lambdas"]) + "\n"
     else:
-        text = json.dumps(hf_config_patch(long, sh), indent=1) + "\n"
+        patch = hf_config_patch(long, sh)
+        if fmt == "phi3":
+            w = phi3_mscale_warning(patch)
+            warnings += [w] if w else []
+            patch["rope_scaling"] = phi3_rope_scaling(patch["rope_scaling"])
+        text = json.dumps(patch, indent=1) + "\n"
     atomic_write_text(path, text)
     return path, warnings
 
@@ -113,16 +144,20 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
                         f"model has {n_model} rotary frequencies")
     out.mkdir(parents=True, exist_ok=True)
     rope = dict(patch["rope_scaling"])
-    rope["rope_theta"] = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
-    if rope["rope_theta"] is None:
-        rope.pop("rope_theta")
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
     partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
         "partial_rotary_factor")
-    if partial:
-        rope["partial_rotary_factor"] = partial
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
-    config["rope_scaling"] = rope
-    config["rope_parameters"] = rope
+    if config.get("model_type") == "phi3":
+        if "attention_factor" in rope and (w := phi3_mscale_warning(patch)):
+            print(f"warning: {w}", file=sys.stderr)
+        config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
+        config.pop("rope_parameters", None)
+        config.update({k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v})
+    else:
+        rope.update({k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v})
+        config["rope_scaling"] = rope
+        config["rope_parameters"] = rope
     for item in src.iterdir():
         if item.name == "config.json":
             continue

@@ -155,7 +155,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
 
     from .bench import render, run_bench
 
-    r = run_bench(args.quick, Path(args.out))
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    r = run_bench(args.quick, Path(args.out), only)
     print(json.dumps(r, default=str) if args.json else render(r))
     return 0
 
@@ -167,6 +168,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--quick", action="store_true", help="tiny budgets (checks the table's shape)")
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
+                   "quality, early_abort, scale, cost); the others are kept from --out's bench.json")
     b.set_defaults(func=cmd_bench)
 
     d = sub.add_parser("demo", help="the one-command demo search on the embedded model and data",
@@ -224,8 +227,10 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
     ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
     ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")
-    ex.add_argument("--format", choices=["json", "csv"], default="json",
-                    help="csv: one long factor per line, like the reference implementation")
+    ex.add_argument("--format", choices=["json", "phi3", "csv"], default="json",
+                    help="phi3: rope_scaling with only type/short_factor/long_factor, which Phi3Config in "
+                    "transformers 4.57 requires; csv: one long factor per line, like the reference "
+                    "implementation")
     ex.set_defaults(func=cmd_export)
 
     ap = sub.add_parser("apply", help="a model folder whose config carries exported factors",

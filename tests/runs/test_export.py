@@ -57,14 +57,43 @@ def test_export_loads_in_transformers_with_the_scored_inv_freq(tiny_run, tiny_mo
     base = json.loads((tiny_model_dir / "config.json").read_text())
     g = RopeGeometry.from_config(base)
     scored = (base_inv_freq(g) / torch.tensor(best["lambdas"], dtype=torch.float32)).numpy()
-    for cls in (transformers.LlamaConfig, transformers.Phi3Config):
-        keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                    "num_attention_heads", "num_key_value_heads")}
-        cfg = cls(**keep, rope_theta=g.base, max_position_embeddings=patch["max_position_embeddings"],
-                  original_max_position_embeddings=32, rope_scaling=patch["rope_scaling"])
+    phi3_path, _ = export(tiny_run, fmt="phi3")
+    phi3 = json.loads(phi3_path.read_text())
+    assert set(phi3["rope_scaling"]) == {"type", "short_factor", "long_factor"}
+    keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "num_key_value_heads")}
+    # Llama takes the full form; Phi3Config (4.57) only the three-key form, in 5.x both.
+    for cls, p in ((transformers.LlamaConfig, patch), (transformers.Phi3Config, phi3)):
+        cfg = cls(**keep, rope_theta=g.base, max_position_embeddings=p["max_position_embeddings"],
+                  original_max_position_embeddings=32, rope_scaling=p["rope_scaling"])
         inv, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=128)
         np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6)
-        assert att == pytest.approx(best["mscale"])
+        assert att == pytest.approx(best["mscale"])  # su mscale: what Phi-3 derives itself
+
+
+def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_dir, tmp_path, capsys):
+    base = json.loads((tiny_model_dir / "config.json").read_text())
+    keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
+                                "num_attention_heads", "num_key_value_heads")}
+    src = tmp_path / "phi3"
+    transformers.Phi3Config(**keep, rope_theta=10000.0, max_position_embeddings=32, pad_token_id=0,
+                            bos_token_id=1, eos_token_id=2).save_pretrained(src)
+    path, _ = export(tiny_run)
+    out = apply_to_folder(path, src, tmp_path / "phi3-long")
+    written = json.loads((out / "config.json").read_text())
+    assert set(written["rope_scaling"]) == {"type", "short_factor", "long_factor"}
+    cfg = transformers.AutoConfig.from_pretrained(out)
+    best = json.loads(tiny_run.best_path("long", 128).read_text())
+    inv, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=128)
+    expect = 1 / (10000.0 ** (np.arange(0, len(best["lambdas"])) * 2 / (2 * len(best["lambdas"]))))
+    np.testing.assert_allclose(inv.numpy(), expect / np.array(best["lambdas"]), rtol=1e-6)
+    assert att == pytest.approx(best["mscale"]) and "warning" not in capsys.readouterr().err
+    # a searched mscale Phi-3 cannot carry is reported, not dropped silently
+    patch = json.loads(path.read_text())
+    patch["rope_scaling"]["attention_factor"] = 1.5
+    (tmp_path / "odd.json").write_text(json.dumps(patch))
+    apply_to_folder(tmp_path / "odd.json", src, tmp_path / "phi3-odd")
+    assert "not the searched mscale 1.500000" in capsys.readouterr().err
 
 
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
