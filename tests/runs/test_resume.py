@@ -49,7 +49,9 @@ class _Finished(Exception):
     pass
 
 
-def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0), after_lines=None):
+def kill_and_resume(tmp_path, text, kills, after_lines, extra=(), seed=0):
+    """Start, kill -9 once `after_lines` more journal lines exist (an int, or a range to draw
+    from), resume, ... `kills` times, then let it finish."""
     cfg_path = tmp_path / "run.toml"
     cfg_path.write_text(text)
     run_dir = tmp_path / "killed"
@@ -61,10 +63,9 @@ def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0), 
         p = cli(*args)
         if done_kills < kills:
             try:
-                if after_lines:  # kill once the run is demonstrably under way
-                    wait_for_progress(p, run_dir, journal_lines(run_dir) + after_lines)
-                    raise subprocess.TimeoutExpired(p.args, 0)
-                p.wait(timeout=float(rng.uniform(*window)))
+                lines = after_lines if isinstance(after_lines, int) else int(rng.integers(*after_lines))
+                wait_for_progress(p, run_dir, journal_lines(run_dir) + lines)
+                raise subprocess.TimeoutExpired(p.args, 0)
             except subprocess.TimeoutExpired:
                 p.send_signal(signal.SIGKILL)
                 p.wait()
@@ -81,7 +82,9 @@ def kill_and_resume(tmp_path, text, kills, extra=(), seed=0, window=(0.5, 3.0), 
 
 def test_repeated_kill_9_resume_equals_uninterrupted(tmp_path):
     text, ref, ref_best = reference_run(tmp_path, model="synthetic:0.004", short="[32]", iterations=6)
-    run, kills = kill_and_resume(tmp_path, text, kills=5)
+    # each kill lands a random number of journal lines into the (re)started run, i.e. mid-search,
+    # whatever the machine's start-up time
+    run, kills = kill_and_resume(tmp_path, text, kills=5, after_lines=(5, 80))
     assert kills >= 3
     got = trajectory(run)
     assert got == ref
