@@ -212,37 +212,84 @@ def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[i
     return out
 
 
+def exact_ceiling(run, parents: int) -> dict[str, float]:
+    """The most any exact abort could save on this run's candidates (all scored in full).
+
+    A candidate with ppl v can only be cut once it is provably worse than the cut-off c, the
+    `parents`-th best seen so far (the tightest exact cut). Token NLLs are >= 0, so even
+    checking after every token, the scored tokens' NLL must first exceed the whole budget
+    N·ln c, i.e. a fraction ln c / ln v of the tokens is always scored:
+    saving <= max(0, 1 - ln c / ln v).
+    """
+    import optuna
+
+    storage = run.storage()
+    summary = optuna.get_all_study_summaries(storage, include_best_trial=False)[0]
+    trials = [t for t in optuna.load_study(study_name=summary.study_name, storage=storage)
+              .get_trials(deepcopy=False) if t.value is not None]
+    saved, above, seen = 0.0, 0, []
+    for t in trials:
+        if len(seen) >= parents:
+            cut = sorted(seen)[parents - 1]
+            if t.value > cut:
+                above += 1
+                saved += 1 - math.log(cut) / math.log(t.value)
+        seen.append(t.value)
+    return {"exact_ceiling": saved / len(trials), "above_cutoff": above / len(trials)}
+
+
 def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
-    res = {}
+    res, runs = {}, {}
     for flag in ("true", "false"):
         run, secs = _search(workdir, f"abort-{flag}", _toml(early_abort=flag, budget=budget))
         best = json.loads(run.best_path("long", 1024).read_text())
         res[flag] = (_tokens(run), best["lambdas"], best["n_hat"], secs)
+        runs[flag] = run
+    parents = tomllib.loads(_toml())["search"]["parents"]
     return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],
             "early_abort_saved": 1 - res["true"][0] / res["false"][0],
             "same_best": res["true"][1:3] == res["false"][1:3],
-            "seconds_with": res["true"][3], "seconds_without": res["false"][3]}
+            "seconds_with": res["true"][3], "seconds_without": res["false"][3],
+            **exact_ceiling(runs["false"], parents)}
+
+
+def _trial_span(run) -> float:
+    """Seconds from the first evaluation's start to the last one's end: the search's steady
+    state, without the one-off worker start-up (model load) and held-out scoring."""
+    import optuna
+
+    storage = run.storage()
+    trials = [t for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
+              for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
+              if t.datetime_start and t.datetime_complete]
+    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
 
 
 def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
+    """Evaluations per second with 1 and 2 Ray workers. The efficiency ratio uses the steady
+    state (first evaluation start to last end); end to end, with actor start-up and model
+    load, is reported beside it."""
     import ray
 
     from .backends import init_ray
 
     started = not ray.is_initialized()
     init_ray("", num_cpus=2)
-    out = {}
+    out: dict[str, Any] = {}
     cases = [("synthetic", "synthetic:0.05")] + ([("real", "builtin:tiny-sotu")] if real else [])
     for label, model in cases:
-        rates = {}
+        rates, e2e = {}, {}
         for count in (1, 2):
             toml = _toml(backend="ray", count=count, budget=evals, threads=1).replace(
                 'path = "builtin:tiny-sotu"', f'path = "{model}"').replace("early_abort = true",
                                                                             "early_abort = false")
-            _, secs = _search(workdir, f"scale-{label}-{count}", toml)
-            rates[count] = evals / secs
+            run, secs = _search(workdir, f"scale-{label}-{count}", toml)
+            rates[count] = evals / _trial_span(run)
+            e2e[count] = evals / secs
         out[f"scale_out_{label}"] = rates[2] / (2 * rates[1])
         out[f"rate_{label}"] = rates
+        out[f"end_to_end_{label}"] = e2e[2] / (2 * e2e[1])
+        out[f"rate_end_to_end_{label}"] = e2e
     if started:
         ray.shutdown()
     return out
@@ -274,30 +321,53 @@ print(t, resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024)
 """
 
 
-def run_bench(quick: bool, out_dir: Path) -> dict[str, Any]:
-    from longrope.objectives.smollm2 import find_gguf
+SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost")
 
+
+def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every section (or `only` these, keeping the others from out_dir/bench.json)."""
+    from longrope.objectives.smollm2 import find_gguf
+    from longrope.spaces import UserError
+
+    only = list(only or SECTIONS)
+    bad = [x for x in only if x not in SECTIONS]
+    if bad:
+        raise UserError(f"unknown bench section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
     out_dir.mkdir(parents=True, exist_ok=True)
+    r: dict[str, Any] = {}
+    if len(only) < len(SECTIONS):
+        old = out_dir / "bench.json"
+        if not old.exists():
+            raise UserError(f"--only needs an earlier full bench in {out_dir} (no bench.json there)")
+        r = json.loads(old.read_text())
+        if r.get("quick") != quick:
+            raise UserError(f"{old} was a {'quick' if r.get('quick') else 'full'} bench; "
+                            "rerun the same mode or the whole bench")
     work = Path(tempfile.mkdtemp(prefix="longrope-bench-"))
     have_smol = True
     try:
         find_gguf()
     except Exception:
         have_smol = False
-    r: dict[str, Any] = {"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}",
-                         "quick": quick}
-    r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
-    mem_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
-    r["memory"] = memory(mem_model, 512 if quick else (8192 if have_smol else 4096))
-    r["memory"]["model"] = mem_model
-    budget = 12 if quick else 160  # 32 + 8 generations of 16 children
-    r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
-                                  [0] if quick else [0, 1, 2],
-                                  ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"])
-    r["early_abort"] = early_abort(work, budget)
-    r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
-    cost_model = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
-    r["cost"] = cost_estimate(cost_model, 512 if quick else (16384 if have_smol else 2048))
+    r.update({"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
+    big = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
+    budget = 12 if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
+    if "speed" in only:
+        r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
+    if "memory" in only:
+        r["memory"] = memory(big, 512 if quick else (8192 if have_smol else 4096))
+        r["memory"]["model"] = big
+    if "quality" in only:
+        samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
+        r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
+                                      [0] if quick else [0, 1, 2], samplers)
+        r["quality_budget"] = budget
+    if "early_abort" in only:
+        r["early_abort"] = early_abort(work, budget)
+    if "scale" in only:
+        r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
+    if "cost" in only:
+        r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
     r["summary"] = summarize(r)
     (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
     plot(r, out_dir / "bench.png")
@@ -335,7 +405,8 @@ def render(r: dict[str, Any]) -> str:
         met = v <= goal if op == "<=" else v >= goal
         lines.append(f"| {k} | {v:.3f} | {op} {goal} | {'yes' if met else 'NO'} |")
     for target, row in r["quality"].items():
-        lines += ["", f"held-out perplexity at {target} (median [min, max] over seeds):", "",
+        evals = f", {r['quality_budget']} evaluations per search" if "quality_budget" in r else ""
+        lines += ["", f"held-out perplexity at {target} (median [min, max] over seeds{evals}):", "",
                   "| method | held-out | search set |", "|---|---|---|"]
         for m, v in row.items():
             searched = _spread(v["search"]) if "search" in v else "-"
@@ -348,7 +419,12 @@ def render(r: dict[str, Any]) -> str:
                           for n, h in c["full_search_hours"].items())]
     ea = r["early_abort"]
     lines.append(f"early abort: {ea['tokens_with']} vs {ea['tokens_without']} tokens, "
-                 f"same best: {ea['same_best']}")
+                 f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
+                 f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
+                 "could be saved by any exact abort")
+    sc = r["scale"]
+    lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
+        f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))
     return "\n".join(lines)
 
 

@@ -3,8 +3,11 @@
 import json
 import math
 
+import pytest
+
 from longrope.search.bench import GOALS, finite_figures, render, run_bench
 from longrope.search.cli import main
+from longrope.spaces import UserError
 
 
 def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
@@ -30,3 +33,15 @@ def test_bench_quick_table_shape(tmp_path):
     assert table.count("\n| ") >= len(r["summary"]) and "| ga |" in table
     assert math.isfinite(r["cost"]["seconds_per_eval"])
     assert (tmp_path / "bench.png").stat().st_size > 1000 and json.loads((tmp_path / "bench.json").read_text())
+    ea = r["early_abort"]
+    assert 0 <= ea["exact_ceiling"] <= ea["above_cutoff"] <= 1 and "end_to_end_synthetic" in r["scale"]
+    # --only reruns one section and keeps the rest from bench.json
+    again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
+    assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]
+    assert again["speed"] != r["speed"] and math.isfinite(again["summary"]["overhead"])
+    with pytest.raises(UserError, match="unknown bench section 'sped'"):
+        run_bench(quick=True, out_dir=tmp_path, only=["sped"])
+    with pytest.raises(UserError, match="needs an earlier full bench"):
+        run_bench(quick=True, out_dir=tmp_path / "empty", only=["speed"])
+    with pytest.raises(UserError, match="was a quick bench"):
+        run_bench(quick=False, out_dir=tmp_path, only=["speed"])
