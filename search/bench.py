@@ -326,7 +326,6 @@ SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost")
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
     """Run every section (or `only` these, keeping the others from out_dir/bench.json)."""
-    from longrope.objectives.smollm2 import find_gguf
     from longrope.spaces import UserError
 
     only = list(only or SECTIONS)
@@ -343,10 +342,20 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
         if r.get("quick") != quick:
             raise UserError(f"{old} was a {'quick' if r.get('quick') else 'full'} bench; "
                             "rerun the same mode or the whole bench")
-    work = Path(tempfile.mkdtemp(prefix="longrope-bench-"))
-    have_smol = True
+    with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
+        _run_sections(r, only, quick, Path(tmp))
+    r["summary"] = summarize(r)
+    (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
+    plot(r, out_dir / "bench.png")
+    return r
+
+
+def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -> None:
+    from longrope.objectives.smollm2 import find_gguf
+
     try:
         find_gguf()
+        have_smol = True
     except Exception:
         have_smol = False
     r.update({"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
@@ -368,10 +377,6 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
-    r["summary"] = summarize(r)
-    (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
-    plot(r, out_dir / "bench.png")
-    return r
 
 
 def _torch_version() -> str:
