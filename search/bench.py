@@ -395,7 +395,7 @@ def summarize(r: dict[str, Any]) -> dict[str, float]:
          "cpu_efficiency": r["speed"]["cpu_efficiency"],
          "early_abort_saved": r["early_abort"]["early_abort_saved"]}
     s.update({k: v for k, v in r["scale"].items() if k.startswith("scale_out")})
-    target = max(r["quality"])
+    target = max(r["quality"], key=int)  # keys are strings once read back from bench.json
     row = r["quality"][target]
     best_base = min(statistics.median(row[m]["heldout"]) for m in ("pi", "ntk", "yarn"))
     s["ga_vs_best_baseline"] = statistics.median(row["ga"]["heldout"]) / best_base

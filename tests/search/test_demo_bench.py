@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from longrope.search.bench import GOALS, finite_figures, render, run_bench
+from longrope.search.bench import GOALS, finite_figures, render, run_bench, summarize
 from longrope.search.cli import main
 from longrope.spaces import UserError
 
@@ -45,3 +45,14 @@ def test_bench_quick_table_shape(tmp_path):
         run_bench(quick=True, out_dir=tmp_path / "empty", only=["speed"])
     with pytest.raises(UserError, match="was a quick bench"):
         run_bench(quick=False, out_dir=tmp_path, only=["speed"])
+
+
+def test_summary_compares_at_the_longest_target_even_from_json():
+    row = lambda ga, yarn: {"pi": {"heldout": [90.0]}, "ntk": {"heldout": [60.0]},  # noqa: E731
+                            "yarn": {"heldout": [yarn]}, "ga": {"heldout": [ga, ga + 1, ga + 2]}}
+    r = {"speed": {"overhead": 1.0, "cpu_efficiency": 0.5}, "memory": {"memory": 0.2},
+         "early_abort": {"early_abort_saved": 0.0}, "scale": {"scale_out_synthetic": 1.0},
+         "quality": {512: row(30.0, 40.0), 1024: row(44.0, 50.0)}}
+    expect = 45.0 / 50.0  # median of the GA at 1024 over YaRN, the best baseline there
+    assert summarize(r)["ga_vs_best_baseline"] == expect
+    assert summarize(json.loads(json.dumps(r)))["ga_vs_best_baseline"] == expect  # "1024" < "512" as text
