@@ -17,6 +17,8 @@ EVAL_RULE = "year % 3 == 0"
 
 SPECIAL_TOKENS = ["<pad>", "<s>", "</s>", "<unk>"]  # ids 0, 1, 2, 3
 PAD, BOS, EOS, UNK = SPECIAL_TOKENS
+TOKENIZER_KW = dict(bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
+                    clean_up_tokenization_spaces=False)
 
 
 # --------------------------------------------------------------------------------------------
@@ -110,14 +112,7 @@ def train_tokenizer(texts: Sequence[str], vocab_size: int = 4096):
         pair=f"{BOS} $A {BOS} $B",
         special_tokens=[(BOS, bos_id)],
     )
-    return PreTrainedTokenizerFast(
-        tokenizer_object=tok,
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        clean_up_tokenization_spaces=False,
-    )
+    return PreTrainedTokenizerFast(tokenizer_object=tok, **TOKENIZER_KW)
 
 
 def save_tokenizer(tokenizer, out: Path) -> None:
@@ -126,13 +121,5 @@ def save_tokenizer(tokenizer, out: Path) -> None:
     cfg_path = out / "tokenizer_config.json"
     cfg = json.loads(cfg_path.read_text())
     cfg["tokenizer_class"] = "PreTrainedTokenizerFast"
-    cfg.update(
-        bos_token=BOS,
-        eos_token=EOS,
-        unk_token=UNK,
-        pad_token=PAD,
-        add_bos_token=True,
-        add_eos_token=False,
-        clean_up_tokenization_spaces=False,
-    )
+    cfg.update(TOKENIZER_KW, add_bos_token=True, add_eos_token=False)
     cfg_path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

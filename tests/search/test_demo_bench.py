@@ -5,7 +5,7 @@ import math
 
 import pytest
 
-from longrope.search.bench import GOALS, finite_figures, render, run_bench, summarize
+from longrope.search.bench import GOALS, exact_ceiling, finite_figures, render, run_bench, summarize
 from longrope.search.cli import main
 from longrope.spaces import UserError
 
@@ -56,3 +56,19 @@ def test_summary_compares_at_the_longest_target_even_from_json():
     expect = 45.0 / 50.0  # median of the GA at 1024 over YaRN, the best baseline there
     assert summarize(r)["ga_vs_best_baseline"] == expect
     assert summarize(json.loads(json.dumps(r)))["ga_vs_best_baseline"] == expect  # "1024" < "512" as text
+
+
+def test_exact_ceiling_by_hand(tmp_path):
+    import optuna
+
+    from longrope.runs import Run
+
+    run = Run.create(tmp_path / "r", "")
+    study = optuna.create_study(study_name="long-64", storage=run.storage())
+    for v in (10.0, 20.0, 5.0, 40.0):
+        study.add_trial(optuna.trial.create_trial(value=v))
+    # parents = 2: the cut-off is the 2nd best seen so far; 20 comes before two are seen, 5 is below
+    # the cut-off 20, and 40 is above the cut-off 10 (2nd best of 10, 20, 5)
+    got = exact_ceiling(run, parents=2)
+    assert got["above_cutoff"] == 1 / 4
+    assert got["exact_ceiling"] == pytest.approx((1 - math.log(10) / math.log(40)) / 4)
