@@ -65,9 +65,6 @@ def hf_config_patch(long: dict[str, Any], short: dict[str, Any] | None) -> dict[
     }
 
 
-PHI3_KEYS = ("type", "short_factor", "long_factor")
-
-
 def phi3_rope_scaling(rope: dict[str, Any]) -> dict[str, Any]:
     """The three-key rope_scaling every transformers version's Phi3Config accepts."""
     return {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}
@@ -148,14 +145,15 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
         "partial_rotary_factor")
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
+    base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
     if config.get("model_type") == "phi3":
-        if "attention_factor" in rope and (w := phi3_mscale_warning(patch)):
+        if w := phi3_mscale_warning(patch):
             print(f"warning: {w}", file=sys.stderr)
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
         config.pop("rope_parameters", None)
-        config.update({k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v})
+        config.update(base)  # a phi3 config keeps them at the top level
     else:
-        rope.update({k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v})
+        rope.update(base)
         config["rope_scaling"] = rope
         config["rope_parameters"] = rope
     for item in src.iterdir():

@@ -144,15 +144,17 @@ def _search(workdir: Path, name: str, toml: str, progress: bool = False):
     return run, seconds
 
 
-def _tokens(run) -> int:
+def _stages(run) -> list[list[Any]]:
+    """The trials of each stage (one Optuna study per stage) in the run's journal."""
     import optuna
 
     storage = run.storage()
-    total = 0
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False):
-            total += t.user_attrs.get("tokens", 0)
-    return total
+    return [optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def _tokens(run) -> int:
+    return sum(t.user_attrs.get("tokens", 0) for trials in _stages(run) for t in trials)
 
 
 SEARCH_TOML = """
@@ -221,21 +223,20 @@ def exact_ceiling(run, parents: int) -> dict[str, float]:
     N·ln c, i.e. a fraction ln c / ln v of the tokens is always scored:
     saving <= max(0, 1 - ln c / ln v).
     """
-    import optuna
-
-    storage = run.storage()
-    summary = optuna.get_all_study_summaries(storage, include_best_trial=False)[0]
-    trials = [t for t in optuna.load_study(study_name=summary.study_name, storage=storage)
-              .get_trials(deepcopy=False) if t.value is not None]
-    saved, above, seen = 0.0, 0, []
-    for t in trials:
-        if len(seen) >= parents:
-            cut = sorted(seen)[parents - 1]
-            if t.value > cut:
-                above += 1
-                saved += 1 - math.log(cut) / math.log(t.value)
-        seen.append(t.value)
-    return {"exact_ceiling": saved / len(trials), "above_cutoff": above / len(trials)}
+    saved, above, count = 0.0, 0, 0
+    for trials in _stages(run):  # each stage selects its parents on its own
+        seen: list[float] = []
+        for t in trials:
+            if t.value is None:
+                continue
+            if len(seen) >= parents:
+                cut = sorted(seen)[parents - 1]
+                if t.value > cut:
+                    above += 1
+                    saved += 1 - math.log(cut) / math.log(t.value)
+            seen.append(t.value)
+        count += len(seen)
+    return {"exact_ceiling": saved / count, "above_cutoff": above / count}
 
 
 def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
@@ -245,7 +246,7 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
         best = json.loads(run.best_path("long", 1024).read_text())
         res[flag] = (_tokens(run), best["lambdas"], best["n_hat"], secs)
         runs[flag] = run
-    parents = tomllib.loads(_toml())["search"]["parents"]
+    parents = tomllib.loads(runs["false"].config_text())["search"]["parents"]
     return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],
             "early_abort_saved": 1 - res["true"][0] / res["false"][0],
             "same_best": res["true"][1:3] == res["false"][1:3],
@@ -256,12 +257,7 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
 def _trial_span(run) -> float:
     """Seconds from the first evaluation's start to the last one's end: the search's steady
     state, without the one-off worker start-up (model load) and held-out scoring."""
-    import optuna
-
-    storage = run.storage()
-    trials = [t for s in optuna.get_all_study_summaries(storage, include_best_trial=False)
-              for t in optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
-              if t.datetime_start and t.datetime_complete]
+    trials = [t for stage in _stages(run) for t in stage if t.datetime_start and t.datetime_complete]
     return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
 
 
@@ -332,7 +328,6 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
     bad = [x for x in only if x not in SECTIONS]
     if bad:
         raise UserError(f"unknown bench section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
-    out_dir.mkdir(parents=True, exist_ok=True)
     r: dict[str, Any] = {}
     if len(only) < len(SECTIONS):
         old = out_dir / "bench.json"
@@ -342,6 +337,7 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
         if r.get("quick") != quick:
             raise UserError(f"{old} was a {'quick' if r.get('quick') else 'full'} bench; "
                             "rerun the same mode or the whole bench")
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused call writes nothing
     with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
         _run_sections(r, only, quick, Path(tmp))
     r["summary"] = summarize(r)

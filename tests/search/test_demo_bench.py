@@ -43,6 +43,7 @@ def test_bench_quick_table_shape(tmp_path):
         run_bench(quick=True, out_dir=tmp_path, only=["sped"])
     with pytest.raises(UserError, match="needs an earlier full bench"):
         run_bench(quick=True, out_dir=tmp_path / "empty", only=["speed"])
+    assert not (tmp_path / "empty").exists()
     with pytest.raises(UserError, match="was a quick bench"):
         run_bench(quick=False, out_dir=tmp_path, only=["speed"])
 
