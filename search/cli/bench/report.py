@@ -1,0 +1,85 @@
+"""The bench's report: the goals, the summary figures, the Markdown tables and the plot."""
+
+from __future__ import annotations
+
+import math
+import statistics
+from pathlib import Path
+from typing import Any
+
+GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">=", 0.40),
+         "ga_vs_best_baseline": ("<=", 0.90), "early_abort_saved": (">=", 0.25),
+         "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90)}
+
+
+def _spread(xs: list[float]) -> str:
+    xs = sorted(xs)
+    return f"{statistics.median(xs):.2f}" + (f" [{xs[0]:.2f}, {xs[-1]:.2f}]" if len(xs) > 1 else "")
+
+
+def summarize(r: dict[str, Any]) -> dict[str, float]:
+    s = {"overhead": r["speed"]["overhead"], "memory": r["memory"]["memory"],
+         "cpu_efficiency": r["speed"]["cpu_efficiency"],
+         "early_abort_saved": r["early_abort"]["early_abort_saved"]}
+    s.update({k: v for k, v in r["scale"].items() if k.startswith("scale_out")})
+    target = max(r["quality"], key=int)  # keys are strings once read back from bench.json
+    row = r["quality"][target]
+    best_base = min(statistics.median(row[m]["heldout"]) for m in ("pi", "ntk", "yarn"))
+    s["ga_vs_best_baseline"] = statistics.median(row["ga"]["heldout"]) / best_base
+    return s
+
+
+def render(r: dict[str, Any]) -> str:
+    lines = [f"machine: {r['machine']}{' (quick mode: tiny budgets)' if r['quick'] else ''}", "",
+             "| figure | measured | goal | met |", "|---|---|---|---|"]
+    for k, v in r["summary"].items():
+        op, goal = GOALS[k]
+        met = v <= goal if op == "<=" else v >= goal
+        lines.append(f"| {k} | {v:.3f} | {op} {goal} | {'yes' if met else 'NO'} |")
+    for target, row in r["quality"].items():
+        evals = f", {r['quality_budget']} evaluations per search" if "quality_budget" in r else ""
+        lines += ["", f"held-out perplexity at {target} (median [min, max] over seeds{evals}):", "",
+                  "| method | held-out | search set |", "|---|---|---|"]
+        for m, v in row.items():
+            searched = _spread(v["search"]) if "search" in v else "-"
+            lines.append(f"| {m} | {_spread(v['heldout'])} | {searched} |")
+    c = r["cost"]
+    lines += ["", f"cost: {c['model']} at {c['length']} tokens: {c['seconds_per_doc']:.2f} s per document, "
+              f"{c['seconds_per_eval']:.1f} s per 5-document evaluation, peak RSS "
+              f"{c['peak_rss_bytes'] / 2**30:.2f} GiB; paper-default search (1,344 evaluations): "
+              + ", ".join(f"{h:.1f} h on {n} worker{'s' if int(n) > 1 else ''}"
+                          for n, h in c["full_search_hours"].items())]
+    ea = r["early_abort"]
+    lines.append(f"early abort: {ea['tokens_with']} vs {ea['tokens_without']} tokens, "
+                 f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
+                 f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
+                 "could be saved by any exact abort")
+    sc = r["scale"]
+    lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
+        f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))
+    return "\n".join(lines)
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    targets = list(r["quality"])
+    fig, axes = plt.subplots(1, len(targets), figsize=(5 * len(targets), 3.6), squeeze=False)
+    for ax, target in zip(axes[0], targets, strict=True):
+        row = r["quality"][target]
+        names = list(row)
+        meds = [statistics.median(row[m]["heldout"]) for m in names]
+        ax.bar(names, meds, color=["#888"] * 5 + ["#c33", "#36c", "#3a3", "#a6a"][: len(names) - 5])
+        ax.set_yscale("log")
+        ax.set_title(f"held-out ppl at {target}")
+        ax.tick_params(axis="x", rotation=45)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def finite_figures(r: dict[str, Any]) -> bool:
+    return all(math.isfinite(v) for v in r["summary"].values())

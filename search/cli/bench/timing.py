@@ -1,0 +1,94 @@
+"""Objective timing: the patched evaluation against a plain transformers forward, peak
+memory of both paths, and the cost of one evaluation on a real model.
+
+The memory and cost probes run in fresh processes (``python -m`` the probe
+modules beside this one), so one path's allocations cannot inflate the other's.
+"""
+
+from __future__ import annotations
+
+import statistics
+import subprocess
+import sys
+import time
+from typing import Any
+
+PROBES = "longrope.search.cli.bench"
+
+
+def _median_time(fn, reps: int) -> float:
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any]:
+    """Patched evaluation (chunked NLL) vs a plain transformers forward with labels=,
+    alternating, same tokens; and forward FLOP/s vs this machine's matmul rate."""
+    import torch
+
+    from longrope.objectives.models import load_model
+    from longrope.objectives.perplexity import document_nll
+    from longrope.objectives.rotary import patch_model
+    from longrope.spaces import seed
+
+    plain = load_model(model_spec, threads=0)
+    patched = load_model(model_spec, threads=0)
+    rot = patch_model(patched.model, patched.geometry)
+    rot.set_factors(seed("yarn", patched.geometry, length))
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, plain.model.config.vocab_size, (1, length), generator=gen)
+
+    def run_plain():
+        with torch.no_grad():
+            plain.model(ids, labels=ids).loss.item()
+
+    def run_patched():
+        document_nll(patched.model, ids[0].numpy())
+
+    run_plain(), run_patched()  # warm up
+    tp, tq = [], []
+    for _ in range(reps):
+        tp.append(_median_time(run_plain, 1))
+        tq.append(_median_time(run_patched, 1))
+    t_plain, t_patched = statistics.median(tp), statistics.median(tq)
+    cfg = plain.model.config
+    n_params = sum(p.numel() for n, p in plain.model.named_parameters() if "embed" not in n)
+    n_params += cfg.vocab_size * cfg.hidden_size  # the LM head runs on every position
+    flops = 2 * n_params * length + 2 * cfg.num_hidden_layers * length * length * cfg.hidden_size
+    a = torch.randn(2048, 2048)
+    t_mm = _median_time(lambda: a @ a, 5)
+    mm_rate = 2 * 2048**3 / t_mm
+    return {"overhead": t_patched / t_plain, "t_plain": t_plain, "t_patched": t_patched,
+            "fwd_flops": flops, "fwd_rate": flops / t_patched, "matmul_rate": mm_rate,
+            "cpu_efficiency": (flops / t_patched) / mm_rate}
+
+
+def memory(model_spec: str, length: int) -> dict[str, Any]:
+    """Peak RSS growth while scoring one document (sampled every 0.5 ms from a thread),
+    each path in a fresh process."""
+    out = {}
+    for path in ("chunked", "labels"):
+        r = subprocess.run([sys.executable, "-m", f"{PROBES}.probe_memory", model_spec, str(length), path],
+                           capture_output=True, text=True)
+        if r.returncode:
+            raise RuntimeError(f"memory probe failed: {r.stderr[-500:]}")
+        out[path] = max(int(r.stdout.strip().splitlines()[-1]), 4096)
+    return {"memory": out["chunked"] / out["labels"], "peak_chunked": out["chunked"],
+            "peak_labels": out["labels"], "length": length}
+
+
+def cost_estimate(model_spec: str, length: int, docs: int = 5) -> dict[str, Any]:
+    """Seconds and peak memory of one document forward; projected paper-default search time."""
+    r = subprocess.run([sys.executable, "-m", f"{PROBES}.probe_cost", model_spec, str(length)],
+                       capture_output=True, text=True)
+    if r.returncode:
+        raise RuntimeError(f"cost probe failed: {r.stderr[-500:]}")
+    secs, peak = (float(x) for x in r.stdout.split()[-2:])
+    per_eval = secs * docs
+    return {"model": model_spec, "length": length, "seconds_per_doc": secs, "seconds_per_eval": per_eval,
+            "peak_rss_bytes": peak,
+            "full_search_hours": {n: 1344 * per_eval / n / 3600 for n in (1, 8, 64)}}

@@ -1,0 +1,52 @@
+"""Verbs that carry found factors to a model: export and apply."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    """Write the best factors as a Hugging Face config patch (or CSV)."""
+    from longrope.runs import Run
+    from longrope.runs.export import export
+
+    path, warnings = export(Run.open(args.run_dir), args.target, args.short, args.output, args.format)
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+    print(path)
+    return 0
+
+
+def cmd_apply(args: argparse.Namespace) -> int:
+    """Make a model folder whose config.json carries exported factors."""
+    from longrope.runs.export import apply_to_folder
+
+    print(apply_to_folder(args.factors, args.model_dir, args.output, copy=args.copy))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    ex = sub.add_parser("export", help="best factors as a Hugging Face config patch",
+                        description=cmd_export.__doc__ + " The JSON has max_position_embeddings, "
+                        "original_max_position_embeddings and rope_scaling (rope_type longrope) to merge "
+                        "into a model's config.json, plus a longrope_search block with n̂ and provenance.")
+    ex.add_argument("run_dir")
+    ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
+    ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
+    ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")
+    ex.add_argument("--format", choices=["json", "phi3", "csv"], default="json",
+                    help="phi3: rope_scaling with only type/short_factor/long_factor, which Phi3Config in "
+                    "transformers 4.57 requires; csv: one long factor per line, like the reference "
+                    "implementation")
+    ex.set_defaults(func=cmd_export)
+
+    ap = sub.add_parser("apply", help="a model folder whose config carries exported factors",
+                        description=cmd_apply.__doc__ + " Weights are symlinked unless --copy. In Python, "
+                        "longrope.objectives.rotary.apply_factors(model, factors) patches a loaded model, "
+                        "n̂ included.")
+    ap.add_argument("factors", help="a JSON written by `longrope export`")
+    ap.add_argument("model_dir", help="the Hugging Face model folder to extend")
+    ap.add_argument("-o", "--output", required=True, help="new model folder")
+    ap.add_argument("--copy", action="store_true", help="copy weights instead of symlinking")
+    ap.set_defaults(func=cmd_apply)

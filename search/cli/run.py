@@ -1,0 +1,134 @@
+"""Verbs that make and read runs: config, search, resume, status."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+from longrope.spaces import UserError
+
+
+def cmd_config(args: argparse.Namespace) -> int:
+    """Validate a config and print it fully resolved (or the annotated example)."""
+    from importlib.resources import files
+
+    from longrope.search import config
+
+    if args.config is None:
+        print(files("longrope.search").joinpath("example.toml").read_text(), end="")
+        return 0
+    print(config.dumps(config.load(args.config)), end="")
+    return 0
+
+
+def _run_search(cfg, run_dir: str, resume: bool, progress: bool = True) -> dict:
+    """Validate everything (config, model, data) before touching the run directory."""
+    from longrope.runs import Run
+    from longrope.search import config as config_mod
+    from longrope.search.driver import Driver
+
+    existing = Run.is_run(run_dir)
+    if existing:
+        run = Run.open(run_dir)
+        diff = config_mod.defining_diff(run.config(), cfg.to_dict())
+        if diff:
+            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
+                            "target list, space or seed needs a new --run-dir")
+    elif resume:
+        Run.open(run_dir)  # says why it is not a run
+    driver = Driver(cfg, None, progress=progress)
+    driver.start_backend()
+    run = Run.open(run_dir) if existing else Run.create(run_dir, config_mod.dumps(cfg))
+    driver.run = run
+    with run.lock():
+        run.event(f"driver start (pid {__import__('os').getpid()}, {'resume' if existing else 'new run'})")
+        try:
+            results = driver.run_all()
+        except KeyboardInterrupt:
+            run.event("interrupted (Ctrl-C); running trials re-queued")
+            print(f"interrupted; running trials were re-queued. Resume with: longrope resume {run_dir}",
+                  file=sys.stderr)
+            raise SystemExit(130) from None
+        finally:
+            if driver.backend is not None:
+                driver.backend.close()
+    return results
+
+
+def _overrides(cfg, args: argparse.Namespace):
+    if getattr(args, "workers", None) is not None:
+        if args.workers < 1:
+            raise UserError(f"--workers must be >= 1, got {args.workers}")
+        cfg.workers.count = args.workers
+        if args.workers > 1:
+            cfg.workers.backend = "ray"
+    if getattr(args, "address", None):
+        cfg.workers.address = args.address
+        cfg.workers.backend = "ray"
+    if getattr(args, "max_evals", None) is not None:
+        if args.max_evals < 1:
+            raise UserError(f"--max-evals must be >= 1, got {args.max_evals}")
+        cfg.search.max_evals = args.max_evals
+    return cfg
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    """Run (or continue) a search described by a TOML config into a run directory."""
+    from longrope.search import config
+
+    cfg = _overrides(config.load(args.config), args)
+    results = _run_search(cfg, args.run_dir, resume=False, progress=not args.quiet)
+    print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
+    return 0
+
+
+def cmd_resume(args: argparse.Namespace) -> int:
+    """Continue an interrupted search from its journal; the result equals an uninterrupted run."""
+    from longrope.runs import Run
+    from longrope.search import config
+
+    run = Run.open(args.run_dir)
+    try:
+        cfg = config.from_dict(run.config())
+    except UserError as e:
+        raise UserError(f"{run.path / 'config.toml'}: {e}") from None
+    cfg = _overrides(cfg, args)
+    results = _run_search(cfg, args.run_dir, resume=True, progress=not args.quiet)
+    print(f"done: {', '.join(results)} in {args.run_dir}")
+    return 0
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    """Per stage: evaluations done / budget, best ppl, generation, running/failed/pruned, ETA."""
+    from longrope.runs import Run
+    from longrope.runs.status import render_status
+
+    print(render_status(Run.open(args.run_dir), args.json))
+    return 0
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("config", help="validate a run config and print it resolved; "
+                       "without a file, print the annotated example config",
+                       description=cmd_config.__doc__)
+    c.add_argument("config", nargs="?", help="TOML run config")
+    c.set_defaults(func=cmd_config)
+
+    for name, fn, is_resume in (("search", cmd_search, False), ("resume", cmd_resume, True)):
+        p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__)
+        if is_resume:
+            p.add_argument("run_dir", help="an existing run directory")
+        else:
+            p.add_argument("config", help="TOML run config (see `longrope config`)")
+            p.add_argument("--run-dir", required=True, help="where the run lives; an existing run "
+                           "with the same search-defining config is resumed")
+        p.add_argument("--workers", type=int, help="model replicas; more than 1 uses Ray")
+        p.add_argument("--address", help="join this Ray cluster (else RAY_ADDRESS, else local)")
+        p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
+        p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.set_defaults(func=fn)
+
+    st = sub.add_parser("status", help="progress of a run", description=cmd_status.__doc__)
+    st.add_argument("run_dir")
+    st.add_argument("--json", action="store_true", help="one JSON object with a 'stages' list")
+    st.set_defaults(func=cmd_status)
