@@ -33,7 +33,7 @@ def parse_cost(model: str) -> float:
 class SyntheticEvaluator:
     def __init__(self, spec):
         self.spec = spec
-        self.cost = parse_cost(spec.model)
+        self.cost = parse_cost(spec.model.path)
         self.geometry = GEOMETRY
         self.calls = 0
 

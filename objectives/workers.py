@@ -8,39 +8,13 @@ so the search driver is indifferent to where a candidate runs.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
-
 import numpy as np
 
 from longrope.spaces import RescaleFactors, RopeGeometry
 
 from .data import Split, load_corpus, tokenize
 from .perplexity import Evaluation, score
-
-
-@dataclass(frozen=True)
-class ObjectiveSpec:
-    """Everything a worker needs to build its objective; picklable for Ray."""
-
-    model: str = "builtin:tiny-sotu"
-    dtype: str = "auto"
-    device: str = "auto"
-    attention: str = "sdpa"
-    threads: int = 0
-    data: str = "builtin:sotu"
-    text_column: str = "text"
-    per_line: bool = False
-    search_docs: int = 5
-    heldout_docs: int = 5
-    split_seed: int = 0
-    cache_dir: str = ""
-
-    @classmethod
-    def from_config(cls, cfg: Any) -> ObjectiveSpec:
-        m, d = cfg.model, cfg.data
-        return cls(m.path, m.dtype, m.device, m.attention, m.threads, d.path, d.text_column,
-                   d.per_line, d.search_docs, d.heldout_docs, d.split_seed, d.cache_dir)
+from .specs import ObjectiveSpec
 
 
 class Evaluator:
@@ -51,11 +25,12 @@ class Evaluator:
         from .rotary import patch_model
 
         self.spec = spec
-        self.corpus = load_corpus(spec.data, spec.text_column, spec.per_line)  # cheap errors first
-        self.loaded = load_model(spec.model, spec.dtype, spec.device, spec.attention, spec.threads)
+        m, d = spec.model, spec.data
+        self.corpus = load_corpus(d.path, d.text_column, d.per_line)  # cheap errors first
+        self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads)
         self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
-        self.tokens = tokenize(self.corpus, self.loaded.tokenizer, spec.cache_dir or cache_root())
-        self.split = Split.make(len(self.tokens), spec.split_seed)
+        self.tokens = tokenize(self.corpus, self.loaded.tokenizer, d.cache_dir or cache_root())
+        self.split = Split.make(len(self.tokens), d.split_seed)
         self._docs: dict[tuple[str, int, int], list[np.ndarray]] = {}
 
     @property
@@ -64,7 +39,7 @@ class Evaluator:
 
     def docs(self, length: int, pool: str = "search", count: int | None = None) -> list[np.ndarray]:
         if count is None:
-            count = self.spec.search_docs if pool == "search" else self.spec.heldout_docs
+            count = self.spec.data.search_docs if pool == "search" else self.spec.data.heldout_docs
         key = (pool, length, count)
         if key not in self._docs:
             self._docs[key] = self.split.take(pool, self.tokens, length, count)
@@ -73,7 +48,7 @@ class Evaluator:
     def check(self, lengths: list[int]) -> RopeGeometry:
         """Fail early (one clear line) if any length lacks documents; return the geometry."""
         self.check_pool(lengths, "search")
-        if self.spec.heldout_docs:
+        if self.spec.data.heldout_docs:
             self.check_pool(lengths, "heldout")
         return self.geometry
 
@@ -91,7 +66,7 @@ class Evaluator:
 
 def make_evaluator(spec: ObjectiveSpec):
     """The evaluator a spec names: a real model, or the documented synthetic objective."""
-    if spec.model.startswith("synthetic"):
+    if spec.model.path.startswith("synthetic"):
         from .synthetic import SyntheticEvaluator
 
         return SyntheticEvaluator(spec)

@@ -1,5 +1,8 @@
 """The run configuration: one TOML file, five sections, defaults from the paper.
 
+``[model]`` and ``[data]`` are the objective's own specs (objectives/specs.py,
+defined once there); ``[space]``, ``[search]`` and ``[workers]`` are defined here.
+
 Each field's comment says what it means and which values it takes. Unknown
 keys are rejected naming the key and the section, wrong types with the
 expected type, impossible values with the reason; all as `UserError` (one
@@ -14,27 +17,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from longrope.objectives.specs import ATTENTIONS, DEVICES, DTYPES, DataSpec, ModelSpec
 from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, SEEDS, UserError
-
-
-@dataclass
-class ModelConfig:
-    path: str = "builtin:tiny-sotu"  # HF folder | file.gguf | builtin:tiny-sotu | builtin:smollm2-135m
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
-    attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
-    threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
-
-
-@dataclass
-class DataConfig:
-    path: str = "builtin:sotu"  # builtin:sotu | folder of .txt | .txt/.jsonl/.parquet file | hub id
-    text_column: str = "text"  # column holding the text (jsonl, parquet, hub)
-    per_line: bool = False  # .txt: one document per line instead of per file
-    search_docs: int = 5  # documents scored per candidate (paper: 5 PG19 docs)
-    heldout_docs: int = 5  # disjoint documents for the held-out report
-    split_seed: int = 0  # seeds the document split
-    cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
 
 
 @dataclass
@@ -80,8 +64,8 @@ class WorkersConfig:
 
 @dataclass
 class RunConfig:
-    model: ModelConfig = field(default_factory=ModelConfig)
-    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelSpec = field(default_factory=ModelSpec)  # [model]: objectives/specs.py
+    data: DataSpec = field(default_factory=DataSpec)  # [data]: objectives/specs.py
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -107,9 +91,9 @@ NOT_DEFINING = {
 }
 
 _CHOICES = {
-    "model.dtype": {"auto", "float32", "bfloat16", "float16"},
-    "model.device": {"auto", "cpu", "cuda"},
-    "model.attention": {"sdpa", "flash_attention_2", "eager"},
+    "model.dtype": set(DTYPES),
+    "model.device": set(DEVICES),
+    "model.attention": set(ATTENTIONS),
     "search.sampler": {"longrope", "cmaes", "tpe", "random"},
     "workers.backend": {"inprocess", "ray"},
 }

@@ -46,7 +46,8 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     best = json.loads(run.best_path("long", target).read_text())
     searched = RescaleFactors(tuple(best["lambdas"]), best["n_hat"], best["mscale"])
 
-    from longrope.objectives.workers import Evaluator, ObjectiveSpec
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.objectives.workers import Evaluator
 
     ev = Evaluator(ObjectiveSpec.from_config(cfg))
     g = ev.geometry

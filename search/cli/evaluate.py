@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 
+from longrope.objectives.specs import DEVICES, DTYPES
 from longrope.spaces import UserError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity of each method at each length on the search or held-out documents."""
     from longrope.objectives.evaluate import as_json, parse_lengths, render, run_eval
-    from longrope.objectives.workers import ObjectiveSpec
+    from longrope.objectives.specs import ObjectiveSpec
 
     lengths = parse_lengths(args.lengths)
     if args.samples < 1:
@@ -18,9 +19,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not methods:
         raise UserError("--methods is empty")
-    spec = ObjectiveSpec(model=args.model, data=args.data, text_column=args.text_column,
-                         dtype=args.dtype, device=args.device, threads=args.threads,
-                         search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed)
+    spec = ObjectiveSpec.of(args.model, args.data, text_column=args.text_column, dtype=args.dtype,
+                            device=args.device, threads=args.threads, search_docs=args.samples,
+                            heldout_docs=args.samples, split_seed=args.split_seed)
     results = run_eval(spec, lengths, methods, args.split, progress=not args.json)
     print(as_json(results, args.tail) if args.json else render(results, args.tail))
     return 0
@@ -40,8 +41,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--split", choices=["heldout", "search"], default="heldout", help="document pool")
     e.add_argument("--samples", type=int, default=5, help="documents per length (default 5)")
     e.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
-    e.add_argument("--dtype", default="auto", choices=["auto", "float32", "bfloat16", "float16"])
-    e.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda"])
+    e.add_argument("--dtype", default="auto", choices=DTYPES)
+    e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
     e.add_argument("--json", action="store_true", help='print {"method": {"length": ppl}} only')

@@ -7,12 +7,13 @@ import torch
 
 from longrope.objectives import smollm2
 from longrope.objectives.models import load_model
-from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.objectives.workers import Evaluator
 from longrope.spaces import UserError, seed
 
 
 def test_tiny_sotu_breaks_past_its_training_length():
-    ev = Evaluator(ObjectiveSpec(model="builtin:tiny-sotu", heldout_docs=5))
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", heldout_docs=5))
     g = ev.geometry
     assert (g.original_length, g.n_freqs, g.base) == (128, 32, 10000.0)
     at_1x = ev.evaluate(seed("none", g, 128), 128, pool="heldout").ppl

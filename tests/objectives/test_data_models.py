@@ -6,7 +6,8 @@ import transformers
 
 from longrope.objectives.data import Split, load_corpus, tokenize
 from longrope.objectives.models import load_model
-from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.objectives.workers import Evaluator
 from longrope.spaces import UserError, seed
 
 
@@ -65,7 +66,7 @@ def test_model_errors(tmp_path):
 
 
 def test_evaluator_scores_and_explains_too_few_docs(tiny_model_dir, text_corpus_dir):
-    ev = Evaluator(ObjectiveSpec(model=str(tiny_model_dir), data=str(text_corpus_dir),
+    ev = Evaluator(ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir),
                                  search_docs=2, heldout_docs=2))
     g = ev.geometry
     assert (g.original_length, g.n_freqs) == (32, 8)

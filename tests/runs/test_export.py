@@ -9,7 +9,8 @@ import transformers
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from longrope.objectives.rotary import base_inv_freq
-from longrope.objectives.workers import Evaluator, ObjectiveSpec
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.objectives.workers import Evaluator
 from longrope.runs import Run
 from longrope.runs.export import apply_to_folder, export
 from longrope.search import config
@@ -110,7 +111,7 @@ def test_apply_output_loads_and_equals_the_patched_evaluator(tiny_run, tiny_mode
     out = apply_to_folder(path, tiny_model_dir, tmp_path / "extended")
     best = json.loads(tiny_run.best_path("long", 128).read_text())
     model = transformers.AutoModelForCausalLM.from_pretrained(out, attn_implementation="eager").eval()
-    ev = Evaluator(ObjectiveSpec(model=str(tiny_model_dir), data=str(text_corpus_dir), attention="eager",
+    ev = Evaluator(ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), attention="eager",
                                  search_docs=2, heldout_docs=1))
     ev.rotary.set_factors(RescaleFactors(tuple(best["lambdas"]), 0, best["mscale"]))
     ids = torch.as_tensor(ev.docs(128)[0])[None]

@@ -8,7 +8,7 @@ import pytest
 from search_helpers import run_small, small_cfg, trajectory
 
 from longrope.objectives.perplexity import FAILED, Evaluation
-from longrope.objectives.workers import ObjectiveSpec
+from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run, rundir
 from longrope.search import config
 from longrope.search.backends import InProcessBackend
@@ -45,7 +45,7 @@ class NaNBackend(InProcessBackend):
 def test_nan_candidates_are_failed_trials_and_the_run_continues(tmp_path):
     cfg, _ = small_cfg()
     run = Run.create(tmp_path / "r", config.dumps(cfg))
-    Driver(cfg, run, progress=False, backend=NaNBackend(ObjectiveSpec(model="synthetic"))).run_all()
+    Driver(cfg, run, progress=False, backend=NaNBackend(ObjectiveSpec.of("synthetic"))).run_all()
     rows = trajectory(run)["long-256"]
     failed = [r for r in rows if r[2] == "FAIL"]
     assert len(rows) == 36 and 8 <= len(failed) <= 14

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from search_helpers import run_small, small_cfg, trajectory
 
+from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.synthetic import SyntheticEvaluator
-from longrope.objectives.workers import ObjectiveSpec
 from longrope.search.backends import RayBackend, check_resources
 from longrope.spaces import UserError
 
@@ -18,7 +18,7 @@ class ShuffledBackend:
     """Takes up to 4 jobs at once and hands results back in a seeded random order."""
 
     def __init__(self, seed):
-        self.ev = SyntheticEvaluator(ObjectiveSpec(model="synthetic"))
+        self.ev = SyntheticEvaluator(ObjectiveSpec.of("synthetic"))
         self.rng = np.random.default_rng(seed)
         self.pending = []
         self.capacity = 4
@@ -73,7 +73,7 @@ def test_ray_workers_match_in_process(tmp_path, reference, ray_session, count):
 
 
 def test_killed_ray_worker_is_replaced_and_result_unchanged(tmp_path, reference, ray_session):
-    backend = RayBackend(ObjectiveSpec(model="synthetic:0.01"), count=2)
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.01"), count=2)
     victim = backend.worker_pids()[0]
     timer = threading.Timer(0.8, os.kill, (victim, signal.SIGKILL))
     timer.start()

@@ -79,9 +79,10 @@ def _toml(**kw) -> str:
 def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[int],
                    samplers: list[str]) -> dict[str, Any]:
     from longrope.objectives.baselines import method_factors
-    from longrope.objectives.workers import Evaluator, ObjectiveSpec
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.objectives.workers import Evaluator
 
-    ev = Evaluator(ObjectiveSpec(model="builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
     out: dict[str, Any] = {}
     for target in targets:
         row: dict[str, Any] = {}

@@ -1,0 +1,65 @@
+"""What a scoring worker needs, one spec per concern: the model, the data.
+
+`ModelSpec` and `DataSpec` are defined once, here, with a comment on each
+field saying which values it takes; the run config's ``[model]`` and
+``[data]`` sections ARE these classes (search/config.py composes them), and
+`ObjectiveSpec` is the pair a worker builds its objective from. A new model
+or data option is one field here. All three are plain dataclasses, picklable
+for Ray.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+
+
+@dataclass
+class ModelSpec:
+    path: str = "builtin:tiny-sotu"  # HF folder | file.gguf | builtin:tiny-sotu | builtin:smollm2-135m
+    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    device: str = "auto"  # auto | cpu | cuda
+    attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
+    threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
+
+
+@dataclass
+class DataSpec:
+    path: str = "builtin:sotu"  # builtin:sotu | folder of .txt | .txt/.jsonl/.parquet file | hub id
+    text_column: str = "text"  # column holding the text (jsonl, parquet, hub)
+    per_line: bool = False  # .txt: one document per line instead of per file
+    search_docs: int = 5  # documents scored per candidate (paper: 5 PG19 docs)
+    heldout_docs: int = 5  # disjoint documents for the held-out report
+    split_seed: int = 0  # seeds the document split
+    cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
+
+
+@dataclass(frozen=True)
+class ObjectiveSpec:
+    """The model and the data a worker scores candidates with."""
+
+    model: ModelSpec = field(default_factory=ModelSpec)
+    data: DataSpec = field(default_factory=DataSpec)
+
+    @classmethod
+    def from_config(cls, cfg: Any) -> ObjectiveSpec:
+        """From a run config (anything with ``model`` and ``data`` sections); copies, so a later
+        change to the config does not reach a spec already handed to workers."""
+        return cls(dataclasses.replace(cfg.model), dataclasses.replace(cfg.data))
+
+    @classmethod
+    def of(cls, model: str = ModelSpec.path, data: str = DataSpec.path, **kw: Any) -> ObjectiveSpec:
+        """Keyword shorthand: ``model``/``data`` are the paths, every other key goes to the
+        spec that has a field of that name (``threads`` to the model, ``search_docs`` to the data)."""
+        m = {f.name for f in dataclasses.fields(ModelSpec)}
+        d = {f.name for f in dataclasses.fields(DataSpec)}
+        unknown = set(kw) - m - d
+        if unknown:
+            raise TypeError(f"unknown objective keys: {', '.join(sorted(unknown))}")
+        return cls(ModelSpec(model, **{k: v for k, v in kw.items() if k in m}),
+                   DataSpec(data, **{k: v for k, v in kw.items() if k in d}))
