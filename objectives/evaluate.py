@@ -8,7 +8,7 @@ from typing import Any
 
 from longrope.spaces import UserError
 
-from .baselines import check_method, method_factors
+from .methods import check_method, method_factors
 from .workers import ObjectiveSpec, make_evaluator
 
 

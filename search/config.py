@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from longrope.objectives.specs import ATTENTIONS, DEVICES, DTYPES, DataSpec, ModelSpec
-from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, SEEDS, UserError
+from longrope.spaces import METHODS, MSCALE_POLICIES, N_HAT_PAPER, UserError
 
 
 @dataclass
@@ -45,7 +45,8 @@ class SearchConfig:
     mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
     crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
     sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1)
-    seeds: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
+    # methods (spaces.METHODS) or factors .json files whose exact factors start the population
+    methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: int = 20  # early stop: iterations without min_improvement
     min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
     max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
@@ -128,8 +129,23 @@ def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
     return value
 
 
+# Keys renamed since a run's config.toml may have been frozen: (section, old) -> new.
+RENAMED = {("search", "seeds"): "methods"}
+
+
+def _current_names(data: dict[str, Any]) -> dict[str, Any]:
+    """A parsed config with renamed keys under their current names, so older runs resume."""
+    out = {}
+    for section, table in data.items():
+        if isinstance(table, dict):
+            table = {RENAMED.get((section, k), k): v for k, v in table.items()}
+        out[section] = table
+    return out
+
+
 def from_dict(data: dict[str, Any]) -> RunConfig:
     """Typed, validated config from a parsed TOML table."""
+    data = _current_names(data)
     cfg = RunConfig()
     sections = {f.name: f for f in dataclasses.fields(RunConfig)}
     for name, table in data.items():
@@ -187,9 +203,10 @@ def validate(cfg: RunConfig) -> None:
     for key in ("mutation_prob", "crossover_prob"):
         if not 0 <= getattr(se, key) <= 1:
             raise UserError(f"search.{key} = {getattr(se, key)} must be in [0, 1]")
-    for name in se.seeds:
-        if name not in SEEDS and not name.endswith(".json"):
-            raise UserError(f"search.seeds: unknown seed {name!r}; use {', '.join(SEEDS)} or a .json file")
+    for name in se.methods:
+        if name not in METHODS and not name.endswith(".json"):
+            raise UserError(f"search.methods: unknown method {name!r}; use {', '.join(METHODS)} "
+                            "or a .json file")
     if se.sigma <= 0:
         raise UserError(f"search.sigma = {se.sigma} must be positive")
     if wk.count < 1:
@@ -239,6 +256,7 @@ def _toml_value(v: Any) -> str:
 
 def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Search-defining keys whose values differ, as 'section.key: old -> new'."""
+    old = _current_names(old)
     out = []
     for section in new:
         for key, value in new[section].items():

@@ -1,15 +1,15 @@
 """Stages: one search per target length, long ones ascending, then short ones.
 
-Each long stage is seeded with the exact PI/NTK/YaRN/dynamic-NTK factors for
-its length and with the previous stage's best (progressive extension, paper
-section 3.3). Short stages (L <= L0) start from λ = 1.
+Each long stage's initial population starts with the exact factors of the
+configured methods (PI/NTK/YaRN/dynamic NTK) for its length and the previous
+stage's best (progressive extension, paper section 3.3). Short stages (L <= L0) start from λ = 1.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-from longrope.spaces import RescaleFactors, RopeGeometry, SearchSpace, UserError, resolve_mscale, seed
+from longrope.spaces import RescaleFactors, RopeGeometry, SearchSpace, UserError, method, resolve_mscale
 
 from .config import RunConfig
 
@@ -49,20 +49,24 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
     return out
 
 
-def stage_seeds(cfg: RunConfig, stage: Stage, g: RopeGeometry,
-                previous: RescaleFactors | None) -> list[RescaleFactors]:
-    """Exact seeds (mscale set to the stage's policy, n̂ = 0), previous best first."""
+def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
+                    previous: RescaleFactors | None) -> list[RescaleFactors]:
+    """The exact factors that start a stage's population (mscale set to the stage's policy,
+    n̂ = 0): the previous stage's best first, then search.methods."""
     if stage.kind == "short":
-        return [seed("none", g, stage.length).replace(mscale=stage.space.mscale)]
+        return [method("none", g, stage.length).replace(mscale=stage.space.mscale)]
     out = [previous.replace(mscale=stage.space.mscale)] if previous is not None else []
-    for name in cfg.search.seeds:
+    for name in cfg.search.methods:
         if name.endswith(".json"):  # a user's factors: must lie in the space (n̂ included)
             f = RescaleFactors.load(name)
             try:
                 stage.space.validate(f)
             except UserError as e:
-                raise UserError(f"seed file {name} at {stage.name}: {e}") from None
+                raise UserError(f"factors file {name} in search.methods, at {stage.name}: {e}") from None
             out.append(f.replace(mscale=stage.space.mscale))
         else:
-            out.append(seed(name, g, stage.length).replace(mscale=stage.space.mscale))
+            out.append(method(name, g, stage.length).replace(mscale=stage.space.mscale))
     return out
+
+
+stage_seeds = initial_factors  # TEMPORARY: the driver's old name, removed when the driver is updated

@@ -1,17 +1,18 @@
 """What can be searched: RoPE geometry, rescale-factor values, the search space
-(bounds, grid, monotonicity, n̂ set) and the exact seed initialisers (PI, NTK,
+(bounds, grid, monotonicity, n̂ set) and the closed-form methods (PI, NTK,
 YaRN, dynamic NTK, Llama 3). Pure numerics: imports nothing else of ours."""
 
 from .errors import UserError
 from .factors import MSCALE_POLICIES, RescaleFactors, mscale_su, mscale_yarn, resolve_mscale
 from .geometry import RopeGeometry
-from .seeds import SEEDS, seed
+from .methods import METHODS, REFERENCE_METHODS, method
 from .space import N_HAT_PAPER, SearchSpace
 
 __all__ = [
     "MSCALE_POLICIES",
     "N_HAT_PAPER",
-    "SEEDS",
+    "METHODS",
+    "REFERENCE_METHODS",
     "RescaleFactors",
     "RopeGeometry",
     "SearchSpace",
@@ -19,5 +20,5 @@ __all__ = [
     "mscale_su",
     "mscale_yarn",
     "resolve_mscale",
-    "seed",
+    "method",
 ]

@@ -16,9 +16,9 @@ import tomllib
 from importlib.resources import files
 from pathlib import Path
 
-from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces import REFERENCE_METHODS, RescaleFactors, UserError
 
-BASELINES = ("none", "pi", "ntk", "yarn")
+COMPARED = ("none", *REFERENCE_METHODS)  # the rows beside the searched factors
 
 
 def demo_config():
@@ -28,7 +28,7 @@ def demo_config():
 
 
 def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -> dict:
-    from longrope.objectives.baselines import method_factors
+    from longrope.objectives.methods import method_factors
     from longrope.runs import Run
     from longrope.runs.export import export
 
@@ -51,7 +51,7 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
 
     ev = Evaluator(ObjectiveSpec.from_config(cfg))
     g = ev.geometry
-    methods = {m: method_factors(m, g, target) for m in BASELINES}
+    methods = {m: method_factors(m, g, target) for m in COMPARED}
     methods["searched"] = searched
     lengths = sorted({g.original_length, *cfg.space.targets, 2 * g.original_length})
     table: dict[str, dict[int, float]] = {m: {} for m in methods}
@@ -85,8 +85,9 @@ def render(table, L0: int, target: int, result: dict) -> str:
              "", head, "|" + "---|" * (len(lengths) + 1)]
     for m, row in table.items():
         lines.append(f"| {m} | " + " | ".join(f"{row[n]:.2f}" for n in lengths) + " |")
-    best_base = min(table[m][target] for m in BASELINES)
-    lines += ["", f"searched / best baseline at {target}: {table['searched'][target] / best_base:.3f}",
+    best_base = min(table[m][target] for m in REFERENCE_METHODS)
+    ratio = table["searched"][target] / best_base
+    lines += ["", f"searched / best of {'/'.join(REFERENCE_METHODS)} at {target}: {ratio:.3f}",
               f"evaluations: {result['evals']}; export: {result['export']}; plot: {result['plot']}"]
     return "\n".join(lines)
 

@@ -9,17 +9,17 @@ from longrope.objectives import smollm2
 from longrope.objectives.models import load_model
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
-from longrope.spaces import UserError, seed
+from longrope.spaces import UserError, method
 
 
 def test_tiny_sotu_breaks_past_its_training_length():
     ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", heldout_docs=5))
     g = ev.geometry
     assert (g.original_length, g.n_freqs, g.base) == (128, 32, 10000.0)
-    at_1x = ev.evaluate(seed("none", g, 128), 128, pool="heldout").ppl
-    at_8x = ev.evaluate(seed("none", g, 1024), 1024, pool="heldout").ppl
+    at_1x = ev.evaluate(method("none", g, 128), 128, pool="heldout").ppl
+    at_8x = ev.evaluate(method("none", g, 1024), 1024, pool="heldout").ppl
     assert at_8x > 1.5 * at_1x, (at_1x, at_8x)
-    assert ev.evaluate(seed("yarn", g, 1024), 1024, pool="heldout").ppl < at_8x
+    assert ev.evaluate(method("yarn", g, 1024), 1024, pool="heldout").ppl < at_8x
 
 
 def test_smollm2_missing_distribution_gives_install_line(monkeypatch):

@@ -8,7 +8,7 @@ from longrope.objectives.data import Split, load_corpus, tokenize
 from longrope.objectives.models import load_model
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
-from longrope.spaces import UserError, seed
+from longrope.spaces import UserError, method
 
 
 def test_split_is_deterministic_and_disjoint():
@@ -70,9 +70,9 @@ def test_evaluator_scores_and_explains_too_few_docs(tiny_model_dir, text_corpus_
                                  search_docs=2, heldout_docs=2))
     g = ev.geometry
     assert (g.original_length, g.n_freqs) == (32, 8)
-    a = ev.evaluate(seed("none", g, 128), 128)
-    b = ev.evaluate(seed("pi", g, 128), 128)
+    a = ev.evaluate(method("none", g, 128), 128)
+    b = ev.evaluate(method("pi", g, 128), 128)
     assert a.ok and b.ok and a.ppl != b.ppl and a.tokens == 2 * 128
-    assert ev.evaluate(seed("none", g, 128), 128).ppl == a.ppl  # switching back is exact
+    assert ev.evaluate(method("none", g, 128), 128).ppl == a.ppl  # switching back is exact
     with pytest.raises(UserError, match="reach 10000000 tokens"):
-        ev.evaluate(seed("none", g, 128), 10_000_000)
+        ev.evaluate(method("none", g, 128), 10_000_000)

@@ -71,7 +71,7 @@ CONFIG_CASES = {
     "budget zero population": (SYN.replace("population = 4", "population = 0"), "search.population = 0"),
     "workers zero": (SYN + "[workers]\ncount = 0\n", "workers.count = 0 must be >= 1"),
     "missing model": (SYN.replace('"synthetic"', '"/no/such/model"'), "model path /no/such/model does not exist"),
-    "unknown seed": (SYN.replace("iterations = 1", "iterations = 1\nseeds = ['yarm']"), "unknown seed 'yarm'"),
+    "unknown method": (SYN.replace("iterations = 1", "iterations = 1\nmethods = ['yarm']"), "unknown method 'yarm'"),
 }
 
 
@@ -93,28 +93,28 @@ def model_case(files, tiny, corpus, key):
         "empty corpus": (f'"{tiny}"', f'"{files / "empty"}"', "holds no non-empty documents"),
         "no document reaches target": (f'"{tiny}"', f'"{files / "short"}"', "documents reach 256 tokens"),
         "text column missing": (f'"{tiny}"', f'"{files / "d.jsonl"}"', "has no column 'text'"),
-        "non-monotone seed file": (f'"{tiny}"', f'"{corpus}"', "below λ[1]"),
-        "off-grid seed file": (f'"{tiny}"', f'"{corpus}"', "is not on the 0.01 grid"),
+        "non-monotone factors file": (f'"{tiny}"', f'"{corpus}"', "below λ[1]"),
+        "off-grid factors file": (f'"{tiny}"', f'"{corpus}"', "is not on the 0.01 grid"),
         "n_hat outside the set": (f'"{tiny}"', f'"{corpus}"', "n_hat = 3 is not one of"),
     }[key]
 
 
-SEED_FILES = {"non-monotone seed file": "nonmono8.json", "off-grid seed file": "offgrid.json",
+FACTOR_FILES = {"non-monotone factors file": "nonmono8.json", "off-grid factors file": "offgrid.json",
               "n_hat outside the set": "nhat.json"}
 
 
 @pytest.mark.parametrize("case", ["model folder without config.json", "model without rope",
                                   "gguf that is not a model", "data path missing", "empty corpus",
                                   "no document reaches target", "text column missing",
-                                  "non-monotone seed file", "off-grid seed file", "n_hat outside the set"])
+                                  "non-monotone factors file", "off-grid factors file", "n_hat outside the set"])
 def test_bad_model_or_data(case, tmp_path, capsys, files, tiny_model_dir, text_corpus_dir):
     (files / "nonmono8.json").write_text(json.dumps({"lambdas": [1, 2, 1.5, 3, 3, 3, 3, 3]}))
     model, data, message = model_case(files, tiny_model_dir, text_corpus_dir, case)
     text = SYN.replace('"synthetic"', model).replace("targets = [256]", "targets = [256]\ndeployable = false")
     if data:
         text += f"[data]\npath = {data}\nsearch_docs = 2\nheldout_docs = 1\n"
-    if case in SEED_FILES:
-        text = text.replace("iterations = 1", f"iterations = 1\nseeds = ['{files / SEED_FILES[case]}']")
+    if case in FACTOR_FILES:
+        text = text.replace("iterations = 1", f"iterations = 1\nmethods = ['{files / FACTOR_FILES[case]}']")
     run_dir = tmp_path / "run"
     rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
     assert_one_line_error(rc, capsys.readouterr().err, message)

@@ -63,6 +63,17 @@ def test_defining_diff_names_the_key():
     assert config.defining_diff(a, b.to_dict()) == ["space.targets: [1024] -> [2048]"]
 
 
+def test_a_run_frozen_with_the_old_key_name_still_resumes():
+    """search.seeds was renamed search.methods: an older run's config.toml reads the same."""
+    old = config.RunConfig().to_dict()
+    old["search"]["seeds"] = old["search"].pop("methods")
+    assert config.defining_diff(old, config.RunConfig().to_dict()) == []
+    assert config.from_dict({"search": {"seeds": ["yarn"]}}).search.methods == ["yarn"]
+    old["search"]["seeds"] = ["pi"]
+    assert config.defining_diff(old, config.RunConfig().to_dict()) == [
+        "search.methods: ['pi'] -> ['pi', 'ntk', 'yarn', 'dynamic_ntk']"]
+
+
 def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     p = tmp_path / "bad.toml"
     p.write_text("[search]\nseed = 'x'\n")

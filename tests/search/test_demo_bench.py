@@ -30,7 +30,7 @@ def test_bench_quick_table_shape(tmp_path):
     assert 0 <= r["early_abort"]["early_abort_saved"] < 1 and r["speed"]["overhead"] > 0
     assert r["early_abort"]["same_best"] in (True, False)
     table = render(r)
-    assert table.count("\n| ") >= len(r["summary"]) and "| ga |" in table
+    assert table.count("\n| ") >= len(r["summary"]) and "| longrope |" in table
     assert math.isfinite(r["cost"]["seconds_per_eval"])
     assert (tmp_path / "bench.png").stat().st_size > 1000 and json.loads((tmp_path / "bench.json").read_text())
     ea = r["early_abort"]
@@ -49,14 +49,14 @@ def test_bench_quick_table_shape(tmp_path):
 
 
 def test_summary_compares_at_the_longest_target_even_from_json():
-    row = lambda ga, yarn: {"pi": {"heldout": [90.0]}, "ntk": {"heldout": [60.0]},  # noqa: E731
-                            "yarn": {"heldout": [yarn]}, "ga": {"heldout": [ga, ga + 1, ga + 2]}}
+    row = lambda lr, yarn: {"pi": {"heldout": [90.0]}, "ntk": {"heldout": [60.0]},  # noqa: E731
+                            "yarn": {"heldout": [yarn]}, "longrope": {"heldout": [lr, lr + 1, lr + 2]}}
     r = {"speed": {"overhead": 1.0, "cpu_efficiency": 0.5}, "memory": {"memory": 0.2},
          "early_abort": {"early_abort_saved": 0.0}, "scale": {"scale_out_synthetic": 1.0},
          "quality": {512: row(30.0, 40.0), 1024: row(44.0, 50.0)}}
-    expect = 45.0 / 50.0  # median of the GA at 1024 over YaRN, the best baseline there
-    assert summarize(r)["ga_vs_best_baseline"] == expect
-    assert summarize(json.loads(json.dumps(r)))["ga_vs_best_baseline"] == expect  # "1024" < "512" as text
+    expect = 45.0 / 50.0  # median of the evolution at 1024 over YaRN, the best baseline there
+    assert summarize(r)["longrope_vs_reference"] == expect
+    assert summarize(json.loads(json.dumps(r)))["longrope_vs_reference"] == expect  # "1024" < "512" as text
 
 
 def test_exact_ceiling_by_hand(tmp_path):

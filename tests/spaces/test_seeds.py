@@ -8,7 +8,7 @@ import torch
 from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
 
 from hf_configs import ARCHS, tiny_config
-from longrope.spaces import RopeGeometry, UserError, seed
+from longrope.spaces import RopeGeometry, UserError, method
 
 L0 = 64
 SCALES = [2, 4, 8, 16]
@@ -22,7 +22,7 @@ def hf_inv_freq(arch, rope_scaling, seq_len=None, theta=10000.0, L0=L0, **kw):
 
 def ours(cfg, name, L):
     g = RopeGeometry.from_config(cfg)
-    f = seed(name, g, L)
+    f = method(name, g, L)
     return f.inv_freq(g), f.mscale
 
 
@@ -82,7 +82,7 @@ def test_llama3_equals_hf(arch, s):
 
 def test_yarn_blends_inverse_frequencies_not_lambdas():
     g = RopeGeometry(rotary_dim=64, base=10000.0, original_length=4096)
-    lam = np.array(seed("yarn", g, 8 * 4096).lambdas)
+    lam = np.array(method("yarn", g, 8 * 4096).lambdas)
     ramp_region = (lam > 1.0 + 1e-9) & (lam < 8.0 - 1e-9)
     assert ramp_region.any()
     # In the ramp, 1/λ is linear in the index (a λ-blend would make λ linear).
@@ -94,12 +94,12 @@ def test_yarn_blends_inverse_frequencies_not_lambdas():
 def test_unknown_seed_lists_known():
     g = RopeGeometry(rotary_dim=64, base=10000.0, original_length=4096)
     with pytest.raises(UserError, match="unknown method 'yarm'.*pi"):
-        seed("yarm", g, 8192)
+        method("yarm", g, 8192)
 
 
 def test_seeds_are_monotone_and_start_at_one():
     g = RopeGeometry(rotary_dim=128, base=500000.0, original_length=8192)
     for name in ("pi", "ntk", "yarn", "dynamic_ntk", "llama3"):
-        lam = np.array(seed(name, g, 8 * 8192).lambdas)
+        lam = np.array(method(name, g, 8 * 8192).lambdas)
         assert np.all(np.diff(lam) >= -1e-12), name
         assert lam[0] == pytest.approx(1.0, abs=0.01) or name == "pi"

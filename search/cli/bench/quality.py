@@ -78,15 +78,16 @@ def _toml(**kw) -> str:
 
 def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[int],
                    samplers: list[str]) -> dict[str, Any]:
-    from longrope.objectives.baselines import method_factors
+    from longrope.objectives.methods import method_factors
     from longrope.objectives.specs import ObjectiveSpec
     from longrope.objectives.workers import Evaluator
+    from longrope.spaces import REFERENCE_METHODS
 
     ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
     out: dict[str, Any] = {}
     for target in targets:
         row: dict[str, Any] = {}
-        for m in ("none", "pi", "ntk", "yarn", "dynamic_ntk"):
+        for m in ("none", *REFERENCE_METHODS, "dynamic_ntk"):
             row[m] = {"heldout": [ev.evaluate(method_factors(m, ev.geometry, target), target,
                                               pool="heldout").ppl]}
         for sampler in samplers:
@@ -97,7 +98,7 @@ def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[i
                 best = json.loads(run.best_path("long", target).read_text())
                 held.append(best["heldout_ppl"])
                 search.append(best["search_ppl"])
-            row["ga" if sampler == "longrope" else sampler] = {"heldout": held, "search": search}
+            row[sampler] = {"heldout": held, "search": search}
         out[target] = row
     return out
 

@@ -33,12 +33,12 @@ def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any
     from longrope.objectives.models import load_model
     from longrope.objectives.perplexity import document_nll
     from longrope.objectives.rotary import patch_model
-    from longrope.spaces import seed
+    from longrope.spaces import method
 
     plain = load_model(model_spec, threads=0)
     patched = load_model(model_spec, threads=0)
     rot = patch_model(patched.model, patched.geometry)
-    rot.set_factors(seed("yarn", patched.geometry, length))
+    rot.set_factors(method("yarn", patched.geometry, length))
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, plain.model.config.vocab_size, (1, length), generator=gen)
 

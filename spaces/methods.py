@@ -1,7 +1,11 @@
-"""Seed initialisers: the classic rescalings expressed as λ vectors.
+"""Methods: the closed-form rescalings (PI, NTK, YaRN, ...) expressed as λ vectors.
 
-One function per method, all ``(geometry, target_length) -> RescaleFactors``,
-in the registry ``SEEDS`` (the pattern of transformers' ROPE_INIT_FUNCTIONS).
+"Method" is the project's one word for these: what `eval --methods` compares,
+what `search.methods` puts into a search's initial population, what the demo
+and the bench compare the searched factors with. One function per method, all
+``(geometry, target_length) -> RescaleFactors``, in the registry ``METHODS``
+(the pattern of transformers' ROPE_INIT_FUNCTIONS): a new method is one
+function and one row there.
 Each reproduces transformers' own inverse frequencies: λ_i = θ_i / θ'_i where
 θ' is what the HF rope type computes, so the tests compare against
 ``ROPE_INIT_FUNCTIONS`` directly. Numerics in float64.
@@ -18,7 +22,7 @@ from .errors import UserError
 from .factors import RescaleFactors, mscale_yarn
 from .geometry import RopeGeometry
 
-SeedFn = Callable[[RopeGeometry, int], RescaleFactors]
+MethodFn = Callable[[RopeGeometry, int], RescaleFactors]
 
 
 def _from_inv(g: RopeGeometry, inv_new: np.ndarray, mscale: float, name: str) -> RescaleFactors:
@@ -95,7 +99,7 @@ def llama3(g: RopeGeometry, target_length: int, low_freq_factor: float = 1,
     return _from_inv(g, np.where(medium, smoothed, out), 1.0, "llama3")
 
 
-SEEDS: dict[str, SeedFn] = {
+METHODS: dict[str, MethodFn] = {
     "none": none,
     "pi": pi,
     "ntk": ntk,
@@ -105,8 +109,12 @@ SEEDS: dict[str, SeedFn] = {
 }
 
 
-def seed(name: str, g: RopeGeometry, target_length: int) -> RescaleFactors:
-    """Look a seed up by name; an unknown name lists the known ones."""
-    if name not in SEEDS:
-        raise UserError(f"unknown method {name!r}; known: {', '.join(SEEDS)} or a factors .json file")
-    return SEEDS[name](g, target_length)
+# The methods every result is compared with: the product's promise is to beat these.
+REFERENCE_METHODS = ("pi", "ntk", "yarn")
+
+
+def method(name: str, g: RopeGeometry, target_length: int) -> RescaleFactors:
+    """Look a method up by name; an unknown name lists the known ones."""
+    if name not in METHODS:
+        raise UserError(f"unknown method {name!r}; known: {', '.join(METHODS)} or a factors .json file")
+    return METHODS[name](g, target_length)
