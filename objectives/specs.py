@@ -14,6 +14,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from longrope.spaces import UserError
+
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
 ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
@@ -27,6 +29,16 @@ class ModelSpec:
     attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
     threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
 
+    def validate(self, where: str = "model") -> None:
+        """Impossible values, named as ``[where] key`` (the run config's section)."""
+        for key, allowed in (("dtype", DTYPES), ("device", DEVICES), ("attention", ATTENTIONS)):
+            if getattr(self, key) not in allowed:
+                raise UserError(f"{where}.{key} = {getattr(self, key)!r}; choose one of {', '.join(allowed)}")
+        if not self.path:
+            raise UserError(f"{where}.path is empty")
+        if self.threads < 0:
+            raise UserError(f"{where}.threads = {self.threads} must be >= 0 (0 = torch's default)")
+
 
 @dataclass
 class DataSpec:
@@ -37,6 +49,16 @@ class DataSpec:
     heldout_docs: int = 5  # disjoint documents for the held-out report
     split_seed: int = 0  # seeds the document split
     cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
+
+    def validate(self, where: str = "data") -> None:
+        if not self.path:
+            raise UserError(f"{where}.path is empty")
+        if self.search_docs < 1:
+            raise UserError(f"{where}.search_docs = {self.search_docs} must be >= 1")
+        if self.heldout_docs < 0:
+            raise UserError(f"{where}.heldout_docs = {self.heldout_docs} must be >= 0")
+        if not self.text_column:
+            raise UserError(f"{where}.text_column is empty")
 
 
 @dataclass(frozen=True)

@@ -12,13 +12,14 @@ line, exit 2). `example.toml` next to this file is the annotated form.
 from __future__ import annotations
 
 import dataclasses
+import math
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longrope.objectives.specs import ATTENTIONS, DEVICES, DTYPES, DataSpec, ModelSpec
-from longrope.spaces import METHODS, MSCALE_POLICIES, N_HAT_PAPER, UserError
+from longrope.objectives.specs import DataSpec, ModelSpec
+from longrope.spaces import METHODS, MSCALE_POLICIES, N_HAT_PAPER, UserError, read_text
 
 
 @dataclass
@@ -92,9 +93,6 @@ NOT_DEFINING = {
 }
 
 _CHOICES = {
-    "model.dtype": set(DTYPES),
-    "model.device": set(DEVICES),
-    "model.attention": set(ATTENTIONS),
     "search.sampler": {"longrope", "cmaes", "tpe", "random"},
     "workers.backend": {"inprocess", "ray"},
 }
@@ -104,6 +102,8 @@ def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
     if "float" in hint and "str" in hint:  # mscale: a policy name or a number
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise UserError(f"{where} must be a policy name or a number, got {value!r}")
+        if not isinstance(value, str) and not math.isfinite(value):
+            raise UserError(f"{where} must be a finite number, got {value!r}")
         return value
     if isinstance(default, bool):
         ok = isinstance(value, bool)
@@ -112,6 +112,8 @@ def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
     elif isinstance(default, float):
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+        if ok and not math.isfinite(value):  # TOML admits nan and inf; no key means them
+            raise UserError(f"{where} must be a finite number, got {value!r}")
     elif isinstance(default, str):
         ok = isinstance(value, str)
     elif isinstance(default, list):
@@ -172,13 +174,17 @@ def validate(cfg: RunConfig) -> None:
         v = getattr(getattr(cfg, sec), key)
         if v not in allowed:
             raise UserError(f"{where} = {v!r}; choose one of {', '.join(sorted(allowed))}")
-    sp, se, wk, da = cfg.space, cfg.search, cfg.workers, cfg.data
+    cfg.model.validate("model")
+    cfg.data.validate("data")
+    sp, se, wk = cfg.space, cfg.search, cfg.workers
     if not sp.targets and not sp.short:
         raise UserError("space.targets and space.short are both empty: nothing to search")
     if any(t <= 0 for t in sp.targets + sp.short):
         raise UserError("space.targets and space.short must be positive lengths")
-    if sp.targets != sorted(set(sp.targets)):
-        raise UserError(f"space.targets must be ascending without repeats, got {sp.targets}")
+    for key in ("targets", "short"):
+        lengths = getattr(sp, key)
+        if lengths != sorted(set(lengths)):
+            raise UserError(f"space.{key} must be ascending without repeats, got {lengths}")
     if sp.lambda_max_ratio < 1:
         raise UserError(f"space.lambda_max_ratio = {sp.lambda_max_ratio} must be >= 1")
     if sp.lambda_max and sp.lambda_max < 1:
@@ -209,12 +215,32 @@ def validate(cfg: RunConfig) -> None:
                             "or a .json file")
     if se.sigma <= 0:
         raise UserError(f"search.sigma = {se.sigma} must be positive")
+    if se.patience < 0:
+        raise UserError(f"search.patience = {se.patience} must be >= 0")
+    if se.min_improvement < 0:
+        raise UserError(f"search.min_improvement = {se.min_improvement} must be >= 0")
+    if se.storage:
+        _check_storage_url(se.storage)
     if wk.count < 1:
         raise UserError(f"workers.count = {wk.count} must be >= 1")
     if wk.num_gpus < 0 or wk.num_cpus < 0:
         raise UserError("workers.num_gpus and workers.num_cpus must be >= 0")
-    if da.search_docs < 1 or da.heldout_docs < 0:
-        raise UserError("data.search_docs must be >= 1 and data.heldout_docs >= 0")
+
+
+def _check_storage_url(url: str) -> None:
+    """An RDB URL whose database driver SQLAlchemy knows, checked without connecting."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError, NoSuchModuleError
+
+    try:
+        make_url(url).get_dialect()
+    except (ArgumentError, NoSuchModuleError, ValueError) as e:
+        raise UserError(f"search.storage = {url!r} is not a database URL this machine can open "
+                        f"({type(e).__name__}: {str(e).splitlines()[0]}); leave it empty for the journal "
+                        "or use e.g. sqlite:///runs.db") from None
+    except ImportError as e:  # a known dialect whose driver is not installed
+        raise UserError(f"search.storage = {url!r} needs a database driver that is not installed: "
+                        f"{e}") from None
 
 
 def load(path: str | Path) -> RunConfig:
@@ -222,7 +248,7 @@ def load(path: str | Path) -> RunConfig:
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = tomllib.loads(p.read_text())
+        data = tomllib.loads(read_text(p, "config file"))
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p} is not valid TOML: {e}") from None
     try:

@@ -2,7 +2,7 @@
 (bounds, grid, monotonicity, n̂ set) and the closed-form methods (PI, NTK,
 YaRN, dynamic NTK, Llama 3). Pure numerics: imports nothing else of ours."""
 
-from .errors import UserError
+from .errors import UserError, read_text
 from .factors import MSCALE_POLICIES, RescaleFactors, mscale_su, mscale_yarn, resolve_mscale
 from .geometry import RopeGeometry
 from .methods import METHODS, REFERENCE_METHODS, method
@@ -19,6 +19,7 @@ __all__ = [
     "UserError",
     "mscale_su",
     "mscale_yarn",
+    "read_text",
     "resolve_mscale",
     "method",
 ]

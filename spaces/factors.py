@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError
+from .errors import UserError, read_text
 from .geometry import RopeGeometry
 
 
@@ -105,7 +105,7 @@ class RescaleFactors:
         if not p.is_file():
             raise UserError(f"factors file {p} does not exist")
         try:
-            return cls.from_json(p.read_text())
+            return cls.from_json(read_text(p, "factors file"))
         except UserError as e:
             raise UserError(f"{p}: {e}") from None
 

@@ -72,6 +72,17 @@ CONFIG_CASES = {
     "workers zero": (SYN + "[workers]\ncount = 0\n", "workers.count = 0 must be >= 1"),
     "missing model": (SYN.replace('"synthetic"', '"/no/such/model"'), "model path /no/such/model does not exist"),
     "unknown method": (SYN.replace("iterations = 1", "iterations = 1\nmethods = ['yarm']"), "unknown method 'yarm'"),
+    # issue 13: refused before the run directory exists, naming the key
+    "sigma nan": (SYN + "sigma = nan\n", "search.sigma must be a finite number, got nan"),
+    "mscale inf": (SYN.replace("[search]", "mscale = inf\n[search]"), "space.mscale must be a finite number"),
+    "unknown storage url": (SYN + "storage = 'nosuchdb://x/y'\n", "search.storage = 'nosuchdb://x/y' is not"),
+    "patience negative": (SYN + "patience = -1\n", "search.patience = -1 must be >= 0"),
+    "min_improvement nan": (SYN + "min_improvement = nan\n", "search.min_improvement must be a finite"),
+    "num_cpus nan": (SYN + "[workers]\nnum_cpus = nan\n", "workers.num_cpus must be a finite number"),
+    "repeated short lengths": (SYN.replace("targets = [256]", "targets = [256]\nshort = [32, 32]"),
+                               "space.short must be ascending without repeats"),
+    "threads negative": ("[model]\npath = 'synthetic'\nthreads = -2\n" + SYN.split("\n", 2)[2],
+                         "model.threads = -2 must be >= 0"),
 }
 
 
@@ -82,6 +93,14 @@ def test_bad_config(case, tmp_path, capsys):
     rc = main(["search", cfg_file(tmp_path, text), "--run-dir", str(run_dir), "--quiet"])
     assert_one_line_error(rc, capsys.readouterr().err, message)
     assert not run_dir.exists()
+
+
+def test_config_that_is_not_utf8(tmp_path, capsys):
+    p = tmp_path / "c.toml"
+    p.write_bytes(SYN.encode() + b"# caf\xe9\n")
+    rc = main(["search", str(p), "--run-dir", str(tmp_path / "run"), "--quiet"])
+    assert_one_line_error(rc, capsys.readouterr().err, "is not UTF-8 text (byte")
+    assert not (tmp_path / "run").exists()
 
 
 def model_case(files, tiny, corpus, key):
