@@ -11,6 +11,7 @@ ray) stay inside the verb functions, so ``longrope --help`` starts fast.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from longrope.spaces import UserError
@@ -38,11 +39,28 @@ def build_parser() -> argparse.ArgumentParser:
         "model's context window without retraining, score them by long-context perplexity, "
         "and export them for transformers / vLLM.",
     )
+    p.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     p.add_argument("--debug", action="store_true", help="show tracebacks for errors")
+    # --debug is accepted after the verb too (`longrope search x.toml --debug`); SUPPRESS keeps
+    # a verb without it from resetting the top-level value.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--debug", action="store_true", default=argparse.SUPPRESS,
+                        help="show tracebacks for errors")
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    add_parser = sub.add_parser
+    sub.add_parser = lambda *a, **kw: add_parser(*a, parents=[common, *kw.pop("parents", [])], **kw)
     for verb in VERBS:
         verb.register(sub)
     return p
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("longrope-search")
+    except PackageNotFoundError:  # running from a source tree that was never installed
+        return "unknown"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -52,7 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.print_help()
         return EXIT_USER
     try:
-        return int(args.func(args) or 0)
+        rc = int(args.func(args) or 0)
+        sys.stdout.flush()  # a closed pipe shows up here, inside the handler below
+        return rc
     except UserError as e:
         if args.debug:
             raise
@@ -61,6 +81,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # `longrope status RUN | head`: the reader left; say nothing, and point stdout at
+        # /dev/null so the interpreter's final flush does not raise again.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
 
 
 if __name__ == "__main__":
