@@ -4,6 +4,8 @@ Both backends take jobs keyed by trial number and hand back (key, Evaluation)
 as they finish. The Ray backend keeps every actor busy, and when an actor dies
 it starts a replacement and re-runs the dead actor's candidate: the run never
 stops for one worker, and the result cannot change (scoring is deterministic).
+A candidate whose scoring killed its worker twice (out of memory, a crash in a
+kernel) is not tried a third time: it comes back as a failed evaluation.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any
 
-from longrope.objectives.perplexity import Evaluation
+from longrope.objectives.perplexity import FAILED, Evaluation
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -75,6 +77,9 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
         raise UserError(f"cannot start or join Ray{f' at {addr}' if addr else ''}: {e}") from None
 
 
+MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
+
+
 class RayBackend:
     """One actor per model replica with `num_gpus` GPUs each."""
 
@@ -91,6 +96,7 @@ class RayBackend:
         self.idle = list(self.actors)
         self.inflight: dict[Any, tuple[Job, Any]] = {}
         self.replaced = 0
+        self.deaths: dict[int, int] = {}  # job key -> workers it killed
         self.capacity = self.count = count
 
     def _new_actor(self):
@@ -139,12 +145,21 @@ class RayBackend:
             job, actor = self.inflight.pop(ref)
             try:
                 result = self._get(ref)
-            except ray.exceptions.RayActorError:
-                # The actor died (OOM, node lost, killed): replace it and re-run its candidate.
+            except ray.exceptions.RayActorError as e:
+                # The actor died (OOM, node lost, killed): replace it and re-run its candidate,
+                # unless this candidate has now killed MAX_DEATHS workers.
                 self.actors.remove(actor)
                 fresh = self._new_actor()
                 self.actors.append(fresh)
                 self.replaced += 1
+                self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
+                if self.deaths[job.key] >= MAX_DEATHS:
+                    self.idle.append(fresh)
+                    cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+                    return job.key, Evaluation(
+                        job.factors, job.length, FAILED, float("inf"),
+                        reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
+                               f"crash?): {cause}")
                 self.submit(job, fresh)
                 continue
             self.idle.append(actor)
