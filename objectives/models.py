@@ -8,13 +8,14 @@ sliding window (Mistral's window would hide the long context we are scoring).
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
 from longrope.spaces import RopeGeometry, UserError
+
+from .smollm2 import ensure_converted
 
 BUILTIN_MODELS = ("tiny-sotu", "smollm2-135m")
 
@@ -29,13 +30,6 @@ class LoadedModel:
     dtype: str
 
 
-def cache_root() -> Path:
-    base = os.environ.get("LONGROPE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "longrope"
-    )
-    return Path(base)
-
-
 def resolve(spec: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model spec."""
     if spec.startswith("builtin:"):
@@ -43,8 +37,6 @@ def resolve(spec: str) -> tuple[Path, str | None]:
         if name == "tiny-sotu":
             return Path(str(files("longrope.objectives").joinpath("builtin/tiny-sotu"))), None
         if name == "smollm2-135m":
-            from .smollm2 import ensure_converted
-
             return ensure_converted(), None
         raise UserError(f"unknown builtin model {spec!r}; builtins: "
                         + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
