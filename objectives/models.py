@@ -2,8 +2,10 @@
 
 The config is read first (no weights), so a path that is not a model, an
 architecture transformers does not know, or a model without RoPE fails in one
-line before anything heavy happens. Scoring wants ``use_cache=False`` and no
-sliding window (Mistral's window would hide the long context we are scoring).
+line before anything heavy happens; so does a type the architecture table
+(longrope.spaces.architectures) does not admit. Scoring wants
+``use_cache=False`` and no sliding window (Mistral's window would hide the
+long context we are scoring).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RopeGeometry, UserError
+from longrope.spaces import RopeGeometry, UserError, architecture_of
 
 from .smollm2 import ensure_converted
 
@@ -77,6 +79,7 @@ def load_model(
     transformers.utils.logging.disable_progress_bar()  # stderr is for our one-line errors and bars
     folder, gguf = resolve(spec)
     config = read_config(folder, gguf)
+    architecture_of(config)  # one line for an unadmitted type, before any weights load
     geometry = RopeGeometry.from_config(config)
     if threads:
         torch.set_num_threads(threads)
