@@ -65,6 +65,11 @@ ARCHITECTURES: dict[str, Architecture] = _table(
     Architecture("mistral", default_theta=10000.0),
     Architecture("qwen2", default_theta=10000.0),
     Architecture("phi3", export_form="phi3", default_theta=10000.0),
+    Architecture("granite", logits_divided_by="logits_scaling", default_theta=10000.0),
+    # Cohere's config default θ differs between transformers 4.57 (10000) and 5.x (500000).
+    Architecture("cohere", rotary_layout="interleaved", logits_multiplied_by="logit_scale"),
+    Architecture("qwen3", default_theta=10000.0),
+    Architecture("mixtral", default_theta=1e6),  # its config class's default θ, in 4.57 and 5.x
 )
 
 # Position encodings that are not rotary (learned, ALiBi, relative bias): a clear
