@@ -2,19 +2,22 @@
 
 The config is read first (no weights), so a path that is not a model, an
 architecture transformers does not know, or a model without RoPE fails in one
-line before anything heavy happens. Scoring wants ``use_cache=False`` and no
-sliding window (Mistral's window would hide the long context we are scoring).
+line before anything heavy happens; so does a type the architecture table
+(longrope.spaces.architectures) does not admit. Scoring wants
+``use_cache=False`` and no sliding window (Mistral's window would hide the
+long context we are scoring).
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RopeGeometry, UserError
+from longrope.spaces import RopeGeometry, UserError, architecture_of
+
+from .smollm2 import ensure_converted
 
 BUILTIN_MODELS = ("tiny-sotu", "smollm2-135m")
 
@@ -29,13 +32,6 @@ class LoadedModel:
     dtype: str
 
 
-def cache_root() -> Path:
-    base = os.environ.get("LONGROPE_CACHE") or os.path.join(
-        os.environ.get("XDG_CACHE_HOME", os.path.expanduser("~/.cache")), "longrope"
-    )
-    return Path(base)
-
-
 def resolve(spec: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model spec."""
     if spec.startswith("builtin:"):
@@ -43,8 +39,6 @@ def resolve(spec: str) -> tuple[Path, str | None]:
         if name == "tiny-sotu":
             return Path(str(files("longrope.objectives").joinpath("builtin/tiny-sotu"))), None
         if name == "smollm2-135m":
-            from .smollm2 import ensure_converted
-
             return ensure_converted(), None
         raise UserError(f"unknown builtin model {spec!r}; builtins: "
                         + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
@@ -85,6 +79,7 @@ def load_model(
     transformers.utils.logging.disable_progress_bar()  # stderr is for our one-line errors and bars
     folder, gguf = resolve(spec)
     config = read_config(folder, gguf)
+    architecture_of(config)  # one line for an unadmitted type, before any weights load
     geometry = RopeGeometry.from_config(config)
     if threads:
         torch.set_num_threads(threads)

@@ -2,7 +2,10 @@
 
 ppl = exp(mean over documents of each document's mean token NLL). The LM head
 runs on the final hidden states in chunks of positions, so the L × vocab
-logits never exist at once (64 GB at 128k tokens × 128k vocab in fp32).
+logits never exist at once (64 GB at 128k tokens × 128k vocab in fp32). The
+decoder, the head and the model's own logit post-processing (Granite divides
+by logits_scaling, Cohere multiplies by logit_scale) come from the table in
+longrope.spaces.architectures, and run on each chunk in float32.
 
 Early abort is exact, not a heuristic: token NLLs are >= 0, so after k of n
 documents the final mean is at least (sum of the k document NLLs) / n. Once
@@ -19,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from longrope.spaces import RescaleFactors
+from longrope.spaces import Architecture, RescaleFactors, architecture_of
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -47,19 +50,30 @@ def document_nll(model: Any, ids: np.ndarray, chunk: int = 1024) -> tuple[float,
     """(mean token NLL, mean NLL over the last quarter) of one document, one forward pass."""
     import torch
 
+    arch = architecture_of(model.config)
+    decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)[None]
     with torch.no_grad():
-        hidden = model.model(input_ids=x, use_cache=False).last_hidden_state[0]
+        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]
         targets = x[0, 1:]
         n = targets.numel()
         nll = torch.empty(n, dtype=torch.float32, device=device)
         for a in range(0, n, chunk):
-            logits = model.lm_head(hidden[a : a + chunk][: n - a]).float()
+            logits = postprocess_logits(head(hidden[a : a + chunk][: n - a]).float(), arch, model.config)
             t = targets[a : a + chunk]
             nll[a : a + t.numel()] = torch.logsumexp(logits, -1) - logits.gather(1, t[:, None])[:, 0]
         q = n - n // 4
         return float(nll.mean()), float(nll[q:].mean()) if n - q else float("nan")
+
+
+def postprocess_logits(logits: Any, arch: Architecture, config: Any) -> Any:
+    """What the architecture's ForCausalLM.forward does to lm_head's output, in the same order."""
+    if arch.logits_divided_by:
+        logits = logits / float(getattr(config, arch.logits_divided_by))
+    if arch.logits_multiplied_by:
+        logits = logits * float(getattr(config, arch.logits_multiplied_by))
+    return logits
 
 
 def score(

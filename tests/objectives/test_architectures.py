@@ -1,0 +1,118 @@
+"""The architecture table: every admitted row scores exactly what transformers scores,
+and everything else is refused in one line before any weights load."""
+
+import pytest
+import torch
+import transformers
+
+from hf_configs import ARCHS, tiny_config
+from longrope.objectives.models import load_model
+from longrope.objectives.perplexity import document_nll
+from longrope.objectives.rotary import find_rotary
+from longrope.spaces import ARCHITECTURES, RopeGeometry, UserError, architecture, architecture_of
+
+
+def build(arch, state=None, **kw):
+    # initializer_range 0.2 (not 0.02): logits far from uniform, so the post-processing matters
+    torch.manual_seed(0)
+    cfg = tiny_config(arch, **{"initializer_range": 0.2, **kw})
+    m = transformers.AutoModelForCausalLM.from_config(cfg, attn_implementation="eager").eval()
+    if state is not None:
+        m.load_state_dict(state)
+    return m
+
+
+def hf_loss(model, ids):
+    with torch.no_grad():
+        return model(ids, labels=ids).loss.item()
+
+
+@pytest.fixture(scope="module")
+def ids():
+    return torch.randint(3, 128, (1, 80), generator=torch.Generator().manual_seed(3))
+
+
+def test_every_admitted_row_has_a_tiny_config_and_back():
+    assert set(ARCHS) == set(ARCHITECTURES)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+@pytest.mark.parametrize("chunk", [7, 4096])
+def test_document_nll_equals_transformers_loss(arch, chunk, ids):
+    m = build(arch)
+    mean, _ = document_nll(m, ids[0].numpy(), chunk=chunk)
+    assert mean == pytest.approx(hf_loss(m, ids), abs=1e-5)
+
+
+@pytest.mark.parametrize("arch", list(ARCHS))
+def test_rotary_is_where_the_table_says(arch):
+    m = build(arch)
+    parent, name = find_rotary(m)
+    row = ARCHITECTURES[arch]
+    assert parent is getattr(m, row.decoder) and name == row.rotary
+    assert RopeGeometry.from_config(m.config).model_type == arch
+
+
+@pytest.mark.parametrize(("arch", "key"), [("granite", "logits_scaling"), ("cohere", "logit_scale")])
+def test_logit_post_processing_changes_the_score(arch, key, ids):
+    scaled = build(arch)
+    plain = build(arch, state=scaled.state_dict(), **{key: 1.0})
+    a, _ = document_nll(scaled, ids[0].numpy())
+    b, _ = document_nll(plain, ids[0].numpy())
+    assert abs(a - b) > 0.1
+    assert b == pytest.approx(hf_loss(plain, ids), abs=1e-5)
+
+
+def one_line_error(config):
+    with pytest.raises(UserError) as e:
+        RopeGeometry.from_config(config)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_gpt2_is_refused_for_having_no_rope():
+    cfg = {**transformers.GPT2Config().to_dict(), "architectures": ["GPT2LMHeadModel"]}
+    assert "GPT2LMHeadModel (gpt2) has no rotary position embedding" in one_line_error(cfg)
+
+
+def test_alibi_falcon_is_refused_for_having_no_rope():
+    msg = one_line_error({**transformers.FalconConfig(alibi=True).to_dict()})
+    assert "ALiBi" in msg and "falcon" in msg
+
+
+def test_unknown_type_lists_the_admitted_ones():
+    cfg = {"model_type": "olmo2", "hidden_size": 64, "num_attention_heads": 4, "rope_theta": 1e4,
+           "max_position_embeddings": 64}
+    msg = one_line_error(cfg)
+    assert "olmo2 is not a supported architecture" in msg
+    assert ", ".join(sorted(ARCHITECTURES)) in msg
+
+
+def test_per_layer_type_rope_is_refused():
+    base = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64}
+    per_layer = {"full_attention": {"rope_type": "default", "rope_theta": 1e6},
+                 "sliding_attention": {"rope_type": "default", "rope_theta": 1e4}}
+    msg = one_line_error({**base, "rope_parameters": per_layer})
+    assert "differs per layer (full_attention, sliding_attention)" in msg
+    # transformers' own Gemma 3 config, in whichever form this version writes it
+    msg = one_line_error(transformers.Gemma3TextConfig(num_hidden_layers=2))
+    assert "differs per layer" in msg and "gemma3_text" in msg
+
+
+def test_lookup_by_type():
+    assert architecture("granite").logits_divided_by == "logits_scaling"
+    assert architecture("cohere").logits_multiplied_by == "logit_scale"
+    assert architecture("phi3").export_form == "phi3"
+    assert architecture_of(tiny_config("cohere")).rotary_layout == "interleaved"
+    with pytest.raises(UserError, match="^bloom has no rotary"):
+        architecture("bloom")
+
+
+def test_load_model_refuses_an_unadmitted_type_before_loading_weights(tmp_path):
+    cfg = transformers.Olmo2Config(vocab_size=128, hidden_size=32, intermediate_size=48, num_hidden_layers=1,
+                                   num_attention_heads=2, num_key_value_heads=2,
+                                   architectures=["Olmo2ForCausalLM"])
+    cfg.save_pretrained(tmp_path)
+    (tmp_path / "model.safetensors").write_bytes(b"not weights")  # loading them would fail differently
+    with pytest.raises(UserError, match=r"^Olmo2ForCausalLM \(olmo2\) is not a supported architecture; supported"):
+        load_model(str(tmp_path))
