@@ -1,37 +1,63 @@
-"""Methods as factors: a closed-form method named in spaces.METHODS, or any factors JSON file."""
+"""Methods as factors: a closed-form method named in spaces.METHODS, a factors JSON file,
+or ``native`` (the model exactly as its own config defines it, transformers' rotary untouched).
+
+A factors file in the HF form (a config.json, an export, Phi-3's three-key
+``rope_scaling``) is applied as the deployed model applies it: the short set
+for sequences up to L0, the long set beyond, with the attention factor
+transformers derives when the file gives none (spaces.hf_attention_factor).
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from longrope.spaces import METHODS, RescaleFactors, RopeGeometry, UserError, method
+from longrope.spaces import (
+    METHODS,
+    DeployedFactors,
+    RescaleFactors,
+    RopeGeometry,
+    UserError,
+    load_factors,
+    method,
+)
+
+NATIVE = "native"  # scores the unpatched model: its own rotary, its own rope_scaling
 
 
 def is_file_method(name: str) -> bool:
     return name.endswith(".json") or Path(name).is_file()
 
 
+def known_methods() -> str:
+    return f"{', '.join(METHODS)}, {NATIVE}, or a factors .json file"
+
+
 def check_method(name: str) -> None:
     """Fail before any model loads: an unknown name, or a bad factors file."""
     if is_file_method(name):
         load_factors_file(name)
-    elif name not in METHODS:
-        raise UserError(f"unknown method {name!r}; use one of {', '.join(METHODS)} or a factors .json file")
+    elif name not in METHODS and name != NATIVE:
+        raise UserError(f"unknown method {name!r}; use one of {known_methods()}")
 
 
-def load_factors_file(name: str) -> RescaleFactors:
-    f = RescaleFactors.load(name)
-    for i in range(1, len(f.lambdas)):
-        if f.lambdas[i] < f.lambdas[i - 1]:
-            raise UserError(f"{name}: λ[{i}] = {f.lambdas[i]} is below λ[{i - 1}] = {f.lambdas[i - 1]}; "
-                            "rescale factors must not decrease from high to low frequency")
-    return f
+def load_factors_file(name: str) -> RescaleFactors | DeployedFactors:
+    loaded = load_factors(name)
+    sets = [loaded] if isinstance(loaded, RescaleFactors) else [x for x in (loaded.long, loaded.short) if x]
+    for f in sets:
+        for i in range(1, len(f.lambdas)):
+            if f.lambdas[i] < f.lambdas[i - 1]:
+                raise UserError(f"{name}: λ[{i}] = {f.lambdas[i]} is below λ[{i - 1}] = {f.lambdas[i - 1]}; "
+                                "rescale factors must not decrease from high to low frequency")
+    return loaded
 
 
-def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFactors:
-    """`none`, `pi`, `ntk`, `yarn`, `dynamic_ntk`, `llama3`, or a path to a .json."""
+def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFactors | None:
+    """The factors `name` scores `length` tokens with; None for ``native``."""
+    if name == NATIVE:
+        return None
     if is_file_method(name):
-        f = load_factors_file(name)
+        loaded = load_factors_file(name)
+        f = loaded.at(length) if isinstance(loaded, DeployedFactors) else loaded
         if len(f.lambdas) != geometry.n_freqs:
             raise UserError(f"{name}: {len(f.lambdas)} factors but the model has {geometry.n_freqs} "
                             "frequencies")

@@ -32,7 +32,7 @@ class CandidateRotary(nn.Module):
     """
 
     def __init__(self, geometry: RopeGeometry, original_inv_freq: torch.Tensor | None = None,
-                 layout: str = "half"):
+                 layout: str = "half", native: nn.Module | None = None):
         super().__init__()
         if layout not in ("half", "interleaved"):
             raise ValueError(f"rotary layout must be 'half' or 'interleaved', got {layout!r}")
@@ -46,15 +46,22 @@ class CandidateRotary(nn.Module):
         self.register_buffer("lambdas", torch.ones_like(inv), persistent=False)
         self.n_hat = 0
         self.mscale = 1.0
-        self.factors = RescaleFactors.uniform(1.0, geometry.n_freqs)
+        self.factors: RescaleFactors | None = RescaleFactors.uniform(1.0, geometry.n_freqs)
+        self.native = native  # the model's own rotary, kept for `set_native` (eval's "native")
 
     @property
     def attention_scaling(self) -> float:
         return self.mscale
 
     @torch.no_grad()
-    def set_factors(self, factors: RescaleFactors) -> None:
-        """Switch candidate: an in-place copy into the existing buffers."""
+    def set_factors(self, factors: RescaleFactors | None) -> None:
+        """Switch candidate: an in-place copy into the existing buffers. None switches to the
+        model's own rotary, exactly as its config defines it (rope_scaling included)."""
+        if factors is None:
+            if self.native is None:
+                raise UserError("this patched model kept no native rotary to switch back to")
+            self.factors = None
+            return
         if len(factors.lambdas) != self.geometry.n_freqs:
             raise UserError(
                 f"factors have {len(factors.lambdas)} values, the model has {self.geometry.n_freqs} "
@@ -72,6 +79,9 @@ class CandidateRotary(nn.Module):
 
     @torch.no_grad()
     def forward(self, x: torch.Tensor, position_ids: torch.Tensor, layer_type=None):
+        if self.factors is None:
+            return self.native(x, position_ids) if layer_type is None else \
+                self.native(x, position_ids, layer_type=layer_type)
         pos = position_ids[..., None].float()
         freqs = pos * self.inv_freq.to(device=x.device, dtype=torch.float)
         emb = self._repeat(freqs)
@@ -114,7 +124,7 @@ def patch_model(model: nn.Module, geometry: RopeGeometry | None = None) -> Candi
         original = getattr(current, "original_inv_freq", None)
         if original is None:
             original = getattr(current, "inv_freq", None)
-    patched = CandidateRotary(geometry, original, architecture_of(model.config).rotary_layout)
+    patched = CandidateRotary(geometry, original, architecture_of(model.config).rotary_layout, current)
     buf = next((b for b in current.buffers()), None)
     if buf is not None:
         patched.to(buf.device)

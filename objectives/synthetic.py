@@ -51,6 +51,8 @@ class SyntheticEvaluator:
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
                  pool: str = "search") -> Evaluation:
+        if factors is None:
+            raise UserError("the synthetic objective has no native rotary: give factors or a method")
         t0 = time.perf_counter()
         self.calls += 1
         lam = np.asarray(factors.lambdas)

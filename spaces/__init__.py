@@ -5,7 +5,16 @@ Pure numerics and data: imports nothing else of ours."""
 
 from .architectures import ARCHITECTURES, NO_ROPE, Architecture, architecture, architecture_of
 from .errors import UserError, read_text
-from .factors import MSCALE_POLICIES, RescaleFactors, mscale_su, mscale_yarn, resolve_mscale
+from .factors import (
+    MSCALE_POLICIES,
+    DeployedFactors,
+    RescaleFactors,
+    hf_attention_factor,
+    load_factors,
+    mscale_su,
+    mscale_yarn,
+    resolve_mscale,
+)
 from .geometry import RopeGeometry
 from .methods import METHODS, REFERENCE_METHODS, method
 from .space import N_HAT_PAPER, SearchSpace
@@ -18,12 +27,15 @@ __all__ = [
     "METHODS",
     "REFERENCE_METHODS",
     "Architecture",
+    "DeployedFactors",
     "RescaleFactors",
     "RopeGeometry",
     "SearchSpace",
     "UserError",
     "architecture",
     "architecture_of",
+    "hf_attention_factor",
+    "load_factors",
     "mscale_su",
     "mscale_yarn",
     "read_text",

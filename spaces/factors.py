@@ -72,22 +72,16 @@ class RescaleFactors:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> RescaleFactors:
-        """Our own form, or an exported HF config (long_factor + attention_factor)."""
+        """Our own form, or an HF config / export: its long factors, with the attention
+        factor transformers would use (see `DeployedFactors` for the short ones)."""
         if not isinstance(d, dict):
             raise UserError("factors JSON must be an object")
         if "lambdas" in d:
-            lam, n_hat, mscale = d["lambdas"], d.get("n_hat", 0), d.get("mscale", 1.0)
-        elif "rope_scaling" in d or "long_factor" in d:
-            rope = d.get("rope_scaling", d)
-            extra = d.get("longrope_search", {})
-            lam = rope.get("long_factor")
-            n_hat = extra.get("n_hat", 0)
-            mscale = rope.get("attention_factor") or 1.0
-        else:
-            raise UserError("factors JSON needs 'lambdas' (or an exported 'rope_scaling.long_factor')")
-        if not isinstance(lam, list) or not all(isinstance(x, int | float) for x in lam):
-            raise UserError("factors JSON: 'lambdas' must be a list of numbers")
-        return cls(lambdas=tuple(lam), n_hat=n_hat, mscale=float(mscale), meta=d.get("meta", {}))
+            return cls(_numbers(d["lambdas"], "lambdas"), n_hat=_n_hat(d.get("n_hat", 0), "n_hat"),
+                       mscale=_number(d.get("mscale", 1.0), "mscale"), meta=d.get("meta", {}))
+        if any(k in d for k in ("rope_scaling", "rope_parameters", "long_factor")):
+            return DeployedFactors.from_hf(d).long
+        raise UserError("factors JSON needs 'lambdas' (or an HF 'rope_scaling' with 'long_factor')")
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict())
@@ -108,6 +102,103 @@ class RescaleFactors:
             return cls.from_json(read_text(p, "factors file"))
         except UserError as e:
             raise UserError(f"{p}: {e}") from None
+
+
+def _number(x: Any, key: str) -> float:
+    if isinstance(x, bool) or not isinstance(x, int | float) or not math.isfinite(x):
+        raise UserError(f"factors JSON: {key} must be a finite number, got {x!r}")
+    return float(x)
+
+
+def _numbers(xs: Any, key: str) -> tuple[float, ...]:
+    if not isinstance(xs, list) or not xs:
+        raise UserError(f"factors JSON: {key} must be a non-empty list of numbers")
+    return tuple(_number(x, f"{key}[{i}]") for i, x in enumerate(xs))
+
+
+def _n_hat(x: Any, key: str) -> int:
+    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
+        raise UserError(f"factors JSON: {key} must be a non-negative integer, got {x!r}")
+    return x
+
+
+def hf_attention_factor(rope: dict[str, Any], config: dict[str, Any]) -> float:
+    """The attention factor transformers' longrope applies (modeling_rope_utils, 4.57 and 5.x):
+    the config's ``attention_factor`` when given, else sqrt(1 + ln s / ln L0) with
+    s = ``factor``, or max_position_embeddings / original_max_position_embeddings when there
+    is no ``factor`` (Phi-3's configs have none: 131072 / 4096 gives Phi-3.5's 1.19), and 1
+    when s <= 1. The one place eval, apply and factors files derive it."""
+    if rope.get("attention_factor") is not None:
+        a = _number(rope["attention_factor"], "attention_factor")
+        if a <= 0:
+            raise UserError(f"factors JSON: attention_factor = {a} must be positive")
+        return a
+    L0 = rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+    if not L0:
+        return 1.0
+    s = rope.get("factor")
+    if s is None:
+        L = config.get("max_position_embeddings")
+        s = L / L0 if L else 1.0
+    return mscale_su(_number(s, "factor"), int(L0))
+
+
+@dataclass(frozen=True)
+class DeployedFactors:
+    """Factors as a deployed transformers model applies them: the short set for sequences
+    up to L0 (``original_max_position_embeddings``), the long set beyond, both with the
+    same attention factor. `at(length)` is what a model scoring `length` tokens uses."""
+
+    long: RescaleFactors
+    short: RescaleFactors | None = None
+    original_length: int | None = None
+
+    def at(self, length: int) -> RescaleFactors:
+        if self.short is not None and self.original_length and length <= self.original_length:
+            return self.short
+        return self.long
+
+    @classmethod
+    def from_hf(cls, d: dict[str, Any]) -> DeployedFactors:
+        """From a config.json, an export (config patch) or a bare rope_scaling dict."""
+        rope = d.get("rope_scaling", d.get("rope_parameters", d if "long_factor" in d else None))
+        if not isinstance(rope, dict):
+            raise UserError(f"rope_scaling must be an object, got {type(rope).__name__}")
+        if "long_factor" not in rope:
+            raise UserError("rope_scaling has no long_factor (not LongRoPE factors); "
+                            f"its keys: {', '.join(rope) or 'none'}")
+        extra = d.get("longrope_search") or {}
+        mscale = hf_attention_factor(rope, d)
+        long = RescaleFactors(_numbers(rope["long_factor"], "long_factor"),
+                              n_hat=_n_hat(extra.get("n_hat", 0), "n_hat"), mscale=mscale)
+        short = None
+        if rope.get("short_factor") is not None:
+            short = RescaleFactors(_numbers(rope["short_factor"], "short_factor"),
+                                   n_hat=_n_hat(extra.get("short_n_hat", 0), "short_n_hat"), mscale=mscale)
+            if len(short.lambdas) != len(long.lambdas):
+                raise UserError(f"short_factor has {len(short.lambdas)} values, long_factor "
+                                f"{len(long.lambdas)}")
+        L0 = rope.get("original_max_position_embeddings") or d.get("original_max_position_embeddings")
+        return cls(long, short, int(L0) if L0 else None)
+
+
+def load_factors(path: str | Path) -> RescaleFactors | DeployedFactors:
+    """A factors file as the model it describes would apply it: our own form (one set at every
+    length), or an HF config / export (short up to L0, long beyond)."""
+    p = Path(path)
+    if not p.is_file():
+        raise UserError(f"factors file {p} does not exist")
+    try:
+        d = json.loads(read_text(p, "factors file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{p}: factors JSON is malformed: {e}") from None
+    try:
+        if isinstance(d, dict) and "lambdas" not in d and any(
+                k in d for k in ("rope_scaling", "rope_parameters", "long_factor")):
+            return DeployedFactors.from_hf(d)
+        return RescaleFactors.from_dict(d)
+    except UserError as e:
+        raise UserError(f"{p}: {e}") from None
 
 
 # Attention-scaling policies: mscale as a function of s and L0.
