@@ -75,7 +75,7 @@ def test_factors_file_errors(tmp_path):
     with pytest.raises(UserError, match="malformed"):
         RescaleFactors.load(p)
     p.write_text(json.dumps({"lambdas": [1, "x"]}))
-    with pytest.raises(UserError, match="list of numbers"):
+    with pytest.raises(UserError, match=r"lambdas\[1\] must be a finite number, got .x."):
         RescaleFactors.load(p)
     p.write_text(json.dumps({"lambdas": [1, -2]}))
     with pytest.raises(UserError, match=r"λ\[1\] = -2.0 is not a positive"):
