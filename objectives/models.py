@@ -71,8 +71,11 @@ def load_model(
     device: str = "auto",
     attention: str = "sdpa",
     threads: int = 0,
+    tokenizer: str = "",
 ) -> LoadedModel:
-    """Load once per worker; candidates are switched later by a buffer copy."""
+    """Load once per worker; candidates are switched later by a buffer copy. The tokenizer
+    loads first (from `tokenizer` when given, else from the model), so a model without one
+    is refused in one line before any weights are read."""
     import torch
     import transformers
 
@@ -97,21 +100,34 @@ def load_model(
     if getattr(config, "sliding_window", None):
         config.sliding_window = None  # score the whole context, not a window
     config.use_cache = False
+    tok = load_tokenizer(tokenizer, folder, gguf)
     kw: dict[str, Any] = dict(config=config, dtype=getattr(torch, dtype), attn_implementation=attention)
     if gguf:
         kw["gguf_file"] = gguf
     try:
         model = transformers.AutoModelForCausalLM.from_pretrained(str(folder), **kw)
-        tokenizer = transformers.AutoTokenizer.from_pretrained(
-            str(folder), **({"gguf_file": gguf} if gguf else {})
-        )
     except UserError:
         raise
     except Exception as e:
         raise UserError(f"cannot load model {spec}: {_first_line(e)}") from None
     model.to(device).eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tokenizer, geometry, spec, device, dtype)
+    return LoadedModel(model, tok, geometry, spec, device, dtype)
+
+
+def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
+    """The tokenizer at `path` (a folder or a builtin: model), else the model's own."""
+    import transformers
+
+    where, kw = (folder, {"gguf_file": gguf} if gguf else {})
+    if path:
+        where, kw = resolve(path)
+        kw = {"gguf_file": kw} if kw else {}
+    try:
+        return transformers.AutoTokenizer.from_pretrained(str(where), **kw)
+    except Exception as e:
+        hint = "" if path else "; give one with --tokenizer (eval) or model.tokenizer (config)"
+        raise UserError(f"cannot load a tokenizer from {where}: {_first_line(e)[:160]}{hint}") from None
 
 
 def _first_line(e: BaseException) -> str:

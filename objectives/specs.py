@@ -28,6 +28,7 @@ class ModelSpec:
     device: str = "auto"  # auto | cpu | cuda
     attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
     threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
+    tokenizer: str = ""  # a folder (or builtin:) holding the tokenizer; "" = the model's own
 
     def validate(self, where: str = "model") -> None:
         """Impossible values, named as ``[where] key`` (the run config's section)."""

@@ -283,6 +283,8 @@ def _toml_value(v: Any) -> str:
 def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Search-defining keys whose values differ, as 'section.key: old -> new'."""
     old = _current_names(old)
+    defaults = RunConfig().to_dict()  # a key added since the run was frozen reads as its default
+    old = {sec: {**defaults.get(sec, {}), **table} for sec, table in old.items()}
     out = []
     for section in new:
         for key, value in new[section].items():

@@ -19,9 +19,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not methods:
         raise UserError("--methods is empty")
-    spec = ObjectiveSpec.of(args.model, args.data, text_column=args.text_column, dtype=args.dtype,
-                            device=args.device, threads=args.threads, search_docs=args.samples,
-                            heldout_docs=args.samples, split_seed=args.split_seed)
+    spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
+                            dtype=args.dtype, device=args.device, threads=args.threads,
+                            search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed)
+    spec.model.validate("model")  # the validator the run config uses
+    spec.data.validate("data")
     results = run_eval(spec, lengths, methods, args.split, progress=not args.json)
     print(as_json(results, args.tail) if args.json else render(results, args.tail))
     return 0
@@ -34,6 +36,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "factors JSON file (ours or an exported HF config). Each document's first L tokens are scored "
         "in one forward pass.")
     e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
+    e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
+                   "without one (default: the model's own)")
     e.add_argument("--data", default="builtin:sotu", help="builtin:sotu, .txt folder/file, .jsonl, .parquet")
     e.add_argument("--text-column", default="text", help="text column for jsonl/parquet/hub data")
     e.add_argument("--lengths", required=True, help="comma-separated lengths, e.g. 1024,2048")

@@ -185,6 +185,23 @@ def test_bad_run_commands(case, existing_run, files, tmp_path, capsys):
     assert snapshot(existing_run) == before
 
 
+def test_model_folder_without_tokenizer(tmp_path, capsys, tiny_model_dir, text_corpus_dir):
+    """Refused naming the tokenizer before any weights load (the weights here are garbage);
+    --tokenizer supplies one."""
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    (bare / "config.json").write_bytes((tiny_model_dir / "config.json").read_bytes())
+    (bare / "model.safetensors").write_bytes(b"not weights")
+    argv = ["eval", "--model", str(bare), "--data", str(text_corpus_dir), "--lengths", "32", "--samples", "1",
+            "--methods", "none"]
+    assert_one_line_error(main(argv), capsys.readouterr().err, "cannot load a tokenizer from")
+    rc = main(argv + ["--tokenizer", str(tiny_model_dir)])  # now the garbage weights are reached
+    assert_one_line_error(rc, capsys.readouterr().err, "cannot load model")
+    (bare / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
+    assert main(argv + ["--tokenizer", str(tiny_model_dir), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["none"]["32"] > 1
+
+
 def test_gpus_on_a_cluster_without_gpus_via_cli(tmp_path):
     """A fresh local Ray (no GPUs) and workers.num_gpus = 1: an error, not a hang."""
     p = tmp_path / "gpu.toml"
