@@ -25,9 +25,12 @@ def test_chunked_nll_equals_labels_loss(tiny_model_dir, chunk):
     ids = torch.randint(0, m.config.vocab_size, (1, 100), generator=torch.Generator().manual_seed(0))
     with torch.no_grad():
         ref = m(ids, labels=ids).loss.item()
+        per_token = torch.nn.functional.cross_entropy(m(ids).logits[0, :-1], ids[0, 1:], reduction="none")
     mean, tail = document_nll(m, ids[0].numpy(), chunk=chunk)
     assert mean == pytest.approx(ref, abs=1e-5)
-    assert math.isfinite(tail) and tail != mean
+    # the tail is the last quarter of the 99 scored tokens: the final 24
+    assert tail == pytest.approx(per_token[-24:].mean().item(), abs=1e-5)
+    assert tail != pytest.approx(per_token[-25:].mean().item(), abs=1e-5)
 
 
 def fake_nll(values):

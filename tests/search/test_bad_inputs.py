@@ -45,6 +45,9 @@ def files(tmp_path_factory, tiny_model_dir):
     (d / "offgrid.json").write_text(json.dumps({"lambdas": [1.0, 1.234] + [2.0] * 6}))
     (d / "nhat.json").write_text(json.dumps({"lambdas": [1.0] * 8, "n_hat": 3}))
     (d / "broken.json").write_text("{nope")
+    (d / "export.json").write_text(json.dumps({"max_position_embeddings": 256, "original_max_position_embeddings": 32,
+                                               "rope_scaling": {"rope_type": "longrope", "long_factor": [2.0] * 8,
+                                                                "short_factor": [1.0] * 8}}))
     (d / "binary").mkdir()
     (d / "binary" / "a.txt").write_bytes(bytes(range(256)) * 8)
     (d / "notjson.jsonl").write_text("not json at all\n")
@@ -164,8 +167,8 @@ RUN_CASES = {
         "iterations = 1", "iterations = 1\nseed = 5")), "--run-dir", str(run)], "search.seed: 0 -> 5"),
     "export unknown target": (lambda run, f, t: ["export", str(run), "--target", "999"],
                               "no long result for length 999"),
-    "apply to a non-model": (lambda run, f, t: ["apply", str(run / "export" / "x.json"), str(f / "nomodel"),
-                                                "-o", str(t / "out")], "does not exist"),
+    "apply to a non-model": (lambda run, f, t: ["apply", str(f / "export.json"), str(f / "nomodel"),
+                                                "-o", str(t / "out")], "is not a model folder"),
     "eval unknown method": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
                                                "--methods", "yarm"], None),
     "eval malformed factors file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",

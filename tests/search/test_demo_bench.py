@@ -28,7 +28,7 @@ def test_bench_quick_table_shape(tmp_path):
     assert set(r["summary"]) == set(GOALS) - {"scale_out_real"}
     assert finite_figures(r) and all(v >= 0 for v in r["summary"].values())
     assert 0 <= r["early_abort"]["early_abort_saved"] < 1 and r["speed"]["overhead"] > 0
-    assert r["early_abort"]["same_best"] in (True, False)
+    assert r["early_abort"]["same_best"] is True  # an exact abort never changes the result
     table = render(r)
     assert table.count("\n| ") >= len(r["summary"]) and "| longrope |" in table
     assert math.isfinite(r["cost"]["seconds_per_eval"])
