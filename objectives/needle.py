@@ -1,0 +1,161 @@
+"""Needle samples: a pass key hidden in real text, the question at the end, the answer scored.
+
+LongRoPE's pass-key test (appendix A.1) and LongRoPE2's needle-driven
+perplexity (arXiv 2502.20082, section 3.3) on real documents. A sample of
+exactly L tokens is::
+
+    [BOS] text[:i]  NEEDLE(key)  text[i:room]  QUESTION  ANSWER(key)
+
+where i is the requested depth · room snapped to the nearest sentence end, and
+the answer tokens are the sample's last tokens. Only they are scored: the
+needle NLL is their mean NLL, and the pass key is retrieved when each of them is
+the model's greedy choice given what precedes it (one teacher-forced forward
+equals greedy decoding for an exact match).
+
+Three bugs of the LongRoPE2 reference script are avoided by construction, each
+with a test: the label column it writes and the one it reads differ (silently
+scoring plain perplexity), its truncation to L cuts the answer off, and it adds
+BOS twice. Here every piece is tokenized without special tokens, BOS is added
+once at the front, the sample is assembled at exactly L tokens, and what is
+scored is the answer span this module returns, not a column looked up by name.
+
+Keys are digits rendered one per word (" 4 1 9 ..."), using only the digits the
+tokenizer encodes as single tokens: a byte-level BPE merges runs of digits
+(" 41190" -> " 4", "11", "90"), which a small model copies badly.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from longrope.spaces import UserError, architecture_of
+
+NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
+QUESTION = " What is the pass key? The pass key is"
+KEY_DIGITS = 5
+
+
+@dataclass(frozen=True)
+class NeedleSample:
+    """One sample: `ids` has exactly the target length; the answer is ids[answer_at:]."""
+
+    doc: int  # index of the source document in the pool it came from
+    depth: float  # requested depth in [0, 1]
+    key: str  # the digits, e.g. "41193"
+    ids: tuple[int, ...]
+    needle_at: int  # token index where the needle starts (after a sentence end)
+    answer_at: int
+
+    @property
+    def answer(self) -> tuple[int, ...]:
+        return self.ids[self.answer_at:]
+
+    def record(self) -> dict[str, Any]:
+        """What a run stores to score the same samples after a resume."""
+        return {"doc": self.doc, "depth": self.depth, "key": self.key, "needle_at": self.needle_at,
+                "answer_at": self.answer_at, "length": len(self.ids)}
+
+
+class NeedleBuilder:
+    """Builds samples for one tokenizer (pieces tokenized once, without special tokens)."""
+
+    def __init__(self, tokenizer: Any):
+        self.tokenizer = tokenizer
+        self.bos = tokenizer.bos_token_id
+        self.digits = [d for d in "0123456789" if len(self._tok(f" {d}")) == 1]
+        if len(self.digits) < 4:
+            raise UserError(f"the tokenizer encodes only {len(self.digits)} digits as single tokens; "
+                            "a needle key needs at least 4")
+        self.question = self._tok(QUESTION)
+        self._ends: set[int] | None = None
+
+    def _tok(self, text: str) -> list[int]:
+        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def sentence_ends(self) -> set[int]:
+        """Token ids whose text ends a sentence ('.', '!' or '?', maybe before whitespace)."""
+        if self._ends is None:
+            vocab = self.tokenizer.get_vocab().values()
+            self._ends = {i for i in vocab if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?"))}
+        return self._ends
+
+    def key(self, rng: np.random.Generator) -> str:
+        return "".join(rng.choice(self.digits, KEY_DIGITS))
+
+    def needle_ids(self, key: str) -> list[int]:
+        return self._tok(NEEDLE.format(key=" ".join(key)))
+
+    def answer_ids(self, key: str) -> list[int]:
+        return self._tok(" " + " ".join(key))
+
+    def build(self, doc_ids: np.ndarray, length: int, depth: float, key: str, doc: int = 0) -> NeedleSample:
+        """`doc_ids`: a document's token ids (a leading BOS is dropped), at least `length` long."""
+        if not 0.0 <= depth <= 1.0:
+            raise UserError(f"needle depth must be in [0, 1], got {depth}")
+        filler = [int(t) for t in doc_ids]
+        if self.bos is not None and filler and filler[0] == self.bos:
+            filler = filler[1:]
+        head = [self.bos] if self.bos is not None else []
+        needle, answer = self.needle_ids(key), self.answer_ids(key)
+        room = length - len(head) - len(needle) - len(self.question) - len(answer)
+        if room < 1:
+            raise UserError(f"a needle sample needs more than {length - room} tokens; got length {length}")
+        if len(filler) < room:
+            raise UserError(f"document {doc} has {len(filler)} tokens; a needle sample at {length} "
+                            f"needs {room}")
+        filler = filler[:room]
+        i = self.snap(filler, round(depth * room))
+        ids = head + filler[:i] + needle + filler[i:] + self.question + answer
+        assert len(ids) == length
+        return NeedleSample(doc, depth, key, tuple(ids), len(head) + i, length - len(answer))
+
+    def snap(self, filler: list[int], target: int) -> int:
+        """The insertion point nearest `target` that follows a sentence end (or is an end of
+        the text); ties go to the earlier point."""
+        ends = self.sentence_ends()
+        cuts = [0] + [j + 1 for j, t in enumerate(filler) if t in ends] + [len(filler)]
+        return min(cuts, key=lambda c: (abs(c - target), c))
+
+
+def depths(count: int) -> list[float]:
+    """`count` depths evenly spread over [0, 1] (one sample at 0.5 when count = 1)."""
+    return [0.5] if count == 1 else [k / (count - 1) for k in range(count)]
+
+
+def make_samples(builder: NeedleBuilder, docs: list[np.ndarray], length: int, count: int,
+                 seed: int) -> list[NeedleSample]:
+    """`count` samples at evenly spread depths, sample k from document k mod len(docs), its key
+    drawn from (seed, length, k): deterministic, whatever process builds them."""
+    out = []
+    for k, depth in enumerate(depths(count)):
+        rng = np.random.default_rng([seed, length, k])
+        d = k % len(docs)
+        out.append(builder.build(docs[d], length, depth, builder.key(rng), doc=d))
+    return out
+
+
+def answer_scores(model: Any, sample: NeedleSample) -> tuple[float, bool]:
+    """(mean NLL of the answer tokens, whether greedy decoding would produce the answer).
+
+    One forward; the LM head runs only at the positions that predict the answer."""
+    import torch
+
+    from .perplexity import postprocess_logits
+
+    arch = architecture_of(model.config)
+    decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
+    device = next(model.parameters()).device
+    x = torch.as_tensor(sample.ids, dtype=torch.long, device=device)[None]
+    with torch.no_grad():
+        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]
+        at = slice(sample.answer_at - 1, len(sample.ids) - 1)  # positions predicting the answer
+        logits = postprocess_logits(head(hidden[at]).float(), arch, model.config)
+        target = x[0, sample.answer_at:]
+        nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None])[:, 0]
+        exact = bool((logits.argmax(-1) == target).all())
+    value = float(nll.mean())
+    return (value if math.isfinite(value) else math.inf), exact

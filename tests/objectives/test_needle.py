@@ -1,0 +1,79 @@
+"""Needle samples: where the key is, what is scored, and the reference script's bugs avoided."""
+
+import pytest
+import torch
+import transformers
+
+from longrope.objectives.data import load_corpus, tokenize
+from longrope.objectives.needle import NeedleBuilder, answer_scores, depths, make_samples
+from longrope.spaces import UserError
+
+
+@pytest.fixture(scope="module")
+def tok():
+    from importlib.resources import files
+
+    return transformers.AutoTokenizer.from_pretrained(str(files("longrope.objectives") / "builtin/tiny-sotu"))
+
+
+@pytest.fixture(scope="module")
+def docs(tok):
+    ids = tokenize(load_corpus("builtin:sotu"), tok)
+    return [d for d in ids if len(d) >= 1024][:4]
+
+
+def test_sample_layout(tok, docs):
+    b = NeedleBuilder(tok)
+    s = b.build(docs[0], 512, 0.5, "41193", doc=0)
+    assert len(s.ids) == 512
+    assert s.ids.count(tok.bos_token_id) == 1 and s.ids[0] == tok.bos_token_id  # BOS once, in front
+    assert list(s.answer) == b.answer_ids("41193") and s.answer_at == 512 - len(s.answer)  # answer last, whole
+    text = tok.decode(s.ids[s.needle_at:s.needle_at + len(b.needle_ids("41193"))])
+    assert text == " The pass key is 4 1 1 9 3. Remember it. 4 1 1 9 3 is the pass key."
+    assert tok.decode(s.ids[s.answer_at - len(b.question):s.answer_at]) == " What is the pass key? The pass key is"
+    assert s.ids[s.needle_at - 1] in b.sentence_ends()  # the needle follows a sentence end
+
+
+@pytest.mark.parametrize("depth", [0.0, 0.25, 0.5, 0.9, 1.0])
+def test_depth_is_where_it_claims(tok, docs, depth):
+    b = NeedleBuilder(tok)
+    s = b.build(docs[1], 1024, depth, "12345")
+    room = 1024 - 1 - len(b.needle_ids("12345")) - len(b.question) - len(b.answer_ids("12345"))
+    filler = list(docs[1][1:room + 1])
+    cuts = [0] + [j + 1 for j, t in enumerate(filler) if t in b.sentence_ends()] + [room]
+    nearest = min(abs(c - depth * room) for c in cuts)
+    assert abs((s.needle_at - 1) - depth * room) == pytest.approx(nearest, abs=0.5)
+
+
+def test_keys_use_single_token_digits_and_samples_are_deterministic(tok, docs):
+    b = NeedleBuilder(tok)
+    assert "0" not in b.digits and len(b.digits) >= 4  # ' 0' is two tokens in this BPE
+    a = make_samples(b, docs, 512, 6, seed=3)
+    assert a == make_samples(NeedleBuilder(tok), docs, 512, 6, seed=3)
+    assert [s.key for s in a] != [s.key for s in make_samples(b, docs, 512, 6, seed=4)]
+    assert [s.depth for s in a] == depths(6) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
+    assert [s.doc for s in a] == [0, 1, 2, 3, 0, 1]
+    assert all(len(b.answer_ids(s.key)) == len(s.key) for s in a)  # one token per digit
+
+
+def test_too_short_is_a_clear_error(tok, docs):
+    with pytest.raises(UserError, match="needs more than"):
+        NeedleBuilder(tok).build(docs[0], 30, 0.5, "12345")
+
+
+def test_only_the_answer_is_scored(tok, docs):
+    from importlib.resources import files
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        str(files("longrope.objectives") / "builtin/tiny-sotu"), dtype=torch.float32).eval()
+    s = NeedleBuilder(tok).build(docs[2], 256, 0.3, "73519")
+    nll, exact = answer_scores(m, s)
+    with torch.no_grad():
+        logits = m(torch.tensor([s.ids])).logits[0].float()
+    target = torch.tensor(s.answer)
+    pred = logits[s.answer_at - 1:-1]
+    ref = torch.nn.functional.cross_entropy(pred, target).item()
+    assert nll == pytest.approx(ref, abs=1e-4)
+    assert exact == bool((pred.argmax(-1) == target).all())
+    whole = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(s.ids[1:])).item()
+    assert abs(whole - nll) > 1e-3  # not the plain perplexity of the sample
