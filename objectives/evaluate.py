@@ -1,4 +1,4 @@
-"""`longrope eval`: perplexity per method and length, as a table or JSON."""
+"""`longrope eval`: perplexity, needle perplexity or pass-key accuracy per method and length."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from typing import Any
 from longrope.spaces import UserError
 
 from .methods import check_method, method_factors
-from .workers import ObjectiveSpec, make_evaluator
+from .specs import ObjectiveSpec
+from .workers import make_evaluator
 
 
 def parse_lengths(text: str) -> list[int]:
@@ -22,11 +23,18 @@ def parse_lengths(text: str) -> list[int]:
     return lengths
 
 
+TASKS = ("ppl", "needle", "passkey")
+
+
 def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: str,
-             progress: bool = True) -> dict[str, dict[int, Any]]:
-    """{method: {length: Evaluation}}; all methods resolved before any scoring."""
+             progress: bool = True, task: str = "ppl") -> dict[str, dict[int, Any]]:
+    """{method: {length: Evaluation}}; all methods resolved before any scoring. Tasks `needle`
+    and `passkey` score the same needle samples (spec.task): the Evaluation's ppl is the needle
+    perplexity, extra["passkey"] the retrieval accuracy, extra["by_depth"] it per depth."""
     from tqdm import tqdm
 
+    if task not in TASKS:
+        raise UserError(f"--task {task!r}; choose one of {', '.join(TASKS)}")
     for m in methods:
         check_method(m)
     ev = make_evaluator(spec)
@@ -34,30 +42,85 @@ def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: 
     plan = [(m, n, method_factors(m, ev.geometry, n)) for m in methods for n in lengths]
     out: dict[str, dict[int, Any]] = {m: {} for m in methods}
     bar = tqdm(plan, desc="eval", unit="run", disable=not progress, file=sys.stderr)
+    kind = "ppl" if task == "ppl" else "needle"
     for m, n, f in bar:
         bar.set_postfix_str(f"{m} @ {n}")
-        out[m][n] = ev.evaluate(f, n, pool=pool)
+        out[m][n] = ev.evaluate(f, n, pool=pool, kind=kind)
     return out
 
 
-def render(results: dict[str, dict[int, Any]], tail: bool) -> str:
+def value(e: Any, task: str, tail: bool = False) -> Any:
+    """What a task reports of one Evaluation: ppl (with its tail), needle ppl, or accuracy."""
+    if not e.ok:
+        return None
+    if task == "passkey":
+        return e.extra["passkey"]
+    if task == "ppl" and tail:
+        return {"ppl": e.ppl, "tail": e.extra.get("tail_ppl")}
+    return e.ppl
+
+
+def render(results: dict[str, dict[int, Any]], tail: bool, task: str = "ppl", by_depth: bool = False) -> str:
     lengths = sorted({n for r in results.values() for n in r})
+    if by_depth:
+        return "\n\n".join(_depth_table(m, r, lengths, task) for m, r in results.items())
     head = "| method | " + " | ".join(str(n) for n in lengths) + " |"
     lines = [head, "|" + "---|" * (len(lengths) + 1)]
     for m, r in results.items():
         cells = []
         for n in lengths:
             e = r[n]
-            cell = f"{e.ppl:.2f}" if e.ok else f"failed ({e.reason})"
-            if tail and e.ok:
-                cell += f" ({e.extra['tail_ppl']:.2f})"
-            cells.append(cell)
+            if not e.ok:
+                cells.append(f"failed ({e.reason})")
+            elif task == "passkey":
+                cells.append(f"{e.extra['passkey']:.2f}")
+            else:
+                tail_s = f" ({e.extra['tail_ppl']:.2f})" if tail and task == "ppl" else ""
+                cells.append(f"{e.ppl:.2f}{tail_s}")
         lines.append(f"| {m} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
-def as_json(results: dict[str, dict[int, Any]], tail: bool) -> str:
-    def value(e):
-        return {"ppl": e.ppl, "tail": e.extra.get("tail_ppl")} if tail else e.ppl
+def _depth_table(method: str, r: dict[int, Any], lengths: list[int], task: str) -> str:
+    depths = sorted({d for e in r.values() if e.ok for d in e.extra["by_depth"]})
+    lines = [f"{method}: pass-key accuracy by depth (rows) and length (columns)", "",
+             "| depth | " + " | ".join(str(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
+    for d in depths:
+        cells = [f"{r[n].extra['by_depth'][d]:.2f}" if r[n].ok else "failed" for n in lengths]
+        lines.append(f"| {d:.2f} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
-    return json.dumps({m: {str(n): value(e) for n, e in r.items()} for m, r in results.items()})
+
+def as_json(results: dict[str, dict[int, Any]], tail: bool, task: str = "ppl", by_depth: bool = False) -> str:
+    """{"method": {"length": value}} (value: perplexity, needle perplexity or accuracy);
+    by depth: {"method": {"length": {"depth": accuracy}}}."""
+    if by_depth:
+        return json.dumps({m: {str(n): ({str(d): a for d, a in e.extra["by_depth"].items()} if e.ok else None)
+                               for n, e in r.items()} for m, r in results.items()})
+    return json.dumps({m: {str(n): value(e, task, tail) for n, e in r.items()} for m, r in results.items()})
+
+
+def plot_depths(results: dict[str, dict[int, Any]], path: str) -> None:
+    """A heatmap per method: pass-key accuracy by depth (rows) and length (columns)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = sorted({n for r in results.values() for n in r})
+    methods = list(results)
+    width = 2.2 + 1.6 * len(methods) * max(1, len(lengths) / 3)
+    fig, axes = plt.subplots(1, len(methods), figsize=(width, 3.6), squeeze=False)
+    for ax, m in zip(axes[0], methods, strict=True):
+        r = results[m]
+        depths = sorted({d for e in r.values() if e.ok for d in e.extra["by_depth"]})
+        grid = [[r[n].extra["by_depth"].get(d, float("nan")) if r[n].ok else float("nan") for n in lengths]
+                for d in depths]
+        im = ax.imshow(grid, vmin=0, vmax=1, cmap="RdYlGn", aspect="auto")
+        ax.set_xticks(range(len(lengths)), [str(n) for n in lengths], rotation=45)
+        ax.set_yticks(range(len(depths)), [f"{d:.1f}" for d in depths])
+        ax.set_title(m)
+    axes[0][0].set_ylabel("depth of the key")
+    fig.colorbar(im, ax=axes[0].tolist(), label="pass-key accuracy")
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -127,14 +127,36 @@ def depths(count: int) -> list[float]:
 
 
 def make_samples(builder: NeedleBuilder, docs: list[np.ndarray], length: int, count: int,
-                 seed: int) -> list[NeedleSample]:
-    """`count` samples at evenly spread depths, sample k from document k mod len(docs), its key
-    drawn from (seed, length, k): deterministic, whatever process builds them."""
+                 seed: int, per_depth: int = 1) -> list[NeedleSample]:
+    """`per_depth` samples at each of `count` evenly spread depths; sample k (depth-major) comes
+    from document k mod len(docs) and its key from (seed, length, k): deterministic, whatever
+    process builds them."""
     out = []
-    for k, depth in enumerate(depths(count)):
-        rng = np.random.default_rng([seed, length, k])
-        d = k % len(docs)
-        out.append(builder.build(docs[d], length, depth, builder.key(rng), doc=d))
+    for j, depth in enumerate(depths(count)):
+        for r in range(per_depth):
+            k = j * per_depth + r
+            rng = np.random.default_rng([seed, length, k])
+            d = k % len(docs)
+            out.append(builder.build(docs[d], length, depth, builder.key(rng), doc=d))
+    return out
+
+
+def score_needle(model: Any, rotary: Any, factors: Any, samples: list[NeedleSample],
+                 threshold: float | None = None) -> Any:
+    """A candidate's needle perplexity exp(mean answer NLL) over `samples`, with the exact early
+    abort of document perplexity (answer NLLs are >= 0 too); extra["passkey"] is the fraction
+    of samples whose key greedy decoding retrieves, extra["by_depth"] that fraction per depth."""
+    from .perplexity import score_items
+
+    out = score_items(rotary, factors, samples, len(samples[0].ids), threshold, "samples",
+                      lambda s: (*answer_scores(model, s), len(s.ids)))
+    if out.ok:
+        exact = out.extra.pop("side")
+        out.extra["passkey"] = sum(exact) / len(exact)
+        by: dict[float, list[bool]] = {}
+        for s, e in zip(samples, exact, strict=True):
+            by.setdefault(s.depth, []).append(e)
+        out.extra["by_depth"] = {d: sum(v) / len(v) for d, v in by.items()}
     return out
 
 

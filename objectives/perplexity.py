@@ -79,37 +79,54 @@ def postprocess_logits(logits: Any, arch: Architecture, config: Any) -> Any:
 def score(
     model: Any,
     rotary: Any,
-    factors: RescaleFactors,
+    factors: RescaleFactors | None,
     docs: list[np.ndarray],
     threshold: float | None = None,
     chunk: int = 1024,
 ) -> Evaluation:
-    """Score a candidate on `docs` (each already cut to the target length).
+    """Score a candidate on `docs` (each already cut to the target length): document perplexity.
 
     threshold: a perplexity; stop once the candidate provably cannot get under it.
+    factors None: the model's own rotary (eval's ``native``).
+    """
+    out = score_items(rotary, factors, docs, len(docs[0]), threshold, "documents",
+                      lambda d: (*document_nll(model, d, chunk), len(d)))
+    if out.ok:
+        tails = out.extra.pop("side")
+        out.extra["tail_ppl"] = math.exp(sum(tails) / len(tails))
+    return out
+
+
+def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length: int,
+                threshold: float | None, what: str, measure) -> Evaluation:
+    """The scoring loop every objective shares: ``measure(item) -> (nll, side, tokens)`` per
+    item (a document, a needle sample), ppl = exp(mean nll), and the exact early abort.
+
+    Exact, not a heuristic: NLLs are >= 0, so after k of n items the final mean is at least
+    (sum of the k NLLs) / n; once that bound exceeds ln(threshold) the candidate cannot
+    score under the threshold (the worst surviving parent), and it is recorded as pruned.
+    The side values (tail NLL, exact match) come back in extra["side"] for a complete score.
     """
     t0 = time.perf_counter()
     rotary.set_factors(factors)
-    length = len(docs[0])
-    n = len(docs)
+    n = len(items)
     log_thr = math.log(threshold) if threshold is not None and math.isfinite(threshold) else None
     nlls: list[float] = []
-    tails: list[float] = []
+    side: list[Any] = []
     tokens = 0
-    for i, d in enumerate(docs):
-        v, tail = document_nll(model, d, chunk)
-        tokens += len(d)
+    for i, item in enumerate(items):
+        v, extra, used = measure(item)
+        tokens += used
         if not math.isfinite(v):
             return Evaluation(factors, length, FAILED, math.inf, tuple(nlls), tokens,
-                              time.perf_counter() - t0, reason=f"NLL is {v} on document {i}")
+                              time.perf_counter() - t0, reason=f"NLL is {v} on {what[:-1]} {i}")
         nlls.append(v)
-        tails.append(tail)
+        side.append(extra)
         bound = sum(nlls) / n
         if log_thr is not None and i < n - 1 and bound > log_thr:
             return Evaluation(factors, length, PRUNED, math.exp(bound), tuple(nlls), tokens,
                               time.perf_counter() - t0,
                               reason=f"lower bound {math.exp(bound):.4f} > threshold {threshold:.4f} "
-                                     f"after {i + 1}/{n} documents")
-    ppl = math.exp(sum(nlls) / n)
-    return Evaluation(factors, length, COMPLETE, ppl, tuple(nlls), tokens, time.perf_counter() - t0,
-                      extra={"tail_ppl": math.exp(sum(tails) / n)})
+                                     f"after {i + 1}/{n} {what}")
+    return Evaluation(factors, length, COMPLETE, math.exp(sum(nlls) / n), tuple(nlls), tokens,
+                      time.perf_counter() - t0, extra={"side": side})

@@ -1,11 +1,11 @@
-"""What a scoring worker needs, one spec per concern: the model, the data.
+"""What a scoring worker needs, one spec per concern: the model, the data, the task.
 
 `ModelSpec` and `DataSpec` are defined once, here, with a comment on each
 field saying which values it takes; the run config's ``[model]`` and
 ``[data]`` sections ARE these classes (search/config.py composes them), and
-`ObjectiveSpec` is the pair a worker builds its objective from. A new model
-or data option is one field here. All three are plain dataclasses, picklable
-for Ray.
+`ObjectiveSpec` is the triple a worker builds its objective from. A new model,
+data or task option is one field here (``[objective]`` is the task). All are
+plain dataclasses, picklable for Ray.
 """
 
 from __future__ import annotations
@@ -62,27 +62,51 @@ class DataSpec:
             raise UserError(f"{where}.text_column is empty")
 
 
+TASKS = ("ppl", "needle")
+
+
+@dataclass
+class TaskSpec:
+    kind: str = "ppl"  # ppl: document perplexity | needle: NLL of pass keys hidden in the documents' text
+    depths: int = 10  # needle: depths per stage, evenly spread over [0, 1] (0 = start of the text)
+    per_depth: int = 1  # needle: samples per depth, each from the next document (documents cycle)
+    seed: int = 0  # needle: seeds the keys; the samples are a pure function of (seed, length, documents)
+
+    def validate(self, where: str = "objective") -> None:
+        if self.kind not in TASKS:
+            raise UserError(f"{where}.kind = {self.kind!r}; choose one of {', '.join(TASKS)}")
+        if self.depths < 1:
+            raise UserError(f"{where}.depths = {self.depths} must be >= 1")
+        if self.per_depth < 1:
+            raise UserError(f"{where}.per_depth = {self.per_depth} must be >= 1")
+
+
 @dataclass(frozen=True)
 class ObjectiveSpec:
-    """The model and the data a worker scores candidates with."""
+    """The model, the data and the task a worker scores candidates with."""
 
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
+    task: TaskSpec = field(default_factory=TaskSpec)
 
     @classmethod
     def from_config(cls, cfg: Any) -> ObjectiveSpec:
         """From a run config (anything with ``model`` and ``data`` sections); copies, so a later
         change to the config does not reach a spec already handed to workers."""
-        return cls(dataclasses.replace(cfg.model), dataclasses.replace(cfg.data))
+        return cls(dataclasses.replace(cfg.model), dataclasses.replace(cfg.data),
+                   dataclasses.replace(cfg.objective))
 
     @classmethod
     def of(cls, model: str = ModelSpec.path, data: str = DataSpec.path, **kw: Any) -> ObjectiveSpec:
         """Keyword shorthand: ``model``/``data`` are the paths, every other key goes to the
-        spec that has a field of that name (``threads`` to the model, ``search_docs`` to the data)."""
+        spec that has a field of that name (``threads`` to the model, ``search_docs`` to the
+        data, ``kind`` and ``depths`` to the task)."""
         m = {f.name for f in dataclasses.fields(ModelSpec)}
         d = {f.name for f in dataclasses.fields(DataSpec)}
-        unknown = set(kw) - m - d
+        t = {f.name for f in dataclasses.fields(TaskSpec)}
+        unknown = set(kw) - m - d - t
         if unknown:
             raise TypeError(f"unknown objective keys: {', '.join(sorted(unknown))}")
         return cls(ModelSpec(model, **{k: v for k, v in kw.items() if k in m}),
-                   DataSpec(data, **{k: v for k, v in kw.items() if k in d}))
+                   DataSpec(data, **{k: v for k, v in kw.items() if k in d}),
+                   TaskSpec(**{k: v for k, v in kw.items() if k in t}))

@@ -50,7 +50,7 @@ class SyntheticEvaluator:
         return 1 + (1.1 * s - 1) * x**2
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
-                 pool: str = "search") -> Evaluation:
+                 pool: str = "search", kind: str | None = None) -> Evaluation:
         if factors is None:
             raise UserError("the synthetic objective has no native rotary: give factors or a method")
         t0 = time.perf_counter()

@@ -33,6 +33,7 @@ class Evaluator:
         self.tokens = tokenize(self.corpus, self.loaded.tokenizer, d.cache_dir or cache_root())
         self.split = Split.make(len(self.tokens), d.split_seed)
         self._docs: dict[tuple[str, int, int], list[np.ndarray]] = {}
+        self._samples: dict[tuple[str, int], list] = {}
 
     @property
     def geometry(self) -> RopeGeometry:
@@ -57,8 +58,26 @@ class Evaluator:
         for length in lengths:
             self.docs(length, pool)
 
-    def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
-                 pool: str = "search") -> Evaluation:
+    def needle_samples(self, length: int, pool: str = "search") -> list:
+        """The task's needle samples at `length`, built on the pool's documents (cached)."""
+        from .needle import NeedleBuilder, make_samples
+
+        key = (pool, length)
+        if key not in self._samples:
+            t = self.spec.task
+            builder = NeedleBuilder(self.loaded.tokenizer)
+            self._samples[key] = make_samples(builder, self.docs(length, pool), length, t.depths, t.seed,
+                                              t.per_depth)
+        return self._samples[key]
+
+    def evaluate(self, factors: RescaleFactors | None, length: int, threshold: float | None = None,
+                 pool: str = "search", kind: str | None = None) -> Evaluation:
+        """Score factors (None: the model's own rotary) by the task's kind, or by `kind`."""
+        if (kind or self.spec.task.kind) == "needle":
+            from .needle import score_needle
+
+            return score_needle(self.loaded.model, self.rotary, factors, self.needle_samples(length, pool),
+                                threshold)
         return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold)
 
     def ping(self) -> bool:
@@ -87,8 +106,8 @@ class _Worker:
         return self.ev.check(lengths)
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
-                 pool: str = "search") -> Evaluation:
-        return self.ev.evaluate(factors, length, threshold, pool)
+                 pool: str = "search", kind: str | None = None) -> Evaluation:
+        return self.ev.evaluate(factors, length, threshold, pool, kind)
 
     def pid(self) -> int:
         return self._pid

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from longrope.objectives.specs import DataSpec, ModelSpec
+from longrope.objectives.specs import DataSpec, ModelSpec, TaskSpec
 from longrope.spaces import METHODS, MSCALE_POLICIES, N_HAT_PAPER, UserError, read_text
 
 
@@ -68,6 +68,7 @@ class WorkersConfig:
 class RunConfig:
     model: ModelSpec = field(default_factory=ModelSpec)  # [model]: objectives/specs.py
     data: DataSpec = field(default_factory=DataSpec)  # [data]: objectives/specs.py
+    objective: TaskSpec = field(default_factory=TaskSpec)  # [objective]: objectives/specs.py
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
@@ -176,6 +177,7 @@ def validate(cfg: RunConfig) -> None:
             raise UserError(f"{where} = {v!r}; choose one of {', '.join(sorted(allowed))}")
     cfg.model.validate("model")
     cfg.data.validate("data")
+    cfg.objective.validate("objective")
     sp, se, wk = cfg.space, cfg.search, cfg.workers
     if not sp.targets and not sp.short:
         raise UserError("space.targets and space.short are both empty: nothing to search")
@@ -284,7 +286,7 @@ def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Search-defining keys whose values differ, as 'section.key: old -> new'."""
     old = _current_names(old)
     defaults = RunConfig().to_dict()  # a key added since the run was frozen reads as its default
-    old = {sec: {**defaults.get(sec, {}), **table} for sec, table in old.items()}
+    old = {sec: {**defaults[sec], **(old.get(sec) or {})} for sec in defaults}
     out = []
     for section in new:
         for key, value in new[section].items():

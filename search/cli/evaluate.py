@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 
+from longrope.objectives.methods import known_methods
 from longrope.objectives.specs import DEVICES, DTYPES
 from longrope.spaces import UserError
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Perplexity of each method at each length on the search or held-out documents."""
-    from longrope.objectives.evaluate import as_json, parse_lengths, render, run_eval
+    """Perplexity (or needle perplexity, or pass-key accuracy) of each method at each length on the
+    search or held-out documents."""
+    from longrope.objectives.evaluate import as_json, parse_lengths, plot_depths, render, run_eval
     from longrope.objectives.specs import ObjectiveSpec
 
     lengths = parse_lengths(args.lengths)
@@ -19,22 +21,34 @@ def cmd_eval(args: argparse.Namespace) -> int:
     methods = [m for m in args.methods.split(",") if m]
     if not methods:
         raise UserError("--methods is empty")
+    if args.task == "ppl" and (args.depths or args.plot):
+        raise UserError("--depths and --plot go with --task needle or passkey")
+    if args.depths is not None and args.depths < 1:
+        raise UserError(f"--depths must be >= 1, got {args.depths}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
                             dtype=args.dtype, device=args.device, threads=args.threads,
-                            search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed)
-    spec.model.validate("model")  # the validator the run config uses
+                            search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed,
+                            kind="ppl" if args.task == "ppl" else "needle", depths=args.depths or 10,
+                            per_depth=args.samples)
+    spec.model.validate("model")  # the validators the run config uses
     spec.data.validate("data")
-    results = run_eval(spec, lengths, methods, args.split, progress=not args.json)
-    print(as_json(results, args.tail) if args.json else render(results, args.tail))
+    spec.task.validate("objective")
+    results = run_eval(spec, lengths, methods, args.split, progress=not args.json, task=args.task)
+    by_depth = args.depths is not None
+    if args.plot:
+        plot_depths(results, args.plot)
+    print(as_json(results, args.tail, args.task, by_depth) if args.json
+          else render(results, args.tail, args.task, by_depth))
     return 0
 
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
         "eval", help="perplexity per method and length (none/pi/ntk/yarn/... or factors .json)",
-        description=cmd_eval.__doc__ + " Methods: none, pi, ntk, yarn, dynamic_ntk, llama3, or a "
-        "factors JSON file (ours or an exported HF config). Each document's first L tokens are scored "
-        "in one forward pass.")
+        description=cmd_eval.__doc__ + " Methods: " + known_methods() + " (ours, an export or a "
+        "model's config.json: short factors up to L0, long beyond, as transformers applies them); native "
+        "is the model exactly as its config defines it. Each document's first L tokens are scored in one "
+        "forward pass.")
     e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
     e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
                    "without one (default: the model's own)")
@@ -48,6 +62,15 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    e.add_argument("--task", choices=["ppl", "needle", "passkey"], default="ppl",
+                   help="ppl: document perplexity; needle: perplexity of a pass key hidden in each "
+                   "document, answer tokens only; passkey: fraction of those keys greedy decoding "
+                   "retrieves (exact match)")
+    e.add_argument("--depths", type=int, help="needle/passkey: report a depth x length table per method, "
+                   "with this many depths (default: 10 depths, aggregated); --samples documents per depth")
+    e.add_argument("--plot", metavar="FILE",
+                   help="needle/passkey: heatmap PNG of accuracy by depth and length")
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
-    e.add_argument("--json", action="store_true", help='print {"method": {"length": ppl}} only')
+    e.add_argument("--json", action="store_true", help='print {"method": {"length": value}} only (value: '
+                   'ppl, needle ppl or accuracy; with --depths {"method": {"length": {"depth": accuracy}}})')
     e.set_defaults(func=cmd_eval)

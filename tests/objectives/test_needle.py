@@ -1,5 +1,7 @@
 """Needle samples: where the key is, what is scored, and the reference script's bugs avoided."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -77,3 +79,44 @@ def test_only_the_answer_is_scored(tok, docs):
     assert exact == bool((pred.argmax(-1) == target).all())
     whole = torch.nn.functional.cross_entropy(logits[:-1], torch.tensor(s.ids[1:])).item()
     assert abs(whole - nll) > 1e-3  # not the plain perplexity of the sample
+
+
+def test_eval_task_json_shapes(tmp_path, capsys):
+    from longrope.search.cli import main
+
+    base = ["eval", "--lengths", "128,256", "--methods", "none,yarn", "--samples", "1", "--json"]
+    out = {}
+    for task in ("ppl", "needle", "passkey"):
+        assert main(base + ["--task", task]) == 0
+        out[task] = json.loads(capsys.readouterr().out)
+        assert set(out[task]) == {"none", "yarn"} and set(out[task]["none"]) == {"128", "256"}
+    assert all(0 <= v <= 1 for r in out["passkey"].values() for v in r.values())
+    assert all(v > 1 for r in out["needle"].values() for v in r.values())
+    assert out["needle"] != out["ppl"]  # the answer tokens only, not the documents
+    png = tmp_path / "heat.png"
+    assert main(base + ["--task", "passkey", "--depths", "3", "--plot", str(png)]) == 0
+    by_depth = json.loads(capsys.readouterr().out)
+    assert set(by_depth["yarn"]["256"]) == {"0.0", "0.5", "1.0"} and png.stat().st_size > 1000
+    assert main(base + ["--depths", "3"]) == 2  # depths go with needle/passkey
+    assert "go with --task needle or passkey" in capsys.readouterr().err
+
+
+def test_needle_score_aborts_exactly_like_perplexity(tok, docs):
+    """The early abort's bound holds for answer NLLs too: a pruned candidate's bound is below its
+    full score and a candidate under the threshold is never pruned."""
+    from importlib.resources import files
+
+    from longrope.objectives.needle import score_needle
+    from longrope.objectives.rotary import patch_model
+    from longrope.spaces import RopeGeometry, method
+
+    m = transformers.AutoModelForCausalLM.from_pretrained(
+        str(files("longrope.objectives") / "builtin/tiny-sotu"), dtype=torch.float32).eval()
+    g = RopeGeometry.from_config(m.config)
+    rot = patch_model(m, g)
+    samples = make_samples(NeedleBuilder(tok), docs, 256, 4, seed=0)
+    full = score_needle(m, rot, method("none", g, 256), samples)
+    assert full.ok and len(full.doc_nll) == 4 and set(full.extra["by_depth"]) == set(depths(4))
+    cut = score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl ** 0.5)
+    assert cut.status == "pruned" and cut.ppl <= full.ppl and len(cut.doc_nll) < 4
+    assert score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl * 1.01).ok
