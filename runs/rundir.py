@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import sys
 import time
@@ -12,7 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import UserError
+from longrope.spaces import UserError, read_text
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 
@@ -20,11 +21,21 @@ CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "event
 def atomic_write_text(path: Path, text: str) -> None:
     """Temp file in the same folder, fsync, os.replace: a reader sees the old
     file or the new one, never half of either; on error the old file stays."""
+    atomic_write_bytes(path, text.encode())
+
+
+def stale_temp_files(folder: Path) -> list[Path]:
+    """Temp files of atomic writes whose writer died (kill -9 between write and rename)."""
+    mine = f".{os.getpid()}.tmp"
+    return [p for p in Path(folder).glob(".*.tmp") if not p.name.endswith(mine)]
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
-        with open(tmp, "w") as f:
-            f.write(text)
+        with open(tmp, "wb") as f:
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -46,6 +57,8 @@ class Run:
     @classmethod
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{p} exists and is a file, not a folder; choose a new --run-dir")
         if p.exists() and any(p.iterdir()):
             raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
         try:
@@ -77,12 +90,20 @@ class Run:
             raise UserError(f"cannot read {p / JOURNAL}: {e.strerror or e}") from None
         return run
 
+    def check_writable(self) -> None:
+        """A driver writes the folder, the journal, the events log and best/: say which one it
+        cannot, in one line, before it starts (read-only mounts, another user's run)."""
+        for p in (self.path, self.journal, self.path / EVENTS, self.path / "best"):
+            if p.exists() and not os.access(p, os.W_OK):
+                raise UserError(f"cannot write {p} (permission denied); a search or resume needs the run "
+                                "directory writable")
+
     @staticmethod
     def is_run(path: str | Path) -> bool:
         return (Path(path) / CONFIG).is_file() and (Path(path) / JOURNAL).is_file()
 
     def config_text(self) -> str:
-        return (self.path / CONFIG).read_text()
+        return read_text(self.path / CONFIG, "run config")
 
     def config(self) -> dict[str, Any]:
         try:
@@ -94,6 +115,59 @@ class Run:
     @property
     def journal(self) -> Path:
         return self.path / JOURNAL
+
+    def check_journal(self) -> None:
+        """Every line but a torn last one must be a journal record: a damaged line elsewhere
+        (a disk error, a stray write) is refused in one line naming it, before Optuna's replay
+        would crash on it. `repair(keep_backup=True)` drops such lines."""
+        bad = self.unreadable_lines()
+        if bad:
+            more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
+            raise UserError(f"{self.journal} line {bad[0]} is not a journal record{more}; "
+                            f"`longrope resume {self.path} --repair` drops unreadable lines (keeping a "
+                            "backup) and re-runs what they held")
+
+    def unreadable_lines(self) -> list[int]:
+        """1-based numbers of the lines that are not JSON objects with an op_code (a torn last
+        line, which repair_journal drops, is not counted)."""
+        bad = []
+        with open(self.journal, "rb") as f:
+            lines = f.read().split(b"\n")
+        last = len(lines) - 1 if lines and lines[-1] == b"" else len(lines)
+        for n, line in enumerate(lines[:last], start=1):
+            try:
+                rec = json.loads(line)
+                ok = isinstance(rec, dict) and "op_code" in rec
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                ok = n == last  # a torn last line is repair_journal's
+            if not ok:
+                bad.append(n)
+        return bad
+
+    def drop_unreadable_lines(self) -> str | None:
+        """`resume --repair`: a backup of the journal, then the journal without its unreadable
+        lines. Lost results are re-run on resume (their trials are left RUNNING and re-queued)."""
+        bad = self.unreadable_lines()
+        if not bad:
+            return None
+        data = self.journal.read_bytes()
+        backup = self.journal.with_name(f"{JOURNAL}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
+        shutil.copy2(self.journal, backup)
+        drop = set(bad)
+        keep = [ln for n, ln in enumerate(data.split(b"\n"), start=1) if n not in drop]
+        atomic_write_bytes(self.journal, b"\n".join(keep))
+        lines = ", ".join(map(str, bad[:10]))
+        return f"dropped {len(bad)} unreadable journal line(s) ({lines}); backup {backup.name}"
+
+    def clear_stale_journal_lock(self) -> bool:
+        """Optuna's journal lock file left by a killed driver. Only a driver holding run.lock calls
+        this, so no other writer can hold the journal lock: clearing it is safe, and spares the
+        next resume a 30-second stall and four warnings."""
+        stale = self.journal.with_name(JOURNAL + ".lock")
+        if stale.exists():
+            stale.unlink(missing_ok=True)
+            return True
+        return False
 
     def repair_journal(self) -> str | None:
         """Drop a torn last line (power loss mid-write) so appends stay well-formed."""
@@ -128,6 +202,7 @@ class Run:
                 raise UserError(f"cannot open storage {url!r}: {type(e).__name__}: {e}") from None
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
+        self.check_journal()
         backend = JournalFileBackend(str(self.journal), lock_obj=JournalFileOpenLock(str(self.journal)))
         return optuna.storages.JournalStorage(backend)
 
@@ -143,8 +218,13 @@ class Run:
             except FileExistsError:
                 try:
                     other = json.loads(path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError):
+                except (OSError, json.JSONDecodeError, UnicodeDecodeError):
                     other = {}
+                if not isinstance(other, dict) or not other.get("host") or not other.get("pid"):
+                    # empty or unreadable (a driver killed while writing it): nobody can be named
+                    print(f"warning: taking over an unreadable lock file {path}", file=sys.stderr)
+                    path.unlink(missing_ok=True)
+                    continue
                 if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
                     print(f"warning: taking over a stale lock of dead process {other.get('pid')}",
                           file=sys.stderr)

@@ -57,11 +57,17 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     table: dict[str, dict[int, float]] = {m: {} for m in methods}
     for m, f in methods.items():
         for n in lengths:
-            table[m][n] = ev.evaluate(f, n, pool="heldout").ppl
+            table[m][n] = ev.evaluate(f, n, pool="heldout", kind="ppl").ppl
+    # retrieval at the target: the same needle samples for every method
+    needle = {m: ev.evaluate(f, target, pool="heldout", kind="needle") for m, f in methods.items()}
     path, warnings = export(run)
     plot = run.path / "export" / "demo-ppl.png"
     plot_table(table, g.original_length, plot)
-    result = {"target": target, "evals": sum(_evals(run)), "heldout": {m: table[m][target] for m in table},
+    result = {"target": target, "evals": sum(_evals(run)), "objective": cfg.objective.kind,
+              "heldout": {m: table[m][target] for m in table},
+              "needle": {m: e.ppl for m, e in needle.items()},
+              "passkey": {m: e.extra["passkey"] for m, e in needle.items()},
+              "needle_samples": len(needle["searched"].doc_nll),
               "export": str(path), "plot": str(plot), "run_dir": str(run.path)}
     if as_json:
         print(json.dumps(result))
@@ -87,7 +93,14 @@ def render(table, L0: int, target: int, result: dict) -> str:
         lines.append(f"| {m} | " + " | ".join(f"{row[n]:.2f}" for n in lengths) + " |")
     best_base = min(table[m][target] for m in REFERENCE_METHODS)
     ratio = table["searched"][target] / best_base
-    lines += ["", f"searched / best of {'/'.join(REFERENCE_METHODS)} at {target}: {ratio:.3f}",
+    lines += ["", f"at {target} ({target / L0:g}x), held-out: perplexity, needle perplexity (the pass key's "
+              f"answer tokens only) and pass-key accuracy over {result['needle_samples']} keys hidden at "
+              "depths 0 to 1:", "", "| method | perplexity | needle perplexity | pass-key accuracy |",
+              "|---|---|---|---|"]
+    lines += [f"| {m} | {table[m][target]:.2f} | {result['needle'][m]:.2f} | {result['passkey'][m]:.2f} |"
+              for m in table]
+    lines += ["", f"searched on {result['objective']}; perplexity, searched / best of "
+              f"{'/'.join(REFERENCE_METHODS)} at {target}: {ratio:.3f}",
               f"evaluations: {result['evals']}; export: {result['export']}; plot: {result['plot']}"]
     return "\n".join(lines)
 

@@ -38,9 +38,14 @@ def _run_search(cfg, run_dir: str, resume: bool, progress: bool = True) -> dict:
         Run.open(run_dir)  # says why it is not a run
     driver = Driver(cfg, None, progress=progress)
     driver.start_backend()
+    if existing:
+        run.check_writable()
+        run.check_journal()
     run = Run.open(run_dir) if existing else Run.create(run_dir, config_mod.dumps(cfg))
     driver.run = run
     with run.lock():
+        if run.clear_stale_journal_lock():
+            run.event("cleared a journal lock left by a killed driver")
         run.event(f"driver start (pid {__import__('os').getpid()}, {'resume' if existing else 'new run'})")
         try:
             results = driver.run_all()
@@ -88,6 +93,12 @@ def cmd_resume(args: argparse.Namespace) -> int:
     from longrope.search import config
 
     run = Run.open(args.run_dir)
+    if args.repair:
+        with run.lock():
+            note = run.drop_unreadable_lines()
+        if note:
+            run.event(f"--repair: {note}")
+            print(f"warning: {note}", file=sys.stderr)
     try:
         cfg = config.from_dict(run.config())
     except UserError as e:
@@ -118,6 +129,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__)
         if is_resume:
             p.add_argument("run_dir", help="an existing run directory")
+            p.add_argument("--repair", action="store_true", help="drop journal lines that cannot be read "
+                           "(a backup is kept); the results they held are re-run")
         else:
             p.add_argument("config", help="TOML run config (see `longrope config`)")
             p.add_argument("--run-dir", required=True, help="where the run lives; an existing run "

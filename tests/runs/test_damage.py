@@ -1,0 +1,94 @@
+"""Damaged runs lose nothing: a garbage journal line, stale locks, unreadable files, bad run dirs.
+Each refusal is one line through the CLI (exit 2) and changes nothing."""
+
+import json
+
+import pytest
+from search_helpers import SMALL, small_cfg, trajectory
+
+from longrope.runs import Run
+from longrope.search.cli import main
+
+SET_STATE = 6  # Optuna's JournalOperation.SET_TRIAL_STATE_VALUES
+
+
+def one_line(capsys, rc, message):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def snapshot(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"") for p in path.rglob("*"))
+
+
+@pytest.fixture()
+def cfg_file(tmp_path):
+    _, text = small_cfg()
+    p = tmp_path / "c.toml"
+    p.write_text(text)
+    return p
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    d = tmp_path_factory.mktemp("ref")
+    (d / "c.toml").write_text(small_cfg()[1])
+    assert main(["search", str(d / "c.toml"), "--run-dir", str(d / "run"), "--quiet"]) == 0
+    return trajectory(Run.open(d / "run"))
+
+
+def completed_state_lines(journal):
+    lines = journal.read_text().splitlines()
+    return [i for i, ln in enumerate(lines) if (r := json.loads(ln))["op_code"] == SET_STATE and r["state"] == 1]
+
+
+def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_file, capsys, reference):
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
+    journal = run_dir / "journal.log"
+    lines = journal.read_text().splitlines()
+    hit = completed_state_lines(journal)[5]  # a finished trial's result, mid-file
+    lines[hit] = '{"op_code": 6, "worker_id": "x", "trial_id": 3, "state": 1, "val\x00\x00ues": [1.2'
+    journal.write_text("\n".join(lines) + "\n")
+    before = snapshot(run_dir)
+    for argv in (["status", str(run_dir)], ["resume", str(run_dir), "--quiet"]):
+        one_line(capsys, main(argv), f"line {hit + 1} is not a journal record")
+    assert snapshot(run_dir) == before
+    assert main(["resume", str(run_dir), "--quiet", "--repair", "--max-evals", "36"]) == 0
+    assert "dropped 1 unreadable journal line" in capsys.readouterr().err
+    assert list(run_dir.glob("journal.log.bak-*"))  # the damaged journal is kept
+    assert trajectory(Run.open(run_dir)) == reference  # the lost result was re-run, the same
+
+
+def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys):
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    (run_dir / "journal.log.lock").write_text("")  # what a kill -9 can leave behind
+    (run_dir / "run.lock").write_text("")  # a driver killed while writing its lock
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "18"]) == 0
+    err = capsys.readouterr().err
+    assert "taking over an unreadable lock file" in err and "Traceback" not in err
+    assert not (run_dir / "journal.log.lock").exists() and not (run_dir / "run.lock").exists()
+    assert "cleared a journal lock" in (run_dir / "events.log").read_text()
+
+
+def test_bad_run_directories(tmp_path, cfg_file, capsys, monkeypatch):
+    a_file = tmp_path / "afile"
+    a_file.write_text("x")
+    one_line(capsys, main(["search", str(cfg_file), "--run-dir", str(a_file), "--quiet"]), "is a file, not a folder")
+    assert a_file.read_text() == "x"
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    before = snapshot(run_dir)
+    import os
+
+    real = os.access
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p).endswith("journal.log") else real(p, m))
+    one_line(capsys, main(["resume", str(run_dir), "--quiet", "--max-evals", "18"]), "journal.log (permission denied)")
+    monkeypatch.undo()
+    assert snapshot(run_dir) == before
+    (run_dir / "config.toml").write_bytes(SMALL.encode()[:20] + b"\xff\xfe\n")
+    for argv in (["status", str(run_dir)], ["resume", str(run_dir)], ["export", str(run_dir)]):
+        one_line(capsys, main(argv), "is not UTF-8 text")
