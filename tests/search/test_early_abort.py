@@ -1,0 +1,68 @@
+"""The exact early abort changes what a search costs, never what it finds: on a configuration
+that really prunes, the same parents every generation and the same best, with or without it,
+and after kill -9 and resume."""
+
+import json
+import tomllib
+
+import optuna
+from search_helpers import small_cfg, trajectory
+
+from longrope.runs import Run
+from longrope.search import config
+from longrope.search.driver import Driver
+from longrope.search.proposers import study_system_attrs
+
+# wide mutations make children far from their parents, so some are provably worse than the cut-off
+PRUNING = "[search]\nsigma = 1.0\nmutation_prob = 0.6\n"
+
+
+def pruning_text(early_abort: bool) -> str:
+    text = small_cfg(iterations=6)[1].replace("[search]\n", PRUNING)
+    return text.replace("[search]\n", f"[search]\nearly_abort = {str(early_abort).lower()}\n")
+
+
+def parents_by_generation(run: Run) -> dict[int, list[tuple]]:
+    """Each generation's chosen parents, as slots (trial numbers differ after a resume)."""
+    study = optuna.load_study(study_name="long-256", storage=run.storage())
+    slot = {t.number: tuple(t.system_attrs["longrope_slot"]) for t in study.get_trials(deepcopy=False)}
+    return {int(k.rsplit("_", 1)[1]): [slot[n] for n in v] for k, v in study_system_attrs(study).items()
+            if k.startswith("longrope_parents_")}
+
+
+def search(tmp_path, name, text):
+    cfg = config.from_dict(tomllib.loads(text))
+    run = Run.create(tmp_path / name, config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    return run
+
+
+def test_early_abort_prunes_but_changes_no_parent_and_no_best(tmp_path):
+    on, off = search(tmp_path, "on", pruning_text(True)), search(tmp_path, "off", pruning_text(False))
+    rows_on, rows_off = trajectory(on)["long-256"], trajectory(off)["long-256"]
+    assert sum(r[2] == "PRUNED" for r in rows_on) >= 3 and not any(r[2] == "PRUNED" for r in rows_off)
+    assert [r[:2] for r in rows_on] == [r[:2] for r in rows_off]  # the same candidates, slot by slot
+    assert parents_by_generation(on) == parents_by_generation(off) and len(parents_by_generation(on)) == 6
+    best = [json.loads(r.best_path("long", 256).read_text()) for r in (on, off)]
+    assert best[0]["lambdas"] == best[1]["lambdas"] and best[0]["search_ppl"] == best[1]["search_ppl"]
+    tokens = [sum(t.user_attrs["tokens"] for t in optuna.load_study(study_name="long-256", storage=r.storage())
+                  .get_trials(deepcopy=False) if "tokens" in t.user_attrs) for r in (on, off)]
+    assert tokens[0] < tokens[1]
+
+
+def test_kill_9_and_resume_with_pruning_equals_uninterrupted(tmp_path):
+    import importlib.util
+    from pathlib import Path
+
+    where = Path(__file__).parents[1] / "runs" / "test_resume.py"
+    spec = importlib.util.spec_from_file_location("resume_helpers", where)
+    helpers = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(helpers)
+    kill_and_resume = helpers.kill_and_resume
+
+    text = pruning_text(True)
+    reference = search(tmp_path, "ref", text)
+    run, kills = kill_and_resume(tmp_path, text, kills=2, after_lines=(20, 90), seed=1)
+    assert kills == 2
+    assert trajectory(run) == trajectory(reference)
+    assert parents_by_generation(run) == parents_by_generation(reference)
