@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 from .rundir import Run
+from .vocab import REQUEUED, SECONDS, SLOT, STAGE, STOPPED
 
 
 def stage_summaries(run: Run) -> list[dict[str, Any]]:
@@ -21,18 +22,18 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
     out = []
     for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
         study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        info = study.user_attrs.get("stage", {})
+        info = study.user_attrs.get(STAGE, {})
         trials = [t for t in study.get_trials(deepcopy=False)
-                  if not t.system_attrs.get("longrope_requeued")]
+                  if not t.system_attrs.get(REQUEUED)]
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
         done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                     and math.isfinite(t.value)]
         best = min((t.value for t in complete), default=None)
-        gens = [t.system_attrs["longrope_slot"][0] for t in trials if "longrope_slot" in t.system_attrs]
-        stopped = study._storage.get_study_system_attrs(study._study_id).get("longrope_stopped")
+        gens = [t.system_attrs[SLOT][0] for t in trials if SLOT in t.system_attrs]
+        stopped = study._storage.get_study_system_attrs(study._study_id).get(STOPPED)
         budget = info.get("budget", 0)
-        secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.is_finished()]
+        secs = [t.user_attrs.get(SECONDS, 0.0) for t in trials if t.state.is_finished()]
         per_eval = sum(secs) / len(secs) if secs else None
         finished = bool(stopped) or (budget and done >= budget)
         out.append({

@@ -18,13 +18,12 @@ from optuna.trial import TrialState
 
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.workers import ObjectiveSpec
-from longrope.runs import Run
+from longrope.runs import Run, vocab
 from longrope.spaces import RescaleFactors, RopeGeometry
 
 from .backends import Job, make_backend
 from .config import RunConfig
-from .proposers import STOPPED, best_trial, make_proposer, study_system_attrs
-from .sampler import REQUEUED, SLOT
+from .proposers import best_trial, make_proposer, study_system_attrs
 from .stages import Stage, make_stages, stage_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,17 +46,17 @@ def requeue_running(study: optuna.Study, proposer) -> int:
     Idempotent: a slot already re-queued is not queued twice."""
     storage = study._storage
     trials = study.get_trials(deepcopy=False)
-    queued = {tuple(t.user_attrs[SLOT]) for t in trials if SLOT in t.user_attrs}
+    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials if vocab.SLOT in t.user_attrs}
     n = 0
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        slot = t.system_attrs.get(SLOT)
+        slot = t.system_attrs.get(vocab.SLOT)
         params = proposer.requeue_params(t)
         if params is not None and (slot is None or tuple(slot) not in queued):
-            attrs = {SLOT: slot} if slot is not None else {}
+            attrs = {vocab.SLOT: slot} if slot is not None else {}
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-        storage.set_trial_system_attr(t._trial_id, REQUEUED, True)
+        storage.set_trial_system_attr(t._trial_id, vocab.REQUEUED, True)
         storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
         n += 1
     return n
@@ -75,7 +74,7 @@ def best_payload(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study,
         "search_ppl": trial.value, "heldout_ppl": heldout,
         "evals": sum(1 for t in study.get_trials(deepcopy=False)
                      if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
-        "trial": trial.number, "slot": trial.system_attrs.get(SLOT),
+        "trial": trial.number, "slot": trial.system_attrs.get(vocab.SLOT),
         "config_hash": config_hash(run), "model": cfg.model.path, "data": cfg.data.path,
         "sampler": cfg.search.sampler, "seed": cfg.search.seed, "rotary_dim": g.rotary_dim,
         "base": g.base,
@@ -131,14 +130,14 @@ class Driver:
     def run_stage(self, stage: Stage, study: optuna.Study, proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
-        study.set_user_attr("stage", {"kind": stage.kind, "length": stage.length, "budget": stage.budget,
-                                      "sampler": self.cfg.search.sampler})
+        study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
+                                          "budget": stage.budget, "sampler": self.cfg.search.sampler})
         n = requeue_running(study, proposer)
         if n:
             self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")
         proposer.enqueue_seeds(study)
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-                   and not t.system_attrs.get(REQUEUED))
+                   and not t.system_attrs.get(vocab.REQUEUED))
         self.run.event(f"{stage.name}: start, {done}/{stage.budget} evaluations done, "
                        f"λmax {stage.space.lambda_max:g}, mscale {stage.space.mscale:.4f}")
         best = best_trial(study)
@@ -174,31 +173,32 @@ class Driver:
             return None
         factors = proposer.factors(best)
         self.score_heldout(stage, study, best, factors, proposer)
-        why = f"early stop at generation {study_system_attrs(study).get(STOPPED)}" \
+        why = f"early stop at generation {study_system_attrs(study).get(vocab.STOPPED)}" \
             if proposer.stopped(study) else "budget reached"
         self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
         return factors
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
-        trial.set_user_attr("doc_nll", list(ev.doc_nll))
-        trial.set_user_attr("tokens", ev.tokens)
-        trial.set_user_attr("seconds", round(ev.seconds, 4))
+        trial.set_user_attr(vocab.DOC_NLL, list(ev.doc_nll))
+        trial.set_user_attr(vocab.TOKENS, ev.tokens)
+        trial.set_user_attr(vocab.SECONDS, round(ev.seconds, 4))
         if ev.extra.get("tail_ppl") is not None:
-            trial.set_user_attr("tail_ppl", ev.extra["tail_ppl"])
+            trial.set_user_attr(vocab.TAIL_PPL, ev.extra["tail_ppl"])
         if ev.status == COMPLETE:
             study.tell(trial, ev.ppl)
         elif ev.status == PRUNED:
-            trial.set_user_attr("reason", ev.reason)
+            trial.set_user_attr(vocab.REASON, ev.reason)
             trial.report(ev.ppl, step=len(ev.doc_nll))
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            trial.set_user_attr("reason", ev.reason)
+            trial.set_user_attr(vocab.REASON, ev.reason)
             study.tell(trial, state=TrialState.FAIL)
             self.run.event(f"trial {trial.number} failed: {ev.reason}")
 
     def log_generation(self, stage: Stage, study, g: int, proposer) -> None:
-        trials = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(SLOT, [None])[0] == g
-                  and not t.system_attrs.get(REQUEUED)]
+        trials = [t for t in study.get_trials(deepcopy=False)
+                  if t.system_attrs.get(vocab.SLOT, [None])[0] == g
+                  and not t.system_attrs.get(vocab.REQUEUED)]
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         failed = sum(t.state == TrialState.FAIL for t in trials)
         best = best_trial(study)
@@ -216,12 +216,12 @@ class Driver:
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return
-        cached = study.user_attrs.get("heldout")
+        cached = study.user_attrs.get(vocab.HELDOUT)
         if cached and cached.get("trial") == best.number:
             ppl = cached["ppl"]
         else:
             ppl = self.evaluate_heldout(factors, stage.length)
-            study.set_user_attr("heldout", {"trial": best.number, "ppl": ppl})
+            study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
         self.write_best(stage, study, best, ppl, proposer)
 
     def evaluate_heldout(self, factors: RescaleFactors, length: int) -> float:

@@ -13,14 +13,13 @@ import math
 import optuna
 from optuna.trial import TrialState
 
+from longrope.runs.vocab import REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import StepParametrisation, make_sampler
 from .config import RunConfig
-from .sampler import REQUEUED, SLOT, LongRoPESampler, to_params
+from .sampler import LongRoPESampler, to_params
 from .stages import Stage
-
-STOPPED = "longrope_stopped"
 
 
 def study_system_attrs(study: optuna.Study) -> dict:

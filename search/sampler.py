@@ -10,7 +10,8 @@ population); worker count, arrival order and restarts cannot change it.
 
 All bookkeeping lives in the Optuna storage: the slot in each trial's system
 attrs (and in user attrs of a re-queued trial), the chosen parents in study
-system attrs. Any process can pick the search up from the journal alone.
+system attrs (keys in longrope.runs.vocab). Any process can pick the search up
+from the journal alone.
 """
 
 from __future__ import annotations
@@ -23,12 +24,11 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from longrope.runs.vocab import REQUEUED, SLOT, parents_key
 from longrope.spaces import RescaleFactors, SearchSpace
 
 from .operators import mutate, next_generation
 
-SLOT = "longrope_slot"  # [g, j]; in system attrs, and user attrs for a re-queued trial
-REQUEUED = "longrope_requeued"  # on a trial abandoned by a crash and re-queued
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -163,7 +163,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                 self.mutants, self.crossovers, self.p_mut, self.p_cross, self.sigma, seen,
             )
             study._storage.set_study_system_attr(
-                study._study_id, f"longrope_parents_{g:04d}", [t.number for t in par])
+                study._study_id, parents_key(g), [t.number for t in par])
         self._children[g] = out
         return out
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import optuna
 
 from longrope.runs import Run
+from longrope.runs.vocab import REQUEUED, SLOT
 from longrope.search import config
 from longrope.search.driver import Driver
 
@@ -58,9 +59,9 @@ def trajectory(run: Run) -> dict[str, list]:
         study = optuna.load_study(study_name=s.study_name, storage=storage)
         rows = []
         for t in study.get_trials(deepcopy=False):
-            if t.system_attrs.get("longrope_requeued"):
+            if t.system_attrs.get(REQUEUED):
                 continue
-            slot = tuple(t.system_attrs.get("longrope_slot") or (t.number,))
+            slot = tuple(t.system_attrs.get(SLOT) or (t.number,))
             value = None if t.value is None else round(t.value, 12)
             rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
         out[s.study_name] = sorted(rows)
