@@ -7,6 +7,7 @@ import math
 import time
 from typing import Any
 
+from .optuna_io import study_system_attrs
 from .rundir import Run
 from .vocab import REQUEUED, SECONDS, SLOT, STAGE, STOPPED
 
@@ -31,7 +32,7 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
                     and math.isfinite(t.value)]
         best = min((t.value for t in complete), default=None)
         gens = [t.system_attrs[SLOT][0] for t in trials if SLOT in t.system_attrs]
-        stopped = study._storage.get_study_system_attrs(study._study_id).get(STOPPED)
+        stopped = study_system_attrs(study).get(STOPPED)
         budget = info.get("budget", 0)
         secs = [t.user_attrs.get(SECONDS, 0.0) for t in trials if t.state.is_finished()]
         per_eval = sum(secs) / len(secs) if secs else None

@@ -19,11 +19,12 @@ from optuna.trial import TrialState
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.workers import ObjectiveSpec
 from longrope.runs import Run, vocab
+from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
 from longrope.spaces import RescaleFactors, RopeGeometry
 
 from .backends import Job, make_backend
 from .config import RunConfig
-from .proposers import best_trial, make_proposer, study_system_attrs
+from .proposers import best_trial, make_proposer
 from .stages import Stage, make_stages, stage_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -44,7 +45,6 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
 def requeue_running(study: optuna.Study, proposer) -> int:
     """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
     Idempotent: a slot already re-queued is not queued twice."""
-    storage = study._storage
     trials = study.get_trials(deepcopy=False)
     queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials if vocab.SLOT in t.user_attrs}
     n = 0
@@ -56,8 +56,8 @@ def requeue_running(study: optuna.Study, proposer) -> int:
         if params is not None and (slot is None or tuple(slot) not in queued):
             attrs = {vocab.SLOT: slot} if slot is not None else {}
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-        storage.set_trial_system_attr(t._trial_id, vocab.REQUEUED, True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        set_trial_system_attr(study, t, vocab.REQUEUED, True)
+        fail_trial(study, t)
         n += 1
     return n
 
@@ -148,9 +148,8 @@ class Driver:
         while True:
             while self.backend.free() > 0 and proposer.ready(study):
                 trial = study.ask(proposer.distributions())
-                frozen = study._storage.get_trial(trial._trial_id)
                 job = Job(trial.number, proposer.factors(trial), stage.length,
-                          proposer.threshold(study, frozen))
+                          proposer.threshold(study, frozen_trial(study, trial)))
                 self.inflight[trial.number] = (study, trial, proposer)
                 self.backend.submit(job)
             if not self.backend.busy():

@@ -13,6 +13,7 @@ import math
 import optuna
 from optuna.trial import TrialState
 
+from longrope.runs.optuna_io import frozen_trial, set_study_system_attr, study_system_attrs
 from longrope.runs.vocab import REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
@@ -20,10 +21,6 @@ from .alternatives import StepParametrisation, make_sampler
 from .config import RunConfig
 from .sampler import LongRoPESampler, to_params
 from .stages import Stage
-
-
-def study_system_attrs(study: optuna.Study) -> dict:
-    return study._storage.get_study_system_attrs(study._study_id)
 
 
 class GAProposer:
@@ -62,7 +59,7 @@ class GAProposer:
         if self._index(slot) >= self.budget or self.stopped(study) or not self.sampler.ready(study):
             return False
         if slot[1] == 0 and slot[0] > 0 and self._should_stop(study, slot[0]):
-            study._storage.set_study_system_attr(study._study_id, STOPPED, slot[0])
+            set_study_system_attr(study, STOPPED, slot[0])
             return False
         return True
 
@@ -79,7 +76,7 @@ class GAProposer:
 
     def generation_done(self, study: optuna.Study, trial) -> int | None:
         """The generation this trial's completion finished, if it did."""
-        g = study._storage.get_trial(trial._trial_id).system_attrs[SLOT][0]
+        g = frozen_trial(study, trial).system_attrs[SLOT][0]
         end = self.sampler.slots_before(g + 1)
         finished = sum(1 for t in self.sampler.owned(study) if t.state in
                        (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))

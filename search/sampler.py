@@ -24,6 +24,7 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from longrope.runs.optuna_io import set_study_system_attr, set_trial_system_attr, trial_id
 from longrope.runs.vocab import REQUEUED, SLOT, parents_key
 from longrope.spaces import RescaleFactors, SearchSpace
 
@@ -162,8 +163,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                 [from_params(t.params, n, self.space.mscale) for t in par], rng, self.space,
                 self.mutants, self.crossovers, self.p_mut, self.p_cross, self.sigma, seen,
             )
-            study._storage.set_study_system_attr(
-                study._study_id, parents_key(g), [t.number for t in par])
+            set_study_system_attr(study, parents_key(g), [t.number for t in par])
         self._children[g] = out
         return out
 
@@ -181,12 +181,12 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         slot = tuple(trial.user_attrs.get(SLOT) or self.slot_of_index(len(self.owned(study))))
-        study._storage.set_trial_system_attr(trial._trial_id, SLOT, list(slot))
+        set_trial_system_attr(study, trial, SLOT, list(slot))
         trial.system_attrs[SLOT] = list(slot)
-        self._slots[trial._trial_id] = slot
+        self._slots[trial_id(trial)] = slot
 
     def sample_relative(self, study, trial: FrozenTrial, search_space) -> dict:
-        g, j = self._slots.get(trial._trial_id) or tuple(trial.system_attrs[SLOT])
+        g, j = self._slots.get(trial_id(trial)) or tuple(trial.system_attrs[SLOT])
         return to_params(self.generation(study, g)[j])
 
     def sample_independent(self, study, trial, param_name, param_distribution):
