@@ -10,9 +10,12 @@ import time
 import tomllib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError
+
+if TYPE_CHECKING:
+    import optuna
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 
@@ -164,6 +167,17 @@ class Run:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
         with open(self.path / EVENTS, "a") as f:
             f.write(f"{stamp} {message}\n")
+
+    # -- studies and best records ---------------------------------------------------
+    def studies(self) -> list[optuna.Study]:
+        """The run's Optuna studies, one per stage, in the order the stages started, from its
+        storage: the journal, or the RDB URL in the config's search.storage."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = self.storage(self.config().get("search", {}).get("storage", ""))
+        return [optuna.load_study(study_name=s.study_name, storage=storage)
+                for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
 
     def best_path(self, kind: str, length: int) -> Path:
         return self.path / "best" / f"{kind}-{length}.json"

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import optuna
-
 from longrope.runs import Run
 from longrope.runs.vocab import REQUEUED, SLOT
 from longrope.search import config
@@ -53,10 +51,8 @@ def run_small(tmp_path, name="run", backend_obj=None, **kw):
 
 def trajectory(run: Run) -> dict[str, list]:
     """Per stage, the evaluated candidates by slot: (slot, params, state, value)."""
-    storage = run.storage()
     out = {}
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    for study in run.studies():
         rows = []
         for t in study.get_trials(deepcopy=False):
             if t.system_attrs.get(REQUEUED):
@@ -64,5 +60,5 @@ def trajectory(run: Run) -> dict[str, list]:
             slot = tuple(t.system_attrs.get(SLOT) or (t.number,))
             value = None if t.value is None else round(t.value, 12)
             rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
-        out[s.study_name] = sorted(rows)
+        out[study.study_name] = sorted(rows)
     return out
