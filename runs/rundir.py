@@ -14,6 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError
 
+from .best import BestRecord
+
 if TYPE_CHECKING:
     import optuna
 
@@ -182,8 +184,33 @@ class Run:
     def best_path(self, kind: str, length: int) -> Path:
         return self.path / "best" / f"{kind}-{length}.json"
 
-    def write_best(self, kind: str, length: int, payload: dict[str, Any]) -> None:
-        atomic_write_text(self.best_path(kind, length), json.dumps(payload, indent=1) + "\n")
+    def write_best(self, record: BestRecord) -> None:
+        atomic_write_text(self.best_path(record.kind, record.target_length), record.to_json())
+
+    def _best_paths(self, kind: str) -> dict[int, Path]:
+        found = {}
+        for p in (self.path / "best").glob(f"{kind}-*.json"):
+            length = p.stem.split("-", 1)[1]
+            if length.isdigit():
+                found[int(length)] = p
+        return dict(sorted(found.items()))
+
+    def bests(self, kind: str) -> dict[int, BestRecord]:
+        """Every best record of a kind (long | short), by target length, ascending."""
+        return {n: BestRecord.load(p) for n, p in self._best_paths(kind).items()}
+
+    def best(self, kind: str, length: int | None = None) -> BestRecord | None:
+        """The best record at `length`; without one, the longest (None when the run has none).
+        A length the run has no record for is a UserError naming the lengths it has."""
+        found = self._best_paths(kind)
+        if length is None:
+            if not found:
+                return None
+            length = max(found)
+        if length not in found:
+            have = ", ".join(str(n) for n in found) or "none"
+            raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
+        return BestRecord.load(found[length])
 
 
 def _alive(pid: int) -> bool:

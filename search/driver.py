@@ -18,7 +18,7 @@ from optuna.trial import TrialState
 
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.workers import ObjectiveSpec
-from longrope.runs import Run, vocab
+from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
 from longrope.spaces import RescaleFactors, RopeGeometry
 
@@ -66,19 +66,18 @@ def config_hash(run: Run) -> str:
     return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
 
 
-def best_payload(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
-                 factors: RescaleFactors, heldout: float | None) -> dict[str, Any]:
-    return {
-        "kind": stage.kind, "target_length": stage.length, "original_length": g.original_length,
-        "lambdas": list(factors.lambdas), "n_hat": factors.n_hat, "mscale": factors.mscale,
-        "search_ppl": trial.value, "heldout_ppl": heldout,
-        "evals": sum(1 for t in study.get_trials(deepcopy=False)
-                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
-        "trial": trial.number, "slot": trial.system_attrs.get(vocab.SLOT),
-        "config_hash": config_hash(run), "model": cfg.model.path, "data": cfg.data.path,
-        "sampler": cfg.search.sampler, "seed": cfg.search.seed, "rotary_dim": g.rotary_dim,
-        "base": g.base,
-    }
+def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
+                factors: RescaleFactors, heldout: float | None) -> BestRecord:
+    return BestRecord(
+        kind=stage.kind, target_length=stage.length, original_length=g.original_length,
+        lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
+        search_ppl=trial.value, heldout_ppl=heldout,
+        evals=sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
+        config_hash=config_hash(run), model=cfg.model.path, data=cfg.data.path,
+        sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
+    )
 
 
 class Driver:
@@ -207,9 +206,8 @@ class Driver:
                        f"best {best.value if best else float('nan'):.4f}, parent cut-off {cut_s}")
 
     def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer) -> None:
-        self.run.write_best(stage.kind, stage.length,
-                            best_payload(self.cfg, self.run, stage, self.geometry, study, trial,
-                                         proposer.factors(trial), heldout))
+        self.run.write_best(best_record(self.cfg, self.run, stage, self.geometry, study, trial,
+                                        proposer.factors(trial), heldout))
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer) -> None:
         if not self.cfg.data.heldout_docs:

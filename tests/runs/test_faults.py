@@ -1,5 +1,6 @@
 """Faults that must lose nothing: a failed write of best/, NaN candidates, an RDB storage."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -26,7 +27,7 @@ def test_disk_full_while_writing_best_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir.os, "replace", full)
     with pytest.raises(UserError, match="cannot write .*long-256.json: No space left on device; the previous"):
-        run.write_best("long", 256, {"lambdas": [9.0]})
+        run.write_best(dataclasses.replace(run.best("long", 256), lambdas=(9.0,)))
     assert path.read_bytes() == before
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
