@@ -48,11 +48,19 @@ class Run:
         self.path = Path(path)
 
     # -- creation and validation ---------------------------------------------------
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Refuse a path a new run cannot be created at, before anything is written."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{p} exists and is not a directory; choose a new --run-dir")
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+
     @classmethod
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
-        if p.exists() and any(p.iterdir()):
-            raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+        cls.check_new(p)
         try:
             (p / "best").mkdir(parents=True, exist_ok=True)
             (p / "export").mkdir(exist_ok=True)

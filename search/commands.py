@@ -32,38 +32,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def _run_search(cfg, run_dir: str, resume: bool, progress: bool = True) -> dict:
-    """Validate everything (config, model, data) before touching the run directory."""
-    from longrope.runs import Run
+    """Kept for callers not yet moved: see longrope.search.driver.run_search."""
+    from .driver import run_search
 
-    from . import config as config_mod
-    from .driver import Driver
-
-    existing = Run.is_run(run_dir)
-    if existing:
-        run = Run.open(run_dir)
-        diff = config_mod.defining_diff(run.config(), cfg.to_dict())
-        if diff:
-            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
-                            "target list, space or seed needs a new --run-dir")
-    elif resume:
-        Run.open(run_dir)  # says why it is not a run
-    driver = Driver(cfg, None, progress=progress)
-    driver.start_backend()
-    run = Run.open(run_dir) if existing else Run.create(run_dir, config_mod.dumps(cfg))
-    driver.run = run
-    with run.lock():
-        run.event(f"driver start (pid {__import__('os').getpid()}, {'resume' if existing else 'new run'})")
-        try:
-            results = driver.run_all()
-        except KeyboardInterrupt:
-            run.event("interrupted (Ctrl-C); running trials re-queued")
-            print(f"interrupted; running trials were re-queued. Resume with: longrope resume {run_dir}",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
-        finally:
-            if driver.backend is not None:
-                driver.backend.close()
-    return results
+    return run_search(cfg, run_dir, resume=resume, progress=progress)
 
 
 def _overrides(cfg, args: argparse.Namespace):

@@ -1,5 +1,9 @@
 """The driver: ask -> dispatch -> tell, stage after stage, into the run's journal.
 
+`run_search` is the whole of `longrope search` / `resume`: it checks the
+config, model, data and workers before the run directory is created or
+changed, then drives the stages under the run's lock.
+
 Crash safety: every result is in the journal the moment it is told. A trial
 left RUNNING by a dead driver (or in flight at Ctrl-C) is marked failed and
 its exact parameters re-queued with its slot, so the resumed run evaluates the
@@ -10,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
 import sys
 from typing import Any
 
@@ -20,10 +25,10 @@ from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.workers import ObjectiveSpec
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
-from longrope.spaces import RescaleFactors, RopeGeometry
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job, make_backend
-from .config import RunConfig
+from .config import RunConfig, defining_diff, dumps
 from .proposers import best_trial, make_proposer
 from .stages import Stage, make_stages, stage_seeds
 
@@ -80,22 +85,98 @@ def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, 
     )
 
 
-class Driver:
-    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None):
-        self.cfg, self.run, self.progress = cfg, run, progress
+class Plan:
+    """What a search will do, checked before its run directory is written: the model's geometry,
+    the stages, their seed files, the objective, and (once started) the checked backend."""
+
+    def __init__(self, cfg: RunConfig, backend=None):
+        self.cfg = cfg
         self.geometry = preflight_geometry(cfg)
         self.stages = make_stages(cfg, self.geometry)
         for stage in self.stages:  # seed files are checked before anything is written
             stage_seeds(cfg, stage, self.geometry, None)
         self.spec = ObjectiveSpec.from_config(cfg)
         self.backend = backend
+        self.checked = False
+        self._made = False
+
+    def start_backend(self):
+        """Make the backend (unless one was given) and check it against the stage lengths: the
+        model loads and the data holds documents long enough. Once; later calls return it."""
+        if not self.checked:
+            if self.backend is None:
+                self.backend = make_backend(self.spec, self.cfg.workers)
+                self._made = True
+            self.backend.check([s.length for s in self.stages])
+            self.checked = True
+        return self.backend
+
+    def close(self) -> None:
+        """Close the backend this plan made, once; a given one is left to its owner."""
+        if self._made:
+            self._made = False
+            self.backend.close()
+
+
+def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,
+               backend=None) -> dict[str, RescaleFactors | None]:
+    """Search (or resume) `cfg` into `run_dir`; returns each stage's best factors by stage name.
+
+    Everything is validated (config against an existing run, model, data, seed files, the
+    workers) before the run directory is created or changed. An existing run with the same
+    search-defining config is resumed; with `resume`, `run_dir` must already be a run. Ctrl-C
+    re-queues the running trials and exits 130. A backend made here is closed at the end; a
+    given one is checked (once) and left open for its owner.
+    """
+    existing = Run.is_run(run_dir)
+    if existing:
+        run = Run.open(run_dir)
+        diff = defining_diff(run.config(), cfg.to_dict())
+        if diff:
+            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
+                            "target list, space or seed needs a new --run-dir")
+    elif resume:
+        Run.open(run_dir)  # says why it is not a run
+    else:
+        Run.check_new(run_dir)
+    plan = Plan(cfg, backend)
+    try:
+        plan.start_backend()
+        run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
+        with run.lock():
+            run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
+            try:
+                return Driver(cfg, run, progress=progress, plan=plan).run_all()
+            except KeyboardInterrupt:
+                run.event("interrupted (Ctrl-C); running trials re-queued")
+                print(f"interrupted; running trials were re-queued. Resume with: longrope resume {run_dir}",
+                      file=sys.stderr)
+                raise SystemExit(130) from None
+            finally:
+                plan.close()  # before the lock is released
+    finally:
+        plan.close()  # a refused lock or run directory: the workers stop all the same
+
+
+class Driver:
+    """Runs a plan's stages into a run. `backend`: use this one instead of making one
+    (it is still checked); `plan`: one already checked by `run_search`."""
+
+    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None,
+                 plan: Plan | None = None):
+        if plan is not None and backend is not None:
+            raise ValueError("give the backend to the plan, not to both")
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.plan = plan if plan is not None else Plan(cfg, backend)
+        self.geometry, self.stages, self.spec = self.plan.geometry, self.plan.stages, self.plan.spec
         self.inflight: dict[int, tuple[optuna.Study, Any, Any]] = {}
 
+    @property
+    def backend(self):
+        return self.plan.backend
+
     def start_backend(self) -> None:
-        if self.backend is None:
-            self.backend = make_backend(self.spec, self.cfg.workers)
-        lengths = [s.length for s in self.stages]
-        self.backend.check(lengths)
+        self.plan.start_backend()
 
     def run_all(self) -> dict[str, Any]:
         note = self.run.repair_journal()
