@@ -16,6 +16,8 @@ from typing import Any
 
 from longrope.spaces import MSCALE_POLICIES, N_HAT_PAPER, SEEDS, UserError
 
+from .proposers import SAMPLERS
+
 
 @dataclass
 class ModelConfig:
@@ -110,7 +112,7 @@ _CHOICES = {
     "model.dtype": {"auto", "float32", "bfloat16", "float16"},
     "model.device": {"auto", "cpu", "cuda"},
     "model.attention": {"sdpa", "flash_attention_2", "eager"},
-    "search.sampler": {"longrope", "cmaes", "tpe", "random"},
+    "search.sampler": set(SAMPLERS),
     "workers.backend": {"inprocess", "ray"},
 }
 

@@ -29,7 +29,7 @@ from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job, make_backend
 from .config import RunConfig, defining_diff, dumps
-from .proposers import best_trial, make_proposer
+from .proposers import Proposer, best_trial, make_proposer
 from .stages import Stage, make_stages, stage_seeds
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
@@ -47,7 +47,7 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
     return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
 
 
-def requeue_running(study: optuna.Study, proposer) -> int:
+def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
     Idempotent: a slot already re-queued is not queued twice."""
     trials = study.get_trials(deepcopy=False)
@@ -169,7 +169,7 @@ class Driver:
         self.cfg, self.run, self.progress = cfg, run, progress
         self.plan = plan if plan is not None else Plan(cfg, backend)
         self.geometry, self.stages, self.spec = self.plan.geometry, self.plan.stages, self.plan.spec
-        self.inflight: dict[int, tuple[optuna.Study, Any, Any]] = {}
+        self.inflight: dict[int, tuple[optuna.Study, Any, Proposer]] = {}
 
     @property
     def backend(self):
@@ -207,7 +207,7 @@ class Driver:
             requeue_running(study, proposer)
         self.inflight.clear()
 
-    def run_stage(self, stage: Stage, study: optuna.Study, proposer) -> RescaleFactors | None:
+    def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
         study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
@@ -274,7 +274,7 @@ class Driver:
             study.tell(trial, state=TrialState.FAIL)
             self.run.event(f"trial {trial.number} failed: {ev.reason}")
 
-    def log_generation(self, stage: Stage, study, g: int, proposer) -> None:
+    def log_generation(self, stage: Stage, study, g: int, proposer: Proposer) -> None:
         trials = [t for t in study.get_trials(deepcopy=False)
                   if t.system_attrs.get(vocab.SLOT, [None])[0] == g
                   and not t.system_attrs.get(vocab.REQUEUED)]
@@ -286,11 +286,11 @@ class Driver:
         self.run.event(f"{stage.name} gen {g}: {len(trials)} evaluated, {pruned} pruned, {failed} failed; "
                        f"best {best.value if best else float('nan'):.4f}, parent cut-off {cut_s}")
 
-    def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer) -> None:
+    def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer: Proposer) -> None:
         self.run.write_best(best_record(self.cfg, self.run, stage, self.geometry, study, trial,
                                         proposer.factors(trial), heldout))
 
-    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer) -> None:
+    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return

@@ -8,10 +8,12 @@ section 3.3). Short stages (L <= L0) start from λ = 1.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from longrope.spaces import RescaleFactors, RopeGeometry, SearchSpace, UserError, resolve_mscale, seed
 
-from .config import RunConfig
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 @dataclass(frozen=True)

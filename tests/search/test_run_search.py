@@ -1,4 +1,5 @@
-"""run_search: everything is checked before the run directory is touched, the backend once."""
+"""run_search: everything is checked before the run directory is touched, the backend once;
+the samplers' table is the config's choice list."""
 
 import pytest
 from search_helpers import small_cfg, trajectory
@@ -8,6 +9,8 @@ from longrope.runs import Run
 from longrope.search import config, driver
 from longrope.search.backends import InProcessBackend
 from longrope.search.driver import Driver, run_search
+from longrope.search.proposers import SAMPLERS, GAProposer, OptunaProposer, make_proposer
+from longrope.search.stages import make_stages, stage_seeds
 from longrope.spaces import UserError
 
 
@@ -92,3 +95,15 @@ def test_a_failing_backend_check_creates_no_run_directory(tmp_path):
     with pytest.raises(UserError, match="no document reaches"):
         run_search(cfg, str(tmp_path / "r"), progress=False, backend=Refusing())
     assert not (tmp_path / "r").exists()
+
+
+def test_the_samplers_table_is_the_config_choice_list():
+    assert config._CHOICES["search.sampler"] == set(SAMPLERS) == {"longrope", "cmaes", "tpe", "random"}
+    assert all(isinstance(help_, str) and help_ for _, help_ in SAMPLERS.values())
+    from longrope.search.driver import preflight_geometry
+
+    for name, kind in (("longrope", GAProposer), ("cmaes", OptunaProposer), ("random", OptunaProposer)):
+        cfg, _ = small_cfg(sampler=name)
+        g = preflight_geometry(cfg)
+        stage = make_stages(cfg, g)[0]
+        assert type(make_proposer(cfg, stage, stage_seeds(cfg, stage, g, None))) is kind
