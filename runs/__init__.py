@@ -13,8 +13,13 @@ A run directory holds exactly this (a test checks it)::
       events.log           human-readable progress, one line per generation
 
 `optuna-dashboard <run-dir>/journal.log` opens the run in Optuna's dashboard.
+
+`Run` (rundir) opens, creates and locks a run and loads its studies and best records;
+`BestRecord` (best) is one best/*.json; `vocab` names every key the search keeps in
+Optuna storage; `optuna_io` is the one place that uses Optuna's private API.
 """
 
+from .best import BestRecord
 from .rundir import Run, atomic_write_text
 
-__all__ = ["Run", "atomic_write_text"]
+__all__ = ["BestRecord", "Run", "atomic_write_text"]

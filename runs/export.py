@@ -23,44 +23,29 @@ from typing import Any
 
 from longrope.spaces import ARCHITECTURES, RescaleFactors, UserError, mscale_su
 
+from .best import BestRecord
 from .rundir import Run, atomic_write_text
 
 
-def _bests(run: Run, kind: str) -> dict[int, Path]:
-    return {int(p.stem.split("-", 1)[1]): p for p in sorted((run.path / "best").glob(f"{kind}-*.json"))}
-
-
-def load_best(run: Run, kind: str, length: int | None) -> dict[str, Any] | None:
-    found = _bests(run, kind)
-    if length is None:
-        if not found:
-            return None
-        length = max(found)
-    if length not in found:
-        have = ", ".join(str(n) for n in sorted(found)) or "none"
-        raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
-    return json.loads(found[length].read_text())
-
-
-def hf_config_patch(long: dict[str, Any], short: dict[str, Any] | None) -> dict[str, Any]:
-    L0, L = long["original_length"], long["target_length"]
-    short_factor = short["lambdas"] if short else [1.0] * len(long["lambdas"])
+def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any]:
+    L0, L = long.original_length, long.target_length
+    short_factor = list(short.lambdas) if short else [1.0] * len(long.lambdas)
     rope = {
         "rope_type": "longrope", "type": "longrope",
-        "long_factor": long["lambdas"], "short_factor": short_factor,
+        "long_factor": list(long.lambdas), "short_factor": short_factor,
         "factor": L / L0, "original_max_position_embeddings": L0,
-        "attention_factor": long["mscale"],
+        "attention_factor": long.mscale,
     }
     return {
         "max_position_embeddings": L,
         "original_max_position_embeddings": L0,
         "rope_scaling": rope,
         "longrope_search": {
-            "n_hat": long["n_hat"], "target_length": L, "ppl": long["search_ppl"],
-            "heldout_ppl": long.get("heldout_ppl"), "short_length": short["target_length"] if short else None,
-            "short_n_hat": short["n_hat"] if short else 0,
-            "trial": long.get("trial"), "evals": long.get("evals"), "config_hash": long.get("config_hash"),
-            "model": long.get("model"), "data": long.get("data"), "sampler": long.get("sampler"),
+            "n_hat": long.n_hat, "target_length": L, "ppl": long.search_ppl,
+            "heldout_ppl": long.heldout_ppl, "short_length": short.target_length if short else None,
+            "short_n_hat": short.n_hat if short else 0,
+            "trial": long.trial, "evals": long.evals, "config_hash": long.config_hash,
+            "model": long.model, "data": long.data, "sampler": long.sampler,
         },
     }
 
@@ -84,26 +69,26 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
 def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
            fmt: str = "json") -> tuple[Path, list[str]]:
     """Write the export; returns (path, warnings)."""
-    long = load_best(run, "long", target)
+    long = run.best("long", target)
     if long is None:
         raise UserError(f"{run.path} has no long-context result yet; run or resume the search first")
-    sh = load_best(run, "short", short)
-    if sh is not None and len(sh["lambdas"]) != len(long["lambdas"]):
+    sh = run.best("short", short)
+    if sh is not None and len(sh.lambdas) != len(long.lambdas):
         raise UserError("short and long factors have different lengths")
     warnings = []
-    if long["n_hat"] > 0:
-        warnings.append(f"n̂ = {long['n_hat']}: transformers and vLLM ignore n̂ (kept in longrope_search); "
+    if long.n_hat > 0:
+        warnings.append(f"n̂ = {long.n_hat}: transformers and vLLM ignore n̂ (kept in longrope_search); "
                         "use `longrope apply`'s Python patch to evaluate with it, or search with "
                         "space.deployable = true")
-    if sh is not None and long["mscale"] != 1.0:
+    if sh is not None and long.mscale != 1.0:
         warnings.append("transformers applies attention_factor at every length, short ones included; "
                         "the short factors were searched with mscale 1")
     suffix = {"json": ".json", "phi3": "-phi3.json", "csv": ".csv"}[fmt]
-    name = f"{long['target_length']}{suffix}"
+    name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     path.parent.mkdir(parents=True, exist_ok=True)
     if fmt == "csv":
-        text = "\n".join(repr(x) for x in long["lambdas"]) + "\n"
+        text = "\n".join(repr(x) for x in long.lambdas) + "\n"
     else:
         patch = hf_config_patch(long, sh)
         if fmt == "phi3":

@@ -11,9 +11,14 @@ import time
 import tomllib
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
+
+from .best import BestRecord
+
+if TYPE_CHECKING:
+    import optuna
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 
@@ -54,13 +59,19 @@ class Run:
         self.path = Path(path)
 
     # -- creation and validation ---------------------------------------------------
+    @staticmethod
+    def check_new(path: str | Path) -> None:
+        """Refuse a path a new run cannot be created at, before anything is written."""
+        p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{p} exists and is not a directory; choose a new --run-dir")
+        if p.exists() and any(p.iterdir()):
+            raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+
     @classmethod
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
-        if p.exists() and not p.is_dir():
-            raise UserError(f"{p} exists and is a file, not a folder; choose a new --run-dir")
-        if p.exists() and any(p.iterdir()):
-            raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+        cls.check_new(p)
         try:
             (p / "best").mkdir(parents=True, exist_ok=True)
             (p / "export").mkdir(exist_ok=True)
@@ -245,11 +256,47 @@ class Run:
         with open(self.path / EVENTS, "a") as f:
             f.write(f"{stamp} {message}\n")
 
+    # -- studies and best records ---------------------------------------------------
+    def studies(self) -> list[optuna.Study]:
+        """The run's Optuna studies, one per stage, in the order the stages started, from its
+        storage: the journal, or the RDB URL in the config's search.storage."""
+        import optuna
+
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        storage = self.storage(self.config().get("search", {}).get("storage", ""))
+        return [optuna.load_study(study_name=s.study_name, storage=storage)
+                for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+
     def best_path(self, kind: str, length: int) -> Path:
         return self.path / "best" / f"{kind}-{length}.json"
 
-    def write_best(self, kind: str, length: int, payload: dict[str, Any]) -> None:
-        atomic_write_text(self.best_path(kind, length), json.dumps(payload, indent=1) + "\n")
+    def write_best(self, record: BestRecord) -> None:
+        atomic_write_text(self.best_path(record.kind, record.target_length), record.to_json())
+
+    def _best_paths(self, kind: str) -> dict[int, Path]:
+        found = {}
+        for p in (self.path / "best").glob(f"{kind}-*.json"):
+            length = p.stem.split("-", 1)[1]
+            if length.isdigit():
+                found[int(length)] = p
+        return dict(sorted(found.items()))
+
+    def bests(self, kind: str) -> dict[int, BestRecord]:
+        """Every best record of a kind (long | short), by target length, ascending."""
+        return {n: BestRecord.load(p) for n, p in self._best_paths(kind).items()}
+
+    def best(self, kind: str, length: int | None = None) -> BestRecord | None:
+        """The best record at `length`; without one, the longest (None when the run has none).
+        A length the run has no record for is a UserError naming the lengths it has."""
+        found = self._best_paths(kind)
+        if length is None:
+            if not found:
+                return None
+            length = max(found)
+        if length not in found:
+            have = ", ".join(str(n) for n in found) or "none"
+            raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
+        return BestRecord.load(found[length])
 
 
 def _alive(pid: int) -> bool:

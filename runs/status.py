@@ -5,38 +5,47 @@ from __future__ import annotations
 import json
 import math
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from .optuna_io import study_system_attrs
 from .rundir import Run
+from .vocab import REQUEUED, SECONDS, SLOT, STAGE, STOPPED
+
+if TYPE_CHECKING:
+    import optuna
+    from optuna.trial import FrozenTrial
+
+
+def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
+    """The study's trials less those abandoned by a dead driver (their copies count instead)."""
+    return [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
+
+
+def evaluations(run: Run) -> int:
+    """Finished evaluations (complete, pruned or failed) over all the run's stages."""
+    return sum(t.state.is_finished() for study in run.studies() for t in counted_trials(study))
 
 
 def stage_summaries(run: Run) -> list[dict[str, Any]]:
-    import optuna
     from optuna.trial import TrialState
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
-
-    url = run.config().get("search", {}).get("storage", "")
-    storage = run.storage(url)
     out = []
-    for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=summary.study_name, storage=storage)
-        info = study.user_attrs.get("stage", {})
-        trials = [t for t in study.get_trials(deepcopy=False)
-                  if not t.system_attrs.get("longrope_requeued")]
+    for study in run.studies():
+        info = study.user_attrs.get(STAGE, {})
+        trials = counted_trials(study)
         count = {s: sum(t.state == s for t in trials) for s in TrialState}
         done = count[TrialState.COMPLETE] + count[TrialState.PRUNED] + count[TrialState.FAIL]
         complete = [t for t in trials if t.state == TrialState.COMPLETE and t.value is not None
                     and math.isfinite(t.value)]
         best = min((t.value for t in complete), default=None)
-        gens = [t.system_attrs["longrope_slot"][0] for t in trials if "longrope_slot" in t.system_attrs]
-        stopped = study._storage.get_study_system_attrs(study._study_id).get("longrope_stopped")
+        gens = [t.system_attrs[SLOT][0] for t in trials if SLOT in t.system_attrs]
+        stopped = study_system_attrs(study).get(STOPPED)
         budget = info.get("budget", 0)
-        secs = [t.user_attrs.get("seconds", 0.0) for t in trials if t.state.is_finished()]
+        secs = [t.user_attrs.get(SECONDS, 0.0) for t in trials if t.state.is_finished()]
         per_eval = sum(secs) / len(secs) if secs else None
         finished = bool(stopped) or (budget and done >= budget)
         out.append({
-            "name": summary.study_name, "kind": info.get("kind"), "target": info.get("length"),
+            "name": study.study_name, "kind": info.get("kind"), "target": info.get("length"),
             "evals": done, "budget": budget, "best_ppl": best,
             "generation": max(gens) if gens else None,
             "running": count[TrialState.RUNNING], "waiting": count[TrialState.WAITING],

@@ -21,6 +21,8 @@ from typing import Any
 from longrope.objectives.specs import DataSpec, ModelSpec, TaskSpec
 from longrope.spaces import METHODS, MSCALE_POLICIES, N_HAT_PAPER, UserError, read_text
 
+from .proposers import SAMPLERS
+
 
 @dataclass
 class SpaceConfig:
@@ -94,7 +96,7 @@ NOT_DEFINING = {
 }
 
 _CHOICES = {
-    "search.sampler": {"longrope", "cmaes", "tpe", "random"},
+    "search.sampler": set(SAMPLERS),
     "workers.backend": {"inprocess", "ray"},
 }
 

@@ -1,5 +1,9 @@
 """The driver: ask -> dispatch -> tell, stage after stage, into the run's journal.
 
+`run_search` is the whole of `longrope search` / `resume`: it checks the
+config, model, data and workers before the run directory is created or
+changed, then drives the stages under the run's lock.
+
 Crash safety: every result is in the journal the moment it is told. A trial
 left RUNNING by a dead driver (or in flight at Ctrl-C) is marked failed and
 its exact parameters re-queued with its slot, so the resumed run evaluates the
@@ -10,22 +14,26 @@ from __future__ import annotations
 
 import hashlib
 import math
+import os
+import signal
 import sys
+import threading
+from contextlib import contextmanager
 from typing import Any
 
 import optuna
 from optuna.trial import TrialState
 
 from longrope.objectives.perplexity import COMPLETE, PRUNED
-from longrope.objectives.workers import ObjectiveSpec
-from longrope.runs import Run
-from longrope.spaces import RescaleFactors, RopeGeometry
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.runs import BestRecord, Run, vocab
+from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job, make_backend
-from .config import RunConfig
-from .proposers import STOPPED, best_trial, make_proposer, study_system_attrs
-from .sampler import REQUEUED, SLOT
-from .stages import Stage, make_stages, stage_seeds
+from .config import RunConfig, defining_diff, dumps
+from .proposers import Proposer, best_trial, make_proposer
+from .stages import Stage, initial_factors, make_stages
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
@@ -42,23 +50,22 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
     return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
 
 
-def requeue_running(study: optuna.Study, proposer) -> int:
+def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
     Idempotent: a slot already re-queued is not queued twice."""
-    storage = study._storage
     trials = study.get_trials(deepcopy=False)
-    queued = {tuple(t.user_attrs[SLOT]) for t in trials if SLOT in t.user_attrs}
+    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials if vocab.SLOT in t.user_attrs}
     n = 0
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        slot = t.system_attrs.get(SLOT)
+        slot = t.system_attrs.get(vocab.SLOT)
         params = proposer.requeue_params(t)
         if params is not None and (slot is None or tuple(slot) not in queued):
-            attrs = {SLOT: slot} if slot is not None else {}
+            attrs = {vocab.SLOT: slot} if slot is not None else {}
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-        storage.set_trial_system_attr(t._trial_id, REQUEUED, True)
-        storage.set_trial_state_values(t._trial_id, TrialState.FAIL)
+        set_trial_system_attr(study, t, vocab.REQUEUED, True)
+        fail_trial(study, t)
         n += 1
     return n
 
@@ -67,37 +74,139 @@ def config_hash(run: Run) -> str:
     return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
 
 
-def best_payload(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
-                 factors: RescaleFactors, heldout: float | None) -> dict[str, Any]:
-    return {
-        "kind": stage.kind, "target_length": stage.length, "original_length": g.original_length,
-        "lambdas": list(factors.lambdas), "n_hat": factors.n_hat, "mscale": factors.mscale,
-        "search_ppl": trial.value, "heldout_ppl": heldout,
-        "evals": sum(1 for t in study.get_trials(deepcopy=False)
-                     if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
-        "trial": trial.number, "slot": trial.system_attrs.get(SLOT),
-        "config_hash": config_hash(run), "model": cfg.model.path, "data": cfg.data.path,
-        "sampler": cfg.search.sampler, "seed": cfg.search.seed, "rotary_dim": g.rotary_dim,
-        "base": g.base,
-    }
+def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
+                factors: RescaleFactors, heldout: float | None) -> BestRecord:
+    return BestRecord(
+        kind=stage.kind, target_length=stage.length, original_length=g.original_length,
+        lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
+        search_ppl=trial.value, heldout_ppl=heldout,
+        evals=sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
+        config_hash=config_hash(run), model=cfg.model.path, data=cfg.data.path,
+        sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
+    )
 
 
-class Driver:
-    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None):
-        self.cfg, self.run, self.progress = cfg, run, progress
+class Plan:
+    """What a search will do, checked before its run directory is written: the model's geometry,
+    the stages, their seed files, the objective, and (once started) the checked backend."""
+
+    def __init__(self, cfg: RunConfig, backend=None):
+        self.cfg = cfg
         self.geometry = preflight_geometry(cfg)
         self.stages = make_stages(cfg, self.geometry)
         for stage in self.stages:  # seed files are checked before anything is written
-            stage_seeds(cfg, stage, self.geometry, None)
+            initial_factors(cfg, stage, self.geometry, None)
         self.spec = ObjectiveSpec.from_config(cfg)
         self.backend = backend
-        self.inflight: dict[int, tuple[optuna.Study, Any, Any]] = {}
+        self.checked = False
+        self._made = False
+
+    def start_backend(self):
+        """Make the backend (unless one was given) and check it against the stage lengths: the
+        model loads and the data holds documents long enough. Once; later calls return it."""
+        if not self.checked:
+            if self.backend is None:
+                self.backend = make_backend(self.spec, self.cfg.workers)
+                self._made = True
+            self.backend.check([s.length for s in self.stages])
+            self.checked = True
+        return self.backend
+
+    def close(self) -> None:
+        """Close the backend this plan made, once; a given one is left to its owner."""
+        if self._made:
+            self._made = False
+            self.backend.close()
+
+
+def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,
+               backend=None) -> dict[str, RescaleFactors | None]:
+    """Search (or resume) `cfg` into `run_dir`; returns each stage's best factors by stage name.
+
+    Everything is validated (config against an existing run, model, data, seed files, the
+    workers) before the run directory is created or changed. An existing run with the same
+    search-defining config is resumed; with `resume`, `run_dir` must already be a run. Ctrl-C
+    and SIGTERM (what preemption and `scancel` send) re-queue the running trials, release the
+    lock and exit 130 and 143. A backend made here is closed at the end; a given one is checked
+    (once) and left open for its owner.
+    """
+    existing = Run.is_run(run_dir)
+    if existing:
+        run = Run.open(run_dir)
+        diff = defining_diff(run.config(), cfg.to_dict())
+        if diff:
+            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
+                            "target list, space or seed needs a new --run-dir")
+        run.check_writable()
+        run.check_journal()
+    elif resume:
+        Run.open(run_dir)  # says why it is not a run
+    else:
+        Run.check_new(run_dir)
+    plan = Plan(cfg, backend)
+    try:
+        plan.start_backend()
+        run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
+        with run.lock(), _sigterm_as_interrupt():
+            if run.clear_stale_journal_lock():
+                run.event("cleared a journal lock left by a killed driver")
+            run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
+            try:
+                return Driver(cfg, run, progress=progress, plan=plan).run_all()
+            except KeyboardInterrupt as e:
+                why, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+                run.event(f"interrupted ({why}); running trials re-queued")
+                print(f"interrupted ({why}); running trials were re-queued. Resume with: "
+                      f"longrope resume {run_dir}", file=sys.stderr)
+                raise SystemExit(code) from None
+            finally:
+                plan.close()  # before the lock is released
+    finally:
+        plan.close()  # a refused lock or run directory: the workers stop all the same
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the driver is, so it unwinds exactly as Ctrl-C does."""
+
+
+@contextmanager
+def _sigterm_as_interrupt():
+    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+class Driver:
+    """Runs a plan's stages into a run. `backend`: use this one instead of making one
+    (it is still checked); `plan`: one already checked by `run_search`."""
+
+    def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None,
+                 plan: Plan | None = None):
+        if plan is not None and backend is not None:
+            raise ValueError("give the backend to the plan, not to both")
+        self.cfg, self.run, self.progress = cfg, run, progress
+        self.plan = plan if plan is not None else Plan(cfg, backend)
+        self.geometry, self.stages, self.spec = self.plan.geometry, self.plan.stages, self.plan.spec
+        self.inflight: dict[int, tuple[optuna.Study, Any, Proposer]] = {}
+
+    @property
+    def backend(self):
+        return self.plan.backend
 
     def start_backend(self) -> None:
-        if self.backend is None:
-            self.backend = make_backend(self.spec, self.cfg.workers)
-        lengths = [s.length for s in self.stages]
-        self.backend.check(lengths)
+        self.plan.start_backend()
 
     def run_all(self) -> dict[str, Any]:
         note = self.run.repair_journal()
@@ -111,7 +220,8 @@ class Driver:
         try:
             for stage in self.stages:
                 prev = previous if stage.kind == "long" else None
-                proposer = make_proposer(self.cfg, stage, stage_seeds(self.cfg, stage, self.geometry, prev))
+                initial = initial_factors(self.cfg, stage, self.geometry, prev)
+                proposer = make_proposer(self.cfg, stage, initial)
                 study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
                                             load_if_exists=True, sampler=proposer.sampler)
                 results[stage.name] = self.run_stage(stage, study, proposer)
@@ -128,17 +238,17 @@ class Driver:
             requeue_running(study, proposer)
         self.inflight.clear()
 
-    def run_stage(self, stage: Stage, study: optuna.Study, proposer) -> RescaleFactors | None:
+    def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
-        study.set_user_attr("stage", {"kind": stage.kind, "length": stage.length, "budget": stage.budget,
-                                      "sampler": self.cfg.search.sampler})
+        study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
+                                          "budget": stage.budget, "sampler": self.cfg.search.sampler})
         n = requeue_running(study, proposer)
         if n:
             self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")
         proposer.enqueue_seeds(study)
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
-                   and not t.system_attrs.get(REQUEUED))
+                   and not t.system_attrs.get(vocab.REQUEUED))
         self.run.event(f"{stage.name}: start, {done}/{stage.budget} evaluations done, "
                        f"λmax {stage.space.lambda_max:g}, mscale {stage.space.mscale:.4f}")
         best = best_trial(study)
@@ -149,9 +259,8 @@ class Driver:
         while True:
             while self.backend.free() > 0 and proposer.ready(study):
                 trial = study.ask(proposer.distributions())
-                frozen = study._storage.get_trial(trial._trial_id)
                 job = Job(trial.number, proposer.factors(trial), stage.length,
-                          proposer.threshold(study, frozen))
+                          proposer.threshold(study, frozen_trial(study, trial)))
                 self.inflight[trial.number] = (study, trial, proposer)
                 self.backend.submit(job)
             if not self.backend.busy():
@@ -174,31 +283,32 @@ class Driver:
             return None
         factors = proposer.factors(best)
         self.score_heldout(stage, study, best, factors, proposer)
-        why = f"early stop at generation {study_system_attrs(study).get(STOPPED)}" \
+        why = f"early stop at generation {study_system_attrs(study).get(vocab.STOPPED)}" \
             if proposer.stopped(study) else "budget reached"
         self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
         return factors
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
-        trial.set_user_attr("doc_nll", list(ev.doc_nll))
-        trial.set_user_attr("tokens", ev.tokens)
-        trial.set_user_attr("seconds", round(ev.seconds, 4))
+        trial.set_user_attr(vocab.DOC_NLL, list(ev.doc_nll))
+        trial.set_user_attr(vocab.TOKENS, ev.tokens)
+        trial.set_user_attr(vocab.SECONDS, round(ev.seconds, 4))
         if ev.extra.get("tail_ppl") is not None:
-            trial.set_user_attr("tail_ppl", ev.extra["tail_ppl"])
+            trial.set_user_attr(vocab.TAIL_PPL, ev.extra["tail_ppl"])
         if ev.status == COMPLETE:
             study.tell(trial, ev.ppl)
         elif ev.status == PRUNED:
-            trial.set_user_attr("reason", ev.reason)
+            trial.set_user_attr(vocab.REASON, ev.reason)
             trial.report(ev.ppl, step=len(ev.doc_nll))
             study.tell(trial, state=TrialState.PRUNED)
         else:
-            trial.set_user_attr("reason", ev.reason)
+            trial.set_user_attr(vocab.REASON, ev.reason)
             study.tell(trial, state=TrialState.FAIL)
             self.run.event(f"trial {trial.number} failed: {ev.reason}")
 
-    def log_generation(self, stage: Stage, study, g: int, proposer) -> None:
-        trials = [t for t in study.get_trials(deepcopy=False) if t.system_attrs.get(SLOT, [None])[0] == g
-                  and not t.system_attrs.get(REQUEUED)]
+    def log_generation(self, stage: Stage, study, g: int, proposer: Proposer) -> None:
+        trials = [t for t in study.get_trials(deepcopy=False)
+                  if t.system_attrs.get(vocab.SLOT, [None])[0] == g
+                  and not t.system_attrs.get(vocab.REQUEUED)]
         pruned = sum(t.state == TrialState.PRUNED for t in trials)
         failed = sum(t.state == TrialState.FAIL for t in trials)
         best = best_trial(study)
@@ -207,21 +317,20 @@ class Driver:
         self.run.event(f"{stage.name} gen {g}: {len(trials)} evaluated, {pruned} pruned, {failed} failed; "
                        f"best {best.value if best else float('nan'):.4f}, parent cut-off {cut_s}")
 
-    def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer) -> None:
-        self.run.write_best(stage.kind, stage.length,
-                            best_payload(self.cfg, self.run, stage, self.geometry, study, trial,
-                                         proposer.factors(trial), heldout))
+    def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer: Proposer) -> None:
+        self.run.write_best(best_record(self.cfg, self.run, stage, self.geometry, study, trial,
+                                        proposer.factors(trial), heldout))
 
-    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer) -> None:
+    def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return
-        cached = study.user_attrs.get("heldout")
+        cached = study.user_attrs.get(vocab.HELDOUT)
         if cached and cached.get("trial") == best.number:
             ppl = cached["ppl"]
         else:
             ppl = self.evaluate_heldout(factors, stage.length)
-            study.set_user_attr("heldout", {"trial": best.number, "ppl": ppl})
+            study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
         self.write_best(stage, study, best, ppl, proposer)
 
     def evaluate_heldout(self, factors: RescaleFactors, length: int) -> float:

@@ -1,30 +1,80 @@
-"""Proposers: what the driver asks of a sampler, for the evolution and the others.
+"""Proposers: what the driver asks of a sampler (`Proposer`), and the table of samplers.
 
 The driver only needs: the distributions to ask with, whether a new trial may
 be asked now, the factors of a trial, its early-abort threshold, and whether
 the stage is finished. The evolution answers from its slots and generations;
-CMA-ES/TPE/random from a plain evaluation count.
+CMA-ES/TPE/random from a plain evaluation count. `SAMPLERS` names them all;
+the config's search.sampler choices are its keys.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, Protocol
 
 import optuna
-from optuna.trial import TrialState
+from optuna.trial import FrozenTrial, TrialState
 
+from longrope.runs.optuna_io import frozen_trial, set_study_system_attr, study_system_attrs
+from longrope.runs.vocab import REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import StepParametrisation, make_sampler
-from .config import RunConfig
-from .sampler import REQUEUED, SLOT, LongRoPESampler, to_params
-from .stages import Stage
+from .sampler import LongRoPESampler, to_params
 
-STOPPED = "longrope_stopped"
+if TYPE_CHECKING:
+    from optuna.distributions import BaseDistribution
+
+    from .config import RunConfig
+    from .stages import Stage
 
 
-def study_system_attrs(study: optuna.Study) -> dict:
-    return study._storage.get_study_system_attrs(study._study_id)
+class Proposer(Protocol):
+    """What the driver asks of a sampler, for one stage (one study).
+
+    The driver asks `study.ask(distributions())` while `ready(study)`, scores
+    `factors(trial)` with the early-abort cut-off `threshold(study, frozen)`,
+    tells the result, and after each tell asks `generation_done` (to log a
+    generation). On start it fails and re-queues trials left RUNNING by a dead
+    driver (`requeue_params`), then calls `enqueue_seeds`. The stage ends when
+    nothing is ready and nothing is in flight.
+    """
+
+    sampler: optuna.samplers.BaseSampler  # the study's sampler; the driver creates the study with it
+
+    def distributions(self) -> dict[str, BaseDistribution]:
+        """The parameters `study.ask` samples (the same for every trial of the stage)."""
+        ...
+
+    def ready(self, study: optuna.Study) -> bool:
+        """May a new trial be asked now? False when the budget is spent, the stage stopped early,
+        or (evolution) the next generation waits on trials still in flight."""
+        ...
+
+    def stopped(self, study: optuna.Study) -> bool:
+        """Did the stage stop early (before its budget)?"""
+        ...
+
+    def threshold(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
+        """The early-abort cut-off in ppl for this trial (stored form, after ask); None: score fully."""
+        ...
+
+    def factors(self, trial: optuna.Trial | FrozenTrial) -> RescaleFactors:
+        """The candidate a trial's parameters stand for."""
+        ...
+
+    def generation_done(self, study: optuna.Study, trial: optuna.Trial) -> int | None:
+        """The generation the just-told `trial` completed, if it did (for the events log)."""
+        ...
+
+    def enqueue_seeds(self, study: optuna.Study) -> None:
+        """Queue the stage's seed candidates, if this sampler takes them from the queue."""
+        ...
+
+    def requeue_params(self, trial: FrozenTrial) -> dict[str, Any] | None:
+        """The parameters to re-queue for a trial a dead driver left RUNNING; None: do not."""
+        ...
 
 
 class GAProposer:
@@ -63,7 +113,7 @@ class GAProposer:
         if self._index(slot) >= self.budget or self.stopped(study) or not self.sampler.ready(study):
             return False
         if slot[1] == 0 and slot[0] > 0 and self._should_stop(study, slot[0]):
-            study._storage.set_study_system_attr(study._study_id, STOPPED, slot[0])
+            set_study_system_attr(study, STOPPED, slot[0])
             return False
         return True
 
@@ -80,7 +130,7 @@ class GAProposer:
 
     def generation_done(self, study: optuna.Study, trial) -> int | None:
         """The generation this trial's completion finished, if it did."""
-        g = study._storage.get_trial(trial._trial_id).system_attrs[SLOT][0]
+        g = frozen_trial(study, trial).system_attrs[SLOT][0]
         end = self.sampler.slots_before(g + 1)
         finished = sum(1 for t in self.sampler.owned(study) if t.state in
                        (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
@@ -133,10 +183,19 @@ class OptunaProposer:
         return trial.params or None
 
 
-def make_proposer(cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
-    if cfg.search.sampler == "longrope":
-        return GAProposer(cfg, stage, seeds)
-    return OptunaProposer(cfg, stage, seeds)
+# search.sampler -> (proposer factory, one line for help and docs). The config's choices are its keys.
+SAMPLERS: dict[str, tuple[Callable[[RunConfig, Stage, list[RescaleFactors]], Proposer], str]] = {
+    "longrope": (GAProposer, "the LongRoPE evolution (paper section 3.2): mutants and crossovers "
+                             "of the best, synchronous generations"),
+    "cmaes": (OptunaProposer, "Optuna's CMA-ES over monotone steps of λ"),
+    "tpe": (OptunaProposer, "Optuna's multivariate TPE over monotone steps of λ"),
+    "random": (OptunaProposer, "Optuna's random search over monotone steps of λ"),
+}
+
+
+def make_proposer(cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]) -> Proposer:
+    factory, _ = SAMPLERS[cfg.search.sampler]
+    return factory(cfg, stage, seeds)
 
 
 def best_trial(study: optuna.Study):
@@ -145,4 +204,5 @@ def best_trial(study: optuna.Study):
     return min(done, key=lambda t: (t.value, tuple(t.system_attrs.get(SLOT, [t.number])))) if done else None
 
 
-__all__ = ["GAProposer", "OptunaProposer", "make_proposer", "best_trial", "to_params"]
+__all__ = ["SAMPLERS", "GAProposer", "OptunaProposer", "Proposer", "make_proposer", "best_trial",
+           "to_params"]

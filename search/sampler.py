@@ -10,7 +10,8 @@ population); worker count, arrival order and restarts cannot change it.
 
 All bookkeeping lives in the Optuna storage: the slot in each trial's system
 attrs (and in user attrs of a re-queued trial), the chosen parents in study
-system attrs. Any process can pick the search up from the journal alone.
+system attrs (keys in longrope.runs.vocab). Any process can pick the search up
+from the journal alone.
 """
 
 from __future__ import annotations
@@ -23,12 +24,12 @@ import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
 from optuna.trial import FrozenTrial, TrialState
 
+from longrope.runs.optuna_io import set_study_system_attr, set_trial_system_attr, trial_id
+from longrope.runs.vocab import REQUEUED, SLOT, parents_key
 from longrope.spaces import RescaleFactors, SearchSpace
 
 from .operators import mutate, next_generation
 
-SLOT = "longrope_slot"  # [g, j]; in system attrs, and user attrs for a re-queued trial
-REQUEUED = "longrope_requeued"  # on a trial abandoned by a crash and re-queued
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
 
@@ -162,8 +163,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                 [from_params(t.params, n, self.space.mscale) for t in par], rng, self.space,
                 self.mutants, self.crossovers, self.p_mut, self.p_cross, self.sigma, seen,
             )
-            study._storage.set_study_system_attr(
-                study._study_id, f"longrope_parents_{g:04d}", [t.number for t in par])
+            set_study_system_attr(study, parents_key(g), [t.number for t in par])
         self._children[g] = out
         return out
 
@@ -181,12 +181,12 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         slot = tuple(trial.user_attrs.get(SLOT) or self.slot_of_index(len(self.owned(study))))
-        study._storage.set_trial_system_attr(trial._trial_id, SLOT, list(slot))
+        set_trial_system_attr(study, trial, SLOT, list(slot))
         trial.system_attrs[SLOT] = list(slot)
-        self._slots[trial._trial_id] = slot
+        self._slots[trial_id(trial)] = slot
 
     def sample_relative(self, study, trial: FrozenTrial, search_space) -> dict:
-        g, j = self._slots.get(trial._trial_id) or tuple(trial.system_attrs[SLOT])
+        g, j = self._slots.get(trial_id(trial)) or tuple(trial.system_attrs[SLOT])
         return to_params(self.generation(study, g)[j])
 
     def sample_independent(self, study, trial, param_name, param_distribution):

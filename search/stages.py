@@ -8,10 +8,12 @@ stage's best (progressive extension, paper section 3.3). Short stages (L <= L0) 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from longrope.spaces import RescaleFactors, RopeGeometry, SearchSpace, UserError, method, resolve_mscale
 
-from .config import RunConfig
+if TYPE_CHECKING:
+    from .config import RunConfig
 
 
 @dataclass(frozen=True)
@@ -67,6 +69,3 @@ def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
         else:
             out.append(method(name, g, stage.length).replace(mscale=stage.space.mscale))
     return out
-
-
-stage_seeds = initial_factors  # TEMPORARY: the driver's old name, removed when the driver is updated

@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
-import optuna
-
 from longrope.runs import Run
+from longrope.runs.vocab import REQUEUED, SLOT
 from longrope.search import config
 from longrope.search.driver import Driver
 
@@ -52,16 +51,14 @@ def run_small(tmp_path, name="run", backend_obj=None, **kw):
 
 def trajectory(run: Run) -> dict[str, list]:
     """Per stage, the evaluated candidates by slot: (slot, params, state, value)."""
-    storage = run.storage()
     out = {}
-    for s in optuna.get_all_study_summaries(storage, include_best_trial=False):
-        study = optuna.load_study(study_name=s.study_name, storage=storage)
+    for study in run.studies():
         rows = []
         for t in study.get_trials(deepcopy=False):
-            if t.system_attrs.get("longrope_requeued"):
+            if t.system_attrs.get(REQUEUED):
                 continue
-            slot = tuple(t.system_attrs.get("longrope_slot") or (t.number,))
+            slot = tuple(t.system_attrs.get(SLOT) or (t.number,))
             value = None if t.value is None else round(t.value, 12)
             rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
-        out[s.study_name] = sorted(rows)
+        out[study.study_name] = sorted(rows)
     return out

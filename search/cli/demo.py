@@ -16,7 +16,7 @@ import tomllib
 from importlib.resources import files
 from pathlib import Path
 
-from longrope.spaces import REFERENCE_METHODS, RescaleFactors, UserError
+from longrope.spaces import REFERENCE_METHODS, UserError
 
 COMPARED = ("none", *REFERENCE_METHODS)  # the rows beside the searched factors
 
@@ -31,8 +31,8 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     from longrope.objectives.methods import method_factors
     from longrope.runs import Run
     from longrope.runs.export import export
-
-    from .run import _run_search
+    from longrope.runs.status import evaluations
+    from longrope.search.driver import run_search
 
     cfg = demo_config()
     if max_evals:
@@ -40,11 +40,10 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     run_dir = run_dir or tempfile.mkdtemp(prefix="longrope-demo-")
     if Path(run_dir).exists() and any(Path(run_dir).iterdir()) and not Run.is_run(run_dir):
         raise UserError(f"{run_dir} exists and is not a run directory; choose another --run-dir")
-    _run_search(cfg, run_dir, resume=False, progress=not as_json)
+    run_search(cfg, run_dir, resume=False, progress=not as_json)
     run = Run.open(run_dir)
     target = cfg.space.targets[-1]
-    best = json.loads(run.best_path("long", target).read_text())
-    searched = RescaleFactors(tuple(best["lambdas"]), best["n_hat"], best["mscale"])
+    searched = run.best("long", target).factors
 
     from longrope.objectives.specs import ObjectiveSpec
     from longrope.objectives.workers import Evaluator
@@ -63,7 +62,7 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     path, warnings = export(run)
     plot = run.path / "export" / "demo-ppl.png"
     plot_table(table, g.original_length, plot)
-    result = {"target": target, "evals": sum(_evals(run)), "objective": cfg.objective.kind,
+    result = {"target": target, "evals": evaluations(run), "objective": cfg.objective.kind,
               "heldout": {m: table[m][target] for m in table},
               "needle": {m: e.ppl for m, e in needle.items()},
               "passkey": {m: e.extra["passkey"] for m, e in needle.items()},
@@ -76,12 +75,6 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
             print(f"warning: {w}", file=sys.stderr)
         print(render(table, g.original_length, target, result))
     return result
-
-
-def _evals(run) -> list[int]:
-    from longrope.runs.status import stage_summaries
-
-    return [s["evals"] for s in stage_summaries(run)]
 
 
 def render(table, L0: int, target: int, result: dict) -> str:

@@ -21,45 +21,6 @@ def cmd_config(args: argparse.Namespace) -> int:
     return 0
 
 
-def _run_search(cfg, run_dir: str, resume: bool, progress: bool = True) -> dict:
-    """Validate everything (config, model, data) before touching the run directory."""
-    from longrope.runs import Run
-    from longrope.search import config as config_mod
-    from longrope.search.driver import Driver
-
-    existing = Run.is_run(run_dir)
-    if existing:
-        run = Run.open(run_dir)
-        diff = config_mod.defining_diff(run.config(), cfg.to_dict())
-        if diff:
-            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
-                            "target list, space or seed needs a new --run-dir")
-    elif resume:
-        Run.open(run_dir)  # says why it is not a run
-    driver = Driver(cfg, None, progress=progress)
-    driver.start_backend()
-    if existing:
-        run.check_writable()
-        run.check_journal()
-    run = Run.open(run_dir) if existing else Run.create(run_dir, config_mod.dumps(cfg))
-    driver.run = run
-    with run.lock():
-        if run.clear_stale_journal_lock():
-            run.event("cleared a journal lock left by a killed driver")
-        run.event(f"driver start (pid {__import__('os').getpid()}, {'resume' if existing else 'new run'})")
-        try:
-            results = driver.run_all()
-        except KeyboardInterrupt:
-            run.event("interrupted (Ctrl-C); running trials re-queued")
-            print(f"interrupted; running trials were re-queued. Resume with: longrope resume {run_dir}",
-                  file=sys.stderr)
-            raise SystemExit(130) from None
-        finally:
-            if driver.backend is not None:
-                driver.backend.close()
-    return results
-
-
 def _overrides(cfg, args: argparse.Namespace):
     if getattr(args, "workers", None) is not None:
         if args.workers < 1:
@@ -80,9 +41,10 @@ def _overrides(cfg, args: argparse.Namespace):
 def cmd_search(args: argparse.Namespace) -> int:
     """Run (or continue) a search described by a TOML config into a run directory."""
     from longrope.search import config
+    from longrope.search.driver import run_search
 
     cfg = _overrides(config.load(args.config), args)
-    results = _run_search(cfg, args.run_dir, resume=False, progress=not args.quiet)
+    results = run_search(cfg, args.run_dir, resume=False, progress=not args.quiet)
     print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
     return 0
 
@@ -91,6 +53,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted search from its journal; the result equals an uninterrupted run."""
     from longrope.runs import Run
     from longrope.search import config
+    from longrope.search.driver import run_search
 
     run = Run.open(args.run_dir)
     if args.repair:
@@ -104,7 +67,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.path / 'config.toml'}: {e}") from None
     cfg = _overrides(cfg, args)
-    results = _run_search(cfg, args.run_dir, resume=True, progress=not args.quiet)
+    results = run_search(cfg, args.run_dir, resume=True, progress=not args.quiet)
     print(f"done: {', '.join(results)} in {args.run_dir}")
     return 0
 

@@ -77,7 +77,7 @@ def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file
 def test_bad_run_directories(tmp_path, cfg_file, capsys, monkeypatch):
     a_file = tmp_path / "afile"
     a_file.write_text("x")
-    one_line(capsys, main(["search", str(cfg_file), "--run-dir", str(a_file), "--quiet"]), "is a file, not a folder")
+    one_line(capsys, main(["search", str(cfg_file), "--run-dir", str(a_file), "--quiet"]), "exists and is not a directory")
     assert a_file.read_text() == "x"
     run_dir = tmp_path / "run"
     assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0

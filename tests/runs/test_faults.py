@@ -1,5 +1,6 @@
 """Faults that must lose nothing: a failed write of best/, NaN candidates, an RDB storage."""
 
+import dataclasses
 import errno
 import json
 import os
@@ -26,7 +27,7 @@ def test_disk_full_while_writing_best_keeps_previous(tmp_path, monkeypatch):
 
     monkeypatch.setattr(rundir.os, "replace", full)
     with pytest.raises(UserError, match="cannot write .*long-256.json: No space left on device; the previous"):
-        run.write_best("long", 256, {"lambdas": [9.0]})
+        run.write_best(dataclasses.replace(run.best("long", 256), lambdas=(9.0,)))
     assert path.read_bytes() == before
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
@@ -48,7 +49,7 @@ def test_nan_candidates_are_failed_trials_and_the_run_continues(tmp_path):
     Driver(cfg, run, progress=False, backend=NaNBackend(ObjectiveSpec.of("synthetic"))).run_all()
     rows = trajectory(run)["long-256"]
     failed = [r for r in rows if r[2] == "FAIL"]
-    assert len(rows) == 36 and 8 <= len(failed) <= 14
+    assert len(rows) == 36 and len(failed) == 12  # trials 2, 5, ..., 35
     assert "NLL is nan" in (run.path / "events.log").read_text()
     assert json.loads(run.best_path("long", 256).read_text())["search_ppl"] > 0
 

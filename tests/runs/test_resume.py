@@ -103,17 +103,29 @@ def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):
     assert kills == 1 and trajectory(run) == ref
 
 
-def test_sigint_requeues_and_prints_resume_command(tmp_path):
-    _, text = small_cfg(model="synthetic:0.01", iterations=20)
-    (tmp_path / "run.toml").write_text(text)
-    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "r"), "--quiet")
-    time.sleep(3.0)
-    p.send_signal(signal.SIGINT)
+@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
+def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, code):
+    """Ctrl-C and SIGTERM (preemption, scancel): the trial in flight is re-queued, the lock
+    released, the resume command printed; the resumed run equals an uninterrupted one."""
+    from longrope.runs import vocab
+
+    text, ref, _ = reference_run(tmp_path, iterations=1)
+    # 0.5 s per candidate: the signal lands while one is being scored, not between two
+    (tmp_path / "run.toml").write_text(text.replace('path = "synthetic"', 'path = "synthetic:0.1"'))
+    run_dir = tmp_path / "r"
+    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet")
+    wait_for_progress(p, run_dir, 40)
+    p.send_signal(sig)
     out, err = p.communicate(timeout=60)
-    assert p.returncode == 130, err
-    assert f"longrope resume {tmp_path / 'r'}" in err
-    assert "Traceback" not in err
-    assert not (tmp_path / "r" / "run.lock").exists()
+    assert p.returncode == code, err
+    assert f"longrope resume {run_dir}" in err and "Traceback" not in err
+    assert not (run_dir / "run.lock").exists()
+    run = Run.open(run_dir)
+    requeued = [t for s in run.studies() for t in s.get_trials(deepcopy=False) if t.system_attrs.get(vocab.REQUEUED)]
+    assert requeued, "the trial in flight was not re-queued"
+    r = cli("resume", str(run_dir), "--quiet")
+    assert r.wait(timeout=300) == 0, r.stderr.read()
+    assert trajectory(Run.open(run_dir)) == ref
 
 
 @pytest.mark.parametrize("torn", [b'{"op_code": 5, "worker', b"\x00\x00garbage"])

@@ -7,7 +7,6 @@ small config (population 32, 16 parents, 8 + 8 children) on builtin:tiny-sotu.
 
 from __future__ import annotations
 
-import json
 import math
 import time
 import tomllib
@@ -33,15 +32,13 @@ def _search(workdir: Path, name: str, toml: str, progress: bool = False):
 
 def _stages(run) -> list[list[Any]]:
     """The trials of each stage (one Optuna study per stage) in the run's journal."""
-    import optuna
-
-    storage = run.storage()
-    return [optuna.load_study(study_name=s.study_name, storage=storage).get_trials(deepcopy=False)
-            for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]
+    return [s.get_trials(deepcopy=False) for s in run.studies()]
 
 
 def _tokens(run) -> int:
-    return sum(t.user_attrs.get("tokens", 0) for trials in _stages(run) for t in trials)
+    from longrope.runs import vocab
+
+    return sum(t.user_attrs.get(vocab.TOKENS, 0) for trials in _stages(run) for t in trials)
 
 
 SEARCH_TOML = """
@@ -95,9 +92,9 @@ def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[i
             for s in seeds:
                 run, _ = _search(workdir, f"q-{sampler}-{target}-{s}",
                                  _toml(sampler=sampler, seed=s, target=target, budget=budget))
-                best = json.loads(run.best_path("long", target).read_text())
-                held.append(best["heldout_ppl"])
-                search.append(best["search_ppl"])
+                best = run.best("long", target)
+                held.append(best.heldout_ppl)
+                search.append(best.search_ppl)
             row[sampler] = {"heldout": held, "search": search}
         out[target] = row
     return out
@@ -132,8 +129,8 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
     res, runs = {}, {}
     for flag in ("true", "false"):
         run, secs = _search(workdir, f"abort-{flag}", _toml(early_abort=flag, budget=budget))
-        best = json.loads(run.best_path("long", 1024).read_text())
-        res[flag] = (_tokens(run), best["lambdas"], best["n_hat"], secs)
+        best = run.best("long", 1024)
+        res[flag] = (_tokens(run), best.lambdas, best.n_hat, secs)
         runs[flag] = run
     parents = tomllib.loads(runs["false"].config_text())["search"]["parents"]
     return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],

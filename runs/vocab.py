@@ -1,0 +1,33 @@
+"""The run's vocabulary: every key the search writes into Optuna storage and reads back.
+
+Each value below is on disk in existing journals (and RDB storages): changing
+one would make old runs unreadable or resume them wrongly. Add keys; never
+rename one.
+"""
+
+# -- trial system attrs (written by the search's sampler and driver) -----------------------------
+SLOT = "longrope_slot"  # [g, j]: generation g, child j of the evolution; also a user attr of a
+#                         re-queued trial, so its copy takes the same slot
+REQUEUED = "longrope_requeued"  # True on a trial abandoned by a dead driver (its copy was re-queued);
+#                                 such a trial counts for nothing
+
+# -- study system attrs --------------------------------------------------------------------------
+STOPPED = "longrope_stopped"  # generation at which the early stop fired (absent: not stopped)
+PARENTS_PREFIX = "longrope_parents_"  # + generation as 4 digits: trial numbers of its parents
+
+
+def parents_key(g: int) -> str:
+    """The study system attr holding generation g's parents, e.g. longrope_parents_0003."""
+    return f"{PARENTS_PREFIX}{g:04d}"
+
+
+# -- study user attrs ----------------------------------------------------------------------------
+STAGE = "stage"  # {"kind": "long" | "short", "length": L, "budget": evaluations, "sampler": name}
+HELDOUT = "heldout"  # {"trial": number, "ppl": held-out ppl}: the stage best's held-out score, cached
+
+# -- trial user attrs (one scored candidate) -----------------------------------------------------
+DOC_NLL = "doc_nll"  # mean token NLL of each document scored, in order (fewer when pruned or failed)
+TOKENS = "tokens"  # tokens run through the model
+SECONDS = "seconds"  # wall seconds of the evaluation, rounded to 0.1 ms
+TAIL_PPL = "tail_ppl"  # last-quarter perplexity over the documents (complete trials only)
+REASON = "reason"  # why a trial was pruned (early abort) or failed

@@ -1,0 +1,25 @@
+"""Run.studies(): the run's studies from its own storage (journal or the config's RDB URL)."""
+
+from search_helpers import run_small, small_cfg
+
+from longrope.runs import Run
+from longrope.runs.status import counted_trials, evaluations, stage_summaries
+from longrope.search import config
+from longrope.search.driver import Driver
+
+
+def test_studies_are_the_stages_in_order_and_evaluations_count_them(tmp_path):
+    run, _ = run_small(tmp_path, short="[32]", iterations=1)
+    studies = run.studies()
+    assert [s.study_name for s in studies] == ["long-256", "short-32"]
+    assert [len(counted_trials(s)) for s in studies] == [18, 18]
+    assert evaluations(run) == sum(s["evals"] for s in stage_summaries(run)) == 36
+
+
+def test_studies_come_from_the_configured_rdb_storage(tmp_path):
+    cfg, _ = small_cfg(iterations=0)
+    cfg.search.storage = f"sqlite:///{tmp_path / 'optuna.db'}"
+    run = Run.create(tmp_path / "rdb", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    assert run.journal.read_bytes() == b""
+    assert [s.study_name for s in run.studies()] == ["long-256"] and evaluations(run) == 12

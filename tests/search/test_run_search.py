@@ -1,0 +1,109 @@
+"""run_search: everything is checked before the run directory is touched, the backend once;
+the samplers' table is the config's choice list."""
+
+import pytest
+from search_helpers import small_cfg, trajectory
+
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.runs import Run
+from longrope.search import config, driver
+from longrope.search.backends import InProcessBackend
+from longrope.search.driver import Driver, run_search
+from longrope.search.proposers import SAMPLERS, GAProposer, OptunaProposer, make_proposer
+from longrope.search.stages import initial_factors, make_stages
+from longrope.spaces import UserError
+
+
+class CountingBackend(InProcessBackend):
+    def __init__(self):
+        super().__init__(ObjectiveSpec.of("synthetic"))
+        self.checks, self.closed = 0, False
+
+    def check(self, lengths):
+        self.checks += 1
+        return super().check(lengths)
+
+    def close(self):
+        self.closed = True
+
+
+def snapshot(path):
+    return sorted((str(p.relative_to(path)), p.read_bytes() if p.is_file() else b"") for p in path.rglob("*"))
+
+
+def test_the_backend_is_checked_once_and_a_given_one_is_left_open(tmp_path):
+    cfg, _ = small_cfg(iterations=1)
+    backend = CountingBackend()
+    results = run_search(cfg, str(tmp_path / "r"), progress=False, backend=backend)
+    assert backend.checks == 1 and not backend.closed and list(results) == ["long-256"]
+    run = Run.open(tmp_path / "r")
+    assert "driver start" in (run.path / "events.log").read_text() and not (run.path / "run.lock").exists()
+    again = CountingBackend()  # a resume checks its backend once too, and evaluates nothing new
+    run_search(cfg, str(tmp_path / "r"), resume=True, progress=False, backend=again)
+    assert again.checks == 1 and len(trajectory(run)["long-256"]) == 12 + 6
+
+
+def test_a_driver_given_a_backend_checks_it_once(tmp_path):
+    cfg, _ = small_cfg(iterations=0)
+    backend = CountingBackend()
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    d = Driver(cfg, run, progress=False, backend=backend)
+    d.start_backend()
+    d.run_all()
+    assert backend.checks == 1 and d.backend is backend
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_non_run_is_refused_before_the_backend_starts_and_left_as_is(tmp_path, resume):
+    junk = tmp_path / "junk"
+    junk.mkdir()
+    (junk / "notes.txt").write_text("hello")
+    before = snapshot(junk)
+    backend = CountingBackend()
+    cfg, _ = small_cfg(iterations=1)
+    message = "is not a run directory" if resume else "exists and is not empty"
+    with pytest.raises(UserError, match=message):
+        run_search(cfg, str(junk), resume=resume, progress=False, backend=backend)
+    assert backend.checks == 0 and snapshot(junk) == before
+    with pytest.raises(UserError, match="is not a run directory" if resume else "is not a directory"):
+        run_search(cfg, str(junk / "notes.txt"), resume=resume, progress=False, backend=backend)
+    if resume:
+        with pytest.raises(UserError, match="does not exist"):
+            run_search(cfg, str(tmp_path / "missing"), resume=True, progress=False, backend=backend)
+        assert not (tmp_path / "missing").exists()
+    assert backend.checks == 0 and snapshot(junk) == before
+
+
+def test_a_made_backend_is_closed_also_when_the_run_is_locked(tmp_path, monkeypatch):
+    cfg, _ = small_cfg(iterations=0)
+    run_search(cfg, str(tmp_path / "r"), progress=False, backend=CountingBackend())
+    made = []
+    monkeypatch.setattr(driver, "make_backend", lambda spec, workers: made.append(CountingBackend()) or made[-1])
+    with Run.open(tmp_path / "r").lock(), pytest.raises(UserError, match="in use by pid"):
+        run_search(cfg, str(tmp_path / "r"), progress=False)
+    assert made[0].checks == 1 and made[0].closed
+    run_search(cfg, str(tmp_path / "r"), progress=False)
+    assert made[1].checks == 1 and made[1].closed
+
+
+def test_a_failing_backend_check_creates_no_run_directory(tmp_path):
+    class Refusing(CountingBackend):
+        def check(self, lengths):
+            raise UserError("no document reaches 256 tokens")
+
+    cfg, _ = small_cfg(iterations=1)
+    with pytest.raises(UserError, match="no document reaches"):
+        run_search(cfg, str(tmp_path / "r"), progress=False, backend=Refusing())
+    assert not (tmp_path / "r").exists()
+
+
+def test_the_samplers_table_is_the_config_choice_list():
+    assert config._CHOICES["search.sampler"] == set(SAMPLERS) == {"longrope", "cmaes", "tpe", "random"}
+    assert all(isinstance(help_, str) and help_ for _, help_ in SAMPLERS.values())
+    from longrope.search.driver import preflight_geometry
+
+    for name, kind in (("longrope", GAProposer), ("cmaes", OptunaProposer), ("random", OptunaProposer)):
+        cfg, _ = small_cfg(sampler=name)
+        g = preflight_geometry(cfg)
+        stage = make_stages(cfg, g)[0]
+        assert type(make_proposer(cfg, stage, initial_factors(cfg, stage, g, None))) is kind
