@@ -26,7 +26,7 @@ from .sampler import LongRoPESampler, to_params
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
 
-    from .config import RunConfig
+    from .schema import RunConfig
     from .stages import Stage
 
 

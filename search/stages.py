@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from longrope.spaces import RescaleFactors, RopeGeometry, SearchSpace, UserError, method, resolve_mscale
 
 if TYPE_CHECKING:
-    from .config import RunConfig
+    from .schema import RunConfig
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,82 @@
+"""The run config's shape: its sections as typed dataclasses with commented defaults.
+
+``[model]``, ``[data]`` and ``[objective]`` are the objective's own specs
+(objectives/specs.py); ``[space]``, ``[search]`` and ``[workers]`` are defined
+here. Each field's comment says what it means and which values it takes (the
+paper's defaults where it gives one). Reading, checking and writing TOML is
+config.py's job; this module only declares, so stages and proposers can type
+against it without importing the validator.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+from longrope.objectives.specs import DataSpec, ModelSpec, TaskSpec
+from longrope.spaces import N_HAT_PAPER
+
+
+@dataclass
+class SpaceConfig:
+    targets: list[int] = field(default_factory=lambda: [1024])  # long lengths, ascending, > L0
+    short: list[int] = field(default_factory=list)  # short-context lengths, each <= L0
+    lambda_max_ratio: float = 1.25  # λmax = ratio·s (paper 1.25)
+    lambda_max: float = 0.0  # fixed λmax instead of ratio·s; 0 = use the ratio
+    step: float = 0.01  # λ grid (paper 0.01)
+    n_hat: list[int] = field(default_factory=lambda: list(N_HAT_PAPER))  # allowed n̂
+    mscale: str | float = "su"  # su | yarn | none | a fixed float
+    deployable: bool = False  # fix n̂ = 0 (transformers and vLLM have no n̂)
+
+
+@dataclass
+class SearchConfig:
+    sampler: str = "longrope"  # longrope | cmaes | tpe | random
+    seed: int = 0  # the whole trajectory is a function of this seed
+    population: int = 64  # initial population (paper 64)
+    parents: int = 32  # kept per iteration (paper 32)
+    mutants: int = 16  # new mutants per iteration (paper 16)
+    crossovers: int = 16  # new crossovers per iteration (paper 16)
+    iterations: int = 40  # iterations after the initial population (paper 40)
+    mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
+    crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
+    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1)
+    # methods (spaces.METHODS) or factors .json files whose exact factors start the population
+    methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
+    patience: int = 20  # early stop: iterations without min_improvement
+    min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
+    max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
+    early_abort: bool = True  # stop scoring a candidate that cannot become a parent
+    storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
+
+
+@dataclass
+class WorkersConfig:
+    backend: str = "inprocess"  # inprocess | ray
+    count: int = 1  # model replicas (Ray actors)
+    num_gpus: float = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
+    num_cpus: float = 1.0  # CPUs per replica
+    address: str = ""  # existing Ray cluster ("auto", "ray://..."); "" = RAY_ADDRESS or local
+
+
+@dataclass
+class RunConfig:
+    model: ModelSpec = field(default_factory=ModelSpec)  # [model]: objectives/specs.py
+    data: DataSpec = field(default_factory=DataSpec)  # [data]: objectives/specs.py
+    objective: TaskSpec = field(default_factory=TaskSpec)  # [objective]: objectives/specs.py
+    space: SpaceConfig = field(default_factory=SpaceConfig)
+    search: SearchConfig = field(default_factory=SearchConfig)
+    workers: WorkersConfig = field(default_factory=WorkersConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    @property
+    def children(self) -> int:
+        return self.search.mutants + self.search.crossovers
+
+    def budget(self) -> int:
+        """Evaluations per stage: population + iterations × children, capped by max_evals."""
+        full = self.search.population + self.search.iterations * self.children
+        return min(full, self.search.max_evals) if self.search.max_evals else full
