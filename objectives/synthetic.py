@@ -43,6 +43,9 @@ class SyntheticEvaluator:
     def check_pool(self, lengths: list[int], pool: str) -> None:
         pass
 
+    def task_records(self, length: int, pool: str = "search") -> None:
+        return None
+
     def target_curve(self, length: int) -> np.ndarray:
         """The optimum: λ rising smoothly from 1 to 1.1·s (like searched factors do)."""
         s = max(length / GEOMETRY.original_length, 1.0)

@@ -70,6 +70,13 @@ class Evaluator:
                                               t.per_depth)
         return self._samples[key]
 
+    def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
+        """What the task scores at `length`, for the run to record: the needle samples, or None
+        for document perplexity (its documents are fixed by the data split)."""
+        if self.spec.task.kind != "needle":
+            return None
+        return [s.record() for s in self.needle_samples(length, pool)]
+
     def evaluate(self, factors: RescaleFactors | None, length: int, threshold: float | None = None,
                  pool: str = "search", kind: str | None = None) -> Evaluation:
         """Score factors (None: the model's own rotary) by the task's kind, or by `kind`."""
@@ -104,6 +111,9 @@ class _Worker:
 
     def check(self, lengths: list[int]) -> RopeGeometry:
         return self.ev.check(lengths)
+
+    def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
+        return self.ev.task_records(length, pool)
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
                  pool: str = "search", kind: str | None = None) -> Evaluation:

@@ -24,6 +24,8 @@ def parents_key(g: int) -> str:
 # -- study user attrs ----------------------------------------------------------------------------
 STAGE = "stage"  # {"kind": "long" | "short", "length": L, "budget": evaluations, "sampler": name}
 HELDOUT = "heldout"  # {"trial": number, "ppl": held-out ppl}: the stage best's held-out score, cached
+SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, answer_at, length}, ...],
+#                             the samples every candidate of the stage is scored on (checked on resume)
 
 # -- trial user attrs (one scored candidate) -----------------------------------------------------
 DOC_NLL = "doc_nll"  # mean token NLL of each document scored, in order (fewer when pruned or failed)

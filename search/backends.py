@@ -50,6 +50,9 @@ class InProcessBackend:
     def evaluate_pool(self, factors: RescaleFactors, length: int, pool: str) -> Evaluation:
         return self.evaluator.evaluate(factors, length, None, pool)
 
+    def task_records(self, length: int) -> list[dict] | None:
+        return self.evaluator.task_records(length)
+
     def wait(self) -> tuple[int, Evaluation]:
         return self._done.popleft()
 
@@ -128,6 +131,10 @@ class RayBackend:
 
     def evaluate_pool(self, factors: RescaleFactors, length: int, pool: str) -> Evaluation:
         return self._get(self.actors[0].evaluate.remote(factors, length, None, pool))
+
+    def task_records(self, length: int) -> list[dict] | None:
+        """Every replica builds the same samples (a pure function of seed, length, documents)."""
+        return self._get(self.actors[0].task_records.remote(length))
 
     def busy(self) -> bool:
         return bool(self.inflight)

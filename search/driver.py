@@ -238,11 +238,27 @@ class Driver:
             requeue_running(study, proposer)
         self.inflight.clear()
 
+    def check_samples(self, stage: Stage, study: optuna.Study) -> None:
+        """Record what the task scores (the needle samples), or check a resumed stage scores the
+        same: they are a pure function of the config, but a changed tokenizer or data file would
+        silently change them."""
+        records = getattr(self.backend, "task_records", lambda length: None)(stage.length)
+        if records is None:
+            return
+        stored = study.user_attrs.get(vocab.SAMPLES)
+        if stored is None:
+            study.set_user_attr(vocab.SAMPLES, records)
+        elif stored != records:
+            raise UserError(f"{stage.name}: the needle samples differ from the ones this run scored "
+                            "(a changed tokenizer or data?); resume with the same model and data, or "
+                            "start a new --run-dir")
+
     def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
         study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
                                           "budget": stage.budget, "sampler": self.cfg.search.sampler})
+        self.check_samples(stage, study)
         n = requeue_running(study, proposer)
         if n:
             self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")

@@ -1,0 +1,61 @@
+"""A search on the needle objective: every candidate scores the recorded samples; a resume
+checks it scores the same ones, and refuses when they changed."""
+
+
+import optuna
+
+from longrope.runs import Run, vocab
+from longrope.search.cli import main
+
+NEEDLE = """
+[model]
+path = "builtin:tiny-sotu"
+threads = 2
+[data]
+search_docs = 2
+heldout_docs = 1
+[objective]
+kind = "needle"
+depths = 3
+seed = 7
+[space]
+targets = [256]
+deployable = true
+[search]
+population = 4
+parents = 2
+mutants = 1
+crossovers = 1
+iterations = 1
+"""
+
+
+def test_needle_search_records_its_samples_and_resume_checks_them(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(NEEDLE)
+    run_dir = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    run = Run.open(run_dir)
+    (study,) = run.studies()
+    samples = study.user_attrs[vocab.SAMPLES]
+    assert [s["depth"] for s in samples] == [0.0, 0.5, 1.0] and all(s["length"] == 256 for s in samples)
+    assert len({s["key"] for s in samples}) == 3 and [s["doc"] for s in samples] == [0, 1, 0]
+    trials = [t for t in study.get_trials(deepcopy=False) if t.state.name == "COMPLETE"]
+    assert len(trials) == 6 and all(len(t.user_attrs[vocab.DOC_NLL]) == 3 for t in trials)  # one NLL per sample
+    best = run.best("long", 256)
+    assert best.search_ppl == min(t.value for t in trials)
+    # resume (budget reached: nothing to do) checks the recorded samples
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    capsys.readouterr()
+    storage = run.storage()
+    optuna.load_study(study_name="long-256", storage=storage).set_user_attr(
+        vocab.SAMPLES, [dict(s, key="11111") for s in samples])
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    assert "the needle samples differ" in capsys.readouterr().err
+
+
+def test_needle_kind_is_validated(tmp_path, capsys):
+    (tmp_path / "c.toml").write_text(NEEDLE.replace('kind = "needle"', 'kind = "needles"'))
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "objective.kind = 'needles'; choose one of ppl, needle" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
+
