@@ -200,6 +200,7 @@ class Driver:
         self.plan = plan if plan is not None else Plan(cfg, backend)
         self.geometry, self.stages, self.spec = self.plan.geometry, self.plan.stages, self.plan.spec
         self.inflight: dict[int, tuple[optuna.Study, Any, Proposer]] = {}
+        self.active: tuple[optuna.Study, Proposer] | None = None  # the stage under way
 
     @property
     def backend(self):
@@ -232,8 +233,12 @@ class Driver:
         return results
 
     def abandon_inflight(self) -> None:
-        """On interruption: hand in-flight trials back to the queue (resume re-runs them)."""
+        """On interruption: hand in-flight trials back to the queue (resume re-runs them). The
+        stage under way counts even with nothing registered in flight: an interrupt between
+        `study.ask` and the registration leaves a RUNNING trial that only the study knows."""
         studies = {id(s): (s, p) for s, _, p in self.inflight.values()}
+        if self.active is not None:
+            studies[id(self.active[0])] = self.active
         for study, proposer in studies.values():
             requeue_running(study, proposer)
         self.inflight.clear()
@@ -259,6 +264,7 @@ class Driver:
         study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
                                           "budget": stage.budget, "sampler": self.cfg.search.sampler})
         self.check_samples(stage, study)
+        self.active = (study, proposer)
         n = requeue_running(study, proposer)
         if n:
             self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")

@@ -103,6 +103,19 @@ def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):
     assert kills == 1 and trajectory(run) == ref
 
 
+def in_flight(run_dir) -> bool:
+    """A trial has been created and not finished (journal ops 4 and 6 with a finished state)."""
+    created = finished = 0
+    for line in (run_dir / "journal.log").read_text().splitlines():
+        try:
+            op = json.loads(line)
+        except json.JSONDecodeError:
+            return False  # a line being written
+        created += op["op_code"] == 4
+        finished += op["op_code"] == 6 and op.get("state") in (1, 2, 3)
+    return created > finished
+
+
 @pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
 def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, code):
     """Ctrl-C and SIGTERM (preemption, scancel): the trial in flight is re-queued, the lock
@@ -115,6 +128,9 @@ def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, co
     run_dir = tmp_path / "r"
     p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet")
     wait_for_progress(p, run_dir, 40)
+    end = time.time() + 60
+    while not in_flight(run_dir) and time.time() < end and p.poll() is None:
+        time.sleep(0.01)  # send the signal once a trial exists that is not finished
     p.send_signal(sig)
     out, err = p.communicate(timeout=60)
     assert p.returncode == code, err
