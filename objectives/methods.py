@@ -17,6 +17,7 @@ from longrope.spaces import (
     RescaleFactors,
     RopeGeometry,
     UserError,
+    check_usable,
     load_factors,
     method,
 )
@@ -42,12 +43,7 @@ def check_method(name: str) -> None:
 
 def load_factors_file(name: str) -> RescaleFactors | DeployedFactors:
     loaded = load_factors(name)
-    sets = [loaded] if isinstance(loaded, RescaleFactors) else [x for x in (loaded.long, loaded.short) if x]
-    for f in sets:
-        for i in range(1, len(f.lambdas)):
-            if f.lambdas[i] < f.lambdas[i - 1]:
-                raise UserError(f"{name}: λ[{i}] = {f.lambdas[i]} is below λ[{i - 1}] = {f.lambdas[i - 1]}; "
-                                "rescale factors must not decrease from high to low frequency")
+    check_usable(loaded, name)  # the check `apply` makes too
     return loaded
 
 

@@ -21,10 +21,18 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import ARCHITECTURES, RescaleFactors, UserError, mscale_su
+from longrope.spaces import (
+    DeployedFactors,
+    RescaleFactors,
+    UserError,
+    architecture_of,
+    check_usable,
+    hf_attention_factor,
+    read_text,
+)
 
 from .best import BestRecord
-from .rundir import Run, atomic_write_text
+from .rundir import Run, atomic_write_text, stale_temp_files
 
 
 def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any]:
@@ -57,9 +65,9 @@ def phi3_rope_scaling(rope: dict[str, Any]) -> dict[str, Any]:
 
 def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
     """Phi-3's form cannot carry attention_factor: say so when the searched one differs."""
-    L, L0 = patch["max_position_embeddings"], patch["original_max_position_embeddings"]
     searched = patch["rope_scaling"].get("attention_factor")
-    derived = mscale_su(L / L0, L0)
+    rope = {k: v for k, v in patch["rope_scaling"].items() if k not in ("attention_factor", "factor")}
+    derived = hf_attention_factor(rope, patch)  # what transformers will use for the three-key form
     if searched is None or abs(searched - derived) <= 1e-9 * derived:
         return None
     return (f"the Phi-3 rope_scaling form has no attention_factor: transformers will use {derived:.6f} "
@@ -87,6 +95,8 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temp_files(path.parent):  # left by an export killed mid-write
+        stale.unlink(missing_ok=True)
     if fmt == "csv":
         text = "\n".join(repr(x) for x in long.lambdas) + "\n"
     else:
@@ -102,24 +112,34 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
 
 def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: str | Path,
                     copy: bool = False) -> Path:
-    """A model folder whose config.json carries the factors; weights linked (or copied)."""
+    """A model folder whose config.json carries the factors; weights linked (or copied).
+
+    Everything is checked before the output folder is made: the factors as eval checks them
+    (finite, non-decreasing, >= 1, a positive attention factor), the model as a RoPE
+    architecture the engine admits, the output as a new or empty folder."""
     src, out = Path(model_dir), Path(out_dir)
     fj = Path(factors_json)
     if not fj.is_file():
         raise UserError(f"factors file {fj} does not exist")
     if not (src / "config.json").is_file():
         raise UserError(f"{src} is not a model folder (no config.json)")
-    try:
-        patch = json.loads(fj.read_text())
-    except json.JSONDecodeError as e:
-        raise UserError(f"{fj} is not valid JSON: {e}") from None
-    if "rope_scaling" not in patch:
+    patch = _read_json(fj, "factors file")
+    if not isinstance(patch, dict) or "rope_scaling" not in patch:
         f = RescaleFactors.from_dict(patch)
         raise UserError(f"{fj} holds raw factors ({len(f.lambdas)} λ), not an export; "
                         "run `longrope export` first")
+    try:
+        check_usable(DeployedFactors.from_hf(patch), str(fj))
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith(str(fj)) else f"{fj}: {e}") from None
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out} exists and is a file; give a new folder with -o")
     if out.exists() and any(out.iterdir()):
         raise UserError(f"{out} exists and is not empty")
-    config = json.loads((src / "config.json").read_text())
+    config = _read_json(src / "config.json", "model config")
+    if not isinstance(config, dict):
+        raise UserError(f"{src / 'config.json'} is not a JSON object")
+    arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
     n_model = _n_freqs(config)
     if n_model is not None and n_model != len(patch["rope_scaling"]["long_factor"]):
         raise UserError(f"the factors have {len(patch['rope_scaling']['long_factor'])} values but the "
@@ -131,7 +151,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         "partial_rotary_factor")
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
-    if getattr(ARCHITECTURES.get(config.get("model_type")), "export_form", "hf") == "phi3":
+    if arch.export_form == "phi3":
         if w := phi3_mscale_warning(patch):
             print(f"warning: {w}", file=sys.stderr)
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
@@ -149,11 +169,18 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
         else:
             os.symlink(item.resolve(), target)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1) + "\n")
+    atomic_write_text(out / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
     if patch.get("longrope_search", {}).get("n_hat"):
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out
+
+
+def _read_json(path: Path, what: str) -> Any:
+    try:
+        return json.loads(read_text(path, what))
+    except json.JSONDecodeError as e:
+        raise UserError(f"{what} {path} is not valid JSON: {e}") from None
 
 
 def _n_freqs(config: dict) -> int | None:

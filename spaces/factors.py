@@ -182,6 +182,20 @@ class DeployedFactors:
         return cls(long, short, int(L0) if L0 else None)
 
 
+def check_usable(f: RescaleFactors | DeployedFactors, name: str) -> None:
+    """What eval and apply both require of factors they did not search: every set
+    non-decreasing from high to low frequency, and no λ below 1 (that compresses positions)."""
+    sets = [f] if isinstance(f, RescaleFactors) else [x for x in (f.long, f.short) if x is not None]
+    for s in sets:
+        for i, x in enumerate(s.lambdas):
+            if x < 1:
+                raise UserError(f"{name}: λ[{i}] = {x} is below 1; rescale factors stretch positions, "
+                                "never compress them")
+            if i and x < s.lambdas[i - 1]:
+                raise UserError(f"{name}: λ[{i}] = {x} is below λ[{i - 1}] = {s.lambdas[i - 1]}; "
+                                "rescale factors must not decrease from high to low frequency")
+
+
 def load_factors(path: str | Path) -> RescaleFactors | DeployedFactors:
     """A factors file as the model it describes would apply it: our own form (one set at every
     length), or an HF config / export (short up to L0, long beyond)."""

@@ -1,0 +1,85 @@
+"""Bad factors, folders and best files for apply, eval and export: one line, exit 2, nothing made."""
+
+import json
+
+import pytest
+import transformers
+
+from longrope.search.cli import main
+
+GOOD = {"max_position_embeddings": 128, "original_max_position_embeddings": 32,
+        "rope_scaling": {"rope_type": "longrope", "type": "longrope", "long_factor": [1.0, 1.0, 1.5, 1.5, 2.0, 2.0, 2.5, 2.5],
+                         "short_factor": [1.0] * 8, "factor": 4.0, "original_max_position_embeddings": 32,
+                         "attention_factor": 1.2}}
+
+
+def patched(**rope):
+    d = json.loads(json.dumps(GOOD))
+    d["rope_scaling"].update(rope)
+    return d
+
+
+FACTORS = {
+    "nan": (patched(long_factor=[1.0, float("nan")] + [2.0] * 6), "long_factor[1] must be a finite number"),
+    "strings": (patched(long_factor=["1.0"] * 8), "long_factor[0] must be a finite number"),
+    "decreasing": (patched(long_factor=[1.0, 3.0, 2.0] + [3.0] * 5), "λ[2] = 2.0 is below λ[1] = 3.0"),
+    "below one": (patched(short_factor=[0.5] + [1.0] * 7), "λ[0] = 0.5 is below 1"),
+    "negative attention factor": (patched(attention_factor=-1.0), "attention_factor = -1.0 must be positive"),
+    "rope_scaling not an object": ({**GOOD, "rope_scaling": [1, 2]}, "rope_scaling must be an object"),
+    "no long_factor": ({**GOOD, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "has no long_factor"),
+}
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory, tiny_model_dir):
+    d = tmp_path_factory.mktemp("apply")
+    (d / "gpt2").mkdir()
+    transformers.GPT2Config(n_layer=1, n_embd=32, n_head=2).save_pretrained(d / "gpt2")
+    (d / "notjson").mkdir()
+    (d / "notjson" / "config.json").write_text("{model_type: llama")
+    (d / "good.json").write_text(json.dumps(GOOD))
+    (d / "afile").write_text("x")
+    return d
+
+
+def one_line(capsys, rc, message):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+@pytest.mark.parametrize("case", list(FACTORS))
+def test_apply_and_eval_refuse_the_same_factors(case, tmp_path, capsys, tiny_model_dir, folders):
+    patch, message = FACTORS[case]
+    f = tmp_path / "f.json"
+    f.write_text(json.dumps(patch))  # json writes NaN as a bare NaN, as the issue found in config.json
+    one_line(capsys, main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "out")]), message)
+    assert not (tmp_path / "out").exists()
+    one_line(capsys, main(["eval", "--model", "synthetic", "--lengths", "64", "--methods", str(f)]), message)
+
+
+@pytest.mark.parametrize("model, out, message", [
+    ("gpt2", "new", "has no rotary position embedding"),
+    ("notjson", "new", "is not valid JSON"),
+    (None, "afile", "exists and is a file"),
+])
+def test_apply_to_bad_folders(model, out, message, tmp_path, capsys, tiny_model_dir, folders):
+    src = folders / model if model else tiny_model_dir
+    dest = folders / out if out == "afile" else tmp_path / out
+    one_line(capsys, main(["apply", str(folders / "good.json"), str(src), "-o", str(dest)]), message)
+    assert out == "afile" or not dest.exists()
+
+
+def test_export_skips_nothing_silently_and_cleans_its_temp_files(tmp_path, capsys):
+    from search_helpers import small_cfg
+
+    (tmp_path / "c.toml").write_text(small_cfg()[1])
+    run = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run), "--quiet"]) == 0
+    (run / "export" / ".longrope-256.json.99999.tmp").write_text("half an export")  # a killed export
+    assert main(["export", str(run)]) == 0
+    assert not list((run / "export").glob(".*.tmp"))
+    best = run / "best" / "long-256.json"
+    best.write_text(best.read_text()[:40])  # truncated
+    capsys.readouterr()
+    one_line(capsys, main(["export", str(run)]), "long-256.json")
