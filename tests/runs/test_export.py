@@ -47,29 +47,28 @@ def tiny_run(tmp_path_factory, tiny_model_dir, text_corpus_dir):
     return run
 
 
-def test_export_loads_in_transformers_with_the_scored_inv_freq(tiny_run, tiny_model_dir):
+def test_export_merged_into_the_model_config_loads_with_the_scored_factors(tiny_run, tiny_model_dir, tmp_path):
+    """What a user does with the export: merge its keys into the model's own config.json and load
+    it with transformers (4.57 and 5.x in CI). Above L0 transformers uses the long factors the
+    search scored, at or below L0 the short ones, with the searched attention factor."""
     path, warnings = export(tiny_run)
     patch = json.loads(path.read_text())
-    best = json.loads(tiny_run.best_path("long", 128).read_text())
-    assert patch["original_max_position_embeddings"] == 32  # top level, for transformers 4.57
-    assert patch["rope_scaling"]["original_max_position_embeddings"] == 32
+    long, short = tiny_run.best("long", 128), tiny_run.best("short", 16)
     assert patch["longrope_search"]["n_hat"] == 0 and not any("n̂" in w for w in warnings)
-    assert best["heldout_ppl"] is not None and best["heldout_ppl"] > 1
-    base = json.loads((tiny_model_dir / "config.json").read_text())
-    g = RopeGeometry.from_config(base)
-    scored = (base_inv_freq(g) / torch.tensor(best["lambdas"], dtype=torch.float32)).numpy()
-    phi3_path, _ = export(tiny_run, fmt="phi3")
-    phi3 = json.loads(phi3_path.read_text())
+    assert long.heldout_ppl is not None and long.heldout_ppl > 1
+    merged = json.loads((tiny_model_dir / "config.json").read_text())
+    merged.update(patch)
+    (tmp_path / "config.json").write_text(json.dumps(merged))
+    cfg = transformers.AutoConfig.from_pretrained(tmp_path)
+    g = RopeGeometry.from_config(json.loads((tiny_model_dir / "config.json").read_text()))
+    for seq_len, record in ((128, long), (33, long), (32, short), (16, short)):
+        inv, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=seq_len)
+        scored = (base_inv_freq(g) / torch.tensor(record.lambdas, dtype=torch.float32)).numpy()
+        np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6, err_msg=f"seq_len {seq_len}")
+        assert att == pytest.approx(long.mscale)
+    phi3 = json.loads(export(tiny_run, fmt="phi3")[0].read_text())
     assert set(phi3["rope_scaling"]) == {"type", "short_factor", "long_factor"}
-    keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
-                                "num_attention_heads", "num_key_value_heads")}
-    # Llama takes the full form; Phi3Config (4.57) only the three-key form, in 5.x both.
-    for cls, p in ((transformers.LlamaConfig, patch), (transformers.Phi3Config, phi3)):
-        cfg = cls(**keep, rope_theta=g.base, max_position_embeddings=p["max_position_embeddings"],
-                  original_max_position_embeddings=32, rope_scaling=p["rope_scaling"])
-        inv, att = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=128)
-        np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6)
-        assert att == pytest.approx(best["mscale"])  # su mscale: what Phi-3 derives itself
+    assert phi3["rope_scaling"]["long_factor"] == list(long.lambdas)
 
 
 def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_dir, tmp_path, capsys):
