@@ -25,8 +25,8 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from longrope.runs.optuna_io import set_study_system_attr, set_trial_system_attr, trial_id
-from longrope.runs.vocab import REQUEUED, SLOT, parents_key
-from longrope.spaces import RescaleFactors, SearchSpace
+from longrope.runs.vocab import REASON, REQUEUED, SLOT, parents_key
+from longrope.spaces import RescaleFactors, SearchSpace, UserError
 
 from .operators import mutate, next_generation
 
@@ -51,6 +51,18 @@ def from_params(params: dict, n: int, mscale: float) -> RescaleFactors:
 def owns_slot(t: FrozenTrial) -> bool:
     """A trial abandoned by a crash gave its slot to its re-queued copy."""
     return SLOT in t.system_attrs and not t.system_attrs.get(REQUEUED)
+
+
+def no_parents_message(trials: list[FrozenTrial], g: int) -> str:
+    """Why generation g cannot be bred: every earlier candidate failed (or was pruned), and
+    what the failures said, most frequent first."""
+    from collections import Counter
+
+    earlier = [t for t in trials if t.system_attrs[SLOT][0] < g]
+    reasons = Counter(t.user_attrs.get(REASON, t.state.name.lower()) for t in earlier)
+    said = "; ".join(f"{n}x {r}" for r, n in reasons.most_common(3))
+    return (f"generation {g} has no parents: none of the {len(earlier)} candidates before it scored "
+            f"completely ({said}); fix the cause in events.log, then resume")
 
 
 class LongRoPESampler(optuna.samplers.BaseSampler):
@@ -155,7 +167,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
         else:
             par = self.parents(study, g)
             if not par:
-                raise RuntimeError(f"generation {g} has no complete parents (all failed?)")
+                raise UserError(no_parents_message(self.owned(study), g))
             earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
             seen = {self.space.key(from_params(t.params, n, self.space.mscale)) for t in earlier
                     if len(t.params) == n + 1}

@@ -66,3 +66,19 @@ def test_rdb_storage_gives_the_same_trajectory(tmp_path):
     study = optuna.load_study(study_name="long-256", storage=cfg.search.storage)
     ref_study = optuna.load_study(study_name="long-256", storage=ref.storage())
     assert sorted(t.value for t in study.trials if t.value) == sorted(t.value for t in ref_study.trials if t.value)
+
+
+class AllFailBackend(InProcessBackend):
+    """Every candidate's loss comes back NaN."""
+
+    def submit(self, job):
+        self._done.append((job.key, Evaluation(job.factors, job.length, FAILED, float("inf"),
+                                               reason="NLL is nan on document 0")))
+
+
+def test_a_generation_where_everything_failed_is_one_line(tmp_path):
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    with pytest.raises(UserError, match=r"generation 1 has no parents: none of the 12 candidates before it "
+                                        r"scored completely \(12x NLL is nan on document 0\)"):
+        Driver(cfg, run, progress=False, backend=AllFailBackend(ObjectiveSpec.of("synthetic"))).run_all()
