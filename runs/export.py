@@ -58,6 +58,16 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
     }
 
 
+# The export formats: name -> (file suffix, what it is). `longrope export --format` reads this
+# table; a new format is a row here and a branch in `export` below.
+FORMATS: dict[str, tuple[str, str]] = {
+    "json": (".json", "a Hugging Face config patch (transformers 4.57 and 5.x): merge it into config.json"),
+    "phi3": ("-phi3.json", "rope_scaling with only type/short_factor/long_factor, which Phi3Config in "
+                           "transformers 4.57 requires (the attention factor is then derived)"),
+    "csv": (".csv", "one long factor per line, like the reference implementation"),
+}
+
+
 def phi3_rope_scaling(rope: dict[str, Any]) -> dict[str, Any]:
     """The three-key rope_scaling every transformers version's Phi3Config accepts."""
     return {"type": "longrope", "short_factor": rope["short_factor"], "long_factor": rope["long_factor"]}
@@ -91,7 +101,9 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     if sh is not None and long.mscale != 1.0:
         warnings.append("transformers applies attention_factor at every length, short ones included; "
                         "the short factors were searched with mscale 1")
-    suffix = {"json": ".json", "phi3": "-phi3.json", "csv": ".csv"}[fmt]
+    if fmt not in FORMATS:
+        raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    suffix, _ = FORMATS[fmt]
     name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longrope.runs.export import FORMATS
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the best factors as a Hugging Face config patch (or CSV)."""
@@ -35,10 +37,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
     ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
     ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")
-    ex.add_argument("--format", choices=["json", "phi3", "csv"], default="json",
-                    help="phi3: rope_scaling with only type/short_factor/long_factor, which Phi3Config in "
-                    "transformers 4.57 requires; csv: one long factor per line, like the reference "
-                    "implementation")
+    ex.add_argument("--format", choices=list(FORMATS), default="json",
+                    help="; ".join(f"{name}: {what}" for name, (_, what) in FORMATS.items()))
     ex.set_defaults(func=cmd_export)
 
     ap = sub.add_parser("apply", help="a model folder whose config carries exported factors",

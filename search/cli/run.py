@@ -88,8 +88,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     c.add_argument("config", nargs="?", help="TOML run config")
     c.set_defaults(func=cmd_config)
 
+    from longrope.search.proposers import SAMPLERS
+
+    samplers = "Samplers (search.sampler): " + "; ".join(f"{k}: {v}" for k, (_, v) in SAMPLERS.items()) + "."
     for name, fn, is_resume in (("search", cmd_search, False), ("resume", cmd_resume, True)):
-        p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__)
+        p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__,
+                           epilog=samplers)
         if is_resume:
             p.add_argument("run_dir", help="an existing run directory")
             p.add_argument("--repair", action="store_true", help="drop journal lines that cannot be read "
