@@ -15,19 +15,15 @@ from typing import Any
 
 
 def _search(workdir: Path, name: str, toml: str, progress: bool = False):
+    """One search through `run_search`, as `longrope search` runs it; end-to-end seconds."""
     from longrope.runs import Run
     from longrope.search import config
-    from longrope.search.driver import Driver
+    from longrope.search.driver import run_search
 
     cfg = config.from_dict(tomllib.loads(toml))
-    run = Run.create(workdir / name, config.dumps(cfg))
-    d = Driver(cfg, run, progress=progress)
     t0 = time.perf_counter()
-    d.run_all()
-    seconds = time.perf_counter() - t0
-    if d.backend is not None:
-        d.backend.close()
-    return run, seconds
+    run_search(cfg, str(workdir / name), progress=progress)
+    return Run.open(workdir / name), time.perf_counter() - t0
 
 
 def _stages(run) -> list[list[Any]]:
