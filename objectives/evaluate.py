@@ -9,6 +9,7 @@ from typing import Any
 from longrope.spaces import UserError
 
 from .methods import check_method, method_factors
+from .perplexity import stride_span
 from .specs import ObjectiveSpec
 from .workers import make_evaluator
 
@@ -27,26 +28,39 @@ TASKS = ("ppl", "needle", "passkey")
 
 
 def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: str,
-             progress: bool = True, task: str = "ppl") -> dict[str, dict[int, Any]]:
+             progress: bool = True, task: str = "ppl",
+             stride: int | None = None) -> dict[str, dict[int, Any]]:
     """{method: {length: Evaluation}}; all methods resolved before any scoring. Tasks `needle`
     and `passkey` score the same needle samples (spec.task): the Evaluation's ppl is the needle
-    perplexity, extra["passkey"] the retrieval accuracy, extra["by_depth"] it per depth."""
+    perplexity, extra["passkey"] the retrieval accuracy, extra["by_depth"] it per depth.
+    stride (ppl only): sliding-window perplexity, windows of each length advancing by `stride`
+    over each document's first 2·length - stride tokens; None: the first `length` tokens, one pass."""
     from tqdm import tqdm
 
     if task not in TASKS:
         raise UserError(f"--task {task!r}; choose one of {', '.join(TASKS)}")
+    check_stride(stride, lengths, task)
     for m in methods:
         check_method(m)
     ev = make_evaluator(spec)
-    ev.check_pool(lengths, pool)
+    ev.check_pool(lengths if stride is None else [stride_span(n, stride) for n in lengths], pool)
     plan = [(m, n, method_factors(m, ev.geometry, n)) for m in methods for n in lengths]
     out: dict[str, dict[int, Any]] = {m: {} for m in methods}
     bar = tqdm(plan, desc="eval", unit="run", disable=not progress, file=sys.stderr)
     kind = "ppl" if task == "ppl" else "needle"
     for m, n, f in bar:
         bar.set_postfix_str(f"{m} @ {n}")
-        out[m][n] = ev.evaluate(f, n, pool=pool, kind=kind)
+        out[m][n] = ev.evaluate(f, n, pool=pool, kind=kind, **({} if stride is None else {"stride": stride}))
     return out
+
+
+def check_stride(stride: int | None, lengths: list[int], task: str) -> None:
+    if stride is None:
+        return
+    if task != "ppl":
+        raise UserError(f"--stride goes with --task ppl (document perplexity), not {task}")
+    if stride < 1 or stride > min(lengths):
+        raise UserError(f"--stride must be between 1 and the shortest length ({min(lengths)}), got {stride}")
 
 
 def value(e: Any, task: str, tail: bool = False) -> Any:

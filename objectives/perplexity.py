@@ -46,8 +46,9 @@ class Evaluation:
         return self.status == COMPLETE
 
 
-def document_nll(model: Any, ids: np.ndarray, chunk: int = 1024) -> tuple[float, float]:
-    """(mean token NLL, mean NLL over the last quarter) of one document, one forward pass."""
+def token_nll(model: Any, ids: np.ndarray, chunk: int = 1024, first: int = 1) -> Any:
+    """NLL of each token ids[first:] given the tokens before it, from one forward pass of `ids`
+    (a float32 tensor of len(ids) - first values)."""
     import torch
 
     arch = architecture_of(model.config)
@@ -56,15 +57,56 @@ def document_nll(model: Any, ids: np.ndarray, chunk: int = 1024) -> tuple[float,
     x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)[None]
     with torch.no_grad():
         hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]
-        targets = x[0, 1:]
+        targets = x[0, first:]
         n = targets.numel()
+        hidden = hidden[first - 1 : first - 1 + n]  # the positions that predict the targets
         nll = torch.empty(n, dtype=torch.float32, device=device)
         for a in range(0, n, chunk):
-            logits = postprocess_logits(head(hidden[a : a + chunk][: n - a]).float(), arch, model.config)
+            logits = postprocess_logits(head(hidden[a : a + chunk]).float(), arch, model.config)
             t = targets[a : a + chunk]
             nll[a : a + t.numel()] = torch.logsumexp(logits, -1) - logits.gather(1, t[:, None])[:, 0]
-        q = n - n // 4
-        return float(nll.mean()), float(nll[q:].mean()) if n - q else float("nan")
+        return nll
+
+
+def mean_and_tail(nll: Any) -> tuple[float, float]:
+    """(mean, mean over the last quarter) of a vector of token NLLs."""
+    n = nll.numel()
+    q = n - n // 4
+    return float(nll.mean()), float(nll[q:].mean()) if n - q else float("nan")
+
+
+def document_nll(model: Any, ids: np.ndarray, chunk: int = 1024) -> tuple[float, float]:
+    """(mean token NLL, mean NLL over the last quarter) of one document, one forward pass."""
+    return mean_and_tail(token_nll(model, ids, chunk))
+
+
+def stride_span(window: int, stride: int) -> int:
+    """How many tokens of each document a strided evaluation scores: 2L - S (L itself for S = L)."""
+    return 2 * window - stride
+
+
+def stride_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int]]:
+    """Sliding windows over n tokens: (start, end, first) = run ids[start:end], score ids[first:end].
+    The first window scores all its tokens; each later one ends `stride` further (the last maybe
+    less, to end at n) and scores only the tokens the previous one did not, with the window's
+    remaining tokens (up to window - stride) as context. Each token is scored once."""
+    out = [(0, min(window, n), 1)]
+    while out[-1][1] < n:
+        end = min(out[-1][1] + stride, n)
+        out.append((max(end - window, 0), end, out[-1][1]))
+    return out
+
+
+def strided_nll(model: Any, ids: np.ndarray, window: int, stride: int,
+                chunk: int = 1024) -> tuple[float, float, int]:
+    """(mean token NLL, last-quarter mean, tokens run) of one document scored by sliding windows
+    of `window` tokens advancing by `stride`; stride >= len(ids) is document_nll's single pass."""
+    import torch
+
+    parts = [token_nll(model, ids[a:b], chunk, first - a) for a, b, first in stride_windows(len(ids), window,
+                                                                                              stride)]
+    runs = sum(b - a for a, b, _ in stride_windows(len(ids), window, stride))
+    return (*mean_and_tail(torch.cat(parts)), runs)
 
 
 def postprocess_logits(logits: Any, arch: Architecture, config: Any) -> Any:
@@ -83,14 +125,22 @@ def score(
     docs: list[np.ndarray],
     threshold: float | None = None,
     chunk: int = 1024,
+    stride: int | None = None,
+    window: int | None = None,
 ) -> Evaluation:
     """Score a candidate on `docs` (each already cut to the target length): document perplexity.
 
     threshold: a perplexity; stop once the candidate provably cannot get under it.
     factors None: the model's own rotary (eval's ``native``).
+    stride: sliding windows of `window` tokens (the target length) advancing by `stride` over
+    each document (cut to stride_span(window, stride) tokens); None: one pass over each.
     """
-    out = score_items(rotary, factors, docs, len(docs[0]), threshold, "documents",
-                      lambda d: (*document_nll(model, d, chunk), len(d)))
+    if stride is None:
+        out = score_items(rotary, factors, docs, len(docs[0]), threshold, "documents",
+                          lambda d: (*document_nll(model, d, chunk), len(d)))
+    else:
+        out = score_items(rotary, factors, docs, window or len(docs[0]), threshold, "documents",
+                          lambda d: strided_nll(model, d, window or len(d), stride, chunk))
     if out.ok:
         tails = out.extra.pop("side")
         out.extra["tail_ppl"] = math.exp(sum(tails) / len(tails))

@@ -53,9 +53,11 @@ class SyntheticEvaluator:
         return 1 + (1.1 * s - 1) * x**2
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
-                 pool: str = "search", kind: str | None = None) -> Evaluation:
+                 pool: str = "search", kind: str | None = None, stride: int | None = None) -> Evaluation:
         if factors is None:
             raise UserError("the synthetic objective has no native rotary: give factors or a method")
+        if stride is not None:
+            raise UserError("the synthetic objective has no documents to slide a window over (--stride)")
         t0 = time.perf_counter()
         self.calls += 1
         lam = np.asarray(factors.lambdas)

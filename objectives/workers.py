@@ -3,17 +3,18 @@
 `Evaluator` runs in the calling process; `ray_evaluator_class()` wraps the same
 class as a Ray actor (the model loads in the actor's constructor, one replica
 per actor). Both expose evaluate(factors, length, threshold) -> Evaluation,
-so the search driver is indifferent to where a candidate runs.
+so the search driver is indifferent to where a candidate runs. Eval alone also passes a
+stride for sliding-window perplexity.
 """
 
 from __future__ import annotations
 
 import numpy as np
 
-from longrope.spaces import RescaleFactors, RopeGeometry
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .data import Split, load_corpus, tokenize
-from .perplexity import Evaluation, score
+from .perplexity import Evaluation, score, stride_span
 from .specs import ObjectiveSpec
 
 
@@ -77,15 +78,24 @@ class Evaluator:
             return None
         return [s.record() for s in self.needle_samples(length, pool)]
 
-    def evaluate(self, factors: RescaleFactors | None, length: int, threshold: float | None = None,
-                 pool: str = "search", kind: str | None = None) -> Evaluation:
-        """Score factors (None: the model's own rotary) by the task's kind, or by `kind`."""
+    def evaluate(self, factors: RescaleFactors | None, length: int,
+                 threshold: float | None = None, pool: str = "search", kind: str | None = None,
+                 stride: int | None = None) -> Evaluation:
+        """Score factors (None: the model's own rotary) by the task's kind, or by `kind`.
+        stride (perplexity only): sliding windows of `length` tokens advancing by `stride` over
+        each document's first 2·length - stride tokens (perplexity.stride_windows); None: each
+        document's first `length` tokens in one pass."""
         if (kind or self.spec.task.kind) == "needle":
             from .needle import score_needle
 
+            if stride is not None:
+                raise UserError("a stride applies to document perplexity, not to needle samples")
             return score_needle(self.loaded.model, self.rotary, factors, self.needle_samples(length, pool),
                                 threshold)
-        return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold)
+        if stride is None:
+            return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold)
+        docs = self.docs(stride_span(length, stride), pool)
+        return score(self.loaded.model, self.rotary, factors, docs, threshold, stride=stride, window=length)
 
     def ping(self) -> bool:
         return True
@@ -116,8 +126,8 @@ class _Worker:
         return self.ev.task_records(length, pool)
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
-                 pool: str = "search", kind: str | None = None) -> Evaluation:
-        return self.ev.evaluate(factors, length, threshold, pool, kind)
+                 pool: str = "search", kind: str | None = None, stride: int | None = None) -> Evaluation:
+        return self.ev.evaluate(factors, length, threshold, pool, kind, stride)
 
     def pid(self) -> int:
         return self._pid

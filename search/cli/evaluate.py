@@ -33,7 +33,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec.model.validate("model")  # the validators the run config uses
     spec.data.validate("data")
     spec.task.validate("objective")
-    results = run_eval(spec, lengths, methods, args.split, progress=not args.json, task=args.task)
+    results = run_eval(spec, lengths, methods, args.split, progress=not args.json, task=args.task,
+                       stride=args.stride)
     by_depth = args.depths is not None
     if args.plot:
         plot_depths(results, args.plot)
@@ -48,7 +49,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         description=cmd_eval.__doc__ + " Methods: " + known_methods() + " (ours, an export or a "
         "model's config.json: short factors up to L0, long beyond, as transformers applies them); native "
         "is the model exactly as its config defines it. Each document's first L tokens are scored in one "
-        "forward pass.")
+        "forward pass, or, with --stride S, by sliding windows.")
     e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
     e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
                    "without one (default: the model's own)")
@@ -70,6 +71,13 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "with this many depths (default: 10 depths, aggregated); --samples documents per depth")
     e.add_argument("--plot", metavar="FILE",
                    help="needle/passkey: heatmap PNG of accuracy by depth and length")
+    e.add_argument("--stride", type=int, metavar="S",
+                   help="ppl: sliding-window perplexity. Each document's first 2L - S tokens are scored, "
+                   "each once: a first window of L tokens scores all of them, then windows of L advancing "
+                   "by S score only their last S, each with at least L - S tokens of context. Costs one "
+                   "forward pass of L tokens per S scored tokens, about L/S times the default per scored "
+                   "token (ceil(L/S) passes per document). Documents must reach 2L - S tokens. --stride L "
+                   "is exactly the default (first L tokens, one pass; the default has no stride)")
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
     e.add_argument("--json", action="store_true", help='print {"method": {"length": value}} only (value: '
                    'ppl, needle ppl or accuracy; with --depths {"method": {"length": {"depth": accuracy}}})')

@@ -176,6 +176,11 @@ RUN_CASES = {
     "eval non-monotone factors file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths",
                                                           "256", "--methods", str(f / "nonmono.json")], "below λ[1]"),
     "eval bad lengths": (lambda run, f, t: ["eval", "--lengths", "1k"], "--lengths must be"),
+    "eval stride above a length": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256,128",
+                                                      "--stride", "200"], "--stride must be between 1 and"),
+    "eval stride with passkey": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
+                                                    "--stride", "64", "--task", "passkey"],
+                                 "--stride goes with --task ppl"),
 }
 
 
