@@ -1,5 +1,7 @@
 """Methods as factors: a closed-form method named in spaces.METHODS, a factors JSON file,
-or ``native`` (the model exactly as its own config defines it, transformers' rotary untouched).
+or ``native`` (the model exactly as its own config defines it, transformers' rotary untouched);
+and one method that is not factors: ``lm_infinite[:global=G,local=W]`` (objectives.lm_infinite),
+the model as trained with LM-Infinite's Λ-shaped attention, an eval-only method.
 
 A factors file in the HF form (a config.json, an export, Phi-3's three-key
 ``rope_scaling``) is applied as the deployed model applies it: the short set
@@ -22,6 +24,8 @@ from longrope.spaces import (
     method,
 )
 
+from .lm_infinite import LMInfinite, is_lm_infinite, parse, resolve
+
 NATIVE = "native"  # scores the unpatched model: its own rotary, its own rope_scaling
 
 
@@ -30,12 +34,29 @@ def is_file_method(name: str) -> bool:
 
 
 def known_methods() -> str:
-    return f"{', '.join(METHODS)}, {NATIVE}, or a factors .json file"
+    return f"{', '.join(METHODS)}, {NATIVE}, lm_infinite[:global=G,local=W], or a factors .json file"
+
+
+def split_methods(text: str) -> list[str]:
+    """A comma-separated method list, where a ``key=value`` item continues the parameterised
+    method before it: "none,lm_infinite:global=4,local=128,yarn" is three methods."""
+    out: list[str] = []
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        head = part.partition("=")[0]
+        if out and ":" in out[-1] and "=" in part and head.isidentifier():
+            out[-1] += "," + part
+        else:
+            out.append(part)
+    return out
 
 
 def check_method(name: str) -> None:
-    """Fail before any model loads: an unknown name, or a bad factors file."""
-    if is_file_method(name):
+    """Fail before any model loads: an unknown name, a bad parameter, or a bad factors file."""
+    if is_lm_infinite(name):
+        parse(name)
+    elif is_file_method(name):
         load_factors_file(name)
     elif name not in METHODS and name != NATIVE:
         raise UserError(f"unknown method {name!r}; use one of {known_methods()}")
@@ -47,10 +68,13 @@ def load_factors_file(name: str) -> RescaleFactors | DeployedFactors:
     return loaded
 
 
-def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFactors | None:
-    """The factors `name` scores `length` tokens with; None for ``native``."""
+def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFactors | LMInfinite | None:
+    """The factors `name` scores `length` tokens with; None for ``native``; an LMInfinite
+    setting (λ = 1 underneath) for ``lm_infinite``, which `Evaluator.evaluate` takes too."""
     if name == NATIVE:
         return None
+    if is_lm_infinite(name):
+        return resolve(name, geometry)
     if is_file_method(name):
         loaded = load_factors_file(name)
         f = loaded.at(length) if isinstance(loaded, DeployedFactors) else loaded

@@ -54,8 +54,8 @@ class SyntheticEvaluator:
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
                  pool: str = "search", kind: str | None = None, stride: int | None = None) -> Evaluation:
-        if factors is None:
-            raise UserError("the synthetic objective has no native rotary: give factors or a method")
+        if not isinstance(factors, RescaleFactors):
+            raise UserError("the synthetic objective scores factors only (no native rotary, no lm_infinite)")
         if stride is not None:
             raise UserError("the synthetic objective has no documents to slide a window over (--stride)")
         t0 = time.perf_counter()

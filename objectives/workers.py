@@ -3,8 +3,8 @@
 `Evaluator` runs in the calling process; `ray_evaluator_class()` wraps the same
 class as a Ray actor (the model loads in the actor's constructor, one replica
 per actor). Both expose evaluate(factors, length, threshold) -> Evaluation,
-so the search driver is indifferent to where a candidate runs. Eval alone also passes a
-stride for sliding-window perplexity.
+so the search driver is indifferent to where a candidate runs. Eval alone also passes an
+LMInfinite setting as the factors, and a stride for sliding-window perplexity.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ import numpy as np
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .data import Split, load_corpus, tokenize
+from .lm_infinite import LMInfinite
 from .perplexity import Evaluation, score, stride_span
 from .specs import ObjectiveSpec
 
@@ -78,13 +79,19 @@ class Evaluator:
             return None
         return [s.record() for s in self.needle_samples(length, pool)]
 
-    def evaluate(self, factors: RescaleFactors | None, length: int,
+    def evaluate(self, factors: RescaleFactors | LMInfinite | None, length: int,
                  threshold: float | None = None, pool: str = "search", kind: str | None = None,
                  stride: int | None = None) -> Evaluation:
-        """Score factors (None: the model's own rotary) by the task's kind, or by `kind`.
-        stride (perplexity only): sliding windows of `length` tokens advancing by `stride` over
-        each document's first 2·length - stride tokens (perplexity.stride_windows); None: each
-        document's first `length` tokens in one pass."""
+        """Score factors (None: the model's own rotary; LMInfinite: the model as trained with
+        LM-Infinite's attention) by the task's kind, or by `kind`. stride (perplexity only):
+        sliding windows of `length` tokens advancing by `stride` over each document's first
+        2·length - stride tokens (perplexity.stride_windows); None: each document's first
+        `length` tokens in one pass."""
+        if isinstance(factors, LMInfinite):
+            from .lm_infinite import active
+
+            with active(self.loaded.model, self.rotary, factors):
+                return self.evaluate(factors.factors, length, threshold, pool, kind, stride)
         if (kind or self.spec.task.kind) == "needle":
             from .needle import score_needle
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from longrope.objectives.methods import known_methods
+from longrope.objectives.methods import known_methods, split_methods
 from longrope.objectives.specs import DEVICES, DTYPES
 from longrope.spaces import UserError
 
@@ -18,7 +18,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     lengths = parse_lengths(args.lengths)
     if args.samples < 1:
         raise UserError(f"--samples must be >= 1, got {args.samples}")
-    methods = [m for m in args.methods.split(",") if m]
+    methods = split_methods(args.methods)
     if not methods:
         raise UserError("--methods is empty")
     if args.task == "ppl" and (args.depths or args.plot):
@@ -45,18 +45,24 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 def register(sub: argparse._SubParsersAction) -> None:
     e = sub.add_parser(
-        "eval", help="perplexity per method and length (none/pi/ntk/yarn/... or factors .json)",
+        "eval", help="perplexity per method and length (none/pi/ntk/yarn/lm_infinite/... or factors .json)",
         description=cmd_eval.__doc__ + " Methods: " + known_methods() + " (ours, an export or a "
         "model's config.json: short factors up to L0, long beyond, as transformers applies them); native "
-        "is the model exactly as its config defines it. Each document's first L tokens are scored in one "
-        "forward pass, or, with --stride S, by sliding windows.")
+        "is the model exactly as its config defines it. lm_infinite is LM-Infinite (Han et al. 2023), "
+        "no factors: the model as trained, each token attending to the first G tokens and to the W "
+        "most recent (itself included), the first G seen at distance at most L0 (the trained length); "
+        "lm_infinite:global=G,local=W sets them (defaults G = 10, W = L0); it equals none up to W tokens. "
+        "Each document's first L tokens are scored in one forward pass, or, with --stride S, by "
+        "sliding windows.")
     e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
     e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
                    "without one (default: the model's own)")
     e.add_argument("--data", default="builtin:sotu", help="builtin:sotu, .txt folder/file, .jsonl, .parquet")
     e.add_argument("--text-column", default="text", help="text column for jsonl/parquet/hub data")
     e.add_argument("--lengths", required=True, help="comma-separated lengths, e.g. 1024,2048")
-    e.add_argument("--methods", default="none,pi,ntk,yarn", help="comma-separated methods")
+    e.add_argument("--methods", default="none,pi,ntk,yarn",
+                   help="comma-separated methods, e.g. none,yarn,lm_infinite:global=4,local=128 (a key=value "
+                   "item continues the method before it)")
     e.add_argument("--split", choices=["heldout", "search"], default="heldout", help="document pool")
     e.add_argument("--samples", type=int, default=5, help="documents per length (default 5)")
     e.add_argument("--split-seed", type=int, default=0, help="seed of the document split")

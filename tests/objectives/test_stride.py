@@ -61,8 +61,8 @@ def spec(tiny_model_dir, text_corpus_dir):
 
 def test_eval_stride_L_equals_the_default_and_a_smaller_stride_differs(spec):
     for n in (24, 48):
-        default = run_eval(spec, [n], ["none"], "heldout", progress=False)
-        same = run_eval(spec, [n], ["none"], "heldout", progress=False,
+        default = run_eval(spec, [n], ["none", "lm_infinite:global=2,local=16"], "heldout", progress=False)
+        same = run_eval(spec, [n], ["none", "lm_infinite:global=2,local=16"], "heldout", progress=False,
                         stride=n)
         for m in default:
             a, b = default[m][n], same[m][n]
