@@ -37,6 +37,9 @@ def test_bench_quick_table_shape(tmp_path):
     assert (tmp_path / "bench.png").stat().st_size > 1000 and json.loads((tmp_path / "bench.json").read_text())
     ea = r["early_abort"]
     assert 0 <= ea["exact_ceiling"] <= ea["above_cutoff"] <= 1 and "end_to_end_synthetic" in r["scale"]
+    row = r["retrieval"]["512"]  # LongRoPE2's Table 6 rows: methods, searched on ppl and on needle
+    assert set(row) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "searched_ppl", "searched_needle"}
+    assert all(0 <= a <= 1 for v in row.values() for a in v["passkey"]) and "retrieval at 512" in table
     # --only reruns one section and keeps the rest from bench.json
     again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
     assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]

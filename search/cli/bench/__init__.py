@@ -19,12 +19,13 @@ from typing import Any
 
 from .quality import early_abort, exact_ceiling, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
+from .retrieval import retrieval
 from .timing import cost_estimate, memory, overhead_and_flops
 
 __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
 
 
-SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost")
+SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost", "retrieval")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -78,6 +79,10 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["early_abort"] = early_abort(work, budget)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
+    if "retrieval" in only:  # the needle objective against plain perplexity, LongRoPE2's Table 6
+        r["retrieval_budget"] = 12 if quick else 160
+        r["retrieval"] = retrieval(work, [512] if quick else [512, 1024, 2048], r["retrieval_budget"],
+                                   [0] if quick else [0, 1, 2])
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
 
@@ -107,5 +112,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
     b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
-                   "quality, early_abort, scale, cost); the others are kept from --out's bench.json")
+                   "quality, early_abort, scale, cost, retrieval); the others are kept from --out's "
+                   "bench.json")
     b.set_defaults(func=cmd_bench)

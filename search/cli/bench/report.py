@@ -56,6 +56,10 @@ def render(r: dict[str, Any]) -> str:
                  f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
                  f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
                  "could be saved by any exact abort")
+    if "retrieval" in r:
+        from .retrieval import render as render_retrieval
+
+        lines += render_retrieval(r["retrieval"], r.get("retrieval_budget"))
     sc = r["scale"]
     lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
         f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))
