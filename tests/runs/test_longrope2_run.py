@@ -6,13 +6,13 @@ import json
 import numpy as np
 import optuna
 import pytest
-from search_helpers import LONGROPE2, run_small
+from search_helpers import LONGROPE2, run_small, small_cfg
 
 from longrope.runs import BestRecord
 from longrope.runs.export import export
 from longrope.runs.status import render_status, stage_summaries
 from longrope.search.proposers import best_trial
-from longrope.spaces import below_critical, mscale_su
+from longrope.spaces import RescaleFactors, below_critical, mscale_su
 
 
 @pytest.fixture(scope="module")
@@ -60,3 +60,26 @@ def test_status_reports_critical_dim_mscale_and_tokens(run):
     as_json = json.loads(render_status(run, True))["stages"][0]
     assert as_json["critical_dim"] == 2 and as_json["tokens"] == long["tokens"]
     assert "critical dim 2, mscale searched" in render_status(run, False)
+
+
+@pytest.mark.parametrize("sampler", ["random", "cmaes"])
+def test_other_samplers_search_the_same_genes(tmp_path, sampler):
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.alternatives import StepParametrisation
+    from longrope.search.stages import make_stages
+
+    other, _ = run_small(tmp_path, sampler=sampler, iterations=1, space=LONGROPE2)
+    space = make_stages(small_cfg(space=LONGROPE2)[0], GEOMETRY)[0].space
+    param = StepParametrisation(space)
+    seed = space.repair(RescaleFactors((1.0, 1.0, 4.5, 5.0, 6.0, 7.0, 8.0, 9.0), mscale=1.2))
+    back = param.factors(param.params(seed))  # an enqueued seed is scored as it is
+    np.testing.assert_allclose(back.lambdas, seed.lambdas, rtol=1e-12)
+    assert back.mscale == seed.mscale
+    trials = study(other, "long-256").get_trials(deepcopy=False)
+    assert {tuple(t.params) for t in trials} == {(*(f"step_{i:03d}" for i in range(2, 8)), "n_hat", "mscale")}
+    for t in trials:
+        f = param.factors(t.params)
+        assert space.contains(f, grid=False), space.violations(f, grid=False)
+        assert f.mscale == space.snap_mscale(f.mscale)
+    assert BestRecord.load(other.best_path("long", 256)).mscale == param.factors(
+        best_trial(study(other, "long-256")).params).mscale
