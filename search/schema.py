@@ -47,7 +47,7 @@ class SearchConfig:
     iterations: int = 40  # iterations after the initial population (paper 40)
     mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
     crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
-    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1)
+    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: int = 20  # early stop: iterations without min_improvement
