@@ -93,8 +93,9 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
                     step=sp.step, n_hats=n_hats, critical_dim=c,
                     **stage_mscale(cfg, kind, s, g.original_length),
                 )
-            except UserError as e:
-                raise UserError(f"space at {kind}-{length} (s = {s:g}): {e}") from None
+            except UserError as e:  # the bounds leave no searched λ: λmax below s with a critical_dim
+                key = "space.lambda_max" if sp.lambda_max else "space.lambda_max_ratio"
+                raise UserError(f"{key} at {kind}-{length} (s = {s:g}): {e}") from None
             out.append(Stage(kind, length, space, cfg.budget(), len(out)))
     return out
 

@@ -126,3 +126,14 @@ def test_critical_dim_beyond_the_model_is_one_line_naming_the_key(tmp_path, valu
                         str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
     assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
     assert re.search(message, r.stderr) and not (tmp_path / "r").exists()
+
+
+def test_a_critical_dim_needs_searched_lambda_above_s():
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.stages import make_stages
+
+    cfg = config.from_dict({"space": {"targets": [256], "critical_dim": 3, "lambda_max": 3.5}})
+    with pytest.raises(UserError, match=r"^space.lambda_max at long-256 \(s = 4\): no λ on the 0.01 grid "
+                                        r"lies in \[4.0, 3.5\]") as e:
+        make_stages(cfg, GEOMETRY)
+    assert "\n" not in str(e.value)
