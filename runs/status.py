@@ -1,4 +1,5 @@
-"""`longrope status`: per stage evaluations, best ppl, generation, counts, ETA."""
+"""`longrope status`: per stage evaluations, best ppl, generation, counts, tokens, ETA, and the
+LongRoPE2 settings (critical dimension, searched mscale) the stage ran with."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import TYPE_CHECKING, Any
 
 from .optuna_io import study_system_attrs
 from .rundir import Run
-from .vocab import REQUEUED, SECONDS, SLOT, STAGE, STOPPED
+from .vocab import DOC_NLL, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
 
 if TYPE_CHECKING:
     import optuna
@@ -24,6 +25,27 @@ def counted_trials(study: optuna.Study) -> list[FrozenTrial]:
 def evaluations(run: Run) -> int:
     """Finished evaluations (complete, pruned or failed) over all the run's stages."""
     return sum(t.state.is_finished() for study in run.studies() for t in counted_trials(study))
+
+
+def tokens_saved(trials: list[FrozenTrial]) -> int | None:
+    """Tokens the early abort did not run: each pruned trial's unscored documents times the tokens
+    of one document. Exact only when every complete trial scored the same number of documents of
+    the same token count (each document is scored on its first L tokens); None when they differ or
+    there is no complete trial to measure a document by (0 when nothing was pruned)."""
+    from optuna.trial import TrialState
+
+    pruned = [t for t in trials if t.state == TrialState.PRUNED]
+    if not pruned:
+        return 0
+    shapes = {(len(t.user_attrs.get(DOC_NLL, [])), t.user_attrs.get(TOKENS)) for t in trials
+              if t.state == TrialState.COMPLETE}
+    if len(shapes) != 1:
+        return None
+    docs, tokens = shapes.pop()
+    if not docs or not tokens or tokens % docs:
+        return None
+    per_doc = tokens // docs
+    return sum(max(docs - len(t.user_attrs.get(DOC_NLL, [])), 0) * per_doc for t in pruned)
 
 
 def stage_summaries(run: Run) -> list[dict[str, Any]]:
@@ -50,6 +72,9 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "generation": max(gens) if gens else None,
             "running": count[TrialState.RUNNING], "waiting": count[TrialState.WAITING],
             "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
+            "tokens": sum(int(t.user_attrs.get(TOKENS, 0)) for t in trials if t.state.is_finished()),
+            "tokens_saved": tokens_saved(trials),
+            "critical_dim": info.get("critical_dim"), "mscale": info.get("mscale"),
             "done": bool(finished), "early_stopped_at": stopped,
             "eta_seconds": None if finished or per_eval is None else per_eval * max(budget - done, 0),
         })
@@ -68,7 +93,19 @@ def render_status(run: Run, as_json: bool) -> str:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min (one worker)"
                                          if s["eta_seconds"] is not None else "ETA -")
+        saved = f" (early abort saved {_count(s['tokens_saved'])})" if s["tokens_saved"] else ""
+        crit = "off" if s["critical_dim"] is None else s["critical_dim"]
+        mscale = ", mscale searched" if s["mscale"] == "search" else ""
         lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
                      f"generation {s['generation']}, running {s['running']}, pruned {s['pruned']}, "
-                     f"failed {s['failed']}, {eta}")
+                     f"failed {s['failed']}, tokens {_count(s['tokens'])}{saved}, critical dim {crit}"
+                     f"{mscale}, {eta}")
     return "\n".join(lines)
+
+
+def _count(n: int) -> str:
+    """A token count for people: 1234 -> 1.2k, 3456789 -> 3.5M."""
+    for unit, size in (("G", 1e9), ("M", 1e6), ("k", 1e3)):
+        if n >= size:
+            return f"{n / size:.1f}{unit}"
+    return str(n)

@@ -4,6 +4,9 @@ They search a monotone-by-construction parametrisation: λ_0 = 1 + step_0,
 λ_i = λ_{i-1} + step_i with steps >= 0, clipped to λmax (step_0 may span the
 whole range; later steps up to 4·(λmax − 1)/n, so a few can climb to λmax).
 n̂ is categorical. The exact seeds are enqueued first, as for the evolution.
+With a critical dimension c the steps start at λ_c = s + step_c (the pairs
+below c follow λ_c, SearchSpace.expand); a searched mscale is one more float
+parameter, snapped onto its grid.
 """
 
 from __future__ import annotations
@@ -18,29 +21,37 @@ from longrope.spaces import RescaleFactors, SearchSpace
 class StepParametrisation:
     def __init__(self, space: SearchSpace):
         self.space = space
-        n = space.n_freqs
-        span = space.lambda_max - space.lambda_min
+        self.first = space.first_searched
+        n = space.n_freqs - self.first
+        span = space.lambda_max - space.gene_min
         self.bounds = [span] + [4 * span / n] * (n - 1)
 
     def distributions(self) -> dict[str, BaseDistribution]:
         d: dict[str, BaseDistribution] = {
-            f"step_{i:03d}": FloatDistribution(0.0, max(b, 1e-9)) for i, b in enumerate(self.bounds)
+            f"step_{i:03d}": FloatDistribution(0.0, max(b, 1e-9))
+            for i, b in enumerate(self.bounds, start=self.first)
         }
         d["n_hat"] = CategoricalDistribution(self.space.n_hats)
+        if self.space.searches_mscale:
+            d["mscale"] = FloatDistribution(self.space.mscale_grid[0], self.space.mscale_grid[1])
         return d
 
     def factors(self, params: dict) -> RescaleFactors:
-        steps = np.array([params[f"step_{i:03d}"] for i in range(self.space.n_freqs)])
-        lam = np.minimum(self.space.lambda_min + np.cumsum(steps), self.space.lambda_max)
-        return RescaleFactors(tuple(lam.tolist()), n_hat=int(params["n_hat"]), mscale=self.space.mscale)
+        sp = self.space
+        steps = np.array([params[f"step_{i:03d}"] for i in range(self.first, sp.n_freqs)])
+        lam = sp.expand(np.minimum(sp.gene_min + np.cumsum(steps), sp.lambda_max))
+        mscale = sp.snap_mscale(params["mscale"]) if sp.searches_mscale else sp.mscale
+        return RescaleFactors(tuple(lam.tolist()), n_hat=int(params["n_hat"]), mscale=mscale)
 
     def params(self, f: RescaleFactors) -> dict:
-        lam = np.clip(np.maximum.accumulate(np.asarray(f.lambdas)), self.space.lambda_min,
-                      self.space.lambda_max)
-        steps = np.diff(np.concatenate([[self.space.lambda_min], lam]))
+        sp = self.space
+        lam = np.clip(np.maximum.accumulate(sp.genes(f)), sp.gene_min, sp.lambda_max)
+        steps = np.diff(np.concatenate([[sp.gene_min], lam]))
         steps = np.minimum(steps, self.bounds)
-        d = {f"step_{i:03d}": float(s) for i, s in enumerate(steps)}
-        d["n_hat"] = f.n_hat if f.n_hat in self.space.n_hats else self.space.n_hats[0]
+        d = {f"step_{i:03d}": float(s) for i, s in enumerate(steps, start=self.first)}
+        d["n_hat"] = f.n_hat if f.n_hat in sp.n_hats else sp.n_hats[0]
+        if sp.searches_mscale:
+            d["mscale"] = min(max(f.mscale, sp.mscale_grid[0]), sp.mscale_grid[1])
         return d
 
 

@@ -41,6 +41,10 @@ _CHOICES = {
 
 
 def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
+    if hint == "str | int":  # critical_dim: a word or a pair index
+        if isinstance(value, bool) or not isinstance(value, str | int):
+            raise UserError(f'{where} must be "off", "auto" or a pair index, got {value!r}')
+        return value
     if "float" in hint and "str" in hint:  # mscale: a policy name or a number
         if isinstance(value, bool) or not isinstance(value, str | int | float):
             raise UserError(f"{where} must be a policy name or a number, got {value!r}")
@@ -136,10 +140,21 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"space.step = {sp.step} must be in (0, 1]")
     if not sp.n_hat or any(n < 0 for n in sp.n_hat):
         raise UserError(f"space.n_hat must be non-empty, non-negative integers, got {sp.n_hat}")
-    if isinstance(sp.mscale, str) and sp.mscale not in MSCALE_POLICIES:
-        raise UserError(f"space.mscale = {sp.mscale!r}; use {', '.join(MSCALE_POLICIES)} or a number")
+    if isinstance(sp.mscale, str) and sp.mscale not in (*MSCALE_POLICIES, "search"):
+        raise UserError(f"space.mscale = {sp.mscale!r}; use {', '.join(MSCALE_POLICIES)}, search or a number")
     if not isinstance(sp.mscale, str) and sp.mscale <= 0:
         raise UserError(f"space.mscale = {sp.mscale} must be positive")
+    if sp.mscale_min <= 0:
+        raise UserError(f"space.mscale_min = {sp.mscale_min} must be positive")
+    if sp.mscale_min > sp.mscale_max:
+        raise UserError(f"space.mscale_min = {sp.mscale_min} exceeds space.mscale_max = {sp.mscale_max}")
+    if sp.mscale_step <= 0:
+        raise UserError(f"space.mscale_step = {sp.mscale_step} must be positive")
+    if isinstance(sp.critical_dim, str) and sp.critical_dim not in ("off", "auto"):
+        raise UserError(f'space.critical_dim = {sp.critical_dim!r}; use "off", "auto" or a pair index >= 0')
+    if isinstance(sp.critical_dim, int) and sp.critical_dim < 0:
+        raise UserError(f'space.critical_dim = {sp.critical_dim} must be >= 0 (a rotary pair index), '
+                        '"auto" or "off"')
     for key in ("population", "parents", "iterations"):
         if getattr(se, key) < (1 if key != "iterations" else 0):
             raise UserError(f"search.{key} = {getattr(se, key)} must be positive")

@@ -261,8 +261,11 @@ class Driver:
     def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
+        sp = stage.space
         study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
-                                          "budget": stage.budget, "sampler": self.cfg.search.sampler})
+                                          "budget": stage.budget, "sampler": self.cfg.search.sampler,
+                                          "critical_dim": sp.critical_dim,
+                                          "mscale": "search" if sp.searches_mscale else sp.mscale})
         self.check_samples(stage, study)
         self.active = (study, proposer)
         n = requeue_running(study, proposer)
@@ -271,8 +274,10 @@ class Driver:
         proposer.enqueue_seeds(study)
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
                    and not t.system_attrs.get(vocab.REQUEUED))
+        crit = "off" if sp.critical_dim is None else sp.critical_dim
         self.run.event(f"{stage.name}: start, {done}/{stage.budget} evaluations done, "
-                       f"λmax {stage.space.lambda_max:g}, mscale {stage.space.mscale:.4f}")
+                       f"λmax {sp.lambda_max:g}, critical dim {crit}, "
+                       f"mscale {'searched from ' if sp.searches_mscale else ''}{sp.mscale:.4f}")
         best = best_trial(study)
         bar = tqdm(total=stage.budget, initial=min(done, stage.budget), desc=stage.name, unit="eval",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True)

@@ -4,6 +4,11 @@ Both return children already repaired onto the grid, inside the bounds and
 monotone (SearchSpace.repair). `rng` is a numpy Generator, or anything with
 `random(n)`, `normal(size=n)` and `integers(n)`, so tests can script draws.
 
+The genes are the space's searched λ: all of them, or with a critical
+dimension c only λ_c.. (the pairs below c follow λ_c, SearchSpace.expand),
+plus n̂, plus mscale when the space searches it. With neither option the draws
+are exactly those of the plain search.
+
 Mutation differs on purpose from the public LongRoPE code, which draws each
 gene between its neighbours' values: there a plateau of equal λ (the 1.0 and
 s runs of a YaRN seed) can only erode at its edges. Here a selected gene moves
@@ -23,13 +28,14 @@ from longrope.spaces import RescaleFactors, SearchSpace
 
 def mutate(parent: RescaleFactors, rng, space: SearchSpace, p: float = 0.3,
            sigma: float = 0.1) -> RescaleFactors:
-    """Each gene mutates with probability p by N(0, (sigma·(λmax − λmin))²); n̂
-    moves to a neighbouring choice with probability p. Draw order is fixed:
-    n gene coins, n steps, one n̂ coin, one n̂ direction."""
-    lam = np.array(parent.lambdas, dtype=np.float64)
+    """Each gene mutates with probability p by N(0, (sigma·(λmax − gene_min))²); n̂
+    moves to a neighbouring choice with probability p; a searched mscale moves by
+    N(0, (sigma·(max − min))²) with probability p. Draw order is fixed: n gene coins,
+    n steps, one n̂ coin, one n̂ direction, then (mscale searched) one coin, one step."""
+    lam = space.genes(parent)
     n = lam.size
     coins = np.asarray(rng.random(n))
-    steps = np.asarray(rng.normal(size=n)) * sigma * (space.lambda_max - space.lambda_min)
+    steps = np.asarray(rng.normal(size=n)) * sigma * (space.lambda_max - space.gene_min)
     for i in np.flatnonzero(coins < p):
         new = lam[i] + steps[i]
         if new >= lam[i]:
@@ -42,18 +48,29 @@ def mutate(parent: RescaleFactors, rng, space: SearchSpace, p: float = 0.3,
         k = space.n_hats.index(n_hat) if n_hat in space.n_hats else 0
         k = min(max(k + (1 if direction else -1), 0), len(space.n_hats) - 1)
         n_hat = space.n_hats[k]
-    lam = np.clip(lam, space.lambda_min, space.lambda_max)  # a step may overshoot a bound
-    return space.repair(RescaleFactors(tuple(lam.tolist()), n_hat=n_hat, mscale=space.mscale))
+    mscale = parent.mscale
+    if space.searches_mscale:
+        lo, hi, _ = space.mscale_grid
+        coin, step = float(rng.random(1)[0]), float(np.asarray(rng.normal(size=1))[0])
+        if coin < p:
+            mscale = min(max(mscale + step * sigma * (hi - lo), lo), hi)
+    lam = np.clip(lam, space.gene_min, space.lambda_max)  # a step may overshoot a bound
+    return space.repair(RescaleFactors(tuple(space.expand(lam).tolist()), n_hat=n_hat, mscale=mscale))
 
 
 def crossover(a: RescaleFactors, b: RescaleFactors, rng, space: SearchSpace,
               p: float = 0.3) -> RescaleFactors:
-    """Each gene (and n̂) comes from b with probability p, else from a; the
-    result is made monotone by a running maximum. Draws: n gene coins, one n̂ coin."""
-    coins = np.asarray(rng.random(len(a.lambdas)))
-    lam = np.where(coins < p, b.lambdas, a.lambdas)
+    """Each gene (and n̂, and a searched mscale) comes from b with probability p, else
+    from a; the result is made monotone by a running maximum. Draws: n gene coins,
+    one n̂ coin, then (mscale searched) one mscale coin."""
+    ga, gb = space.genes(a), space.genes(b)
+    coins = np.asarray(rng.random(ga.size))
+    lam = np.where(coins < p, gb, ga)
     n_hat = b.n_hat if float(rng.random(1)[0]) < p else a.n_hat
-    return space.repair(RescaleFactors(tuple(lam.tolist()), n_hat=n_hat, mscale=space.mscale))
+    mscale = a.mscale
+    if space.searches_mscale and float(rng.random(1)[0]) < p:
+        mscale = b.mscale
+    return space.repair(RescaleFactors(tuple(space.expand(lam).tolist()), n_hat=n_hat, mscale=mscale))
 
 
 MAX_TRIES = 200

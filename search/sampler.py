@@ -8,6 +8,13 @@ always kept, "the best 32 of parents ∪ children" equals "the best 32 of all
 evaluated so far", so generation g is a pure function of (seed, g, evaluated
 population); worker count, arrival order and restarts cannot change it.
 
+A trial's parameters are its genes only: ``lambda_{i:03d}`` for the searched
+pairs (every pair, or from the critical dimension c on, keeping their pair
+index), ``n_hat``, and ``mscale`` when the space searches it. The pairs below c
+are not parameters: they are a pure function of λ_c and c (SearchSpace.expand),
+and c is part of the frozen config, so storing them would only add a second
+copy that could disagree; `from_params` rebuilds the full vector.
+
 All bookkeeping lives in the Optuna storage: the slot in each trial's system
 attrs (and in user attrs of a re-queued trial), the chosen parents in study
 system attrs (keys in longrope.runs.vocab). Any process can pick the search up
@@ -37,15 +44,21 @@ def param_name(i: int) -> str:
     return f"lambda_{i:03d}"
 
 
-def to_params(f: RescaleFactors) -> dict[str, float | int]:
-    d: dict[str, float | int] = {param_name(i): x for i, x in enumerate(f.lambdas)}
+def to_params(f: RescaleFactors, space: SearchSpace) -> dict[str, float | int]:
+    """The genes of f as trial parameters (see the module docstring)."""
+    c = space.first_searched
+    d: dict[str, float | int] = {param_name(i): f.lambdas[i] for i in range(c, len(f.lambdas))}
     d["n_hat"] = f.n_hat
+    if space.searches_mscale:
+        d["mscale"] = f.mscale
     return d
 
 
-def from_params(params: dict, n: int, mscale: float) -> RescaleFactors:
-    return RescaleFactors(tuple(float(params[param_name(i)]) for i in range(n)),
-                          n_hat=int(params["n_hat"]), mscale=mscale)
+def from_params(params: dict, space: SearchSpace) -> RescaleFactors:
+    """The candidate a trial's parameters stand for: its genes, expanded to every pair."""
+    genes = [float(params[param_name(i)]) for i in range(space.first_searched, space.n_freqs)]
+    mscale = float(params["mscale"]) if space.searches_mscale else space.mscale
+    return RescaleFactors(tuple(space.expand(genes).tolist()), n_hat=int(params["n_hat"]), mscale=mscale)
 
 
 def owns_slot(t: FrozenTrial) -> bool:
@@ -169,10 +182,11 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
             if not par:
                 raise UserError(no_parents_message(self.owned(study), g))
             earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
-            seen = {self.space.key(from_params(t.params, n, self.space.mscale)) for t in earlier
-                    if len(t.params) == n + 1}
+            n_params = len(self.distributions())
+            seen = {self.space.key(from_params(t.params, self.space)) for t in earlier
+                    if len(t.params) == n_params}
             out = next_generation(
-                [from_params(t.params, n, self.space.mscale) for t in par], rng, self.space,
+                [from_params(t.params, self.space) for t in par], rng, self.space,
                 self.mutants, self.crossovers, self.p_mut, self.p_cross, self.sigma, seen,
             )
             set_study_system_attr(study, parents_key(g), [t.number for t in par])
@@ -181,11 +195,14 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
 
     # -- Optuna sampler interface ------------------------------------------------
     def distributions(self) -> dict[str, BaseDistribution]:
+        sp = self.space
         d: dict[str, BaseDistribution] = {
-            param_name(i): FloatDistribution(self.space.lambda_min, self.space.lambda_max)
-            for i in range(self.space.n_freqs)
+            param_name(i): FloatDistribution(sp.gene_min, sp.lambda_max)
+            for i in range(sp.first_searched, sp.n_freqs)
         }
-        d["n_hat"] = CategoricalDistribution(self.space.n_hats)
+        d["n_hat"] = CategoricalDistribution(sp.n_hats)
+        if sp.searches_mscale:
+            d["mscale"] = FloatDistribution(sp.mscale_grid[0], sp.mscale_grid[1])
         return d
 
     def infer_relative_search_space(self, study, trial) -> dict[str, BaseDistribution]:
@@ -199,12 +216,11 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
 
     def sample_relative(self, study, trial: FrozenTrial, search_space) -> dict:
         g, j = self._slots.get(trial_id(trial)) or tuple(trial.system_attrs[SLOT])
-        return to_params(self.generation(study, g)[j])
+        return to_params(self.generation(study, g)[j], self.space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
         raise RuntimeError(f"LongRoPESampler samples every parameter jointly; got {param_name!r} "
                            "outside its search space")
 
     def factors(self, trial: FrozenTrial | optuna.Trial) -> RescaleFactors:
-        params = trial.params
-        return from_params(params, self.space.n_freqs, self.space.mscale)
+        return from_params(trial.params, self.space)

@@ -26,7 +26,13 @@ class SpaceConfig:
     lambda_max: float = 0.0  # fixed λmax instead of ratio·s; 0 = use the ratio
     step: float = 0.01  # λ grid (paper 0.01)
     n_hat: list[int] = field(default_factory=lambda: list(N_HAT_PAPER))  # allowed n̂
-    mscale: str | float = "su"  # su | yarn | none | a fixed float
+    mscale: str | float = "su"  # su | yarn | none | search (one more gene, below) | a fixed float
+    mscale_min: float = 1.0  # mscale = "search": lowest attention scale
+    mscale_max: float = 1.5  # mscale = "search": highest (su stays below it while s <= L0^1.25)
+    mscale_step: float = 0.0001  # mscale = "search": its grid (LongRoPE2's mscale search: 1e-4)
+    # LongRoPE2 critical dimension: off | auto = ⌈(d/2)·log_θ(L0/2π)⌉ − 1 | a pair index c;
+    # pairs below c follow λ_c^(i/c) (NTK anchored at c), pairs from c on are searched with λ >= s
+    critical_dim: str | int = "off"
     deployable: bool = False  # fix n̂ = 0 (transformers and vLLM have no n̂)
 
 
@@ -41,7 +47,7 @@ class SearchConfig:
     iterations: int = 40  # iterations after the initial population (paper 40)
     mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
     crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
-    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1)
+    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: int = 20  # early stop: iterations without min_improvement

@@ -1,6 +1,7 @@
 """What can be searched: RoPE geometry, rescale-factor values, the search space
-(bounds, grid, monotonicity, n̂ set), the closed-form methods (PI, NTK,
-YaRN, dynamic NTK, Llama 3), and the one table of admitted model architectures.
+(bounds, grid, monotonicity, n̂ set, LongRoPE2's critical dimension and searched
+mscale), the closed-form methods (PI, NTK, YaRN, dynamic NTK, Llama 3), and the
+one table of admitted model architectures.
 Pure numerics and data: imports nothing else of ours."""
 
 from .architectures import ARCHITECTURES, NO_ROPE, Architecture, architecture, architecture_of
@@ -18,7 +19,7 @@ from .factors import (
 )
 from .geometry import RopeGeometry
 from .methods import METHODS, REFERENCE_METHODS, method
-from .space import N_HAT_PAPER, SearchSpace
+from .space import N_HAT_PAPER, SearchSpace, below_critical
 
 __all__ = [
     "ARCHITECTURES",
@@ -35,6 +36,7 @@ __all__ = [
     "UserError",
     "architecture",
     "architecture_of",
+    "below_critical",
     "check_usable",
     "hf_attention_factor",
     "load_factors",

@@ -12,6 +12,7 @@ types are admitted, and their default θ, is the table in architectures.py.
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -57,6 +58,19 @@ class RopeGeometry:
     def scale(self, target_length: int) -> float:
         """s = L / L0."""
         return target_length / self.original_length
+
+    def critical_dim(self) -> int:
+        """LongRoPE2's theoretical critical dimension as a 0-based rotary pair index (Shang et al.
+        2025, arXiv 2502.20082: d_tcd = 2⌈(d/2)·log_θ(L0 / 2π)⌉ dimensions):
+
+            c = ⌈x⌉ − 1,   x = (d/2)·log_θ(L0 / 2π).
+
+        Pair i turns with period 2π·θ^(2i/d), which fits inside L0 exactly when i <= x; so (for
+        a non-integer x) c is the last pair that completes a full period within the trained
+        length, and pairs above it never saw one. By hand: Llama-2 7B (d 128, θ 10^4, L0 4096)
+        x = 45.03, c = 45; LLaMA3-8B (θ 5·10^5, L0 8192) x = 34.98, c = 34. Never below 0."""
+        x = self.n_freqs * math.log(self.original_length / (2 * math.pi)) / math.log(self.base)
+        return max(math.ceil(x) - 1, 0)
 
     def to_dict(self) -> dict[str, Any]:
         return {

@@ -50,7 +50,9 @@ def pi(g: RopeGeometry, target_length: int) -> RescaleFactors:
 
 def ntk(g: RopeGeometry, target_length: int) -> RescaleFactors:
     """NTK-aware base change, base' = base·s^(d/(d-2)), so λ_i = s^(2i/(d-2)).
-    Equals HF 'dynamic' with factor 1 evaluated at the target length."""
+    Equals HF 'dynamic' with factor 1 evaluated at the target length. Geometric in i, so below
+    any critical dimension c it is exactly space.below_critical(λ_c, c): the rule LongRoPE2
+    applies to the pairs it does not search."""
     return _from_inv(g, _ntk_base(g, g.scale(target_length)), 1.0, "ntk")
 
 

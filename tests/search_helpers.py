@@ -7,12 +7,16 @@ from longrope.runs.vocab import REQUEUED, SLOT
 from longrope.search import config
 from longrope.search.driver import Driver
 
+# LongRoPE2's options on the synthetic model: critical dimension pair 2, mscale searched, λ <= 2.5 s
+LONGROPE2 = 'critical_dim = "auto"\nmscale = "search"\nlambda_max_ratio = 2.5'
+
 SMALL = """
 [model]
 path = "{model}"
 [space]
 targets = [256]
 short = {short}
+{space}
 [search]
 population = 12
 parents = 6
@@ -31,9 +35,10 @@ num_gpus = {num_gpus}
 
 
 def small_cfg(model="synthetic", short="[]", iterations=4, seed=0, sampler="longrope",
-              backend="inprocess", count=1, num_gpus=0.0):
+              backend="inprocess", count=1, num_gpus=0.0, space=""):
+    """`space`: extra lines for the [space] section (e.g. LongRoPE2's options)."""
     text = SMALL.format(model=model, short=short, iterations=iterations, seed=seed, sampler=sampler,
-                        backend=backend, count=count, num_gpus=num_gpus)
+                        backend=backend, count=count, num_gpus=num_gpus, space=space)
     import tomllib
 
     return config.from_dict(tomllib.loads(text)), text

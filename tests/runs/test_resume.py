@@ -9,7 +9,7 @@ import time
 
 import numpy as np
 import pytest
-from search_helpers import small_cfg, trajectory
+from search_helpers import LONGROPE2, small_cfg, trajectory
 
 from longrope.runs import Run
 from longrope.search import config
@@ -95,6 +95,18 @@ def test_repeated_kill_9_resume_equals_uninterrupted(tmp_path):
     assert best["lambdas"] == ref_best["lambdas"] and best["n_hat"] == ref_best["n_hat"]
     assert "re-queued" in (run.path / "events.log").read_text()
     assert not (run.path / "run.lock").exists()
+
+
+def test_kill_9_resume_with_critical_dim_and_searched_mscale_equals_uninterrupted(tmp_path):
+    text, ref, ref_best = reference_run(tmp_path, model="synthetic:0.004", short="[32]", iterations=4,
+                                        space=LONGROPE2)
+    run, kills = kill_and_resume(tmp_path, text, kills=3, after_lines=(5, 80), seed=2)
+    assert kills >= 2
+    got = trajectory(run)
+    assert got == ref and all(dict(r[1])["mscale"] for r in got["long-256"])
+    best = json.loads(run.best_path("long", 256).read_text())
+    assert (best["lambdas"], best["n_hat"], best["mscale"]) == (ref_best["lambdas"], ref_best["n_hat"],
+                                                                ref_best["mscale"])
 
 
 def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):

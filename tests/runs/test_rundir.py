@@ -92,5 +92,8 @@ def test_status_json_has_the_stages(tmp_path):
     for s in stages:
         assert {"name", "target", "evals", "budget", "best_ppl", "done"} <= set(s)
         assert s["evals"] == s["budget"] == 36 and s["done"] and s["best_ppl"] > 1
+        assert s["critical_dim"] is None and s["pruned"] == 0 and s["tokens_saved"] == 0
+    assert stages[0]["tokens"] == 36 * 5 * 256 and stages[1]["tokens"] == 36 * 5 * 32  # synthetic: 5 docs of L
     text = longrope("status", str(run.path)).stdout
     assert "long-256: 36/36 evals" in text and "done" in text
+    assert "tokens 46.1k, critical dim off" in text

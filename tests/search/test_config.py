@@ -1,3 +1,4 @@
+import re
 import subprocess
 import sys
 import tomllib
@@ -42,11 +43,20 @@ def test_example_equals_defaults_and_round_trips():
         ("[workers]\ncount = 0", "workers.count = 0 must be >= 1"),
         ("[search]\nmutation_prob = 1.5", r"search.mutation_prob = 1.5 must be in \[0, 1\]"),
         ("[space]\nn_hat = [0, -4]", "space.n_hat must be non-empty, non-negative"),
+        ("[space]\ncritical_dim = -1", "space.critical_dim = -1 must be >= 0"),
+        ("[space]\ncritical_dim = 'sometimes'", "space.critical_dim = 'sometimes'; use \"off\", \"auto\""),
+        ("[space]\ncritical_dim = true", "space.critical_dim must be \"off\", \"auto\" or a pair index"),
+        ("[space]\ncritical_dim = 1.5", "space.critical_dim must be \"off\", \"auto\" or a pair index"),
+        ("[space]\nmscale = 'searched'", "space.mscale = 'searched'; use su, yarn, none, search or a number"),
+        ("[space]\nmscale_min = 1.6", "space.mscale_min = 1.6 exceeds space.mscale_max = 1.5"),
+        ("[space]\nmscale_min = 0", "space.mscale_min = 0.0 must be positive"),
+        ("[space]\nmscale_step = 0", "space.mscale_step = 0.0 must be positive"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):
-    with pytest.raises(UserError, match=message):
+    with pytest.raises(UserError, match=message) as e:
         load_text(tmp_path, text)
+    assert "\n" not in str(e.value)
 
 
 def test_floats_accept_ints_and_mscale_accepts_number(tmp_path):
@@ -82,3 +92,48 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
     assert "search.seed must be int" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_critical_dim_and_searched_mscale_per_stage():
+    """auto resolves from the model (the synthetic geometry: d 16, θ 10^4, L0 64 -> pair 2); a
+    searched mscale starts long stages at su on its grid, short stages keep 1."""
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.stages import initial_factors, make_stages
+    from longrope.spaces import mscale_su
+
+    cfg = config.from_dict({"model": {"path": "synthetic"}, "space": {
+        "targets": [256], "short": [32], "critical_dim": "auto", "mscale": "search", "lambda_max_ratio": 2.5}})
+    long, short = make_stages(cfg, GEOMETRY)
+    assert long.space.critical_dim == short.space.critical_dim == 2
+    assert long.space.gene_min == 4.0 and long.space.lambda_max == 10.0
+    assert long.space.mscale_grid == (1.0, 1.5, 0.0001) and long.space.mscale == round(mscale_su(4, 64), 4)
+    assert not short.space.searches_mscale and short.space.mscale == 1.0
+    seeds = initial_factors(cfg, long, GEOMETRY, None)
+    assert {f.mscale for f in seeds} == {long.space.mscale}
+    assert config.from_dict({"space": {"critical_dim": 5}}).space.critical_dim == 5
+    off = make_stages(config.from_dict({"space": {"targets": [256]}}), GEOMETRY)[0].space
+    assert off.critical_dim is None and not off.searches_mscale
+
+
+@pytest.mark.parametrize("value, message", [
+    (8, r"space.critical_dim = 8 is not below the model's 8 rotary frequencies \(d/2; pairs 0..7\)"),
+    (100, "space.critical_dim = 100 is not below"),
+])
+def test_critical_dim_beyond_the_model_is_one_line_naming_the_key(tmp_path, value, message):
+    p = tmp_path / "run.toml"
+    p.write_text(f'[model]\npath = "synthetic"\n[space]\ntargets = [256]\ncritical_dim = {value}\n')
+    r = subprocess.run([sys.executable, "-m", "longrope.search", "search", str(p), "--run-dir",
+                        str(tmp_path / "r"), "--quiet"], capture_output=True, text=True)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, r.stderr
+    assert re.search(message, r.stderr) and not (tmp_path / "r").exists()
+
+
+def test_a_critical_dim_needs_searched_lambda_above_s():
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.stages import make_stages
+
+    cfg = config.from_dict({"space": {"targets": [256], "critical_dim": 3, "lambda_max": 3.5}})
+    with pytest.raises(UserError, match=r"^space.lambda_max at long-256 \(s = 4\): no λ on the 0.01 grid "
+                                        r"lies in \[4.0, 3.5\]") as e:
+        make_stages(cfg, GEOMETRY)
+    assert "\n" not in str(e.value)

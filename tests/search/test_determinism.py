@@ -1,12 +1,14 @@
 """Same seed, same trajectory: backends, worker counts, arrival order."""
 
+import hashlib
+import json
 import os
 import signal
 import threading
 
 import numpy as np
 import pytest
-from search_helpers import run_small, small_cfg, trajectory
+from search_helpers import LONGROPE2, run_small, small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.synthetic import SyntheticEvaluator
@@ -50,6 +52,32 @@ class ShuffledBackend:
 def reference(tmp_path_factory):
     run, _ = run_small(tmp_path_factory.mktemp("ref"), short="[32]")
     return trajectory(run)
+
+
+def digest(traj) -> str:
+    """sha256 of a trajectory, numbers to 10 digits (robust to the last bits of a libm)."""
+    rows = {k: [[list(slot), [[n, round(v, 10)] for n, v in params], state, None if v is None else round(v, 10)]
+                for slot, params, state, v in rows] for k, rows in traj.items()}
+    return hashlib.sha256(json.dumps(rows, sort_keys=True).encode()).hexdigest()
+
+
+# The reference run's digest as computed before space.critical_dim and a searched mscale existed
+# (main at 01d14e4): with both off ("off", "su") the search is the same, candidate for candidate.
+BEFORE_LONGROPE2 = "6c538f97e597ea1e581fc536b79e01ce6d419feab7e36f8753962e4f1dd7bd95"
+
+
+def test_longrope2_options_off_leave_the_trajectory_unchanged(reference):
+    assert digest(reference) == BEFORE_LONGROPE2
+
+
+def test_longrope2_options_same_trajectory_in_any_arrival_order(tmp_path):
+    ref, _ = run_small(tmp_path, name="ref", short="[32]", space=LONGROPE2)
+    shuffled, _ = run_small(tmp_path, name="shuffled", backend_obj=ShuffledBackend(0), short="[32]",
+                            space=LONGROPE2)
+    assert trajectory(shuffled) == trajectory(ref)
+    assert "mscale" in dict(trajectory(ref)["long-256"][0][1])
+    other, _ = run_small(tmp_path, name="seed1", seed=1, space=LONGROPE2)
+    assert trajectory(other)["long-256"] != trajectory(ref)["long-256"]
 
 
 def test_same_seed_same_trajectory_and_seed_matters(tmp_path, reference):

@@ -9,6 +9,7 @@ import optuna
 from search_helpers import small_cfg, trajectory
 
 from longrope.runs import Run
+from longrope.runs.status import render_status, stage_summaries
 from longrope.search import config
 from longrope.search.driver import Driver
 from longrope.search.proposers import study_system_attrs
@@ -48,6 +49,13 @@ def test_early_abort_prunes_but_changes_no_parent_and_no_best(tmp_path):
     tokens = [sum(t.user_attrs["tokens"] for t in optuna.load_study(study_name="long-256", storage=r.storage())
                   .get_trials(deepcopy=False) if "tokens" in t.user_attrs) for r in (on, off)]
     assert tokens[0] < tokens[1]
+    # status: tokens run, and the saving computed from the pruned trials' unscored documents alone
+    # equals what scoring them fully cost in the run without early abort (the same candidates)
+    summary = [stage_summaries(r)[0] for r in (on, off)]
+    assert [s["tokens"] for s in summary] == tokens
+    assert summary[0]["tokens_saved"] == tokens[1] - tokens[0] and summary[1]["tokens_saved"] == 0
+    assert summary[0]["pruned"] == sum(r[2] == "PRUNED" for r in rows_on)
+    assert "early abort saved" in render_status(on, False) and "saved" not in render_status(off, False)
 
 
 def test_kill_9_and_resume_with_pruning_equals_uninterrupted(tmp_path):
