@@ -142,7 +142,7 @@ def make_samples(builder: NeedleBuilder, docs: list[np.ndarray], length: int, co
 
 
 def score_needle(model: Any, rotary: Any, factors: Any, samples: list[NeedleSample],
-                 threshold: float | None = None) -> Any:
+                 threshold: Any = None) -> Any:
     """A candidate's needle perplexity exp(mean answer NLL) over `samples`, with the exact early
     abort of document perplexity (answer NLLs are >= 0 too); extra["passkey"] is the fraction
     of samples whose key greedy decoding retrieves, extra["by_depth"] that fraction per depth."""

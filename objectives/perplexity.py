@@ -7,10 +7,10 @@ decoder, the head and the model's own logit post-processing (Granite divides
 by logits_scaling, Cohere multiplies by logit_scale) come from the table in
 longrope.spaces.architectures, and run on each chunk in float32.
 
-Early abort is exact, not a heuristic: token NLLs are >= 0, so after k of n
-documents the final mean is at least (sum of the k document NLLs) / n. Once
-that bound exceeds ln(threshold) the candidate cannot score under the
-threshold (the worst surviving parent), and it is recorded as pruned.
+Scoring stops early when the candidate's Cutoff says so (pruning.py): the
+exact bound (token NLLs are >= 0, so after k of n documents the final mean is
+at least their sum / n) or, with the Wilcoxon rule, a paired test against the
+worst surviving parent. A stopped candidate is recorded as pruned.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from typing import Any
 import numpy as np
 
 from longrope.spaces import Architecture, RescaleFactors, architecture_of
+
+from .pruning import Cutoff, as_cutoff
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
 
@@ -123,14 +125,14 @@ def score(
     rotary: Any,
     factors: RescaleFactors | None,
     docs: list[np.ndarray],
-    threshold: float | None = None,
+    threshold: float | Cutoff | None = None,
     chunk: int = 1024,
     stride: int | None = None,
     window: int | None = None,
 ) -> Evaluation:
     """Score a candidate on `docs` (each already cut to the target length): document perplexity.
 
-    threshold: a perplexity; stop once the candidate provably cannot get under it.
+    threshold: the Cutoff to stop at (pruning.py), or a bare ppl for the exact bound.
     factors None: the model's own rotary (eval's ``native``).
     stride: sliding windows of `window` tokens (the target length) advancing by `stride` over
     each document (cut to stride_span(window, stride) tokens); None: one pass over each.
@@ -148,19 +150,20 @@ def score(
 
 
 def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length: int,
-                threshold: float | None, what: str, measure) -> Evaluation:
+                threshold: float | Cutoff | None, what: str, measure) -> Evaluation:
     """The scoring loop every objective shares: ``measure(item) -> (nll, side, tokens)`` per
     item (a document, a needle sample), ppl = exp(mean nll), and the exact early abort.
 
-    Exact, not a heuristic: NLLs are >= 0, so after k of n items the final mean is at least
-    (sum of the k NLLs) / n; once that bound exceeds ln(threshold) the candidate cannot
-    score under the threshold (the worst surviving parent), and it is recorded as pruned.
+    threshold: a Cutoff (pruning.py: the exact bound, or the exact bound and a Wilcoxon test
+    against the worst parent), or a bare ppl for the exact bound; a candidate stopped by it is
+    recorded as pruned, its score the exact lower bound.
     The side values (tail NLL, exact match) come back in extra["side"] for a complete score.
     """
     t0 = time.perf_counter()
     rotary.set_factors(factors)
     n = len(items)
-    log_thr = math.log(threshold) if threshold is not None and math.isfinite(threshold) else None
+    cut = as_cutoff(threshold)
+    watch = cut.watch(n) if cut is not None else None
     nlls: list[float] = []
     side: list[Any] = []
     tokens = 0
@@ -172,11 +175,9 @@ def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length
                               time.perf_counter() - t0, reason=f"NLL is {v} on {what[:-1]} {i}")
         nlls.append(v)
         side.append(extra)
-        bound = sum(nlls) / n
-        if log_thr is not None and i < n - 1 and bound > log_thr:
-            return Evaluation(factors, length, PRUNED, math.exp(bound), tuple(nlls), tokens,
-                              time.perf_counter() - t0,
-                              reason=f"lower bound {math.exp(bound):.4f} > threshold {threshold:.4f} "
-                                     f"after {i + 1}/{n} {what}")
+        why = watch.step(v) if watch is not None else None
+        if why is not None:
+            return Evaluation(factors, length, PRUNED, watch.bound, tuple(nlls), tokens,
+                              time.perf_counter() - t0, reason=f"{why} {what}")
     return Evaluation(factors, length, COMPLETE, math.exp(sum(nlls) / n), tuple(nlls), tokens,
                       time.perf_counter() - t0, extra={"side": side})

@@ -17,6 +17,7 @@ import numpy as np
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .perplexity import COMPLETE, FAILED, PRUNED, Evaluation
+from .pruning import as_cutoff
 
 GEOMETRY = RopeGeometry(rotary_dim=16, base=10000.0, original_length=64, model_type="synthetic")
 DOCS = 5
@@ -66,15 +67,16 @@ class SyntheticEvaluator:
         err = float(np.mean((lam - self.target_curve(length)) ** 2))
         base = 2.0 + err + 0.02 * abs(math.log2(factors.n_hat + 1) - 2) + (0.0 if pool == "search" else 0.01)
         nlls: list[float] = []
-        log_thr = math.log(threshold) if threshold is not None and math.isfinite(threshold) else None
+        cut = as_cutoff(threshold)
+        watch = cut.watch(DOCS) if cut is not None else None
         for d in range(DOCS):
             if self.cost:
                 time.sleep(self.cost)
             nlls.append(base * (0.9 + 0.05 * d))
-            bound = sum(nlls) / DOCS
-            if log_thr is not None and d < DOCS - 1 and bound > log_thr:
-                return Evaluation(factors, length, PRUNED, math.exp(bound), tuple(nlls), length * (d + 1),
-                                  time.perf_counter() - t0, reason="lower bound above threshold")
+            why = watch.step(nlls[-1]) if watch is not None else None
+            if why is not None:
+                return Evaluation(factors, length, PRUNED, watch.bound, tuple(nlls), length * (d + 1),
+                                  time.perf_counter() - t0, reason=f"{why} documents")
         return Evaluation(factors, length, COMPLETE, math.exp(sum(nlls) / DOCS), tuple(nlls),
                           length * DOCS, time.perf_counter() - t0, extra={"tail_ppl": math.exp(base)})
 

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from longrope.objectives.perplexity import FAILED, Evaluation
+from longrope.objectives.pruning import Cutoff
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -26,7 +27,7 @@ class Job:
     key: int
     factors: RescaleFactors
     length: int
-    threshold: float | None
+    threshold: Cutoff | None  # when to stop scoring (objectives/pruning.py)
 
 
 class InProcessBackend:

@@ -18,6 +18,7 @@ import tomllib
 from pathlib import Path
 from typing import Any
 
+from longrope.objectives.pruning import PRUNERS
 from longrope.spaces import METHODS, MSCALE_POLICIES, UserError, read_text
 
 from .proposers import SAMPLERS
@@ -36,6 +37,7 @@ NOT_DEFINING = {
 
 _CHOICES = {
     "search.sampler": set(SAMPLERS),
+    "search.pruner": set(PRUNERS),
     "workers.backend": {"inprocess", "ray"},
 }
 
@@ -77,8 +79,10 @@ def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
     return value
 
 
-# Keys renamed since a run's config.toml may have been frozen: (section, old) -> new.
-RENAMED = {("search", "seeds"): "methods"}
+# Keys renamed since a run's config.toml may have been frozen: (section, old) -> new, or
+# (new, how the old value reads in the new key).
+RENAMED = {("search", "seeds"): "methods",
+           ("search", "early_abort"): ("pruner", lambda on: "exact" if on else "none")}
 
 
 def _current_names(data: dict[str, Any]) -> dict[str, Any]:
@@ -86,9 +90,14 @@ def _current_names(data: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for section, table in data.items():
         if isinstance(table, dict):
-            table = {RENAMED.get((section, k), k): v for k, v in table.items()}
+            table = dict(_renamed(section, k, v) for k, v in table.items())
         out[section] = table
     return out
+
+
+def _renamed(section: str, key: str, value: Any) -> tuple[str, Any]:
+    new = RENAMED.get((section, key), key)
+    return (new[0], new[1](value)) if isinstance(new, tuple) else (new, value)
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -177,6 +186,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"search.patience = {se.patience} must be >= 0")
     if se.min_improvement < 0:
         raise UserError(f"search.min_improvement = {se.min_improvement} must be >= 0")
+    if not 0 < se.pruner_p < 1:
+        raise UserError(f"search.pruner_p = {se.pruner_p} must be in (0, 1)")
     if se.storage:
         _check_storage_url(se.storage)
     if wk.count < 1:

@@ -16,8 +16,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
+from longrope.objectives.pruning import Cutoff
 from longrope.runs.optuna_io import frozen_trial, set_study_system_attr, study_system_attrs
-from longrope.runs.vocab import REQUEUED, SLOT, STOPPED
+from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import StepParametrisation, make_sampler
@@ -56,8 +57,8 @@ class Proposer(Protocol):
         """Did the stage stop early (before its budget)?"""
         ...
 
-    def threshold(self, study: optuna.Study, trial: FrozenTrial) -> float | None:
-        """The early-abort cut-off in ppl for this trial (stored form, after ask); None: score fully."""
+    def threshold(self, study: optuna.Study, trial: FrozenTrial) -> Cutoff | None:
+        """When to stop scoring this trial (stored form, after ask); None: score fully."""
         ...
 
     def factors(self, trial: optuna.Trial | FrozenTrial) -> RescaleFactors:
@@ -86,8 +87,8 @@ class GAProposer:
         )
         self.budget = stage.budget
         self.patience, self.min_improvement = se.patience, se.min_improvement
-        self.early_abort = se.early_abort
-        self._thresholds: dict[int, float | None] = {}
+        self.pruner, self.pruner_p = se.pruner, se.pruner_p
+        self._thresholds: dict[int, Cutoff | None] = {}
 
     def distributions(self):
         return self.sampler.distributions()
@@ -117,12 +118,14 @@ class GAProposer:
             return False
         return True
 
-    def threshold(self, study: optuna.Study, trial) -> float | None:
+    def threshold(self, study: optuna.Study, trial) -> Cutoff | None:
         g = trial.system_attrs[SLOT][0]  # a FrozenTrial, read after before_trial set the slot
-        if not self.early_abort:
+        if self.pruner == "none":
             return None
         if g not in self._thresholds:
-            self._thresholds[g] = self.sampler.threshold(study, g)
+            worst = self.sampler.cutoff_parent(study, g)
+            self._thresholds[g] = None if worst is None else Cutoff(
+                worst.value, self.pruner, tuple(worst.user_attrs.get(DOC_NLL, ())), self.pruner_p)
         return self._thresholds[g]
 
     def factors(self, trial) -> RescaleFactors:
@@ -164,7 +167,7 @@ class OptunaProposer:
     def stopped(self, study) -> bool:
         return False
 
-    def threshold(self, study, trial) -> float | None:
+    def threshold(self, study, trial) -> Cutoff | None:
         return None
 
     def factors(self, trial) -> RescaleFactors:

@@ -149,12 +149,17 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
         done.sort(key=lambda t: (t.value, tuple(t.system_attrs[SLOT])))
         return done[: self.n_parents]
 
-    def threshold(self, study: optuna.Study, g: int) -> float | None:
-        """Early-abort cut-off for generation g: the worst parent's ppl, once there are enough."""
+    def cutoff_parent(self, study: optuna.Study, g: int) -> FrozenTrial | None:
+        """Generation g's pruning cut-off: its worst parent, once there are enough parents."""
         if g == 0:
             return None
         par = self.parents(study, g)
-        return par[-1].value if len(par) == self.n_parents else None
+        return par[-1] if len(par) == self.n_parents else None
+
+    def threshold(self, study: optuna.Study, g: int) -> float | None:
+        """The cut-off parent's ppl (None before there is one)."""
+        worst = self.cutoff_parent(study, g)
+        return None if worst is None else worst.value
 
     def generation(self, study: optuna.Study, g: int) -> list[RescaleFactors]:
         if g in self._children:

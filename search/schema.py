@@ -53,7 +53,10 @@ class SearchConfig:
     patience: int = 20  # early stop: iterations without min_improvement
     min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
     max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
-    early_abort: bool = True  # stop scoring a candidate that cannot become a parent
+    # stop scoring a candidate that cannot become a parent (objectives/pruning.py): none |
+    # exact (a bound; never changes the result) | wilcoxon (exact + a paired signed-rank test)
+    pruner: str = "exact"
+    pruner_p: float = 0.1  # wilcoxon: prune when p < this (Optuna's WilcoxonPruner default 0.1)
     storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
 
 

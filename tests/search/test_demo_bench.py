@@ -40,6 +40,8 @@ def test_bench_quick_table_shape(tmp_path):
     row = r["retrieval"]["512"]  # LongRoPE2's Table 6 rows: methods, searched on ppl and on needle
     assert set(row) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "searched_ppl", "searched_needle"}
     assert all(0 <= a <= 1 for v in row.values() for a in v["passkey"]) and "retrieval at 512" in table
+    pr = r["pruning"]  # the pruners side by side: none is its own reference, exact keeps the best
+    assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
     # --only reruns one section and keeps the rest from bench.json
     again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
     assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]

@@ -1,11 +1,13 @@
 """The exact early abort changes what a search costs, never what it finds: on a configuration
 that really prunes, the same parents every generation and the same best, with or without it,
-and after kill -9 and resume."""
+and after kill -9 and resume. The Wilcoxon pruner too, on the synthetic objective (whose
+per-document NLLs all move together, so the test is never wrong about a worse candidate)."""
 
 import json
 import tomllib
 
 import optuna
+import pytest
 from search_helpers import small_cfg, trajectory
 
 from longrope.runs import Run
@@ -18,9 +20,9 @@ from longrope.search.proposers import study_system_attrs
 PRUNING = "[search]\nsigma = 1.0\nmutation_prob = 0.6\n"
 
 
-def pruning_text(early_abort: bool) -> str:
+def pruning_text(pruner: str) -> str:
     text = small_cfg(iterations=6)[1].replace("[search]\n", PRUNING)
-    return text.replace("[search]\n", f"[search]\nearly_abort = {str(early_abort).lower()}\n")
+    return text.replace("[search]\n", f'[search]\npruner = "{pruner}"\n')
 
 
 def parents_by_generation(run: Run) -> dict[int, list[tuple]]:
@@ -39,7 +41,7 @@ def search(tmp_path, name, text):
 
 
 def test_early_abort_prunes_but_changes_no_parent_and_no_best(tmp_path):
-    on, off = search(tmp_path, "on", pruning_text(True)), search(tmp_path, "off", pruning_text(False))
+    on, off = search(tmp_path, "on", pruning_text("exact")), search(tmp_path, "off", pruning_text("none"))
     rows_on, rows_off = trajectory(on)["long-256"], trajectory(off)["long-256"]
     assert sum(r[2] == "PRUNED" for r in rows_on) >= 3 and not any(r[2] == "PRUNED" for r in rows_off)
     assert [r[:2] for r in rows_on] == [r[:2] for r in rows_off]  # the same candidates, slot by slot
@@ -58,7 +60,29 @@ def test_early_abort_prunes_but_changes_no_parent_and_no_best(tmp_path):
     assert "early abort saved" in render_status(on, False) and "saved" not in render_status(off, False)
 
 
-def test_kill_9_and_resume_with_pruning_equals_uninterrupted(tmp_path):
+def test_wilcoxon_prunes_more_than_exact_and_keeps_every_parent_and_the_best(tmp_path):
+    runs = {p: search(tmp_path, p, pruning_text(p)) for p in ("none", "exact", "wilcoxon")}
+    rows = {p: trajectory(r)["long-256"] for p, r in runs.items()}
+    assert [r[:2] for r in rows["wilcoxon"]] == [r[:2] for r in rows["none"]]
+    assert parents_by_generation(runs["wilcoxon"]) == parents_by_generation(runs["none"])
+    best = [json.loads(r.best_path("long", 256).read_text()) for r in runs.values()]
+    assert best[0]["lambdas"] == best[2]["lambdas"] and best[0]["search_ppl"] == best[2]["search_ppl"]
+    tokens = {p: stage_summaries(r)[0]["tokens"] for p, r in runs.items()}
+    pruned = {p: sum(r[2] == "PRUNED" for r in rows[p]) for p in rows}
+    assert tokens["wilcoxon"] < tokens["exact"] < tokens["none"] and pruned["wilcoxon"] > pruned["exact"]
+    study = optuna.load_study(study_name="long-256", storage=runs["wilcoxon"].storage())
+    reasons = [t.user_attrs.get("reason", "") for t in study.get_trials(deepcopy=False)]
+    assert any("Wilcoxon" in r for r in reasons)
+
+
+def test_old_early_abort_key_reads_as_a_pruner():
+    for old, new in ((True, "exact"), (False, "none")):
+        text = small_cfg(iterations=6)[1].replace("[search]\n", f"[search]\nearly_abort = {str(old).lower()}\n")
+        assert config.from_dict(tomllib.loads(text)).search.pruner == new
+
+
+@pytest.mark.parametrize("pruner", ["exact", "wilcoxon"])
+def test_kill_9_and_resume_with_pruning_equals_uninterrupted(tmp_path, pruner):
     import importlib.util
     from pathlib import Path
 
@@ -68,7 +92,7 @@ def test_kill_9_and_resume_with_pruning_equals_uninterrupted(tmp_path):
     spec.loader.exec_module(helpers)
     kill_and_resume = helpers.kill_and_resume
 
-    text = pruning_text(True)
+    text = pruning_text(pruner)
     reference = search(tmp_path, "ref", text)
     run, kills = kill_and_resume(tmp_path, text, kills=2, after_lines=(20, 90), seed=1)
     assert kills == 2

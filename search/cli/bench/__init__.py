@@ -17,7 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from .quality import early_abort, exact_ceiling, scale_out, search_quality
+from .quality import early_abort, exact_ceiling, pruning, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
 from .timing import cost_estimate, memory, overhead_and_flops
@@ -25,7 +25,7 @@ from .timing import cost_estimate, memory, overhead_and_flops
 __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
 
 
-SECTIONS = ("speed", "memory", "quality", "early_abort", "scale", "cost", "retrieval")
+SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -77,6 +77,8 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["quality_budget"] = budget
     if "early_abort" in only:
         r["early_abort"] = early_abort(work, budget)
+    if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
+        r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 6 if quick else 12)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     if "retrieval" in only:  # the needle objective against plain perplexity, LongRoPE2's Table 6
@@ -97,7 +99,8 @@ def _torch_version() -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure evaluation overhead, memory, CPU efficiency, search quality against PI/NTK/YaRN and
-    CMA-ES/TPE/random, early-abort savings, Ray scale-out and the cost of a full search."""
+    CMA-ES/TPE/random, early-abort savings, the pruners' quality per token, Ray scale-out and the
+    cost of a full search."""
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     r = run_bench(args.quick, Path(args.out), only)
     print(json.dumps(r, default=str) if args.json else render(r))
@@ -112,6 +115,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
     b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
-                   "quality, early_abort, scale, cost, retrieval); the others are kept from --out's "
+                   "quality, early_abort, pruning, scale, cost, retrieval); the others are kept from --out's "
                    "bench.json")
     b.set_defaults(func=cmd_bench)

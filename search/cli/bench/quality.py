@@ -1,5 +1,6 @@
 """Search quality and cost of search: the evolution against the closed-form methods and
-the other samplers, the exact early abort's savings, and Ray scale-out.
+the other samplers, the exact early abort's savings, the pruners' quality per token, and Ray
+scale-out.
 
 Every search runs in a temporary run folder under ``workdir`` with the same
 small config (population 32, 16 parents, 8 + 8 children) on builtin:tiny-sotu.
@@ -42,7 +43,7 @@ SEARCH_TOML = """
 path = "builtin:tiny-sotu"
 threads = {threads}
 [data]
-search_docs = 5
+search_docs = {search_docs}
 heldout_docs = 10
 [space]
 targets = [{target}]
@@ -55,7 +56,7 @@ mutants = 8
 crossovers = 8
 iterations = {iterations}
 max_evals = {budget}
-early_abort = {early_abort}
+pruner = "{pruner}"
 [workers]
 backend = "{backend}"
 count = {count}
@@ -63,8 +64,8 @@ count = {count}
 
 
 def _toml(**kw) -> str:
-    base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, early_abort="true",
-                backend="inprocess", count=1, target=1024)
+    base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, pruner="exact",
+                backend="inprocess", count=1, target=1024, search_docs=5)
     base.update(kw)
     return SEARCH_TOML.format(**base)
 
@@ -123,17 +124,40 @@ def exact_ceiling(run, parents: int) -> dict[str, float]:
 
 def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
     res, runs = {}, {}
-    for flag in ("true", "false"):
-        run, secs = _search(workdir, f"abort-{flag}", _toml(early_abort=flag, budget=budget))
+    for flag in ("exact", "none"):
+        run, secs = _search(workdir, f"abort-{flag}", _toml(pruner=flag, budget=budget))
         best = run.best("long", 1024)
         res[flag] = (_tokens(run), best.lambdas, best.n_hat, secs)
         runs[flag] = run
-    parents = tomllib.loads(runs["false"].config_text())["search"]["parents"]
-    return {"tokens_with": res["true"][0], "tokens_without": res["false"][0],
-            "early_abort_saved": 1 - res["true"][0] / res["false"][0],
-            "same_best": res["true"][1:3] == res["false"][1:3],
-            "seconds_with": res["true"][3], "seconds_without": res["false"][3],
-            **exact_ceiling(runs["false"], parents)}
+    parents = tomllib.loads(runs["none"].config_text())["search"]["parents"]
+    return {"tokens_with": res["exact"][0], "tokens_without": res["none"][0],
+            "early_abort_saved": 1 - res["exact"][0] / res["none"][0],
+            "same_best": res["exact"][1:3] == res["none"][1:3],
+            "seconds_with": res["exact"][3], "seconds_without": res["none"][3],
+            **exact_ceiling(runs["none"], parents)}
+
+
+PRUNERS = ("none", "exact", "wilcoxon")
+
+
+def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dict[str, Any]:
+    """Search quality per token for each pruner (issue 15, 5a): the same search (8x, `docs`
+    search documents) with each pruner and seed; tokens scored and the best's held-out ppl.
+    Ratios are against pruner none with the same seed, then averaged over seeds."""
+    rows: dict[str, dict[str, list]] = {p: {"tokens": [], "heldout": [], "pruned": []} for p in PRUNERS}
+    for s in seeds:
+        for p in PRUNERS:
+            run, _ = _search(workdir, f"prune-{p}-{s}", _toml(pruner=p, budget=budget, seed=s,
+                                                                 search_docs=docs))
+            rows[p]["tokens"].append(_tokens(run))
+            rows[p]["heldout"].append(run.best("long", 1024).heldout_ppl)
+            rows[p]["pruned"].append(sum(t.state.name == "PRUNED" for tr in _stages(run) for t in tr))
+    mean = lambda v: sum(v) / len(v)  # noqa: E731
+    for p in PRUNERS:
+        r = rows[p]
+        r["tokens_ratio"] = mean([a / b for a, b in zip(r["tokens"], rows["none"]["tokens"], strict=True)])
+        r["heldout_ratio"] = mean([a / b for a, b in zip(r["heldout"], rows["none"]["heldout"], strict=True)])
+    return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows}
 
 
 def _trial_span(run) -> float:
@@ -159,8 +183,8 @@ def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
         rates, e2e = {}, {}
         for count in (1, 2):
             toml = _toml(backend="ray", count=count, budget=evals, threads=1).replace(
-                'path = "builtin:tiny-sotu"', f'path = "{model}"').replace("early_abort = true",
-                                                                            "early_abort = false")
+                'path = "builtin:tiny-sotu"', f'path = "{model}"').replace('pruner = "exact"',
+                                                                            'pruner = "none"')
             run, secs = _search(workdir, f"scale-{label}-{count}", toml)
             rates[count] = evals / _trial_span(run)
             e2e[count] = evals / secs

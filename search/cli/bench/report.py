@@ -11,7 +11,8 @@ from longrope.spaces import REFERENCE_METHODS
 
 GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">=", 0.40),
          "longrope_vs_reference": ("<=", 0.90), "early_abort_saved": (">=", 0.25),
-         "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90)}
+         "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90),
+         "wilcoxon_tokens": ("<=", 0.60), "wilcoxon_heldout": ("<=", 1.01)}
 
 
 def _spread(xs: list[float]) -> str:
@@ -24,6 +25,9 @@ def summarize(r: dict[str, Any]) -> dict[str, float]:
          "cpu_efficiency": r["speed"]["cpu_efficiency"],
          "early_abort_saved": r["early_abort"]["early_abort_saved"]}
     s.update({k: v for k, v in r["scale"].items() if k.startswith("scale_out")})
+    if "pruning" in r:  # issue 15: tokens and held-out ppl of wilcoxon over none, same seeds
+        s["wilcoxon_tokens"] = r["pruning"]["wilcoxon"]["tokens_ratio"]
+        s["wilcoxon_heldout"] = r["pruning"]["wilcoxon"]["heldout_ratio"]
     target = max(r["quality"], key=int)  # keys are strings once read back from bench.json
     row = r["quality"][target]
     best_ref = min(statistics.median(row[m]["heldout"]) for m in REFERENCE_METHODS)
@@ -56,6 +60,16 @@ def render(r: dict[str, Any]) -> str:
                  f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
                  f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
                  "could be saved by any exact abort")
+    if "pruning" in r:
+        pr = r["pruning"]
+        lines += ["", f"pruners at 1024 ({pr['budget']} evaluations, {pr['search_docs']} search documents, "
+                  f"seeds {pr['seeds']}; ratios against none, same seed, mean over seeds):", "",
+                  "| pruner | tokens scored | tokens / none | held-out ppl | held-out / none | pruned |",
+                  "|---|---|---|---|---|---|"]
+        for p in ("none", "exact", "wilcoxon"):
+            v = pr[p]
+            lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
+                         f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
     if "retrieval" in r:
         from .retrieval import render as render_retrieval
 
