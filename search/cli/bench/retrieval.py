@@ -21,9 +21,10 @@ def measure(ev, factors, length: int) -> dict[str, float]:
             "passkey": needle.extra["passkey"]}
 
 
-def retrieval(workdir: Path, targets: list[int], budget: int, seeds: list[int]) -> dict[str, Any]:
-    """{target: {method: {"ppl": [...], "needle": [...], "passkey": [...]}}}; one value per seed for
-    the searched rows, one for the closed-form ones. Held out: 10 documents, 20 keys (2 per depth)."""
+def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int) -> dict[str, Any]:
+    """{target: {method: {"ppl": [...], "needle": [...], "passkey": [...]}}} for each target in
+    `seeds`, one value per seed for the searched rows, one for the closed-form ones. Held out:
+    10 documents, 20 keys (2 per depth)."""
     from longrope.objectives.methods import method_factors
     from longrope.objectives.specs import ObjectiveSpec
     from longrope.objectives.workers import Evaluator
@@ -31,13 +32,13 @@ def retrieval(workdir: Path, targets: list[int], budget: int, seeds: list[int]) 
     ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10,
                                     depths=10, per_depth=2))
     out: dict[str, Any] = {}
-    for target in targets:
+    for target, target_seeds in seeds.items():
         row: dict[str, Any] = {}
         for m in BASELINES:
             row[m] = {k: [v] for k, v in measure(ev, method_factors(m, ev.geometry, target), target).items()}
         for kind in ("ppl", "needle"):
             runs = []
-            for s in seeds:
+            for s in target_seeds:
                 toml = _toml(seed=s, target=target, budget=budget) + OBJECTIVE.format(kind=kind)
                 run, _ = _search(workdir, f"r-{kind}-{target}-{s}", toml)
                 runs.append(measure(ev, run.best("long", target).factors, target))
