@@ -17,7 +17,10 @@ this module reports is on them, by depth, the way ``longrope eval --task passkey
 
 Usage::
 
-    python -m longrope.objectives.builtin.retrieval_tune --init DIR --out DIR --steps 2000
+    python -m longrope.objectives.builtin.retrieval_tune --init DIR --out DIR --steps 2500
+    python -m longrope.objectives.builtin.retrieval_tune --pretrain-steps 1800 --out DIR --steps 2500
+
+The second form trains stage 1 (train_tiny.py) into DIR first: the shipped model in one command.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import shlex
 import sys
 import time
 from collections.abc import Sequence
@@ -34,7 +38,7 @@ import numpy as np
 
 from ..needle import NeedleBuilder, answer_scores, make_samples
 from .tiny_corpus import eval_texts, training_texts
-from .train_tiny import SEQ_LEN, _lr_at, _sample_batch, _token_stream, load_fp32
+from .train_tiny import SEQ_LEN, _lr_at, _sample_batch, _token_stream, load_fp32, train
 
 
 def passkey_batch(builder: NeedleBuilder, docs: list[np.ndarray], n: int, rng: np.random.Generator):
@@ -146,7 +150,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m longrope.objectives.builtin.retrieval_tune",
                                 description=__doc__.split("\n\n")[0],
                                 formatter_class=argparse.ArgumentDefaultsHelpFormatter)
-    p.add_argument("--init", required=True, help="stage-1 model folder (train_tiny's output)")
+    p.add_argument("--init", help="stage-1 model folder (train_tiny's output)")
+    p.add_argument("--pretrain-steps", type=int, default=0,
+                   help="train stage 1 (train_tiny.py, this many steps) into --out first, instead of --init")
     p.add_argument("--out", required=True, help="output folder (may equal --init)")
     p.add_argument("--steps", type=int, default=2000, help="optimizer steps")
     p.add_argument("--seed", type=int, default=0, help="seed for sampling and keys")
@@ -157,11 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--report-only", action="store_true", help="only print --init's pass-key table")
     args = p.parse_args(argv)
+    cmd = shlex.join(["python", "-m", "longrope.objectives.builtin.retrieval_tune",
+                      *(sys.argv[1:] if argv is None else argv)])
+    if args.pretrain_steps:
+        train(args.out, steps=args.pretrain_steps, seed=args.seed, evaluate=False,
+              progress=not args.no_progress, command=cmd)
+        args.init = args.out
+    if not args.init:
+        p.error("give --init, or --pretrain-steps to train stage 1 first")
     if not args.report_only:
-        import shlex
-
-        cmd = shlex.join(["python", "-m", "longrope.objectives.builtin.retrieval_tune",
-                          *(sys.argv[1:] if argv is None else argv)])
         rec = finetune(args.init, args.out, steps=args.steps, seed=args.seed, batch_size=args.batch_size,
                        passkey_frac=args.passkey_frac, answer_weight=args.answer_weight, lr=args.lr,
                        progress=not args.no_progress, command=cmd)

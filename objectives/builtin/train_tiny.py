@@ -349,8 +349,8 @@ def build_parser() -> argparse.ArgumentParser:
             "weights, tokenizer, split.json, training.json). Stops at --steps or --minutes, "
             "whichever comes first; the cosine LR schedule spans the planned steps."
         ),
-        epilog=("The shipped builtin/tiny-sotu: --out objectives/builtin/tiny-sotu --steps 1800 "
-                "--seed 0 --retrieval-steps 2500 (about 40 minutes on 2 CPU cores; MODEL_CARD.md)."),
+        epilog=("Stage 1 of builtin/tiny-sotu (--steps 1800 --seed 0, 24 min); retrieval_tune.py "
+                "--pretrain-steps 1800 runs both stages (MODEL_CARD.md)."),
         formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
     p.add_argument("--out", required=True, help="output folder (created if missing)")
@@ -373,8 +373,6 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-docs", type=int, default=None,
                    help="score at most N EVAL-pool docs in the final table")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
-    p.add_argument("--retrieval-steps", type=int, default=0, help="then fine-tune this many steps "
-                   "on text mixed with pass-key samples (retrieval_tune.py; 0 = skip)")
     return p
 
 
@@ -382,16 +380,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     if args.steps is None and args.minutes is None:
         build_parser().error("give --steps and/or --minutes")
-    kw = {k: v for k, v in vars(args).items()
-          if k not in ("out", "no_eval", "no_progress", "retrieval_steps")}
+    kw = {k: v for k, v in vars(args).items() if k not in ("out", "no_eval", "no_progress")}
     command = ["python", "-m", "longrope.objectives.builtin.train_tiny",
                *(sys.argv[1:] if argv is None else argv)]
-    record = train(args.out, **kw, evaluate=not args.no_eval and not args.retrieval_steps,
-                   progress=not args.no_progress, command=shlex.join(command))
-    if args.retrieval_steps:  # stage 2 in place: retrieval_tune.py
-        from .retrieval_tune import finetune
-        finetune(args.out, args.out, steps=args.retrieval_steps, seed=args.seed,
-                 progress=not args.no_progress, command=shlex.join(command))
+    record = train(args.out, **kw, evaluate=not args.no_eval, progress=not args.no_progress,
+                   command=shlex.join(command))
     print(json.dumps({k: record[k] for k in ("steps", "tokens_seen", "wall_seconds", "parameters")}))
     return 0
 

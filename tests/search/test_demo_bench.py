@@ -11,13 +11,13 @@ from longrope.spaces import UserError
 
 
 def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
-    assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--json", "--max-evals", "48"]) == 0
+    assert main(["demo", "--run-dir", str(tmp_path / "demo"), "--json", "--max-evals", "64"]) == 0
     out = json.loads(capsys.readouterr().out)  # stdout holds exactly one JSON object
     assert set(out) >= {"target", "evals", "heldout", "export", "needle", "passkey", "objective"}
     assert set(out["passkey"]) == set(out["needle"]) == set(out["heldout"])
     assert all(0 <= a <= 1 for a in out["passkey"].values()) and all(v > 1 for v in out["needle"].values())
     held = out["heldout"]
-    assert out["target"] == 1024 and out["evals"] == 2 * 48
+    assert out["target"] == 1024 and out["evals"] == 2 * 64
     for base in ("none", "pi", "ntk", "yarn"):
         assert held["searched"] < held[base], held
     patch = json.loads(open(out["export"]).read())
