@@ -57,7 +57,8 @@ class Watch:
     (or None). Built per candidate, so the Optuna study it may hold never leaves the worker."""
 
     def __init__(self, cut: Cutoff, n: int):
-        self.cut, self.n, self.nlls = cut, n, []
+        self.cut, self.n = cut, n
+        self.k, self.total = 0, 0.0  # items scored so far and the sum of their NLLs
         self.log_thr = math.log(cut.ppl) if math.isfinite(cut.ppl) and cut.ppl > 0 else None
         self.trial: Any = None
         self.study: Any = None
@@ -69,11 +70,15 @@ class Watch:
 
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.ERROR)
         with warnings.catch_warnings():  # "experimental since 3.6": its interface is what we use
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
             pruner = optuna.pruners.WilcoxonPruner(p_threshold=self.cut.p, n_startup_steps=self.cut.startup)
-        self.study = optuna.create_study(direction="minimize", pruner=pruner)
+        level = optuna.logging.get_verbosity()  # no "new study created" line per candidate, and
+        optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))  # the process's level kept
+        try:
+            self.study = optuna.create_study(direction="minimize", pruner=pruner)
+        finally:
+            optuna.logging.set_verbosity(level)
         ref = {k: float(v) for k, v in enumerate(self.cut.reference[: self.n])}
         self.study.add_trial(optuna.trial.create_trial(
             value=sum(ref.values()) / len(ref), intermediate_values=ref,
@@ -82,23 +87,21 @@ class Watch:
 
     def step(self, nll: float) -> str | None:
         """Record the next item's NLL; a reason to stop scoring, or None to go on."""
-        self.nlls.append(nll)
-        k = len(self.nlls)
-        if k >= self.n:
+        self.k, self.total = self.k + 1, self.total + nll
+        if self.k >= self.n:
             return None  # scored in full: nothing left to save
-        if self.log_thr is not None and sum(self.nlls) / self.n > self.log_thr:
-            return (f"lower bound {math.exp(sum(self.nlls) / self.n):.4f} > threshold "
-                    f"{self.cut.ppl:.4f} after {k}/{self.n}")
+        if self.log_thr is not None and self.total / self.n > self.log_thr:
+            return f"lower bound {self.bound:.4f} > threshold {self.cut.ppl:.4f} after {self.k}/{self.n}"
         if self.trial is not None:
-            self.trial.report(nll, k - 1)
+            self.trial.report(nll, self.k - 1)
             if self.trial.should_prune():
-                return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {k}/{self.n}"
+                return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {self.k}/{self.n}"
         return None
 
     @property
     def bound(self) -> float:
         """The exact lower bound on the final score (ppl) from the items scored so far."""
-        return math.exp(sum(self.nlls) / self.n)
+        return math.exp(self.total / self.n)
 
 
 def as_cutoff(threshold: float | Cutoff | None) -> Cutoff | None:
