@@ -9,6 +9,7 @@ small config (population 32, 16 parents, 8 + 8 children) on builtin:tiny-sotu.
 from __future__ import annotations
 
 import math
+import statistics
 import time
 import tomllib
 from pathlib import Path
@@ -137,13 +138,13 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
             **exact_ceiling(runs["none"], parents)}
 
 
-PRUNERS = ("none", "exact", "wilcoxon")
-
-
 def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dict[str, Any]:
-    """Search quality per token for each pruner (issue 15, 5a): the same search (8x, `docs`
-    search documents) with each pruner and seed; tokens scored and the best's held-out ppl.
-    Ratios are against pruner none with the same seed, then averaged over seeds."""
+    """Search quality per token for each pruner of objectives/pruning.PRUNERS (issue 15, 5a):
+    the same search (8x, `docs` search documents) with each pruner and seed; tokens scored and
+    the best's held-out ppl. Ratios are against pruner none with the same seed, then averaged
+    over seeds."""
+    from longrope.objectives.pruning import PRUNERS
+
     rows: dict[str, dict[str, list]] = {p: {"tokens": [], "heldout": [], "pruned": []} for p in PRUNERS}
     for s in seeds:
         for p in PRUNERS:
@@ -152,11 +153,10 @@ def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dic
             rows[p]["tokens"].append(_tokens(run))
             rows[p]["heldout"].append(run.best("long", 1024).heldout_ppl)
             rows[p]["pruned"].append(sum(t.state.name == "PRUNED" for tr in _stages(run) for t in tr))
-    mean = lambda v: sum(v) / len(v)  # noqa: E731
     for p in PRUNERS:
         r = rows[p]
-        r["tokens_ratio"] = mean([a / b for a, b in zip(r["tokens"], rows["none"]["tokens"], strict=True)])
-        r["heldout_ratio"] = mean([a / b for a, b in zip(r["heldout"], rows["none"]["heldout"], strict=True)])
+        for key in ("tokens", "heldout"):  # against none with the same seed, then over seeds
+            r[f"{key}_ratio"] = statistics.mean(a / b for a, b in zip(r[key], rows["none"][key], strict=True))
     return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows}
 
 

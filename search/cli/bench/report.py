@@ -66,7 +66,9 @@ def render(r: dict[str, Any]) -> str:
                   f"seeds {pr['seeds']}; ratios against none, same seed, mean over seeds):", "",
                   "| pruner | tokens scored | tokens / none | held-out ppl | held-out / none | pruned |",
                   "|---|---|---|---|---|---|"]
-        for p in ("none", "exact", "wilcoxon"):
+        from longrope.objectives.pruning import PRUNERS
+
+        for p in PRUNERS:
             v = pr[p]
             lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
                          f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
