@@ -87,8 +87,8 @@ def finetune(init: str | Path, out: str | Path, *, steps: int = 2000, seed: int 
     builder = NeedleBuilder(tok)
     texts = training_texts()
     stream, starts = _token_stream(tok, texts)
-    docs = [np.asarray(d) for d in tok(texts, add_special_tokens=False)["input_ids"]
-            if len(d) > 3 * SEQ_LEN]
+    # each training document without its BOS, cut from the stream rather than tokenized again
+    docs = [d[1:] for d in np.split(stream.numpy(), starts[1:].numpy()) if len(d) - 1 > 3 * SEQ_LEN]
     model = load_fp32(init).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, betas=(0.9, 0.95), weight_decay=0.1)
     gen, rng = torch.Generator().manual_seed(seed), np.random.default_rng(seed)
