@@ -8,7 +8,7 @@ from typing import Any
 
 from longrope.spaces import UserError
 
-from .methods import check_method, method_factors
+from .methods import check_method
 from .perplexity import stride_span
 from .specs import ObjectiveSpec
 from .workers import make_evaluator
@@ -44,7 +44,7 @@ def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: 
         check_method(m)
     ev = make_evaluator(spec)
     ev.check_pool(lengths if stride is None else [stride_span(n, stride) for n in lengths], pool)
-    plan = [(m, n, method_factors(m, ev.geometry, n)) for m in methods for n in lengths]
+    plan = [(m, n, ev.method(m, n)) for m in methods for n in lengths]
     out: dict[str, dict[int, Any]] = {m: {} for m in methods}
     bar = tqdm(plan, desc="eval", unit="run", disable=not progress, file=sys.stderr)
     kind = "ppl" if task == "ppl" else "needle"

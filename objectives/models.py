@@ -5,7 +5,8 @@ architecture transformers does not know, or a model without RoPE fails in one
 line before anything heavy happens; so does a type the architecture table
 (longrope.spaces.architectures) does not admit. Scoring wants
 ``use_cache=False`` and no sliding window (Mistral's window would hide the
-long context we are scoring).
+long context we are scoring). A config marked ``position_encoding = "alibi"`` (the
+ALiBi twin, objectives/alibi.py) loads as its Llama body and is converted to ALiBi.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ from typing import Any
 
 from longrope.spaces import RopeGeometry, UserError, architecture_of
 
+from .alibi import convert, is_alibi
 from .smollm2 import ensure_converted
 
-BUILTIN_MODELS = ("tiny-sotu", "smollm2-135m")
+BUILTIN_MODELS = ("tiny-sotu", "tiny-sotu-alibi", "smollm2-135m")
 
 
 @dataclass
@@ -30,14 +32,15 @@ class LoadedModel:
     name: str
     device: str
     dtype: str
+    alibi: bool = False  # an ALiBi twin (objectives/alibi.py): no rotary, nothing to rescale
 
 
 def resolve(spec: str) -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model spec."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
-        if name == "tiny-sotu":
-            return Path(str(files("longrope.objectives").joinpath("builtin/tiny-sotu"))), None
+        if name in ("tiny-sotu", "tiny-sotu-alibi"):
+            return Path(str(files("longrope.objectives").joinpath(f"builtin/{name}"))), None
         if name == "smollm2-135m":
             return ensure_converted(), None
         raise UserError(f"unknown builtin model {spec!r}; builtins: "
@@ -110,9 +113,11 @@ def load_model(
         raise
     except Exception as e:
         raise UserError(f"cannot load model {spec}: {_first_line(e)}") from None
+    if is_alibi(config):
+        convert(model)
     model.to(device).eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tok, geometry, spec, device, dtype)
+    return LoadedModel(model, tok, geometry, spec, device, dtype, is_alibi(config))
 
 
 def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:

@@ -16,6 +16,7 @@ import numpy as np
 
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
+from .methods import method_factors
 from .perplexity import COMPLETE, FAILED, PRUNED, Evaluation
 from .pruning import as_cutoff
 
@@ -46,6 +47,9 @@ class SyntheticEvaluator:
 
     def task_records(self, length: int, pool: str = "search") -> None:
         return None
+
+    def method(self, name: str, length: int):
+        return method_factors(name, self.geometry, length)
 
     def target_curve(self, length: int) -> np.ndarray:
         """The optimum: λ rising smoothly from 1 to 1.1·s (like searched factors do)."""

@@ -50,7 +50,9 @@ class Evaluator:
         return self._docs[key]
 
     def check(self, lengths: list[int]) -> RopeGeometry:
-        """Fail early (one clear line) if any length lacks documents; return the geometry."""
+        """Fail early (one clear line) if any length lacks documents or the model has no rotary
+        to search factors for; return the geometry."""
+        self.refuse_factors("a factor search")
         self.check_pool(lengths, "search")
         if self.spec.data.heldout_docs:
             self.check_pool(lengths, "heldout")
@@ -59,6 +61,22 @@ class Evaluator:
     def check_pool(self, lengths: list[int], pool: str) -> None:
         for length in lengths:
             self.docs(length, pool)
+
+    def refuse_factors(self, what: str) -> None:
+        if self.loaded.alibi:
+            raise UserError(f"{self.loaded.name} uses ALiBi, not RoPE: {what} needs rotary "
+                            "embeddings; its only method is none")
+
+    def method(self, name: str, length: int) -> RescaleFactors | LMInfinite | None:
+        """What eval's method `name` scores `length` tokens with on this model (methods.py); on
+        an ALiBi model only ``none`` (and ``native``), which is the model as it is."""
+        from .methods import NATIVE, method_factors
+
+        if self.loaded.alibi and name in ("none", NATIVE):
+            return None
+        if self.loaded.alibi:
+            self.refuse_factors(f"method {name!r}")
+        return method_factors(name, self.geometry, length)
 
     def needle_samples(self, length: int, pool: str = "search") -> list:
         """The task's needle samples at `length`, built on the pool's documents (cached)."""
@@ -87,6 +105,8 @@ class Evaluator:
         sliding windows of `length` tokens advancing by `stride` over each document's first
         2·length - stride tokens (perplexity.stride_windows); None: each document's first
         `length` tokens in one pass."""
+        if factors is not None and self.loaded.alibi:
+            self.refuse_factors("scoring factors")
         if isinstance(factors, LMInfinite):
             from .lm_infinite import active
 

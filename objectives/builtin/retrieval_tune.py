@@ -162,12 +162,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     p.add_argument("--lr", type=float, default=1e-3, help="peak AdamW learning rate")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.add_argument("--report-only", action="store_true", help="only print --init's pass-key table")
+    p.add_argument("--alibi", action="store_true", help="with --pretrain-steps: stage 1 with ALiBi instead "
+                   "of RoPE (builtin/tiny-sotu-alibi); an --init folder says itself which it is")
     args = p.parse_args(argv)
     cmd = shlex.join(["python", "-m", "longrope.objectives.builtin.retrieval_tune",
                       *(sys.argv[1:] if argv is None else argv)])
     if args.pretrain_steps:
         train(args.out, steps=args.pretrain_steps, seed=args.seed, evaluate=False,
-              progress=not args.no_progress, command=cmd)
+              progress=not args.no_progress, command=cmd, alibi=args.alibi)
         args.init = args.out
     if not args.init:
         p.error("give --init, or --pretrain-steps to train stage 1 first")

@@ -26,6 +26,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..alibi import convert, is_alibi
 from .tiny_corpus import (
     EVAL_RULE,
     eval_texts,
@@ -46,29 +47,19 @@ DEFAULT_LENGTHS = (128, 256, 512, 1024, 2048)
 # -- Model -------------------------------------------------------------------------------------
 
 
-def make_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int):
+def make_config(vocab_size: int, bos_id: int, eos_id: int, pad_id: int, alibi: bool = False):
+    """The Llama config; with alibi, the same body marked for ALiBi (objectives/alibi.py)."""
     from transformers import LlamaConfig
 
+    extra = {"position_encoding": "alibi"} if alibi else {}
     return LlamaConfig(
-        vocab_size=vocab_size,
-        hidden_size=256,
-        intermediate_size=704,
-        num_hidden_layers=4,
-        num_attention_heads=4,
-        num_key_value_heads=4,
-        head_dim=64,
-        hidden_act="silu",
+        vocab_size=vocab_size, hidden_size=256, intermediate_size=704, num_hidden_layers=4,
+        num_attention_heads=4, num_key_value_heads=4, head_dim=64, hidden_act="silu",
         max_position_embeddings=SEQ_LEN,
         rope_parameters={"rope_type": "default", "rope_theta": ROPE_THETA},
-        rms_norm_eps=1e-5,
-        initializer_range=0.02,
-        tie_word_embeddings=True,
-        attention_bias=False,
-        mlp_bias=False,
-        bos_token_id=bos_id,
-        eos_token_id=eos_id,
-        pad_token_id=pad_id,
-        use_cache=True,
+        rms_norm_eps=1e-5, initializer_range=0.02, tie_word_embeddings=True, attention_bias=False,
+        mlp_bias=False, bos_token_id=bos_id, eos_token_id=eos_id, pad_token_id=pad_id, use_cache=True,
+        **extra,
     )
 
 
@@ -138,6 +129,7 @@ def train(
     eval_docs: int | None = None,
     progress: bool = True,
     command: str | None = None,
+    alibi: bool = False,
 ) -> dict:
     """Train tokenizer + model and save everything to ``out``; return the training record.
 
@@ -171,8 +163,11 @@ def train(
         tokenizer.bos_token_id,
         tokenizer.eos_token_id,
         tokenizer.pad_token_id,
+        alibi=alibi,
     )
     model = LlamaForCausalLM(config).float()
+    if alibi:  # same body, same init (the rotary has no weights), ALiBi instead of RoPE
+        convert(model)
     n_params = sum(p.numel() for p in model.parameters())
     decay = [p for p in model.parameters() if p.dim() >= 2]
     no_decay = [p for p in model.parameters() if p.dim() < 2]
@@ -280,7 +275,7 @@ def load_fp32(folder, rope_parameters: dict | None = None):
         params = {"rope_theta": ROPE_THETA, **rope_parameters}
         config.rope_parameters = params
     model = AutoModelForCausalLM.from_pretrained(str(folder), config=config, dtype=torch.float32)
-    return model.eval()
+    return (convert(model) if is_alibi(config) else model).eval()
 
 
 def heldout_ppl(model, docs_ids: Sequence[Sequence[int]], length: int) -> float:
@@ -317,7 +312,7 @@ def heldout_table(
     for length in lengths:
         table["plain"][str(length)] = heldout_ppl(plain, docs, length)
     for length in lengths:
-        if length > SEQ_LEN:
+        if length > SEQ_LEN and not is_alibi(plain.config):  # no rotary to interpolate
             factor = length / SEQ_LEN
             lin = load_fp32(folder, {"rope_type": "linear", "factor": factor})
             table["linear"][str(length)] = {"factor": factor, "ppl": heldout_ppl(lin, docs, length)}
@@ -373,6 +368,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--eval-docs", type=int, default=None,
                    help="score at most N EVAL-pool docs in the final table")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm progress bar")
+    p.add_argument("--alibi", action="store_true", help="ALiBi instead of RoPE (builtin/tiny-sotu-alibi)")
     return p
 
 
