@@ -5,17 +5,15 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
-import sys
 import time
 import tomllib
-from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
 
 from .best import BestRecord
+from .lease import LOCK_TIMEOUT, Lease
 
 if TYPE_CHECKING:
     import optuna
@@ -218,38 +216,10 @@ class Run:
         return optuna.storages.JournalStorage(backend)
 
     # -- lock and events -------------------------------------------------------------
-    @contextmanager
-    def lock(self):
-        """One driver per run. A lock left by a dead process on this host is taken over."""
-        path = self.path / LOCK
-        me = {"pid": os.getpid(), "host": socket.gethostname(), "started": time.time()}
-        for _ in range(2):
-            try:
-                fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-            except FileExistsError:
-                try:
-                    other = json.loads(path.read_text() or "{}")
-                except (OSError, json.JSONDecodeError, UnicodeDecodeError):
-                    other = {}
-                if not isinstance(other, dict) or not other.get("host") or not other.get("pid"):
-                    # empty or unreadable (a driver killed while writing it): nobody can be named
-                    print(f"warning: taking over an unreadable lock file {path}", file=sys.stderr)
-                    path.unlink(missing_ok=True)
-                    continue
-                if other.get("host") == me["host"] and not _alive(other.get("pid", -1)):
-                    print(f"warning: taking over a stale lock of dead process {other.get('pid')}",
-                          file=sys.stderr)
-                    path.unlink(missing_ok=True)
-                    continue
-                raise UserError(f"{self.path} is in use by pid {other.get('pid')} on "
-                                f"{other.get('host')} ({path}); one driver per run") from None
-            with os.fdopen(fd, "w") as f:
-                json.dump(me, f)
-            break
-        try:
-            yield
-        finally:
-            path.unlink(missing_ok=True)
+    def lock(self, timeout: float = LOCK_TIMEOUT) -> Lease:
+        """One driver per run: a lease with a heartbeat (runs/lease.py). A lock silent for
+        `timeout` seconds, or left by a dead process on this host, is taken over."""
+        return Lease(self.path / LOCK, timeout)
 
     def event(self, message: str) -> None:
         stamp = time.strftime("%Y-%m-%d %H:%M:%S")
@@ -298,14 +268,3 @@ class Run:
             raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
         return BestRecord.load(found[length])
 
-
-def _alive(pid: int) -> bool:
-    if pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

@@ -27,6 +27,7 @@ from optuna.trial import TrialState
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import BestRecord, Run, vocab
+from longrope.runs.lease import LOCK_TIMEOUT
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -122,7 +123,7 @@ class Plan:
 
 
 def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,
-               backend=None) -> dict[str, RescaleFactors | None]:
+               backend=None, lock_timeout: float = LOCK_TIMEOUT) -> dict[str, RescaleFactors | None]:
     """Search (or resume) `cfg` into `run_dir`; returns each stage's best factors by stage name.
 
     Everything is validated (config against an existing run, model, data, seed files, the
@@ -130,7 +131,8 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     search-defining config is resumed; with `resume`, `run_dir` must already be a run. Ctrl-C
     and SIGTERM (what preemption and `scancel` send) re-queue the running trials, release the
     lock and exit 130 and 143. A backend made here is closed at the end; a given one is checked
-    (once) and left open for its owner.
+    (once) and left open for its owner. The run's lock is a lease (runs/lease.py): a driver
+    preempted elsewhere is taken over once its heartbeat is `lock_timeout` seconds old.
     """
     existing = Run.is_run(run_dir)
     if existing:
@@ -149,7 +151,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     try:
         plan.start_backend()
         run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-        with run.lock(), _sigterm_as_interrupt():
+        with run.lock(lock_timeout), _sigterm_as_interrupt():
             if run.clear_stale_journal_lock():
                 run.event("cleared a journal lock left by a killed driver")
             run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")

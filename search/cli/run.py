@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from longrope.runs.lease import LOCK_TIMEOUT
 from longrope.spaces import UserError
 
 
@@ -44,7 +45,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     from longrope.search.driver import run_search
 
     cfg = _overrides(config.load(args.config), args)
-    results = run_search(cfg, args.run_dir, resume=False, progress=not args.quiet)
+    results = run_search(cfg, args.run_dir, resume=False, progress=not args.quiet,
+                         lock_timeout=args.lock_timeout)
     print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
     return 0
 
@@ -57,7 +59,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = Run.open(args.run_dir)
     if args.repair:
-        with run.lock():
+        with run.lock(args.lock_timeout):
             note = run.drop_unreadable_lines()
         if note:
             run.event(f"--repair: {note}")
@@ -67,7 +69,8 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.path / 'config.toml'}: {e}") from None
     cfg = _overrides(cfg, args)
-    results = run_search(cfg, args.run_dir, resume=True, progress=not args.quiet)
+    results = run_search(cfg, args.run_dir, resume=True, progress=not args.quiet,
+                         lock_timeout=args.lock_timeout)
     print(f"done: {', '.join(results)} in {args.run_dir}")
     return 0
 
@@ -106,6 +109,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="join this Ray cluster (else RAY_ADDRESS, else local)")
         p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
+        p.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",
+                       help="take over the run's lock when its holder (on any host) has not renewed "
+                       "its heartbeat for this long: a driver preempted elsewhere (default: %(default)s)")
         p.set_defaults(func=fn)
 
     st = sub.add_parser("status", help="progress of a run", description=cmd_status.__doc__)

@@ -1,0 +1,107 @@
+"""run.lock as a lease (issue 18): a driver preempted on another host is taken over once its
+heartbeat is older than --lock-timeout, a live one is refused by name, the heartbeat moves,
+and of concurrent resumers exactly one wins."""
+
+import json
+import os
+import threading
+import time
+
+import pytest
+from search_helpers import small_cfg, trajectory
+
+from longrope.runs import Run
+from longrope.runs.lease import Lease
+from longrope.search.cli import main
+from longrope.spaces import UserError
+
+
+def forge(path, host="node-b", pid=4242, age=0.0):
+    """The lock a driver on another host would have written `age` seconds after its last beat."""
+    path.write_text(json.dumps({"host": host, "pid": pid, "heartbeat": time.time() - age,
+                                "started": time.time() - 3600, "token": "theirs"}))
+
+
+def test_fresh_foreign_lock_is_refused_naming_host_and_pid(tmp_path):
+    lock = tmp_path / "run.lock"
+    forge(lock, age=5)
+    before = lock.read_bytes()
+    with pytest.raises(UserError, match=r"in use by pid 4242 on node-b \(heartbeat 5 s ago") as e:
+        Lease(lock, timeout=60).acquire()
+    assert "\n" not in str(e.value) and lock.read_bytes() == before
+
+
+def test_stale_foreign_lock_is_taken_over_with_a_warning(tmp_path, capsys):
+    lock = tmp_path / "run.lock"
+    forge(lock, age=61)
+    with Lease(lock, timeout=60) as lease:
+        held = json.loads(lock.read_text())
+        assert held["token"] == lease.me["token"] and held["pid"] == os.getpid()
+    assert "taking over the lock of pid 4242 on node-b: no heartbeat for 61 s" in capsys.readouterr().err
+    assert not lock.exists()
+
+
+def test_heartbeat_advances_while_held(tmp_path):
+    lock = tmp_path / "run.lock"
+    with Lease(lock, interval=0.05):
+        first = json.loads(lock.read_text())["heartbeat"]
+        time.sleep(0.4)
+        assert json.loads(lock.read_text())["heartbeat"] > first
+
+
+def test_concurrent_resumers_cannot_both_win(tmp_path):
+    lock = tmp_path / "run.lock"
+    forge(lock, age=600)
+    start, results = threading.Barrier(8), []
+
+    def resume():
+        start.wait()
+        lease = Lease(lock, timeout=60)
+        try:
+            lease.acquire()
+        except UserError as e:
+            results.append(str(e))
+            return
+        results.append("won")
+        time.sleep(0.5)  # hold it while the others look
+        lease.release()
+
+    threads = [threading.Thread(target=resume) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert results.count("won") == 1 and all("in use by pid" in r for r in results if r != "won")
+
+
+def test_a_lease_taken_over_is_lost_and_left_to_the_new_holder(tmp_path, capsys):
+    lock = tmp_path / "run.lock"
+    lease = Lease(lock, interval=0.05)
+    lease.acquire()
+    forge(lock, host="node-c", age=0)  # what a take-over by node-c writes while this one hung
+    time.sleep(0.3)
+    lease.release()
+    assert lease.lost and json.loads(lock.read_text())["host"] == "node-c"
+    assert "was taken over by another driver" in capsys.readouterr().err
+
+
+def test_bad_timeout_is_one_line(tmp_path):
+    with pytest.raises(UserError, match="--lock-timeout must be a positive"):
+        Lease(tmp_path / "run.lock", timeout=0)
+
+
+def test_resume_from_another_host_after_preemption(tmp_path, capsys):
+    """Preempted on node-b (its lock left behind): a resume waits for nobody once the heartbeat
+    is older than --lock-timeout, and ends where an uninterrupted search ends."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    assert main(["search", str(cfg), "--run-dir", str(ref), "--quiet", "--max-evals", "24"]) == 0
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    forge(run_dir / "run.lock", age=30)
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 2  # 30 s < 60 s: live
+    assert "in use by pid 4242 on node-b" in capsys.readouterr().err
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24", "--lock-timeout", "20"]) == 0
+    assert "no heartbeat for 30 s" in capsys.readouterr().err
+    assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref)) and not (run_dir / "run.lock").exists()
