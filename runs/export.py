@@ -3,7 +3,8 @@
 The JSON loads in transformers 4.57 and 5.x as a config patch: 4.57 reads
 ``original_max_position_embeddings`` only at the top level, 5.x inside the
 rope dict, so it is written in both places. transformers and vLLM have no n̂:
-an export with n̂ > 0 carries it in ``longrope_search`` and warns.
+an export with n̂ > 0 carries it in ``longrope_search`` and warns. vLLM ignores
+``attention_factor`` and reads ``long_mscale``/``short_mscale``: both are written.
 
 Phi-3 is stricter: its 4.57 config class admits exactly ``type``,
 ``short_factor`` and ``long_factor`` and derives the attention factor itself
@@ -43,6 +44,10 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
         "long_factor": list(long.lambdas), "short_factor": short_factor,
         "factor": L / L0, "original_max_position_embeddings": L0,
         "attention_factor": long.mscale,
+        # vLLM reads only these two (else it derives sqrt(1 + ln s / ln L0) for both): the long
+        # stage's searched scale, and the short stage's (without one, the long one, which is what
+        # transformers applies at every length)
+        "long_mscale": long.mscale, "short_mscale": short.mscale if short else long.mscale,
     }
     return {
         "max_position_embeddings": L,

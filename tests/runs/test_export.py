@@ -66,6 +66,9 @@ def test_export_merged_into_the_model_config_loads_with_the_scored_factors(tiny_
         scored = (base_inv_freq(g) / torch.tensor(record.lambdas, dtype=torch.float32)).numpy()
         np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6, err_msg=f"seq_len {seq_len}")
         assert att == pytest.approx(long.mscale)
+    # vLLM reads these two, not attention_factor: the scales each stage was searched with
+    rope = patch["rope_scaling"]
+    assert (rope["long_mscale"], rope["short_mscale"]) == (long.mscale, short.mscale) != (1.0, 1.0)
     phi3 = json.loads(export(tiny_run, fmt="phi3")[0].read_text())
     assert set(phi3["rope_scaling"]) == {"type", "short_factor", "long_factor"}
     assert phi3["rope_scaling"]["long_factor"] == list(long.lambdas)
