@@ -37,3 +37,21 @@ def test_smollm2_loads_from_the_gguf():
         loss = m.model(ids, labels=ids).loss.item()
     assert loss < 6  # a real language model, not random weights (ln 49152 = 10.8)
     assert smollm2.ensure_converted().joinpath("model.safetensors").is_file()
+
+
+def test_alibi_twin_is_comparable_and_keeps_perplexity_past_l0():
+    """builtin:tiny-sotu-alibi: the same body and data with ALiBi. At L0 its held-out perplexity
+    is within 1.3x of tiny-sotu's (a comparable model, not a broken one); at 8x, where plain
+    RoPE breaks, ALiBi's stays near it (what it was built for)."""
+    rope = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", heldout_docs=5))
+    twin = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu-alibi", heldout_docs=5))
+    assert twin.loaded.alibi and not rope.loaded.alibi
+    assert twin.loaded.model.config.num_attention_heads == 4  # slopes 1/4 .. 1/256
+    at_1x = twin.evaluate(twin.method("none", 128), 128, pool="heldout").ppl
+    base = rope.evaluate(rope.method("none", 128), 128, pool="heldout").ppl
+    assert at_1x < 1.3 * base, (at_1x, base)
+    at_8x = twin.evaluate(twin.method("none", 1024), 1024, pool="heldout").ppl
+    rope_8x = rope.evaluate(rope.method("none", 1024), 1024, pool="heldout").ppl
+    assert at_8x < 1.3 * at_1x < rope_8x, (at_8x, at_1x, rope_8x)
+    with pytest.raises(UserError, match="uses ALiBi, not RoPE: method 'yarn'"):
+        twin.method("yarn", 1024)
