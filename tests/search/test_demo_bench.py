@@ -42,6 +42,13 @@ def test_bench_quick_table_shape(tmp_path):
     assert all(0 <= a <= 1 for v in row.values() for a in v["passkey"]) and "retrieval at 512" in table
     pr = r["pruning"]  # the pruners side by side: none is its own reference, exact keeps the best
     assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
+    sp = r["spaces"]["512"]  # LongRoPE's space and LongRoPE2's two, the searched mscale on its grid
+    assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale"} and "| critical_dim+mscale |" in table
+    assert all(1 <= m <= 1.5 for m in sp["critical_dim+mscale"]["mscale"])
+    cmp = r["compare"]  # issue 17: every row at each length; at L0 the searched row is none's
+    assert set(cmp["128"]) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "lm_infinite", "searched", "alibi"}
+    assert cmp["128"]["searched"] == cmp["128"]["none"] and cmp["256"]["alibi"]["ppl"] != cmp["256"]["none"]["ppl"]
+    assert (tmp_path / "compare.png").stat().st_size > 1000 and "| alibi |" in table
     # --only reruns one section and keeps the rest from bench.json
     again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
     assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]

@@ -17,15 +17,19 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from .compare import compare
+from .compare import plot as plot_compare
 from .quality import early_abort, exact_ceiling, pruning, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
+from .spaces import spaces
 from .timing import cost_estimate, memory, overhead_and_flops
 
 __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
 
 
-SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval")
+SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval", "spaces",
+            "compare")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -51,6 +55,8 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
     r["summary"] = summarize(r)
     (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
     plot(r, out_dir / "bench.png")
+    if "compare" in r:
+        plot_compare(r["compare"], out_dir / "compare.png")
     return r
 
 
@@ -87,6 +93,14 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         # three seeds at 8x (the goals' length), one at 4x and 16x: this machine's time
         seeds = {512: [0]} if quick else {512: [0], 1024: [0, 1, 2], 2048: [0]}
         r["retrieval"] = retrieval(work, seeds, r["retrieval_budget"])
+    if "spaces" in only:  # issue 15: LongRoPE's space against LongRoPE2's, equal budget
+        r["spaces_budget"] = 12 if quick else 160
+        r["spaces"] = spaces(work, [512] if quick else [512, 1024], [0] if quick else [0, 1, 2],
+                             r["spaces_budget"])
+    if "compare" in only:  # issue 17: every method and the ALiBi twin on the same text, 1x to 16x
+        r["compare_budget"] = 12 if quick else 160
+        lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
+        r["compare"] = compare(work, lengths, r["compare_budget"])
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
 
@@ -117,6 +131,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
     b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
-                   "quality, early_abort, pruning, scale, cost, retrieval); the others are kept from --out's "
+                   "quality, early_abort, pruning, scale, cost, retrieval, spaces, compare); the others are "
+                   "kept from --out's "
                    "bench.json")
     b.set_defaults(func=cmd_bench)

@@ -48,6 +48,7 @@ search_docs = {search_docs}
 heldout_docs = 10
 [space]
 targets = [{target}]
+{space}
 [search]
 sampler = "{sampler}"
 seed = {seed}
@@ -66,7 +67,7 @@ count = {count}
 
 def _toml(**kw) -> str:
     base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, pruner="exact",
-                backend="inprocess", count=1, target=1024, search_docs=5)
+                backend="inprocess", count=1, target=1024, search_docs=5, space="")
     base.update(kw)
     return SEARCH_TOML.format(**base)
 

@@ -76,6 +76,14 @@ def render(r: dict[str, Any]) -> str:
         from .retrieval import render as render_retrieval
 
         lines += render_retrieval(r["retrieval"], r.get("retrieval_budget"))
+    if "spaces" in r:
+        from .spaces import render as render_spaces
+
+        lines += render_spaces(r["spaces"], r.get("spaces_budget"))
+    if "compare" in r:
+        from .compare import render as render_compare
+
+        lines += render_compare(r["compare"], r.get("compare_budget"))
     sc = r["scale"]
     lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
         f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))

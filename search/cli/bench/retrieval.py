@@ -72,12 +72,14 @@ def goals(r: dict[str, Any], L0: int = 128) -> list[str]:
     return lines
 
 
-def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
-    def cell(v: list[float], fmt: str) -> str:
-        xs = sorted(v)
-        mid = format(statistics.median(xs), fmt)
-        return mid + (f" [{format(xs[0], fmt)}, {format(xs[-1], fmt)}]" if len(xs) > 1 else "")
+def cell(v: list[float], fmt: str) -> str:
+    """Median of the seeds, with [min, max] when there are several."""
+    xs = sorted(v)
+    mid = format(statistics.median(xs), fmt)
+    return mid + (f" [{format(xs[0], fmt)}, {format(xs[-1], fmt)}]" if len(xs) > 1 else "")
 
+
+def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
     lines = []
     for target, row in r.items():
         evals = f"; searched: {budget} evaluations per search, median [min, max] of seeds" if budget else ""

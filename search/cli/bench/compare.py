@@ -1,0 +1,112 @@
+"""What users would pick instead (issue 17): every way past the trained length, side by side on
+the same held-out text. On builtin:tiny-sotu: plain RoPE, PI, NTK, YaRN, dynamic NTK,
+LM-Infinite and factors searched on the needle objective; on its twin builtin:tiny-sotu-alibi
+(same body, data, steps and seed, ALiBi instead of RoPE): the model as it is. Four measures per
+length: perplexity of each document's first L tokens (one pass), sliding-window perplexity
+(windows of L advancing by L/2: every token after the first window sees at least L/2 tokens of
+context), needle perplexity and pass-key accuracy."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Any
+
+from .quality import _search, _toml
+from .retrieval import OBJECTIVE
+
+ROPE_ROWS = ("none", "pi", "ntk", "yarn", "dynamic_ntk", "lm_infinite")
+MEASURES = ("ppl", "sliding", "needle", "passkey")
+L0 = 128
+
+
+def _spec(model: str):
+    from longrope.objectives.specs import ObjectiveSpec
+
+    return ObjectiveSpec.of(model, threads=2, search_docs=5, heldout_docs=10, depths=10, per_depth=2)
+
+
+def measure(ev, factors, length: int) -> dict[str, float]:
+    needle = ev.evaluate(factors, length, pool="heldout", kind="needle")
+    return {"ppl": ev.evaluate(factors, length, pool="heldout", kind="ppl").ppl,
+            "sliding": ev.evaluate(factors, length, pool="heldout", kind="ppl", stride=length // 2).ppl,
+            "needle": needle.ppl, "passkey": needle.extra["passkey"]}
+
+
+def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0) -> dict[str, Any]:
+    """{length: {row: {measure: value}}}. The searched row: one needle-objective search per
+    length beyond L0 (`budget` evaluations, `seed`); at L0 and below it is `none` (nothing to
+    stretch)."""
+    from longrope.objectives.workers import Evaluator
+
+    rope, twin = Evaluator(_spec("builtin:tiny-sotu")), Evaluator(_spec("builtin:tiny-sotu-alibi"))
+    out: dict[str, Any] = {}
+    for n in lengths:
+        row = {m: measure(rope, rope.method(m, n), n) for m in ROPE_ROWS}
+        if n > L0:
+            toml = _toml(seed=seed, target=n, budget=budget) + OBJECTIVE.format(kind="needle")
+            run, _ = _search(workdir, f"compare-{n}", toml)
+            row["searched"] = measure(rope, run.best("long", n).factors, n)
+        else:
+            row["searched"] = dict(row["none"])
+        row["alibi"] = measure(twin, twin.method("none", n), n)
+        out[str(n)] = row
+    return out
+
+
+def winners(r: dict[str, Any]) -> list[str]:
+    """Which row wins each measure at each length (lowest perplexity, highest pass-key)."""
+    lines = []
+    for k in MEASURES:
+        best = []
+        for n, row in r.items():
+            pick = max if k == "passkey" else min
+            w = pick(row, key=lambda m, k=k: row[m][k])
+            best.append(f"{int(n) // L0}x {w} ({row[w][k]:.2f})")
+        lines.append(f"best {k}: " + ", ".join(best))
+    return lines
+
+
+def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
+    lengths = list(r)
+    head = " | ".join(f"{int(n) // L0}x ({n})" for n in lengths)
+    lines = ["", "every method on the same held-out text (10 documents, 20 keys); each cell: perplexity / "
+             f"sliding-window perplexity (stride L/2) / needle perplexity / pass-key accuracy; searched: "
+             f"needle objective, {budget} evaluations, seed 0 (= none at 1x); "
+             "alibi: builtin:tiny-sotu-alibi:",
+             "", f"| method | {head} |", "|---|" + "---|" * len(lengths)]
+    for m in r[lengths[0]]:
+        cells = [" / ".join(_fmt(r[n][m][k], k) for k in MEASURES) for n in lengths]
+        lines.append(f"| {m} | " + " | ".join(cells) + " |")
+    return lines + [""] + winners(r)
+
+
+def _fmt(v: float, k: str) -> str:
+    if not math.isfinite(v):
+        return "inf"
+    return f"{v:.2f}" if k == "passkey" or v < 100 else f"{v:.0f}"
+
+
+def plot(r: dict[str, Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lengths = [int(n) for n in r]
+    titles = {"ppl": "perplexity (first L tokens)", "sliding": "sliding-window perplexity (stride L/2)",
+              "needle": "needle perplexity", "passkey": "pass-key accuracy"}
+    fig, axes = plt.subplots(1, 4, figsize=(18, 4))
+    for ax, k in zip(axes, MEASURES, strict=True):
+        for m in r[str(lengths[0])]:
+            ys = [r[str(n)][m][k] for n in lengths]
+            ax.plot(lengths, ys, marker="o", label=m, lw=2.2 if m in ("searched", "alibi") else 1.2)
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(lengths, [f"{n // L0}x" for n in lengths])
+        if k != "passkey":
+            ax.set_yscale("log")
+        ax.set_title(titles[k])
+    axes[0].legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)

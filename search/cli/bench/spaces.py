@@ -1,0 +1,77 @@
+"""Search spaces at equal budget (issue 15, 5b): LongRoPE's (every λ free in [1, 1.25 s],
+mscale fixed) against LongRoPE2's critical-dimension space, and that space with the attention
+scale searched too. Every search uses the needle objective (the one the retrieval section
+shows keeps retrieval) with the same seeds and budget; the best factors are then scored on the
+held-out pool: plain perplexity, needle perplexity and pass-key accuracy."""
+
+from __future__ import annotations
+
+import statistics
+from pathlib import Path
+from typing import Any
+
+from .quality import _search, _toml
+from .retrieval import OBJECTIVE, measure
+
+SPACES = {  # name: the [space] lines it adds to the bench's search config
+    "longrope": "",
+    "critical_dim": 'critical_dim = "auto"',
+    "critical_dim+mscale": 'critical_dim = "auto"\nmscale = "search"',
+}
+
+
+def spaces(workdir: Path, targets: list[int], seeds: list[int], budget: int) -> dict[str, Any]:
+    """{target: {space: {"ppl": [...], "needle": [...], "passkey": [...], "mscale": [...]}}},
+    one value per seed. Held out: 10 documents, 20 keys (2 per depth), as in `retrieval`."""
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.objectives.workers import Evaluator
+
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10,
+                                    depths=10, per_depth=2))
+    out: dict[str, Any] = {}
+    for target in targets:
+        row: dict[str, Any] = {}
+        for name, lines in SPACES.items():
+            runs = []
+            for s in seeds:
+                toml = _toml(seed=s, target=target, budget=budget, space=lines)
+                toml += OBJECTIVE.format(kind="needle")
+                run, _ = _search(workdir, f"space-{name}-{target}-{s}", toml)
+                f = run.best("long", target).factors
+                runs.append({**measure(ev, f, target), "mscale": f.mscale})
+            row[name] = {k: [r[k] for r in runs] for k in ("ppl", "needle", "passkey", "mscale")}
+        out[str(target)] = row
+    return out
+
+
+def goals(r: dict[str, Any], L0: int = 128) -> list[str]:
+    """Goal 2 of issue 15: the best space beats LongRoPE's at 8x (held-out ppl and pass-key)."""
+    med = statistics.median
+    lines = []
+    for target, row in r.items():
+        if int(target) // L0 != 8:
+            continue
+        base = row["longrope"]
+        best = min((n for n in row if n != "longrope"), key=lambda n: med(row[n]["ppl"]))
+        b = row[best]
+        ok_ppl = med(b["ppl"]) < med(base["ppl"])
+        ok_pk = med(b["passkey"]) >= med(base["passkey"])
+        lines.append(f"8x spaces: best other space {best}: held-out ppl {med(b['ppl']):.2f} vs "
+                     f"LongRoPE's {med(base['ppl']):.2f} ({'met' if ok_ppl else 'NOT met'}); pass-key "
+                     f"{med(b['passkey']):.2f} vs {med(base['passkey']):.2f} "
+                     f"({'met' if ok_pk else 'NOT met'})")
+    return lines
+
+
+def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
+    from .retrieval import cell
+
+    lines = []
+    for target, row in r.items():
+        lines += ["", f"search spaces at {target} (needle objective, {budget} evaluations per search; "
+                  "held-out: 10 documents, 20 keys; median [min, max] over seeds):", "",
+                  "| space | perplexity | needle perplexity | pass-key accuracy | mscale |",
+                  "|---|---|---|---|---|"]
+        lines += [f"| {n} | " + " | ".join(cell(v[k], ".2f") for k in ("ppl", "needle", "passkey")) + " | "
+                  + cell(v["mscale"], ".3f") + " |" for n, v in row.items()]
+    return lines + [""] + goals(r)
