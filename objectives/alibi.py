@@ -10,7 +10,7 @@ sequence m_h = 2^(−8h/n), h = 1..n; otherwise the n' = 2^⌊log2 n⌋ slopes o
 by every other slope of the 2n' rule, the first n − n' of them (the paper's reference code).
 
 How it runs on transformers' Llama, unchanged weights and modules otherwise: the config carries
-``position_encoding = "alibi"`` (saved in config.json, so the folder says what it is), the
+``position_encoding = "alibi"`` (spaces.is_alibi; saved in config.json: the folder says so), the
 shared rotary module is replaced by `NoRotary` (cos = 1, sin = 0: the rotation is the identity,
 exactly), and the attention is a function registered through transformers' AttentionInterface
 under ``NAME`` that adds the bias inside one SDPA call. `convert` does both; `models.load_model`
@@ -21,10 +21,10 @@ such a folder without `convert` would run it as a RoPE model: the loader here is
 from __future__ import annotations
 
 import math
+from functools import lru_cache
 from typing import Any
 
 NAME = "longrope_alibi"  # the attention implementation name this module registers
-KEY = "position_encoding"  # config key; "alibi" marks a twin, absent means RoPE
 
 
 def slopes(n_heads: int) -> list[float]:
@@ -41,12 +41,6 @@ def slopes(n_heads: int) -> list[float]:
     return power_of_two(base) + power_of_two(2 * base)[0::2][: n_heads - base]
 
 
-def is_alibi(config: Any) -> bool:
-    """True for a config (object or config.json dict) that marks an ALiBi twin."""
-    value = config.get(KEY) if isinstance(config, dict) else getattr(config, KEY, None)
-    return value == "alibi"
-
-
 def bias(length: int, head_slopes: list[float], device: Any = None):
     """[H, L, L] float32: −m_h·(i − j) on and below the diagonal, −inf above (causal)."""
     import torch
@@ -58,19 +52,9 @@ def bias(length: int, head_slopes: list[float], device: Any = None):
     return (-m * dist).masked_fill(j > i, -math.inf)
 
 
-class _Cache:
-    key: tuple | None = None
-    value: Any = None
-
-
-_CACHE = _Cache()  # one bias per (length, heads, device): every layer of a forward shares it
-
-
-def _bias_for(length: int, n_heads: int, device: Any):
-    key = (length, n_heads, str(device))
-    if _CACHE.key != key:
-        _CACHE.key, _CACHE.value = key, bias(length, slopes(n_heads), device)
-    return _CACHE.value
+@lru_cache(maxsize=1)  # the last (length, heads, device): every layer of a forward shares it
+def _bias_for(length: int, n_heads: int, device: str):
+    return bias(length, slopes(n_heads), device)
 
 
 def attention(module: Any, query, key, value, attention_mask, scaling: float | None = None,
@@ -87,7 +71,7 @@ def attention(module: Any, query, key, value, attention_mask, scaling: float | N
         key = key.repeat_interleave(groups, dim=1)
         value = value.repeat_interleave(groups, dim=1)
     length = query.shape[2]
-    mask = _bias_for(length, query.shape[1], query.device)[None]
+    mask = _bias_for(length, query.shape[1], str(query.device))[None]
     if attention_mask is not None:  # padding, as transformers' sdpa mask gives it
         keep = attention_mask if attention_mask.dtype == torch.bool else attention_mask == 0
         mask = mask.masked_fill(~keep[..., :length, :length], -math.inf)
@@ -131,8 +115,7 @@ def convert(model: Any) -> Any:
     module becomes the identity and every attention layer adds the ALiBi bias. Returns it."""
     from transformers import PretrainedConfig
 
-    from longrope.spaces import architecture_of
-
+    from longrope.spaces import ALIBI_KEY, architecture_of
     register()
     arch = architecture_of(model.config)
     inner = getattr(model, arch.decoder)
@@ -143,5 +126,5 @@ def convert(model: Any) -> Any:
         c = getattr(m, "config", None)
         if isinstance(c, PretrainedConfig):
             c._attn_implementation = NAME
-            setattr(c, KEY, "alibi")
+            setattr(c, ALIBI_KEY, "alibi")
     return model

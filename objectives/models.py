@@ -16,9 +16,9 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RopeGeometry, UserError, architecture_of
+from longrope.spaces import RopeGeometry, UserError, architecture_of, is_alibi
 
-from .alibi import convert, is_alibi
+from .alibi import convert
 from .smollm2 import ensure_converted
 
 BUILTIN_MODELS = ("tiny-sotu", "tiny-sotu-alibi", "smollm2-135m")
@@ -113,11 +113,12 @@ def load_model(
         raise
     except Exception as e:
         raise UserError(f"cannot load model {spec}: {_first_line(e)}") from None
-    if is_alibi(config):
+    alibi = is_alibi(config)
+    if alibi:
         convert(model)
     model.to(device).eval()
     model.requires_grad_(False)
-    return LoadedModel(model, tok, geometry, spec, device, dtype, is_alibi(config))
+    return LoadedModel(model, tok, geometry, spec, device, dtype, alibi)
 
 
 def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:

@@ -29,6 +29,7 @@ from longrope.spaces import (
     architecture_of,
     check_usable,
     hf_attention_factor,
+    is_alibi,
     read_text,
 )
 
@@ -156,7 +157,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     config = _read_json(src / "config.json", "model config")
     if not isinstance(config, dict):
         raise UserError(f"{src / 'config.json'} is not a JSON object")
-    if config.get("position_encoding") == "alibi":  # objectives/alibi.py's marker
+    if is_alibi(config):
         raise UserError(f"{src} is an ALiBi model (no rotary embeddings): rescale factors do not apply to it")
     arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
     n_model = _n_freqs(config)

@@ -4,7 +4,15 @@ mscale), the closed-form methods (PI, NTK, YaRN, dynamic NTK, Llama 3), and the
 one table of admitted model architectures.
 Pure numerics and data: imports nothing else of ours."""
 
-from .architectures import ARCHITECTURES, NO_ROPE, Architecture, architecture, architecture_of
+from .architectures import (
+    ALIBI_KEY,
+    ARCHITECTURES,
+    NO_ROPE,
+    Architecture,
+    architecture,
+    architecture_of,
+    is_alibi,
+)
 from .errors import UserError, read_text
 from .factors import (
     MSCALE_POLICIES,
@@ -22,6 +30,7 @@ from .methods import METHODS, REFERENCE_METHODS, method
 from .space import N_HAT_PAPER, SearchSpace, below_critical
 
 __all__ = [
+    "ALIBI_KEY",
     "ARCHITECTURES",
     "MSCALE_POLICIES",
     "NO_ROPE",
@@ -38,6 +47,7 @@ __all__ = [
     "architecture_of",
     "below_critical",
     "check_usable",
+    "is_alibi",
     "hf_attention_factor",
     "load_factors",
     "mscale_su",

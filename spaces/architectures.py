@@ -124,6 +124,17 @@ def architecture_of(config: Any) -> Architecture:
     return architecture(model_type, name)
 
 
+ALIBI_KEY = "position_encoding"  # config key of this project's ALiBi twins (objectives/alibi.py)
+
+
+def is_alibi(config: Any) -> bool:
+    """True for a config (object or config.json dict) marked as this project's ALiBi twin: a
+    Llama body loaded without rotary (objectives/alibi.py). Models that are ALiBi by their own
+    type or flag are refused by `architecture_of` instead."""
+    value = config.get(ALIBI_KEY) if isinstance(config, dict) else getattr(config, ALIBI_KEY, None)
+    return value == "alibi"
+
+
 def _label(model_type: str, name: str | None) -> str:
     """How a message names the model: "LlamaForCausalLM (llama)", or the type alone."""
     return f"{name} ({model_type})" if name and name != model_type else str(model_type)

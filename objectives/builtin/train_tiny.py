@@ -26,7 +26,9 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..alibi import convert, is_alibi
+from longrope.spaces import is_alibi
+
+from ..alibi import convert
 from .tiny_corpus import (
     EVAL_RULE,
     eval_texts,
