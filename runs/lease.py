@@ -31,6 +31,7 @@ import sys
 import threading
 import time
 import uuid
+from contextlib import contextmanager
 from pathlib import Path
 
 from longrope.spaces import UserError
@@ -43,11 +44,10 @@ GUARD_WAIT = 5.0  # how long an acquirer waits for another one's guard before re
 class Lease:
     """Context manager: acquire on enter (or raise UserError), heartbeat while held, release."""
 
-    def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float = HEARTBEAT,
-                 owner: str = "run"):
+    def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float = HEARTBEAT):
         if not timeout > 0:
             raise UserError(f"--lock-timeout must be a positive number of seconds, got {timeout}")
-        self.path, self.timeout, self.interval, self.owner = Path(path), float(timeout), interval, owner
+        self.path, self.timeout, self.interval = Path(path), float(timeout), interval
         self.guard = self.path.with_name(self.path.name + ".guard")
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
                    "started": time.time(), "token": uuid.uuid4().hex}
@@ -76,12 +76,17 @@ class Lease:
         tmp.write_text(json.dumps(self.me))
         os.replace(tmp, self.path)
 
-    def stale(self, other: dict, now: float | None = None) -> str | None:
+    @staticmethod
+    def age(other: dict) -> float:
+        """Seconds since `other` last beat (a lock from before heartbeats: since it started)."""
+        beat = other.get("heartbeat", other.get("started"))
+        return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
+
+    def stale(self, other: dict) -> str | None:
         """Why `other` may be taken over, or None while it is live."""
         if not other:
             return f"taking over an unreadable lock file {self.path}"
-        beat = other.get("heartbeat", other.get("started"))
-        age = (now or time.time()) - beat if isinstance(beat, (int, float)) else float("inf")
+        age = self.age(other)
         if other.get("host") == self.me["host"] and not _alive(other.get("pid", -1)):
             return f"taking over a stale lock of dead process {other.get('pid')} on this host"
         if age > self.timeout:
@@ -96,42 +101,39 @@ class Lease:
             if other is not None:
                 why = self.stale(other)
                 if why is None:
-                    age = time.time() - other.get("heartbeat", other.get("started", time.time()))
                     raise UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
-                                    f"{other.get('host')} (heartbeat {age:.0f} s ago, {self.path}); one "
-                                    f"driver per {self.owner}; a lock silent for --lock-timeout "
-                                    f"({self.timeout:g} s) is taken over")
+                                    f"{other.get('host')} (heartbeat {self.age(other):.0f} s ago, "
+                                    f"{self.path}); one driver per run; a lock silent for "
+                                    f"--lock-timeout ({self.timeout:g} s) is taken over")
                 print(f"warning: {why}", file=sys.stderr)
             self._write()
         self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
         self._thread.start()
 
+    @contextmanager
     def _guarded(self):
-        lease = self
-
-        class _Guard:
-            def __enter__(self):
-                deadline = time.time() + GUARD_WAIT
-                while True:
-                    try:
-                        os.close(os.open(lease.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
-                        return
-                    except FileExistsError:
-                        try:  # an acquirer killed inside the guard: its guard is old
-                            if time.time() - lease.guard.stat().st_mtime > lease.timeout:
-                                lease.guard.unlink(missing_ok=True)
-                                continue
-                        except FileNotFoundError:
-                            continue
-                        if time.time() > deadline:
-                            raise UserError(f"another driver is acquiring {lease.path} right now "
-                                            f"({lease.guard} exists); try again") from None
-                        time.sleep(0.05)
-
-            def __exit__(self, *exc):
-                lease.guard.unlink(missing_ok=True)
-
-        return _Guard()
+        """Hold run.lock.guard (O_EXCL) for one acquisition; an acquirer killed inside it leaves
+        a guard older than the timeout, which is removed."""
+        deadline = time.time() + GUARD_WAIT
+        while True:
+            try:
+                os.close(os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                break
+            except FileExistsError:
+                try:
+                    if time.time() - self.guard.stat().st_mtime > self.timeout:
+                        self.guard.unlink(missing_ok=True)
+                        continue
+                except FileNotFoundError:
+                    continue
+                if time.time() > deadline:
+                    raise UserError(f"another driver is acquiring {self.path} right now "
+                                    f"({self.guard} exists); try again") from None
+                time.sleep(0.05)
+        try:
+            yield
+        finally:
+            self.guard.unlink(missing_ok=True)
 
     def mine(self) -> bool:
         other = self.read()
