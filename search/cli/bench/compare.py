@@ -12,41 +12,29 @@ import math
 from pathlib import Path
 from typing import Any
 
-from .quality import _search, _toml
-from .retrieval import OBJECTIVE
+from . import retrieval
 
 ROPE_ROWS = ("none", "pi", "ntk", "yarn", "dynamic_ntk", "lm_infinite")
 MEASURES = ("ppl", "sliding", "needle", "passkey")
 L0 = 128
 
 
-def _spec(model: str):
-    from longrope.objectives.specs import ObjectiveSpec
-
-    return ObjectiveSpec.of(model, threads=2, search_docs=5, heldout_docs=10, depths=10, per_depth=2)
-
-
 def measure(ev, factors, length: int) -> dict[str, float]:
-    needle = ev.evaluate(factors, length, pool="heldout", kind="needle")
-    return {"ppl": ev.evaluate(factors, length, pool="heldout", kind="ppl").ppl,
-            "sliding": ev.evaluate(factors, length, pool="heldout", kind="ppl", stride=length // 2).ppl,
-            "needle": needle.ppl, "passkey": needle.extra["passkey"]}
+    """retrieval.measure's three numbers and the sliding-window perplexity."""
+    return {**retrieval.measure(ev, factors, length),
+            "sliding": ev.evaluate(factors, length, pool="heldout", kind="ppl", stride=length // 2).ppl}
 
 
 def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0) -> dict[str, Any]:
     """{length: {row: {measure: value}}}. The searched row: one needle-objective search per
     length beyond L0 (`budget` evaluations, `seed`); at L0 and below it is `none` (nothing to
     stretch)."""
-    from longrope.objectives.workers import Evaluator
-
-    rope, twin = Evaluator(_spec("builtin:tiny-sotu")), Evaluator(_spec("builtin:tiny-sotu-alibi"))
+    rope, twin = retrieval.heldout_evaluator(), retrieval.heldout_evaluator("builtin:tiny-sotu-alibi")
     out: dict[str, Any] = {}
     for n in lengths:
         row = {m: measure(rope, rope.method(m, n), n) for m in ROPE_ROWS}
         if n > L0:
-            toml = _toml(seed=seed, target=n, budget=budget) + OBJECTIVE.format(kind="needle")
-            run, _ = _search(workdir, f"compare-{n}", toml)
-            row["searched"] = measure(rope, run.best("long", n).factors, n)
+            row["searched"] = measure(rope, retrieval.searched(workdir, "compare", n, [seed], budget)[0], n)
         else:
             row["searched"] = dict(row["none"])
         row["alibi"] = measure(twin, twin.method("none", n), n)

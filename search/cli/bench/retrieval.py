@@ -14,6 +14,32 @@ BASELINES = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
 OBJECTIVE = "[objective]\nkind = \"{kind}\"\ndepths = 10\nper_depth = 1\n"
 
 
+def heldout_evaluator(model: str = "builtin:tiny-sotu"):
+    """The scorer the retrieval, spaces and compare sections share: 10 held-out documents and
+    20 keys (2 at each of 10 depths)."""
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.objectives.workers import Evaluator
+
+    return Evaluator(ObjectiveSpec.of(model, threads=2, search_docs=5, heldout_docs=10, depths=10,
+                                      per_depth=2))
+
+
+def searched(workdir: Path, name: str, target: int, seeds: list[int], budget: int, kind: str = "needle",
+             space: str = "") -> list:
+    """The best long factors of one search per seed (objective `kind`, [space] lines `space`)."""
+    out = []
+    for s in seeds:
+        toml = _toml(seed=s, target=target, budget=budget, space=space) + OBJECTIVE.format(kind=kind)
+        run, _ = _search(workdir, f"{name}-{target}-{s}", toml)
+        out.append(run.best("long", target).factors)
+    return out
+
+
+def by_key(rows: list[dict[str, float]]) -> dict[str, list[float]]:
+    """[{k: v}, ...] (one dict per seed) -> {k: [v, ...]}."""
+    return {k: [r[k] for r in rows] for k in rows[0]}
+
+
 def measure(ev, factors, length: int) -> dict[str, float]:
     """The three held-out numbers for one set of factors at one length."""
     needle = ev.evaluate(factors, length, pool="heldout", kind="needle")
@@ -26,23 +52,16 @@ def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int) -> dict[s
     `seeds`, one value per seed for the searched rows, one for the closed-form ones. Held out:
     10 documents, 20 keys (2 per depth)."""
     from longrope.objectives.methods import method_factors
-    from longrope.objectives.specs import ObjectiveSpec
-    from longrope.objectives.workers import Evaluator
 
-    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10,
-                                    depths=10, per_depth=2))
+    ev = heldout_evaluator()
     out: dict[str, Any] = {}
     for target, target_seeds in seeds.items():
         row: dict[str, Any] = {}
         for m in BASELINES:
             row[m] = {k: [v] for k, v in measure(ev, method_factors(m, ev.geometry, target), target).items()}
         for kind in ("ppl", "needle"):
-            runs = []
-            for s in target_seeds:
-                toml = _toml(seed=s, target=target, budget=budget) + OBJECTIVE.format(kind=kind)
-                run, _ = _search(workdir, f"r-{kind}-{target}-{s}", toml)
-                runs.append(measure(ev, run.best("long", target).factors, target))
-            row[f"searched_{kind}"] = {k: [r[k] for r in runs] for k in ("ppl", "needle", "passkey")}
+            found = searched(workdir, f"r-{kind}", target, target_seeds, budget, kind)
+            row[f"searched_{kind}"] = by_key([measure(ev, f, target) for f in found])
         out[str(target)] = row
     return out
 

@@ -10,8 +10,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .quality import _search, _toml
-from .retrieval import OBJECTIVE, measure
+from .retrieval import by_key, heldout_evaluator, measure, searched
 
 SPACES = {  # name: the [space] lines it adds to the bench's search config
     "longrope": "",
@@ -23,23 +22,13 @@ SPACES = {  # name: the [space] lines it adds to the bench's search config
 def spaces(workdir: Path, targets: list[int], seeds: list[int], budget: int) -> dict[str, Any]:
     """{target: {space: {"ppl": [...], "needle": [...], "passkey": [...], "mscale": [...]}}},
     one value per seed. Held out: 10 documents, 20 keys (2 per depth), as in `retrieval`."""
-    from longrope.objectives.specs import ObjectiveSpec
-    from longrope.objectives.workers import Evaluator
-
-    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10,
-                                    depths=10, per_depth=2))
+    ev = heldout_evaluator()
     out: dict[str, Any] = {}
     for target in targets:
         row: dict[str, Any] = {}
         for name, lines in SPACES.items():
-            runs = []
-            for s in seeds:
-                toml = _toml(seed=s, target=target, budget=budget, space=lines)
-                toml += OBJECTIVE.format(kind="needle")
-                run, _ = _search(workdir, f"space-{name}-{target}-{s}", toml)
-                f = run.best("long", target).factors
-                runs.append({**measure(ev, f, target), "mscale": f.mscale})
-            row[name] = {k: [r[k] for r in runs] for k in ("ppl", "needle", "passkey", "mscale")}
+            found = searched(workdir, f"space-{name}", target, seeds, budget, space=lines)
+            row[name] = by_key([{**measure(ev, f, target), "mscale": f.mscale} for f in found])
         out[str(target)] = row
     return out
 
