@@ -81,6 +81,53 @@ class TaskSpec:
             raise UserError(f"{where}.per_depth = {self.per_depth} must be >= 1")
 
 
+@dataclass
+class FinetuneSpec:
+    """LongRoPE's fine-tune between searches, the LongLoRA way (objectives/finetune.py)."""
+
+    after: list[int] = field(default_factory=list)  # targets after whose search a fine-tune runs
+    steps: int = 400  # optimizer steps (LongRoPE: 400 at 128k, 600 at 256k)
+    lr: float = 2e-5  # peak learning rate, linear warm-up then constant (LongLoRA: 2e-5)
+    warmup: int = 20  # warm-up steps (LongLoRA: 20)
+    batch_tokens: int = 0  # tokens per step: batch_tokens // L sequences of the target length; 0 = one
+    lora_rank: int = 8  # LoRA rank r (LongLoRA: 8)
+    lora_alpha: float = 16.0  # LoRA scale α (the update is α/r · BA; LongLoRA: 16)
+    lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    train_embeddings_norms: bool = True  # LongLoRA's "LoRA+": LoRA alone does not adapt to long context
+    s2_attn: bool = True  # shifted sparse attention while training (full attention at inference)
+    s2_group: int = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
+    checkpoint_every: int = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
+    seed: int = 0  # seeds the LoRA init and every step's windows
+
+    def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:
+        if targets is not None and any(t not in targets for t in self.after):
+            bad = next(t for t in self.after if t not in targets)
+            raise UserError(f"{where}.after: {bad} is not one of space.targets {targets}")
+        if self.after != sorted(set(self.after)):
+            raise UserError(f"{where}.after must be ascending without repeats, got {self.after}")
+        for key in ("steps", "lora_rank", "checkpoint_every"):
+            if getattr(self, key) < 1:
+                raise UserError(f"{where}.{key} = {getattr(self, key)} must be >= 1")
+        for key in ("warmup", "batch_tokens", "s2_group"):
+            if getattr(self, key) < 0:
+                raise UserError(f"{where}.{key} = {getattr(self, key)} must be >= 0")
+        if not 0 < self.lr < 1:
+            raise UserError(f"{where}.lr = {self.lr} must be in (0, 1)")
+        if self.lora_alpha <= 0:
+            raise UserError(f"{where}.lora_alpha = {self.lora_alpha} must be positive")
+        if not self.lora_targets:
+            raise UserError(f"{where}.lora_targets is empty: name the projections LoRA adapts")
+        if self.s2_group % 2:
+            raise UserError(f"{where}.s2_group = {self.s2_group} must be even (half the heads shift by G/2)")
+
+    def group(self, length: int) -> int:
+        """S2-Attn's group size at `length` (checked against it)."""
+        g = self.s2_group or length // 4
+        if g < length and (length % g or g % 2):
+            raise UserError(f"finetune.s2_group = {g} must be even and divide the target length {length}")
+        return g
+
+
 @dataclass(frozen=True)
 class ObjectiveSpec:
     """The model, the data and the task a worker scores candidates with."""

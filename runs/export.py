@@ -129,7 +129,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
 
 
 def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: str | Path,
-                    copy: bool = False) -> Path:
+                    copy: bool = False, quiet: bool = False) -> Path:
     """A model folder whose config.json carries the factors; weights linked (or copied).
 
     Everything is checked before the output folder is made: the factors as eval checks them
@@ -172,7 +172,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
     if arch.export_form == "phi3":
-        if w := phi3_mscale_warning(patch):
+        if (w := phi3_mscale_warning(patch)) and not quiet:
             print(f"warning: {w}", file=sys.stderr)
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
         config.pop("rope_parameters", None)
@@ -190,7 +190,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         else:
             os.symlink(item.resolve(), target)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
-    if patch.get("longrope_search", {}).get("n_hat"):
+    if patch.get("longrope_search", {}).get("n_hat") and not quiet:
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out

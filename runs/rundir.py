@@ -240,6 +240,14 @@ class Run:
     def best_path(self, kind: str, length: int) -> Path:
         return self.path / "best" / f"{kind}-{length}.json"
 
+    def model_dir(self, length: int) -> Path:
+        """Where the fine-tune after long-`length` puts its merged model (search/finetuning.py)."""
+        return self.path / "models" / f"ft-{length}"
+
+    def finetune_dir(self, length: int) -> Path:
+        """That fine-tune's checkpoint, progress.json and training.json."""
+        return self.path / "finetune" / f"ft-{length}"
+
     def write_best(self, record: BestRecord) -> None:
         atomic_write_text(self.best_path(record.kind, record.target_length), record.to_json())
 

@@ -82,10 +82,27 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
     return sorted(out, key=lambda s: (order.get(s["kind"], 2), s["target"] or 0))
 
 
+def finetune_summaries(run: Run) -> list[dict[str, Any]]:
+    """Each fine-tune's step, loss and ETA (from its progress.json), and its model once merged."""
+    out = []
+    for p in (run.path / "finetune").glob("ft-*/progress.json"):
+        try:
+            d = json.loads(p.read_text())
+        except (OSError, ValueError):  # being replaced this instant: the next status reads it
+            continue
+        length = d.get("length")
+        done = (run.model_dir(length) / "config.json").is_file()
+        out.append({"name": f"finetune-{length}", "target": length, "step": d.get("step"),
+                    "steps": d.get("steps"), "loss": d.get("loss"), "done": done,
+                    "eta_seconds": None if done else d.get("eta_seconds"),
+                    "model": str(run.model_dir(length)) if done else None})
+    return sorted(out, key=lambda f: f["target"] or 0)
+
+
 def render_status(run: Run, as_json: bool) -> str:
-    stages = stage_summaries(run)
+    stages, tunes = stage_summaries(run), finetune_summaries(run)
     if as_json:
-        return json.dumps({"run": str(run.path), "stages": stages, "time": time.time()})
+        return json.dumps({"run": str(run.path), "stages": stages, "finetunes": tunes, "time": time.time()})
     lines = [f"run {run.path}"]
     if not stages:
         lines.append("no stage started yet")
@@ -100,6 +117,10 @@ def render_status(run: Run, as_json: bool) -> str:
                      f"generation {s['generation']}, running {s['running']}, pruned {s['pruned']}, "
                      f"failed {s['failed']}, tokens {_count(s['tokens'])}{saved}, critical dim {crit}"
                      f"{mscale}, {eta}")
+    for f in tunes:
+        eta = f"done, model {f['model']}" if f["done"] else \
+            f"ETA {(f['eta_seconds'] or 0) / 60:.1f} min"
+        lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}, loss {f['loss']:.4f}, {eta}")
     return "\n".join(lines)
 
 

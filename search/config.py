@@ -1,7 +1,7 @@
-"""The run configuration: one TOML file, six sections, defaults from the paper.
+"""The run configuration: one TOML file, seven sections, defaults from the paper.
 
-The sections' shape lives in schema.py (``[model]``, ``[data]`` and
-``[objective]`` are the objective's own specs, objectives/specs.py); this
+The sections' shape lives in schema.py (``[model]``, ``[data]``,
+``[objective]`` and ``[finetune]`` are the objective's own specs, objectives/specs.py); this
 module reads, checks and writes it.
 
 Each field's comment says what it means and which values it takes. Unknown
@@ -132,6 +132,10 @@ def validate(cfg: RunConfig) -> None:
     cfg.model.validate("model")
     cfg.data.validate("data")
     cfg.objective.validate("objective")
+    cfg.finetune.validate("finetune", cfg.space.targets)
+    if cfg.finetune.s2_attn:
+        for t in cfg.finetune.after:
+            cfg.finetune.group(t)
     sp, se, wk = cfg.space, cfg.search, cfg.workers
     if not sp.targets and not sp.short:
         raise UserError("space.targets and space.short are both empty: nothing to search")

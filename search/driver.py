@@ -12,6 +12,7 @@ same candidates in the same generations as an uninterrupted one.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import math
 import os
@@ -33,6 +34,7 @@ from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job, make_backend
 from .config import RunConfig, defining_diff, dumps
+from .finetuning import check_finetune, finetune_stage
 from .proposers import Proposer, best_trial, make_proposer
 from .stages import Stage, initial_factors, make_stages
 
@@ -76,7 +78,8 @@ def config_hash(run: Run) -> str:
 
 
 def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
-                factors: RescaleFactors, heldout: float | None) -> BestRecord:
+                factors: RescaleFactors, heldout: float | None, model: str | None = None) -> BestRecord:
+    """The stage's best file; `model`: the one it was searched on when not cfg's (a fine-tune's)."""
     return BestRecord(
         kind=stage.kind, target_length=stage.length, original_length=g.original_length,
         lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
@@ -84,7 +87,7 @@ def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, 
         evals=sum(1 for t in study.get_trials(deepcopy=False)
                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
         trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
-        config_hash=config_hash(run), model=cfg.model.path, data=cfg.data.path,
+        config_hash=config_hash(run), model=model or cfg.model.path, data=cfg.data.path,
         sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
     )
 
@@ -100,6 +103,9 @@ class Plan:
         for stage in self.stages:  # seed files are checked before anything is written
             initial_factors(cfg, stage, self.geometry, None)
         self.spec = ObjectiveSpec.from_config(cfg)
+        check_finetune(self.spec, cfg.finetune)
+        if cfg.finetune.after and backend is not None:
+            raise UserError("finetune.after switches the workers' model: let the driver make its workers")
         self.backend = backend
         self.checked = False
         self._made = False
@@ -114,6 +120,13 @@ class Plan:
             self.backend.check([s.length for s in self.stages])
             self.checked = True
         return self.backend
+
+    def use_model(self, path: str) -> None:
+        """Score the stages to come on the model at `path` (a fine-tune's): new workers."""
+        self.close()
+        self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
+        self.backend, self.checked = None, False
+        self.start_backend()
 
     def close(self) -> None:
         """Close the backend this plan made, once; a given one is left to its owner."""
@@ -200,7 +213,7 @@ class Driver:
             raise ValueError("give the backend to the plan, not to both")
         self.cfg, self.run, self.progress = cfg, run, progress
         self.plan = plan if plan is not None else Plan(cfg, backend)
-        self.geometry, self.stages, self.spec = self.plan.geometry, self.plan.stages, self.plan.spec
+        self.geometry, self.stages = self.plan.geometry, self.plan.stages
         self.inflight: dict[int, tuple[optuna.Study, Any, Proposer]] = {}
         self.active: tuple[optuna.Study, Proposer] | None = None  # the stage under way
 
@@ -230,6 +243,9 @@ class Driver:
                 results[stage.name] = self.run_stage(stage, study, proposer)
                 if stage.kind == "long" and results[stage.name] is not None:
                     previous = results[stage.name]
+                if stage.kind == "long" and stage.length in self.cfg.finetune.after:
+                    self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
+                                                       self.cfg.workers, stage.length, self.progress))
         finally:
             self.abandon_inflight()
         return results
@@ -348,7 +364,7 @@ class Driver:
 
     def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer: Proposer) -> None:
         self.run.write_best(best_record(self.cfg, self.run, stage, self.geometry, study, trial,
-                                        proposer.factors(trial), heldout))
+                                        proposer.factors(trial), heldout, self.plan.spec.model.path))
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         if not self.cfg.data.heldout_docs:

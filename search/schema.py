@@ -14,7 +14,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from longrope.objectives.specs import DataSpec, ModelSpec, TaskSpec
+from longrope.objectives.specs import DataSpec, FinetuneSpec, ModelSpec, TaskSpec
 from longrope.spaces import N_HAT_PAPER
 
 
@@ -77,6 +77,7 @@ class RunConfig:
     space: SpaceConfig = field(default_factory=SpaceConfig)
     search: SearchConfig = field(default_factory=SearchConfig)
     workers: WorkersConfig = field(default_factory=WorkersConfig)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)  # [finetune]: objectives/specs.py
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)

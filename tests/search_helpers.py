@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 from longrope.runs import Run
 from longrope.runs.vocab import REQUEUED, SLOT
 from longrope.search import config
@@ -32,6 +36,13 @@ backend = "{backend}"
 count = {count}
 num_gpus = {num_gpus}
 """
+
+
+def cli(*args, **kw) -> subprocess.Popen:
+    """`longrope ARGS` in a subprocess (one that can be killed), output captured as text."""
+    env = dict(os.environ, RAY_AUTH_MODE="disabled")
+    return subprocess.Popen([sys.executable, "-m", "longrope.search", *args], env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def small_cfg(model="synthetic", short="[]", iterations=4, seed=0, sampler="longrope",

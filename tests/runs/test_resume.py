@@ -1,25 +1,17 @@
 """Kill -9 the driver at random points, resume, and get the uninterrupted result."""
 
 import json
-import os
 import signal
 import subprocess
-import sys
 import time
 
 import numpy as np
 import pytest
-from search_helpers import LONGROPE2, small_cfg, trajectory
+from search_helpers import LONGROPE2, cli, small_cfg, trajectory
 
 from longrope.runs import Run
 from longrope.search import config
 from longrope.search.driver import Driver
-
-
-def cli(*args, **kw):
-    env = dict(os.environ, RAY_AUTH_MODE="disabled")
-    return subprocess.Popen([sys.executable, "-m", "longrope.search", *args], env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, **kw)
 
 
 def reference_run(tmp_path, **kw):

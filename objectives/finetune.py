@@ -1,0 +1,220 @@
+"""The fine-tune stage: LongLoRA (Chen et al. 2024) on the model with a stage's factors applied.
+
+LongRoPE (section 3.3) fine-tunes at 128k/256k with the searched factors, then searches again
+on the fine-tuned model for 8x further. Its training code is not public; LongLoRA makes that
+fine-tune cheap, and is what this module does:
+- what trains (LongLoRA's "LoRA+", section 3.3): LoRA on the attention projections (peft), plus
+  the embeddings and normalisation layers, which its ablation shows long context needs;
+- how: S2-Attn (objectives/s2attn.py) while training, full attention after; the stage's
+  factors, n̂ included, in the rotary (objectives/rotary.py), so the model learns the positions
+  it will be searched and used with;
+- on what: windows of L tokens from the search pool's documents, never the held-out ones. Each
+  step's windows are a pure function of (seed, step), and the checkpoint holds the trainable
+  tensors, the optimizer state and the losses, so a killed fine-tune resumes where its last
+  checkpoint was and ends where an uninterrupted one would.
+
+`work/progress.json` says step, loss and ETA for `longrope status`; the merged model (LoRA
+folded into the weights) is saved as a plain transformers folder with the tokenizer.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longrope.spaces import RescaleFactors, UserError
+
+from .specs import FinetuneSpec, ObjectiveSpec
+
+CHECKPOINT = "checkpoint.pt"
+PROGRESS = "progress.json"
+RECORD = "training.json"
+
+
+def norm_modules(model: Any) -> list[Any]:
+    """The normalisation layers (RMSNorm, LayerNorm) of any transformers architecture."""
+    return [m for m in model.modules() if type(m).__name__.endswith(("RMSNorm", "LayerNorm"))]
+
+
+def prepare(model: Any, ft: FinetuneSpec, factors: RescaleFactors) -> Any:
+    """The peft model to train: factors applied, LoRA on ft.lora_targets, embeddings and norms
+    trainable when asked, every other weight frozen."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from .rotary import apply_factors
+
+    apply_factors(model, factors)
+    model.requires_grad_(False)
+    torch.manual_seed(ft.seed)  # LoRA's A init
+    lora = LoraConfig(r=ft.lora_rank, lora_alpha=ft.lora_alpha, target_modules=list(ft.lora_targets),
+                      lora_dropout=0.0, bias="none")
+    import warnings
+
+    try:
+        with warnings.catch_warnings():  # transformers' deprecation notes, called by peft
+            warnings.simplefilter("ignore", FutureWarning)
+            peft_model = get_peft_model(model, lora)
+    except ValueError as e:  # no module matches a target name
+        why = str(e).splitlines()[0]
+        raise UserError(f"finetune.lora_targets = {list(ft.lora_targets)}: {why}") from None
+    if ft.train_embeddings_norms:
+        for m in [model.get_input_embeddings(), *norm_modules(model)]:
+            m.requires_grad_(True)
+    return peft_model
+
+
+def windows(docs: list[np.ndarray], length: int, count: int, seed: int, step: int) -> np.ndarray:
+    """[count, length] token windows for `step`: a document and an offset each, drawn from
+    rng(seed, step) so any step's batch can be rebuilt after a restart."""
+    rng = np.random.default_rng([seed, step])
+    rows = []
+    for _ in range(count):
+        d = docs[int(rng.integers(len(docs)))]
+        start = int(rng.integers(len(d) - length + 1))
+        rows.append(d[start:start + length])
+    return np.stack(rows).astype(np.int64)
+
+
+def training_docs(spec: ObjectiveSpec, tokenizer: Any, length: int) -> list[np.ndarray]:
+    """The search pool's documents that reach `length` tokens (the held-out pool never trains)."""
+    from .cache import cache_root
+    from .data import Split, load_corpus, tokenize
+
+    d = spec.data
+    tokens = tokenize(load_corpus(d.path, d.text_column, d.per_line), tokenizer, d.cache_dir or cache_root())
+    split = Split.make(len(tokens), d.split_seed)
+    docs = [tokens[i] for i in split.search if len(tokens[i]) >= length]
+    if not docs:
+        raise UserError(f"finetune at {length}: no search-pool document reaches {length} tokens")
+    return docs
+
+
+def fingerprint(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int) -> str:
+    """What defines a fine-tune's trajectory; a checkpoint from another one is refused."""
+    what = {"model": spec.model.path, "data": dataclasses.asdict(spec.data), "length": length,
+            "factors": factors.to_dict(), "finetune": {k: v for k, v in dataclasses.asdict(ft).items()
+                                                       if k not in ("after", "checkpoint_every")}}
+    what["data"].pop("cache_dir")
+    return hashlib.sha256(json.dumps(what, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(data, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def set_attention(model: Any, name: str) -> str:
+    """Set every config's attention implementation; returns the previous one."""
+    from transformers import PretrainedConfig
+
+    before = model.config._attn_implementation
+    for m in model.modules():
+        c = getattr(m, "config", None)
+        if isinstance(c, PretrainedConfig):
+            c._attn_implementation = name
+    return before
+
+
+def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
+             work: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+    """Fine-tune spec's model at `length` with `factors`, checkpointing into `work`, and save the
+    merged model to `out` (replaced if there). Resumes from work's checkpoint. Returns the record
+    (also work/training.json)."""
+    import torch
+    from tqdm.auto import tqdm
+
+    from .models import load_model
+    from .s2attn import register
+
+    work, out = Path(work), Path(out)
+    work.mkdir(parents=True, exist_ok=True)
+    m = spec.model
+    loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer)
+    if loaded.alibi:
+        raise UserError(f"{m.path} uses ALiBi: there are no rotary factors to fine-tune with")
+    docs = training_docs(spec, loaded.tokenizer, length)
+    model = prepare(loaded.model, ft, factors)
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    opt = torch.optim.AdamW([p for _, p in params], lr=ft.lr, weight_decay=0.0)
+    key = fingerprint(spec, ft, factors, length)
+    start, losses, seconds = 0, [], 0.0
+    ckpt = work / CHECKPOINT
+    if ckpt.exists():
+        state = torch.load(ckpt, map_location=loaded.device, weights_only=True)
+        if state["fingerprint"] != key:
+            raise UserError(f"{ckpt} belongs to another fine-tune (model, data, factors or [finetune] "
+                            "changed); delete it to start this one afresh")
+        with torch.no_grad():
+            for n, p in params:
+                p.copy_(state["params"][n])
+        opt.load_state_dict(state["optimizer"])
+        start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
+    group = ft.group(length) if ft.s2_attn else length
+    before = set_attention(model, register(group)) if group < length else None
+    if loaded.device == "cuda":  # activations of long sequences: recompute instead of keeping
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    model.train()
+    batch = max(1, ft.batch_tokens // length)
+    bar = tqdm(total=ft.steps, initial=start, desc=f"finetune-{length}", unit="step", disable=not progress,
+               dynamic_ncols=True)
+    for step in range(start, ft.steps):
+        t0 = time.perf_counter()
+        for g in opt.param_groups:  # linear warm-up, then constant (LongLoRA's schedule)
+            g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
+        ids = torch.from_numpy(windows(docs, length, batch, ft.seed, step)).to(loaded.device)
+        loss = model(input_ids=ids, labels=ids).loss
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        opt.step()
+        losses.append(float(loss.detach()))
+        seconds += time.perf_counter() - t0
+        done = step + 1
+        _write_json(work / PROGRESS, {"length": length, "step": done, "steps": ft.steps, "loss": losses[-1],
+                                      "seconds_per_step": seconds / done,
+                                      "eta_seconds": seconds / done * (ft.steps - done), "time": time.time()})
+        if done % ft.checkpoint_every == 0 or done == ft.steps:
+            state = {"fingerprint": key, "step": done, "losses": losses, "seconds": seconds,
+                     "params": {n: p.detach().clone() for n, p in params}, "optimizer": opt.state_dict()}
+            torch.save(state, work / (CHECKPOINT + ".tmp"))
+            os.replace(work / (CHECKPOINT + ".tmp"), ckpt)
+        bar.update(1)
+        bar.set_postfix(loss=f"{losses[-1]:.3f}")
+    bar.close()
+    if before is not None:
+        set_attention(model, before)
+    model.eval()
+    save_merged(model, loaded, out)
+    record = {"length": length, "steps": ft.steps, "batch_sequences": batch, "s2_group": group,
+              "trainable_params": sum(p.numel() for _, p in params), "train_seconds": round(seconds, 3),
+              "final_loss": float(np.mean(losses[-10:])), "losses": losses, "fingerprint": key}
+    _write_json(work / RECORD, record)
+    return record
+
+
+def save_merged(peft_model: Any, loaded: Any, out: Path) -> None:
+    """LoRA folded into the weights, saved with the tokenizer as a plain transformers folder (with
+    the top-level rope_theta transformers 4.57 reads)."""
+    import warnings
+
+    if out.exists():
+        shutil.rmtree(out)  # a merge killed half-way
+    merged = peft_model.merge_and_unload()
+    merged.config.use_cache = True
+    with warnings.catch_warnings():  # transformers' deprecation notes about its own internals
+        warnings.simplefilter("ignore", FutureWarning)
+        merged.save_pretrained(str(out))
+    loaded.tokenizer.save_pretrained(str(out))
+    cfg = json.loads((out / "config.json").read_text())
+    cfg.setdefault("rope_theta", loaded.geometry.base)
+    (out / "config.json").write_text(json.dumps(cfg, indent=2, sort_keys=True) + "\n")

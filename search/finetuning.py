@@ -1,0 +1,101 @@
+"""The fine-tune stage inside a run: LongRoPE's progressive extension (section 3.3).
+
+After a long stage whose length is in ``finetune.after``, the model is fine-tuned at that length
+with the stage's best factors (objectives/finetune.py) and merged into
+``RUN/models/ft-<L>/``: weights, tokenizer, and a config.json carrying the factors (the same
+form as `longrope apply`). The later stages, the short ones included, then search on that
+folder; the best files name it as their model.
+
+Resume: a finished fine-tune (its folder renamed into place last) is not run again; a killed
+one continues from ``RUN/finetune/ft-<L>/checkpoint.pt``. The scoring workers are closed
+first, so the fine-tune has the GPUs (or cores) to itself; on Ray it runs as one task with the
+workers' resources.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
+from longrope.runs import Run
+from longrope.runs.export import apply_to_folder, hf_config_patch
+from longrope.runs.rundir import atomic_write_text
+from longrope.spaces import RescaleFactors, UserError
+
+from .schema import WorkersConfig
+
+
+def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
+    """Refuse before the run starts what cannot fine-tune."""
+    if not ft.after:
+        return
+    if spec.model.path.startswith("synthetic"):
+        raise UserError("finetune.after: the synthetic objective has no weights to fine-tune; use a "
+                        "transformers model or set finetune.after = []")
+    try:
+        import peft  # noqa: F401
+    except ImportError:
+        raise UserError("finetune.after needs peft (pip install peft)") from None
+
+
+def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: WorkersConfig, length: int,
+                   progress: bool = True) -> str:
+    """Fine-tune `spec`'s model after stage long-`length` (its best file holds the factors);
+    returns the merged model's folder. Already done: returns it at once."""
+    final = run.model_dir(length)
+    if (final / "config.json").is_file():
+        return str(final)
+    best = run.best("long", length)
+    if best is None:
+        raise UserError(f"finetune after long-{length}: the stage has no best factors to train with")
+    work = run.finetune_dir(length)
+    work.mkdir(parents=True, exist_ok=True)
+    factors = RescaleFactors(best.lambdas, n_hat=best.n_hat, mscale=best.mscale)
+    resumed = (work / "checkpoint.pt").exists()
+    s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
+    run.event(f"finetune-{length}: {'resume' if resumed else 'start'} on {spec.model.path}, "
+              f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
+    args = (spec, ft, factors, length, work, work / "merged")
+    record = _on_ray(workers, *args) if workers.backend == "ray" else _here(*args, progress=progress)
+    patch = work / "factors.json"  # the stage's factors in export form, for the merged config
+    atomic_write_text(patch, json.dumps(hf_config_patch(best, None), indent=1) + "\n")
+    tmp = final.with_name(final.name + ".tmp")
+    if tmp.exists():
+        shutil.rmtree(tmp)  # a copy killed half-way
+    apply_to_folder(patch, work / "merged", tmp, copy=True, quiet=True)
+    tmp.rename(final)  # last: the folder exists only whole
+    shutil.rmtree(work / "merged")
+    run.event(f"finetune-{length}: done, loss {record['final_loss']:.4f} (last 10 steps), "
+              f"{record['train_seconds']:.0f} s training; model {final}")
+    return str(final)
+
+
+def _here(*args, progress: bool):
+    from longrope.objectives.finetune import finetune
+
+    return finetune(*args, progress=progress)
+
+
+def _on_ray(workers: WorkersConfig, *args):
+    """One Ray task with a scoring worker's resources; a user error inside is re-raised here,
+    Ctrl-C cancels the task (its checkpoint stays)."""
+    import ray
+
+    from longrope.objectives.finetune import finetune
+
+    from .backends import init_ray
+
+    init_ray(workers.address)
+    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus)(finetune)
+    ref = task.remote(*args, progress=False)
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise
+    except KeyboardInterrupt:
+        ray.cancel(ref, force=True)
+        raise

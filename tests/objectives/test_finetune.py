@@ -1,0 +1,102 @@
+"""The fine-tune (objectives/finetune.py): what trains, what it trains on, the merge, and a
+resume from its checkpoint that ends where an uninterrupted fine-tune does."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from longrope.objectives import finetune as ft_mod
+from longrope.objectives.data import Split, load_corpus, tokenize
+from longrope.objectives.finetune import finetune, prepare, training_docs, windows
+from longrope.objectives.models import load_model
+from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
+from longrope.spaces import RescaleFactors, UserError
+
+FACTORS = RescaleFactors((1.0, 1.1, 1.3, 1.6, 2.0, 2.4, 3.0, 4.0), n_hat=2, mscale=1.05)
+
+
+def _model(tiny_model_dir):
+    return load_model(str(tiny_model_dir)).model
+
+
+def test_trainable_parameters_are_lora_embeddings_and_norms(tiny_model_dir):
+    model = prepare(_model(tiny_model_dir), FinetuneSpec(), FACTORS)
+    names = {n for n, p in model.named_parameters() if p.requires_grad}
+    lora = {n for n in names if ".lora_A." in n or ".lora_B." in n}
+    # 2 layers x q, k, v, o x (A, B)
+    assert len(lora) == 16 and all(any(f".{t}." in n for t in ("q_proj", "k_proj", "v_proj", "o_proj"))
+                                   for n in lora)
+    rest = names - lora
+    assert rest == {n for n in rest if n.endswith("embed_tokens.weight") or "norm" in n.split(".")[-2]}
+    assert sum("layernorm" in n for n in rest) == 4 and sum(n.endswith("model.norm.weight") for n in rest) == 1
+    assert sum(n.endswith("embed_tokens.weight") for n in rest) == 1
+    frozen = prepare(_model(tiny_model_dir), FinetuneSpec(train_embeddings_norms=False,
+                                                          lora_targets=["q_proj", "v_proj"]), FACTORS)
+    only = {n for n, p in frozen.named_parameters() if p.requires_grad}
+    assert len(only) == 8 and all(".lora_" in n and ("q_proj" in n or "v_proj" in n) for n in only)
+
+
+def test_unknown_lora_target_is_a_user_error(tiny_model_dir):
+    with pytest.raises(UserError, match=r"finetune.lora_targets = \['qkv_proj'\]"):
+        prepare(_model(tiny_model_dir), FinetuneSpec(lora_targets=["qkv_proj"]), FACTORS)
+
+
+def test_merged_logits_equal_the_lora_model(tiny_model_dir):
+    model = prepare(_model(tiny_model_dir), FinetuneSpec(), FACTORS)
+    with torch.no_grad():
+        for n, p in model.named_parameters():
+            if ".lora_B." in n:  # B starts at zero: make the adapters do something
+                p.normal_(0, 0.05)
+    ids = torch.arange(40)[None] + 3
+    lora_logits = model(input_ids=ids).logits
+    merged = model.merge_and_unload()
+    assert not any(".lora_" in n for n, _ in merged.named_parameters())
+    assert (lora_logits - _model(tiny_model_dir)(input_ids=ids).logits).abs().max() > 1e-3
+    assert torch.allclose(merged(input_ids=ids).logits, lora_logits, atol=1e-5, rtol=0)
+
+
+def test_training_windows_come_from_the_search_pool_only(tiny_model_dir, text_corpus_dir):
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
+    tok = load_model(str(tiny_model_dir)).tokenizer
+    docs = training_docs(spec, tok, 64)
+    tokens = tokenize(load_corpus(str(text_corpus_dir)), tok)
+    split = Split.make(len(tokens), 0)
+    heldout = {tokens[i].tobytes() for i in split.heldout}
+    assert docs and not any(d.tobytes() in heldout for d in docs)
+    assert len(docs) == sum(len(tokens[i]) >= 64 for i in split.search)
+    a, b = windows(docs, 64, 3, seed=0, step=5), windows(docs, 64, 3, seed=0, step=5)
+    assert a.shape == (3, 64) and np.array_equal(a, b)
+    assert not np.array_equal(a, windows(docs, 64, 3, seed=0, step=6))
+    for row in a:  # each a contiguous slice of a search document
+        assert any(row.tobytes() in d.tobytes() for d in docs)
+
+
+def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch):
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
+    ft = FinetuneSpec(steps=6, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
+    ref = finetune(spec, ft, FACTORS, 64, tmp_path / "ref", tmp_path / "ref-model", progress=False)
+    write = ft_mod._write_json
+
+    def dies_at_step_5(path, data):
+        write(path, data)
+        if data.get("step") == 5:
+            raise KeyboardInterrupt  # after step 5, the last checkpoint at 4
+
+    monkeypatch.setattr(ft_mod, "_write_json", dies_at_step_5)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(spec, ft, FACTORS, 64, tmp_path / "cut", tmp_path / "cut-model", progress=False)
+    monkeypatch.setattr(ft_mod, "_write_json", write)
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 4
+    got = finetune(spec, ft, FACTORS, 64, tmp_path / "cut", tmp_path / "cut-model", progress=False)
+    assert got["losses"] == ref["losses"] and len(got["losses"]) == 6
+    a, b = load_file(tmp_path / "ref-model" / "model.safetensors"), load_file(tmp_path / "cut-model" / "model.safetensors")
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-6, rtol=0) for k in a)
+    base = load_file(tiny_model_dir / "model.safetensors")
+    assert any(not torch.equal(a[k], base[k]) for k in base)  # it trained
+    assert json.loads((tmp_path / "cut" / "progress.json").read_text())["step"] == 6
+    other = FinetuneSpec(**{**ft.__dict__, "lr": 2e-2})
+    with pytest.raises(UserError, match="belongs to another fine-tune"):
+        finetune(spec, other, FACTORS, 64, tmp_path / "cut", tmp_path / "x", progress=False)

@@ -1,0 +1,124 @@
+"""The fine-tune stage in a run (search/finetuning.py): later stages search the merged model,
+kill -9 mid fine-tune resumes to the uninterrupted result, [finetune] is search-defining."""
+
+import json
+import signal
+import time
+import tomllib
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from search_helpers import cli, trajectory
+
+from longrope.runs import Run
+from longrope.search import config
+from longrope.search.driver import Plan, run_search
+from longrope.spaces import UserError
+
+RUN = """
+[model]
+path = "{model}"
+threads = 1
+[data]
+path = "{data}"
+search_docs = 2
+heldout_docs = 1
+[space]
+targets = [64, 128]
+short = [16]
+[search]
+population = 4
+parents = 2
+mutants = 1
+crossovers = 1
+iterations = 1
+[finetune]
+after = [64]
+steps = {steps}
+lr = 1e-2
+warmup = 2
+checkpoint_every = 20
+batch_tokens = 128
+s2_group = 16
+"""
+
+
+def _text(tiny_model_dir, text_corpus_dir, steps=150):
+    return RUN.format(model=tiny_model_dir, data=text_corpus_dir, steps=steps)
+
+
+def _progress(run_dir) -> int:
+    try:
+        return json.loads((run_dir / "finetune" / "ft-64" / "progress.json").read_text())["step"]
+    except (OSError, ValueError, KeyError):
+        return 0
+
+
+def test_kill_9_mid_finetune_resumes_to_the_uninterrupted_run(tiny_model_dir, text_corpus_dir, tmp_path):
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text(_text(tiny_model_dir, text_corpus_dir))
+    ref = cli("search", str(cfg_path), "--run-dir", str(tmp_path / "ref"), "--quiet")
+    _, err = ref.communicate(timeout=300)
+    assert ref.returncode == 0, err
+    killed = tmp_path / "killed"
+    p = cli("search", str(cfg_path), "--run-dir", str(killed), "--quiet")
+    end = time.time() + 120
+    while _progress(killed) < 30 and p.poll() is None and time.time() < end:
+        time.sleep(0.005)
+    assert p.poll() is None, "the fine-tune ended before the kill"
+    p.send_signal(signal.SIGKILL)
+    p.wait()
+    at_kill = _progress(killed)
+    assert 30 <= at_kill < 150 and (killed / "finetune" / "ft-64" / "checkpoint.pt").exists()
+    assert not (killed / "models" / "ft-64").exists()
+    r = cli("resume", str(killed), "--quiet")
+    _, err = r.communicate(timeout=300)
+    assert r.returncode == 0, err
+    a, b = Run.open(tmp_path / "ref"), Run.open(killed)
+    assert "finetune-64: resume" in (killed / "events.log").read_text()
+    assert trajectory(b) == trajectory(a)
+    for kind, length in (("long", 64), ("long", 128), ("short", 16)):
+        assert a.best(kind, length).lambdas == b.best(kind, length).lambdas
+    wa = load_file(a.model_dir(64) / "model.safetensors")
+    wb = load_file(b.model_dir(64) / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+    # the stages after the fine-tune searched the merged model, and say so
+    assert b.best("long", 64).model == str(tiny_model_dir)
+    assert b.best("long", 128).model == b.best("short", 16).model == str(b.model_dir(64))
+    merged = json.loads((b.model_dir(64) / "config.json").read_text())
+    assert merged["rope_scaling"]["long_factor"] == list(b.best("long", 64).lambdas)
+    assert merged["original_max_position_embeddings"] == 32 and merged["max_position_embeddings"] == 64
+    status = cli("status", str(killed), "--json")
+    out, _ = status.communicate(timeout=60)
+    (tune,) = json.loads(out)["finetunes"]
+    assert (tune["step"], tune["steps"], tune["done"]) == (150, 150, True)
+
+
+def test_a_changed_finetune_section_is_refused_on_resume(tiny_model_dir, text_corpus_dir, tmp_path):
+    cfg = config.from_dict(tomllib.loads(_text(tiny_model_dir, text_corpus_dir, steps=3)))
+    Run.create(tmp_path / "r", config.dumps(cfg))
+    changed = config.from_dict(tomllib.loads(_text(tiny_model_dir, text_corpus_dir, steps=4)))
+    with pytest.raises(UserError, match=r"another finetune.steps: 3 -> 4"):
+        run_search(changed, str(tmp_path / "r"), progress=False)
+
+
+@pytest.mark.parametrize("extra, message", [
+    ("after = [96]", r"finetune.after: 96 is not one of space.targets \[64, 128\]"),
+    ("after = [128, 64]", "finetune.after must be ascending"),
+    ("after = [64]\ns2_group = 24", "s2_group = 24 must be even and divide the target length 64"),
+    ("after = [64]\ns2_group = 7", "s2_group = 7 must be even"),
+    ("after = [64]\nlora_targets = []", "lora_targets is empty"),
+    ("after = [64]\nsteps = 0", "finetune.steps = 0 must be >= 1"),
+])
+def test_bad_finetune_sections_are_refused(extra, message):
+    text = f"[space]\ntargets = [64, 128]\n[finetune]\n{extra}\n"
+    with pytest.raises(UserError, match=message):
+        config.from_dict(tomllib.loads(text))
+
+
+def test_the_synthetic_objective_cannot_finetune():
+    cfg = config.from_dict(tomllib.loads('[model]\npath = "synthetic"\n[space]\ntargets = [256]\n'
+                                         '[finetune]\nafter = [256]\n'))
+    with pytest.raises(UserError, match="synthetic objective has no weights to fine-tune"):
+        Plan(cfg)
