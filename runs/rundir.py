@@ -232,7 +232,6 @@ class Run:
         storage: the journal, or the RDB URL in the config's search.storage."""
         import optuna
 
-        optuna.logging.set_verbosity(optuna.logging.WARNING)
         storage = self.storage(self.config().get("search", {}).get("storage", ""))
         return [optuna.load_study(study_name=s.study_name, storage=storage)
                 for s in optuna.get_all_study_summaries(storage, include_best_trial=False)]

@@ -48,6 +48,28 @@ def tokens_saved(trials: list[FrozenTrial]) -> int | None:
     return sum(max(docs - len(t.user_attrs.get(DOC_NLL, [])), 0) * per_doc for t in pruned)
 
 
+PACE_WINDOW = 20  # the last evaluations whose completion times give the pace
+
+
+def pace(trials: list[FrozenTrial]) -> float | None:
+    """Evaluations per second over the last PACE_WINDOW completions: what all workers together
+    deliver (two workers complete twice as often as one). None with fewer than three."""
+    ends = sorted(t.datetime_complete for t in trials if t.state.is_finished() and t.datetime_complete)
+    recent = ends[-PACE_WINDOW:]
+    span = (recent[-1] - recent[0]).total_seconds() if len(recent) >= 3 else 0.0
+    return (len(recent) - 1) / span if span > 0 else None
+
+
+def eta_seconds(trials: list[FrozenTrial], remaining: int) -> float | None:
+    """Seconds to score `remaining` evaluations at the measured pace; before there is one, at
+    the mean seconds per evaluation of one worker."""
+    rate = pace(trials)
+    if rate:
+        return remaining / rate
+    secs = [t.user_attrs.get(SECONDS, 0.0) for t in trials if t.state.is_finished()]
+    return sum(secs) / len(secs) * remaining if secs else None
+
+
 def stage_summaries(run: Run) -> list[dict[str, Any]]:
     from optuna.trial import TrialState
 
@@ -63,8 +85,6 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
         gens = [t.system_attrs[SLOT][0] for t in trials if SLOT in t.system_attrs]
         stopped = study_system_attrs(study).get(STOPPED)
         budget = info.get("budget", 0)
-        secs = [t.user_attrs.get(SECONDS, 0.0) for t in trials if t.state.is_finished()]
-        per_eval = sum(secs) / len(secs) if secs else None
         finished = bool(stopped) or (budget and done >= budget)
         out.append({
             "name": study.study_name, "kind": info.get("kind"), "target": info.get("length"),
@@ -76,7 +96,8 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "tokens_saved": tokens_saved(trials),
             "critical_dim": info.get("critical_dim"), "mscale": info.get("mscale"),
             "done": bool(finished), "early_stopped_at": stopped,
-            "eta_seconds": None if finished or per_eval is None else per_eval * max(budget - done, 0),
+            "eta_seconds": None if finished else eta_seconds(trials, max(budget - done, 0)),
+            "evals_per_second": pace(trials),
         })
     order = {"long": 0, "short": 1}
     return sorted(out, key=lambda s: (order.get(s["kind"], 2), s["target"] or 0))
@@ -108,7 +129,8 @@ def render_status(run: Run, as_json: bool) -> str:
         lines.append("no stage started yet")
     for s in stages:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
-        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min (one worker)"
+        how = "at the measured pace" if s["evals_per_second"] else "one worker"
+        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min ({how})"
                                          if s["eta_seconds"] is not None else "ETA -")
         saved = f" (early abort saved {_count(s['tokens_saved'])})" if s["tokens_saved"] else ""
         crit = "off" if s["critical_dim"] is None else s["critical_dim"]

@@ -38,8 +38,6 @@ from .finetuning import check_finetune, finetune_stage
 from .proposers import Proposer, best_trial, make_proposer
 from .stages import Stage, initial_factors, make_stages
 
-optuna.logging.set_verbosity(optuna.logging.WARNING)
-
 
 def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
     """The model's geometry from its config alone (no weights), for the stages."""
@@ -225,6 +223,16 @@ class Driver:
         self.plan.start_backend()
 
     def run_all(self) -> dict[str, Any]:
+        """Every stage (and fine-tune), in order. Optuna's per-trial log lines are silenced while
+        it runs (the events log and the bar say more) and its log level restored after."""
+        level = optuna.logging.get_verbosity()
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        try:
+            return self._run_all()
+        finally:
+            optuna.logging.set_verbosity(level)
+
+    def _run_all(self) -> dict[str, Any]:
         note = self.run.repair_journal()
         if note:
             self.run.event(note)

@@ -146,3 +146,14 @@ def test_no_source_file_over_the_limit():
     long = {str(p.relative_to(ROOT)): n for p in source_modules().values()
             if (n := len(p.read_text().splitlines())) > MAX_LINES}
     assert not long, long
+
+
+def test_importing_the_package_leaves_optuna_log_level_alone():
+    import subprocess
+    import sys
+
+    code = ("import optuna; level = optuna.logging.get_verbosity(); "
+            "import longrope.search.driver, longrope.search.cli, longrope.runs, longrope.objectives.pruning; "
+            "assert optuna.logging.get_verbosity() == level, optuna.logging.get_verbosity()")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr

@@ -19,6 +19,7 @@ from typing import Any
 
 from .compare import compare
 from .compare import plot as plot_compare
+from .finetune import recipe
 from .quality import early_abort, exact_ceiling, pruning, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
@@ -29,7 +30,7 @@ __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "ru
 
 
 SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval", "spaces",
-            "compare")
+            "compare", "finetune")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -101,6 +102,9 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["compare_budget"] = 12 if quick else 160
         lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
         r["compare"] = compare(work, lengths, r["compare_budget"])
+    if "finetune" in only:  # issue 16: the full recipe at 16x against the base model, and its ablations
+        r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 150)
+        r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16))
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
 
@@ -130,8 +134,6 @@ def register(sub: argparse._SubParsersAction) -> None:
     b.add_argument("--quick", action="store_true", help="tiny budgets (checks the table's shape)")
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
     b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
-    b.add_argument("--only", metavar="SECTIONS", help="comma-separated sections to rerun (speed, memory, "
-                   "quality, early_abort, pruning, scale, cost, retrieval, spaces, compare); the others are "
-                   "kept from --out's "
-                   "bench.json")
+    b.add_argument("--only", metavar="SECTIONS", help=f"comma-separated sections to rerun "
+                   f"({', '.join(SECTIONS)}); the others are kept from --out's bench.json")
     b.set_defaults(func=cmd_bench)

@@ -80,6 +80,10 @@ def render(r: dict[str, Any]) -> str:
         from .spaces import render as render_spaces
 
         lines += render_spaces(r["spaces"], r.get("spaces_budget"))
+    if "finetune" in r:
+        from .finetune import render as render_finetune
+
+        lines += render_finetune(r["finetune"], r.get("finetune_budget"), r.get("finetune_steps"))
     if "compare" in r:
         from .compare import render as render_compare
 

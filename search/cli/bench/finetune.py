@@ -1,0 +1,115 @@
+"""The full recipe (issue 16) on the embedded model, at 16x (2048 tokens; L0 = 128).
+
+(a) the base model with factors searched for 16x; (b) LongRoPE's progressive extension: search
+4x, fine-tune there (LongLoRA: LoRA + embeddings + norms, S2-Attn), re-search 16x and the short
+factors on the fine-tuned model. Both are one run each, with the same targets [512, 2048] and
+short [128], needle objective, seed and budget; they differ only in ``finetune.after``. Then
+the fine-tune's ablations at 4x with the recipe's factors and steps: full attention instead of
+S2-Attn (time and quality), and LoRA alone (embeddings and norms frozen). Held out: 10 documents,
+20 keys, as in the retrieval section.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from .quality import _search, _toml
+from .retrieval import OBJECTIVE, heldout_evaluator, measure
+
+FINETUNE = """[finetune]
+after = {after}
+steps = {steps}
+lr = 5e-4
+warmup = 10
+batch_tokens = 2048
+checkpoint_every = 50
+"""
+
+
+def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4, 16),
+           L0: int = 128) -> dict[str, Any]:
+    """{"a": ..., "b": ..., "short": ..., "ablation": ..., "base_at_mid": ...}: held-out numbers of
+    each arm; `scales`: the fine-tune's and the final target's, over L0."""
+    from longrope.objectives.finetune import RECORD, finetune
+    from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
+
+    mid, far = scales[0] * L0, scales[1] * L0
+    runs = {}
+    for arm, after in (("a", "[]"), ("b", f"[{mid}]")):
+        toml = _toml(target=f"{mid}, {far}", space=f"short = [{L0}]", budget=budget) + \
+            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps)
+        runs[arm], _ = _search(workdir, f"recipe-{arm}", toml)
+    a, b = runs["a"], runs["b"]
+    base, tuned = heldout_evaluator(), heldout_evaluator(str(b.model_dir(mid)))
+    out: dict[str, Any] = {
+        "a": measure(base, a.best("long", far).factors, far),
+        "b": measure(tuned, b.best("long", far).factors, far),
+    }
+    def at_l0(ev, factors):
+        return ev.evaluate(factors, L0, pool="heldout", kind="ppl").ppl
+
+    out["short"] = {"base": at_l0(base, None), "base_short_factors": at_l0(base, a.best("short", L0).factors),
+                    "tuned_no_factors": at_l0(tuned, None),
+                    "tuned_short_factors": at_l0(tuned, b.best("short", L0).factors)}
+    spec = ObjectiveSpec.of("builtin:tiny-sotu", threads=2)
+    ft = FinetuneSpec(after=[mid], steps=steps, lr=5e-4, warmup=10, batch_tokens=2048, checkpoint_every=50)
+    factors = b.best("long", mid).factors
+    ablation = {"lora+_s2": json.loads((b.finetune_dir(mid) / RECORD).read_text())}
+    for name, change in (("lora+_full", {"s2_attn": False}), ("lora_s2", {"train_embeddings_norms": False})):
+        ablation[name] = finetune(spec, dataclasses.replace(ft, **change), factors, mid,
+                                  workdir / f"abl-{name}", workdir / f"abl-{name}-model", progress=False)
+    out["ablation"] = {}
+    for name, rec in ablation.items():
+        folder = b.model_dir(mid) if name == "lora+_s2" else workdir / f"abl-{name}-model"
+        ev = heldout_evaluator(str(folder))
+        out["ablation"][name] = {"train_seconds": rec["train_seconds"], "final_loss": rec["final_loss"],
+                                 **measure(ev, factors, mid)}
+    out["base_at_mid"] = measure(base, factors, mid)
+    out["lengths"] = [mid, far]
+    return out
+
+
+def goals(r: dict[str, Any]) -> list[str]:
+    a, b, s, abl = r["a"], r["b"], r["short"], r["ablation"]
+    ok_b = b["ppl"] < a["ppl"] and b["passkey"] > a["passkey"]
+    t = abl["lora+_s2"]["train_seconds"] / abl["lora+_full"]["train_seconds"]
+    q = abl["lora+_s2"]["ppl"] / abl["lora+_full"]["ppl"]
+    short = s["tuned_short_factors"] / s["base"]
+    mid, far = (n // 128 for n in r["lengths"])
+    return [
+        f"{far}x: fine-tuned at {mid}x + re-searched: held-out ppl {b['ppl']:.2f} vs base + searched "
+        f"{a['ppl']:.2f}, "
+        f"pass-key {b['passkey']:.2f} vs {a['passkey']:.2f} (goal: (b) better on both): "
+        f"{'met' if ok_b else 'NOT met'}",
+        f"S2-Attn fine-tune: {t:.2f}x the time of full attention (goal <= 0.6), held-out ppl {q:.3f}x "
+        f"(goal within 2%): {'met' if t <= 0.6 and abs(q - 1) <= 0.02 else 'NOT met'}",
+        f"short context at L0 after the recipe, re-searched short factors: {short:.3f}x the original "
+        f"model's ppl (goal within 5%): {'met' if abs(short - 1) <= 0.05 else 'NOT met'}",
+    ]
+
+
+def render(r: dict[str, Any], budget: int | None = None, steps: int | None = None) -> list[str]:
+    f2 = "{:.2f}".format
+    mid, far = (n // 128 for n in r["lengths"])
+    lines = ["", f"the full recipe at {far}x (needle objective, {budget} evaluations per stage, fine-tune "
+             f"{steps} steps at {mid}x; held-out: 10 documents, 20 keys):", "",
+             "| arm | perplexity | needle perplexity | pass-key accuracy |", "|---|---|---|---|"]
+    for name, k in ((f"(a) base + factors searched for {far}x", "a"),
+                    (f"(b) fine-tuned at {mid}x + re-searched for {far}x", "b")):
+        lines.append(f"| {name} | {f2(r[k]['ppl'])} | {f2(r[k]['needle'])} | {f2(r[k]['passkey'])} |")
+    s = r["short"]
+    lines += ["", "perplexity at L0 = 128 (held out):", "", "| model | no factors | short factors |",
+              "|---|---|---|", f"| base | {f2(s['base'])} | {f2(s['base_short_factors'])} |",
+              f"| fine-tuned | {f2(s['tuned_no_factors'])} | {f2(s['tuned_short_factors'])} |", "",
+              f"fine-tune ablations at {mid}x (same factors, steps and seed):", "",
+              "| fine-tune | training seconds | final loss | perplexity | pass-key accuracy |",
+              "|---|---|---|---|---|",
+              f"| none (base model) | - | - | {f2(r['base_at_mid']['ppl'])} | "
+              f"{f2(r['base_at_mid']['passkey'])} |"]
+    for name, v in r["ablation"].items():
+        lines.append(f"| {name} | {v['train_seconds']:.0f} | {v['final_loss']:.3f} | {f2(v['ppl'])} | "
+                     f"{f2(v['passkey'])} |")
+    return lines + [""] + goals(r)
