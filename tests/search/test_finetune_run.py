@@ -122,3 +122,18 @@ def test_the_synthetic_objective_cannot_finetune():
                                          '[finetune]\nafter = [256]\n'))
     with pytest.raises(UserError, match="synthetic objective has no weights to fine-tune"):
         Plan(cfg)
+
+
+def test_the_finetune_runs_as_a_ray_task_and_equals_in_process(tiny_model_dir, text_corpus_dir, tmp_path,
+                                                                ray_session):
+    text = _text(tiny_model_dir, text_corpus_dir, steps=6).replace("targets = [64, 128]", "targets = [64]")
+    text = text.replace("short = [16]", "short = []")
+    here = config.from_dict(tomllib.loads(text))
+    on_ray = config.from_dict(tomllib.loads(text + '[workers]\nbackend = "ray"\n'))
+    run_search(here, str(tmp_path / "here"), progress=False)
+    run_search(on_ray, str(tmp_path / "ray"), progress=False)
+    a, b = Run.open(tmp_path / "here"), Run.open(tmp_path / "ray")
+    wa, wb = load_file(a.model_dir(64) / "model.safetensors"), load_file(b.model_dir(64) / "model.safetensors")
+    assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+    rec = json.loads((b.finetune_dir(64) / "training.json").read_text())
+    assert len(rec["losses"]) == 6 and "finetune-64: done" in (b.path / "events.log").read_text()

@@ -103,7 +103,7 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
         r["compare"] = compare(work, lengths, r["compare_budget"])
     if "finetune" in only:  # issue 16: the full recipe at 16x against the base model, and its ablations
-        r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 150)
+        r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 300)
         r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16))
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
