@@ -84,6 +84,19 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 
 
+def ray_get(ref):
+    """ray.get, with a UserError raised inside a task or actor re-raised here as one line."""
+    import ray
+
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as e:
+        cause = getattr(e, "cause", None)
+        if isinstance(cause, UserError):
+            raise UserError(str(cause)) from None
+        raise
+
+
 class RayBackend:
     """One actor per model replica with `num_gpus` GPUs each."""
 
@@ -107,14 +120,7 @@ class RayBackend:
         return self.actor_cls.options(num_gpus=self.num_gpus, num_cpus=self.num_cpus).remote(self.spec)
 
     def _get(self, ref):
-        ray = self.ray
-        try:
-            return ray.get(ref)
-        except ray.exceptions.RayTaskError as e:
-            cause = getattr(e, "cause", None)
-            if isinstance(cause, UserError):
-                raise UserError(str(cause)) from None
-            raise
+        return ray_get(ref)
 
     def check(self, lengths: list[int]) -> RopeGeometry:
         """Every actor loads its model and documents; a user error inside one is re-raised here."""

@@ -84,18 +84,13 @@ def _on_ray(workers: WorkersConfig, *args):
 
     from longrope.objectives.finetune import finetune
 
-    from .backends import init_ray
+    from .backends import init_ray, ray_get
 
     init_ray(workers.address)
     task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus)(finetune)
     ref = task.remote(*args, progress=False)
     try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        raise
+        return ray_get(ref)
     except KeyboardInterrupt:
         ray.cancel(ref, force=True)
         raise
