@@ -26,9 +26,11 @@ def pruning_text(pruner: str) -> str:
 
 
 def parents_by_generation(run: Run) -> dict[int, list[tuple]]:
-    """Each generation's chosen parents, as slots (trial numbers differ after a resume)."""
+    """Each generation's chosen parents, as slots (trial numbers differ after a resume). A trial a
+    kill -9 caught between `ask` and its slot has none (it was failed and re-queued on resume)."""
     study = optuna.load_study(study_name="long-256", storage=run.storage())
-    slot = {t.number: tuple(t.system_attrs["longrope_slot"]) for t in study.get_trials(deepcopy=False)}
+    slot = {t.number: tuple(t.system_attrs["longrope_slot"]) for t in study.get_trials(deepcopy=False)
+            if "longrope_slot" in t.system_attrs}
     return {int(k.rsplit("_", 1)[1]): [slot[n] for n in v] for k, v in study_system_attrs(study).items()
             if k.startswith("longrope_parents_")}
 
