@@ -34,9 +34,14 @@ def allowed(length: int, group: int, shifted: bool):
     return (j <= i) & ((i + off) // group == (j + off) // group)
 
 
+def fits(length: int, group: int) -> bool:
+    """Can `length` tokens be cut into groups of `group`: one group, or an even size dividing it."""
+    return group >= length or (length % group == 0 and group % 2 == 0)
+
+
 def check_group(length: int, group: int) -> None:
     """One clear line for a group size the grouping cannot take."""
-    if group < length and (length % group or group % 2):
+    if not fits(length, group):
         raise ValueError(f"S2-Attn needs an even group size that divides the sequence length; "
                          f"got group {group} for length {length}")
 

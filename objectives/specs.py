@@ -119,11 +119,16 @@ class FinetuneSpec:
             raise UserError(f"{where}.lora_targets is empty: name the projections LoRA adapts")
         if self.s2_group % 2:
             raise UserError(f"{where}.s2_group = {self.s2_group} must be even (half the heads shift by G/2)")
+        if self.s2_attn:
+            for t in self.after:
+                self.group(t)
 
     def group(self, length: int) -> int:
         """S2-Attn's group size at `length` (checked against it)."""
+        from .s2attn import fits
+
         g = self.s2_group or length // 4
-        if g < length and (length % g or g % 2):
+        if not fits(length, g):
             raise UserError(f"finetune.s2_group = {g} must be even and divide the target length {length}")
         return g
 

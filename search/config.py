@@ -133,9 +133,6 @@ def validate(cfg: RunConfig) -> None:
     cfg.data.validate("data")
     cfg.objective.validate("objective")
     cfg.finetune.validate("finetune", cfg.space.targets)
-    if cfg.finetune.s2_attn:
-        for t in cfg.finetune.after:
-            cfg.finetune.group(t)
     sp, se, wk = cfg.space, cfg.search, cfg.workers
     if not sp.targets and not sp.short:
         raise UserError("space.targets and space.short are both empty: nothing to search")

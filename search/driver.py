@@ -76,8 +76,8 @@ def config_hash(run: Run) -> str:
 
 
 def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
-                factors: RescaleFactors, heldout: float | None, model: str | None = None) -> BestRecord:
-    """The stage's best file; `model`: the one it was searched on when not cfg's (a fine-tune's)."""
+                factors: RescaleFactors, heldout: float | None, model: str) -> BestRecord:
+    """The stage's best file; `model`: the one it was searched on (cfg's, or a fine-tune's)."""
     return BestRecord(
         kind=stage.kind, target_length=stage.length, original_length=g.original_length,
         lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
@@ -85,7 +85,7 @@ def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, 
         evals=sum(1 for t in study.get_trials(deepcopy=False)
                   if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
         trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
-        config_hash=config_hash(run), model=model or cfg.model.path, data=cfg.data.path,
+        config_hash=config_hash(run), model=model, data=cfg.data.path,
         sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
     )
 
@@ -120,11 +120,11 @@ class Plan:
         return self.backend
 
     def use_model(self, path: str) -> None:
-        """Score the stages to come on the model at `path` (a fine-tune's): new workers."""
+        """Score the stages to come on the model at `path` (a fine-tune's): the workers stop now,
+        and the next `start_backend` (the next stage's) makes new ones; none after the last."""
         self.close()
         self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
         self.backend, self.checked = None, False
-        self.start_backend()
 
     def close(self) -> None:
         """Close the backend this plan made, once; a given one is left to its owner."""
@@ -238,11 +238,11 @@ class Driver:
             self.run.event(note)
             print(f"warning: {note}", file=sys.stderr)
         storage = self.run.storage(self.cfg.search.storage)
-        self.start_backend()
         results: dict[str, Any] = {}
         previous: RescaleFactors | None = None
         try:
             for stage in self.stages:
+                self.start_backend()  # once, and again after a fine-tune switched the model
                 prev = previous if stage.kind == "long" else None
                 initial = initial_factors(self.cfg, stage, self.geometry, prev)
                 proposer = make_proposer(self.cfg, stage, initial)

@@ -17,11 +17,12 @@ from __future__ import annotations
 import json
 import shutil
 
+from longrope.objectives.finetune import CHECKPOINT, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
 from longrope.runs import Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
 from longrope.runs.rundir import atomic_write_text
-from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces import UserError
 
 from .schema import WorkersConfig
 
@@ -51,12 +52,11 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
         raise UserError(f"finetune after long-{length}: the stage has no best factors to train with")
     work = run.finetune_dir(length)
     work.mkdir(parents=True, exist_ok=True)
-    factors = RescaleFactors(best.lambdas, n_hat=best.n_hat, mscale=best.mscale)
-    resumed = (work / "checkpoint.pt").exists()
+    resumed = (work / CHECKPOINT).exists()
     s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
     run.event(f"finetune-{length}: {'resume' if resumed else 'start'} on {spec.model.path}, "
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
-    args = (spec, ft, factors, length, work, work / "merged")
+    args = (spec, ft, best.factors, length, work, work / "merged")
     record = _on_ray(workers, *args) if workers.backend == "ray" else _here(*args, progress=progress)
     patch = work / "factors.json"  # the stage's factors in export form, for the merged config
     atomic_write_text(patch, json.dumps(hf_config_patch(best, None), indent=1) + "\n")
@@ -72,8 +72,6 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
 
 
 def _here(*args, progress: bool):
-    from longrope.objectives.finetune import finetune
-
     return finetune(*args, progress=progress)
 
 
@@ -81,8 +79,6 @@ def _on_ray(workers: WorkersConfig, *args):
     """One Ray task with a scoring worker's resources; a user error inside is re-raised here,
     Ctrl-C cancels the task (its checkpoint stays)."""
     import ray
-
-    from longrope.objectives.finetune import finetune
 
     from .backends import init_ray, ray_get
 

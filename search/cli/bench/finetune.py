@@ -34,7 +34,8 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
     """{"a": ..., "b": ..., "short": ..., "ablation": ..., "base_at_mid": ...}: held-out numbers of
     each arm; `scales`: the fine-tune's and the final target's, over L0."""
     from longrope.objectives.finetune import RECORD, finetune
-    from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.search import config
 
     mid, far = scales[0] * L0, scales[1] * L0
     runs = {}
@@ -48,25 +49,23 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
         "a": measure(base, a.best("long", far).factors, far),
         "b": measure(tuned, b.best("long", far).factors, far),
     }
+
     def at_l0(ev, factors):
         return ev.evaluate(factors, L0, pool="heldout", kind="ppl").ppl
 
     out["short"] = {"base": at_l0(base, None), "base_short_factors": at_l0(base, a.best("short", L0).factors),
                     "tuned_no_factors": at_l0(tuned, None),
                     "tuned_short_factors": at_l0(tuned, b.best("short", L0).factors)}
-    spec = ObjectiveSpec.of("builtin:tiny-sotu", threads=2)
-    ft = FinetuneSpec(after=[mid], steps=steps, lr=5e-4, warmup=10, batch_tokens=2048, checkpoint_every=50)
-    factors = b.best("long", mid).factors
-    ablation = {"lora+_s2": json.loads((b.finetune_dir(mid) / RECORD).read_text())}
+    cfg = config.from_dict(b.config())  # the ablations change one key of the recipe's own fine-tune
+    spec, ft, factors = ObjectiveSpec.from_config(cfg), cfg.finetune, b.best("long", mid).factors
+    tunes = {"lora+_s2": (json.loads((b.finetune_dir(mid) / RECORD).read_text()), b.model_dir(mid))}
     for name, change in (("lora+_full", {"s2_attn": False}), ("lora_s2", {"train_embeddings_norms": False})):
-        ablation[name] = finetune(spec, dataclasses.replace(ft, **change), factors, mid,
-                                  workdir / f"abl-{name}", workdir / f"abl-{name}-model", progress=False)
-    out["ablation"] = {}
-    for name, rec in ablation.items():
-        folder = b.model_dir(mid) if name == "lora+_s2" else workdir / f"abl-{name}-model"
-        ev = heldout_evaluator(str(folder))
-        out["ablation"][name] = {"train_seconds": rec["train_seconds"], "final_loss": rec["final_loss"],
-                                 **measure(ev, factors, mid)}
+        work, folder = workdir / f"abl-{name}", workdir / f"abl-{name}-model"
+        rec = finetune(spec, dataclasses.replace(ft, **change), factors, mid, work, folder, progress=False)
+        tunes[name] = (rec, folder)
+    out["ablation"] = {name: {"train_seconds": rec["train_seconds"], "final_loss": rec["final_loss"],
+                              **measure(heldout_evaluator(str(folder)), factors, mid)}
+                       for name, (rec, folder) in tunes.items()}
     out["base_at_mid"] = measure(base, factors, mid)
     out["lengths"] = [mid, far]
     return out
