@@ -146,10 +146,10 @@ def score_needle(model: Any, rotary: Any, factors: Any, samples: list[NeedleSamp
     """A candidate's needle perplexity exp(mean answer NLL) over `samples`, with the exact early
     abort of document perplexity (answer NLLs are >= 0 too); extra["passkey"] is the fraction
     of samples whose key greedy decoding retrieves, extra["by_depth"] that fraction per depth."""
-    from .perplexity import score_items
+    from .perplexity import each, score_items
 
     out = score_items(rotary, factors, samples, len(samples[0].ids), threshold, "samples",
-                      lambda s: (*answer_scores(model, s), len(s.ids)))
+                      each(lambda s: (*answer_scores(model, s), len(s.ids))))
     if out.ok:
         exact = out.extra.pop("side")
         out.extra["passkey"] = sum(exact) / len(exact)

@@ -50,24 +50,44 @@ class Evaluation:
 
 def token_nll(model: Any, ids: np.ndarray, chunk: int = 1024, first: int = 1) -> Any:
     """NLL of each token ids[first:] given the tokens before it, from one forward pass of `ids`
-    (a float32 tensor of len(ids) - first values)."""
+    (a float32 tensor of len(ids) - first values). A 2-D `ids` [B, n] runs B documents of one
+    length in one forward and gives [B, n - first]."""
     import torch
 
     arch = architecture_of(model.config)
     decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
     device = next(model.parameters()).device
-    x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)[None]
+    x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)
+    single = x.dim() == 1
+    x = x[None] if single else x
     with torch.no_grad():
-        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]
-        targets = x[0, first:]
-        n = targets.numel()
-        hidden = hidden[first - 1 : first - 1 + n]  # the positions that predict the targets
-        nll = torch.empty(n, dtype=torch.float32, device=device)
-        for a in range(0, n, chunk):
+        hidden = decoder(input_ids=x, use_cache=False).last_hidden_state
+        targets = x[:, first:].reshape(-1)
+        n = x.shape[1] - first
+        hidden = hidden[:, first - 1 : first - 1 + n].reshape(-1, hidden.shape[-1])  # predict targets
+        nll = torch.empty(targets.numel(), dtype=torch.float32, device=device)
+        for a in range(0, targets.numel(), chunk):
+            # the head in the model's dtype, the log-softmax in float32 whatever that dtype is
             logits = postprocess_logits(head(hidden[a : a + chunk]).float(), arch, model.config)
             t = targets[a : a + chunk]
             nll[a : a + t.numel()] = torch.logsumexp(logits, -1) - logits.gather(1, t[:, None])[:, 0]
-        return nll
+        return nll[:n] if single else nll.view(x.shape[0], n)
+
+
+def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tuple[float, float, int]]:
+    """document_nll of each of `docs` (one length) from one batched forward: (mean, tail, tokens)
+    per document. When the batch does not fit in GPU memory it is halved, down to one document."""
+    import torch
+
+    try:
+        rows = token_nll(model, np.stack(docs), chunk)
+    except torch.cuda.OutOfMemoryError:
+        if len(docs) == 1:
+            raise
+        torch.cuda.empty_cache()
+        half = len(docs) // 2
+        return batch_nll(model, docs[:half], chunk) + batch_nll(model, docs[half:], chunk)
+    return [(*mean_and_tail(row), len(d)) for row, d in zip(rows, docs, strict=True)]
 
 
 def mean_and_tail(nll: Any) -> tuple[float, float]:
@@ -129,6 +149,7 @@ def score(
     chunk: int = 1024,
     stride: int | None = None,
     window: int | None = None,
+    batch: int = 1,
 ) -> Evaluation:
     """Score a candidate on `docs` (each already cut to the target length): document perplexity.
 
@@ -136,27 +157,40 @@ def score(
     factors None: the model's own rotary (eval's ``native``).
     stride: sliding windows of `window` tokens (the target length) advancing by `stride` over
     each document (cut to stride_span(window, stride) tokens); None: one pass over each.
+    batch: documents per forward (``workers.batch_docs``; single passes only); the early abort
+    then looks at each batch's documents in order, so it stops where one at a time stops.
     """
-    if stride is None:
+    if stride is None and batch > 1:
         out = score_items(rotary, factors, docs, len(docs[0]), threshold, "documents",
-                          lambda d: (*document_nll(model, d, chunk), len(d)))
+                          lambda group: batch_nll(model, group, chunk), batch)
+    elif stride is None:
+        out = score_items(rotary, factors, docs, len(docs[0]), threshold, "documents",
+                          each(lambda d: (*document_nll(model, d, chunk), len(d))))
     else:
         out = score_items(rotary, factors, docs, window or len(docs[0]), threshold, "documents",
-                          lambda d: strided_nll(model, d, window or len(d), stride, chunk))
+                          each(lambda d: strided_nll(model, d, window or len(d), stride, chunk)))
     if out.ok:
         tails = out.extra.pop("side")
         out.extra["tail_ppl"] = math.exp(sum(tails) / len(tails))
     return out
 
 
+def each(measure):
+    """A one-item measure as the list-of-items measure score_items takes."""
+    return lambda items: [measure(item) for item in items]
+
+
 def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length: int,
-                threshold: float | Cutoff | None, what: str, measure) -> Evaluation:
-    """The scoring loop every objective shares: ``measure(item) -> (nll, side, tokens)`` per
-    item (a document, a needle sample), ppl = exp(mean nll), and the exact early abort.
+                threshold: float | Cutoff | None, what: str, measure, batch: int = 1) -> Evaluation:
+    """The scoring loop every objective shares: ``measure(items) -> [(nll, side, tokens)]`` for
+    `batch` items at a time (documents, needle samples), ppl = exp(mean nll), and the exact
+    early abort.
 
     threshold: a Cutoff (pruning.py: the exact bound, or the exact bound and a Wilcoxon test
     against the worst parent), or a bare ppl for the exact bound; a candidate stopped by it is
-    recorded as pruned, its score the exact lower bound.
+    recorded as pruned, its score the exact lower bound. Within a batch the items are looked
+    at in order, so the verdict and the recorded NLLs do not depend on the batch size (only
+    the tokens run do).
     The side values (tail NLL, exact match) come back in extra["side"] for a complete score.
     """
     t0 = time.perf_counter()
@@ -167,17 +201,19 @@ def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length
     nlls: list[float] = []
     side: list[Any] = []
     tokens = 0
-    for i, item in enumerate(items):
-        v, extra, used = measure(item)
-        tokens += used
-        if not math.isfinite(v):
-            return Evaluation(factors, length, FAILED, math.inf, tuple(nlls), tokens,
-                              time.perf_counter() - t0, reason=f"NLL is {v} on {what[:-1]} {i}")
-        nlls.append(v)
-        side.append(extra)
-        why = watch.step(v) if watch is not None else None
-        if why is not None:
-            return Evaluation(factors, length, PRUNED, watch.bound, tuple(nlls), tokens,
-                              time.perf_counter() - t0, reason=f"{why} {what}")
+    for start in range(0, n, max(batch, 1)):
+        group = items[start : start + max(batch, 1)]
+        results = measure(group)
+        tokens += sum(used for _, _, used in results)
+        for i, (v, extra, _) in enumerate(results, start):
+            if not math.isfinite(v):
+                return Evaluation(factors, length, FAILED, math.inf, tuple(nlls), tokens,
+                                  time.perf_counter() - t0, reason=f"NLL is {v} on {what[:-1]} {i}")
+            nlls.append(v)
+            side.append(extra)
+            why = watch.step(v) if watch is not None else None
+            if why is not None:
+                return Evaluation(factors, length, PRUNED, watch.bound, tuple(nlls), tokens,
+                                  time.perf_counter() - t0, reason=f"{why} {what}")
     return Evaluation(factors, length, COMPLETE, math.exp(sum(nlls) / n), tuple(nlls), tokens,
                       time.perf_counter() - t0, extra={"side": side})

@@ -140,13 +140,15 @@ class ObjectiveSpec:
     model: ModelSpec = field(default_factory=ModelSpec)
     data: DataSpec = field(default_factory=DataSpec)
     task: TaskSpec = field(default_factory=TaskSpec)
+    batch_docs: int = 1  # documents per forward (the run's workers.batch_docs): speed, not results
 
     @classmethod
     def from_config(cls, cfg: Any) -> ObjectiveSpec:
         """From a run config (anything with ``model`` and ``data`` sections); copies, so a later
         change to the config does not reach a spec already handed to workers."""
+        workers = getattr(cfg, "workers", None)
         return cls(dataclasses.replace(cfg.model), dataclasses.replace(cfg.data),
-                   dataclasses.replace(cfg.objective))
+                   dataclasses.replace(cfg.objective), getattr(workers, "batch_docs", 1))
 
     @classmethod
     def of(cls, model: str = ModelSpec.path, data: str = DataSpec.path, **kw: Any) -> ObjectiveSpec:

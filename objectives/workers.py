@@ -120,7 +120,8 @@ class Evaluator:
             return score_needle(self.loaded.model, self.rotary, factors, self.needle_samples(length, pool),
                                 threshold)
         if stride is None:
-            return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold)
+            return score(self.loaded.model, self.rotary, factors, self.docs(length, pool), threshold,
+                         batch=self.spec.batch_docs)
         docs = self.docs(stride_span(length, stride), pool)
         return score(self.loaded.model, self.rotary, factors, docs, threshold, stride=stride, window=length)
 

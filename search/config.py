@@ -195,6 +195,8 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"workers.count = {wk.count} must be >= 1")
     if wk.num_gpus < 0 or wk.num_cpus < 0:
         raise UserError("workers.num_gpus and workers.num_cpus must be >= 0")
+    if wk.batch_docs < 1:
+        raise UserError(f"workers.batch_docs = {wk.batch_docs} must be >= 1 (documents per forward)")
 
 
 def _check_storage_url(url: str) -> None:

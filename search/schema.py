@@ -67,6 +67,7 @@ class WorkersConfig:
     num_gpus: float = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
     num_cpus: float = 1.0  # CPUs per replica
     address: str = ""  # existing Ray cluster ("auto", "ray://..."); "" = RAY_ADDRESS or local
+    batch_docs: int = 1  # documents per forward when scoring perplexity (halved on GPU OOM)
 
 
 @dataclass

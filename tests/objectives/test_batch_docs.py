@@ -1,0 +1,97 @@
+"""workers.batch_docs: the documents of one candidate in one forward equal one at a time
+(float32, 1e-5), the early abort stops where one at a time stops, and a batch that does not
+fit in GPU memory is halved rather than lost."""
+
+import math
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from longrope.objectives import perplexity
+from longrope.objectives.perplexity import COMPLETE, PRUNED, score
+from longrope.objectives.rotary import patch_model
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.search.config import from_dict
+from longrope.spaces import RescaleFactors, UserError
+
+
+@pytest.fixture(scope="module")
+def patched(tiny_model_dir):
+    m = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    rot = patch_model(m)
+    return m, rot
+
+
+def _docs(vocab: int, n: int = 6, length: int = 64) -> list[np.ndarray]:
+    gen = torch.Generator().manual_seed(1)
+    return [torch.randint(0, vocab, (length,), generator=gen).numpy() for _ in range(n)]
+
+
+def _forwards(model) -> list[int]:
+    """Count decoder forwards (and their batch sizes) through a hook."""
+    seen: list[int] = []
+    model.model.register_forward_hook(lambda mod, args, kw, out: seen.append(kw["input_ids"].shape[0]),
+                                      with_kwargs=True)
+    return seen
+
+
+FACTORS = RescaleFactors((1.0, 1.1, 1.3, 1.6, 1.9, 2.2, 2.6, 3.0), n_hat=4, mscale=1.1)
+
+
+@pytest.mark.parametrize("batch", [2, 4, 6, 16])
+def test_batched_equals_one_at_a_time(patched, batch):
+    m, rot = patched
+    docs = _docs(m.config.vocab_size)
+    one = score(m, rot, FACTORS, docs)
+    seen = _forwards(m)
+    many = score(m, rot, FACTORS, docs, batch=batch)
+    m.model._forward_hooks.clear()
+    assert len(seen) == math.ceil(6 / batch) and max(seen) == min(batch, 6)
+    assert many.status == one.status == COMPLETE
+    assert many.doc_nll == pytest.approx(one.doc_nll, abs=1e-5)
+    assert many.ppl == pytest.approx(one.ppl, rel=1e-5)
+    assert many.extra["tail_ppl"] == pytest.approx(one.extra["tail_ppl"], rel=1e-5)
+    assert many.tokens == one.tokens == 6 * 64
+
+
+def test_early_abort_stops_at_the_same_document(patched):
+    m, rot = patched
+    docs = _docs(m.config.vocab_size)
+    full = score(m, rot, FACTORS, docs)
+    # a threshold the exact bound crosses after the 3rd document: sum of 3 NLLs / 6 > log(thr)
+    nll = full.doc_nll
+    thr = math.exp((sum(nll[:3]) / 6 + sum(nll[:2]) / 6) / 2)
+    one = score(m, rot, FACTORS, docs, threshold=thr)
+    many = score(m, rot, FACTORS, docs, threshold=thr, batch=4)
+    assert one.status == many.status == PRUNED and len(one.doc_nll) == 3
+    assert many.doc_nll == pytest.approx(one.doc_nll, abs=1e-5)
+    assert many.ppl == pytest.approx(one.ppl, rel=1e-5) and many.reason == one.reason
+    assert many.tokens == 4 * 64  # the whole first batch ran
+
+
+def test_out_of_memory_halves_the_batch(patched, monkeypatch):
+    m, rot = patched
+    docs = _docs(m.config.vocab_size)
+    real = perplexity.token_nll
+    sizes: list[int] = []
+
+    def tight(model, ids, chunk=1024, first=1):
+        sizes.append(len(ids))
+        if np.ndim(ids) == 2 and len(ids) > 2:
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory (simulated)")
+        return real(model, ids, chunk, first)
+
+    monkeypatch.setattr(perplexity, "token_nll", tight)
+    many = score(m, rot, FACTORS, docs, batch=6)
+    monkeypatch.setattr(perplexity, "token_nll", real)
+    assert sizes == [6, 3, 1, 2, 3, 1, 2]
+    assert many.doc_nll == pytest.approx(score(m, rot, FACTORS, docs).doc_nll, abs=1e-5)
+
+
+def test_batch_docs_reaches_the_workers_and_is_checked():
+    cfg = from_dict({"workers": {"batch_docs": 3}})
+    assert ObjectiveSpec.from_config(cfg).batch_docs == 3
+    with pytest.raises(UserError, match=r"workers.batch_docs = 0 must be >= 1"):
+        from_dict({"workers": {"batch_docs": 0}})
