@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from .optuna_io import study_system_attrs
+from .report import report_path
 from .rundir import Run
 from .vocab import DOC_NLL, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
 
@@ -123,7 +124,9 @@ def finetune_summaries(run: Run) -> list[dict[str, Any]]:
 def render_status(run: Run, as_json: bool) -> str:
     stages, tunes = stage_summaries(run), finetune_summaries(run)
     if as_json:
-        return json.dumps({"run": str(run.path), "stages": stages, "finetunes": tunes, "time": time.time()})
+        page = report_path(run)
+        return json.dumps({"run": str(run.path), "stages": stages, "finetunes": tunes, "time": time.time(),
+                           "report": None if page is None else str(page)})
     lines = [f"run {run.path}"]
     if not stages:
         lines.append("no stage started yet")
@@ -143,6 +146,9 @@ def render_status(run: Run, as_json: bool) -> str:
         eta = f"done, model {f['model']}" if f["done"] else \
             f"ETA {(f['eta_seconds'] or 0) / 60:.1f} min"
         lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}, loss {f['loss']:.4f}, {eta}")
+    page = report_path(run)
+    lines.append(f"report: {page} (refresh: longrope report {run.path})" if page else
+                 f"report: longrope report {run.path}")
     return "\n".join(lines)
 
 

@@ -1,0 +1,125 @@
+"""`longrope report`: report.md and the stages' PNGs, read from a run (also a running one)."""
+
+import json
+import re
+
+import optuna
+import pytest
+from search_helpers import run_small
+
+from longrope.runs import report as report_mod
+from longrope.runs.status import render_status
+from longrope.runs.vocab import STAGE
+from longrope.search.cli import main
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture
+def run(tmp_path):
+    """A finished long-256 and short-32, and a long-512 that has started with nothing evaluated."""
+    run, _ = run_small(tmp_path, short="[32]", iterations=2)
+    empty = optuna.create_study(study_name="long-512", storage=run.storage())
+    empty.set_user_attr(STAGE, {"kind": "long", "length": 512, "budget": 24, "sampler": "longrope",
+                                "critical_dim": None, "mscale": 1.2})
+    return run
+
+
+def _rows(page: str, header: str) -> list[list[str]]:
+    """The cells of the Markdown table whose header line starts with `header`."""
+    lines = page.splitlines()
+    start = next(i for i, line in enumerate(lines) if line.startswith(header))
+    rows = []
+    for line in lines[start + 2:]:
+        if not line.startswith("|"):
+            break
+        rows.append([c.strip() for c in line.strip("|").split("|")])
+    return rows
+
+
+def _section(page: str, name: str) -> str:
+    return re.split(r"\n## ", page.split(f"\n## {name}\n", 1)[1])[0]
+
+
+def _check_pngs(folder, names):
+    for name in names:
+        data = (folder / name).read_bytes()
+        assert data.startswith(PNG) and len(data) > 1000, name
+
+
+def test_report_writes_its_files_for_a_small_run(run, capsys):
+    assert "report: longrope report" in render_status(run, False)
+    assert main(["report", str(run.path)]) == 0
+    folder = run.path / "report"
+    assert capsys.readouterr().out.strip() == f"report: {folder / 'report.md'}"
+    plots = [f"stage-{s}-{k}.png" for s in ("long-256", "short-32") for k in ("history", "lambda")]
+    assert sorted(p.name for p in folder.iterdir()) == sorted(["report.md", *plots])  # none for long-512
+    _check_pngs(folder, plots)
+    page = (folder / "report.md").read_text()
+
+    bests = {f"{kind}-{n}": rec for kind in ("long", "short") for n, rec in run.bests(kind).items()}
+    assert set(bests) == {"long-256", "short-32"}
+    rows = {r[0]: r for r in _rows(page, "| stage | evaluations")}
+    assert list(rows) == ["long-256", "long-512", "short-32"]  # the order of `status`
+    for name, rec in bests.items():
+        _, evals, pruned, failed, best, n_hat, mscale, trial = rows[name]
+        assert float(best) == pytest.approx(rec.search_ppl, rel=1e-5)
+        assert (int(n_hat), int(trial), evals) == (rec.n_hat, rec.trial, "24/24")
+        assert float(mscale) == pytest.approx(rec.mscale, rel=1e-5)
+        # the best of the study's evaluations, as the search saw it
+        study = optuna.load_study(study_name=name, storage=run.storage())
+        assert rec.search_ppl == min(t.value for t in study.trials if t.state.name == "COMPLETE")
+        section = _section(page, name)
+        assert f"](stage-{name}-history.png)" in section and f"](stage-{name}-lambda.png)" in section
+        lam = _rows(section, "| i | best |")
+        assert [int(r[0]) for r in lam] == list(range(len(rec.lambdas)))
+        assert [float(r[1]) for r in lam] == pytest.approx(rec.lambdas, rel=1e-5)
+        seeds = _rows(section, "| i | best |")[0]
+        assert len(seeds) == (6 if name.startswith("long") else 3)  # pi, ntk, yarn, dynamic_ntk | none
+    assert rows["long-512"][1:5] == ["0/24", "0", "0", "-"]
+    assert "No complete evaluation yet" in _section(page, "long-512")
+
+    heldout = {r[0]: r for r in _rows(page, "| stage | search ppl | held-out ppl")}
+    assert {n: float(r[2]) for n, r in heldout.items()} == pytest.approx(
+        {n: rec.heldout_ppl for n, rec in bests.items()}, rel=1e-5)
+    assert "longrope eval" in page and "--split heldout" in page
+
+    assert f"report: {folder / 'report.md'}" in render_status(run, False)
+    assert json.loads(render_status(run, True))["report"] == str(folder / "report.md")
+
+
+def test_report_to_another_folder_leaves_the_run_as_it_was(run, tmp_path):
+    before = sorted(p.relative_to(run.path) for p in run.path.rglob("*"))
+    out = tmp_path / "elsewhere" / "r"
+    assert main(["report", str(run.path), "-o", str(out)]) == 0
+    assert sorted(p.relative_to(run.path) for p in run.path.rglob("*")) == before
+    _check_pngs(out, ["stage-long-256-history.png", "stage-short-32-lambda.png"])
+    assert "## long-256" in (out / "report.md").read_text()
+
+
+def test_a_running_run_is_reported_without_its_lock(run, tmp_path):
+    with run.lock():  # a driver holds the run
+        assert main(["report", str(run.path), "-o", str(tmp_path / "r")]) == 0
+    assert (tmp_path / "r" / "report.md").is_file()
+
+
+def test_an_interrupted_report_leaves_no_page_and_no_temp_file(run, tmp_path, monkeypatch):
+    calls = []
+
+    def dies(*args):
+        calls.append(args)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return b"\x89PNG\r\n\x1a\nstub"
+
+    monkeypatch.setattr(report_mod, "plot_lambda", dies)
+    out = tmp_path / "r"
+    assert main(["report", str(run.path), "-o", str(out)]) == 130
+    assert not (out / "report.md").exists()  # written last: it never links a missing plot
+    assert not [p for p in out.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_a_missing_run_is_one_line(tmp_path, capsys):
+    assert main(["report", str(tmp_path / "nope")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("error: ") and err.count("\n") == 1 and "not a run directory" in err
