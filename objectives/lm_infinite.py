@@ -93,14 +93,15 @@ def resolve(name: str, geometry: Any) -> LMInfinite:
                       RescaleFactors.uniform(1.0, geometry.n_freqs, mscale=1.0))
 
 
-def branches(length: int, n_global: int, n_local: int, cap: int) -> tuple[torch.Tensor, torch.Tensor]:
+def branches(length: int, n_global: int, n_local: int, cap: int,
+             device: Any = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(near [L, L], far [L, G]) booleans, G = min(n_global, L): near[i, j] = key j seen at its true
     distance, far[i, j] = global key j seen at distance `cap` (outside the local window, i - j > cap).
     Every visible (i, j) is in exactly one of them."""
     import torch
 
-    i = torch.arange(length)[:, None]
-    j = torch.arange(length)[None, :]
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
     d = i - j
     causal = d >= 0
     local = causal & (d < n_local)
@@ -184,12 +185,12 @@ def _plan_tensors(state: _State, length: int, device: torch.device):
     key = (length, str(device))
     if key not in state.cache:
         p = state.plan
-        near, far = branches(length, p.n_global, p.n_local, p.cap)
+        near, far = branches(length, p.n_global, p.n_local, p.cap, device)
         g = far.shape[1] if bool(far.any()) else 0
-        rot_q = rotation(state.rotary, (p.cap - torch.arange(length)).to(device)) if g else None
-        rot_k = rotation(state.rotary, (-torch.arange(g)).to(device)) if g else None
+        rot_q = rotation(state.rotary, p.cap - torch.arange(length, device=device)) if g else None
+        rot_k = rotation(state.rotary, -torch.arange(g, device=device)) if g else None
         state.cache.clear()
-        state.cache[key] = (near.to(device), far[:, :g].to(device), g, rot_q, rot_k)
+        state.cache[key] = (near, far[:, :g], g, rot_q, rot_k)
     return state.cache[key]
 
 
@@ -227,7 +228,7 @@ def attention(module: Any, query: torch.Tensor, key: torch.Tensor, value: torch.
         raise UserError("lm_infinite scores whole sequences without a KV cache")
     pos = kwargs.get("position_ids")
     length, width = query.shape[2], query.shape[-1]
-    if pos is not None and not torch.equal(pos[0].to("cpu"), torch.arange(length)):
+    if pos is not None and not torch.equal(pos[0], torch.arange(length, device=pos.device)):
         raise UserError("lm_infinite expects positions 0..L-1 (one unpadded sequence per row)")
     groups = query.shape[1] // key.shape[1]
     if groups > 1:

@@ -22,7 +22,8 @@ from longrope.spaces import RescaleFactors, RopeGeometry, UserError, architectur
 def base_inv_freq(geometry: RopeGeometry) -> torch.Tensor:
     """θ_i = base^(-2i/d) computed as transformers computes its default."""
     d = geometry.rotary_dim
-    return 1.0 / (geometry.base ** (torch.arange(0, d, 2, dtype=torch.int64).float() / d))
+    i = torch.arange(0, d, 2, dtype=torch.int64)  # cpu: moved with the module, as transformers' own
+    return 1.0 / (geometry.base ** (i.float() / d))
 
 
 class CandidateRotary(nn.Module):
@@ -53,6 +54,17 @@ class CandidateRotary(nn.Module):
     def attention_scaling(self) -> float:
         return self.mscale
 
+    def _apply(self, fn, recurse=True):
+        """``model.to(torch.bfloat16)`` moves the frequency tables but keeps them float32: θ/λ
+        rounded to bf16 (8 bits of mantissa) would misplace every long position, as the
+        product position × θ grows (issue 18: tables in float32 whatever the model dtype)."""
+        tables = dict(self._buffers)
+        super()._apply(fn, recurse)
+        for name, t in tables.items():
+            if t is not None and t.is_floating_point():
+                self._buffers[name] = t.to(self._buffers[name].device)
+        return self
+
     @torch.no_grad()
     def set_factors(self, factors: RescaleFactors | None) -> None:
         """Switch candidate: an in-place copy into the existing buffers. None switches to the
@@ -67,8 +79,7 @@ class CandidateRotary(nn.Module):
                 f"factors have {len(factors.lambdas)} values, the model has {self.geometry.n_freqs} "
                 "rotary frequencies"
             )
-        lam = torch.tensor(factors.lambdas, dtype=torch.float32)
-        self.lambdas.copy_(lam)
+        self.lambdas.copy_(torch.tensor(factors.lambdas, dtype=torch.float32, device=self.lambdas.device))
         self.inv_freq.copy_(self.original_inv_freq / self.lambdas)
         self.n_hat, self.mscale, self.factors = factors.n_hat, factors.mscale, factors
 

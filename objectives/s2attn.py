@@ -21,13 +21,13 @@ from typing import Any
 NAME = "longrope_s2"
 
 
-def allowed(length: int, group: int, shifted: bool):
+def allowed(length: int, group: int, shifted: bool, device: Any = None):
     """[L, L] bool: may query i attend key j. Causal, and in the same group of G tokens; for a
     shifted head the groups start at −G/2. One group (G >= L) is full causal attention."""
     import torch
 
-    i = torch.arange(length)[:, None]
-    j = torch.arange(length)[None, :]
+    i = torch.arange(length, device=device)[:, None]
+    j = torch.arange(length, device=device)[None, :]
     if group >= length:
         return j <= i
     off = group // 2 if shifted else 0

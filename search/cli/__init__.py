@@ -16,12 +16,12 @@ import sys
 
 from longrope.spaces import UserError
 
-from . import bench, demo, evaluate, export, report, run
+from . import bench, check, demo, evaluate, export, report, run
 
 EXIT_USER = 2
 
 # The verb modules, in the order their verbs appear in --help.
-VERBS = (run, evaluate, export, report, demo, bench)
+VERBS = (run, evaluate, export, report, check, demo, bench)
 
 
 class _Parser(argparse.ArgumentParser):

@@ -69,7 +69,7 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         have_smol = True
     except Exception:
         have_smol = False
-    r.update({"machine": f"{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
+    r.update({"machine": f"{_gpus()}{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
     big = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
     budget = 12 if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
     if "speed" in only:
@@ -107,6 +107,15 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16))
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
+
+
+def _gpus() -> str:
+    """'1 × NVIDIA H100 80GB HBM3, ' when torch sees GPUs (the models then run there), else ''."""
+    import torch
+
+    if not torch.cuda.is_available():
+        return ""
+    return f"{torch.cuda.device_count()} × {torch.cuda.get_device_name(0)}, "
 
 
 def _torch_version() -> str:

@@ -51,8 +51,8 @@ def render(r: dict[str, Any]) -> str:
             lines.append(f"| {m} | {_spread(v['heldout'])} | {searched} |")
     c = r["cost"]
     lines += ["", f"cost: {c['model']} at {c['length']} tokens: {c['seconds_per_doc']:.2f} s per document, "
-              f"{c['seconds_per_eval']:.1f} s per 5-document evaluation, peak RSS "
-              f"{c['peak_rss_bytes'] / 2**30:.2f} GiB; paper-default search (1,344 evaluations): "
+              f"{c['seconds_per_eval']:.1f} s per 5-document evaluation on {c.get('device', 'cpu')}, peak "
+              f"memory {c['peak_rss_bytes'] / 2**30:.2f} GiB; paper-default search (1,344 evaluations): "
               + ", ".join(f"{h:.1f} h on {n} worker{'s' if int(n) > 1 else ''}"
                           for n, h in c["full_search_hours"].items())]
     ea = r["early_abort"]

@@ -10,26 +10,18 @@ from __future__ import annotations
 import statistics
 import subprocess
 import sys
-import time
 from typing import Any
 
 PROBES = "longrope.search.cli.bench"
 
 
-def _median_time(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
-
-
 def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any]:
     """Patched evaluation (chunked NLL) vs a plain transformers forward with labels=,
-    alternating, same tokens; and forward FLOP/s vs this machine's matmul rate."""
+    alternating, same tokens, on the model's device; and forward FLOP/s vs that device's
+    matmul rate in the model's dtype."""
     import torch
 
+    from longrope.objectives.devices import device_name, matmul_rate, median_seconds
     from longrope.objectives.models import load_model
     from longrope.objectives.perplexity import document_nll
     from longrope.objectives.rotary import patch_model
@@ -40,31 +32,31 @@ def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any
     rot = patch_model(patched.model, patched.geometry)
     rot.set_factors(method("yarn", patched.geometry, length))
     gen = torch.Generator().manual_seed(0)
-    ids = torch.randint(0, plain.model.config.vocab_size, (1, length), generator=gen)
+    ids = torch.randint(0, plain.model.config.vocab_size, (1, length), generator=gen).to(plain.device)
+    host_ids = ids[0].cpu().numpy()
+    dev = plain.device
 
     def run_plain():
         with torch.no_grad():
             plain.model(ids, labels=ids).loss.item()
 
     def run_patched():
-        document_nll(patched.model, ids[0].numpy())
+        document_nll(patched.model, host_ids)
 
     run_plain(), run_patched()  # warm up
     tp, tq = [], []
     for _ in range(reps):
-        tp.append(_median_time(run_plain, 1))
-        tq.append(_median_time(run_patched, 1))
+        tp.append(median_seconds(run_plain, 1, dev))
+        tq.append(median_seconds(run_patched, 1, dev))
     t_plain, t_patched = statistics.median(tp), statistics.median(tq)
     cfg = plain.model.config
     n_params = sum(p.numel() for n, p in plain.model.named_parameters() if "embed" not in n)
     n_params += cfg.vocab_size * cfg.hidden_size  # the LM head runs on every position
     flops = 2 * n_params * length + 2 * cfg.num_hidden_layers * length * length * cfg.hidden_size
-    a = torch.randn(2048, 2048)
-    t_mm = _median_time(lambda: a @ a, 5)
-    mm_rate = 2 * 2048**3 / t_mm
+    mm_rate = matmul_rate(dev, next(plain.model.parameters()).dtype)
     return {"overhead": t_patched / t_plain, "t_plain": t_plain, "t_patched": t_patched,
             "fwd_flops": flops, "fwd_rate": flops / t_patched, "matmul_rate": mm_rate,
-            "cpu_efficiency": (flops / t_patched) / mm_rate}
+            "cpu_efficiency": (flops / t_patched) / mm_rate, "device": device_name(dev)}
 
 
 def memory(model_spec: str, length: int) -> dict[str, Any]:
@@ -76,9 +68,17 @@ def memory(model_spec: str, length: int) -> dict[str, Any]:
                            capture_output=True, text=True)
         if r.returncode:
             raise RuntimeError(f"memory probe failed: {r.stderr[-500:]}")
-        out[path] = max(int(r.stdout.strip().splitlines()[-1]), 4096)
+        peak, device = r.stdout.strip().splitlines()[-1].split("\t")
+        out[path] = max(int(peak), 4096)
     return {"memory": out["chunked"] / out["labels"], "peak_chunked": out["chunked"],
-            "peak_labels": out["labels"], "length": length}
+            "peak_labels": out["labels"], "length": length, "device": device,
+            "measure": "torch.cuda.max_memory_allocated" if device != _cpu_name() else "RSS"}
+
+
+def _cpu_name() -> str:
+    from longrope.objectives.devices import device_name
+
+    return device_name("cpu")
 
 
 def cost_estimate(model_spec: str, length: int, docs: int = 5) -> dict[str, Any]:
@@ -87,8 +87,9 @@ def cost_estimate(model_spec: str, length: int, docs: int = 5) -> dict[str, Any]
                        capture_output=True, text=True)
     if r.returncode:
         raise RuntimeError(f"cost probe failed: {r.stderr[-500:]}")
-    secs, peak = (float(x) for x in r.stdout.split()[-2:])
+    secs, peak, device = r.stdout.strip().splitlines()[-1].split("\t")
+    secs, peak = float(secs), float(peak)
     per_eval = secs * docs
     return {"model": model_spec, "length": length, "seconds_per_doc": secs, "seconds_per_eval": per_eval,
-            "peak_rss_bytes": peak,
+            "peak_rss_bytes": peak, "device": device,
             "full_search_hours": {n: 1344 * per_eval / n / 3600 for n in (1, 8, 64)}}

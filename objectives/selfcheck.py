@@ -1,0 +1,137 @@
+"""The self-test `longrope check` runs on each device: does this machine score like ours?
+
+Three questions, each answered on the device and in the dtype a search would use:
+- rotary parity: the patch with λ = 1 gives the unpatched logits bit for bit, and uniform
+  λ = s gives transformers' own ``linear`` rope (the parity the test suite proves on CPU);
+- cost: one evaluation of the model at 4 × L0 (perplexity, seconds per 1k tokens);
+- numerics (issue 18): a fixed set of candidates ranked in the dtype against float32:
+  Spearman's ρ, the same best, and the median relative |Δppl|. A search only needs the order
+  of its candidates, so ρ and the best are what must hold in bf16.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import statistics
+import time
+from typing import Any
+
+import numpy as np
+
+from longrope.spaces import RescaleFactors, method
+
+PARITY_ATOL = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.02}  # |Δlogit| for uniform λ vs linear
+RANK_MIN_RHO = 0.95
+
+
+def resolve_dtype(dtype: str, device: str) -> str:
+    """The dtype load_model would use: auto is bfloat16 on a GPU, float32 on a CPU."""
+    return ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype
+
+
+def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None) -> dict[str, Any]:
+    """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0)."""
+    import torch
+    import transformers
+
+    from .models import load_model
+    from .rotary import apply_factors
+
+    loaded = load_model(model_spec, dtype, device)
+    model, geo = loaded.model, loaded.geometry
+    length = length or 2 * geo.original_length
+    s = length / geo.original_length
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(loaded.device)
+    cfg = copy.deepcopy(model.config)
+    _set_linear(cfg, s)
+    twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
+    twin.load_state_dict(model.state_dict())
+    twin.to(loaded.device).eval()
+    with torch.no_grad():
+        plain = model(ids).logits
+        linear = twin(ids).logits
+        apply_factors(model, RescaleFactors.uniform(1.0, geo.n_freqs))
+        same = bool(torch.equal(model(ids).logits, plain))
+        apply_factors(model, RescaleFactors.uniform(s, geo.n_freqs))
+        diff = float((model(ids).logits.float() - linear.float()).abs().max())
+    tol = PARITY_ATOL.get(loaded.dtype, 1e-4)
+    return {"identity_bit_exact": same, "linear_max_abs_diff": diff, "tolerance": tol,
+            "length": length, "ok": same and diff <= tol}
+
+
+def _set_linear(cfg: Any, factor: float) -> None:
+    """Transformers' linear rope on a config, 5.x (rope_parameters) or 4.57 (rope_scaling)."""
+    rope = getattr(cfg, "rope_parameters", None)
+    if isinstance(rope, dict):
+        cfg.rope_parameters = {"rope_theta": rope["rope_theta"], "rope_type": "linear", "factor": factor,
+                               **{k: v for k, v in rope.items() if k == "partial_rotary_factor"}}
+    else:
+        cfg.rope_scaling = {"rope_type": "linear", "type": "linear", "factor": factor}
+
+
+def candidates(geometry: Any, length: int, n: int = 12, seed: int = 0) -> list[RescaleFactors]:
+    """PI, NTK, YaRN at `length`, then geometric mixtures of the three (non-decreasing, like
+    the methods) with random weights and n̂: a spread of plausible candidates, fixed by seed."""
+    base = [method(m, geometry, length) for m in ("pi", "ntk", "yarn")]
+    lam = np.array([b.lambdas for b in base])
+    rng = np.random.default_rng(seed)
+    out = list(base)
+    while len(out) < n:
+        w = rng.dirichlet(np.ones(3))
+        mix = np.exp(w @ np.log(lam))
+        out.append(RescaleFactors(tuple(float(x) for x in mix), n_hat=int(rng.choice([0, 2, 8, 32])),
+                                  mscale=base[2].mscale))
+    return out
+
+
+def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5) -> tuple[Any, dict[str, Any]]:
+    """One evaluation (YaRN at 4 × L0) on `docs` documents: (the evaluator, its figures)."""
+    from .specs import ObjectiveSpec
+    from .workers import Evaluator
+
+    ev = Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype=dtype, search_docs=docs, heldout_docs=0))
+    length = 4 * ev.geometry.original_length
+    ev.evaluate(method("yarn", ev.geometry, length), length)  # warm up
+    t0 = time.perf_counter()
+    e = ev.evaluate(method("yarn", ev.geometry, length), length)
+    secs = time.perf_counter() - t0
+    return ev, {"length": length, "ppl": e.ppl, "seconds": secs, "tokens": e.tokens,
+                "seconds_per_1k_tokens": 1000 * secs / e.tokens, "ok": e.ok and math.isfinite(e.ppl)}
+
+
+def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: int = 5) -> dict[str, Any]:
+    """Rank the fixed candidates in `dtype` and in float32 on the same documents."""
+    from scipy.stats import spearmanr
+
+    from .specs import ObjectiveSpec
+    from .workers import Evaluator
+
+    ev = ev or Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype=dtype, search_docs=docs,
+                                          heldout_docs=0))
+    ref = Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype="float32", search_docs=docs,
+                                     heldout_docs=0))
+    length = 4 * ev.geometry.original_length
+    cands = candidates(ev.geometry, length)
+    low = [ev.evaluate(c, length).ppl for c in cands]
+    high = [ref.evaluate(c, length).ppl for c in cands]
+    rho = float(spearmanr(low, high).statistic)
+    same_best = int(np.argmin(low)) == int(np.argmin(high))
+    rel = statistics.median(abs(a - b) / b for a, b in zip(low, high, strict=True))
+    return {"dtype": dtype, "candidates": len(cands), "length": length, "spearman": rho,
+            "same_best": same_best, "median_rel_diff": rel, "min_spearman": RANK_MIN_RHO,
+            "ok": rho >= RANK_MIN_RHO and same_best}
+
+
+def self_test(model_spec: str, device: str, dtype: str = "auto") -> dict[str, Any]:
+    """Parity, one evaluation and (for a dtype other than float32) the rank check, on one device."""
+    from .devices import device_name
+
+    dtype = resolve_dtype(dtype, device)
+    out: dict[str, Any] = {"device": device, "name": device_name(device), "model": model_spec, "dtype": dtype}
+    out["rotary_parity"] = rotary_parity(model_spec, device, dtype)
+    ev, out["evaluation"] = evaluation(model_spec, device, dtype)
+    out["rank_check"] = None if dtype == "float32" else rank_check(model_spec, device, dtype, ev)
+    out["ok"] = all(out[k]["ok"] for k in ("rotary_parity", "evaluation", "rank_check") if out[k])
+    return out

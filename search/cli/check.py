@@ -1,0 +1,146 @@
+"""`longrope check`: what this machine has, and whether it scores candidates as it should.
+
+Run it first on a new GPU node or cluster: it names torch, CUDA, the GPUs, flash-attn and
+(with --address) the Ray cluster's resources, then runs objectives/selfcheck.py's self-test
+on every device it sees (the CPU and each GPU): rotary parity with transformers in the
+dtype a search would use, one evaluation with its time per 1k tokens, and for a dtype other
+than float32 the rank agreement of fixed candidates with float32. Exit 0 when every check
+holds, 1 when one does not (the text says which), 2 for a usage error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.metadata
+import importlib.util
+import json
+import platform
+import sys
+from typing import Any
+
+from longrope.objectives.specs import DTYPES
+from longrope.spaces import UserError
+
+EMBEDDED = "builtin:tiny-sotu"
+
+
+def _version(dist: str) -> str | None:
+    try:
+        return importlib.metadata.version(dist)
+    except importlib.metadata.PackageNotFoundError:
+        return None
+
+
+def environment() -> dict[str, Any]:
+    """Versions, CUDA and its GPUs, flash-attn: what a search here could use."""
+    import torch
+
+    gpus = [{"index": i, "name": torch.cuda.get_device_name(i),
+             "memory_gib": round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1)}
+            for i in range(torch.cuda.device_count())] if torch.cuda.is_available() else []
+    return {"python": platform.python_version(), "torch": torch.__version__,
+            "transformers": _version("transformers"), "ray": _version("ray"),
+            "longrope-search": _version("longrope-search"),
+            "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
+            "bf16_supported": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
+            "flash_attn": _version("flash-attn") if importlib.util.find_spec("flash_attn") else None}
+
+
+def ray_resources(address: str) -> dict[str, Any]:
+    """Join the cluster at `address` and read what it declares (nodes, CPUs, GPUs)."""
+    import ray
+
+    from longrope.search.backends import init_ray
+
+    joined = not ray.is_initialized()  # a Ray this process already runs is left running
+    init_ray(address)
+    try:
+        nodes = [n for n in ray.nodes() if n.get("Alive")]
+        total = ray.cluster_resources()
+        return {"address": address, "nodes": len(nodes), "CPU": total.get("CPU", 0),
+                "GPU": total.get("GPU", 0),
+                "per_node": [{"ip": n["NodeManagerAddress"], "CPU": n["Resources"].get("CPU", 0),
+                              "GPU": n["Resources"].get("GPU", 0)} for n in nodes]}
+    finally:
+        if joined:
+            ray.shutdown()
+
+
+def cmd_check(args: argparse.Namespace) -> int:
+    """Environment, then the self-test on every device; exit 1 if a check fails."""
+    import torch
+
+    from longrope.objectives.selfcheck import self_test
+
+    model, dtype = args.model, args.dtype
+    if args.config:
+        from longrope.search.config import load
+
+        cfg = load(args.config)
+        model, dtype = args.model if args.model != EMBEDDED else cfg.model.path, \
+            args.dtype if args.dtype != "auto" else cfg.model.dtype
+    if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
+        raise UserError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+    if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {args.device}: torch sees no GPU on this machine")
+    out = environment()
+    out["ray_cluster"] = ray_resources(args.address) if args.address else None
+    devices = [args.device] if args.device else \
+        ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0))]
+    out["self_test"] = []
+    for dev in devices:
+        if not args.json:
+            print(f"self-test on {dev} ...", file=sys.stderr)
+        out["self_test"].append(self_test(model, dev, dtype))
+    out["ok"] = all(t["ok"] for t in out["self_test"])
+    print(json.dumps(out, indent=1) if args.json else render(out))
+    return 0 if out["ok"] else 1
+
+
+def render(out: dict[str, Any]) -> str:
+    cuda = out["cuda"]
+    lines = [f"python {out['python']}, torch {out['torch']}, transformers {out['transformers']}, "
+             f"ray {out['ray']}, longrope-search {out['longrope-search']}",
+             f"CUDA: {cuda['version'] or 'none'}, {'available' if cuda['available'] else 'no GPU seen'}"]
+    lines += [f"  GPU {g['index']}: {g['name']}, {g['memory_gib']} GiB" for g in cuda["gpus"]]
+    lines.append(f"flash-attn: {out['flash_attn'] or 'not installed'}")
+    if out["ray_cluster"]:
+        r = out["ray_cluster"]
+        lines.append(f"Ray at {r['address']}: {r['nodes']} nodes, {r['CPU']:g} CPUs, {r['GPU']:g} GPUs")
+    for t in out["self_test"]:
+        p, e, k = t["rotary_parity"], t["evaluation"], t["rank_check"]
+        lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}:",
+                  f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
+                  f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e} (<= {p['tolerance']:g}) "
+                  f"{_ok(p['ok'])}",
+                  f"  evaluation at {e['length']}: ppl {e['ppl']:.3f}, {e['seconds']:.2f} s, "
+                  f"{e['seconds_per_1k_tokens']:.3f} s per 1k tokens {_ok(e['ok'])}"]
+        lines.append("  rank check: float32 itself" if k is None else
+                     f"  rank check vs float32 ({k['candidates']} candidates at {k['length']}): Spearman "
+                     f"{k['spearman']:.3f} (>= {k['min_spearman']}), same best {_yes(k['same_best'])}, "
+                     f"median |Δppl| {k['median_rel_diff']:.2%} {_ok(k['ok'])}")
+    lines += ["", "all checks passed" if out["ok"] else "SOME CHECKS FAILED (see FAILED above)"]
+    return "\n".join(lines)
+
+
+def _yes(b: bool) -> str:
+    return "yes" if b else "NO"
+
+
+def _ok(b: bool) -> str:
+    return "ok" if b else "FAILED"
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser("check", help="this machine's torch/CUDA/GPUs/Ray, and a self-test on each device",
+                       description=__doc__.split("\n\n", 1)[1].replace("\n", " "))
+    c.add_argument("config", nargs="?", help="a run config: check its model in its dtype")
+    c.add_argument("--model", default=EMBEDDED, help="model to self-test (default: %(default)s, "
+                   "which ships with the package)")
+    c.add_argument("--dtype", choices=DTYPES, default="auto",
+                   help="dtype of the self-test (default: the config's, else auto: bfloat16 on a GPU, "
+                   "float32 on a CPU)")
+    c.add_argument("--device", help="one device to test (cpu, cuda, cuda:1); default: every one seen")
+    c.add_argument("--address", help="a Ray cluster to read resources from (auto, ray://host:10001)")
+    c.add_argument("--json", action="store_true", help="one JSON object instead of text")
+    c.set_defaults(func=cmd_check)

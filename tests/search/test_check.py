@@ -1,0 +1,68 @@
+"""`longrope check`: the environment and the self-test, as JSON and text; a broken rotary
+patch makes it fail (exit 1); bf16 ranks the fixed candidates like float32."""
+
+import json
+
+import pytest
+import torch
+
+from longrope.objectives import rotary, selfcheck
+from longrope.search.cli import main
+
+
+def test_check_json_shape_on_cpu(capsys):
+    assert main(["check", "--json", "--device", "cpu"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["torch"] == torch.__version__ and out["cuda"]["available"] is False
+    assert out["cuda"]["gpus"] == [] and out["ray_cluster"] is None and "flash_attn" in out
+    [t] = out["self_test"]
+    assert (t["device"], t["dtype"], t["model"]) == ("cpu", "float32", "builtin:tiny-sotu")
+    assert t["rotary_parity"]["identity_bit_exact"] is True
+    assert t["rotary_parity"]["linear_max_abs_diff"] <= 1e-4
+    ev = t["evaluation"]
+    assert ev["length"] == 512 and 1 < ev["ppl"] < 1000 and ev["tokens"] == 5 * 512
+    assert ev["seconds_per_1k_tokens"] == pytest.approx(1000 * ev["seconds"] / ev["tokens"])
+    assert t["rank_check"] is None and t["ok"] is True and out["ok"] is True
+
+
+def test_a_broken_patch_fails_the_check(monkeypatch, capsys):
+    def wrong(self, factors):  # θ·λ instead of θ/λ: compresses where it should stretch
+        self.lambdas.copy_(torch.tensor(factors.lambdas, dtype=torch.float32))
+        self.inv_freq.copy_(self.original_inv_freq * self.lambdas)
+        self.n_hat, self.mscale, self.factors = factors.n_hat, factors.mscale, factors
+
+    monkeypatch.setattr(rotary.CandidateRotary, "set_factors", wrong)
+    monkeypatch.setattr(selfcheck, "evaluation", lambda *a: (None, {"ok": True, "length": 512, "ppl": 1.0,
+                                                                    "seconds": 1.0,
+                                                                    "seconds_per_1k_tokens": 1.0}))
+    assert main(["check", "--device", "cpu"]) == 1
+    text = capsys.readouterr().out
+    assert "λ = 1 bit-exact yes" in text and "FAILED" in text and "SOME CHECKS FAILED" in text
+
+
+def test_bf16_ranks_candidates_like_float32():
+    r = selfcheck.rank_check("builtin:tiny-sotu", "cpu", "bfloat16", docs=2)
+    assert r["candidates"] == 12 and r["ok"], r
+    assert r["spearman"] >= 0.95 and r["same_best"] and 0 < r["median_rel_diff"] < 0.01
+
+
+def test_candidates_are_fixed_and_non_decreasing():
+    from longrope.spaces import RopeGeometry
+
+    g = RopeGeometry(rotary_dim=16, base=10000.0, original_length=128)
+    a, b = selfcheck.candidates(g, 512), selfcheck.candidates(g, 512)
+    assert a == b and len({c.lambdas for c in a}) == 12
+    assert all(all(x <= y + 1e-12 for x, y in zip(c.lambdas, c.lambdas[1:], strict=False)) for c in a)
+
+
+def test_check_reads_the_ray_cluster(ray_session, capsys, monkeypatch):
+    monkeypatch.setattr(selfcheck, "self_test", lambda *a: {"ok": True})  # tested above
+    assert main(["check", "--json", "--device", "cpu", "--address", "auto"]) == 0
+    r = json.loads(capsys.readouterr().out)["ray_cluster"]
+    assert r["nodes"] == 1 and r["GPU"] == 2 and r["CPU"] == 2
+    assert ray_session.is_initialized()  # the session's Ray is left running
+
+
+def test_bad_device_is_one_line(capsys):
+    assert main(["check", "--device", "tpu"]) == 2
+    assert capsys.readouterr().err.strip() == "error: --device 'tpu': use cpu, cuda or cuda:N"
