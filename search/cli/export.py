@@ -21,7 +21,20 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_apply(args: argparse.Namespace) -> int:
-    """Make a model folder whose config.json carries exported factors."""
+    """Make a model folder whose config.json carries exported factors, or a GGUF copy with them."""
+    if str(args.model_dir).lower().endswith(".gguf"):
+        from longrope.runs.gguf import apply_to_gguf
+
+        path, warnings = apply_to_gguf(args.factors, args.model_dir, args.output, switch=args.gguf_switch)
+        for w in warnings:
+            print(f"warning: {w}", file=sys.stderr)
+        print(path)
+        return 0
+    if args.gguf_switch:
+        from longrope.spaces import UserError
+
+        raise UserError("--gguf-switch is for a .gguf MODEL; a model folder's config carries both "
+                        "factor sets")
     from longrope.runs.export import apply_to_folder
 
     print(apply_to_folder(args.factors, args.model_dir, args.output, copy=args.copy))
@@ -41,12 +54,20 @@ def register(sub: argparse._SubParsersAction) -> None:
                     help="; ".join(f"{name}: {what}" for name, (_, what) in FORMATS.items()))
     ex.set_defaults(func=cmd_export)
 
-    ap = sub.add_parser("apply", help="a model folder whose config carries exported factors",
+    ap = sub.add_parser("apply", help="a model folder (or GGUF file) that carries exported factors",
                         description=cmd_apply.__doc__ + " Weights are symlinked unless --copy. In Python, "
                         "longrope.objectives.rotary.apply_factors(model, factors) patches a loaded model, "
-                        "n̂ included.")
+                        "n̂ included. A MODEL ending in .gguf gives a GGUF copy for llama.cpp (llama, phi3): "
+                        "tensors copied as they are (quantized stays quantized), the factors as llama.cpp's "
+                        "rope_freqs (llama) or rope_factors_long/short (phi3) tensors, and the context "
+                        "length, L0 and attention factor in its metadata; llama.cpp has no n̂.")
     ap.add_argument("factors", help="a JSON written by `longrope export`")
-    ap.add_argument("model_dir", help="the Hugging Face model folder to extend")
-    ap.add_argument("-o", "--output", required=True, help="new model folder")
-    ap.add_argument("--copy", action="store_true", help="copy weights instead of symlinking")
+    ap.add_argument("model_dir", metavar="MODEL",
+                    help="the Hugging Face model folder to extend, or a .gguf file")
+    ap.add_argument("-o", "--output", required=True, help="new model folder (new .gguf file for a GGUF)")
+    ap.add_argument("--copy", action="store_true", help="copy weights instead of symlinking (folders)")
+    ap.add_argument("--gguf-switch", action="store_true",
+                    help="llama GGUF: write rope_factors_long/short with rope.scaling.type longrope, which "
+                    "recent llama.cpp builds switch on -c > L0, instead of one rope_freqs tensor (the "
+                    "long factors at every length)")
     ap.set_defaults(func=cmd_apply)

