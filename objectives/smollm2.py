@@ -3,13 +3,16 @@
 
 The package is located with importlib.util.find_spec and never imported (its
 own imports are heavy). The GGUF is converted once into a safetensors folder
-under the user's cache, and later loads read that folder.
+under the user's cache, and later loads read that folder. `convert` does the same
+for any GGUF file given as model.path (objectives/models.py).
 """
 
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
+import uuid
 from pathlib import Path
 
 from longrope.spaces import UserError
@@ -32,35 +35,53 @@ def find_gguf() -> Path:
 
 
 def ensure_converted() -> Path:
-    """The converted folder, converting on first use (atomic: temp dir + rename)."""
+    """The converted folder, converting on first use."""
     gguf = find_gguf()
     out = cache_root() / "models" / "smollm2-135m"
-    if (out / "config.json").is_file():
+    if is_converted(out):
         return out
     for mod in ("gguf", "accelerate"):
         if importlib.util.find_spec(mod) is None:
             raise UserError(f"builtin:smollm2-135m needs '{mod}': {INSTALL}")
+    return convert(gguf, out)
+
+
+def is_converted(out: Path) -> bool:
+    return (out / "config.json").is_file()
+
+
+def convert(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF model once into a float32 safetensors folder `out` (weights, config,
+    tokenizer), written under a temp name of its own and renamed: concurrent workers each convert,
+    the first rename wins, and a reader never sees a partial folder."""
     import torch
     import transformers
 
-    tmp = out.with_name(out.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
     model = transformers.AutoModelForCausalLM.from_pretrained(
         str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
     )
     tok = transformers.AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
     # transformers marks GGUF-loaded models as quantized and refuses save_pretrained; the weights
     # are already dequantized to float32, so write them and a clean config directly.
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
     tmp.mkdir(parents=True)
-    save_weights(model, tmp / "model.safetensors")
-    config = model.config
-    for attr in ("quantization_config", "_pre_quantization_dtype"):
-        if hasattr(config, attr):
-            delattr(config, attr)
-    config.save_pretrained(tmp)
-    tok.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    tmp.rename(out)
+    try:
+        save_weights(model, tmp / "model.safetensors")
+        config = model.config
+        for attr in ("quantization_config", "_pre_quantization_dtype"):
+            if hasattr(config, attr):
+                delattr(config, attr)
+        config.save_pretrained(tmp)
+        tok.save_pretrained(tmp)
+        if out.exists() and not is_converted(out):
+            shutil.rmtree(out, ignore_errors=True)  # a partial folder from an older, non-atomic writer
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not is_converted(out):  # not a lost race with another converter: a real failure
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
     return out
 
 

@@ -43,9 +43,13 @@ class ModelSpec:
 
 @dataclass
 class DataSpec:
-    path: str = "builtin:sotu"  # builtin:sotu | folder of .txt | .txt/.jsonl/.parquet file | hub id
-    text_column: str = "text"  # column holding the text (jsonl, parquet, hub)
+    path: str = "builtin:sotu"  # builtin:sotu | hub id | .txt, .jsonl, .json, .csv, .parquet file or folder
+    text_column: str = "text"  # column holding the text (jsonl, json, csv, parquet, hub)
     per_line: bool = False  # .txt: one document per line instead of per file
+    split: str = "train"  # the dataset's split (hub id or a folder with test.jsonl, ...); a file is "train"
+    config: str = ""  # the hub dataset's configuration name; "" = its default
+    streaming: bool = False  # read only the first stream_docs documents, never the whole split
+    stream_docs: int = 0  # streaming: documents taken from the start; 0 = 2 x max(search_docs, heldout_docs)
     search_docs: int = 5  # documents scored per candidate (paper: 5 PG19 docs)
     heldout_docs: int = 5  # disjoint documents for the held-out report
     split_seed: int = 0  # seeds the document split
@@ -60,6 +64,17 @@ class DataSpec:
             raise UserError(f"{where}.heldout_docs = {self.heldout_docs} must be >= 0")
         if not self.text_column:
             raise UserError(f"{where}.text_column is empty")
+        if not self.split:
+            raise UserError(f"{where}.split is empty (a file's one split is train)")
+        if self.stream_docs < 0:
+            raise UserError(f"{where}.stream_docs = {self.stream_docs} must be >= 0 (0 = as the pools need)")
+        if self.stream_docs and not self.streaming:
+            raise UserError(f"{where}.stream_docs = {self.stream_docs} needs {where}.streaming = true")
+
+    def stream_count(self) -> int:
+        """Documents a streamed source yields: the split deals them alternately into the two
+        pools, so 2 x max(search_docs, heldout_docs) fill both."""
+        return self.stream_docs or 2 * max(self.search_docs, self.heldout_docs)
 
 
 TASKS = ("ppl", "needle")

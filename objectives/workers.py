@@ -13,7 +13,7 @@ import numpy as np
 
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
-from .data import Split, load_corpus, tokenize
+from .data import Split, load_data, tokenize
 from .lm_infinite import LMInfinite
 from .perplexity import Evaluation, score, stride_span
 from .specs import ObjectiveSpec
@@ -29,7 +29,7 @@ class Evaluator:
 
         self.spec = spec
         m, d = spec.model, spec.data
-        self.corpus = load_corpus(d.path, d.text_column, d.per_line)  # cheap errors first
+        self.corpus = load_data(d)  # cheap errors first
         self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer)
         self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
         self.tokens = tokenize(self.corpus, self.loaded.tokenizer, d.cache_dir or cache_root())
