@@ -157,3 +157,22 @@ def test_importing_the_package_leaves_optuna_log_level_alone():
             "assert optuna.logging.get_verbosity() == level, optuna.logging.get_verbosity()")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr
+
+
+def test_the_python_entry_point_is_light_and_complete():
+    """`from longrope.search import run_search, ...` works, and importing the package alone
+    loads neither torch nor Ray (the names load on first use)."""
+    import subprocess
+    import sys
+
+    code = ("import sys, longrope.search as s; "
+            "assert 'torch' not in sys.modules and 'ray' not in sys.modules, 'heavy import'; "
+            "from longrope.search import RescaleFactors, RunConfig, UserError, apply_factors, load_config, "
+            "run_search; "
+            "from longrope.search.driver import run_search as r; from longrope.search.config import load; "
+            "assert run_search is r and load_config is load and callable(apply_factors); "
+            "assert sorted(s.__all__) == ['RescaleFactors', 'RunConfig', 'UserError', 'apply_factors', "
+            "'load_config', 'run_search']; "
+            "import pytest; pytest.raises(AttributeError, getattr, s, 'nope')")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
