@@ -6,7 +6,7 @@ The Python entry point (what `longrope search` / `apply` do, from code)::
     from longrope.search import RescaleFactors, apply_factors, load_config, run_search
 
     run_search(load_config("run.toml"), "runs/x")          # search, or resume=True
-    rot = apply_factors(model, RescaleFactors.from_json("export/longrope-32768.json"))
+    rot = apply_factors(model, RescaleFactors.load("runs/x/export/longrope-32768.json"))
 
 Names load on first use, so ``import longrope.search`` stays light (no torch, no Ray).
 """
