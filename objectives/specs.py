@@ -12,22 +12,33 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal, get_args
+
+from annotated_types import Ge, Gt, Interval
 
 from longrope.spaces import UserError
 
-DTYPES = ("auto", "float32", "bfloat16", "float16")
-DEVICES = ("auto", "cpu", "cuda")
-ATTENTIONS = ("sdpa", "flash_attention_2", "eager")
+# The choices, as types: the run config's reader (search/config.py) checks them, and the
+# tuples below are what the validators and messages name.
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+Device = Literal["auto", "cpu", "cuda"]
+Attention = Literal["sdpa", "flash_attention_2", "eager"]
+Task = Literal["ppl", "needle"]
+DTYPES, DEVICES, ATTENTIONS, TASKS = (get_args(t) for t in (Dtype, Device, Attention, Task))
+NonNegInt = Annotated[int, Ge(0)]  # bounds, checked with the types
+PosInt = Annotated[int, Ge(1)]
+PosFloat = Annotated[float, Gt(0)]
+NonNegFloat = Annotated[float, Ge(0)]
+Fraction = Annotated[float, Interval(gt=0, lt=1)]  # strictly between 0 and 1
 
 
 @dataclass
 class ModelSpec:
     path: str = "builtin:tiny-sotu"  # HF folder | file.gguf | builtin:tiny-sotu | builtin:smollm2-135m
-    dtype: str = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
-    device: str = "auto"  # auto | cpu | cuda
-    attention: str = "sdpa"  # sdpa | flash_attention_2 | eager
-    threads: int = 0  # torch CPU threads per worker; 0 = leave torch's default
+    dtype: Dtype = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    device: Device = "auto"  # auto | cpu | cuda
+    attention: Attention = "sdpa"  # sdpa | flash_attention_2 | eager
+    threads: NonNegInt = 0  # torch CPU threads per worker; 0 = leave torch's default
     tokenizer: str = ""  # a folder (or builtin:) holding the tokenizer; "" = the model's own
 
     def validate(self, where: str = "model") -> None:
@@ -49,9 +60,10 @@ class DataSpec:
     split: str = "train"  # the dataset's split (hub id or a folder with test.jsonl, ...); a file is "train"
     config: str = ""  # the hub dataset's configuration name; "" = its default
     streaming: bool = False  # read only the first stream_docs documents, never the whole split
-    stream_docs: int = 0  # streaming: documents taken from the start; 0 = 2 x max(search_docs, heldout_docs)
-    search_docs: int = 5  # documents scored per candidate (paper: 5 PG19 docs)
-    heldout_docs: int = 5  # disjoint documents for the held-out report
+    # streaming: documents taken from the start; 0 = 2 x max(search_docs, heldout_docs)
+    stream_docs: NonNegInt = 0
+    search_docs: PosInt = 5  # documents scored per candidate (paper: 5 PG19 docs)
+    heldout_docs: NonNegInt = 5  # disjoint documents for the held-out report
     split_seed: int = 0  # seeds the document split
     cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
 
@@ -77,14 +89,11 @@ class DataSpec:
         return self.stream_docs or 2 * max(self.search_docs, self.heldout_docs)
 
 
-TASKS = ("ppl", "needle")
-
-
 @dataclass
 class TaskSpec:
-    kind: str = "ppl"  # ppl: document perplexity | needle: NLL of pass keys hidden in the documents' text
-    depths: int = 10  # needle: depths per stage, evenly spread over [0, 1] (0 = start of the text)
-    per_depth: int = 1  # needle: samples per depth, each from the next document (documents cycle)
+    kind: Task = "ppl"  # ppl: document perplexity | needle: NLL of pass keys hidden in the documents' text
+    depths: PosInt = 10  # needle: depths per stage, evenly spread over [0, 1] (0 = start of the text)
+    per_depth: PosInt = 1  # needle: samples per depth, each from the next document (documents cycle)
     seed: int = 0  # needle: seeds the keys; the samples are a pure function of (seed, length, documents)
 
     def validate(self, where: str = "objective") -> None:
@@ -101,17 +110,17 @@ class FinetuneSpec:
     """LongRoPE's fine-tune between searches, the LongLoRA way (objectives/finetune.py)."""
 
     after: list[int] = field(default_factory=list)  # targets after whose search a fine-tune runs
-    steps: int = 400  # optimizer steps (LongRoPE: 400 at 128k, 600 at 256k)
-    lr: float = 2e-5  # peak learning rate, linear warm-up then constant (LongLoRA: 2e-5)
-    warmup: int = 20  # warm-up steps (LongLoRA: 20)
-    batch_tokens: int = 0  # tokens per step: batch_tokens // L sequences of the target length; 0 = one
-    lora_rank: int = 8  # LoRA rank r (LongLoRA: 8)
-    lora_alpha: float = 16.0  # LoRA scale α (the update is α/r · BA; LongLoRA: 16)
+    steps: PosInt = 400  # optimizer steps (LongRoPE: 400 at 128k, 600 at 256k)
+    lr: Fraction = 2e-5  # peak learning rate, linear warm-up then constant (LongLoRA: 2e-5)
+    warmup: NonNegInt = 20  # warm-up steps (LongLoRA: 20)
+    batch_tokens: NonNegInt = 0  # tokens per step: batch_tokens // L sequences of the target length; 0 = one
+    lora_rank: PosInt = 8  # LoRA rank r (LongLoRA: 8)
+    lora_alpha: PosFloat = 16.0  # LoRA scale α (the update is α/r · BA; LongLoRA: 16)
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     train_embeddings_norms: bool = True  # LongLoRA's "LoRA+": LoRA alone does not adapt to long context
     s2_attn: bool = True  # shifted sparse attention while training (full attention at inference)
-    s2_group: int = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
-    checkpoint_every: int = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
+    s2_group: NonNegInt = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
+    checkpoint_every: PosInt = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
     seed: int = 0  # seeds the LoRA init and every step's windows
 
     def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:

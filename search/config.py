@@ -4,19 +4,23 @@ The sections' shape lives in schema.py (``[model]``, ``[data]``,
 ``[objective]`` and ``[finetune]`` are the objective's own specs, objectives/specs.py); this
 module reads, checks and writes it.
 
-Each field's comment says what it means and which values it takes. Unknown
-keys are rejected naming the key and the section, wrong types with the
-expected type, impossible values with the reason; all as `UserError` (one
-line, exit 2). `example.toml` next to this file is the annotated form.
+Each field's comment says what it means and which values it takes; its
+annotation says its type, choices (`Literal`) and bounds (`Annotated[int,
+Ge(1)]`), which pydantic checks strictly, section by section. Unknown keys are
+rejected naming the key and the section, wrong types with the expected type,
+impossible values with the reason; all as `UserError` (one line, exit 2).
+What the types cannot say (values that depend on each other) `validate`
+checks after. `example.toml` next to this file is the annotated form; `dumps`
+writes TOML with tomli-w.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
 import tomllib
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, get_args, get_origin, get_type_hints
 
 from longrope.objectives.pruning import PRUNERS
 from longrope.spaces import METHODS, MSCALE_POLICIES, UserError, read_text
@@ -35,48 +39,80 @@ NOT_DEFINING = {
     "model.device", "model.threads", "data.cache_dir", "search.storage",
 }
 
+# Choices whose one source is a registry (the sampler and pruner names); the others are
+# `Literal` types in the schema.
 _CHOICES = {
-    "search.sampler": set(SAMPLERS),
-    "search.pruner": set(PRUNERS),
-    "workers.backend": {"inprocess", "ray"},
+    "search.sampler": SAMPLERS,
+    "search.pruner": PRUNERS,
 }
 
+# What a key of two types takes, for its type error (every other key names its own type).
+_EXPECT = {"space.critical_dim": '"off", "auto" or a pair index', "space.mscale": "a policy name or a number"}
 
-def _check_type(where: str, value: Any, default: Any, hint: str) -> Any:
-    if hint == "str | int":  # critical_dim: a word or a pair index
-        if isinstance(value, bool) or not isinstance(value, str | int):
-            raise UserError(f'{where} must be "off", "auto" or a pair index, got {value!r}')
-        return value
-    if "float" in hint and "str" in hint:  # mscale: a policy name or a number
-        if isinstance(value, bool) or not isinstance(value, str | int | float):
-            raise UserError(f"{where} must be a policy name or a number, got {value!r}")
-        if not isinstance(value, str) and not math.isfinite(value):
-            raise UserError(f"{where} must be a finite number, got {value!r}")
-        return value
-    if isinstance(default, bool):
-        ok = isinstance(value, bool)
-    elif isinstance(default, int):
-        ok = isinstance(value, int) and not isinstance(value, bool)
-    elif isinstance(default, float):
-        ok = isinstance(value, int | float) and not isinstance(value, bool)
-        value = float(value) if ok else value
-        if ok and not math.isfinite(value):  # TOML admits nan and inf; no key means them
-            raise UserError(f"{where} must be a finite number, got {value!r}")
-    elif isinstance(default, str):
-        ok = isinstance(value, str)
-    elif isinstance(default, list):
-        inner = int if "int" in hint else str
-        ok = isinstance(value, list) and all(
-            isinstance(v, inner) and not isinstance(v, bool) for v in value
-        )
-    else:
-        ok = True
-    if not ok:
-        expect = type(default).__name__
-        if isinstance(default, list):
-            expect = f"list of {'int' if 'int' in hint else 'str'}"
-        raise UserError(f"{where} must be {expect}, got {value!r}")
-    return value
+# Strict: no str -> int, no bool as an int (an int may stand for a float); TOML admits nan and
+# inf, but no key means them.
+_STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
+
+
+@cache
+def _adapter(cls: type) -> Any:
+    """A strict pydantic validator of one section's table: the dataclass's annotated fields as a
+    TypedDict (pydantic's strict dataclass schema takes only instances, not tables)."""
+    from pydantic import TypeAdapter
+    from typing_extensions import TypedDict
+
+    table = TypedDict(cls.__name__, get_type_hints(cls, include_extras=True), total=False)
+    table.__pydantic_config__ = _STRICT
+    return TypeAdapter(table)
+
+
+def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
+    """One section's dataclass from its table, its types and bounds checked."""
+    from pydantic import ValidationError
+
+    try:
+        return cls(**_adapter(cls).validate_python(table))
+    except ValidationError as e:
+        errors = e.errors()
+        key = errors[0]["loc"][0]
+        raise UserError(_one_line(name, cls, table, key, [x for x in errors if x["loc"][0] == key])) from None
+
+
+def _one_line(section: str, cls: type, table: dict[str, Any], key: str, errors: list[Any]) -> str:
+    """A pydantic error (all of one key's: a union gives one per member) as one line naming the key."""
+    where, value, kinds = f"{section}.{key}", table.get(key), {x["type"] for x in errors}
+    if "extra_forbidden" in kinds:
+        known = ", ".join(f.name for f in dataclasses.fields(cls))
+        return f"unknown key '{key}' in [{section}]; known: {known}"
+    if "finite_number" in kinds:
+        return f"{where} must be a finite number, got {value!r}"
+    hint = get_type_hints(cls, include_extras=True)[key]
+    if "literal_error" in kinds:
+        return f"{where} = {value!r}; choose one of {', '.join(get_args(hint))}"
+    if kinds & {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
+        shown = float(value) if get_args(hint)[0] is float else value  # as the config holds it
+        return f"{where} = {shown!r} must be {_bounds(hint)}"
+    return f"{where} must be {_EXPECT.get(where) or _type_name(hint)}, got {value!r}"
+
+
+def _bounds(hint: Any) -> str:
+    """The range an ``Annotated[number, Ge/Gt/Interval]`` allows, as a message says it."""
+    b = {k: getattr(m, k) for m in hint.__metadata__ for k in ("gt", "ge", "lt", "le")
+         if getattr(m, k, None) is not None}
+    lo, hi = b.get("ge", b.get("gt")), b.get("le", b.get("lt"))
+    if hi is None:
+        return "positive" if b.get("gt") == 0 else f"{'>=' if 'ge' in b else '>'} {lo}"
+    if lo is None:
+        return f"{'<=' if 'le' in b else '<'} {hi}"
+    return f"in {'[' if 'ge' in b else '('}{lo}, {hi}{']' if 'le' in b else ')'}"
+
+
+def _type_name(hint: Any) -> str:
+    if get_origin(hint) is Annotated:
+        hint = get_args(hint)[0]
+    if get_origin(hint) is list:
+        return f"list of {_type_name(get_args(hint)[0])}"
+    return getattr(hint, "__name__", str(hint))
 
 
 # Keys renamed since a run's config.toml may have been frozen: (section, old) -> new, or
@@ -104,26 +140,20 @@ def from_dict(data: dict[str, Any]) -> RunConfig:
     """Typed, validated config from a parsed TOML table."""
     data = _current_names(data)
     cfg = RunConfig()
-    sections = {f.name: f for f in dataclasses.fields(RunConfig)}
+    sections = [f.name for f in dataclasses.fields(RunConfig)]
     for name, table in data.items():
         if name not in sections:
             raise UserError(f"unknown section [{name}]; sections are {', '.join(sections)}")
         if not isinstance(table, dict):
             raise UserError(f"[{name}] must be a table")
-        section = getattr(cfg, name)
-        fields = {f.name: f for f in dataclasses.fields(section)}
-        for key, value in table.items():
-            if key not in fields:
-                raise UserError(f"unknown key '{key}' in [{name}]; known: {', '.join(fields)}")
-            where = f"{name}.{key}"
-            hint = str(fields[key].type)
-            setattr(section, key, _check_type(where, value, getattr(section, key), hint))
+        setattr(cfg, name, _section(name, type(getattr(cfg, name)), table))
     validate(cfg)
     return cfg
 
 
 def validate(cfg: RunConfig) -> None:
-    """Impossible values, each with its own message."""
+    """What the types cannot say (choices from registries, values that depend on each other), each
+    with its own message; `from_dict` has checked the types and bounds."""
     for where, allowed in _CHOICES.items():
         sec, key = where.split(".")
         v = getattr(getattr(cfg, sec), key)
@@ -133,7 +163,7 @@ def validate(cfg: RunConfig) -> None:
     cfg.data.validate("data")
     cfg.objective.validate("objective")
     cfg.finetune.validate("finetune", cfg.space.targets)
-    sp, se, wk = cfg.space, cfg.search, cfg.workers
+    sp, se = cfg.space, cfg.search
     if not sp.targets and not sp.short:
         raise UserError("space.targets and space.short are both empty: nothing to search")
     if any(t <= 0 for t in sp.targets + sp.short):
@@ -142,61 +172,31 @@ def validate(cfg: RunConfig) -> None:
         lengths = getattr(sp, key)
         if lengths != sorted(set(lengths)):
             raise UserError(f"space.{key} must be ascending without repeats, got {lengths}")
-    if sp.lambda_max_ratio < 1:
-        raise UserError(f"space.lambda_max_ratio = {sp.lambda_max_ratio} must be >= 1")
     if sp.lambda_max and sp.lambda_max < 1:
         raise UserError(f"space.lambda_max = {sp.lambda_max} must be >= 1 (λ < 1 compresses positions)")
-    if not 0 < sp.step <= 1:
-        raise UserError(f"space.step = {sp.step} must be in (0, 1]")
     if not sp.n_hat or any(n < 0 for n in sp.n_hat):
         raise UserError(f"space.n_hat must be non-empty, non-negative integers, got {sp.n_hat}")
     if isinstance(sp.mscale, str) and sp.mscale not in (*MSCALE_POLICIES, "search"):
         raise UserError(f"space.mscale = {sp.mscale!r}; use {', '.join(MSCALE_POLICIES)}, search or a number")
     if not isinstance(sp.mscale, str) and sp.mscale <= 0:
         raise UserError(f"space.mscale = {sp.mscale} must be positive")
-    if sp.mscale_min <= 0:
-        raise UserError(f"space.mscale_min = {sp.mscale_min} must be positive")
     if sp.mscale_min > sp.mscale_max:
         raise UserError(f"space.mscale_min = {sp.mscale_min} exceeds space.mscale_max = {sp.mscale_max}")
-    if sp.mscale_step <= 0:
-        raise UserError(f"space.mscale_step = {sp.mscale_step} must be positive")
     if isinstance(sp.critical_dim, str) and sp.critical_dim not in ("off", "auto"):
         raise UserError(f'space.critical_dim = {sp.critical_dim!r}; use "off", "auto" or a pair index >= 0')
     if isinstance(sp.critical_dim, int) and sp.critical_dim < 0:
         raise UserError(f'space.critical_dim = {sp.critical_dim} must be >= 0 (a rotary pair index), '
                         '"auto" or "off"')
-    for key in ("population", "parents", "iterations"):
-        if getattr(se, key) < (1 if key != "iterations" else 0):
-            raise UserError(f"search.{key} = {getattr(se, key)} must be positive")
-    if se.mutants < 0 or se.crossovers < 0 or se.mutants + se.crossovers < 1:
-        raise UserError("search.mutants and search.crossovers must be >= 0 with at least one child")
+    if se.mutants + se.crossovers < 1:
+        raise UserError("search.mutants and search.crossovers are both 0: no children")
     if se.parents > se.population:
         raise UserError(f"search.parents = {se.parents} exceeds search.population = {se.population}")
-    if se.max_evals < 0:
-        raise UserError(f"search.max_evals = {se.max_evals} must be >= 0 (0 = the full budget)")
-    for key in ("mutation_prob", "crossover_prob"):
-        if not 0 <= getattr(se, key) <= 1:
-            raise UserError(f"search.{key} = {getattr(se, key)} must be in [0, 1]")
     for name in se.methods:
         if name not in METHODS and not name.endswith(".json"):
             raise UserError(f"search.methods: unknown method {name!r}; use {', '.join(METHODS)} "
                             "or a .json file")
-    if se.sigma <= 0:
-        raise UserError(f"search.sigma = {se.sigma} must be positive")
-    if se.patience < 0:
-        raise UserError(f"search.patience = {se.patience} must be >= 0")
-    if se.min_improvement < 0:
-        raise UserError(f"search.min_improvement = {se.min_improvement} must be >= 0")
-    if not 0 < se.pruner_p < 1:
-        raise UserError(f"search.pruner_p = {se.pruner_p} must be in (0, 1)")
     if se.storage:
         _check_storage_url(se.storage)
-    if wk.count < 1:
-        raise UserError(f"workers.count = {wk.count} must be >= 1")
-    if wk.num_gpus < 0 or wk.num_cpus < 0:
-        raise UserError("workers.num_gpus and workers.num_cpus must be >= 0")
-    if wk.batch_docs < 1:
-        raise UserError(f"workers.batch_docs = {wk.batch_docs} must be >= 1 (documents per forward)")
 
 
 def _check_storage_url(url: str) -> None:
@@ -231,25 +231,9 @@ def load(path: str | Path) -> RunConfig:
 
 def dumps(cfg: RunConfig) -> str:
     """TOML text of a resolved config (every key written, so the frozen copy is complete)."""
-    lines = []
-    for section, table in cfg.to_dict().items():
-        lines.append(f"[{section}]")
-        for key, value in table.items():
-            lines.append(f"{key} = {_toml_value(value)}")
-        lines.append("")
-    return "\n".join(lines)
+    import tomli_w
 
-
-def _toml_value(v: Any) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, int | float):
-        return repr(v)
-    if isinstance(v, str):
-        return '"' + v.replace("\\", "\\\\").replace('"', '\\"') + '"'
-    if isinstance(v, list):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    raise TypeError(f"cannot write {v!r} as TOML")
+    return tomli_w.dumps(cfg.to_dict())
 
 
 def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:

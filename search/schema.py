@@ -12,24 +12,38 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from longrope.objectives.specs import DataSpec, FinetuneSpec, ModelSpec, TaskSpec
+from annotated_types import Ge, Gt, Interval
+
+from longrope.objectives.specs import (
+    DataSpec,
+    FinetuneSpec,
+    Fraction,
+    ModelSpec,
+    NonNegFloat,
+    NonNegInt,
+    PosFloat,
+    PosInt,
+    TaskSpec,
+)
 from longrope.spaces import N_HAT_PAPER
+
+Backend = Literal["inprocess", "ray"]  # workers.backend
 
 
 @dataclass
 class SpaceConfig:
     targets: list[int] = field(default_factory=lambda: [1024])  # long lengths, ascending, > L0
     short: list[int] = field(default_factory=list)  # short-context lengths, each <= L0
-    lambda_max_ratio: float = 1.25  # λmax = ratio·s (paper 1.25)
+    lambda_max_ratio: Annotated[float, Ge(1)] = 1.25  # λmax = ratio·s (paper 1.25)
     lambda_max: float = 0.0  # fixed λmax instead of ratio·s; 0 = use the ratio
-    step: float = 0.01  # λ grid (paper 0.01)
+    step: Annotated[float, Interval(gt=0, le=1)] = 0.01  # λ grid (paper 0.01)
     n_hat: list[int] = field(default_factory=lambda: list(N_HAT_PAPER))  # allowed n̂
     mscale: str | float = "su"  # su | yarn | none | search (one more gene, below) | a fixed float
-    mscale_min: float = 1.0  # mscale = "search": lowest attention scale
+    mscale_min: PosFloat = 1.0  # mscale = "search": lowest attention scale
     mscale_max: float = 1.5  # mscale = "search": highest (su stays below it while s <= L0^1.25)
-    mscale_step: float = 0.0001  # mscale = "search": its grid (LongRoPE2's mscale search: 1e-4)
+    mscale_step: PosFloat = 0.0001  # mscale = "search": its grid (LongRoPE2's mscale search: 1e-4)
     # LongRoPE2 critical dimension: off | auto = ⌈(d/2)·log_θ(L0/2π)⌉ − 1 | a pair index c;
     # pairs below c follow λ_c^(i/c) (NTK anchored at c), pairs from c on are searched with λ >= s
     critical_dim: str | int = "off"
@@ -40,34 +54,34 @@ class SpaceConfig:
 class SearchConfig:
     sampler: str = "longrope"  # longrope | cmaes | tpe | random
     seed: int = 0  # the whole trajectory is a function of this seed
-    population: int = 64  # initial population (paper 64)
-    parents: int = 32  # kept per iteration (paper 32)
-    mutants: int = 16  # new mutants per iteration (paper 16)
-    crossovers: int = 16  # new crossovers per iteration (paper 16)
-    iterations: int = 40  # iterations after the initial population (paper 40)
-    mutation_prob: float = 0.3  # per-gene mutation probability (paper 0.3)
-    crossover_prob: float = 0.3  # per-gene crossover probability (paper 0.3)
-    sigma: float = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
+    population: Annotated[int, Gt(0)] = 64  # initial population (paper 64)
+    parents: Annotated[int, Gt(0)] = 32  # kept per iteration (paper 32)
+    mutants: NonNegInt = 16  # new mutants per iteration (paper 16)
+    crossovers: NonNegInt = 16  # new crossovers per iteration (paper 16)
+    iterations: NonNegInt = 40  # iterations after the initial population (paper 40)
+    mutation_prob: Annotated[float, Interval(ge=0, le=1)] = 0.3  # per-gene mutation probability (paper 0.3)
+    crossover_prob: Annotated[float, Interval(ge=0, le=1)] = 0.3  # per-gene crossover probability (paper 0.3)
+    sigma: PosFloat = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
-    patience: int = 20  # early stop: iterations without min_improvement
-    min_improvement: float = 0.001  # relative best-ppl improvement that resets patience (0.1%)
-    max_evals: int = 0  # cap on evaluations per stage; 0 = population + iterations·children
+    patience: NonNegInt = 20  # early stop: iterations without min_improvement
+    min_improvement: NonNegFloat = 0.001  # relative best-ppl improvement that resets patience (0.1%)
+    max_evals: NonNegInt = 0  # cap on evaluations per stage; 0 = population + iterations·children
     # stop scoring a candidate that cannot become a parent (objectives/pruning.py): none |
     # exact (a bound; never changes the result) | wilcoxon (exact + a paired signed-rank test)
     pruner: str = "exact"
-    pruner_p: float = 0.1  # wilcoxon: prune when p < this (Optuna's WilcoxonPruner default 0.1)
+    pruner_p: Fraction = 0.1  # wilcoxon: prune when p < this (Optuna's WilcoxonPruner default 0.1)
     storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
 
 
 @dataclass
 class WorkersConfig:
-    backend: str = "inprocess"  # inprocess | ray
-    count: int = 1  # model replicas (Ray actors)
-    num_gpus: float = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
-    num_cpus: float = 1.0  # CPUs per replica
+    backend: Backend = "inprocess"  # inprocess | ray
+    count: PosInt = 1  # model replicas (Ray actors)
+    num_gpus: NonNegFloat = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
+    num_cpus: NonNegFloat = 1.0  # CPUs per replica
     address: str = ""  # existing Ray cluster ("auto", "ray://..."); "" = RAY_ADDRESS or local
-    batch_docs: int = 1  # documents per forward when scoring perplexity (halved on GPU OOM)
+    batch_docs: PosInt = 1  # documents per forward when scoring perplexity (halved on GPU OOM)
 
 
 @dataclass
