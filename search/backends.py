@@ -2,10 +2,14 @@
 
 Both backends take jobs keyed by trial number and hand back (key, Evaluation)
 as they finish. The Ray backend keeps every actor busy, and when an actor dies
-it starts a replacement and re-runs the dead actor's candidate: the run never
-stops for one worker, and the result cannot change (scoring is deterministic).
-A candidate whose scoring killed its worker twice (out of memory, a crash in a
-kernel) is not tried a third time: it comes back as a failed evaluation.
+(its process killed, its node lost) it re-runs the dead actor's candidate on the
+next worker free, and starts a replacement that takes work once it is up: the
+run never stops for one worker or one node, and the result cannot change
+(scoring is deterministic). A replacement that cannot be placed (the lost node's
+resources are gone) waits without holding any candidate. A candidate whose
+scoring killed its worker twice (out of memory, a crash in a kernel) is not
+tried a third time: it comes back as a failed evaluation; a lost node does not
+count against the candidate that was running on it.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ class Job:
     factors: RescaleFactors
     length: int
     threshold: Cutoff | None  # when to stop scoring (objectives/pruning.py)
+    pool: str = "search"  # which documents: "search", or "heldout" (evaluate_pool)
 
 
 class InProcessBackend:
@@ -43,7 +48,8 @@ class InProcessBackend:
         return self.evaluator.check(lengths)
 
     def submit(self, job: Job) -> None:
-        self._done.append((job.key, self.evaluator.evaluate(job.factors, job.length, job.threshold)))
+        ev = self.evaluator.evaluate(job.factors, job.length, job.threshold, job.pool)
+        self._done.append((job.key, ev))
 
     def free(self) -> int:
         return self.capacity - len(self._done)
@@ -82,6 +88,8 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
 
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
+MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
+POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
 
 
 def ray_get(ref):
@@ -97,8 +105,26 @@ def ray_get(ref):
         raise
 
 
+def node_lost(error: Exception) -> bool:
+    """Whether an actor died with its node (preempted, removed, unreachable) rather than by what it
+    ran; Ray says so in the error (ActorDiedErrorContext: "The actor died because its node has died")."""
+    return bool(getattr(error, "preempted", False)) or "its node has died" in str(error)
+
+
+def death_reason(error: Exception) -> str:
+    """The line of an actor's death error that says why (Ray's first line says only that it died)."""
+    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip() and not ln.startswith("\t")]
+    why = [ln for ln in lines if "unexpectedly before finishing" not in ln]
+    return (why or lines or [type(error).__name__])[0][:200]
+
+
 class RayBackend:
-    """One actor per model replica with `num_gpus` GPUs each."""
+    """One actor per model replica with `num_gpus` GPUs each.
+
+    `idle` actors are up and free; `inflight` maps a task's ref to its (job, actor); `starting`
+    maps a replacement's first call to the actor until it answers; `queue` holds the candidates
+    waiting for the next free actor (a dead actor's, evaluate_pool's); `done` holds results not
+    yet handed back by `wait`."""
 
     def __init__(self, spec: ObjectiveSpec, count: int, num_gpus: float = 0.0, num_cpus: float = 1.0,
                  address: str = ""):
@@ -112,7 +138,11 @@ class RayBackend:
         self.actors = [self._new_actor() for _ in range(count)]
         self.idle = list(self.actors)
         self.inflight: dict[Any, tuple[Job, Any]] = {}
+        self.starting: dict[Any, Any] = {}
+        self.queue: deque[Job] = deque()
+        self.done: deque[tuple[int, Evaluation]] = deque()
         self.replaced = 0
+        self.start_failures = 0  # replacements in a row that died before they started
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
         self.capacity = self.count = count
 
@@ -134,50 +164,101 @@ class RayBackend:
         return geos[0]
 
     def free(self) -> int:
-        return len(self.idle)
+        """Jobs the driver may still submit: a worker starting counts (its job waits in `queue`
+        for the first worker free or up, which need not be that one: it may never be placed)."""
+        return max(len(self.actors) - len(self.inflight) - len(self.queue), 0)
 
     def evaluate_pool(self, factors: RescaleFactors, length: int, pool: str) -> Evaluation:
-        return self._get(self.actors[0].evaluate.remote(factors, length, None, pool))
+        """Score one candidate on `pool` on the next free worker (a dead worker's re-run like any)."""
+        self.deaths.pop(POOL_KEY, None)
+        self.queue.append(Job(POOL_KEY, factors, length, None, pool))
+        self._dispatch()
+        while not any(key == POOL_KEY for key, _ in self.done):
+            self._step()
+        ours = next(item for item in self.done if item[0] == POOL_KEY)
+        self.done.remove(ours)
+        return ours[1]
 
     def task_records(self, length: int) -> list[dict] | None:
         """Every replica builds the same samples (a pure function of seed, length, documents)."""
-        return self._get(self.actors[0].task_records.remote(length))
+        return self._get((self.idle or self.actors)[0].task_records.remote(length))
 
     def busy(self) -> bool:
-        return bool(self.inflight)
+        return bool(self.inflight or self.queue or self.done)
 
     def submit(self, job: Job, actor=None) -> None:
+        if actor is None and not self.idle:
+            self.queue.append(job)
+            return
         actor = actor or self.idle.pop(0)
-        ref = actor.evaluate.remote(job.factors, job.length, job.threshold)
+        ref = actor.evaluate.remote(job.factors, job.length, job.threshold, job.pool)
         self.inflight[ref] = (job, actor)
 
     def wait(self) -> tuple[int, Evaluation]:
+        while not self.done:
+            self._step()
+        return self.done.popleft()
+
+    def _dispatch(self) -> None:
+        """Queued candidates go to idle actors first."""
+        while self.queue and self.idle:
+            self.submit(self.queue.popleft())
+
+    def _step(self) -> None:
+        """Wait for one thing to happen: a result (into `done`), a worker's death (its candidate
+        queued again, or failed after MAX_DEATHS), or a replacement coming up."""
         ray = self.ray
-        while True:
-            ready, _ = ray.wait(list(self.inflight), num_returns=1)
-            ref = ready[0]
-            job, actor = self.inflight.pop(ref)
+        ready, _ = ray.wait([*self.inflight, *self.starting], num_returns=1)
+        ref = ready[0]
+        if ref in self.starting:
+            actor = self.starting.pop(ref)
             try:
-                result = self._get(ref)
+                self._get(ref)
             except ray.exceptions.RayActorError as e:
-                # The actor died (OOM, node lost, killed): replace it and re-run its candidate,
-                # unless this candidate has now killed MAX_DEATHS workers.
-                self.actors.remove(actor)
-                fresh = self._new_actor()
-                self.actors.append(fresh)
-                self.replaced += 1
-                self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
-                if self.deaths[job.key] >= MAX_DEATHS:
-                    self.idle.append(fresh)
-                    cause = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
-                    return job.key, Evaluation(
-                        job.factors, job.length, FAILED, float("inf"),
-                        reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
-                               f"crash?): {cause}")
-                self.submit(job, fresh)
-                continue
+                self.start_failures += 0 if node_lost(e) else 1
+                if self.start_failures >= MAX_START_FAILURES:
+                    raise UserError(f"{MAX_START_FAILURES} replacement workers in a row died before they "
+                                    f"started: {death_reason(e)}") from None
+                self._replace(actor, e)
+                return
+            self.start_failures = 0
             self.idle.append(actor)
-            return job.key, result
+            self._dispatch()
+            return
+        job, actor = self.inflight.pop(ref)
+        try:
+            result = self._get(ref)
+        except ray.exceptions.RayActorError as e:
+            # The actor died (OOM, node lost, killed): replace it and re-run its candidate on the
+            # next free worker, unless this candidate has now killed MAX_DEATHS workers.
+            self._replace(actor, e)
+            if not node_lost(e):
+                self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
+            if self.deaths.get(job.key, 0) >= MAX_DEATHS:
+                self.done.append((job.key, Evaluation(
+                    job.factors, job.length, FAILED, float("inf"),
+                    reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
+                           f"crash?): {death_reason(e)}")))
+            else:
+                self.queue.append(job)
+            self._dispatch()
+            return
+        self.done.append((job.key, result))
+        self.idle.append(actor)
+        self._dispatch()
+
+    def _replace(self, actor, error: Exception) -> None:
+        """Drop a dead actor and start another; it takes work once its first call answers."""
+        self.actors.remove(actor)
+        if actor in self.idle:
+            self.idle.remove(actor)
+        fresh = self._new_actor()
+        self.actors.append(fresh)
+        self.starting[fresh.pid.remote()] = fresh
+        self.replaced += 1
+        print(f"note: a worker died{' with its node' if node_lost(error) else ''} "
+              f"({death_reason(error)}); its candidate goes to the next free worker and a new "
+              "worker is starting", file=sys.stderr)
 
     def worker_pids(self) -> list[int]:
         return [self.ray.get(a.pid.remote()) for a in self.actors]

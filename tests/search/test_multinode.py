@@ -1,0 +1,157 @@
+"""Ray across nodes: two Ray nodes on this machine (ray.cluster_utils.Cluster), one CPU each.
+
+A search joined to the cluster with `--address` puts one replica on each node and equals the
+in-process search; `ray job submit` runs the same search on the cluster (the package installed
+where the nodes run, as on a real cluster); losing the worker node mid-run changes nothing either.
+The drivers are subprocesses (a process joins one Ray at most, and this one may hold the session's).
+"""
+
+import importlib.util
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import psutil
+import pytest
+from search_helpers import cli, run_small, small_cfg, trajectory
+
+from longrope.runs import Run
+
+ray_cluster_utils = pytest.importorskip("ray.cluster_utils")
+JOBS = importlib.util.find_spec("aiohttp") is not None  # the job server needs ray[default] (`cluster` extra)
+
+COST = 0.03  # seconds per document, 5 per candidate: a run of 36 candidates takes a few seconds
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def cluster():
+    """A head (1 CPU, the job server) and a worker node (1 CPU): two replicas of one CPU each can
+    only run one on each node, and once the worker node is gone its replica cannot come back.
+    Its own RAY_TMPDIR: a Cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster,
+    where a plain `ray.init()` anywhere on this machine would find and join it. Its own ports: the
+    head's dashboard agent defaults to 52365, which another Ray here may hold."""
+    tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
+    os.makedirs(os.path.join(tmp, "ray"))
+    c = None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_TMPDIR", tmp)
+            c = ray_cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
+                "num_cpus": 1, "temp_dir": tmp, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
+                "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
+            c.worker_args = {"num_cpus": 1, "temp_dir": tmp}
+            c.add_node(**c.worker_args)
+            yield c
+    finally:
+        if c is not None:
+            c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """The in-process search (synthetic scores do not depend on the cost)."""
+    run, _ = run_small(tmp_path_factory.mktemp("ref"))
+    return trajectory(run)
+
+
+def nodes_with_workers(c) -> set[str]:
+    """The nodes running a search worker (an actor's process is its node's raylet's child)."""
+    found = set()
+    nodes = [("head", c.head_node)] + [(f"worker-{i}", n) for i, n in enumerate(c.worker_nodes)]
+    for name, node in nodes:
+        for p in psutil.Process(node.all_processes["raylet"][0].process.pid).children():
+            try:
+                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::_Worker"):
+                    found.add(name)
+            except psutil.Error:
+                pass
+    return found
+
+
+def write_config(tmp_path) -> Path:
+    _, text = small_cfg(model=f"synthetic:{COST}", backend="ray", count=2)
+    path = tmp_path / "run.toml"
+    path.write_text(text)
+    return path
+
+
+def generations_done(run_dir: Path) -> int:
+    events = run_dir / "events.log"
+    return events.read_text().count(" gen ") if events.exists() else 0
+
+
+def finish(p: subprocess.Popen, timeout: float = 60) -> str:
+    """The driver's stderr once it exits 0; a hang fails the test instead of hanging it."""
+    try:
+        _, err = p.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        _, err = p.communicate()
+        raise AssertionError(f"the driver hung:\n{err[-3000:]}") from None
+    assert p.returncode == 0, err[-3000:]
+    return err
+
+
+def test_search_on_two_nodes_equals_in_process(tmp_path, cluster, reference):
+    run_dir = tmp_path / "run"
+    p = cli("search", str(write_config(tmp_path)), "--run-dir", str(run_dir), "--address", cluster.address,
+            "--quiet")
+    seen: set[str] = set()
+    while p.poll() is None and seen != {"head", "worker-0"}:
+        seen |= nodes_with_workers(cluster)
+        time.sleep(0.05)
+    finish(p)
+    assert seen == {"head", "worker-0"}  # a replica on each node
+    assert trajectory(Run.open(run_dir)) == reference
+
+
+def test_ray_job_submit_runs_a_search(tmp_path, cluster, reference):
+    """No --address: Ray gives a job's driver RAY_ADDRESS."""
+    if not JOBS:
+        pytest.skip("`ray job submit` needs ray[default]: pip install 'longrope-search[cluster]'")
+    run_dir = tmp_path / "run"
+    ray = Path(sys.executable).parent / "ray"
+    r = subprocess.run([str(ray), "job", "submit", "--address", f"http://{cluster.webui_url}", "--",
+                        sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
+                        "--run-dir", str(run_dir), "--quiet"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert "done: long-256" in r.stdout and "succeeded" in r.stdout
+    assert trajectory(Run.open(run_dir)) == reference
+
+
+def test_losing_a_node_mid_run_changes_nothing(tmp_path, cluster, reference):
+    """The worker node goes after generation 0: its replica's candidate is re-run on the head's,
+    and the replacement replica, with no CPU left to run on, never holds a candidate."""
+    run_dir = tmp_path / "run"
+    p = cli("search", str(write_config(tmp_path)), "--run-dir", str(run_dir), "--address", cluster.address,
+            "--quiet")
+    try:
+        deadline = time.time() + 60
+        while generations_done(run_dir) < 1 and p.poll() is None and time.time() < deadline:
+            time.sleep(0.02)
+        assert p.poll() is None, "the run ended before the node could be removed"
+        assert nodes_with_workers(cluster) == {"head", "worker-0"}
+        (victim,) = cluster.worker_nodes
+        cluster.remove_node(victim)  # its raylet and the replica on it are killed
+        err = finish(p)
+    finally:
+        if p.poll() is None:
+            p.kill()
+        if not cluster.worker_nodes:
+            cluster.add_node(**cluster.worker_args)
+    assert generations_done(run_dir) == 5  # generations 0 .. 4: no stage cut short
+    assert trajectory(Run.open(run_dir)) == reference
+    assert "a worker died with its node" in err
