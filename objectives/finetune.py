@@ -75,13 +75,39 @@ def prepare(model: Any, ft: FinetuneSpec, factors: RescaleFactors) -> Any:
 def windows(docs: list[np.ndarray], length: int, count: int, seed: int, step: int) -> np.ndarray:
     """[count, length] token windows for `step`: a document and an offset each, drawn from
     rng(seed, step) so any step's batch can be rebuilt after a restart."""
+    return training_batch(docs, length, count, seed, step)[0]
+
+
+def training_batch(docs: list[np.ndarray], length: int, count: int, seed: int, step: int,
+                   builder: Any = None, mix: float = 0.0) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [count, length], answer [count, length] bool): `windows`, with a fraction `mix` of
+    them turned into pass-key samples (needle.py: the window's text with a key hidden at a
+    random depth and asked for at the end); `answer` marks their answer tokens. Drawn from
+    rng(seed, step) like the plain windows, which mix = 0 leaves exactly as they were."""
     rng = np.random.default_rng([seed, step])
-    rows = []
-    for _ in range(count):
+    rows, answer = [], np.zeros((count, length), dtype=bool)
+    for r in range(count):
         d = docs[int(rng.integers(len(docs)))]
         start = int(rng.integers(len(d) - length + 1))
-        rows.append(d[start:start + length])
-    return np.stack(rows).astype(np.int64)
+        row = d[start:start + length]
+        if mix and rng.random() < mix:
+            sample = builder.build(d[start:], length, float(rng.random()), builder.key(rng))
+            row, answer[r, sample.answer_at:] = np.asarray(sample.ids), True
+        rows.append(row)
+    return np.stack(rows).astype(np.int64), answer
+
+
+def step_loss(model: Any, ids: Any, answer: Any) -> Any:
+    """The causal LM loss over every token, plus (when the batch has pass-key samples) the mean
+    loss of their answer tokens: a handful of tokens in L would otherwise teach nothing."""
+    import torch
+
+    out = model(input_ids=ids, labels=ids)
+    if not bool(answer.any()):
+        return out.loss
+    at = answer[:, 1:]  # logits at t predict token t + 1
+    picked = out.logits[:, :-1][at].float()
+    return out.loss + torch.nn.functional.cross_entropy(picked, ids[:, 1:][at])
 
 
 def training_docs(spec: ObjectiveSpec, tokenizer: Any, length: int) -> list[np.ndarray]:
@@ -143,6 +169,11 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     if loaded.alibi:
         raise UserError(f"{m.path} uses ALiBi: there are no rotary factors to fine-tune with")
     docs = training_docs(spec, loaded.tokenizer, length)
+    builder = None
+    if ft.passkey_mix:
+        from .needle import NeedleBuilder
+
+        builder = NeedleBuilder(loaded.tokenizer)
     model = prepare(loaded.model, ft, factors)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     opt = torch.optim.AdamW([p for _, p in params], lr=ft.lr, weight_decay=0.0)
@@ -171,8 +202,9 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         t0 = time.perf_counter()
         for g in opt.param_groups:  # linear warm-up, then constant (LongLoRA's schedule)
             g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
-        ids = torch.from_numpy(windows(docs, length, batch, ft.seed, step)).to(loaded.device)
-        loss = model(input_ids=ids, labels=ids).loss
+        ids, answer = training_batch(docs, length, batch, ft.seed, step, builder, ft.passkey_mix)
+        ids, answer = torch.from_numpy(ids).to(loaded.device), torch.from_numpy(answer).to(loaded.device)
+        loss = step_loss(model, ids, answer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)

@@ -122,6 +122,9 @@ class FinetuneSpec:
     s2_group: NonNegInt = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
     checkpoint_every: PosInt = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
     seed: int = 0  # seeds the LoRA init and every step's windows
+    # fraction of training windows turned into pass-key samples (a key hidden in the window's
+    # text, asked for at its end; their answer's loss is added): LongLoRA trains on plain text
+    passkey_mix: Annotated[float, Interval(ge=0, le=1)] = 0.0
 
     def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:
         if targets is not None and any(t not in targets for t in self.after):
@@ -139,6 +142,8 @@ class FinetuneSpec:
             raise UserError(f"{where}.lr = {self.lr} must be in (0, 1)")
         if self.lora_alpha <= 0:
             raise UserError(f"{where}.lora_alpha = {self.lora_alpha} must be positive")
+        if not 0 <= self.passkey_mix <= 1:
+            raise UserError(f"{where}.passkey_mix = {self.passkey_mix} must be in [0, 1]")
         if not self.lora_targets:
             raise UserError(f"{where}.lora_targets is empty: name the projections LoRA adapts")
         if self.s2_group % 2:

@@ -100,3 +100,53 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus
     other = FinetuneSpec(**{**ft.__dict__, "lr": 2e-2})
     with pytest.raises(UserError, match="belongs to another fine-tune"):
         finetune(spec, other, FACTORS, 64, tmp_path / "cut", tmp_path / "x", progress=False)
+
+
+def test_passkey_mix_turns_windows_into_samples_and_leaves_mix_0_alone(text_corpus_dir):
+    from longrope.objectives.finetune import training_batch
+    from longrope.objectives.needle import QUESTION, NeedleBuilder
+
+    spec = ObjectiveSpec.of("builtin:tiny-sotu", str(text_corpus_dir))  # its tokenizer has digit tokens
+    tok = load_model("builtin:tiny-sotu").tokenizer
+    docs, builder = training_docs(spec, tok, 96), NeedleBuilder(tok)
+    plain, none = training_batch(docs, 96, 4, 0, 7)
+    assert np.array_equal(plain, windows(docs, 96, 4, 0, 7)) and not none.any()
+    ids, answer = training_batch(docs, 96, 4, 0, 7, builder, mix=1.0)
+    assert ids.shape == answer.shape == (4, 96)
+    for row, ans in zip(ids, answer, strict=True):
+        text = tok.decode(row[~ans])
+        key = tok.decode(row[ans]).split()
+        assert text.endswith(QUESTION) and f"The pass key is {' '.join(key)}." in text
+        assert ans.sum() == len(builder.answer_ids("".join(key))) and ans[-1]
+    half, which = training_batch(docs, 96, 16, 0, 7, builder, mix=0.5)
+    assert 0 < which.any(1).sum() < 16
+    assert np.array_equal(half, training_batch(docs, 96, 16, 0, 7, builder, mix=0.5)[0])
+
+
+def test_step_loss_adds_the_answer_tokens_loss(tiny_model_dir):
+    from longrope.objectives.finetune import step_loss
+
+    model = _model(tiny_model_dir)
+    ids = (torch.arange(2 * 40).view(2, 40) % 50) + 3
+    answer = torch.zeros(2, 40, dtype=torch.bool)
+    with torch.no_grad():
+        lm = model(input_ids=ids, labels=ids).loss
+        assert torch.equal(step_loss(model, ids, answer), lm)
+        answer[1, 35:] = True
+        logits = model(input_ids=ids).logits
+        ans = torch.nn.functional.cross_entropy(logits[1, 34:39], ids[1, 35:40])
+        torch.testing.assert_close(step_loss(model, ids, answer), lm + ans)
+
+
+def test_passkey_mix_reaches_the_training_steps(text_corpus_dir, tmp_path):
+    spec = ObjectiveSpec.of("builtin:tiny-sotu", str(text_corpus_dir))
+    factors = RescaleFactors.uniform(1.0, 32)
+    runs = {mix: finetune(spec, FinetuneSpec(steps=2, batch_tokens=512, s2_attn=False, passkey_mix=mix),
+                          factors, 128, tmp_path / f"w{mix}", tmp_path / f"m{mix}", progress=False)
+            for mix in (0.0, 1.0)}
+    # the same draws, the windows made samples (a repeated needle, the answer's loss added): a
+    # mix the training ignored would give the same losses, the trajectory being deterministic
+    assert runs[1.0]["losses"] != runs[0.0]["losses"]
+    assert runs[0.0]["losses"] == finetune(spec, FinetuneSpec(steps=2, batch_tokens=512, s2_attn=False), factors,
+                                           128, tmp_path / "again", tmp_path / "m-again",
+                                           progress=False)["losses"]

@@ -19,6 +19,7 @@ from typing import Any
 from .quality import _search, _toml
 from .retrieval import OBJECTIVE, heldout_evaluator, measure
 
+PASSKEY_MIX = 0.25
 FINETUNE = """[finetune]
 after = {after}
 steps = {steps}
@@ -26,6 +27,7 @@ lr = 5e-4
 warmup = 10
 batch_tokens = 2048
 checkpoint_every = 50
+passkey_mix = {mix}
 """
 
 
@@ -39,15 +41,17 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
 
     mid, far = scales[0] * L0, scales[1] * L0
     runs = {}
-    for arm, after in (("a", "[]"), ("b", f"[{mid}]")):
+    # (b+pk): (b) with a quarter of the fine-tune's windows made pass-key samples (finetune.passkey_mix)
+    for arm, after, mix in (("a", "[]", 0.0), ("b", f"[{mid}]", 0.0), ("b_pk", f"[{mid}]", PASSKEY_MIX)):
         toml = _toml(target=f"{mid}, {far}", space=f"short = [{L0}]", budget=budget) + \
-            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps)
+            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps, mix=mix)
         runs[arm], _ = _search(workdir, f"recipe-{arm}", toml)
-    a, b = runs["a"], runs["b"]
+    a, b, b_pk = runs["a"], runs["b"], runs["b_pk"]
     base, tuned = heldout_evaluator(), heldout_evaluator(str(b.model_dir(mid)))
     out: dict[str, Any] = {
         "a": measure(base, a.best("long", far).factors, far),
         "b": measure(tuned, b.best("long", far).factors, far),
+        "b_pk": measure(heldout_evaluator(str(b_pk.model_dir(mid))), b_pk.best("long", far).factors, far),
     }
 
     def at_l0(ev, factors):
@@ -58,7 +62,11 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
                     "tuned_short_factors": at_l0(tuned, b.best("short", L0).factors)}
     cfg = config.from_dict(b.config())  # the ablations change one key of the recipe's own fine-tune
     spec, ft, factors = ObjectiveSpec.from_config(cfg), cfg.finetune, b.best("long", mid).factors
-    tunes = {"lora+_s2": (json.loads((b.finetune_dir(mid) / RECORD).read_text()), b.model_dir(mid))}
+    tunes = {name: (json.loads((run.finetune_dir(mid) / RECORD).read_text()), run.model_dir(mid))
+             for name, run in (("lora+_s2", b), (f"lora+_s2, passkey_mix {PASSKEY_MIX}", b_pk))}
+    f_pk = b_pk.best("long", mid).factors  # one search, same seed: the arms fine-tune with equal factors
+    same = (f_pk.lambdas, f_pk.n_hat, f_pk.mscale) == (factors.lambdas, factors.n_hat, factors.mscale)
+    out["passkey_mix_same_factors"] = same
     for name, change in (("lora+_full", {"s2_attn": False}), ("lora_s2", {"train_embeddings_norms": False})):
         work, folder = workdir / f"abl-{name}", workdir / f"abl-{name}-model"
         rec = finetune(spec, dataclasses.replace(ft, **change), factors, mid, work, folder, progress=False)
@@ -78,7 +86,12 @@ def goals(r: dict[str, Any]) -> list[str]:
     q = abl["lora+_s2"]["ppl"] / abl["lora+_full"]["ppl"]
     short = s["tuned_short_factors"] / s["base"]
     mid, far = (n // 128 for n in r["lengths"])
-    return [
+    pk = r.get("b_pk")
+    pk_line = [] if pk is None else [
+        f"{far}x with passkey_mix {PASSKEY_MIX}: held-out ppl {pk['ppl']:.2f} vs {a['ppl']:.2f}, pass-key "
+        f"{pk['passkey']:.2f} vs {a['passkey']:.2f} (goal: better on both): "
+        f"{'met' if pk['ppl'] < a['ppl'] and pk['passkey'] > a['passkey'] else 'NOT met'}"]
+    return pk_line + [
         f"{far}x: fine-tuned at {mid}x + re-searched: held-out ppl {b['ppl']:.2f} vs base + searched "
         f"{a['ppl']:.2f}, "
         f"pass-key {b['passkey']:.2f} vs {a['passkey']:.2f} (goal: (b) better on both): "
@@ -97,7 +110,10 @@ def render(r: dict[str, Any], budget: int | None = None, steps: int | None = Non
              f"{steps} steps at {mid}x; held-out: 10 documents, 20 keys):", "",
              "| arm | perplexity | needle perplexity | pass-key accuracy |", "|---|---|---|---|"]
     for name, k in ((f"(a) base + factors searched for {far}x", "a"),
-                    (f"(b) fine-tuned at {mid}x + re-searched for {far}x", "b")):
+                    (f"(b) fine-tuned at {mid}x + re-searched for {far}x", "b"),
+                    (f"(b+pk) as (b), passkey_mix {PASSKEY_MIX}", "b_pk")):
+        if k not in r:  # a bench.json from before the arm existed
+            continue
         lines.append(f"| {name} | {f2(r[k]['ppl'])} | {f2(r[k]['needle'])} | {f2(r[k]['passkey'])} |")
     s = r["short"]
     lines += ["", "perplexity at L0 = 128 (held out):", "", "| model | no factors | short factors |",
