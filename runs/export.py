@@ -141,15 +141,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         raise UserError(f"factors file {fj} does not exist")
     if not (src / "config.json").is_file():
         raise UserError(f"{src} is not a model folder (no config.json)")
-    patch = _read_json(fj, "factors file")
-    if not isinstance(patch, dict) or "rope_scaling" not in patch:
-        f = RescaleFactors.from_dict(patch)
-        raise UserError(f"{fj} holds raw factors ({len(f.lambdas)} λ), not an export; "
-                        "run `longrope export` first")
-    try:
-        check_usable(DeployedFactors.from_hf(patch), str(fj))
-    except UserError as e:
-        raise UserError(str(e) if str(e).startswith(str(fj)) else f"{fj}: {e}") from None
+    _, patch = load_export(fj)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is a file; give a new folder with -o")
     if out.exists() and any(out.iterdir()):
@@ -194,6 +186,25 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out
+
+
+def load_export(path: str | Path) -> tuple[DeployedFactors, dict[str, Any]]:
+    """An export's factors and its JSON, checked as eval checks factors (finite, non-decreasing,
+    >= 1, a positive attention factor): what `apply` writes into a model folder or a GGUF."""
+    fj = Path(path)
+    if not fj.is_file():
+        raise UserError(f"factors file {fj} does not exist")
+    patch = _read_json(fj, "factors file")
+    if not isinstance(patch, dict) or "rope_scaling" not in patch:
+        f = RescaleFactors.from_dict(patch)
+        raise UserError(f"{fj} holds raw factors ({len(f.lambdas)} λ), not an export; "
+                        "run `longrope export` first")
+    try:
+        factors = DeployedFactors.from_hf(patch)
+        check_usable(factors, str(fj))
+    except UserError as e:
+        raise UserError(str(e) if str(e).startswith(str(fj)) else f"{fj}: {e}") from None
+    return factors, patch
 
 
 def _read_json(path: Path, what: str) -> Any:

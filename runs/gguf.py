@@ -26,14 +26,15 @@ What llama.cpp reads (ggml-org/llama.cpp; verify again when it moves):
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from longrope.spaces import DeployedFactors, UserError, check_usable, read_text
+from longrope.spaces import DeployedFactors, UserError
+
+from .export import load_export
 
 INSTALL = "pip install 'longrope-search[smollm2]' (or pip install gguf)"
 FREQS, LONG, SHORT = "rope_freqs.weight", "rope_factors_long.weight", "rope_factors_short.weight"
@@ -143,20 +144,8 @@ def _gguf():
 
 
 def _load_export(fj: Path) -> tuple[DeployedFactors, dict[str, Any]]:
-    """The export's factors, checked as `apply` checks them for a model folder."""
-    if not fj.is_file():
-        raise UserError(f"factors file {fj} does not exist")
-    try:
-        patch = json.loads(read_text(fj, "factors file"))
-    except json.JSONDecodeError as e:
-        raise UserError(f"factors file {fj} is not valid JSON: {e}") from None
-    if not isinstance(patch, dict) or "rope_scaling" not in patch:
-        raise UserError(f"{fj} is not an export (no rope_scaling); run `longrope export` first")
-    try:
-        factors = DeployedFactors.from_hf(patch)
-        check_usable(factors, str(fj))
-    except UserError as e:
-        raise UserError(str(e) if str(e).startswith(str(fj)) else f"{fj}: {e}") from None
+    """The export's factors, checked as `apply` checks them for a model folder, and its target."""
+    factors, patch = load_export(fj)
     if not isinstance(patch.get("max_position_embeddings"), int):
         raise UserError(f"{fj} has no integer max_position_embeddings (the target length)")
     return factors, patch

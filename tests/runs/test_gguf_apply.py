@@ -168,7 +168,7 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
         (good, smol, tmp_path / "taken.gguf", "exists"),
         (good, tiny_gguf(tmp_path / "g2.gguf", "gpt2"), tmp_path / "o.gguf", "architecture is 'gpt2'"),
         (good, tmp_path / "text.gguf", tmp_path / "o.gguf", "is not a readable GGUF file"),
-        (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "is not an export"),
+        (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "holds raw factors (32 λ), not an export"),
     ]
     for factors, model, dest, message in cases:
         one_line(capsys, main(["apply", str(factors), str(model), "-o", str(dest)]), message)
