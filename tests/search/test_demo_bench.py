@@ -42,6 +42,7 @@ def test_bench_quick_table_shape(tmp_path):
     assert all(0 <= a <= 1 for v in row.values() for a in v["passkey"]) and "retrieval at 512" in table
     pr = r["pruning"]  # the pruners side by side: none is its own reference, exact keeps the best
     assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
+    assert (tmp_path / "pruning.png").stat().st_size > 1000  # quality per token, one point per search
     sp = r["spaces"]["512"]  # LongRoPE's space and LongRoPE2's two, the searched mscale on its grid
     assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale"} and "| critical_dim+mscale |" in table
     assert all(1 <= m <= 1.5 for m in sp["critical_dim+mscale"]["mscale"])

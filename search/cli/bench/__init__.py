@@ -20,7 +20,7 @@ from typing import Any
 from .compare import compare
 from .compare import plot as plot_compare
 from .finetune import recipe
-from .quality import early_abort, exact_ceiling, pruning, scale_out, search_quality
+from .quality import early_abort, exact_ceiling, plot_pruning, pruning, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
 from .spaces import spaces
@@ -58,6 +58,8 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
     plot(r, out_dir / "bench.png")
     if "compare" in r:
         plot_compare(r["compare"], out_dir / "compare.png")
+    if "pruning" in r:
+        plot_pruning(r["pruning"], out_dir / "pruning.png")
     return r
 
 
@@ -85,8 +87,8 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "early_abort" in only:
         r["early_abort"] = early_abort(work, budget)
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
-        # one seed: a search here takes 4 min (12 documents of 1024 tokens), nine would take 40
-        r["pruning"] = pruning(work, 12 if quick else 160, [0], 6 if quick else 12)
+        # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
+        r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 6 if quick else 12)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     if "retrieval" in only:  # the needle objective against plain perplexity, LongRoPE2's Table 6

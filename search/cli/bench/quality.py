@@ -161,6 +161,32 @@ def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dic
     return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows}
 
 
+def plot_pruning(pr: dict[str, Any], path: Path) -> None:
+    """Search quality per token (issue 15, 5a): each search's best held-out ppl against the tokens
+    it scored, one colour per pruner, seeds joined so a pruner's shift from none is visible."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from longrope.objectives.pruning import PRUNERS
+
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for p in PRUNERS:
+        ax.scatter([t / 1e6 for t in pr[p]["tokens"]], pr[p]["heldout"], label=p, s=40)
+    for i, seed in enumerate(pr["seeds"]):
+        ax.plot([pr[p]["tokens"][i] / 1e6 for p in PRUNERS], [pr[p]["heldout"][i] for p in PRUNERS],
+                color="#bbb", lw=0.8, zorder=0)
+        ax.annotate(f"seed {seed}", (pr["none"]["tokens"][i] / 1e6, pr["none"]["heldout"][i]), fontsize=7)
+    ax.set_xlabel("tokens scored (millions)")
+    ax.set_ylabel("held-out perplexity of the best")
+    ax.set_title(f"pruners at 8x, {pr['budget']} evaluations")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
 def _trial_span(run) -> float:
     """Seconds from the first evaluation's start to the last one's end: the search's steady
     state, without the one-off worker start-up (model load) and held-out scoring."""
