@@ -113,18 +113,16 @@ def register() -> None:
 def convert(model: Any) -> Any:
     """Make a Llama-family transformers model an ALiBi model in place (idempotent): the rotary
     module becomes the identity and every attention layer adds the ALiBi bias. Returns it."""
-    from transformers import PretrainedConfig
-
     from longrope.spaces import ALIBI_KEY, architecture_of
+
+    from .attention import model_configs
     register()
     arch = architecture_of(model.config)
     inner = getattr(model, arch.decoder)
     head_dim = getattr(model.config, "head_dim", None) or \
         model.config.hidden_size // model.config.num_attention_heads
     setattr(inner, arch.rotary, _no_rotary_class()(head_dim))
-    for m in model.modules():
-        c = getattr(m, "config", None)
-        if isinstance(c, PretrainedConfig):
-            c._attn_implementation = NAME
-            setattr(c, ALIBI_KEY, "alibi")
+    for c in model_configs(model):
+        c._attn_implementation = NAME
+        setattr(c, ALIBI_KEY, "alibi")
     return model

@@ -139,18 +139,6 @@ def _write_json(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def set_attention(model: Any, name: str) -> str:
-    """Set every config's attention implementation; returns the previous one."""
-    from transformers import PretrainedConfig
-
-    before = model.config._attn_implementation
-    for m in model.modules():
-        c = getattr(m, "config", None)
-        if isinstance(c, PretrainedConfig):
-            c._attn_implementation = name
-    return before
-
-
 def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
              work: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
     """Fine-tune spec's model at `length` with `factors`, checkpointing into `work`, and save the
@@ -159,6 +147,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     import torch
     from tqdm.auto import tqdm
 
+    from .attention import set_attention
     from .models import load_model
     from .s2attn import register
 

@@ -132,11 +132,10 @@ def _register() -> None:
 @contextmanager
 def active(model: Any, rotary: Any, plan: LMInfinite):
     """Run the model's attention as LM-Infinite with `plan` inside the block; restore it after."""
-    from transformers import PretrainedConfig
+    from .attention import model_configs
 
     _register()
-    configs = {id(c): c for m in model.modules()
-               if isinstance(c := getattr(m, "config", None), PretrainedConfig)}
+    configs = {id(c): c for c in model_configs(model)}
     before = {k: c._attn_implementation for k, c in configs.items()}
     state = _State(plan, rotary, architecture_of(model.config).rotary_layout, {})
     try:

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from longrope.objectives import s2attn
-from longrope.objectives.finetune import set_attention
+from longrope.objectives.attention import set_attention
 
 
 class _Module(torch.nn.Module):
