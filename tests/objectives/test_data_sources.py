@@ -157,11 +157,12 @@ def write_tiny_gguf(path, vocab=300, hidden=32, ffn=48, heads=2):
     keep = [*range(33, 127), *range(161, 173), *range(174, 256)]  # GPT-2's byte-to-character table
     chars = {b: chr(b) for b in keep} | {b: chr(256 + n) for n, b in enumerate(sorted(set(range(256)) - set(keep)))}
     w.add_tokenizer_model("gpt2")
-    w.add_token_list([chars[b] for b in range(256)] + ["he"] + [f"<t{i}>" for i in range(vocab - 257)])
+    w.add_token_list([chars[b] for b in range(256)] + ["he", "ll"] + [f"<t{i}>" for i in range(vocab - 258)])
     w.add_token_types([1] * vocab)
-    w.add_token_merges(["h e"])
-    w.add_bos_token_id(257)
-    w.add_eos_token_id(258)
+    # two merges: transformers 4.57's GGUF reader turns a one-element array into a bare string
+    w.add_token_merges(["h e", "l l"])
+    w.add_bos_token_id(258)
+    w.add_eos_token_id(259)
     rng = np.random.default_rng(0)
     shapes = {"token_embd": (vocab, hidden), "output_norm": (hidden,), "output": (vocab, hidden),
               "blk.0.attn_norm": (hidden,), "blk.0.ffn_norm": (hidden,), "blk.0.ffn_gate": (ffn, hidden),
