@@ -201,9 +201,9 @@ def score_items(rotary: Any, factors: RescaleFactors | None, items: list, length
     nlls: list[float] = []
     side: list[Any] = []
     tokens = 0
-    for start in range(0, n, max(batch, 1)):
-        group = items[start : start + max(batch, 1)]
-        results = measure(group)
+    size = max(batch, 1)
+    for start in range(0, n, size):
+        results = measure(items[start : start + size])
         tokens += sum(used for _, _, used in results)
         for i, (v, extra, _) in enumerate(results, start):
             if not math.isfinite(v):

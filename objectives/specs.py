@@ -30,6 +30,7 @@ PosInt = Annotated[int, Ge(1)]
 PosFloat = Annotated[float, Gt(0)]
 NonNegFloat = Annotated[float, Ge(0)]
 Fraction = Annotated[float, Interval(gt=0, lt=1)]  # strictly between 0 and 1
+Probability = Annotated[float, Interval(ge=0, le=1)]  # 0 and 1 included
 
 
 @dataclass
@@ -124,7 +125,7 @@ class FinetuneSpec:
     seed: int = 0  # seeds the LoRA init and every step's windows
     # fraction of training windows turned into pass-key samples (a key hidden in the window's
     # text, asked for at its end; their answer's loss is added): LongLoRA trains on plain text
-    passkey_mix: Annotated[float, Interval(ge=0, le=1)] = 0.0
+    passkey_mix: Probability = 0.0
 
     def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:
         if targets is not None and any(t not in targets for t in self.after):

@@ -25,6 +25,7 @@ from longrope.objectives.specs import (
     NonNegInt,
     PosFloat,
     PosInt,
+    Probability,
     TaskSpec,
 )
 from longrope.spaces import N_HAT_PAPER
@@ -59,8 +60,8 @@ class SearchConfig:
     mutants: NonNegInt = 16  # new mutants per iteration (paper 16)
     crossovers: NonNegInt = 16  # new crossovers per iteration (paper 16)
     iterations: NonNegInt = 40  # iterations after the initial population (paper 40)
-    mutation_prob: Annotated[float, Interval(ge=0, le=1)] = 0.3  # per-gene mutation probability (paper 0.3)
-    crossover_prob: Annotated[float, Interval(ge=0, le=1)] = 0.3  # per-gene crossover probability (paper 0.3)
+    mutation_prob: Probability = 0.3  # per-gene mutation probability (paper 0.3)
+    crossover_prob: Probability = 0.3  # per-gene crossover probability (paper 0.3)
     sigma: PosFloat = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])

@@ -86,7 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     out = environment()
     out["ray_cluster"] = ray_resources(args.address) if args.address else None
     devices = [args.device] if args.device else \
-        ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count() if torch.cuda.is_available() else 0))]
+        ["cpu", *(f"cuda:{i}" for i in range(torch.cuda.device_count()))]  # 0 without CUDA
     out["self_test"] = []
     for dev in devices:
         if not args.json:
