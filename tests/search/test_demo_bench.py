@@ -7,6 +7,7 @@ import pytest
 
 from longrope.search.cli import main
 from longrope.search.cli.bench import GOALS, exact_ceiling, finite_figures, render, run_bench, summarize
+from longrope.search.cli.bench.quality import cutoff_ceiling
 from longrope.spaces import UserError
 
 
@@ -43,6 +44,7 @@ def test_bench_quick_table_shape(tmp_path):
     pr = r["pruning"]  # the pruners side by side: none is its own reference, exact keeps the best
     assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
     assert (tmp_path / "pruning.png").stat().st_size > 1000  # quality per token, one point per search
+    assert 0 < pr["cutoff_ceiling"][0] <= 1 and "ceiling for any rule against the parent cut-off" in table
     sp = r["spaces"]["512"]  # LongRoPE's space and LongRoPE2's two, the searched mscale on its grid
     assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale"} and "| critical_dim+mscale |" in table
     assert all(1 <= m <= 1.5 for m in sp["critical_dim+mscale"]["mscale"])
@@ -93,3 +95,22 @@ def test_exact_ceiling_by_hand(tmp_path):
     got = exact_ceiling(run, parents=2)
     assert got["above_cutoff"] == 1 / 4
     assert got["exact_ceiling"] == pytest.approx((1 - math.log(10) / math.log(40)) / 4)
+
+
+def test_cutoff_ceiling_by_hand(tmp_path):
+    import optuna
+
+    from longrope.runs import Run
+    from longrope.runs.vocab import DOC_NLL, SLOT
+
+    run = Run.create(tmp_path / "r", "")
+    study = optuna.create_study(study_name="long-64", storage=run.storage())
+    # generation 0: 10, 20, 30 (parents = 2: generation 1's cut-off is 20, the 2nd best before it);
+    # generation 1: 25 and 40 finish above it, 15 below; generation 2's cut-off is 15
+    for g, j, v in ((0, 0, 10.0), (0, 1, 20.0), (0, 2, 30.0), (1, 0, 25.0), (1, 1, 15.0), (1, 2, 40.0),
+                    (2, 0, 14.0), (2, 1, 16.0)):
+        study.add_trial(optuna.trial.create_trial(value=v, system_attrs={SLOT: [g, j]},
+                                                  user_attrs={DOC_NLL: [1.0] * 4}))
+    got = cutoff_ceiling(run, parents=2)
+    assert got["candidates_above_cutoff"] == 3 / 8  # 25, 40 (cut-off 20) and 16 (cut-off 15)
+    assert got["cutoff_ceiling"] == pytest.approx(1 - 3 * 3 / 32)  # each stopped after 1 of 4 documents

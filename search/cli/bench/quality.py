@@ -124,6 +124,29 @@ def exact_ceiling(run, parents: int) -> dict[str, float]:
     return {"exact_ceiling": saved / count, "above_cutoff": above / count}
 
 
+def cutoff_ceiling(run, parents: int, after: int = 1) -> dict[str, float]:
+    """The fewest tokens any pruning rule that compares against the parent cut-off could score on
+    this run's candidates (all scored in full, pruner none), as a fraction of what they scored.
+
+    Generation g's cut-off is its worst parent: the `parents`-th best complete trial of the
+    generations before g (the sampler's own rule). Only a child that finished above it can be
+    pruned without changing the parents; an oracle that stopped each of them after `after` of
+    its n items would still score everything else. tokens >= 1 - Σ_above (n - after) / Σ n.
+    """
+    from longrope.runs.vocab import DOC_NLL, SLOT
+
+    scored, saved, above, count = 0, 0, 0, 0
+    for trials in _stages(run):
+        done = [t for t in trials if SLOT in t.system_attrs and t.value is not None]
+        for t in done:
+            g, n = t.system_attrs[SLOT][0], len(t.user_attrs.get(DOC_NLL, ()))
+            scored, count = scored + n, count + 1
+            before = sorted(x.value for x in done if x.system_attrs[SLOT][0] < g)
+            if g > 0 and len(before) >= parents and t.value > before[parents - 1]:
+                above, saved = above + 1, saved + max(n - after, 0)
+    return {"cutoff_ceiling": 1 - saved / scored, "candidates_above_cutoff": above / count}
+
+
 def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
     res, runs = {}, {}
     for flag in ("exact", "none"):
@@ -147,10 +170,15 @@ def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dic
     from longrope.objectives.pruning import PRUNERS
 
     rows: dict[str, dict[str, list]] = {p: {"tokens": [], "heldout": [], "pruned": []} for p in PRUNERS}
+    ceiling: dict[str, list[float]] = {"cutoff_ceiling": [], "candidates_above_cutoff": []}
     for s in seeds:
         for p in PRUNERS:
             run, _ = _search(workdir, f"prune-{p}-{s}", _toml(pruner=p, budget=budget, seed=s,
                                                                  search_docs=docs))
+            if p == "none":
+                parents = tomllib.loads(run.config_text())["search"]["parents"]
+                for k, v in cutoff_ceiling(run, parents).items():
+                    ceiling[k].append(v)
             rows[p]["tokens"].append(_tokens(run))
             rows[p]["heldout"].append(run.best("long", 1024).heldout_ppl)
             rows[p]["pruned"].append(sum(t.state.name == "PRUNED" for tr in _stages(run) for t in tr))
@@ -158,7 +186,7 @@ def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dic
         r = rows[p]
         for key in ("tokens", "heldout"):  # against none with the same seed, then over seeds
             r[f"{key}_ratio"] = statistics.mean(a / b for a, b in zip(r[key], rows["none"][key], strict=True))
-    return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows}
+    return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows, **ceiling}
 
 
 def plot_pruning(pr: dict[str, Any], path: Path) -> None:

@@ -15,9 +15,11 @@ GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">
          "wilcoxon_tokens": ("<=", 0.60), "wilcoxon_heldout": ("<=", 1.01)}
 
 
-def _spread(xs: list[float]) -> str:
+def _spread(xs: list[float], fmt: str = "{:.2f}") -> str:
+    """median [min, max] (the median alone for one value)."""
     xs = sorted(xs)
-    return f"{statistics.median(xs):.2f}" + (f" [{xs[0]:.2f}, {xs[-1]:.2f}]" if len(xs) > 1 else "")
+    mid = fmt.format(statistics.median(xs))
+    return mid + (f" [{fmt.format(xs[0])}, {fmt.format(xs[-1])}]" if len(xs) > 1 else "")
 
 
 def summarize(r: dict[str, Any]) -> dict[str, float]:
@@ -72,6 +74,11 @@ def render(r: dict[str, Any]) -> str:
             v = pr[p]
             lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
                          f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
+        if "cutoff_ceiling" in pr:  # bench.json files from before the ceiling was measured lack it
+            lines += ["", f"ceiling for any rule against the parent cut-off (pruner none's children): "
+                      f"{_spread(pr['candidates_above_cutoff'], '{:.0%}')} of candidates finished above it; "
+                      f"stopping each of them after one document would score "
+                      f"{_spread(pr['cutoff_ceiling'], '{:.3f}')}x the tokens"]
     if "retrieval" in r:
         from .retrieval import render as render_retrieval
 
