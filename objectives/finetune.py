@@ -97,6 +97,12 @@ def training_batch(docs: list[np.ndarray], length: int, count: int, seed: int, s
     return np.stack(rows).astype(np.int64), answer
 
 
+def is_short_step(seed: int, step: int, mix: float) -> bool:
+    """Does `step` train at L0 (finetune.short_mix)? Drawn from its own stream rng(seed, step, 1),
+    so any step's kind is known after a restart and mix = 0 leaves every step as it was."""
+    return bool(mix) and float(np.random.default_rng([seed, step, 1]).random()) < mix
+
+
 def step_loss(model: Any, ids: Any, answer: Any) -> Any:
     """The causal LM loss over every token, plus (when the batch has pass-key samples) the mean
     loss of their answer tokens: a handful of tokens in L would otherwise teach nothing."""
@@ -149,6 +155,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
 
     from .attention import set_attention
     from .models import load_model
+    from .rotary import patch_model
     from .s2attn import register
 
     work, out = Path(work), Path(out)
@@ -180,7 +187,11 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         opt.load_state_dict(state["optimizer"])
         start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
     group = ft.group(length) if ft.s2_attn else length
-    before = set_attention(model, register(group)) if group < length else None
+    full = model.config._attn_implementation  # what inference (and short steps) run
+    s2 = register(group) if group < length else None
+    if s2 is not None:
+        set_attention(model, s2)
+    rot, L0 = patch_model(loaded.model), loaded.geometry.original_length
     if loaded.device == "cuda":  # activations of long sequences: recompute instead of keeping
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -191,8 +202,16 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         t0 = time.perf_counter()
         for g in opt.param_groups:  # linear warm-up, then constant (LongLoRA's schedule)
             g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
-        ids, answer = training_batch(docs, length, batch, ft.seed, step, builder, ft.passkey_mix)
+        short = is_short_step(ft.seed, step, ft.short_mix)
+        if short:  # mixed context windows: L0 tokens, the model's own rotary, full attention
+            ids, answer = training_batch(docs, L0, max(1, ft.batch_tokens // L0), ft.seed, step)
+        else:
+            ids, answer = training_batch(docs, length, batch, ft.seed, step, builder, ft.passkey_mix)
         ids, answer = torch.from_numpy(ids).to(loaded.device), torch.from_numpy(answer).to(loaded.device)
+        if ft.short_mix:
+            rot.set_factors(None if short else factors)
+            if s2 is not None:
+                set_attention(model, full if short else s2)
         loss = step_loss(model, ids, answer)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -212,13 +231,16 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()
-    if before is not None:
-        set_attention(model, before)
+    rot.set_factors(factors)
+    set_attention(model, full)
     model.eval()
     save_merged(model, loaded, out)
+    kinds = [is_short_step(ft.seed, k, ft.short_mix) for k in range(ft.steps)]
+    long_losses = [x for x, short in zip(losses, kinds, strict=True) if not short] or losses
     record = {"length": length, "steps": ft.steps, "batch_sequences": batch, "s2_group": group,
-              "trainable_params": sum(p.numel() for _, p in params), "train_seconds": round(seconds, 3),
-              "final_loss": float(np.mean(losses[-10:])), "losses": losses, "fingerprint": key}
+              "short_steps": sum(kinds), "trainable_params": sum(p.numel() for _, p in params),
+              "train_seconds": round(seconds, 3),
+              "final_loss": float(np.mean(long_losses[-10:])), "losses": losses, "fingerprint": key}
     _write_json(work / RECORD, record)
     return record
 

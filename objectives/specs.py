@@ -126,6 +126,9 @@ class FinetuneSpec:
     # fraction of training windows turned into pass-key samples (a key hidden in the window's
     # text, asked for at its end; their answer's loss is added): LongLoRA trains on plain text
     passkey_mix: Probability = 0.0
+    # fraction of steps trained on windows of the model's trained length L0 with its own rotary and
+    # full attention (LongRoPE2's mixed context window training, section 3.3): keeps short context
+    short_mix: Probability = 0.0
 
     def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:
         if targets is not None and any(t not in targets for t in self.after):
@@ -143,8 +146,9 @@ class FinetuneSpec:
             raise UserError(f"{where}.lr = {self.lr} must be in (0, 1)")
         if self.lora_alpha <= 0:
             raise UserError(f"{where}.lora_alpha = {self.lora_alpha} must be positive")
-        if not 0 <= self.passkey_mix <= 1:
-            raise UserError(f"{where}.passkey_mix = {self.passkey_mix} must be in [0, 1]")
+        for key in ("passkey_mix", "short_mix"):
+            if not 0 <= getattr(self, key) <= 1:
+                raise UserError(f"{where}.{key} = {getattr(self, key)} must be in [0, 1]")
         if not self.lora_targets:
             raise UserError(f"{where}.lora_targets is empty: name the projections LoRA adapts")
         if self.s2_group % 2:
