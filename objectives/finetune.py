@@ -21,8 +21,8 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import json
-import os
 import shutil
 import time
 from pathlib import Path
@@ -31,6 +31,7 @@ from typing import Any
 import numpy as np
 
 from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text
 
 from .specs import FinetuneSpec, ObjectiveSpec
 
@@ -140,9 +141,7 @@ def fingerprint(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, 
 
 
 def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=1) + "\n")
-    os.replace(tmp, path)
+    atomic_write_text(path, json.dumps(data, indent=1) + "\n")
 
 
 def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
@@ -226,8 +225,9 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         if done % ft.checkpoint_every == 0 or done == ft.steps:
             state = {"fingerprint": key, "step": done, "losses": losses, "seconds": seconds,
                      "params": {n: p.detach().clone() for n, p in params}, "optimizer": opt.state_dict()}
-            torch.save(state, work / (CHECKPOINT + ".tmp"))
-            os.replace(work / (CHECKPOINT + ".tmp"), ckpt)
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            atomic_write_bytes(ckpt, buf.getvalue())
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()

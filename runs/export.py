@@ -32,9 +32,10 @@ from longrope.spaces import (
     is_alibi,
     read_text,
 )
+from longrope.spaces.files import atomic_write_text, stale_temp_files
 
 from .best import BestRecord
-from .rundir import Run, atomic_write_text, stale_temp_files
+from .rundir import Run
 
 
 def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any]:

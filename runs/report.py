@@ -4,7 +4,7 @@ For each stage: the best value against the evaluations (Optuna's matplotlib opti
 history of the stage's study), the best λ curve against the curves of the methods that seeded it
 (spaces/methods.py), n̂ and mscale; then a held-out table from the best records. Read-only: the
 run's lock is not taken, so a running search can be reported on. Every file is written by temp
-file + rename (rundir.atomic_write_bytes), report.md last, so an interrupted report leaves each
+file + rename (spaces.files.atomic_write_bytes), report.md last, so an interrupted report leaves each
 file whole and report.md links only plots that exist.
 """
 
@@ -18,9 +18,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrope.spaces import METHODS, REFERENCE_METHODS, RescaleFactors, RopeGeometry, UserError, method
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text, stale_temp_files
 
 from .best import BestRecord
-from .rundir import Run, atomic_write_bytes, atomic_write_text, stale_temp_files
+from .rundir import Run
 from .vocab import REQUEUED, STAGE
 
 if TYPE_CHECKING:

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text
 
 from .best import BestRecord
 from .lease import LOCK_TIMEOUT, Lease
@@ -19,35 +20,6 @@ if TYPE_CHECKING:
     import optuna
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Temp file in the same folder, fsync, os.replace: a reader sees the old
-    file or the new one, never half of either; on error the old file stays."""
-    atomic_write_bytes(path, text.encode())
-
-
-def stale_temp_files(folder: Path) -> list[Path]:
-    """Temp files of atomic writes whose writer died (kill -9 between write and rename)."""
-    mine = f".{os.getpid()}.tmp"
-    return [p for p in Path(folder).glob(".*.tmp") if not p.name.endswith(mine)]
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except OSError as e:
-        try:
-            tmp.unlink()
-        except OSError:
-            pass
-        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous version is intact") from None
 
 
 class Run:

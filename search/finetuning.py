@@ -21,8 +21,8 @@ from longrope.objectives.finetune import CHECKPOINT, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
 from longrope.runs import Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
-from longrope.runs.rundir import atomic_write_text
 from longrope.spaces import UserError
+from longrope.spaces.files import atomic_write_text
 
 from .schema import WorkersConfig
 

@@ -53,7 +53,10 @@ def test_bench_quick_table_shape(tmp_path):
     assert cmp["128"]["searched"] == cmp["128"]["none"] and cmp["256"]["alibi"]["ppl"] != cmp["256"]["none"]["ppl"]
     assert (tmp_path / "compare.png").stat().st_size > 1000 and "| alibi |" in table
     ft = r["finetune"]  # issue 16: both arms, the short-context rows and the three fine-tunes, timed
-    assert set(ft["ablation"]) == {"lora+_s2", "lora+_full", "lora_s2", "lora+_s2, passkey_mix 0.25"}
+    assert set(ft["ablation"]) == {"lora+_s2", "lora+_full", "lora_s2", "lora+_s2, passkey_mix 0.25",
+                                   "lora+_s2, short_mix 0.25"}
+    assert set(ft["s2_time"]) == {"256", "512"} and all(v > 0 for v in ft["s2_time"].values())
+    assert "| fine-tuned, short_mix 0.25 |" in table and "| (b+short) as (b), short_mix 0.25 |" in table
     assert all(v["train_seconds"] > 0 for v in ft["ablation"].values()) and 0 <= ft["b"]["passkey"] <= 1
     assert "the full recipe at 4x" in table and "| (b+pk) as (b), passkey_mix 0.25 |" in table
     assert ft["passkey_mix_same_factors"] is True  # the (b) and (b+pk) arms fine-tune with equal factors

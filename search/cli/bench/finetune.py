@@ -20,6 +20,8 @@ from .quality import _search, _toml
 from .retrieval import OBJECTIVE, heldout_evaluator, measure
 
 PASSKEY_MIX = 0.25
+SHORT_MIX = 0.25
+S2_STEPS = 10  # steps per fine-tune timed for S2-Attn's cost against full attention at each length
 FINETUNE = """[finetune]
 after = {after}
 steps = {steps}
@@ -28,6 +30,7 @@ warmup = 10
 batch_tokens = 2048
 checkpoint_every = 50
 passkey_mix = {mix}
+short_mix = {short}
 """
 
 
@@ -41,17 +44,22 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
 
     mid, far = scales[0] * L0, scales[1] * L0
     runs = {}
-    # (b+pk): (b) with a quarter of the fine-tune's windows made pass-key samples (finetune.passkey_mix)
-    for arm, after, mix in (("a", "[]", 0.0), ("b", f"[{mid}]", 0.0), ("b_pk", f"[{mid}]", PASSKEY_MIX)):
+    # (b+pk): (b) with a quarter of the fine-tune's windows made pass-key samples (finetune.passkey_mix);
+    # (b+short): (b) with a quarter of its steps at L0 (finetune.short_mix, LongRoPE2's mixed windows)
+    arms = (("a", "[]", 0.0, 0.0), ("b", f"[{mid}]", 0.0, 0.0), ("b_pk", f"[{mid}]", PASSKEY_MIX, 0.0),
+            ("b_short", f"[{mid}]", 0.0, SHORT_MIX))
+    for arm, after, mix, short in arms:
         toml = _toml(target=f"{mid}, {far}", space=f"short = [{L0}]", budget=budget) + \
-            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps, mix=mix)
+            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps, mix=mix, short=short)
         runs[arm], _ = _search(workdir, f"recipe-{arm}", toml)
-    a, b, b_pk = runs["a"], runs["b"], runs["b_pk"]
+    a, b, b_pk, b_short = runs["a"], runs["b"], runs["b_pk"], runs["b_short"]
     base, tuned = heldout_evaluator(), heldout_evaluator(str(b.model_dir(mid)))
+    tuned_short = heldout_evaluator(str(b_short.model_dir(mid)))
     out: dict[str, Any] = {
         "a": measure(base, a.best("long", far).factors, far),
         "b": measure(tuned, b.best("long", far).factors, far),
         "b_pk": measure(heldout_evaluator(str(b_pk.model_dir(mid))), b_pk.best("long", far).factors, far),
+        "b_short": measure(tuned_short, b_short.best("long", far).factors, far),
     }
 
     def at_l0(ev, factors):
@@ -59,14 +67,19 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
 
     out["short"] = {"base": at_l0(base, None), "base_short_factors": at_l0(base, a.best("short", L0).factors),
                     "tuned_no_factors": at_l0(tuned, None),
-                    "tuned_short_factors": at_l0(tuned, b.best("short", L0).factors)}
+                    "tuned_short_factors": at_l0(tuned, b.best("short", L0).factors),
+                    "short_mix_no_factors": at_l0(tuned_short, None),
+                    "short_mix_short_factors": at_l0(tuned_short, b_short.best("short", L0).factors)}
     cfg = config.from_dict(b.config())  # the ablations change one key of the recipe's own fine-tune
     spec, ft, factors = ObjectiveSpec.from_config(cfg), cfg.finetune, b.best("long", mid).factors
     tunes = {name: (json.loads((run.finetune_dir(mid) / RECORD).read_text()), run.model_dir(mid))
              for name, run in (("lora+_s2", b), (f"lora+_s2, passkey_mix {PASSKEY_MIX}", b_pk))}
-    f_pk = b_pk.best("long", mid).factors  # one search, same seed: the arms fine-tune with equal factors
-    same = (f_pk.lambdas, f_pk.n_hat, f_pk.mscale) == (factors.lambdas, factors.n_hat, factors.mscale)
-    out["passkey_mix_same_factors"] = same
+    tunes[f"lora+_s2, short_mix {SHORT_MIX}"] = (json.loads((b_short.finetune_dir(mid) / RECORD).read_text()),
+                                                 b_short.model_dir(mid))
+    # one search, same seed: the arms fine-tune with equal factors
+    out["passkey_mix_same_factors"] = all(
+        (f.lambdas, f.n_hat, f.mscale) == (factors.lambdas, factors.n_hat, factors.mscale)
+        for f in (b_pk.best("long", mid).factors, b_short.best("long", mid).factors))
     for name, change in (("lora+_full", {"s2_attn": False}), ("lora_s2", {"train_embeddings_norms": False})):
         work, folder = workdir / f"abl-{name}", workdir / f"abl-{name}-model"
         rec = finetune(spec, dataclasses.replace(ft, **change), factors, mid, work, folder, progress=False)
@@ -76,6 +89,26 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
                        for name, (rec, folder) in tunes.items()}
     out["base_at_mid"] = measure(base, factors, mid)
     out["lengths"] = [mid, far]
+    out["s2_time"] = s2_time(workdir, spec, ft, factors, sorted({mid, 2 * mid, far}), min(S2_STEPS, steps))
+    return out
+
+
+def s2_time(workdir: Path, spec: Any, ft: Any, factors: Any, lengths: list[int],
+            steps: int) -> dict[str, float]:
+    """{length: S2-Attn's training seconds over full attention's}, `steps` steps of the recipe's
+    fine-tune at each length (same tokens per step): S2-Attn's saving grows with L over the width."""
+    from longrope.objectives.finetune import finetune
+
+    out = {}
+    for n in lengths:
+        secs = {}
+        for s2 in (True, False):
+            tune = dataclasses.replace(ft, s2_attn=s2, steps=steps, s2_group=0, short_mix=0.0,
+                                       passkey_mix=0.0)
+            work = workdir / f"s2-{n}-{s2}"
+            secs[s2] = finetune(spec, tune, factors, n, work, workdir / f"s2-{n}-{s2}-model",
+                                progress=False)["train_seconds"]
+        out[str(n)] = secs[True] / secs[False]
     return out
 
 
@@ -85,6 +118,7 @@ def goals(r: dict[str, Any]) -> list[str]:
     t = abl["lora+_s2"]["train_seconds"] / abl["lora+_full"]["train_seconds"]
     q = abl["lora+_s2"]["ppl"] / abl["lora+_full"]["ppl"]
     short = s["tuned_short_factors"] / s["base"]
+    mixed = s.get("short_mix_short_factors", float("nan")) / s["base"]
     mid, far = (n // 128 for n in r["lengths"])
     pk = r.get("b_pk")
     pk_line = [] if pk is None else [
@@ -100,7 +134,13 @@ def goals(r: dict[str, Any]) -> list[str]:
         f"(goal within 2%): {'met' if t <= 0.6 and abs(q - 1) <= 0.02 else 'NOT met'}",
         f"short context at L0 after the recipe, re-searched short factors: {short:.3f}x the original "
         f"model's ppl (goal within 5%): {'met' if abs(short - 1) <= 0.05 else 'NOT met'}",
-    ]
+    ] + ([] if "b_short" not in r else [
+        f"with short_mix {SHORT_MIX}: short context {mixed:.3f}x (goal within 5%): "
+        f"{'met' if abs(mixed - 1) <= 0.05 else 'NOT met'}; at {far}x held-out ppl "
+        f"{r['b_short']['ppl']:.2f}, "
+        f"pass-key {r['b_short']['passkey']:.2f}"]) + ([] if "s2_time" not in r else [
+        "S2-Attn time over full attention by fine-tune length: " + ", ".join(
+            f"{n}: {v:.2f}x" for n, v in r["s2_time"].items())])
 
 
 def render(r: dict[str, Any], budget: int | None = None, steps: int | None = None) -> list[str]:
@@ -111,14 +151,19 @@ def render(r: dict[str, Any], budget: int | None = None, steps: int | None = Non
              "| arm | perplexity | needle perplexity | pass-key accuracy |", "|---|---|---|---|"]
     for name, k in ((f"(a) base + factors searched for {far}x", "a"),
                     (f"(b) fine-tuned at {mid}x + re-searched for {far}x", "b"),
-                    (f"(b+pk) as (b), passkey_mix {PASSKEY_MIX}", "b_pk")):
+                    (f"(b+pk) as (b), passkey_mix {PASSKEY_MIX}", "b_pk"),
+                    (f"(b+short) as (b), short_mix {SHORT_MIX}", "b_short")):
         if k not in r:  # a bench.json from before the arm existed
             continue
         lines.append(f"| {name} | {f2(r[k]['ppl'])} | {f2(r[k]['needle'])} | {f2(r[k]['passkey'])} |")
     s = r["short"]
     lines += ["", "perplexity at L0 = 128 (held out):", "", "| model | no factors | short factors |",
               "|---|---|---|", f"| base | {f2(s['base'])} | {f2(s['base_short_factors'])} |",
-              f"| fine-tuned | {f2(s['tuned_no_factors'])} | {f2(s['tuned_short_factors'])} |", "",
+              f"| fine-tuned | {f2(s['tuned_no_factors'])} | {f2(s['tuned_short_factors'])} |"]
+    if "short_mix_no_factors" in s:
+        lines.append(f"| fine-tuned, short_mix {SHORT_MIX} | {f2(s['short_mix_no_factors'])} | "
+                     f"{f2(s['short_mix_short_factors'])} |")
+    lines += ["",
               f"fine-tune ablations at {mid}x (same factors, steps and seed):", "",
               "| fine-tune | training seconds | final loss | perplexity | pass-key accuracy |",
               "|---|---|---|---|---|",
