@@ -17,14 +17,17 @@ rest of its items are wasted tokens.
 
 The test runs through Optuna's own pruner interface: an in-memory study holding the cut-off
 parent as its one complete trial (intermediate value k = its NLL on item k), and the candidate
-as a running trial that reports each item.
+as a running trial that reports each item. The parent shows only the k items the candidate has
+scored: Optuna's safety rule (never prune a trial whose mean beats the best trial's mean) takes
+the best trial's mean over *its* steps, which over all n items compares the candidate's first k
+documents with the parent's n; items come in a fixed order and differ in difficulty, so an easy
+start would block every prune until the last items (it did: 80 prunes, 2% of tokens saved).
 """
 
 from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
 PRUNERS = {
     "none": "score every candidate on every item",
@@ -60,12 +63,11 @@ class Watch:
         self.cut, self.n = cut, n
         self.k, self.total = 0, 0.0  # items scored so far and the sum of their NLLs
         self.log_thr = math.log(cut.ppl) if math.isfinite(cut.ppl) and cut.ppl > 0 else None
-        self.trial: Any = None
-        self.study: Any = None
-        if cut.rule == "wilcoxon" and len(cut.reference) >= n:
-            self._start_study()
+        self.nlls: list[float] = []
+        self.test = cut.rule == "wilcoxon" and len(cut.reference) >= n
 
-    def _start_study(self) -> None:
+    def _wilcoxon_prunes(self) -> bool:
+        """Optuna's WilcoxonPruner on the k items scored, the parent cut to the same k."""
         import warnings
 
         import optuna
@@ -76,26 +78,27 @@ class Watch:
         level = optuna.logging.get_verbosity()  # no "new study created" line per candidate, and
         optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))  # the process's level kept
         try:
-            self.study = optuna.create_study(direction="minimize", pruner=pruner)
+            study = optuna.create_study(direction="minimize", pruner=pruner)
         finally:
             optuna.logging.set_verbosity(level)
-        ref = {k: float(v) for k, v in enumerate(self.cut.reference[: self.n])}
-        self.study.add_trial(optuna.trial.create_trial(
-            value=sum(ref.values()) / len(ref), intermediate_values=ref,
-            distributions={}, params={}))
-        self.trial = self.study.ask()
+        ref = {k: float(v) for k, v in enumerate(self.cut.reference[: self.k])}
+        study.add_trial(optuna.trial.create_trial(value=sum(ref.values()) / len(ref), intermediate_values=ref,
+                                                  distributions={}, params={}))
+        trial = study.ask()
+        for k, v in enumerate(self.nlls):
+            trial.report(v, k)
+        return trial.should_prune()
 
     def step(self, nll: float) -> str | None:
         """Record the next item's NLL; a reason to stop scoring, or None to go on."""
         self.k, self.total = self.k + 1, self.total + nll
+        self.nlls.append(nll)
         if self.k >= self.n:
             return None  # scored in full: nothing left to save
         if self.log_thr is not None and self.total / self.n > self.log_thr:
             return f"lower bound {self.bound:.4f} > threshold {self.cut.ppl:.4f} after {self.k}/{self.n}"
-        if self.trial is not None:
-            self.trial.report(nll, self.k - 1)
-            if self.trial.should_prune():
-                return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {self.k}/{self.n}"
+        if self.test and self.k >= max(2, self.cut.startup) and self._wilcoxon_prunes():
+            return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {self.k}/{self.n}"
         return None
 
     @property

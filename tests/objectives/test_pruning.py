@@ -37,6 +37,16 @@ def test_wilcoxon_prunes_a_consistently_worse_candidate_long_before_the_exact_bo
     assert "Wilcoxon" in wil.reason and wil.ppl <= math.exp(sum(worse) / len(worse))
 
 
+def test_wilcoxon_compares_the_same_documents_when_the_first_ones_are_easy(monkeypatch):
+    # documents in a fixed order, the first ones easiest: the candidate's first four (mean 1.70)
+    # beat the parent's mean over all twelve (2.05) though it is worse on every one of them;
+    # Optuna's never-prune-a-better-mean safety must see the parent's same four documents
+    ramp = tuple(1.5 + 0.1 * k for k in range(12))
+    worse = [v + 0.05 for v in ramp]
+    ev = scored(monkeypatch, worse, Cutoff(math.exp(sum(ramp) / 12), "wilcoxon", ramp, p=0.1))
+    assert ev.status == PRUNED and len(ev.doc_nll) == 4
+
+
 def test_wilcoxon_keeps_a_candidate_that_is_better_on_average(monkeypatch):
     # the eventual best of a crafted search: worse than the parent on three documents (the
     # first among them), better on the other nine; the test may not drop it on the way
