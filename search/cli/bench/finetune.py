@@ -116,6 +116,8 @@ def goals(r: dict[str, Any]) -> list[str]:
     a, b, s, abl = r["a"], r["b"], r["short"], r["ablation"]
     ok_b = b["ppl"] < a["ppl"] and b["passkey"] > a["passkey"]
     t = abl["lora+_s2"]["train_seconds"] / abl["lora+_full"]["train_seconds"]
+    if "s2_time" in r:  # timed back to back at the fine-tune's length, not inside a search run
+        t = r["s2_time"][str(r["lengths"][0])]
     q = abl["lora+_s2"]["ppl"] / abl["lora+_full"]["ppl"]
     short = s["tuned_short_factors"] / s["base"]
     mixed = s.get("short_mix_short_factors", float("nan")) / s["base"]
