@@ -57,31 +57,34 @@ class Cutoff:
 
 class Watch:
     """One candidate's scoring against a Cutoff: `step(nll)` after each item, the reason to stop
-    (or None). Built per candidate, so the Optuna study it may hold never leaves the worker."""
+    (or None). Built per candidate, so the Optuna objects it may hold never leave the worker."""
 
     def __init__(self, cut: Cutoff, n: int):
         self.cut, self.n = cut, n
-        self.k, self.total = 0, 0.0  # items scored so far and the sum of their NLLs
+        self.nlls: list[float] = []  # the items scored so far, in order
         self.log_thr = math.log(cut.ppl) if math.isfinite(cut.ppl) and cut.ppl > 0 else None
-        self.nlls: list[float] = []
-        self.test = cut.rule == "wilcoxon" and len(cut.reference) >= n
+        self.pruner = None
+        if cut.rule == "wilcoxon" and len(cut.reference) >= n:
+            import warnings
+
+            import optuna
+
+            with warnings.catch_warnings():  # "experimental since 3.6": its interface is what we use
+                warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                self.pruner = optuna.pruners.WilcoxonPruner(p_threshold=cut.p, n_startup_steps=cut.startup)
 
     def _wilcoxon_prunes(self) -> bool:
-        """Optuna's WilcoxonPruner on the k items scored, the parent cut to the same k."""
-        import warnings
-
+        """Optuna's WilcoxonPruner on the k items scored, the parent cut to the same k (it decides
+        itself whether k is enough: max(2, startup) items)."""
         import optuna
 
-        with warnings.catch_warnings():  # "experimental since 3.6": its interface is what we use
-            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            pruner = optuna.pruners.WilcoxonPruner(p_threshold=self.cut.p, n_startup_steps=self.cut.startup)
-        level = optuna.logging.get_verbosity()  # no "new study created" line per candidate, and
+        level = optuna.logging.get_verbosity()  # no "new study created" line per item, and
         optuna.logging.set_verbosity(max(level, optuna.logging.WARNING))  # the process's level kept
         try:
-            study = optuna.create_study(direction="minimize", pruner=pruner)
+            study = optuna.create_study(direction="minimize", pruner=self.pruner)
         finally:
             optuna.logging.set_verbosity(level)
-        ref = {k: float(v) for k, v in enumerate(self.cut.reference[: self.k])}
+        ref = {k: float(v) for k, v in enumerate(self.cut.reference[: len(self.nlls)])}
         study.add_trial(optuna.trial.create_trial(value=sum(ref.values()) / len(ref), intermediate_values=ref,
                                                   distributions={}, params={}))
         trial = study.ask()
@@ -91,20 +94,20 @@ class Watch:
 
     def step(self, nll: float) -> str | None:
         """Record the next item's NLL; a reason to stop scoring, or None to go on."""
-        self.k, self.total = self.k + 1, self.total + nll
         self.nlls.append(nll)
-        if self.k >= self.n:
+        k = len(self.nlls)
+        if k >= self.n:
             return None  # scored in full: nothing left to save
-        if self.log_thr is not None and self.total / self.n > self.log_thr:
-            return f"lower bound {self.bound:.4f} > threshold {self.cut.ppl:.4f} after {self.k}/{self.n}"
-        if self.test and self.k >= max(2, self.cut.startup) and self._wilcoxon_prunes():
-            return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {self.k}/{self.n}"
+        if self.log_thr is not None and sum(self.nlls) / self.n > self.log_thr:
+            return f"lower bound {self.bound:.4f} > threshold {self.cut.ppl:.4f} after {k}/{self.n}"
+        if self.pruner is not None and self._wilcoxon_prunes():
+            return f"Wilcoxon p < {self.cut.p:g} against the worst parent after {k}/{self.n}"
         return None
 
     @property
     def bound(self) -> float:
         """The exact lower bound on the final score (ppl) from the items scored so far."""
-        return math.exp(self.total / self.n)
+        return math.exp(sum(self.nlls) / self.n)
 
 
 def as_cutoff(threshold: float | Cutoff | None) -> Cutoff | None:
