@@ -29,6 +29,7 @@ crossovers = 3
 iterations = {iterations}
 seed = {seed}
 sampler = "{sampler}"
+{pruner}
 [data]
 heldout_docs = 1
 [workers]
@@ -46,10 +47,12 @@ def cli(*args, **kw) -> subprocess.Popen:
 
 
 def small_cfg(model="synthetic", short="[]", iterations=4, seed=0, sampler="longrope",
-              backend="inprocess", count=1, num_gpus=0.0, space=""):
-    """`space`: extra lines for the [space] section (e.g. LongRoPE2's options)."""
+              backend="inprocess", count=1, num_gpus=0.0, space="", pruner=None):
+    """`space`: extra lines for the [space] section (e.g. LongRoPE2's options); `pruner`: the
+    search.pruner (None: the default)."""
     text = SMALL.format(model=model, short=short, iterations=iterations, seed=seed, sampler=sampler,
-                        backend=backend, count=count, num_gpus=num_gpus, space=space)
+                        backend=backend, count=count, num_gpus=num_gpus, space=space,
+                        pruner="" if pruner is None else f'pruner = "{pruner}"')
     import tomllib
 
     return config.from_dict(tomllib.loads(text)), text
