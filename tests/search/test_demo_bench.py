@@ -54,12 +54,15 @@ def test_bench_quick_table_shape(tmp_path):
     assert (tmp_path / "compare.png").stat().st_size > 1000 and "| alibi |" in table
     ft = r["finetune"]  # issue 16: both arms, the short-context rows and the three fine-tunes, timed
     assert set(ft["ablation"]) == {"lora+_s2", "lora+_full", "lora_s2", "lora+_s2, passkey_mix 0.25",
-                                   "lora+_s2, short_mix 0.25"}
+                                   "lora+_s2, short_mix 0.5"}
     assert set(ft["s2_time"]) == {"256", "512"} and all(v > 0 for v in ft["s2_time"].values())
-    assert "| fine-tuned, short_mix 0.25 |" in table and "| (b+short) as (b), short_mix 0.25 |" in table
+    assert "| fine-tuned, short_mix 0.5 |" in table and "| (b+short) as (b), short_mix 0.5 |" in table
     assert all(v["train_seconds"] > 0 for v in ft["ablation"].values()) and 0 <= ft["b"]["passkey"] <= 1
     assert "the full recipe at 4x" in table and "| (b+pk) as (b), passkey_mix 0.25 |" in table
     assert ft["passkey_mix_same_factors"] is True  # the (b) and (b+pk) arms fine-tune with equal factors
+    sm = r["short_mix"]["rows"]  # the short_mix sweep: one fine-tune per mix, short steps only where mixed
+    assert set(sm) == {"0.0", "0.5"} and sm["0.0"]["short_steps"] == 0 < sm["0.5"]["short_steps"]
+    assert sm["0.0"]["l0_ppl"] != sm["0.5"]["l0_ppl"] and "finetune.short_mix at 2x" in table
     # --only reruns one section and keeps the rest from bench.json
     again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
     assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]

@@ -19,7 +19,7 @@ from typing import Any
 
 from .compare import compare
 from .compare import plot as plot_compare
-from .finetune import recipe
+from .finetune import recipe, short_mix_sweep
 from .quality import early_abort, exact_ceiling, plot_pruning, pruning, scale_out, search_quality
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
@@ -30,7 +30,7 @@ __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "ru
 
 
 SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval", "spaces",
-            "compare", "finetune")
+            "compare", "finetune", "short_mix")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -107,6 +107,10 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "finetune" in only:  # issue 16: the full recipe at 16x against the base model, and its ablations
         r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 300)
         r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16))
+    if "short_mix" in only:  # issue 16: the short-context goal against finetune.short_mix, and its cost
+        r["short_mix_budget"], r["short_mix_steps"] = (12, 4) if quick else (64, 300)
+        r["short_mix"] = short_mix_sweep(work, r["short_mix_budget"], r["short_mix_steps"],
+                                         (0.0, 0.5) if quick else (0.0, 0.25, 0.5, 0.75), 2 if quick else 4)
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
 

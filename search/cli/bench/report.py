@@ -91,6 +91,10 @@ def render(r: dict[str, Any]) -> str:
         from .finetune import render as render_finetune
 
         lines += render_finetune(r["finetune"], r.get("finetune_budget"), r.get("finetune_steps"))
+    if "short_mix" in r:
+        from .finetune import render_sweep
+
+        lines += render_sweep(r["short_mix"], r.get("short_mix_budget"), r.get("short_mix_steps"))
     if "compare" in r:
         from .compare import render as render_compare
 
