@@ -16,6 +16,8 @@ ALiBi twin, objectives/alibi.py) loads as its Llama body and is converted to ALi
 from __future__ import annotations
 
 import hashlib
+import logging
+import re
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
@@ -29,6 +31,24 @@ from .smollm2 import convert as dequantize
 from .smollm2 import ensure_converted, is_converted
 
 BUILTIN_MODELS = ("tiny-sotu", "tiny-sotu-alibi", "smollm2-135m")
+
+# vLLM's longrope keys, which our exports and fine-tuned folders write on purpose (runs/export.py)
+VLLM_ROPE_KEYS = {"long_mscale", "short_mscale"}
+
+
+class _QuietVllmKeys(logging.Filter):
+    """transformers' rope validation logs "Unrecognized keys in `rope_parameters`" (4.57:
+    `rope_scaling`) for vLLM's two keys on every load of an exported or fine-tuned folder; drop
+    that line when they are the only ones named, so a truly unknown key still shows."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        msg = record.getMessage()
+        if not msg.startswith("Unrecognized keys in `rope_"):
+            return True
+        return not set(re.findall(r"'(\w+)'", msg.split(":", 1)[-1])) <= VLLM_ROPE_KEYS
+
+
+logging.getLogger("transformers.modeling_rope_utils").addFilter(_QuietVllmKeys())
 
 
 @dataclass

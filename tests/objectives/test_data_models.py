@@ -108,3 +108,32 @@ def test_token_cache_writers_use_their_own_temp_files(tmp_path, tiny_model_dir, 
     assert len(names) == 2 and names[0] != names[1]  # not one shared KEY.tmp.npz
     assert [t.tolist() for t in tokenize(corpus, tok, tmp_path)] == [t.tolist() for t in first]
     assert not list((tmp_path / "tokens").glob("*.tmp*"))
+
+
+def test_loading_an_export_is_quiet_about_vllms_keys_but_not_others(tiny_model_dir, tmp_path):
+    """Our exports write vLLM's long_mscale/short_mscale on purpose: transformers' "Unrecognized
+    keys" line for them is dropped; any other unknown rope key is still reported."""
+    import logging
+
+    from longrope.objectives.models import read_config
+
+    class Lines(logging.Handler):  # on the logger transformers' rope validation writes to
+        def emit(self, record):
+            seen.append(record.getMessage())
+
+    base = json.loads((tiny_model_dir / "config.json").read_text())
+    n = base["hidden_size"] // base["num_attention_heads"] // 2
+    rope = {"rope_type": "longrope", "type": "longrope", "long_factor": [2.0] * n, "short_factor": [1.0] * n,
+            "factor": 4.0, "original_max_position_embeddings": 32, "long_mscale": 1.1, "short_mscale": 1.0}
+    logger, handler = logging.getLogger("transformers.modeling_rope_utils"), Lines()
+    logger.addHandler(handler)
+    try:
+        for extra, loud in (({}, False), ({"bogus_key": 1}, True)):
+            folder, seen = tmp_path / f"loud-{loud}", []
+            folder.mkdir()
+            (folder / "config.json").write_text(json.dumps({**base, "max_position_embeddings": 128,
+                                                            "rope_scaling": {**rope, **extra}}))
+            read_config(folder, None)
+            assert any("Unrecognized keys" in m for m in seen) == loud, seen  # kept when bogus_key is named
+    finally:
+        logger.removeHandler(handler)
