@@ -121,6 +121,22 @@ RENAMED = {("search", "seeds"): "methods",
            ("search", "early_abort"): ("pruner", lambda on: "exact" if on else "none")}
 
 
+# Defaults changed since a run's config.toml may have been frozen: a copy written before the key
+# existed reads the value its run used, not today's default, so a resume does what the run did.
+FROZEN_DEFAULTS = {("finetune", "short_mix"): 0.0}  # 0.5 since session 9 (the short_mix bench)
+
+
+def frozen(data: dict[str, Any]) -> dict[str, Any]:
+    """A run's stored config (Run.config()) as the run used it: renamed keys under their current
+    names, and keys its version did not write at that version's default."""
+    out = _current_names(data)
+    for (section, key), value in FROZEN_DEFAULTS.items():
+        table = out.setdefault(section, {})
+        if isinstance(table, dict):
+            out[section] = {key: value, **table}
+    return out
+
+
 def _current_names(data: dict[str, Any]) -> dict[str, Any]:
     """A parsed config with renamed keys under their current names, so older runs resume."""
     out = {}
@@ -238,8 +254,8 @@ def dumps(cfg: RunConfig) -> str:
 
 def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """Search-defining keys whose values differ, as 'section.key: old -> new'."""
-    old = _current_names(old)
-    defaults = RunConfig().to_dict()  # a key added since the run was frozen reads as its default
+    old = frozen(old)
+    defaults = RunConfig().to_dict()  # other keys added since the run was frozen: their default
     old = {sec: {**defaults[sec], **(old.get(sec) or {})} for sec in defaults}
     out = []
     for section in new:

@@ -65,7 +65,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
             run.event(f"--repair: {note}")
             print(f"warning: {note}", file=sys.stderr)
     try:
-        cfg = config.from_dict(run.config())
+        cfg = config.from_dict(config.frozen(run.config()))
     except UserError as e:
         raise UserError(f"{run.path / 'config.toml'}: {e}") from None
     cfg = _overrides(cfg, args)

@@ -137,3 +137,24 @@ def test_a_critical_dim_needs_searched_lambda_above_s():
                                         r"lies in \[4.0, 3.5\]") as e:
         make_stages(cfg, GEOMETRY)
     assert "\n" not in str(e.value)
+
+
+def test_a_run_frozen_before_a_default_changed_resumes_with_its_old_value(tmp_path, monkeypatch):
+    """finetune.short_mix defaults to 0.5 since session 9: a run whose config.toml was written
+    before the key existed trained with 0, and resuming it must too (a new config file gets 0.5)."""
+    from longrope.runs import Run
+    from longrope.search import driver
+    from longrope.search.cli import main
+
+    old = config.RunConfig().to_dict()
+    del old["finetune"]["short_mix"]
+    assert config.from_dict(config.frozen(old)).finetune.short_mix == 0.0
+    assert config.from_dict(old).finetune.short_mix == config.RunConfig().finetune.short_mix == 0.5
+    assert config.defining_diff(old, config.RunConfig().to_dict()) == ["finetune.short_mix: 0.0 -> 0.5"]
+    text = config.dumps(config.from_dict({"model": {"path": "synthetic"}})).replace("short_mix = 0.5\n", "")
+    assert "short_mix" not in text
+    Run.create(tmp_path / "run", text)
+    seen = []
+    monkeypatch.setattr(driver, "run_search", lambda cfg, *a, **k: seen.append(cfg) or {})
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert seen[0].finetune.short_mix == 0.0
