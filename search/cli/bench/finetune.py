@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from .quality import _search, _toml
-from .retrieval import OBJECTIVE, heldout_evaluator, measure
+from .retrieval import OBJECTIVE, heldout_evaluator, heldout_ppl, measure
 
 PASSKEY_MIX = 0.25
 SHORT_MIX = 0.5  # the sweep (short_mix section): the smallest mix within 5% at L0
@@ -45,7 +45,7 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
     mid, far = scales[0] * L0, scales[1] * L0
     runs = {}
     # (b+pk): (b) with a quarter of the fine-tune's windows made pass-key samples (finetune.passkey_mix);
-    # (b+short): (b) with a quarter of its steps at L0 (finetune.short_mix, LongRoPE2's mixed windows)
+    # (b+short): (b) with SHORT_MIX of its steps at L0 (finetune.short_mix, LongRoPE2's mixed windows)
     arms = (("a", "[]", 0.0, 0.0), ("b", f"[{mid}]", 0.0, 0.0), ("b_pk", f"[{mid}]", PASSKEY_MIX, 0.0),
             ("b_short", f"[{mid}]", 0.0, SHORT_MIX))
     for arm, after, mix, short in arms:
@@ -63,7 +63,7 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
     }
 
     def at_l0(ev, factors):
-        return ev.evaluate(factors, L0, pool="heldout", kind="ppl").ppl
+        return heldout_ppl(ev, factors, L0)
 
     out["short"] = {"base": at_l0(base, None), "base_short_factors": at_l0(base, a.best("short", L0).factors),
                     "tuned_no_factors": at_l0(tuned, None),
@@ -198,14 +198,14 @@ def short_mix_sweep(workdir: Path, budget: int, steps: int, mixes: tuple[float, 
     cfg = config.from_dict(run.config())
     spec, factors = ObjectiveSpec.from_config(cfg), run.best("long", L).factors
     base = heldout_evaluator()
-    out: dict[str, Any] = {"base_l0": base.evaluate(None, L0, pool="heldout", kind="ppl").ppl,
+    out: dict[str, Any] = {"base_l0": heldout_ppl(base, None, L0),
                            "lengths": [L0, L], "base_at_l": measure(base, factors, L), "rows": {}}
     for mix in mixes:
         folder = workdir / f"short-mix-{mix}-model"
         rec = finetune(spec, dataclasses.replace(cfg.finetune, short_mix=mix), factors, L,
                        workdir / f"short-mix-{mix}", folder, progress=False)
         ev = heldout_evaluator(str(folder))
-        l0 = ev.evaluate(None, L0, pool="heldout", kind="ppl").ppl
+        l0 = heldout_ppl(ev, None, L0)
         out["rows"][str(mix)] = {"l0_ppl": l0, "l0_ratio": l0 / out["base_l0"], **measure(ev, factors, L),
                                  "train_seconds": rec["train_seconds"], "short_steps": rec.get("short_steps")}
     return out

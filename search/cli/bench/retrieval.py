@@ -40,11 +40,15 @@ def by_key(rows: list[dict[str, float]]) -> dict[str, list[float]]:
     return {k: [r[k] for r in rows] for k in rows[0]}
 
 
+def heldout_ppl(ev, factors, length: int) -> float:
+    """Held-out perplexity at `length` (factors None: the model's own rotary)."""
+    return ev.evaluate(factors, length, pool="heldout", kind="ppl").ppl
+
+
 def measure(ev, factors, length: int) -> dict[str, float]:
     """The three held-out numbers for one set of factors at one length."""
     needle = ev.evaluate(factors, length, pool="heldout", kind="needle")
-    return {"ppl": ev.evaluate(factors, length, pool="heldout", kind="ppl").ppl, "needle": needle.ppl,
-            "passkey": needle.extra["passkey"]}
+    return {"ppl": heldout_ppl(ev, factors, length), "needle": needle.ppl, "passkey": needle.extra["passkey"]}
 
 
 def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int) -> dict[str, Any]:
