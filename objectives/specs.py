@@ -18,13 +18,15 @@ from annotated_types import Ge, Gt, Interval
 
 from longrope.spaces import UserError
 
-# The choices, as types: the run config's reader (search/config.py) checks them, and the
-# tuples below are what the validators and messages name.
+from .fields import check
+
+# The choices and bounds, as types: fields.py checks them (for the run config's reader and for
+# each spec's `validate` alike); the tuples below are the command-line flags' choices.
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Attention = Literal["sdpa", "flash_attention_2", "eager"]
 Task = Literal["ppl", "needle"]
-DTYPES, DEVICES, ATTENTIONS, TASKS = (get_args(t) for t in (Dtype, Device, Attention, Task))
+DTYPES, DEVICES = get_args(Dtype), get_args(Device)
 NonNegInt = Annotated[int, Ge(0)]  # bounds, checked with the types
 PosInt = Annotated[int, Ge(1)]
 PosFloat = Annotated[float, Gt(0)]
@@ -43,14 +45,11 @@ class ModelSpec:
     tokenizer: str = ""  # a folder (or builtin:) holding the tokenizer; "" = the model's own
 
     def validate(self, where: str = "model") -> None:
-        """Impossible values, named as ``[where] key`` (the run config's section)."""
-        for key, allowed in (("dtype", DTYPES), ("device", DEVICES), ("attention", ATTENTIONS)):
-            if getattr(self, key) not in allowed:
-                raise UserError(f"{where}.{key} = {getattr(self, key)!r}; choose one of {', '.join(allowed)}")
+        """Impossible values, named as ``[where] key`` (the run config's section): the annotations'
+        choices and bounds (fields.check), then what they cannot say."""
+        check(self, where)
         if not self.path:
             raise UserError(f"{where}.path is empty")
-        if self.threads < 0:
-            raise UserError(f"{where}.threads = {self.threads} must be >= 0 (0 = torch's default)")
 
 
 @dataclass
@@ -69,18 +68,13 @@ class DataSpec:
     cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
 
     def validate(self, where: str = "data") -> None:
+        check(self, where)
         if not self.path:
             raise UserError(f"{where}.path is empty")
-        if self.search_docs < 1:
-            raise UserError(f"{where}.search_docs = {self.search_docs} must be >= 1")
-        if self.heldout_docs < 0:
-            raise UserError(f"{where}.heldout_docs = {self.heldout_docs} must be >= 0")
         if not self.text_column:
             raise UserError(f"{where}.text_column is empty")
         if not self.split:
             raise UserError(f"{where}.split is empty (a file's one split is train)")
-        if self.stream_docs < 0:
-            raise UserError(f"{where}.stream_docs = {self.stream_docs} must be >= 0 (0 = as the pools need)")
         if self.stream_docs and not self.streaming:
             raise UserError(f"{where}.stream_docs = {self.stream_docs} needs {where}.streaming = true")
 
@@ -98,12 +92,7 @@ class TaskSpec:
     seed: int = 0  # needle: seeds the keys; the samples are a pure function of (seed, length, documents)
 
     def validate(self, where: str = "objective") -> None:
-        if self.kind not in TASKS:
-            raise UserError(f"{where}.kind = {self.kind!r}; choose one of {', '.join(TASKS)}")
-        if self.depths < 1:
-            raise UserError(f"{where}.depths = {self.depths} must be >= 1")
-        if self.per_depth < 1:
-            raise UserError(f"{where}.per_depth = {self.per_depth} must be >= 1")
+        check(self, where)
 
 
 @dataclass
@@ -132,24 +121,12 @@ class FinetuneSpec:
     short_mix: Probability = 0.5
 
     def validate(self, where: str = "finetune", targets: list[int] | None = None) -> None:
+        check(self, where)
         if targets is not None and any(t not in targets for t in self.after):
             bad = next(t for t in self.after if t not in targets)
             raise UserError(f"{where}.after: {bad} is not one of space.targets {targets}")
         if self.after != sorted(set(self.after)):
             raise UserError(f"{where}.after must be ascending without repeats, got {self.after}")
-        for key in ("steps", "lora_rank", "checkpoint_every"):
-            if getattr(self, key) < 1:
-                raise UserError(f"{where}.{key} = {getattr(self, key)} must be >= 1")
-        for key in ("warmup", "batch_tokens", "s2_group"):
-            if getattr(self, key) < 0:
-                raise UserError(f"{where}.{key} = {getattr(self, key)} must be >= 0")
-        if not 0 < self.lr < 1:
-            raise UserError(f"{where}.lr = {self.lr} must be in (0, 1)")
-        if self.lora_alpha <= 0:
-            raise UserError(f"{where}.lora_alpha = {self.lora_alpha} must be positive")
-        for key in ("passkey_mix", "short_mix"):
-            if not 0 <= getattr(self, key) <= 1:
-                raise UserError(f"{where}.{key} = {getattr(self, key)} must be in [0, 1]")
         if not self.lora_targets:
             raise UserError(f"{where}.lora_targets is empty: name the projections LoRA adapts")
         if self.s2_group % 2:

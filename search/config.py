@@ -6,7 +6,8 @@ module reads, checks and writes it.
 
 Each field's comment says what it means and which values it takes; its
 annotation says its type, choices (`Literal`) and bounds (`Annotated[int,
-Ge(1)]`), which pydantic checks strictly, section by section. Unknown keys are
+Ge(1)]`), which pydantic checks strictly, section by section (objectives/fields.py,
+which the specs' own `validate` uses too). Unknown keys are
 rejected naming the key and the section, wrong types with the expected type,
 impossible values with the reason; all as `UserError` (one line, exit 2).
 What the types cannot say (values that depend on each other) `validate`
@@ -18,10 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import tomllib
-from functools import cache
 from pathlib import Path
-from typing import Annotated, Any, get_args, get_origin, get_type_hints
+from typing import Any
 
+from longrope.objectives.fields import read
 from longrope.objectives.pruning import PRUNERS
 from longrope.spaces import METHODS, MSCALE_POLICIES, UserError, read_text
 
@@ -49,70 +50,10 @@ _CHOICES = {
 # What a key of two types takes, for its type error (every other key names its own type).
 _EXPECT = {"space.critical_dim": '"off", "auto" or a pair index', "space.mscale": "a policy name or a number"}
 
-# Strict: no str -> int, no bool as an int (an int may stand for a float); TOML admits nan and
-# inf, but no key means them.
-_STRICT = {"extra": "forbid", "strict": True, "allow_inf_nan": False}
-
-
-@cache
-def _adapter(cls: type) -> Any:
-    """A strict pydantic validator of one section's table: the dataclass's annotated fields as a
-    TypedDict (pydantic's strict dataclass schema takes only instances, not tables)."""
-    from pydantic import TypeAdapter
-    from typing_extensions import TypedDict
-
-    table = TypedDict(cls.__name__, get_type_hints(cls, include_extras=True), total=False)
-    table.__pydantic_config__ = _STRICT
-    return TypeAdapter(table)
-
 
 def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
-    """One section's dataclass from its table, its types and bounds checked."""
-    from pydantic import ValidationError
-
-    try:
-        return cls(**_adapter(cls).validate_python(table))
-    except ValidationError as e:
-        errors = e.errors()
-        key = errors[0]["loc"][0]
-        raise UserError(_one_line(name, cls, table, key, [x for x in errors if x["loc"][0] == key])) from None
-
-
-def _one_line(section: str, cls: type, table: dict[str, Any], key: str, errors: list[Any]) -> str:
-    """A pydantic error (all of one key's: a union gives one per member) as one line naming the key."""
-    where, value, kinds = f"{section}.{key}", table.get(key), {x["type"] for x in errors}
-    if "extra_forbidden" in kinds:
-        known = ", ".join(f.name for f in dataclasses.fields(cls))
-        return f"unknown key '{key}' in [{section}]; known: {known}"
-    if "finite_number" in kinds:
-        return f"{where} must be a finite number, got {value!r}"
-    hint = get_type_hints(cls, include_extras=True)[key]
-    if "literal_error" in kinds:
-        return f"{where} = {value!r}; choose one of {', '.join(get_args(hint))}"
-    if kinds & {"greater_than", "greater_than_equal", "less_than", "less_than_equal"}:
-        shown = float(value) if get_args(hint)[0] is float else value  # as the config holds it
-        return f"{where} = {shown!r} must be {_bounds(hint)}"
-    return f"{where} must be {_EXPECT.get(where) or _type_name(hint)}, got {value!r}"
-
-
-def _bounds(hint: Any) -> str:
-    """The range an ``Annotated[number, Ge/Gt/Interval]`` allows, as a message says it."""
-    b = {k: getattr(m, k) for m in hint.__metadata__ for k in ("gt", "ge", "lt", "le")
-         if getattr(m, k, None) is not None}
-    lo, hi = b.get("ge", b.get("gt")), b.get("le", b.get("lt"))
-    if hi is None:
-        return "positive" if b.get("gt") == 0 else f"{'>=' if 'ge' in b else '>'} {lo}"
-    if lo is None:
-        return f"{'<=' if 'le' in b else '<'} {hi}"
-    return f"in {'[' if 'ge' in b else '('}{lo}, {hi}{']' if 'le' in b else ')'}"
-
-
-def _type_name(hint: Any) -> str:
-    if get_origin(hint) is Annotated:
-        hint = get_args(hint)[0]
-    if get_origin(hint) is list:
-        return f"list of {_type_name(get_args(hint)[0])}"
-    return getattr(hint, "__name__", str(hint))
+    """One section's dataclass from its table, its types and bounds checked (objectives/fields.py)."""
+    return read(name, cls, table, _EXPECT)
 
 
 # Keys renamed since a run's config.toml may have been frozen: (section, old) -> new, or

@@ -3,6 +3,7 @@ every error is one line naming ``section.key``; the TOML writer (tomli-w) round-
 
 import dataclasses
 import tomllib
+from typing import Annotated, Literal, get_args, get_origin, get_type_hints
 
 import pytest
 
@@ -71,6 +72,43 @@ def test_an_unknown_key_is_one_line_naming_the_key_and_the_section(section):
 ])
 def test_an_out_of_range_value_is_one_line_naming_the_key(section, key, value, message):
     assert error(f"[{section}]\n{key} = {value}\n") == message
+
+
+SPECS = {"model": ModelSpec, "data": DataSpec, "objective": TaskSpec, "finetune": FinetuneSpec}
+
+
+def _outside(hint) -> object:
+    """A value just outside an ``Annotated`` field's bounds (or a choice a ``Literal`` lacks)."""
+    if get_origin(hint) is Literal:
+        return "nonsense"
+    b = {k: getattr(m, k) for m in hint.__metadata__ for k in ("gt", "ge", "lt", "le")
+         if getattr(m, k, None) is not None}
+    step = 1 if get_args(hint)[0] is int else 0.5
+    return b["gt"] if "gt" in b else b["ge"] - step
+
+
+BOUNDED = [(section, f.name) for section, cls in SPECS.items()
+           for f in dataclasses.fields(cls)
+           if get_origin(h := get_type_hints(cls, include_extras=True)[f.name]) is Literal
+           or (get_origin(h) is Annotated and any(hasattr(m, "ge") or hasattr(m, "gt") for m in h.__metadata__))]
+
+
+@pytest.mark.parametrize("section, key", BOUNDED)
+def test_a_spec_built_in_code_is_refused_like_its_config_section(section, key):
+    """The bench and `longrope eval` build specs without the TOML reader: their own `validate`
+    gives the reader's message for every field with choices or bounds (one check, fields.py)."""
+    cls = SPECS[section]
+    bad = _outside(get_type_hints(cls, include_extras=True)[key])
+    from_toml = error(f"[{section}]\n{key} = {bad!r}\n".replace("'", '"'))
+    with pytest.raises(UserError) as e:
+        cls(**{key: bad}).validate(section)
+    assert str(e.value) == from_toml
+
+
+def test_the_specs_bounded_fields_are_all_covered():
+    assert {"model.threads", "model.dtype", "data.search_docs", "data.stream_docs", "objective.depths",
+            "finetune.lr", "finetune.steps", "finetune.short_mix", "finetune.lora_alpha"} <= {
+        f"{s}.{k}" for s, k in BOUNDED}
 
 
 @pytest.mark.parametrize("where", ["search.seed", "model.threads", "data.split_seed", "objective.depths",
