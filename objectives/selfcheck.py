@@ -45,7 +45,7 @@ def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None =
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(loaded.device)
     cfg = copy.deepcopy(model.config)
-    _set_linear(cfg, s)
+    set_rope(cfg, {"rope_type": "linear", "factor": s})  # transformers' own PI: the reference
     twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
     twin.load_state_dict(model.state_dict())
     twin.to(loaded.device).eval()
@@ -61,14 +61,20 @@ def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None =
             "length": length, "ok": same and diff <= tol}
 
 
-def _set_linear(cfg: Any, factor: float) -> None:
-    """Transformers' linear rope on a config, 5.x (rope_parameters) or 4.57 (rope_scaling)."""
+def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
+    """Install a transformers rope type on a config object after construction, for 5.x
+    (rope_parameters, keeping rope_theta and a partial rotary factor) and 4.57 (rope_scaling,
+    with the legacy "type" key; original_max_position_embeddings read only at the top level).
+    The self-check's linear twin uses it; so do the tests (Phi3's validator admits only longrope
+    at construction)."""
     rope = getattr(cfg, "rope_parameters", None)
     if isinstance(rope, dict):
-        cfg.rope_parameters = {"rope_theta": rope["rope_theta"], "rope_type": "linear", "factor": factor,
-                               **{k: v for k, v in rope.items() if k == "partial_rotary_factor"}}
+        keep = {k: v for k, v in rope.items() if k in ("rope_theta", "partial_rotary_factor")}
+        cfg.rope_parameters = {**keep, **rope_scaling}
     else:
-        cfg.rope_scaling = {"rope_type": "linear", "type": "linear", "factor": factor}
+        cfg.rope_scaling = dict(rope_scaling, type=rope_scaling["rope_type"])
+        if "original_max_position_embeddings" in rope_scaling:
+            cfg.original_max_position_embeddings = rope_scaling["original_max_position_embeddings"]
 
 
 def candidates(geometry: Any, length: int, n: int = 12, seed: int = 0) -> list[RescaleFactors]:

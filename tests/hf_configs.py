@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import transformers
 
+from longrope.objectives.selfcheck import set_rope
+
 # name -> (config class, extra kwargs), one per row of longrope.spaces.ARCHITECTURES.
 # Phi3 uses partial rotary (0.5) to cover rotary_dim < head_dim; Mistral keeps a
 # sliding window that must not be read as L0; Granite and Cohere post-process
@@ -47,14 +49,3 @@ def tiny_config(arch: str, L0: int = 64, theta: float = 10000.0, rope_scaling=No
     return cfg
 
 
-def set_rope(cfg, rope_scaling: dict) -> None:
-    """Install a rope type after construction (Phi3's validator only admits
-    longrope), for transformers 5.x (rope_parameters) and 4.57 (rope_scaling)."""
-    if isinstance(getattr(cfg, "rope_parameters", None), dict):
-        cfg.rope_parameters = {"rope_theta": cfg.rope_parameters["rope_theta"],
-                               **{k: v for k, v in cfg.rope_parameters.items()
-                                  if k == "partial_rotary_factor"}, **rope_scaling}
-    else:
-        cfg.rope_scaling = dict(rope_scaling, type=rope_scaling["rope_type"])
-        if "original_max_position_embeddings" in rope_scaling:  # 4.57 reads it only at the top level
-            cfg.original_max_position_embeddings = rope_scaling["original_max_position_embeddings"]
