@@ -45,6 +45,9 @@ def test_bench_quick_table_shape(tmp_path):
     assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
     assert (tmp_path / "pruning.png").stat().st_size > 1000  # quality per token, one point per search
     assert 0 < pr["cutoff_ceiling"][0] <= 1 and "ceiling for any rule against the parent cut-off" in table
+    pp = r["pruning_paper"]  # the same at a given search shape: 8 + 3 generations of 4 children, 6 documents
+    assert pp["pruners"] == ["none", "wilcoxon"] and pp["none"]["tokens"] == [(8 + 3 * 4) * 6 * 1024]
+    assert "pruners at 1024 (population 8, 4 parents, 2 + 2 children, 20 evaluations" in table
     sp = r["spaces"]["512"]  # LongRoPE's space and LongRoPE2's two, the searched mscale on its grid
     assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale"} and "| critical_dim+mscale |" in table
     assert all(1 <= m <= 1.5 for m in sp["critical_dim+mscale"]["mscale"])

@@ -20,7 +20,16 @@ from typing import Any
 from .compare import compare
 from .compare import plot as plot_compare
 from .finetune import recipe, short_mix_sweep
-from .quality import early_abort, exact_ceiling, plot_pruning, pruning, scale_out, search_quality
+from .quality import (
+    PAPER_BUDGET,
+    PAPER_SHAPE,
+    early_abort,
+    exact_ceiling,
+    plot_pruning,
+    pruning,
+    scale_out,
+    search_quality,
+)
 from .report import GOALS, finite_figures, plot, render, summarize
 from .retrieval import retrieval
 from .spaces import spaces
@@ -29,8 +38,8 @@ from .timing import cost_estimate, memory, overhead_and_flops
 __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
 
 
-SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "scale", "cost", "retrieval", "spaces",
-            "compare", "finetune", "short_mix")
+SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "pruning_paper", "scale", "cost",
+            "retrieval", "spaces", "compare", "finetune", "short_mix")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -89,6 +98,11 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
         # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
         r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 6 if quick else 12)
+    if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
+        # none and wilcoxon only (exact scores what none does): two searches of ~35 min here
+        shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
+        r["pruning_paper"] = pruning(work, 20 if quick else PAPER_BUDGET, [0], 6 if quick else 12,
+                                     ("none", "wilcoxon"), **shape)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     if "retrieval" in only:  # the needle objective against plain perplexity, LongRoPE2's Table 6

@@ -52,10 +52,10 @@ targets = [{target}]
 [search]
 sampler = "{sampler}"
 seed = {seed}
-population = 32
-parents = 16
-mutants = 8
-crossovers = 8
+population = {population}
+parents = {parents}
+mutants = {mutants}
+crossovers = {crossovers}
 iterations = {iterations}
 max_evals = {budget}
 pruner = "{pruner}"
@@ -67,7 +67,8 @@ count = {count}
 
 def _toml(**kw) -> str:
     base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, pruner="exact",
-                backend="inprocess", count=1, target=1024, search_docs=5, space="")
+                backend="inprocess", count=1, target=1024, search_docs=5, space="",
+                population=32, parents=16, mutants=8, crossovers=8)
     base.update(kw)
     return SEARCH_TOML.format(**base)
 
@@ -162,19 +163,28 @@ def early_abort(workdir: Path, budget: int) -> dict[str, Any]:
             **exact_ceiling(runs["none"], parents)}
 
 
-def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dict[str, Any]:
-    """Search quality per token for each pruner of objectives/pruning.PRUNERS (issue 15, 5a):
-    the same search (8x, `docs` search documents) with each pruner and seed; tokens scored and
-    the best's held-out ppl. Ratios are against pruner none with the same seed, then averaged
-    over seeds."""
+# The paper's search (LongRoPE section 3.2): population 64, 32 parents, 16 mutants + 16
+# crossovers per generation, 40 generations after the first: 64 + 40·32 = 1,344 evaluations.
+PAPER_SHAPE = {"population": 64, "parents": 32, "mutants": 16, "crossovers": 16, "iterations": 40}
+PAPER_BUDGET = 1344
+
+
+def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12, pruners: tuple[str, ...] = (),
+            **shape: int) -> dict[str, Any]:
+    """Search quality per token for each pruner of objectives/pruning.PRUNERS (issue 15, 5a), or
+    of `pruners` (none first): the same search (8x, `docs` search documents, the bench's
+    population unless `shape` gives the paper's) with each pruner and seed; tokens scored and the
+    best's held-out ppl. Ratios are against pruner none with the same seed, then averaged over
+    seeds."""
     from longrope.objectives.pruning import PRUNERS
 
-    rows: dict[str, dict[str, list]] = {p: {"tokens": [], "heldout": [], "pruned": []} for p in PRUNERS}
+    pruners = pruners or tuple(PRUNERS)
+    rows: dict[str, dict[str, list]] = {p: {"tokens": [], "heldout": [], "pruned": []} for p in pruners}
     ceiling: dict[str, list[float]] = {"cutoff_ceiling": [], "candidates_above_cutoff": []}
     for s in seeds:
-        for p in PRUNERS:
-            run, _ = _search(workdir, f"prune-{p}-{s}", _toml(pruner=p, budget=budget, seed=s,
-                                                                 search_docs=docs))
+        for p in pruners:
+            run, _ = _search(workdir, f"prune-{p}-{s}-{budget}", _toml(pruner=p, budget=budget, seed=s,
+                                                                          search_docs=docs, **shape))
             if p == "none":
                 parents = tomllib.loads(run.config_text())["search"]["parents"]
                 for k, v in cutoff_ceiling(run, parents).items():
@@ -182,11 +192,12 @@ def pruning(workdir: Path, budget: int, seeds: list[int], docs: int = 12) -> dic
             rows[p]["tokens"].append(_tokens(run))
             rows[p]["heldout"].append(run.best("long", 1024).heldout_ppl)
             rows[p]["pruned"].append(sum(t.state.name == "PRUNED" for tr in _stages(run) for t in tr))
-    for p in PRUNERS:
+    for p in pruners:
         r = rows[p]
         for key in ("tokens", "heldout"):  # against none with the same seed, then over seeds
             r[f"{key}_ratio"] = statistics.mean(a / b for a, b in zip(r[key], rows["none"][key], strict=True))
-    return {"budget": budget, "seeds": seeds, "search_docs": docs, **rows, **ceiling}
+    return {"budget": budget, "seeds": seeds, "search_docs": docs, "pruners": list(pruners), **shape, **rows,
+            **ceiling}
 
 
 def plot_pruning(pr: dict[str, Any], path: Path) -> None:

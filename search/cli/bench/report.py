@@ -12,7 +12,8 @@ from longrope.spaces import REFERENCE_METHODS
 GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">=", 0.40),
          "longrope_vs_reference": ("<=", 0.90), "early_abort_saved": (">=", 0.25),
          "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90),
-         "wilcoxon_tokens": ("<=", 0.60), "wilcoxon_heldout": ("<=", 1.01)}
+         "wilcoxon_tokens": ("<=", 0.60), "wilcoxon_heldout": ("<=", 1.01),
+         "wilcoxon_tokens_paper": ("<=", 0.60), "wilcoxon_heldout_paper": ("<=", 1.01)}
 
 
 def _spread(xs: list[float], fmt: str = "{:.2f}") -> str:
@@ -30,6 +31,9 @@ def summarize(r: dict[str, Any]) -> dict[str, float]:
     if "pruning" in r:  # issue 15: tokens and held-out ppl of wilcoxon over none, same seeds
         s["wilcoxon_tokens"] = r["pruning"]["wilcoxon"]["tokens_ratio"]
         s["wilcoxon_heldout"] = r["pruning"]["wilcoxon"]["heldout_ratio"]
+    if "pruning_paper" in r:  # the same at the paper's search shape and budget
+        s["wilcoxon_tokens_paper"] = r["pruning_paper"]["wilcoxon"]["tokens_ratio"]
+        s["wilcoxon_heldout_paper"] = r["pruning_paper"]["wilcoxon"]["heldout_ratio"]
     target = max(r["quality"], key=int)  # keys are strings once read back from bench.json
     row = r["quality"][target]
     best_ref = min(statistics.median(row[m]["heldout"]) for m in REFERENCE_METHODS)
@@ -62,23 +66,9 @@ def render(r: dict[str, Any]) -> str:
                  f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
                  f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
                  "could be saved by any exact abort")
-    if "pruning" in r:
-        pr = r["pruning"]
-        lines += ["", f"pruners at 1024 ({pr['budget']} evaluations, {pr['search_docs']} search documents, "
-                  f"seeds {pr['seeds']}; ratios against none, same seed, mean over seeds):", "",
-                  "| pruner | tokens scored | tokens / none | held-out ppl | held-out / none | pruned |",
-                  "|---|---|---|---|---|---|"]
-        from longrope.objectives.pruning import PRUNERS
-
-        for p in PRUNERS:
-            v = pr[p]
-            lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
-                         f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
-        if "cutoff_ceiling" in pr:  # bench.json files from before the ceiling was measured lack it
-            lines += ["", f"ceiling for any rule against the parent cut-off (pruner none's children): "
-                      f"{_spread(pr['candidates_above_cutoff'], '{:.0%}')} of candidates finished above it; "
-                      f"stopping each of them after one document would score "
-                      f"{_spread(pr['cutoff_ceiling'], '{:.3f}')}x the tokens"]
+    for key in ("pruning", "pruning_paper"):
+        if key in r:
+            lines += _render_pruning(r[key])
     if "retrieval" in r:
         from .retrieval import render as render_retrieval
 
@@ -103,6 +93,27 @@ def render(r: dict[str, Any]) -> str:
     lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
         f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))
     return "\n".join(lines)
+
+
+def _render_pruning(pr: dict[str, Any]) -> list[str]:
+    from longrope.objectives.pruning import PRUNERS
+
+    shape = (f"population {pr['population']}, {pr['parents']} parents, {pr['mutants']} + {pr['crossovers']} "
+             "children, " if "population" in pr else "")  # bench.json files from before lack the shape
+    lines = ["", f"pruners at 1024 ({shape}{pr['budget']} evaluations, {pr['search_docs']} search documents, "
+             f"seeds {pr['seeds']}; ratios against none, same seed, mean over seeds):", "",
+             "| pruner | tokens scored | tokens / none | held-out ppl | held-out / none | pruned |",
+             "|---|---|---|---|---|---|"]
+    for p in pr.get("pruners", PRUNERS):
+        v = pr[p]
+        lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
+                     f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
+    if "cutoff_ceiling" in pr:  # bench.json files from before the ceiling was measured lack it
+        lines += ["", f"ceiling for any rule against the parent cut-off (pruner none's children): "
+                  f"{_spread(pr['candidates_above_cutoff'], '{:.0%}')} of candidates finished above it; "
+                  f"stopping each of them after one document would score "
+                  f"{_spread(pr['cutoff_ceiling'], '{:.3f}')}x the tokens"]
+    return lines
 
 
 def plot(r: dict[str, Any], path: Path) -> None:
