@@ -95,7 +95,8 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "pruned": count[TrialState.PRUNED], "failed": count[TrialState.FAIL],
             "tokens": sum(int(t.user_attrs.get(TOKENS, 0)) for t in trials if t.state.is_finished()),
             "tokens_saved": tokens_saved(trials),
-            "critical_dim": info.get("critical_dim"), "mscale": info.get("mscale"),
+            "critical_dim": info.get("critical_dim"), "below_critical": info.get("below_critical", "ntk"),
+            "mscale": info.get("mscale"),
             "done": bool(finished), "early_stopped_at": stopped,
             "eta_seconds": None if finished else eta_seconds(trials, max(budget - done, 0)),
             "evals_per_second": pace(trials),
@@ -137,6 +138,8 @@ def render_status(run: Run, as_json: bool) -> str:
                                          if s["eta_seconds"] is not None else "ETA -")
         saved = f" (early abort saved {_count(s['tokens_saved'])})" if s["tokens_saved"] else ""
         crit = "off" if s["critical_dim"] is None else s["critical_dim"]
+        if s["critical_dim"] is not None and s["below_critical"] == "search":
+            crit = f"{crit} (pairs below searched)"
         mscale = ", mscale searched" if s["mscale"] == "search" else ""
         lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
                      f"generation {s['generation']}, running {s['running']}, pruned {s['pruned']}, "

@@ -23,8 +23,8 @@ def parents_key(g: int) -> str:
 
 # -- study user attrs ----------------------------------------------------------------------------
 STAGE = "stage"  # {"kind": "long" | "short", "length": L, "budget": evaluations, "sampler": name,
-#                   "critical_dim": pair index | None (off), "mscale": float | "search"}; the last two
-#                   absent in runs made before they existed
+#                   "critical_dim": pair index | None (off), "below_critical": "ntk" | "search",
+#                   "mscale": float | "search"}; the last three absent in runs made before they existed
 HELDOUT = "heldout"  # {"trial": number, "ppl": held-out ppl}: the stage best's held-out score, cached
 SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, answer_at, length}, ...],
 #                             the samples every candidate of the stage is scored on (checked on resume)

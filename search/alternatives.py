@@ -5,7 +5,8 @@ They search a monotone-by-construction parametrisation: λ_0 = 1 + step_0,
 whole range; later steps up to 4·(λmax − 1)/n, so a few can climb to λmax).
 n̂ is categorical. The exact seeds are enqueued first, as for the evolution.
 With a critical dimension c the steps start at λ_c = s + step_c (the pairs
-below c follow λ_c, SearchSpace.expand); a searched mscale is one more float
+below c follow λ_c, SearchSpace.expand), or, when the pairs below c are searched
+too, at λ_0 = 1 + step_0 with λ_c.. lifted to s; a searched mscale is one more float
 parameter, snapped onto its grid.
 """
 
@@ -39,13 +40,13 @@ class StepParametrisation:
     def factors(self, params: dict) -> RescaleFactors:
         sp = self.space
         steps = np.array([params[f"step_{i:03d}"] for i in range(self.first, sp.n_freqs)])
-        lam = sp.expand(np.minimum(sp.gene_min + np.cumsum(steps), sp.lambda_max))
+        lam = sp.expand(np.clip(sp.gene_min + np.cumsum(steps), sp.gene_lows, sp.lambda_max))
         mscale = sp.snap_mscale(params["mscale"]) if sp.searches_mscale else sp.mscale
         return RescaleFactors(tuple(lam.tolist()), n_hat=int(params["n_hat"]), mscale=mscale)
 
     def params(self, f: RescaleFactors) -> dict:
         sp = self.space
-        lam = np.clip(np.maximum.accumulate(sp.genes(f)), sp.gene_min, sp.lambda_max)
+        lam = np.clip(np.maximum.accumulate(sp.genes(f)), sp.gene_lows, sp.lambda_max)
         steps = np.diff(np.concatenate([[sp.gene_min], lam]))
         steps = np.minimum(steps, self.bounds)
         d = {f"step_{i:03d}": float(s) for i, s in enumerate(steps, start=self.first)}

@@ -144,6 +144,9 @@ def validate(cfg: RunConfig) -> None:
     if isinstance(sp.critical_dim, int) and sp.critical_dim < 0:
         raise UserError(f'space.critical_dim = {sp.critical_dim} must be >= 0 (a rotary pair index), '
                         '"auto" or "off"')
+    if sp.below_critical == "search" and sp.critical_dim == "off":
+        raise UserError('space.below_critical = "search" needs space.critical_dim ("auto" or a pair '
+                        'index): without one every pair is searched already')
     if se.mutants + se.crossovers < 1:
         raise UserError("search.mutants and search.crossovers are both 0: no children")
     if se.parents > se.population:

@@ -291,6 +291,7 @@ class Driver:
         study.set_user_attr(vocab.STAGE, {"kind": stage.kind, "length": stage.length,
                                           "budget": stage.budget, "sampler": self.cfg.search.sampler,
                                           "critical_dim": sp.critical_dim,
+                                          "below_critical": "search" if sp.search_below else "ntk",
                                           "mscale": "search" if sp.searches_mscale else sp.mscale})
         self.check_samples(stage, study)
         self.active = (study, proposer)

@@ -5,7 +5,8 @@ monotone (SearchSpace.repair). `rng` is a numpy Generator, or anything with
 `random(n)`, `normal(size=n)` and `integers(n)`, so tests can script draws.
 
 The genes are the space's searched λ: all of them, or with a critical
-dimension c only λ_c.. (the pairs below c follow λ_c, SearchSpace.expand),
+dimension c only λ_c.. (the pairs below c follow λ_c, SearchSpace.expand)
+unless the space searches below c too (then λ_c.. only have the floor s),
 plus n̂, plus mscale when the space searches it. With neither option the draws
 are exactly those of the plain search.
 
@@ -54,7 +55,7 @@ def mutate(parent: RescaleFactors, rng, space: SearchSpace, p: float = 0.3,
         coin, step = float(rng.random(1)[0]), float(np.asarray(rng.normal(size=1))[0])
         if coin < p:
             mscale = min(max(mscale + step * sigma * (hi - lo), lo), hi)
-    lam = np.clip(lam, space.gene_min, space.lambda_max)  # a step may overshoot a bound
+    lam = np.clip(lam, space.gene_lows, space.lambda_max)  # a step may overshoot a bound
     return space.repair(RescaleFactors(tuple(space.expand(lam).tolist()), n_hat=n_hat, mscale=mscale))
 
 

@@ -202,8 +202,8 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
     def distributions(self) -> dict[str, BaseDistribution]:
         sp = self.space
         d: dict[str, BaseDistribution] = {
-            param_name(i): FloatDistribution(sp.gene_min, sp.lambda_max)
-            for i in range(sp.first_searched, sp.n_freqs)
+            param_name(i): FloatDistribution(float(lo), sp.lambda_max)
+            for i, lo in enumerate(sp.gene_lows, start=sp.first_searched)
         }
         d["n_hat"] = CategoricalDistribution(sp.n_hats)
         if sp.searches_mscale:

@@ -48,6 +48,9 @@ class SpaceConfig:
     # LongRoPE2 critical dimension: off | auto = ⌈(d/2)·log_θ(L0/2π)⌉ − 1 | a pair index c;
     # pairs below c follow λ_c^(i/c) (NTK anchored at c), pairs from c on are searched with λ >= s
     critical_dim: str | int = "off"
+    # critical_dim set: "ntk" = LongRoPE2 (pairs below c follow the rule above) | "search" = the
+    # pairs below c are searched too, free in [1, λ_c] as in LongRoPE; only the floor λ >= s stays
+    below_critical: Literal["ntk", "search"] = "ntk"
     deployable: bool = False  # fix n̂ = 0 (transformers and vLLM have no n̂)
 
 
@@ -62,7 +65,7 @@ class SearchConfig:
     iterations: NonNegInt = 40  # iterations after the initial population (paper 40)
     mutation_prob: Probability = 0.3  # per-gene mutation probability (paper 0.3)
     crossover_prob: Probability = 0.3  # per-gene crossover probability (paper 0.3)
-    sigma: PosFloat = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim
+    sigma: PosFloat = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim (ntk)
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: NonNegInt = 20  # early stop: iterations without min_improvement

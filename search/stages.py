@@ -91,6 +91,7 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
                 space = SearchSpace.for_target(
                     g.n_freqs, s, ratio=sp.lambda_max_ratio, lambda_max=sp.lambda_max or None,
                     step=sp.step, n_hats=n_hats, critical_dim=c,
+                    search_below=c is not None and sp.below_critical == "search",
                     **stage_mscale(cfg, kind, s, g.original_length),
                 )
             except UserError as e:  # the bounds leave no searched λ: λmax below s with a critical_dim

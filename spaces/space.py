@@ -9,7 +9,9 @@ Two LongRoPE2 options (Shang et al. 2025, arXiv 2502.20082) narrow or widen it:
 
 - a critical dimension c: only the pairs i >= c are genes, each >= s; the pairs
   below c are not searched but follow NTK scaling anchored at c,
-  λ_i = λ_c^(i/c) (`below_critical`);
+  λ_i = λ_c^(i/c) (`below_critical`); or, with search_below, the pairs below c
+  are genes too (LongRoPE's free λ in [1, λ_c]) and only the floor λ >= s from c
+  on is LongRoPE2's;
 - a searched mscale: the attention scale is one more gene, on its own grid.
 
 Off (the defaults), every pair is a gene and mscale is the stage's constant.
@@ -48,6 +50,8 @@ class SearchSpace:
 
     critical_dim: None (every pair is a gene) or c: only λ_c..λ_{n-1} are genes, each >=
         searched_min (s), and λ_i = λ_c^(i/c) below c.
+    search_below: with a critical dimension, the pairs below c are genes as well (in
+        [lambda_min, λ_c] by monotonicity); only the floor searched_min from c on remains.
     mscale: the stage's attention scale, or with mscale_grid = (lo, hi, step) the start value
         of the searched one (snapped onto that grid).
     """
@@ -61,6 +65,7 @@ class SearchSpace:
     critical_dim: int | None = None
     searched_min: float | None = None  # lower bound of the genes from critical_dim on; None: lambda_min
     mscale_grid: tuple[float, float, float] | None = None  # (lo, hi, step): mscale searched
+    search_below: bool = False  # critical_dim: the pairs below c are searched, not NTK-ruled
 
     def __post_init__(self) -> None:
         if self.n_freqs < 1:
@@ -79,8 +84,11 @@ class SearchSpace:
             raise UserError(f"critical dimension {c} is not a pair index in 0..{self.n_freqs - 1}")
         if self.searched_min is not None and not self.lambda_min <= self.searched_min:
             raise UserError(f"searched λ minimum {self.searched_min} is below lambda_min = {self.lambda_min}")
+        if self.search_below and c is None:
+            raise UserError("searching the pairs below the critical dimension needs a critical dimension")
         if self._k_lo() > self._k_hi():
-            raise UserError(f"no λ on the {self.step} grid lies in [{self.gene_min}, {self.lambda_max}] "
+            lo = self.lambda_min if self.searched_min is None else self.searched_min
+            raise UserError(f"no λ on the {self.step} grid lies in [{lo}, {self.lambda_max}] "
                             "(with a critical dimension the searched λ are >= s: raise λmax)")
         if self.mscale_grid is not None:
             lo, hi, st = (float(x) for x in self.mscale_grid)
@@ -109,13 +117,23 @@ class SearchSpace:
     # -- genes: the searched part of λ ---------------------------------------------
     @property
     def first_searched(self) -> int:
-        """Index of the first searched λ: the critical dimension, or 0."""
-        return self.critical_dim or 0
+        """Index of the first searched λ: the critical dimension, or 0 (also with search_below)."""
+        return 0 if self.search_below else (self.critical_dim or 0)
 
     @property
     def gene_min(self) -> float:
-        """Lower bound of the searched λ: s with a critical dimension, else lambda_min."""
-        return self.lambda_min if self.searched_min is None else self.searched_min
+        """Lower bound of the first searched λ: s with a critical dimension (unless the pairs below
+        it are searched too), else lambda_min."""
+        return self.lambda_min if self.searched_min is None or self.search_below else self.searched_min
+
+    @property
+    def gene_lows(self) -> np.ndarray:
+        """Lower bound of each searched λ: gene_min, and with search_below s from c on (the
+        LongRoPE2 floor). Non-decreasing, so clipping keeps the genes monotone."""
+        lows = np.full(self.n_freqs - self.first_searched, self.gene_min, dtype=np.float64)
+        if self.search_below and self.searched_min is not None:
+            lows[self.critical_dim:] = self.searched_min
+        return lows
 
     @property
     def searches_mscale(self) -> bool:
@@ -129,7 +147,7 @@ class SearchSpace:
         """The full λ vector from the searched genes: `below_critical` fills the pairs below c."""
         genes = np.asarray(genes, dtype=np.float64)
         c = self.first_searched
-        return np.concatenate([below_critical(genes[0], c), genes]) if c else genes
+        return np.concatenate([below_critical(genes[0], c), genes]) if c else genes.copy()
 
     def snap_mscale(self, x: float) -> float:
         """The nearest point of the mscale grid, clipped into its range."""
@@ -143,18 +161,26 @@ class SearchSpace:
         return self.lambda_min + steps * self.step
 
     def _k_lo(self) -> int:
-        """Grid index of the lowest searched λ: the first grid point >= gene_min."""
+        """Grid index of the lowest λ allowed from the critical dimension on: the first grid
+        point >= searched_min (0 without one)."""
         if self.searched_min is None:
             return 0
         return math.ceil((self.searched_min - self.lambda_min) / self.step - 1e-6)
+
+    def _k_lows(self) -> np.ndarray:
+        """Grid index of each searched λ's lower bound (see gene_lows)."""
+        k = np.full(self.n_freqs - self.first_searched, self._k_lo(), dtype=np.int64)
+        if self.search_below:
+            k[: self.critical_dim] = 0
+        return k
 
     def _k_hi(self) -> int:
         return round((self._grid_max() - self.lambda_min) / self.step)
 
     def snap(self, x: np.ndarray) -> np.ndarray:
-        """Round to the nearest grid point, clipped into the searched λ's range."""
+        """Round the genes to the nearest grid point, each clipped into its range."""
         k = np.round((np.asarray(x, dtype=np.float64) - self.lambda_min) / self.step)
-        k = np.clip(k, self._k_lo(), self._k_hi())
+        k = np.clip(k, self._k_lows(), self._k_hi())
         return np.round(self.lambda_min + k * self.step, 10)
 
     def on_grid(self, x: float) -> bool:
@@ -167,9 +193,10 @@ class SearchSpace:
         out = []
         if len(f.lambdas) != self.n_freqs:
             return [f"expected {self.n_freqs} factors, got {len(f.lambdas)}"]
-        c, lo = self.first_searched, self.gene_min
+        c, lows = self.first_searched, self.gene_lows
         fixed = below_critical(f.lambdas[c], c)
         for i, x in enumerate(f.lambdas):
+            lo = lows[i - c] if i >= c else None
             if i < c:
                 if abs(x - fixed[i]) > 1e-9 * fixed[i]:
                     out.append(f"λ[{i}] = {x} is not λ[{c}]^({i}/{c}) = {fixed[i]} (below the critical "
@@ -212,7 +239,7 @@ class SearchSpace:
     def clip(self, f: RescaleFactors) -> RescaleFactors:
         """Bounds, monotonicity and the critical-dimension rule only, no grid: keeps an exact
         seed exact when it already lies inside the space."""
-        lam = self.expand(np.clip(np.maximum.accumulate(self.genes(f)), self.gene_min, self.lambda_max))
+        lam = self.expand(np.clip(np.maximum.accumulate(self.genes(f)), self.gene_lows, self.lambda_max))
         n_hat = f.n_hat if f.n_hat in self.n_hats else min(self.n_hats)
         mscale = min(max(f.mscale, self.mscale_grid[0]), self.mscale_grid[1]) if self.searches_mscale \
             else self.mscale

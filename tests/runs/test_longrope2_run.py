@@ -58,7 +58,7 @@ def test_status_reports_critical_dim_mscale_and_tokens(run):
     assert long["tokens"] == sum(t.user_attrs["tokens"] for t in trials) > 0
     assert {"pruned", "tokens_saved"} <= set(long)
     as_json = json.loads(render_status(run, True))["stages"][0]
-    assert as_json["critical_dim"] == 2 and as_json["tokens"] == long["tokens"]
+    assert as_json["critical_dim"] == 2 and as_json["below_critical"] == "ntk" and as_json["tokens"] == long["tokens"]
     assert "critical dim 2, mscale searched" in render_status(run, False)
 
 
@@ -83,3 +83,32 @@ def test_other_samplers_search_the_same_genes(tmp_path, sampler):
         assert f.mscale == space.snap_mscale(f.mscale)
     assert BestRecord.load(other.best_path("long", 256)).mscale == param.factors(
         best_trial(study(other, "long-256")).params).mscale
+
+
+@pytest.mark.parametrize("sampler", ["longrope", "random"])
+def test_searching_below_the_critical_dim_stores_every_pair_with_the_floor(tmp_path, sampler):
+    """below_critical = "search": every pair is a trial parameter (none derived), the pairs from c
+    on stay >= s, the ones below vary on their own, and the best file is the best trial's genes."""
+    other, _ = run_small(tmp_path, sampler=sampler, iterations=2,
+                         space='critical_dim = "auto"\nbelow_critical = "search"')
+    trials = study(other, "long-256").get_trials(deepcopy=False)
+    if sampler == "longrope":
+        assert {tuple(t.params) for t in trials} == {(*(f"lambda_{i:03d}" for i in range(8)), "n_hat")}
+        lams = [np.array([t.params[f"lambda_{i:03d}"] for i in range(8)]) for t in trials]
+    else:
+        from longrope.objectives.synthetic import GEOMETRY
+        from longrope.search.alternatives import StepParametrisation
+        from longrope.search.stages import make_stages
+
+        space = make_stages(small_cfg(space='critical_dim = "auto"\nbelow_critical = "search"')[0],
+                            GEOMETRY)[0].space
+        lams = [np.array(StepParametrisation(space).factors(t.params).lambdas) for t in trials]
+    assert all(x[2:].min() >= 4.0 and np.all(np.diff(x) >= 0) for x in lams)  # s = 4 from pair 2 on
+    assert len({round(x[1] / x[2], 6) for x in lams}) > 3  # pair 1 is not tied to pair 2 by the rule
+    assert any(x[1] < 4.0 ** 0.5 - 0.01 for x in lams) and any(x[1] > 4.0 ** 0.5 + 0.01 for x in lams)
+    assert "critical dim 2 (pairs below searched)" in render_status(other, False)
+    assert json.loads(render_status(other, True))["stages"][0]["below_critical"] == "search"
+    record = BestRecord.load(other.best_path("long", 256))
+    if sampler == "longrope":
+        best = best_trial(study(other, "long-256"))
+        assert list(record.lambdas) == [best.params[f"lambda_{i:03d}"] for i in range(8)]

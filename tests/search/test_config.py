@@ -51,6 +51,8 @@ def test_example_equals_defaults_and_round_trips():
         ("[space]\nmscale_min = 1.6", "space.mscale_min = 1.6 exceeds space.mscale_max = 1.5"),
         ("[space]\nmscale_min = 0", "space.mscale_min = 0.0 must be positive"),
         ("[space]\nmscale_step = 0", "space.mscale_step = 0.0 must be positive"),
+        ("[space]\nbelow_critical = 'search'", 'space.below_critical = "search" needs space.critical_dim'),
+        ("[space]\nbelow_critical = 'free'", "space.below_critical = 'free'; choose one of ntk, search"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):
@@ -113,6 +115,9 @@ def test_critical_dim_and_searched_mscale_per_stage():
     assert config.from_dict({"space": {"critical_dim": 5}}).space.critical_dim == 5
     off = make_stages(config.from_dict({"space": {"targets": [256]}}), GEOMETRY)[0].space
     assert off.critical_dim is None and not off.searches_mscale
+    below = make_stages(config.from_dict({"model": {"path": "synthetic"}, "space": {
+        "targets": [256], "critical_dim": "auto", "below_critical": "search"}}), GEOMETRY)[0].space
+    assert below.search_below and below.first_searched == 0 and below.gene_lows.tolist() == [1, 1] + [4] * 6
 
 
 @pytest.mark.parametrize("value, message", [

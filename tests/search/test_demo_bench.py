@@ -48,8 +48,9 @@ def test_bench_quick_table_shape(tmp_path):
     pp = r["pruning_paper"]  # the same at a given search shape: 8 + 3 generations of 4 children, 6 documents
     assert pp["pruners"] == ["none", "wilcoxon"] and pp["none"]["tokens"] == [(8 + 3 * 4) * 6 * 1024]
     assert "pruners at 1024 (population 8, 4 parents, 2 + 2 children, 20 evaluations" in table
-    sp = r["spaces"]["512"]  # LongRoPE's space and LongRoPE2's two, the searched mscale on its grid
-    assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale"} and "| critical_dim+mscale |" in table
+    sp = r["spaces"]["512"]  # LongRoPE's space, LongRoPE2's two and the floor only; mscale on its grid
+    assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale", "critical_floor"}
+    assert "| critical_dim+mscale |" in table and "| critical_floor |" in table
     assert all(1 <= m <= 1.5 for m in sp["critical_dim+mscale"]["mscale"])
     cmp = r["compare"]  # issue 17: every row at each length; at L0 the searched row is none's
     assert set(cmp["128"]) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "lm_infinite", "searched", "alibi"}

@@ -141,6 +141,25 @@ def test_generation_keeps_the_constraints_with_critical_dim_at_ratio_2_5(seed):
     assert len({k.mscale for k in kids}) > 1  # mscale is searched, not a constant
 
 
+@pytest.mark.parametrize("seed", range(3))
+def test_generation_searching_below_the_critical_dim(seed):
+    """The same geometry with the pairs below c searched: children on the grid at every pair,
+    monotone, >= s from c on, and the pairs below c really vary (no rule ties them to λ_c)."""
+    s, c = 16.0, 34
+    space = SearchSpace.for_target(64, s, ratio=2.5, critical_dim=c, search_below=True)
+    rng = np.random.default_rng(seed)
+    parents = [space.repair(RescaleFactors(tuple(np.sort(rng.uniform(1, 45, 64))))) for _ in range(8)]
+    seen = {space.key(p) for p in parents}
+    kids = next_generation(parents, rng, space, 16, 16, seen=seen)
+    for k in kids:
+        x = np.array(k.lambdas)
+        assert space.contains(k), space.violations(k)
+        assert np.all(np.diff(x) >= 0) and np.all(x[c:] >= s) and x.min() >= 1.0
+        assert np.allclose(x * 100, np.round(x * 100), atol=1e-6)
+    ratios = {round(k.lambdas[c - 1] / k.lambdas[c], 6) for k in kids}
+    assert len(ratios) > 5  # λ_{c-1}/λ_c is free; under the NTK rule it would be λ_c^(-1/c)-tied
+
+
 def test_params_are_the_genes_and_round_trip():
     from longrope.search.sampler import from_params, to_params
 

@@ -116,3 +116,39 @@ def test_bad_critical_settings():
         crit_space(s=15.625, ratio=1.0)
     with pytest.raises(UserError, match="mscale grid needs 0 < min <= max"):
         SearchSpace(n_freqs=2, lambda_max=2.0, mscale_grid=(1.5, 1.0, 1e-4))
+
+
+# -- search_below: the pairs below c are genes too; only the floor λ >= s from c on remains ------
+@settings(max_examples=300, deadline=None)
+@given(
+    lam=st.lists(st.floats(0.5, 40, allow_nan=False), min_size=8, max_size=8),
+    c=st.integers(0, 7),
+    s=st.sampled_from([1.0, 2.0, 4.0, 3.3, 15.625]),
+    ratio=st.sampled_from([1.25, 2.5]),
+)
+def test_repair_searching_below_the_critical_dim(lam, c, s, ratio):
+    sp = crit_space(s=s, c=c, ratio=ratio, search_below=True)
+    r = sp.repair(RescaleFactors(tuple(lam)))
+    assert sp.contains(r), sp.violations(r)
+    assert sp.repair(r) == r and len(sp.key(r)) == 8 + 1  # every pair is a gene, plus n̂
+    x = np.array(r.lambdas)
+    assert np.all(np.diff(x) >= 0) and np.all(x >= 1.0) and np.all(x <= ratio * s + 1e-9)
+    assert np.all(x[c:] >= s - 1e-9)  # the floor
+    assert np.allclose(x * 100, np.round(x * 100), atol=1e-6)  # every pair on the grid, no rule
+    free = np.clip(np.maximum.accumulate(sp.snap(np.maximum.accumulate(lam))), 1.0, None)
+    assert np.array_equal(x[:c], free[:c])  # below c: LongRoPE's repair, untouched by the floor
+
+
+def test_searching_below_keeps_what_the_rule_would_overwrite():
+    sp = crit_space(n=4, s=2.0, c=2, ratio=2.0, search_below=True)
+    f = RescaleFactors((1.0, 1.0, 1.5, 3.0))
+    r = sp.repair(f)
+    assert r.lambdas == (1.0, 1.0, 2.0, 3.0)  # λ_0, λ_1 stay; λ_2 lifted to the floor s = 2
+    assert sp.first_searched == 0 and sp.key(r) == (0, 0, 100, 200, 0)
+    assert crit_space(n=4, s=2.0, c=2, ratio=2.0).repair(f).lambdas == (1.0, 2.0 ** 0.5, 2.0, 3.0)
+    with pytest.raises(UserError, match=r"λ\[2\] = 1.5 is outside \[2.0, 4.0\]"):
+        sp.validate(f)
+    with pytest.raises(UserError, match=r"λ\[1\] = 1.005 is not on the 0.01 grid"):
+        sp.validate(RescaleFactors((1.0, 1.005, 2.0, 3.0)))
+    with pytest.raises(UserError, match="needs a critical dimension"):
+        SearchSpace(n_freqs=4, lambda_max=2.0, search_below=True)

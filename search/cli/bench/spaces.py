@@ -1,8 +1,10 @@
 """Search spaces at equal budget (issue 15, 5b): LongRoPE's (every λ free in [1, 1.25 s],
-mscale fixed) against LongRoPE2's critical-dimension space, and that space with the attention
-scale searched too. Every search uses the needle objective (the one the retrieval section
-shows keeps retrieval) with the same seeds and budget; the best factors are then scored on the
-held-out pool: plain perplexity, needle perplexity and pass-key accuracy."""
+mscale fixed) against LongRoPE2's critical-dimension space, that space with the attention
+scale searched too, and LongRoPE's space with only LongRoPE2's floor (λ >= s from the critical
+dimension on, the pairs below searched freely: `below_critical = "search"`). Every search uses
+the needle objective (the one the retrieval section shows keeps retrieval) with the same seeds
+and budget; the best factors are then scored on the held-out pool: plain perplexity, needle
+perplexity and pass-key accuracy."""
 
 from __future__ import annotations
 
@@ -16,6 +18,7 @@ SPACES = {  # name: the [space] lines it adds to the bench's search config
     "longrope": "",
     "critical_dim": 'critical_dim = "auto"',
     "critical_dim+mscale": 'critical_dim = "auto"\nmscale = "search"',
+    "critical_floor": 'critical_dim = "auto"\nbelow_critical = "search"',
 }
 
 
