@@ -99,8 +99,8 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
         r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 6 if quick else 12)
     if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
-        # none and wilcoxon only (exact scores what none does): about 40 min for both here, alone
-        # (the first 384 evaluations of each took 11 min in all)
+        # none and wilcoxon only (exact scores what none does): about 1 h for both here, alone (the
+        # none search ran ~40 evaluations a minute); never beside another torch job on 2 cores
         shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
         r["pruning_paper"] = pruning(work, 20 if quick else PAPER_BUDGET, [0], 6 if quick else 12,
                                      ("none", "wilcoxon"), **shape)
