@@ -64,14 +64,17 @@ def crit_space(n=8, s=4.0, c=3, **kw):
     return SearchSpace.for_target(n, s, critical_dim=c, **kw)
 
 
-@settings(max_examples=300, deadline=None)
-@given(
+# any 8 factors, critical dimension, scale and λmax ratio: what the repair properties range over
+CRIT_DRAWS = dict(
     lam=st.lists(st.floats(0.5, 40, allow_nan=False), min_size=8, max_size=8),
     c=st.integers(0, 7),
     s=st.sampled_from([1.0, 2.0, 4.0, 3.3, 15.625]),
     ratio=st.sampled_from([1.25, 2.5]),
-    mscale=st.floats(0.1, 3),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(**CRIT_DRAWS, mscale=st.floats(0.1, 3))
 def test_repair_with_critical_dim_and_searched_mscale(lam, c, s, ratio, mscale):
     sp = crit_space(s=s, c=c, ratio=ratio, mscale_grid=(1.0, 1.5, 1e-4))
     r = sp.repair(RescaleFactors(tuple(lam), mscale=mscale))
@@ -120,12 +123,7 @@ def test_bad_critical_settings():
 
 # -- search_below: the pairs below c are genes too; only the floor λ >= s from c on remains ------
 @settings(max_examples=300, deadline=None)
-@given(
-    lam=st.lists(st.floats(0.5, 40, allow_nan=False), min_size=8, max_size=8),
-    c=st.integers(0, 7),
-    s=st.sampled_from([1.0, 2.0, 4.0, 3.3, 15.625]),
-    ratio=st.sampled_from([1.25, 2.5]),
-)
+@given(**CRIT_DRAWS)
 def test_repair_searching_below_the_critical_dim(lam, c, s, ratio):
     sp = crit_space(s=s, c=c, ratio=ratio, search_below=True)
     r = sp.repair(RescaleFactors(tuple(lam)))
