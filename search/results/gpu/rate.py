@@ -1,0 +1,86 @@
+"""GPU cost figures for issue 18 (run by g3.sh): the bf16 matmul rate, SmolLM2-135M's forward
+rate at L tokens against it, and the evaluator's time per candidate with 1 and 5 documents a forward.
+
+FLOPs of one forward: 2 per weight per token (projections, MLP, LM head) plus causal attention,
+2 · 2 · heads · head_dim · L² / 2 (QKᵀ and AV, half of them masked). Usage: rate.py [cuda|cpu] [L].
+"""
+
+import dataclasses
+import json
+import os
+import sys
+import time
+
+import torch
+
+from longrope.objectives.models import load_model
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.objectives.workers import Evaluator
+from longrope.spaces import method
+
+REPS = int(os.environ.get("RATE_REPS", 5))
+MODEL, DATA = "builtin:smollm2-135m", "builtin:sotu-train"
+
+
+def timed(fn, sync, warm: int = 2, reps: int = REPS) -> float:
+    for _ in range(warm):
+        fn()
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        fn()
+    sync()
+    return (time.perf_counter() - t0) / reps
+
+
+def matmul_tflops(dev: str, sync) -> float:
+    n = 8192 if dev == "cuda" else 1024
+    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
+    return 2 * n**3 / timed(lambda: a @ b, sync, 3, 2 * REPS) / 1e12
+
+
+def forward(dev: str, length: int, sync) -> dict:
+    m = load_model(MODEL, "bfloat16", dev)
+    c = m.model.config
+    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
+    attn_proj = c.hidden_size * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)  # q, o, k, v
+    mlp = 3 * c.hidden_size * c.intermediate_size
+    per_token = c.num_hidden_layers * (attn_proj + mlp) + c.hidden_size * c.vocab_size
+    flops = 2 * length * per_token + c.num_hidden_layers * 2 * c.num_attention_heads * hd * length * length
+    ids = torch.randint(0, c.vocab_size, (1, length), device=m.device)
+    with torch.no_grad():
+        secs = timed(lambda: m.model(ids), sync)
+    return {"forward_seconds": secs, "forward_tflop": flops / 1e12, "forward_tflops": flops / secs / 1e12,
+            "attn_implementation": str(getattr(c, "_attn_implementation", "?"))}
+
+
+def evaluation(dev: str, length: int, batch: int) -> dict:
+    spec = ObjectiveSpec.of(MODEL, DATA, device=dev, dtype="bfloat16", search_docs=5, heldout_docs=3)
+    ev = Evaluator(dataclasses.replace(spec, batch_docs=batch))
+    f = method("yarn", ev.geometry, length)
+    ev.evaluate(f, length)  # warm-up
+    t0 = time.perf_counter()
+    e = ev.evaluate(f, length)
+    s = time.perf_counter() - t0
+    out = {"seconds": s, "tokens": e.tokens, "ppl": e.ppl, "s_per_1k": 1000 * s / e.tokens}
+    if dev == "cuda":
+        out["max_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+    return out
+
+
+def main() -> None:
+    dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
+    length = int(sys.argv[2]) if len(sys.argv) > 2 else 16384
+    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
+    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "length": length,
+           "matmul_tflops": matmul_tflops(dev, sync)}
+    out.update(forward(dev, length, sync))
+    out["forward_vs_matmul"] = out["forward_tflops"] / out["matmul_tflops"]
+    for batch in (1, 5):
+        out[f"eval_batch{batch}"] = evaluation(dev, length, batch)
+    print(json.dumps(out, indent=1))
+
+
+if __name__ == "__main__":
+    main()
