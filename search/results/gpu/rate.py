@@ -13,6 +13,7 @@ import time
 
 import torch
 
+from longrope.objectives.devices import device_name, sync
 from longrope.objectives.models import load_model
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
@@ -22,25 +23,27 @@ REPS = int(os.environ.get("RATE_REPS", 5))
 MODEL, DATA = "builtin:smollm2-135m", "builtin:sotu-train"
 
 
-def timed(fn, sync, warm: int = 2, reps: int = REPS) -> float:
+def timed(fn, dev: str, warm: int = 2, reps: int = REPS) -> float:
+    """Mean seconds of `fn()` over `reps` back-to-back calls (as run on the H200; the bench's
+    devices.median_seconds takes the median of single synchronised calls instead)."""
     for _ in range(warm):
         fn()
-    sync()
+    sync(dev)
     t0 = time.perf_counter()
     for _ in range(reps):
         fn()
-    sync()
+    sync(dev)
     return (time.perf_counter() - t0) / reps
 
 
-def matmul_tflops(dev: str, sync) -> float:
+def matmul_tflops(dev: str) -> float:
     n = 8192 if dev == "cuda" else 1024
     a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
     b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    return 2 * n**3 / timed(lambda: a @ b, sync, 3, 2 * REPS) / 1e12
+    return 2 * n**3 / timed(lambda: a @ b, dev, 3, 2 * REPS) / 1e12
 
 
-def forward(dev: str, length: int, sync) -> dict:
+def forward(dev: str, length: int) -> dict:
     m = load_model(MODEL, "bfloat16", dev)
     c = m.model.config
     hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
@@ -50,7 +53,7 @@ def forward(dev: str, length: int, sync) -> dict:
     flops = 2 * length * per_token + c.num_hidden_layers * 2 * c.num_attention_heads * hd * length * length
     ids = torch.randint(0, c.vocab_size, (1, length), device=m.device)
     with torch.no_grad():
-        secs = timed(lambda: m.model(ids), sync)
+        secs = timed(lambda: m.model(ids), dev)
     return {"forward_seconds": secs, "forward_tflop": flops / 1e12, "forward_tflops": flops / secs / 1e12,
             "attn_implementation": str(getattr(c, "_attn_implementation", "?"))}
 
@@ -72,10 +75,8 @@ def evaluation(dev: str, length: int, batch: int) -> dict:
 def main() -> None:
     dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
     length = int(sys.argv[2]) if len(sys.argv) > 2 else 16384
-    sync = torch.cuda.synchronize if dev == "cuda" else (lambda: None)
-    out = {"device": torch.cuda.get_device_name() if dev == "cuda" else "cpu", "length": length,
-           "matmul_tflops": matmul_tflops(dev, sync)}
-    out.update(forward(dev, length, sync))
+    out = {"device": device_name(dev), "length": length, "matmul_tflops": matmul_tflops(dev)}
+    out.update(forward(dev, length))
     out["forward_vs_matmul"] = out["forward_tflops"] / out["matmul_tflops"]
     for batch in (1, 5):
         out[f"eval_batch{batch}"] = evaluation(dev, length, batch)
