@@ -9,9 +9,9 @@ trained with S2-Attn, inference needs no change).
 The paper's code shifts by rolling the shifted heads' tokens by G/2, which puts the
 sequence's last G/2 tokens in one group with its first G/2 and lets the latter see the
 former: a causal leak across the sequence's ends. Here the shifted groups are
-[−G/2, G/2), [G/2, 3G/2), …, [L − G/2, L + G/2): both end groups are half groups (padded and
-masked), so no token ever sees a later one. `allowed` states the pattern; tests hold the
-attention to it.
+[−G/2, G/2), [G/2, 3G/2), …, [L − G/2, L + G/2): both end groups are half groups (attended on
+their own, without pads or a mask), so no token ever sees a later one. `allowed` states the
+pattern; tests hold the attention to it.
 """
 
 from __future__ import annotations
@@ -66,25 +66,32 @@ def attention(module: Any, query, key, value, attention_mask, scaling: float | N
     scale = scaling if scaling is not None else D ** -0.5
     if group >= L:  # one group: full causal attention
         return sdpa(query, key, value, is_causal=True, dropout_p=p, scale=scale).transpose(1, 2), None
-    n, h = L // group, H // 2
-
-    def grouped(x, groups):  # [B, h', groups·G, D] -> [B·groups, h', G, D]
-        return x.reshape(B, x.shape[1], groups, group, D).transpose(1, 2).reshape(-1, x.shape[1], group, D)
-
-    def ungrouped(x, groups):
-        return x.reshape(B, groups, -1, group, D).transpose(1, 2).reshape(B, -1, groups * group, D)
-
-    q, k, v = (grouped(x[:, :h], n) for x in (query, key, value))
-    plain = ungrouped(sdpa(q, k, v, is_causal=True, dropout_p=p, scale=scale), n)
-    half = group // 2  # shifted heads: G/2 pad tokens on each end, n + 1 groups
-    q, k, v = (grouped(torch.nn.functional.pad(x[:, h:], (0, 0, half, half)), n + 1)
-               for x in (query, key, value))
-    keep = torch.ones(group, group, dtype=torch.bool, device=query.device).tril()
-    keep = keep.expand(n + 1, 1, group, group).clone()
-    keep[0, :, half:, :half] = False  # the first half group's real tokens never see the pads
-    out = sdpa(q, k, v, attn_mask=keep.repeat(B, 1, 1, 1), dropout_p=p, scale=scale)
-    shifted = ungrouped(out, n + 1)[:, :, half:half + L]
+    h, half = H // 2, group // 2
+    plain = _in_groups(query[:, :h], key[:, :h], value[:, :h], group, p, scale)
+    # shifted heads: groups [-G/2, G/2), [G/2, 3G/2), ..., [L - G/2, L + G/2). The n - 1 whole ones
+    # are the middle L - G tokens; the two end half groups hold G/2 real tokens each and are
+    # attended as two groups of G/2 (no pads, no mask: every call is a plain causal kernel)
+    qs, ks, vs = query[:, h:], key[:, h:], value[:, h:]
+    middle = _in_groups(*(x[:, :, half:L - half] for x in (qs, ks, vs)), group, p, scale)
+    ends = _in_groups(*(torch.cat([x[:, :, :half], x[:, :, L - half:]], dim=2) for x in (qs, ks, vs)),
+                      half, p, scale)
+    shifted = torch.cat([ends[:, :, :half], middle, ends[:, :, half:]], dim=2)
     return torch.cat([plain, shifted], dim=1).transpose(1, 2).contiguous(), None
+
+
+def _in_groups(q, k, v, size: int, p: float, scale: float):
+    """Causal attention inside each run of `size` consecutive tokens: [B, h, m·size, D] -> same.
+    The groups become batch rows of one causal SDPA call, the kernel full attention uses too."""
+    from torch.nn.functional import scaled_dot_product_attention as sdpa
+
+    B, h, L, D = q.shape
+    m = L // size
+
+    def split(x):  # [B, h, m·size, D] -> [B·m, h, size, D]
+        return x.reshape(B, h, m, size, D).transpose(1, 2).reshape(B * m, h, size, D)
+
+    out = sdpa(split(q), split(k), split(v), is_causal=True, dropout_p=p, scale=scale)
+    return out.reshape(B, m, h, size, D).transpose(1, 2).reshape(B, h, L, D)
 
 
 def _pads(mask, length: int) -> bool:

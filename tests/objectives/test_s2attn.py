@@ -48,6 +48,19 @@ def test_each_head_attends_its_groups_only(L, G):
         assert torch.allclose(weights[h], ok / ok.sum(-1, keepdim=True), atol=1e-6), h
 
 
+@pytest.mark.parametrize("L, G", [(32, 8), (24, 4), (16, 2)])
+def test_equals_dense_attention_under_the_pattern(L, G):
+    # random q, k, v and grouped-query heads: each head equals one SDPA call over all L tokens with
+    # `allowed` as its mask (the grouped kernels are only a faster way to the same numbers)
+    q, k, v = _qkv(L=L)
+    out, _ = s2attn.attention(_Module().eval(), q, k, v, None, group=G)
+    k, v = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    for h in range(q.shape[1]):
+        mask = s2attn.allowed(L, G, shifted=h >= q.shape[1] // 2)
+        ref = torch.nn.functional.scaled_dot_product_attention(q[:, h], k[:, h], v[:, h], attn_mask=mask)
+        assert torch.allclose(out[:, :, h], ref, atol=1e-6, rtol=0), h
+
+
 def test_no_token_sees_a_later_one():
     L, G = 32, 8
     q, k, v = _qkv(L=L)
