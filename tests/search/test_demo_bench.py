@@ -64,6 +64,9 @@ def test_bench_quick_table_shape(tmp_path):
     assert all(v["train_seconds"] > 0 for v in ft["ablation"].values()) and 0 <= ft["b"]["passkey"] <= 1
     assert "the full recipe at 4x" in table and "| (b+pk) as (b), passkey_mix 0.25 |" in table
     assert ft["passkey_mix_same_factors"] is True  # the (b) and (b+pk) arms fine-tune with equal factors
+    s2 = r["s2_time"]  # S2-Attn against full attention by length: both arms timed at each
+    assert set(s2["times"]) == {"256", "512"} and all(t["s2"] > 0 and t["full"] > 0 for t in s2["times"].values())
+    assert "S2-Attn fine-tune time against full attention by length" in table and "| 512 (4x) |" in table
     sm = r["short_mix"]["rows"]  # the short_mix sweep: one fine-tune per mix, short steps only where mixed
     assert set(sm) == {"0.0", "0.5"} and sm["0.0"]["short_steps"] == 0 < sm["0.5"]["short_steps"]
     assert sm["0.0"]["l0_ppl"] != sm["0.5"]["l0_ppl"] and "finetune.short_mix at 2x" in table

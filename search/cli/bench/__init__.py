@@ -19,7 +19,7 @@ from typing import Any
 
 from .compare import compare
 from .compare import plot as plot_compare
-from .finetune import recipe, short_mix_sweep
+from .finetune import S2_SCALES, S2_STEPS, recipe, s2_scaling, short_mix_sweep
 from .quality import (
     PAPER_BUDGET,
     PAPER_SHAPE,
@@ -39,7 +39,7 @@ __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "ru
 
 
 SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "pruning_paper", "scale", "cost",
-            "retrieval", "spaces", "compare", "finetune", "short_mix")
+            "retrieval", "spaces", "compare", "finetune", "short_mix", "s2_time")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -126,6 +126,8 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["short_mix_budget"], r["short_mix_steps"] = (12, 4) if quick else (64, 300)
         r["short_mix"] = short_mix_sweep(work, r["short_mix_budget"], r["short_mix_steps"],
                                          (0.0, 0.5) if quick else (0.0, 0.25, 0.5, 0.75), 2 if quick else 4)
+    if "s2_time" in only:  # issue 16: S2-Attn's training time against full attention, 4x to 64x
+        r["s2_time"] = s2_scaling(work, (2, 4) if quick else S2_SCALES, 2 if quick else S2_STEPS)
     if "cost" in only:
         r["cost"] = cost_estimate(big, 512 if quick else (16384 if have_smol else 2048))
 
@@ -149,8 +151,8 @@ def _torch_version() -> str:
 
 def cmd_bench(args: argparse.Namespace) -> int:
     """Measure evaluation overhead, memory, CPU efficiency, search quality against PI/NTK/YaRN and
-    CMA-ES/TPE/random, early-abort savings, the pruners' quality per token, Ray scale-out and the
-    cost of a full search."""
+    CMA-ES/TPE/random, early-abort savings, the pruners' quality per token, Ray scale-out, the
+    fine-tune recipe, S2-Attn's training time against full attention, and the cost of a full search."""
     only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
     r = run_bench(args.quick, Path(args.out), only)
     print(json.dumps(r, default=str) if args.json else render(r))

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import tomllib
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -22,10 +24,14 @@ from .retrieval import OBJECTIVE, heldout_evaluator, heldout_ppl, measure
 PASSKEY_MIX = 0.25
 SHORT_MIX = 0.5  # the sweep (short_mix section): the smallest mix within 5% at L0
 S2_STEPS = 10  # steps per fine-tune timed for S2-Attn's cost against full attention at each length
+S2_SCALES = (4, 8, 16, 32, 64)  # x L0: the s2_time section, from the recipe's fine-tune length to 8192
+# the recipe's fine-tune on the embedded model. lr 1e-4 (5x LongLoRA's 2e-5: a 4M-parameter model,
+# 300 steps); at 5e-4 (sessions 9-12) it eroded the model's retrieval: pass-key at 16x 0.15 against
+# the base model's 0.20, where 1e-4 gave 0.25 (session 13, one trial of arm (b), then this rerun)
 FINETUNE = """[finetune]
 after = {after}
 steps = {steps}
-lr = 5e-4
+lr = 1e-4
 warmup = 10
 batch_tokens = 2048
 checkpoint_every = 50
@@ -89,14 +95,16 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
                        for name, (rec, folder) in tunes.items()}
     out["base_at_mid"] = measure(base, factors, mid)
     out["lengths"] = [mid, far]
-    out["s2_time"] = s2_time(workdir, spec, ft, factors, sorted({mid, 2 * mid, far}), min(S2_STEPS, steps))
+    times = s2_time(workdir, spec, ft, lambda n: factors, sorted({mid, 2 * mid, far}), min(S2_STEPS, steps))
+    out["s2_time"] = {n: t["ratio"] for n, t in times.items()}
     return out
 
 
-def s2_time(workdir: Path, spec: Any, ft: Any, factors: Any, lengths: list[int],
-            steps: int) -> dict[str, float]:
-    """{length: S2-Attn's training seconds over full attention's}, `steps` steps of the recipe's
-    fine-tune at each length (same tokens per step): S2-Attn's saving grows with L over the width."""
+def s2_time(workdir: Path, spec: Any, ft: Any, factors_at: Callable[[int], Any], lengths: list[int],
+            steps: int) -> dict[str, dict[str, float]]:
+    """{length: {"s2": seconds, "full": seconds, "ratio": s2 / full}}: `steps` steps of the
+    fine-tune `ft` at each length with S2-Attn (G = L/4) and with full attention, back to back;
+    `factors_at(length)` the factors applied there. S2-Attn's saving grows with L over the width."""
     from longrope.objectives.finetune import finetune
 
     out = {}
@@ -106,10 +114,48 @@ def s2_time(workdir: Path, spec: Any, ft: Any, factors: Any, lengths: list[int],
             tune = dataclasses.replace(ft, s2_attn=s2, steps=steps, s2_group=0, short_mix=0.0,
                                        passkey_mix=0.0)
             work = workdir / f"s2-{n}-{s2}"
-            secs[s2] = finetune(spec, tune, factors, n, work, workdir / f"s2-{n}-{s2}-model",
+            secs[s2] = finetune(spec, tune, factors_at(n), n, work, workdir / f"s2-{n}-{s2}-model",
                                 progress=False)["train_seconds"]
-        out[str(n)] = secs[True] / secs[False]
+        out[str(n)] = {"s2": secs[True], "full": secs[False], "ratio": secs[True] / secs[False]}
     return out
+
+
+def s2_scaling(workdir: Path, scales: tuple[int, ...], steps: int, L0: int = 128) -> dict[str, Any]:
+    """S2-Attn's fine-tune time over full attention's from the recipe's length to where attention
+    dominates a step. The embedded model spends most of a step outside attention at 4x (MLPs, the
+    4096-word head: ~8.5 MFLOP a token against attention's ~4 kFLOP x L), so S2-Attn's O(L·G)
+    saving shows only once the L² term leads, as in LongLoRA's 7B models at 8k-100k. The recipe's
+    fine-tune (LoRA + embeddings + norms) with PI factors at each length (the time does not depend
+    on their values) and the same tokens per step at every length (one window at the longest)."""
+    from longrope.objectives.methods import method_factors
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.search import config
+
+    lengths = [x * L0 for x in scales]
+    toml = (_toml(target=f"{lengths[0]}", space=f"short = [{L0}]", budget=12)
+            + OBJECTIVE.format(kind="needle")
+            + FINETUNE.format(after=f"[{lengths[0]}]", steps=steps, mix=0.0, short=0.0))
+    cfg = config.from_dict(tomllib.loads(toml))
+    ft = dataclasses.replace(cfg.finetune, batch_tokens=max(lengths))
+    geometry = heldout_evaluator().geometry
+    times = s2_time(workdir, ObjectiveSpec.from_config(cfg), ft, lambda n: method_factors("pi", geometry, n),
+                    lengths, steps)
+    return {"L0": L0, "steps": steps, "batch_tokens": ft.batch_tokens, "times": times}
+
+
+def render_s2(r: dict[str, Any]) -> list[str]:
+    """The S2-Attn time table and its goal line (<= 0.6x full attention's time)."""
+    L0, times = r["L0"], r["times"]
+    lines = ["", f"S2-Attn fine-tune time against full attention by length ({r['steps']} steps each, "
+             f"{r['batch_tokens']} tokens a step, G = L/4, back to back):", "",
+             "| length | S2-Attn s / step | full s / step | S2 / full |", "|---|---|---|---|"]
+    lines += [f"| {n} ({int(n) // L0}x) | {t['s2'] / r['steps']:.2f} | {t['full'] / r['steps']:.2f} | "
+              f"{t['ratio']:.2f} |" for n, t in times.items()]
+    met = [int(n) for n, t in times.items() if t["ratio"] <= 0.6]
+    verdict = f"met from {min(met)} tokens ({min(met) // L0}x) on" if met else "NOT met at any length"
+    if str(4 * L0) in times:
+        verdict += f"; at the recipe's fine-tune length (4x) {times[str(4 * L0)]['ratio']:.2f}x"
+    return lines + ["", f"S2-Attn time <= 0.6x full attention's: {verdict}"]
 
 
 def goals(r: dict[str, Any]) -> list[str]:

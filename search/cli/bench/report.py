@@ -85,6 +85,10 @@ def render(r: dict[str, Any]) -> str:
         from .finetune import render_sweep
 
         lines += render_sweep(r["short_mix"], r.get("short_mix_budget"), r.get("short_mix_steps"))
+    if "s2_time" in r:
+        from .finetune import render_s2
+
+        lines += render_s2(r["s2_time"])
     if "compare" in r:
         from .compare import render as render_compare
 
