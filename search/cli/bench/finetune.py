@@ -22,7 +22,7 @@ from .quality import _search, _toml
 from .retrieval import OBJECTIVE, heldout_evaluator, heldout_ppl, measure
 
 PASSKEY_MIX = 0.25
-SHORT_MIX = 0.5  # the sweep (short_mix section): the smallest mix within 5% at L0
+SHORT_MIX = 0.5  # finetune.short_mix's default (the short_mix section sweeps 0-0.75)
 S2_STEPS = 10  # steps per fine-tune timed for S2-Attn's cost against full attention at each length
 S2_SCALES = (4, 8, 16, 32, 64)  # x L0: the s2_time section, from the recipe's fine-tune length to 8192
 # the recipe's fine-tune on the embedded model. lr 1e-4 (5x LongLoRA's 2e-5: a 4M-parameter model,
@@ -101,10 +101,11 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
 
 
 def s2_time(workdir: Path, spec: Any, ft: Any, factors_at: Callable[[int], Any], lengths: list[int],
-            steps: int) -> dict[str, dict[str, float]]:
+            steps: int, name: str = "s2") -> dict[str, dict[str, float]]:
     """{length: {"s2": seconds, "full": seconds, "ratio": s2 / full}}: `steps` steps of the
     fine-tune `ft` at each length with S2-Attn (G = L/4) and with full attention, back to back;
-    `factors_at(length)` the factors applied there. S2-Attn's saving grows with L over the width."""
+    `factors_at(length)` the factors applied there; `name` prefixes the work folders (a fine-tune
+    resumes from its folder's checkpoint). S2-Attn's saving grows with L over the width."""
     from longrope.objectives.finetune import finetune
 
     out = {}
@@ -113,8 +114,8 @@ def s2_time(workdir: Path, spec: Any, ft: Any, factors_at: Callable[[int], Any],
         for s2 in (True, False):
             tune = dataclasses.replace(ft, s2_attn=s2, steps=steps, s2_group=0, short_mix=0.0,
                                        passkey_mix=0.0)
-            work = workdir / f"s2-{n}-{s2}"
-            secs[s2] = finetune(spec, tune, factors_at(n), n, work, workdir / f"s2-{n}-{s2}-model",
+            work = workdir / f"{name}-{n}-{s2}"
+            secs[s2] = finetune(spec, tune, factors_at(n), n, work, workdir / f"{name}-{n}-{s2}-model",
                                 progress=False)["train_seconds"]
         out[str(n)] = {"s2": secs[True], "full": secs[False], "ratio": secs[True] / secs[False]}
     return out
@@ -139,7 +140,7 @@ def s2_scaling(workdir: Path, scales: tuple[int, ...], steps: int, L0: int = 128
     ft = dataclasses.replace(cfg.finetune, batch_tokens=max(lengths))
     geometry = heldout_evaluator().geometry
     times = s2_time(workdir, ObjectiveSpec.from_config(cfg), ft, lambda n: method_factors("pi", geometry, n),
-                    lengths, steps)
+                    lengths, steps, name="s2-scaling")
     return {"L0": L0, "steps": steps, "batch_tokens": ft.batch_tokens, "times": times}
 
 
