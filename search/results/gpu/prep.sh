@@ -16,6 +16,6 @@ python3 -m pip download -q $PLAT -d .gpu/whl "optuna>=4,<5" "pydantic>=2.5" pyda
   typing-inspection tomli-w 2>&1 | grep -v WARNING || true
 (cd .gpu/whl && zip -q -d longrope_search-*.whl '*/model.safetensors')
 grep -qx '/.gpu-s/' .git/info/exclude || echo '/.gpu-s/' >> .git/info/exclude
-mkdir -p .gpu-s && cp search/results/gpu/{setup.sh,g1.sh,g3.sh,g4.sh,rate.py} .gpu-s/
+mkdir -p .gpu-s && cp search/results/gpu/{setup.sh,g1.sh,g3.sh,g4.sh,g5.sh,g6.sh,s2gpu.py,rate.py} .gpu-s/
 tracked=$(git ls-files -z | xargs -0 du -cb | tail -1 | cut -f1)
 echo "trip 1 carries $(( (tracked + $(du -sb .gpu | cut -f1)) / 1048576 )) MiB of 64"
