@@ -127,3 +127,26 @@ def test_cutoff_ceiling_by_hand(tmp_path):
     got = cutoff_ceiling(run, parents=2)
     assert got["candidates_above_cutoff"] == 3 / 8  # 25, 40 (cut-off 20) and 16 (cut-off 15)
     assert got["cutoff_ceiling"] == pytest.approx(1 - 3 * 3 / 32)  # each stopped after 1 of 4 documents
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_forward_flops_equals_torch_count(tied):
+    """The bench's FLOP count (speed section, GPU rate) against torch's own counter on eager
+    attention: every matmul (the LM head once, tied or not) plus half of attention's QKᵀ and AV
+    (causal), plus 2·L per norm weight, which our count takes as weights and torch skips."""
+    import torch
+    import transformers
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from longrope.search.cli.bench.timing import forward_flops
+
+    cfg = transformers.LlamaConfig(vocab_size=300, hidden_size=64, intermediate_size=96, num_hidden_layers=2,
+                                   num_attention_heads=4, num_key_value_heads=2, tie_word_embeddings=tied,
+                                   attn_implementation="eager")
+    model = transformers.LlamaForCausalLM(cfg).eval()
+    L = 48
+    with torch.no_grad(), FlopCounterMode(display=False) as fc:
+        model(torch.randint(0, 300, (1, L)))
+    counts = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
+    norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
+    assert forward_flops(model, L) == counts["aten.mm"] + counts["aten.bmm"] // 2 + 2 * L * norms

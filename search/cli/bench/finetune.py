@@ -105,18 +105,24 @@ def s2_time(workdir: Path, spec: Any, ft: Any, factors_at: Callable[[int], Any],
     """{length: {"s2": seconds, "full": seconds, "ratio": s2 / full}}: `steps` steps of the
     fine-tune `ft` at each length with S2-Attn (G = L/4) and with full attention, back to back;
     `factors_at(length)` the factors applied there; `name` prefixes the work folders (a fine-tune
-    resumes from its folder's checkpoint). S2-Attn's saving grows with L over the width."""
+    resumes from its folder's checkpoint). S2-Attn's saving grows with L over the width.
+
+    One untimed step of each kind runs first: the first fine-tune in a process pays for lazy
+    start-up (thread pools, the allocator, kernels' first calls), which would otherwise land on
+    whichever kind is timed first (3 steps at 512 here: S2-Attn 1.52x full attention's time when
+    timed first, cold)."""
     from longrope.objectives.finetune import finetune
 
+    def run(s2: bool, n: int, k: int, folder: str) -> float:
+        tune = dataclasses.replace(ft, s2_attn=s2, steps=k, s2_group=0, short_mix=0.0, passkey_mix=0.0)
+        return finetune(spec, tune, factors_at(n), n, workdir / folder, workdir / f"{folder}-model",
+                        progress=False)["train_seconds"]
+
+    for s2 in (True, False):
+        run(s2, lengths[0], 1, f"{name}-warmup-{s2}")
     out = {}
     for n in lengths:
-        secs = {}
-        for s2 in (True, False):
-            tune = dataclasses.replace(ft, s2_attn=s2, steps=steps, s2_group=0, short_mix=0.0,
-                                       passkey_mix=0.0)
-            work = workdir / f"{name}-{n}-{s2}"
-            secs[s2] = finetune(spec, tune, factors_at(n), n, work, workdir / f"{name}-{n}-{s2}-model",
-                                progress=False)["train_seconds"]
+        secs = {s2: run(s2, n, steps, f"{name}-{n}-{s2}") for s2 in (True, False)}
         out[str(n)] = {"s2": secs[True], "full": secs[False], "ratio": secs[True] / secs[False]}
     return out
 

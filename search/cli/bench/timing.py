@@ -49,14 +49,23 @@ def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any
         tp.append(median_seconds(run_plain, 1, dev))
         tq.append(median_seconds(run_patched, 1, dev))
     t_plain, t_patched = statistics.median(tp), statistics.median(tq)
-    cfg = plain.model.config
-    n_params = sum(p.numel() for n, p in plain.model.named_parameters() if "embed" not in n)
-    n_params += cfg.vocab_size * cfg.hidden_size  # the LM head runs on every position
-    flops = 2 * n_params * length + 2 * cfg.num_hidden_layers * length * length * cfg.hidden_size
+    flops = forward_flops(plain.model, length)
     mm_rate = matmul_rate(dev, next(plain.model.parameters()).dtype)
     return {"overhead": t_patched / t_plain, "t_plain": t_plain, "t_patched": t_patched,
             "fwd_flops": flops, "fwd_rate": flops / t_patched, "matmul_rate": mm_rate,
             "cpu_efficiency": (flops / t_patched) / mm_rate, "device": device_name(dev)}
+
+
+def forward_flops(model: Any, length: int) -> int:
+    """FLOPs of one forward over `length` tokens: 2 per weight per token (the input embedding is
+    a lookup; the LM head runs on every position, tied or not) plus causal attention, QKᵀ and AV
+    at 2·L²·width each per layer, half of it masked."""
+    cfg = model.config
+    inp, out = model.get_input_embeddings().weight, model.get_output_embeddings().weight
+    weights = sum(p.numel() for p in model.parameters()) - inp.numel() + (out.numel() if out is inp else 0)
+    heads = cfg.num_attention_heads
+    width = heads * (getattr(cfg, "head_dim", None) or cfg.hidden_size // heads)
+    return 2 * weights * length + 2 * cfg.num_hidden_layers * length * length * width
 
 
 def memory(model_spec: str, length: int) -> dict[str, Any]:

@@ -1,8 +1,10 @@
-"""GPU cost figures for issue 18 (run by g3.sh): the bf16 matmul rate, SmolLM2-135M's forward
-rate at L tokens against it, and the evaluator's time per candidate with 1 and 5 documents a forward.
-
-FLOPs of one forward: 2 per weight per token (projections, MLP, LM head) plus causal attention,
-2 · 2 · heads · head_dim · L² / 2 (QKᵀ and AV, half of them masked). Usage: rate.py [cuda|cpu] [L].
+"""GPU cost figures for issue 18 (run by g3.sh): SmolLM2-135M's forward rate at L tokens against
+the card's bf16 matmul rate, and the evaluator's time per candidate with 1 and 5 documents a
+forward. The FLOP count and the matmul rate are the bench speed section's own
+(search/cli/bench/timing.py forward_flops, objectives/devices.py matmul_rate); rate.json came from
+this script's first form (its own copies of both, commit 5a4c11b), whose matmul rate was the mean
+of 10 back-to-back 8192³ products (792 TFLOP/s on the H200) where matmul_rate takes the median of
+single synchronised ones (743: speed.json). Usage: rate.py [cuda|cpu] [L].
 """
 
 import dataclasses
@@ -13,10 +15,11 @@ import time
 
 import torch
 
-from longrope.objectives.devices import device_name, sync
+from longrope.objectives.devices import device_name, matmul_rate, sync
 from longrope.objectives.models import load_model
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
+from longrope.search.cli.bench.timing import forward_flops
 from longrope.spaces import method
 
 REPS = int(os.environ.get("RATE_REPS", 5))
@@ -36,21 +39,10 @@ def timed(fn, dev: str, warm: int = 2, reps: int = REPS) -> float:
     return (time.perf_counter() - t0) / reps
 
 
-def matmul_tflops(dev: str) -> float:
-    n = 8192 if dev == "cuda" else 1024
-    a = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    b = torch.randn(n, n, device=dev, dtype=torch.bfloat16)
-    return 2 * n**3 / timed(lambda: a @ b, dev, 3, 2 * REPS) / 1e12
-
-
 def forward(dev: str, length: int) -> dict:
     m = load_model(MODEL, "bfloat16", dev)
     c = m.model.config
-    hd = getattr(c, "head_dim", None) or c.hidden_size // c.num_attention_heads
-    attn_proj = c.hidden_size * hd * (2 * c.num_attention_heads + 2 * c.num_key_value_heads)  # q, o, k, v
-    mlp = 3 * c.hidden_size * c.intermediate_size
-    per_token = c.num_hidden_layers * (attn_proj + mlp) + c.hidden_size * c.vocab_size
-    flops = 2 * length * per_token + c.num_hidden_layers * 2 * c.num_attention_heads * hd * length * length
+    flops = forward_flops(m.model, length)
     ids = torch.randint(0, c.vocab_size, (1, length), device=m.device)
     with torch.no_grad():
         secs = timed(lambda: m.model(ids), dev)
@@ -75,7 +67,8 @@ def evaluation(dev: str, length: int, batch: int) -> dict:
 def main() -> None:
     dev = sys.argv[1] if len(sys.argv) > 1 else "cuda"
     length = int(sys.argv[2]) if len(sys.argv) > 2 else 16384
-    out = {"device": device_name(dev), "length": length, "matmul_tflops": matmul_tflops(dev)}
+    out = {"device": device_name(dev), "length": length,
+           "matmul_tflops": matmul_rate(dev, torch.bfloat16) / 1e12}
     out.update(forward(dev, length))
     out["forward_vs_matmul"] = out["forward_tflops"] / out["matmul_tflops"]
     for batch in (1, 5):
