@@ -59,7 +59,7 @@ def test_bench_quick_table_shape(tmp_path):
     ft = r["finetune"]  # issue 16: both arms, the short-context rows and the three fine-tunes, timed
     assert set(ft["ablation"]) == {"lora+_s2", "lora+_full", "lora_s2", "lora+_s2, passkey_mix 0.25",
                                    "lora+_s2, short_mix 0.5"}
-    assert set(ft["s2_time"]) == {"256", "512"} and all(v > 0 for v in ft["s2_time"].values())
+    assert "s2_time" not in ft  # timed once, by the s2_time section, whose ratio the goal line reads
     assert "| fine-tuned, short_mix 0.5 |" in table and "| (b+short) as (b), short_mix 0.5 |" in table
     assert all(v["train_seconds"] > 0 for v in ft["ablation"].values()) and 0 <= ft["b"]["passkey"] <= 1
     assert "the full recipe at 4x" in table and "| (b+pk) as (b), passkey_mix 0.25 |" in table
@@ -67,6 +67,7 @@ def test_bench_quick_table_shape(tmp_path):
     s2 = r["s2_time"]  # S2-Attn against full attention by length: both arms timed at each
     assert set(s2["times"]) == {"256", "512"} and all(t["s2"] > 0 and t["full"] > 0 for t in s2["times"].values())
     assert "S2-Attn fine-tune time against full attention by length" in table and "| 512 (4x) |" in table
+    assert f"S2-Attn fine-tune at 2x: {s2['times']['256']['ratio']:.2f}x the time of full attention" in table
     sm = r["short_mix"]["rows"]  # the short_mix sweep: one fine-tune per mix, short steps only where mixed
     assert set(sm) == {"0.0", "0.5"} and sm["0.0"]["short_steps"] == 0 < sm["0.5"]["short_steps"]
     assert sm["0.0"]["l0_ppl"] != sm["0.5"]["l0_ppl"] and "finetune.short_mix at 2x" in table

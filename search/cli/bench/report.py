@@ -80,7 +80,8 @@ def render(r: dict[str, Any]) -> str:
     if "finetune" in r:
         from .finetune import render as render_finetune
 
-        lines += render_finetune(r["finetune"], r.get("finetune_budget"), r.get("finetune_steps"))
+        lines += render_finetune(r["finetune"], r.get("finetune_budget"), r.get("finetune_steps"),
+                                 r.get("s2_time"))
     if "short_mix" in r:
         from .finetune import render_sweep
 
