@@ -1,8 +1,9 @@
 #!/bin/bash
 # Session 14, trip 1 (carry .gpu .gpu-s): install, then on the embedded model (a) eval in float16
-# beside bf16 on CUDA (float32 there equals the CPU table: g1.log), (b) the full recipe on the GPU (search 4x, fine-tune there with
-# LoRA+ and S2-Attn, re-search 16x and the short factors on the fine-tuned model), once straight
-# and once killed with -9 mid fine-tune and resumed, compared. DEV=cpu for a dry run here.
+# beside bf16 on CUDA (float32 there equals the CPU table: g1.log), (b) the full recipe on the GPU
+# (search 4x, fine-tune there with LoRA+ and S2-Attn, re-search 16x and the short factors on the
+# fine-tuned model), once straight and once killed with -9 mid fine-tune and resumed, compared.
+# DEV=cpu for a dry run here.
 t0=$(date +%s); DEV=${DEV:-cuda}; STEPS=${STEPS:-60}
 . .gpu-s/setup.sh || exit 1
 export TQDM_DISABLE=1
