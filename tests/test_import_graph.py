@@ -129,7 +129,9 @@ def test_imports_go_one_way(pkg):
 
 
 def test_nothing_below_the_command_layer_imports_it():
-    above = ("longrope.search.cli", "longrope.search.__main__")  # `python -m longrope.search` starts it
+    # `python -m longrope.search` starts it; search/results holds the scripts of recorded runs, which
+    # drive the tool from above as a user would (the bench's functions on a GPU, one-off measurements)
+    above = ("longrope.search.cli", "longrope.search.__main__", "longrope.search.results")
     bad = [(a, b) for a, deps in import_graph().items() if not a.startswith(above)
            for b in deps if b.startswith("longrope.search.cli")]
     assert not bad, bad

@@ -130,7 +130,11 @@ def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, co
     # 0.5 s per candidate: the signal lands while one is being scored, not between two
     (tmp_path / "run.toml").write_text(text.replace('path = "synthetic"', 'path = "synthetic:0.1"'))
     run_dir = tmp_path / "r"
-    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet")
+    # the child's SIGINT as a terminal's: a SIG_IGN inherited from the test process (a background
+    # shell's `&`, or something earlier in the suite) would let Python leave Ctrl-C ignored, and
+    # the search end with 0 (the full-suite failure of 510a97f and session 14, reproduced that way)
+    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet",
+            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     wait_for_progress(p, run_dir, 40)
     end = time.time() + 60
     while not in_flight(run_dir) and time.time() < end and p.poll() is None:
