@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from longrope.objectives.methods import method_factors
-from longrope.search.cli.bench.finetune import s2_scaling
+from longrope.search.cli.bench.finetune import S2_SCALING, s2_model, s2_scaling
 from longrope.search.cli.bench.retrieval import heldout_evaluator, heldout_ppl
 
 
@@ -26,7 +26,7 @@ def main() -> None:
     t = r["times"][str(n)]
     t["heldout_base"] = heldout_ppl(base, pi, n)
     for s2 in (True, False):
-        ev = heldout_evaluator(str(work / f"s2-scaling-{n}-{s2}-model"))
+        ev = heldout_evaluator(str(s2_model(work, S2_SCALING, n, s2)))
         t["heldout_s2" if s2 else "heldout_full"] = heldout_ppl(ev, pi, n)
     t["heldout_ratio"] = t["heldout_s2"] / t["heldout_full"]
     print(json.dumps(r, indent=1))

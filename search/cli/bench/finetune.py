@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import shutil
 import tomllib
 from collections.abc import Callable
 from pathlib import Path
@@ -111,18 +112,29 @@ def s2_time(workdir: Path, spec: Any, ft: Any, factors_at: Callable[[int], Any],
     timed first, cold)."""
     from longrope.objectives.finetune import finetune
 
-    def run(s2: bool, n: int, k: int, folder: str) -> float:
+    def run(s2: bool, n: int, k: int, work: Path, model: Path) -> float:
         tune = dataclasses.replace(ft, s2_attn=s2, steps=k, s2_group=0, short_mix=0.0, passkey_mix=0.0)
-        return finetune(spec, tune, factors_at(n), n, workdir / folder, workdir / f"{folder}-model",
-                        progress=False)["train_seconds"]
+        return finetune(spec, tune, factors_at(n), n, work, model, progress=False)["train_seconds"]
 
-    for s2 in (True, False):
-        run(s2, lengths[0], 1, f"{name}-warmup-{s2}")
+    for s2 in (True, False):  # afresh: an earlier call's warm-up (another length) is not one to resume
+        warm = workdir / f"{name}-warmup-{s2}"
+        shutil.rmtree(warm, ignore_errors=True)
+        run(s2, lengths[0], 1, warm, warm.with_name(f"{warm.name}-model"))
     out = {}
     for n in lengths:
-        secs = {s2: run(s2, n, steps, f"{name}-{n}-{s2}") for s2 in (True, False)}
+        secs = {s2: run(s2, n, steps, workdir / f"{name}-{n}-{s2}", s2_model(workdir, name, n, s2))
+                for s2 in (True, False)}
         out[str(n)] = {"s2": secs[True], "full": secs[False], "ratio": secs[True] / secs[False]}
     return out
+
+
+def s2_model(workdir: Path, name: str, length: int, s2: bool) -> Path:
+    """Where s2_time(..., name=name) leaves the merged model it trained at `length`, with S2-Attn
+    or full attention (for a held-out comparison of the two)."""
+    return workdir / f"{name}-{length}-{s2}-model"
+
+
+S2_SCALING = "s2-scaling"  # the prefix of s2_scaling's work folders (s2_model finds its models)
 
 
 def s2_scaling(workdir: Path, scales: tuple[int, ...], steps: int, L0: int = 128) -> dict[str, Any]:
@@ -144,7 +156,7 @@ def s2_scaling(workdir: Path, scales: tuple[int, ...], steps: int, L0: int = 128
     ft = dataclasses.replace(cfg.finetune, batch_tokens=max(lengths))
     geometry = heldout_evaluator().geometry
     times = s2_time(workdir, ObjectiveSpec.from_config(cfg), ft, lambda n: method_factors("pi", geometry, n),
-                    lengths, steps, name="s2-scaling")
+                    lengths, steps, name=S2_SCALING)
     return {"L0": L0, "steps": steps, "batch_tokens": ft.batch_tokens, "times": times}
 
 

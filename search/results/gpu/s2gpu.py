@@ -15,9 +15,10 @@ from pathlib import Path
 from longrope.objectives.methods import method_factors
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
 from longrope.objectives.workers import Evaluator
-from longrope.search.cli.bench.finetune import s2_time
+from longrope.search.cli.bench.finetune import s2_model, s2_time
 
 MODEL, DATA = os.environ.get("M", "builtin:smollm2-135m"), "builtin:sotu-train"
+NAME = "s2gpu"  # s2_time's work folders
 
 
 def main() -> None:
@@ -32,11 +33,11 @@ def main() -> None:
     out = {"model": MODEL, "device": dev, "lr": ft.lr, "steps": {"2x": steps, "4x": steps4},
            "base_heldout_yarn_2x": base.evaluate(yarn(length), length, pool="heldout").ppl}
     del base
-    out["2x"] = s2_time(work, spec, ft, yarn, [length], steps, name="s2gpu")[str(length)]
+    out["2x"] = s2_time(work, spec, ft, yarn, [length], steps, name=NAME)[str(length)]
     print(json.dumps(out, indent=1), flush=True)
     for s2 in (True, False):
         ev = Evaluator(dataclasses.replace(spec, model=dataclasses.replace(
-            spec.model, path=str(work / f"s2gpu-{length}-{s2}-model"))))
+            spec.model, path=str(s2_model(work, NAME, length, s2)))))
         ppl = ev.evaluate(yarn(length), length, pool="heldout").ppl
         out["2x"]["heldout_s2" if s2 else "heldout_full"] = ppl
         del ev
@@ -45,7 +46,7 @@ def main() -> None:
     for far in (2 * length, 3 * length // 2):  # time only; the search pool holds few documents that long
         try:
             ft4 = dataclasses.replace(ft, batch_tokens=far)
-            out[f"{far}"] = s2_time(work, spec, ft4, yarn, [far], steps4, name="s2gpu")[str(far)]
+            out[f"{far}"] = s2_time(work, spec, ft4, yarn, [far], steps4, name=NAME)[str(far)]
             break
         except Exception as e:  # noqa: BLE001 - report and keep the 2x figures
             out[f"{far}"] = {"error": f"{type(e).__name__}: {e}"}
