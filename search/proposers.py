@@ -87,7 +87,7 @@ class GAProposer:
         )
         self.budget = stage.budget
         self.patience, self.min_improvement = se.patience, se.min_improvement
-        self.pruner, self.pruner_p = se.pruner, se.pruner_p
+        self.pruner, self.pruner_p, self.pruner_startup = se.pruner, se.pruner_p, se.pruner_startup
         self._thresholds: dict[int, Cutoff | None] = {}
 
     def distributions(self):
@@ -125,7 +125,8 @@ class GAProposer:
         if g not in self._thresholds:
             worst = self.sampler.cutoff_parent(study, g)
             self._thresholds[g] = None if worst is None else Cutoff(
-                worst.value, self.pruner, tuple(worst.user_attrs.get(DOC_NLL, ())), self.pruner_p)
+                worst.value, self.pruner, tuple(worst.user_attrs.get(DOC_NLL, ())), self.pruner_p,
+                self.pruner_startup)
         return self._thresholds[g]
 
     def factors(self, trial) -> RescaleFactors:

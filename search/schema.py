@@ -77,6 +77,9 @@ class SearchConfig:
     # because it keeps quality at the lowest cost)
     pruner: str = "wilcoxon"
     pruner_p: Fraction = 0.1  # wilcoxon: prune when p < this (Optuna's WilcoxonPruner default 0.1)
+    # wilcoxon: documents scored before the test may prune (Optuna's n_startup_steps; its default 2).
+    # After k documents the one-sided test's smallest p-value is 2^-k: with p 0.1 no prune before the 4th
+    pruner_startup: Annotated[int, Ge(2)] = 3
     storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
 
 

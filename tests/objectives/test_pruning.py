@@ -37,6 +37,16 @@ def test_wilcoxon_prunes_a_consistently_worse_candidate_long_before_the_exact_bo
     assert "Wilcoxon" in wil.reason and wil.ppl <= math.exp(sum(worse) / len(worse))
 
 
+def test_wilcoxon_startup_and_p_set_the_first_document_it_can_prune_at(monkeypatch):
+    # one-sided signed-rank test: after k documents all worse, p = 2^-k; with p 0.3 and a startup
+    # of 2 the candidate goes after 2 documents (0.25 < 0.3), with the default startup after 3
+    worse = [v + 0.1 for v in REF]
+    parent_ppl = math.exp(sum(REF) / len(REF))
+    early = scored(monkeypatch, worse, Cutoff(parent_ppl, "wilcoxon", REF, p=0.3, startup=2))
+    assert early.status == PRUNED and len(early.doc_nll) == 2
+    assert len(scored(monkeypatch, worse, Cutoff(parent_ppl, "wilcoxon", REF, p=0.3)).doc_nll) == 3
+
+
 def test_wilcoxon_compares_the_same_documents_when_the_first_ones_are_easy(monkeypatch):
     # documents in a fixed order, the first ones easiest: the candidate's first four (mean 1.70)
     # beat the parent's mean over all twelve (2.05) though it is worse on every one of them;

@@ -60,6 +60,7 @@ def test_an_unknown_key_is_one_line_naming_the_key_and_the_section(section):
     ("space", "lambda_max_ratio", "0.9", "space.lambda_max_ratio = 0.9 must be >= 1"),
     ("space", "mscale_step", "0", "space.mscale_step = 0.0 must be positive"),
     ("search", "pruner_p", "1", "search.pruner_p = 1.0 must be in (0, 1)"),
+    ("search", "pruner_startup", "1", "search.pruner_startup = 1 must be >= 2"),
     ("search", "crossover_prob", "-0.1", "search.crossover_prob = -0.1 must be in [0, 1]"),
     ("search", "parents", "0", "search.parents = 0 must be positive"),
     ("search", "mutants", "-1", "search.mutants = -1 must be >= 0"),

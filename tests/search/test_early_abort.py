@@ -77,6 +77,15 @@ def test_wilcoxon_prunes_more_than_exact_and_keeps_every_parent_and_the_best(tmp
     assert any("Wilcoxon" in r for r in reasons)
 
 
+def test_pruner_p_and_startup_reach_the_test(tmp_path):
+    # p 0.3 and a startup of 2 let the test prune after 2 documents (p = 1/4); the default startup
+    # (3) never could, so a prune there shows both keys travelled from the config to the scorer
+    text = pruning_text("wilcoxon").replace("[search]\n", "[search]\npruner_p = 0.3\npruner_startup = 2\n")
+    study = optuna.load_study(study_name="long-256", storage=search(tmp_path, "w", text).storage())
+    reasons = [t.user_attrs.get("reason", "") for t in study.get_trials(deepcopy=False)]
+    assert any(r.startswith("Wilcoxon p < 0.3 ") and r.endswith(" after 2/" + r.rsplit("/", 1)[1]) for r in reasons)
+
+
 def test_old_early_abort_key_reads_as_a_pruner():
     for old, new in ((True, "exact"), (False, "none")):
         text = small_cfg(iterations=6)[1].replace("[search]\n", f"[search]\nearly_abort = {str(old).lower()}\n")
