@@ -38,8 +38,8 @@ from .timing import cost_estimate, memory, overhead_and_flops
 __all__ = ["GOALS", "SECTIONS", "exact_ceiling", "finite_figures", "render", "run_bench", "summarize"]
 
 
-SECTIONS = ("speed", "memory", "quality", "early_abort", "pruning", "pruning_paper", "scale", "cost",
-            "retrieval", "spaces", "compare", "finetune", "short_mix", "s2_time")
+SECTIONS = ("speed", "memory", "quality", "samplers_paper", "early_abort", "pruning", "pruning_paper",
+            "scale", "cost", "retrieval", "spaces", "compare", "finetune", "short_mix", "s2_time")
 
 
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
@@ -93,6 +93,14 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
                                       [0] if quick else [0, 1, 2], samplers)
         r["quality_budget"] = budget
+    if "samplers_paper" in only:  # issue 15, 5c: the samplers at the paper's search shape and budget at 8x
+        # one seed each, 5 search documents: about 15 min a sampler here, alone
+        shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
+        r["samplers_paper_budget"] = 20 if quick else PAPER_BUDGET
+        r["samplers_paper_shape"] = shape
+        samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
+        r["samplers_paper"] = search_quality(work, [512 if quick else 1024], r["samplers_paper_budget"], [0],
+                                             samplers, **shape)
     if "early_abort" in only:
         r["early_abort"] = early_abort(work, budget)
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon

@@ -74,7 +74,10 @@ def _toml(**kw) -> str:
 
 
 def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[int],
-                   samplers: list[str]) -> dict[str, Any]:
+                   samplers: list[str], **shape: int) -> dict[str, Any]:
+    """Held-out (and search-set) perplexity of each sampler's best, per target and seed, beside
+    the closed-form methods on the same held-out documents; `shape` (population, parents, ...)
+    replaces the bench's small search shape, e.g. PAPER_SHAPE."""
     from longrope.objectives.methods import method_factors
     from longrope.objectives.specs import ObjectiveSpec
     from longrope.objectives.workers import Evaluator
@@ -90,8 +93,8 @@ def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[i
         for sampler in samplers:
             held, search = [], []
             for s in seeds:
-                run, _ = _search(workdir, f"q-{sampler}-{target}-{s}",
-                                 _toml(sampler=sampler, seed=s, target=target, budget=budget))
+                run, _ = _search(workdir, f"q-{sampler}-{target}-{s}-{budget}",
+                                 _toml(sampler=sampler, seed=s, target=target, budget=budget, **shape))
                 best = run.best("long", target)
                 held.append(best.heldout_ppl)
                 search.append(best.search_ppl)
