@@ -48,10 +48,10 @@ def test_bench_quick_table_shape(tmp_path):
     pp = r["pruning_paper"]  # the same at a given search shape: 8 + 3 generations of 4 children, 6 documents
     assert pp["pruners"] == ["none", "wilcoxon"] and pp["none"]["tokens"] == [(8 + 3 * 4) * 6 * 1024]
     assert "pruners at 1024 (population 8, 4 parents, 2 + 2 children, 20 evaluations" in table
-    sq = r["samplers_paper"]["512"]  # the samplers at a given search shape and budget, beside the methods
+    sq = r["samplers_paper"][512]  # the samplers at a given search shape and budget, beside the methods
     assert set(sq) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "longrope", "random"}
     assert "(the paper's search shape: population 8, 4 parents, 2 + 2 children, 20 evaluations, seed 0)" in table
-    assert sq["yarn"] == r["quality"]["512"]["yarn"] and r["summary"]["longrope_vs_reference_paper"] > 0
+    assert sq["yarn"] == r["quality"][512]["yarn"] and r["summary"]["longrope_vs_reference_paper"] > 0
     sp = r["spaces"]["512"]  # LongRoPE's space, LongRoPE2's two and the floor only; mscale on its grid
     assert set(sp) == {"longrope", "critical_dim", "critical_dim+mscale", "critical_floor"}
     assert "| critical_dim+mscale |" in table and "| critical_floor |" in table
