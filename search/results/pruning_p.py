@@ -66,5 +66,6 @@ def main() -> None:
     path.write_text(json.dumps(saved, indent=1))
     print(json.dumps(out, indent=1))
 
+
 if __name__ == "__main__":
     main()

@@ -39,7 +39,7 @@ def test_wilcoxon_prunes_a_consistently_worse_candidate_long_before_the_exact_bo
 
 def test_wilcoxon_startup_and_p_set_the_first_document_it_can_prune_at(monkeypatch):
     # one-sided signed-rank test: after k documents all worse, p = 2^-k; with p 0.3 and a startup
-    # of 2 the candidate goes after 2 documents (0.25 < 0.3), with the default startup after 3
+    # of 2 the candidate goes after 2 documents (0.25 < 0.3), with Cutoff's own startup (3) after 3
     worse = [v + 0.1 for v in REF]
     parent_ppl = math.exp(sum(REF) / len(REF))
     early = scored(monkeypatch, worse, Cutoff(parent_ppl, "wilcoxon", REF, p=0.3, startup=2))
