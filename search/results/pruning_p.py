@@ -29,9 +29,8 @@ RESULTS = Path(__file__).parent
 
 def arm(work: Path, p: float, startup: int, seed: int, budget: int, docs: int, shape: dict) -> dict:
     """One search with the Wilcoxon pruner at (p, startup): tokens, held-out ppl, prunes by document."""
-    toml = _toml(pruner="wilcoxon", budget=budget, seed=seed, search_docs=docs, **shape)
-    keys = f'pruner = "wilcoxon"\npruner_p = {p}\npruner_startup = {startup}'
-    toml = toml.replace('pruner = "wilcoxon"', keys)
+    toml = _toml(pruner="wilcoxon", budget=budget, seed=seed, search_docs=docs, **shape,
+                 search_keys=f"pruner_p = {p}\npruner_startup = {startup}")
     run, secs = _search(work, f"wilcoxon-p{p}-s{startup}-{seed}-{budget}", toml, progress=True)
     pruned = [t for stage in _stages(run) for t in stage if t.state.name == "PRUNED"]
     at: dict[int, int] = {}  # documents scored when pruned -> count

@@ -83,23 +83,23 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     r.update({"machine": f"{_gpus()}{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
     big = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
     budget = 12 if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
+    # the paper's search shape and budget (samplers_paper, pruning_paper); quick: 8 + 3 generations of 4
+    shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
+    paper_budget = 20 if quick else PAPER_BUDGET
+    samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
     if "speed" in only:
         r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
     if "memory" in only:
         r["memory"] = memory(big, 512 if quick else (8192 if have_smol else 4096))
         r["memory"]["model"] = big
     if "quality" in only:
-        samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
         r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
                                       [0] if quick else [0, 1, 2], samplers)
         r["quality_budget"] = budget
     if "samplers_paper" in only:  # issue 15, 5c: the samplers at the paper's search shape and budget at 8x
         # one seed each, 5 search documents: about 15 min a sampler here, alone
-        shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
-        r["samplers_paper_budget"] = 20 if quick else PAPER_BUDGET
-        r["samplers_paper_shape"] = shape
-        samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
-        r["samplers_paper"] = search_quality(work, [512 if quick else 1024], r["samplers_paper_budget"], [0],
+        r["samplers_paper_budget"], r["samplers_paper_shape"] = paper_budget, shape
+        r["samplers_paper"] = search_quality(work, [512 if quick else 1024], paper_budget, [0],
                                              samplers, **shape)
     if "early_abort" in only:
         r["early_abort"] = early_abort(work, budget)
@@ -109,8 +109,7 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
         # none and wilcoxon only (exact scores what none does): about 1 h for both here, alone (the
         # none search ran ~40 evaluations a minute); never beside another torch job on 2 cores
-        shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
-        r["pruning_paper"] = pruning(work, 20 if quick else PAPER_BUDGET, [0], 6 if quick else 12,
+        r["pruning_paper"] = pruning(work, paper_budget, [0], 6 if quick else 12,
                                      ("none", "wilcoxon"), **shape)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)

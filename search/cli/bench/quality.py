@@ -59,6 +59,7 @@ crossovers = {crossovers}
 iterations = {iterations}
 max_evals = {budget}
 pruner = "{pruner}"
+{search_keys}
 [workers]
 backend = "{backend}"
 count = {count}
@@ -68,7 +69,7 @@ count = {count}
 def _toml(**kw) -> str:
     base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, pruner="exact",
                 backend="inprocess", count=1, target=1024, search_docs=5, space="",
-                population=32, parents=16, mutants=8, crossovers=8)
+                population=32, parents=16, mutants=8, crossovers=8, search_keys="")
     base.update(kw)
     return SEARCH_TOML.format(**base)
 
@@ -251,9 +252,8 @@ def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
     for label, model in cases:
         rates, e2e = {}, {}
         for count in (1, 2):
-            toml = _toml(backend="ray", count=count, budget=evals, threads=1).replace(
-                'path = "builtin:tiny-sotu"', f'path = "{model}"').replace('pruner = "exact"',
-                                                                            'pruner = "none"')
+            toml = _toml(backend="ray", count=count, budget=evals, threads=1, pruner="none").replace(
+                'path = "builtin:tiny-sotu"', f'path = "{model}"')
             run, secs = _search(workdir, f"scale-{label}-{count}", toml)
             rates[count] = evals / _trial_span(run)
             e2e[count] = evals / secs
