@@ -17,7 +17,7 @@ runs were scored on (builtin:sotu-train's held-out pool, first N of those that r
   one 16k pass, as `longrope eval` scores them, split into the two halves.
 
 Perplexities are exp(mean over documents of each document's mean token NLL), as everywhere.
-Usage: python search/results/headroom.py [N] (default 5; about 4.5 min a document here)
+Usage: python search/results/headroom.py [N] (default 5; about 5.5 min a document here)
 -> search/results/headroom.json.
 """
 
