@@ -119,16 +119,21 @@ def stride_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int
     return out
 
 
+def strided_token_nll(model: Any, ids: np.ndarray, window: int, stride: int, chunk: int = 1024) -> Any:
+    """NLL of each token ids[1:] (a float32 tensor), each scored once by the sliding windows of
+    stride_windows(len(ids), window, stride)."""
+    import torch
+
+    walk = stride_windows(len(ids), window, stride)
+    return torch.cat([token_nll(model, ids[a:b], chunk, first - a) for a, b, first in walk])
+
+
 def strided_nll(model: Any, ids: np.ndarray, window: int, stride: int,
                 chunk: int = 1024) -> tuple[float, float, int]:
     """(mean token NLL, last-quarter mean, tokens run) of one document scored by sliding windows
     of `window` tokens advancing by `stride`; stride >= len(ids) is document_nll's single pass."""
-    import torch
-
-    parts = [token_nll(model, ids[a:b], chunk, first - a) for a, b, first in stride_windows(len(ids), window,
-                                                                                              stride)]
     runs = sum(b - a for a, b, _ in stride_windows(len(ids), window, stride))
-    return (*mean_and_tail(torch.cat(parts)), runs)
+    return (*mean_and_tail(strided_token_nll(model, ids, window, stride, chunk)), runs)
 
 
 def postprocess_logits(logits: Any, arch: Architecture, config: Any) -> Any:

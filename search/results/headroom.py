@@ -27,10 +27,8 @@ import sys
 import time
 from pathlib import Path
 
-import torch
-
 from longrope.objectives.methods import method_factors
-from longrope.objectives.perplexity import stride_windows, token_nll
+from longrope.objectives.perplexity import strided_token_nll, token_nll
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
 
@@ -39,26 +37,20 @@ HERE = Path(__file__).parent
 SEARCHED = str(HERE / "gpu" / "smollm2-16384-400evals.json")
 
 
-def windowed(model, ids, window: int, stride: int) -> torch.Tensor:
-    """NLL of ids[1:], each token once, from sliding windows (perplexity.strided_nll's walk)."""
-    walk = stride_windows(len(ids), window, stride)
-    return torch.cat([token_nll(model, ids[a:b], first=f - a) for a, b, f in walk])
-
-
 def main() -> None:
     n = int(sys.argv[1]) if len(sys.argv) > 1 else 5
     ev = Evaluator(ObjectiveSpec.of(MODEL, DATA, device="cpu", heldout_docs=n))
     model, rot, geo = ev.loaded.model, ev.rotary, ev.geometry
     docs = ev.docs(L, "heldout", n)
     half = L0 - 1  # token_nll's row i is the NLL of token i + 1: the first half is rows [0, L0 - 1)
-    rows = {k: [] for k in ("window", "yarn", "searched", "ideal")}
+    rows = {k: [] for k in ("window", "yarn", "searched")}
     halves = {k: ([], []) for k in ("window", "yarn", "searched")}
     gains, parts = [], []
     t0 = time.perf_counter()
     for i, ids in enumerate(docs):
         rot.set_factors(None)
-        w8 = windowed(model, ids, L0, L0 // 2)  # [L - 1]; its first L0 - 1 rows are one full 8k pass
-        w4 = windowed(model, ids[:L0], L0 // 2, L0 // 4)  # [L0 - 1]
+        w8 = strided_token_nll(model, ids, L0, L0 // 2)  # [L - 1]; its first L0 - 1 rows are one full 8k pass
+        w4 = strided_token_nll(model, ids[:L0], L0 // 2, L0 // 4)  # [L0 - 1]
         q = L0 // 2 - 1  # rows of the tokens at positions 4k..8k
         gain = float(w4[q:].mean() - w8[q:half].mean())
         gains.append(gain)
