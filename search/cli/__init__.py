@@ -17,6 +17,7 @@ import sys
 from longrope.spaces import UserError
 
 from . import bench, check, demo, evaluate, export, report, run
+from .args import resolve_run_dir
 
 EXIT_USER = 2
 
@@ -68,6 +69,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not getattr(args, "func", None):
         parser.print_help()
+        return EXIT_USER
+    problem = resolve_run_dir(args)
+    if problem:  # the same one line as any other usage mistake
+        print(f"error: {parser.prog} {args.command}: {problem} (see --help)", file=sys.stderr)
         return EXIT_USER
     try:
         rc = int(args.func(args) or 0)

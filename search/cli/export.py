@@ -7,6 +7,8 @@ import sys
 
 from longrope.runs.export import FORMATS
 
+from .args import add_run_dir
+
 
 def cmd_export(args: argparse.Namespace) -> int:
     """Write the best factors as a Hugging Face config patch (or CSV)."""
@@ -46,7 +48,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         description=cmd_export.__doc__ + " The JSON has max_position_embeddings, "
                         "original_max_position_embeddings and rope_scaling (rope_type longrope) to merge "
                         "into a model's config.json, plus a longrope_search block with n̂ and provenance.")
-    ex.add_argument("run_dir")
+    add_run_dir(ex, "the run to export from")
     ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
     ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
     ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from .args import add_run_dir
+
 
 def cmd_report(args: argparse.Namespace) -> int:
     """Write a run's report: a Markdown page with, per stage, the best value against evaluations,
@@ -20,7 +22,7 @@ def cmd_report(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     r = sub.add_parser("report", help="a Markdown page and PNGs per stage of a run",
                        description=cmd_report.__doc__)
-    r.add_argument("run_dir", help="a run directory (it may still be running)")
+    add_run_dir(r, "a run directory (it may still be running)")
     r.add_argument("-o", "--out", metavar="DIR", help="where to write report.md and the PNGs "
                    "(default: RUN/report/)")
     r.set_defaults(func=cmd_report)

@@ -8,6 +8,8 @@ import sys
 from longrope.runs.lease import LOCK_TIMEOUT
 from longrope.spaces import UserError
 
+from .args import add_run_dir
+
 
 def cmd_config(args: argparse.Namespace) -> int:
     """Validate a config and print it fully resolved (or the annotated example)."""
@@ -98,7 +100,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         p = sub.add_parser(name, help=fn.__doc__.split(";")[0].rstrip("."), description=fn.__doc__,
                            epilog=samplers)
         if is_resume:
-            p.add_argument("run_dir", help="an existing run directory")
+            add_run_dir(p)
             p.add_argument("--repair", action="store_true", help="drop journal lines that cannot be read "
                            "(a backup is kept); the results they held are re-run")
         else:
@@ -115,6 +117,6 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.set_defaults(func=fn)
 
     st = sub.add_parser("status", help="progress of a run", description=cmd_status.__doc__)
-    st.add_argument("run_dir")
+    add_run_dir(st)
     st.add_argument("--json", action="store_true", help="one JSON object with a 'stages' list")
     st.set_defaults(func=cmd_status)

@@ -163,6 +163,10 @@ def test_cli_flags_budget_and_workers(tmp_path, capsys):
 
 RUN_CASES = {
     "resume a non-run": (lambda run, f, t: ["resume", str(t)], "is not a run directory"),
+    "resume --run-dir a non-run": (lambda run, f, t: ["resume", "--run-dir", str(t)], "is not a run directory"),
+    "resume no run dir": (lambda run, f, t: ["resume"], "the run directory is required"),
+    "status two run dirs": (lambda run, f, t: ["status", str(run), "--run-dir", str(t)],
+                            "two run directories given"),
     "changed search-defining key": (lambda run, f, t: ["search", cfg_file(t, SYN.replace(
         "iterations = 1", "iterations = 1\nseed = 5")), "--run-dir", str(run)], "search.seed: 0 -> 5"),
     "export unknown target": (lambda run, f, t: ["export", str(run), "--target", "999"],
@@ -194,6 +198,17 @@ def test_bad_run_commands(case, existing_run, files, tmp_path, capsys):
     rc = main(make(existing_run, files, tmp_path))
     assert_one_line_error(rc, capsys.readouterr().err, message)
     assert snapshot(existing_run) == before
+
+
+def test_run_dir_either_way(existing_run, capsys):
+    """The verbs that read a run take --run-dir as `search` spells it, or RUN_DIR: the same output."""
+    outs = []
+    for argv in (["status", str(existing_run), "--json"], ["status", "--run-dir", str(existing_run), "--json"],
+                 ["status", str(existing_run), "--run-dir", str(existing_run), "--json"]):
+        assert main(argv) == 0
+        outs.append(json.loads(capsys.readouterr().out))
+    assert outs[0]["run"] == outs[1]["run"] == outs[2]["run"] == str(existing_run)
+    assert outs[0]["stages"] == outs[1]["stages"] == outs[2]["stages"] != []
 
 
 def test_model_folder_without_tokenizer(tmp_path, capsys, tiny_model_dir, text_corpus_dir):
