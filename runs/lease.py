@@ -18,8 +18,13 @@ with O_EXCL: of two resumers that find the same stale lock only the first inside
 writes; the second then reads a fresh lease and refuses. The lease itself is written to a
 temp file and renamed over run.lock (atomic on POSIX and on NFS), so a reader never sees
 half of it. The holder only refreshes or removes a lock that still carries its token: one
-that was taken over while it hung (SIGSTOP, a long GC pause) is left to the new holder, and
-`lost` says so.
+that was taken over while it hung (SIGSTOP, a long GC pause, a stalled file system) is left to
+the new holder, and `lost` says so. The driver calls `check()` before each write to the run,
+so a holder that wakes up after a take-over stops without writing again: two drivers never
+write one journal.
+
+A timeout of two heartbeats or less would let a second driver take a live lease over, so it
+is refused.
 """
 
 from __future__ import annotations
@@ -41,12 +46,19 @@ HEARTBEAT = 5.0  # seconds between the holder's refreshes
 GUARD_WAIT = 5.0  # how long an acquirer waits for another one's guard before refusing
 
 
+class LeaseLost(UserError):
+    """Another driver took this one's lease over while it was unresponsive."""
+
+
 class Lease:
     """Context manager: acquire on enter (or raise UserError), heartbeat while held, release."""
 
     def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float = HEARTBEAT):
         if not timeout > 0:
             raise UserError(f"--lock-timeout must be a positive number of seconds, got {timeout}")
+        if timeout <= 2 * interval:  # a live holder's heartbeat may be one interval old, and late
+            raise UserError(f"--lock-timeout must be more than {2 * interval:g} s (two heartbeats of "
+                            f"{interval:g} s), or a live driver's lock could be taken over; got {timeout:g}")
         self.path, self.timeout, self.interval = Path(path), float(timeout), interval
         self.guard = self.path.with_name(self.path.name + ".guard")
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
@@ -135,13 +147,32 @@ class Lease:
         finally:
             self.guard.unlink(missing_ok=True)
 
-    def mine(self) -> bool:
+    def mine(self) -> bool | None:
+        """Whether run.lock still carries this lease's token; None when it cannot be read just
+        now (a transient file-system error: the next look decides)."""
         other = self.read()
-        return bool(other) and other.get("token") == self.me["token"]
+        if other == {}:
+            return None
+        return other is not None and other.get("token") == self.me["token"]
+
+    def check(self) -> None:
+        """Raise LeaseLost when another driver holds the run now (this one was taken over while it
+        hung, or the lock was removed): the caller must stop before it writes to the run again."""
+        if self.lost or self.mine() is False:
+            self.lost = True
+            other = self.read()
+            who = (f"pid {other.get('pid')} on {other.get('host')}" if other else
+                   "nobody (the lock file is gone)")
+            raise LeaseLost(f"{self.path.parent}: this driver's lock is now held by {who}: it was taken "
+                            "over while this driver was unresponsive; stopping without writing to the run "
+                            "again (the driver holding it continues the search)")
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
-            if not self.mine():
+            held = self.mine()
+            if held is None:  # unreadable just now: look again at the next beat
+                continue
+            if not held:
                 self.lost = True
                 print(f"warning: {self.path} was taken over by another driver; this one no longer "
                       "holds the run", file=sys.stderr)

@@ -28,7 +28,7 @@ from optuna.trial import TrialState
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import BestRecord, Run, vocab
-from longrope.runs.lease import LOCK_TIMEOUT
+from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -162,12 +162,12 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     try:
         plan.start_backend()
         run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-        with run.lock(lock_timeout), _sigterm_as_interrupt():
+        with run.lock(lock_timeout) as lease, _sigterm_as_interrupt():
             if run.clear_stale_journal_lock():
                 run.event("cleared a journal lock left by a killed driver")
             run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
             try:
-                return Driver(cfg, run, progress=progress, plan=plan).run_all()
+                return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
             except KeyboardInterrupt as e:
                 why, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
                 run.event(f"interrupted ({why}); running trials re-queued")
@@ -203,13 +203,14 @@ def _sigterm_as_interrupt():
 
 class Driver:
     """Runs a plan's stages into a run. `backend`: use this one instead of making one
-    (it is still checked); `plan`: one already checked by `run_search`."""
+    (it is still checked); `plan`: one already checked by `run_search`; `lease`: the run's
+    lock, checked before each write to the journal (a driver taken over stops there)."""
 
     def __init__(self, cfg: RunConfig, run: Run, progress: bool = True, backend=None,
-                 plan: Plan | None = None):
+                 plan: Plan | None = None, lease: Lease | None = None):
         if plan is not None and backend is not None:
             raise ValueError("give the backend to the plan, not to both")
-        self.cfg, self.run, self.progress = cfg, run, progress
+        self.cfg, self.run, self.progress, self.lease = cfg, run, progress, lease
         self.plan = plan if plan is not None else Plan(cfg, backend)
         self.geometry, self.stages = self.plan.geometry, self.plan.stages
         self.inflight: dict[int, tuple[optuna.Study, Any, Proposer]] = {}
@@ -242,6 +243,7 @@ class Driver:
         previous: RescaleFactors | None = None
         try:
             for stage in self.stages:
+                self.check_lease()  # the study's creation and its attributes are writes too
                 self.start_backend()  # once, and again after a fine-tune switched the model
                 prev = previous if stage.kind == "long" else None
                 initial = initial_factors(self.cfg, stage, self.geometry, prev)
@@ -252,11 +254,22 @@ class Driver:
                 if stage.kind == "long" and results[stage.name] is not None:
                     previous = results[stage.name]
                 if stage.kind == "long" and stage.length in self.cfg.finetune.after:
+                    self.check_lease()
                     self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
-                                                       self.cfg.workers, stage.length, self.progress))
+                                                       self.cfg.workers, stage.length, self.progress,
+                                                       check=self.check_lease))
+        except LeaseLost:  # another driver holds the run: its resume re-queues what ran here
+            self.inflight.clear()
+            self.active = None
+            raise
         finally:
             self.abandon_inflight()
         return results
+
+    def check_lease(self) -> None:
+        """Before a write to the run: stop (LeaseLost) if another driver has taken it over."""
+        if self.lease is not None:
+            self.lease.check()
 
     def abandon_inflight(self) -> None:
         """On interruption: hand in-flight trials back to the queue (resume re-runs them). The
@@ -312,6 +325,7 @@ class Driver:
             bar.set_postfix_str(f"best ppl {best.value:.4f}")
         while True:
             while self.backend.free() > 0 and proposer.ready(study):
+                self.check_lease()
                 trial = study.ask(proposer.distributions())
                 job = Job(trial.number, proposer.factors(trial), stage.length,
                           proposer.threshold(study, frozen_trial(study, trial)))
@@ -343,6 +357,7 @@ class Driver:
         return factors
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
+        self.check_lease()
         trial.set_user_attr(vocab.DOC_NLL, list(ev.doc_nll))
         trial.set_user_attr(vocab.TOKENS, ev.tokens)
         trial.set_user_attr(vocab.SECONDS, round(ev.seconds, 4))
@@ -376,6 +391,7 @@ class Driver:
                                         proposer.factors(trial), heldout, self.plan.spec.model.path))
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
+        self.check_lease()
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return

@@ -41,9 +41,10 @@ def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
 
 
 def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: WorkersConfig, length: int,
-                   progress: bool = True) -> str:
+                   progress: bool = True, check=None) -> str:
     """Fine-tune `spec`'s model after stage long-`length` (its best file holds the factors);
-    returns the merged model's folder. Already done: returns it at once."""
+    returns the merged model's folder. Already done: returns it at once. `check()` runs before
+    the merged model is written (the driver's lease: one taken over meanwhile stops there)."""
     final = run.model_dir(length)
     if (final / "config.json").is_file():
         return str(final)
@@ -58,6 +59,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
     args = (spec, ft, best.factors, length, work, work / "merged")
     record = _on_ray(workers, *args) if workers.backend == "ray" else _here(*args, progress=progress)
+    if check is not None:
+        check()
     patch = work / "factors.json"  # the stage's factors in export form, for the merged config
     atomic_write_text(patch, json.dumps(hf_config_patch(best, None), indent=1) + "\n")
     tmp = final.with_name(final.name + ".tmp")

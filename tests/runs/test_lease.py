@@ -13,6 +13,7 @@ from search_helpers import small_cfg, trajectory
 from longrope.runs import Run
 from longrope.runs.lease import Lease
 from longrope.search.cli import main
+from longrope.search.driver import Driver
 from longrope.spaces import UserError
 
 
@@ -85,9 +86,58 @@ def test_a_lease_taken_over_is_lost_and_left_to_the_new_holder(tmp_path, capsys)
     assert "was taken over by another driver" in capsys.readouterr().err
 
 
+def test_an_unreadable_lock_is_not_a_lost_lease(tmp_path):
+    """A read that fails just now (a flaky shared file system) is looked at again, not taken
+    for a take-over; a foreign lease is."""
+    lock = tmp_path / "run.lock"
+    with Lease(lock, interval=0.05) as lease:
+        lock.write_text("{not json")
+        time.sleep(0.3)
+        lease.check()
+        assert not lease.lost
+        forge(lock, host="node-c")
+        with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+            lease.check()
+    assert lease.lost and json.loads(lock.read_text())["host"] == "node-c"
+
+
 def test_bad_timeout_is_one_line(tmp_path):
     with pytest.raises(UserError, match="--lock-timeout must be a positive"):
         Lease(tmp_path / "run.lock", timeout=0)
+    # a live driver beats every 5 s: a timeout of 10 s or less could take its lease over
+    with pytest.raises(UserError, match="--lock-timeout must be more than 10 s"):
+        Lease(tmp_path / "run.lock", timeout=10)
+    assert not (tmp_path / "run.lock").exists()
+
+
+def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch, capsys):
+    """A driver that hung past --lock-timeout while node-c took the run over wakes up and stops
+    at its next write: the journal stays as node-c found it, the lock stays node-c's, and a
+    resume after node-c ends where an uninterrupted search ends."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    ref, run_dir = tmp_path / "ref", tmp_path / "run"
+    assert main(["search", str(cfg), "--run-dir", str(ref), "--quiet", "--max-evals", "24"]) == 0
+    told, journal = [], {}
+    real_tell = Driver.tell
+
+    def tell(self, study, trial, ev):  # this driver hangs before its 5th result; node-c takes over
+        told.append(trial.number)
+        if len(told) == 5:
+            forge(run_dir / "run.lock", host="node-c", age=0)
+            journal["at take-over"] = (run_dir / "journal.log").read_bytes()
+        return real_tell(self, study, trial, ev)
+
+    monkeypatch.setattr(Driver, "tell", tell)
+    capsys.readouterr()
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"]) == 2
+    assert "now held by pid 4242 on node-c" in capsys.readouterr().err
+    assert len(told) == 5 and (run_dir / "journal.log").read_bytes() == journal["at take-over"]
+    assert json.loads((run_dir / "run.lock").read_text())["host"] == "node-c"
+    monkeypatch.undo()
+    forge(run_dir / "run.lock", host="node-c", age=600)  # node-c is preempted in its turn
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
+    assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref))
 
 
 def test_resume_from_another_host_after_preemption(tmp_path, capsys):

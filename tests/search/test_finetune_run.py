@@ -137,3 +137,27 @@ def test_the_finetune_runs_as_a_ray_task_and_equals_in_process(tiny_model_dir, t
     assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
     rec = json.loads((b.finetune_dir(64) / "training.json").read_text())
     assert len(rec["losses"]) == 6 and "finetune-64: done" in (b.path / "events.log").read_text()
+
+
+def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir, text_corpus_dir, tmp_path,
+                                                                monkeypatch):
+    """The lease is looked at when the fine-tune returns: a driver taken over while it trained
+    (node-c resumed the run) stops before it writes the merged model or any later stage."""
+    from longrope.search import finetuning
+
+    text = _text(tiny_model_dir, text_corpus_dir, steps=2).replace("short = [16]", "short = []")
+    run_dir = tmp_path / "r"
+    real = finetuning._here
+
+    def here_then_taken_over(*args, **kw):
+        record = real(*args, **kw)
+        lock = run_dir / "run.lock"
+        lock.write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
+                                    "started": time.time(), "token": "theirs"}))
+        return record
+
+    monkeypatch.setattr(finetuning, "_here", here_then_taken_over)
+    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+    run = Run.open(run_dir)
+    assert not run.model_dir(64).exists() and [s.study_name for s in run.studies()] == ["long-64"]
