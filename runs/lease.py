@@ -9,8 +9,11 @@ and when it last proved it was alive:
 The live driver rewrites the heartbeat every `interval` seconds (5; the issue asks <= 10) from
 a daemon thread. A driver that finds the lock
 
-- with a heartbeat older than `timeout` (60 s; `--lock-timeout`), or held by a dead process
-  on its own host, or unreadable: takes it over with a warning;
+- held by a dead process on its own host, or unreadable: takes it over with a warning;
+- with a heartbeat older than `timeout` (60 s; `--lock-timeout`) by this host's clock: watches
+  it for two heartbeats first, and takes it over only if it did not move. The age compares two
+  hosts' clocks, which can differ by more than the timeout; a live holder rewrites its lease
+  within the watch whatever its clock says;
 - otherwise: refuses in one line, naming the host, the pid and the heartbeat's age.
 
 Every acquisition (create or take over) runs under a second file, ``run.lock.guard``, created
@@ -53,7 +56,8 @@ class LeaseLost(UserError):
 class Lease:
     """Context manager: acquire on enter (or raise UserError), heartbeat while held, release."""
 
-    def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float = HEARTBEAT):
+    def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float | None = None):
+        interval = HEARTBEAT if interval is None else interval
         if not timeout > 0:
             raise UserError(f"--lock-timeout must be a positive number of seconds, got {timeout}")
         if timeout <= 2 * interval:  # a live holder's heartbeat may be one interval old, and late
@@ -94,28 +98,47 @@ class Lease:
         beat = other.get("heartbeat", other.get("started"))
         return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
 
-    def stale(self, other: dict) -> str | None:
-        """Why `other` may be taken over, or None while it is live."""
+    def dead_here(self, other: dict) -> bool:
+        """`other` was written by a process on this host that no longer runs."""
+        return other.get("host") == self.me["host"] and not _alive(other.get("pid", -1))
+
+    def stale(self, other: dict, watched: dict | None = None) -> str | None:
+        """Why `other` may be taken over, or None while it is live. `watched`: the lease as it
+        was two heartbeats ago (watch()); one old by the clock is taken only if it is unchanged."""
         if not other:
             return f"taking over an unreadable lock file {self.path}"
-        age = self.age(other)
-        if other.get("host") == self.me["host"] and not _alive(other.get("pid", -1)):
+        if self.dead_here(other):
             return f"taking over a stale lock of dead process {other.get('pid')} on this host"
-        if age > self.timeout:
+        age = self.age(other)
+        if age > self.timeout and other == watched:
             return (f"taking over the lock of pid {other.get('pid')} on {other.get('host')}: no "
-                    f"heartbeat for {age:.0f} s (> --lock-timeout {self.timeout:g} s)")
+                    f"heartbeat for {age:.0f} s (> --lock-timeout {self.timeout:g} s), nor while "
+                    f"watched for {2 * self.interval:g} s")
         return None
 
     # -- acquire, heartbeat, release ----------------------------------------------------------
+    def watch(self) -> dict | None:
+        """The lease as found, after two heartbeats of waiting, when it looks stale by this
+        host's clock (else None: nothing to watch)."""
+        seen = self.read()
+        if not seen or self.dead_here(seen) or self.age(seen) <= self.timeout:
+            return None
+        time.sleep(2 * self.interval)
+        return seen
+
     def acquire(self) -> None:
+        watched = self.watch()  # outside the guard: other acquirers are not kept waiting
         with self._guarded():
             other = self.read()
             if other is not None:
-                why = self.stale(other)
+                why = self.stale(other, watched)
                 if why is None:
+                    age = self.age(other)
+                    skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
+                            "old: the two hosts' clocks differ" if age > self.timeout else "")
                     raise UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
-                                    f"{other.get('host')} (heartbeat {self.age(other):.0f} s ago, "
-                                    f"{self.path}); one driver per run; a lock silent for "
+                                    f"{other.get('host')} (heartbeat {age:.0f} s ago, "
+                                    f"{self.path}){skew}; one driver per run; a lock silent for "
                                     f"--lock-timeout ({self.timeout:g} s) is taken over")
                 print(f"warning: {why}", file=sys.stderr)
             self._write()

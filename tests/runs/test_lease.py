@@ -35,11 +35,36 @@ def test_fresh_foreign_lock_is_refused_naming_host_and_pid(tmp_path):
 def test_stale_foreign_lock_is_taken_over_with_a_warning(tmp_path, capsys):
     lock = tmp_path / "run.lock"
     forge(lock, age=61)
-    with Lease(lock, timeout=60) as lease:
+    with Lease(lock, timeout=60, interval=0.05) as lease:
         held = json.loads(lock.read_text())
         assert held["token"] == lease.me["token"] and held["pid"] == os.getpid()
     assert "taking over the lock of pid 4242 on node-b: no heartbeat for 61 s" in capsys.readouterr().err
     assert not lock.exists()
+
+
+def test_a_live_holder_on_a_skewed_clock_is_not_taken_over(tmp_path):
+    """node-b's clock is 10 min behind: by this host's clock its lease looks 600 s old, but its
+    heartbeat moves while watched, so it is refused, and the message says why."""
+    lock = tmp_path / "run.lock"
+    stop = threading.Event()
+
+    def node_b_beats():  # every 20 ms, with its own (slow) clock, atomically as a holder writes
+        tmp = tmp_path / "node-b.tmp"
+        while not stop.is_set():
+            forge(tmp, age=600)
+            os.replace(tmp, lock)
+            time.sleep(0.02)
+
+    forge(lock, age=600)  # its lease is there before this driver looks
+    beater = threading.Thread(target=node_b_beats)
+    beater.start()
+    try:
+        with pytest.raises(UserError, match="in use by pid 4242 on node-b .*the two hosts' clocks differ"):
+            Lease(lock, timeout=60, interval=0.1).acquire()
+    finally:
+        stop.set()
+        beater.join()
+    assert json.loads(lock.read_text())["token"] == "theirs"
 
 
 def test_heartbeat_advances_while_held(tmp_path):
@@ -57,7 +82,7 @@ def test_concurrent_resumers_cannot_both_win(tmp_path):
 
     def resume():
         start.wait()
-        lease = Lease(lock, timeout=60)
+        lease = Lease(lock, timeout=60, interval=0.05)
         try:
             lease.acquire()
         except UserError as e:
@@ -110,7 +135,13 @@ def test_bad_timeout_is_one_line(tmp_path):
     assert not (tmp_path / "run.lock").exists()
 
 
-def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch, capsys):
+@pytest.fixture
+def quick_heartbeat(monkeypatch):
+    """The drivers' heartbeat every 0.2 s, so a take-over's watch lasts 0.4 s, not 10."""
+    monkeypatch.setattr("longrope.runs.lease.HEARTBEAT", 0.2)
+
+
+def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch, capsys, quick_heartbeat):
     """A driver that hung past --lock-timeout while node-c took the run over wakes up and stops
     at its next write: the journal stays as node-c found it, the lock stays node-c's, and a
     resume after node-c ends where an uninterrupted search ends."""
@@ -134,13 +165,13 @@ def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch
     assert "now held by pid 4242 on node-c" in capsys.readouterr().err
     assert len(told) == 5 and (run_dir / "journal.log").read_bytes() == journal["at take-over"]
     assert json.loads((run_dir / "run.lock").read_text())["host"] == "node-c"
-    monkeypatch.undo()
+    monkeypatch.setattr(Driver, "tell", real_tell)
     forge(run_dir / "run.lock", host="node-c", age=600)  # node-c is preempted in its turn
     assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
     assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref))
 
 
-def test_resume_from_another_host_after_preemption(tmp_path, capsys):
+def test_resume_from_another_host_after_preemption(tmp_path, capsys, quick_heartbeat):
     """Preempted on node-b (its lock left behind): a resume waits for nobody once the heartbeat
     is older than --lock-timeout, and ends where an uninterrupted search ends."""
     cfg = tmp_path / "c.toml"
@@ -153,5 +184,5 @@ def test_resume_from_another_host_after_preemption(tmp_path, capsys):
     assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 2  # 30 s < 60 s: live
     assert "in use by pid 4242 on node-b" in capsys.readouterr().err
     assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24", "--lock-timeout", "20"]) == 0
-    assert "no heartbeat for 30 s" in capsys.readouterr().err
+    assert "no heartbeat for 30 s (> --lock-timeout 20 s), nor while watched for 0.4 s" in capsys.readouterr().err
     assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref)) and not (run_dir / "run.lock").exists()
