@@ -12,7 +12,6 @@ same candidates in the same generations as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import math
 import os
@@ -26,29 +25,17 @@ import optuna
 from optuna.trial import TrialState
 
 from longrope.objectives.perplexity import COMPLETE, PRUNED
-from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
-from .backends import Job, make_backend
+from .backends import Job
 from .config import RunConfig, defining_diff, dumps
-from .finetuning import check_finetune, finetune_stage
+from .finetuning import finetune_stage
+from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stages import Stage, initial_factors, make_stages
-
-
-def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
-    """The model's geometry from its config alone (no weights), for the stages."""
-    if cfg.model.path.startswith("synthetic"):
-        from longrope.objectives.synthetic import GEOMETRY, parse_cost
-
-        parse_cost(cfg.model.path)
-        return GEOMETRY
-    from longrope.objectives.models import read_config, resolve
-
-    return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
+from .stages import Stage, initial_factors
 
 
 def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
@@ -88,49 +75,6 @@ def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, 
         config_hash=config_hash(run), model=model, data=cfg.data.path,
         sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
     )
-
-
-class Plan:
-    """What a search will do, checked before its run directory is written: the model's geometry,
-    the stages, their seed files, the objective, and (once started) the checked backend."""
-
-    def __init__(self, cfg: RunConfig, backend=None):
-        self.cfg = cfg
-        self.geometry = preflight_geometry(cfg)
-        self.stages = make_stages(cfg, self.geometry)
-        for stage in self.stages:  # seed files are checked before anything is written
-            initial_factors(cfg, stage, self.geometry, None)
-        self.spec = ObjectiveSpec.from_config(cfg)
-        check_finetune(self.spec, cfg.finetune)
-        if cfg.finetune.after and backend is not None:
-            raise UserError("finetune.after switches the workers' model: let the driver make its workers")
-        self.backend = backend
-        self.checked = False
-        self._made = False
-
-    def start_backend(self):
-        """Make the backend (unless one was given) and check it against the stage lengths: the
-        model loads and the data holds documents long enough. Once; later calls return it."""
-        if not self.checked:
-            if self.backend is None:
-                self.backend = make_backend(self.spec, self.cfg.workers)
-                self._made = True
-            self.backend.check([s.length for s in self.stages])
-            self.checked = True
-        return self.backend
-
-    def use_model(self, path: str) -> None:
-        """Score the stages to come on the model at `path` (a fine-tune's): the workers stop now,
-        and the next `start_backend` (the next stage's) makes new ones; none after the last."""
-        self.close()
-        self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
-        self.backend, self.checked = None, False
-
-    def close(self) -> None:
-        """Close the backend this plan made, once; a given one is left to its owner."""
-        if self._made:
-            self._made = False
-            self.backend.close()
 
 
 def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,

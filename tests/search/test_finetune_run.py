@@ -13,7 +13,8 @@ from search_helpers import cli, trajectory
 
 from longrope.runs import Run
 from longrope.search import config
-from longrope.search.driver import Plan, run_search
+from longrope.search.driver import run_search
+from longrope.search.plan import Plan
 from longrope.spaces import UserError
 
 RUN = """

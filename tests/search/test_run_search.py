@@ -6,7 +6,7 @@ from search_helpers import small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run
-from longrope.search import config, driver
+from longrope.search import config, plan
 from longrope.search.backends import InProcessBackend
 from longrope.search.driver import Driver, run_search
 from longrope.search.proposers import SAMPLERS, GAProposer, OptunaProposer, make_proposer
@@ -78,7 +78,7 @@ def test_a_made_backend_is_closed_also_when_the_run_is_locked(tmp_path, monkeypa
     cfg, _ = small_cfg(iterations=0)
     run_search(cfg, str(tmp_path / "r"), progress=False, backend=CountingBackend())
     made = []
-    monkeypatch.setattr(driver, "make_backend", lambda spec, workers: made.append(CountingBackend()) or made[-1])
+    monkeypatch.setattr(plan, "make_backend", lambda spec, workers: made.append(CountingBackend()) or made[-1])
     with Run.open(tmp_path / "r").lock(), pytest.raises(UserError, match="in use by pid"):
         run_search(cfg, str(tmp_path / "r"), progress=False)
     assert made[0].checks == 1 and made[0].closed
@@ -100,7 +100,7 @@ def test_a_failing_backend_check_creates_no_run_directory(tmp_path):
 def test_the_samplers_table_is_the_config_choice_list():
     assert set(config._CHOICES["search.sampler"]) == set(SAMPLERS) == {"longrope", "cmaes", "tpe", "random"}
     assert all(isinstance(help_, str) and help_ for _, help_ in SAMPLERS.values())
-    from longrope.search.driver import preflight_geometry
+    from longrope.search.plan import preflight_geometry
 
     for name, kind in (("longrope", GAProposer), ("cmaes", OptunaProposer), ("random", OptunaProposer)):
         cfg, _ = small_cfg(sampler=name)

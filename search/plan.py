@@ -1,0 +1,74 @@
+"""What a search will do, checked before its run directory is written.
+
+`Plan` reads the model's geometry from its config alone (no weights), makes the stages,
+checks their seed files and the fine-tune settings, and on `start_backend` makes the workers
+and checks them against the stage lengths; `run_search` (driver.py) writes nothing until it
+has passed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.spaces import RopeGeometry, UserError
+
+from .backends import make_backend
+from .config import RunConfig
+from .finetuning import check_finetune
+from .stages import initial_factors, make_stages
+
+
+def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
+    """The model's geometry from its config alone (no weights), for the stages."""
+    if cfg.model.path.startswith("synthetic"):
+        from longrope.objectives.synthetic import GEOMETRY, parse_cost
+
+        parse_cost(cfg.model.path)
+        return GEOMETRY
+    from longrope.objectives.models import read_config, resolve
+
+    return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
+
+
+class Plan:
+    """What a search will do, checked before its run directory is written: the model's geometry,
+    the stages, their seed files, the objective, and (once started) the checked backend."""
+
+    def __init__(self, cfg: RunConfig, backend=None):
+        self.cfg = cfg
+        self.geometry = preflight_geometry(cfg)
+        self.stages = make_stages(cfg, self.geometry)
+        for stage in self.stages:  # seed files are checked before anything is written
+            initial_factors(cfg, stage, self.geometry, None)
+        self.spec = ObjectiveSpec.from_config(cfg)
+        check_finetune(self.spec, cfg.finetune)
+        if cfg.finetune.after and backend is not None:
+            raise UserError("finetune.after switches the workers' model: let the driver make its workers")
+        self.backend = backend
+        self.checked = False
+        self._made = False
+
+    def start_backend(self):
+        """Make the backend (unless one was given) and check it against the stage lengths: the
+        model loads and the data holds documents long enough. Once; later calls return it."""
+        if not self.checked:
+            if self.backend is None:
+                self.backend = make_backend(self.spec, self.cfg.workers)
+                self._made = True
+            self.backend.check([s.length for s in self.stages])
+            self.checked = True
+        return self.backend
+
+    def use_model(self, path: str) -> None:
+        """Score the stages to come on the model at `path` (a fine-tune's): the workers stop now,
+        and the next `start_backend` (the next stage's) makes new ones; none after the last."""
+        self.close()
+        self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
+        self.backend, self.checked = None, False
+
+    def close(self) -> None:
+        """Close the backend this plan made, once; a given one is left to its owner."""
+        if self._made:
+            self._made = False
+            self.backend.close()
