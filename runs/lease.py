@@ -74,17 +74,7 @@ class Lease:
     # -- reading and writing the lease --------------------------------------------------------
     def read(self) -> dict | None:
         """The lease on disk; {} when unreadable (a writer killed mid-write); None when absent."""
-        try:
-            text = self.path.read_text()
-        except FileNotFoundError:
-            return None
-        except (OSError, UnicodeDecodeError):
-            return {}
-        try:
-            other = json.loads(text or "{}")
-        except json.JSONDecodeError:
-            return {}
-        return other if isinstance(other, dict) and other.get("host") and other.get("pid") else {}
+        return read_lease(self.path)
 
     def _write(self) -> None:
         self.me["heartbeat"] = time.time()
@@ -93,14 +83,9 @@ class Lease:
         os.replace(tmp, self.path)
 
     @staticmethod
-    def age(other: dict) -> float:
-        """Seconds since `other` last beat (a lock from before heartbeats: since it started)."""
-        beat = other.get("heartbeat", other.get("started"))
-        return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
-
-    def dead_here(self, other: dict) -> bool:
+    def dead_here(other: dict) -> bool:
         """`other` was written by a process on this host that no longer runs."""
-        return other.get("host") == self.me["host"] and not _alive(other.get("pid", -1))
+        return other.get("host") == socket.gethostname() and not _alive(other.get("pid", -1))
 
     def stale(self, other: dict, watched: dict | None = None) -> str | None:
         """Why `other` may be taken over, or None while it is live. `watched`: the lease as it
@@ -109,7 +94,7 @@ class Lease:
             return f"taking over an unreadable lock file {self.path}"
         if self.dead_here(other):
             return f"taking over a stale lock of dead process {other.get('pid')} on this host"
-        age = self.age(other)
+        age = lease_age(other)
         if age > self.timeout and other == watched:
             return (f"taking over the lock of pid {other.get('pid')} on {other.get('host')}: no "
                     f"heartbeat for {age:.0f} s (> --lock-timeout {self.timeout:g} s), nor while "
@@ -121,7 +106,7 @@ class Lease:
         """The lease as found, after two heartbeats of waiting, when it looks stale by this
         host's clock (else None: nothing to watch)."""
         seen = self.read()
-        if not seen or self.dead_here(seen) or self.age(seen) <= self.timeout:
+        if not seen or self.dead_here(seen) or lease_age(seen) <= self.timeout:
             return None
         time.sleep(2 * self.interval)
         return seen
@@ -133,7 +118,7 @@ class Lease:
             if other is not None:
                 why = self.stale(other, watched)
                 if why is None:
-                    age = self.age(other)
+                    age = lease_age(other)
                     skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
                             "old: the two hosts' clocks differ" if age > self.timeout else "")
                     raise UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
@@ -218,6 +203,44 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+def read_lease(path: Path) -> dict | None:
+    """The lease at `path`; {} when unreadable (a stray write, a flaky read); None when absent."""
+    try:
+        text = Path(path).read_text()
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeDecodeError):
+        return {}
+    try:
+        other = json.loads(text or "{}")
+    except json.JSONDecodeError:
+        return {}
+    return other if isinstance(other, dict) and other.get("host") and other.get("pid") else {}
+
+
+def lease_age(other: dict) -> float:
+    """Seconds since `other` last beat, by this host's clock (a lock from before heartbeats: since
+    it started)."""
+    beat = other.get("heartbeat", other.get("started"))
+    return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
+
+
+def holder(path: Path, timeout: float = LOCK_TIMEOUT) -> dict | None:
+    """Who drives the run, for `longrope status`: None when nobody holds its lock, else host, pid,
+    heartbeat age (this host's clock) and state: live; silent (older than `timeout`: a resume
+    takes it over after watching it); gone (its process no longer runs on this host: taken at
+    once); unreadable."""
+    other = read_lease(path)
+    if other is None:
+        return None
+    if not other:
+        return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None}
+    age = lease_age(other)
+    state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
+    return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
+            "heartbeat_age": round(age, 1) if age != float("inf") else None}
 
 
 def _alive(pid: int) -> bool:

@@ -1,5 +1,6 @@
 """`longrope status`: per stage evaluations, best ppl, generation, counts, tokens, ETA, and the
-LongRoPE2 settings (critical dimension, searched mscale) the stage ran with."""
+LongRoPE2 settings (critical dimension, searched mscale) the stage ran with; and who drives the
+run (the lease in run.lock), since an ETA says nothing of whether a driver is still at work."""
 
 from __future__ import annotations
 
@@ -8,9 +9,10 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
+from .lease import LOCK_TIMEOUT, holder
 from .optuna_io import study_system_attrs
 from .report import report_path
-from .rundir import Run
+from .rundir import LOCK, Run
 from .vocab import DOC_NLL, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
 
 if TYPE_CHECKING:
@@ -122,13 +124,29 @@ def finetune_summaries(run: Run) -> list[dict[str, Any]]:
     return sorted(out, key=lambda f: f["target"] or 0)
 
 
+def driver_line(run: Run, driver: dict | None) -> str:
+    """One line on the run's driver, from its lease (runs/lease.py holder)."""
+    if driver is None:
+        return f"driver: none running (an unfinished run continues with: longrope resume {run.path})"
+    if driver["state"] == "unreadable":
+        return "driver: run.lock is unreadable; a resume takes it over"
+    who, age = f"pid {driver['pid']} on {driver['host']}", driver["heartbeat_age"]
+    if driver["state"] == "gone":
+        return f"driver: {who} is gone (its lock remains; a resume takes it at once)"
+    if driver["state"] == "silent":
+        return (f"driver: {who} silent for {age:.0f} s (> --lock-timeout {LOCK_TIMEOUT:g} s: dead or hung; "
+                "a resume takes it over)")
+    return f"driver: {who}, heartbeat {age:.0f} s ago"
+
+
 def render_status(run: Run, as_json: bool) -> str:
     stages, tunes = stage_summaries(run), finetune_summaries(run)
+    driver = holder(run.path / LOCK)
     if as_json:
         page = report_path(run)
         return json.dumps({"run": str(run.path), "stages": stages, "finetunes": tunes, "time": time.time(),
-                           "report": None if page is None else str(page)})
-    lines = [f"run {run.path}"]
+                           "driver": driver, "report": None if page is None else str(page)})
+    lines = [f"run {run.path}", driver_line(run, driver)]
     if not stages:
         lines.append("no stage started yet")
     for s in stages:

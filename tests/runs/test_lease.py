@@ -4,6 +4,8 @@ and of concurrent resumers exactly one wins."""
 
 import json
 import os
+import socket
+import subprocess
 import threading
 import time
 
@@ -186,3 +188,27 @@ def test_resume_from_another_host_after_preemption(tmp_path, capsys, quick_heart
     assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24", "--lock-timeout", "20"]) == 0
     assert "no heartbeat for 30 s (> --lock-timeout 20 s), nor while watched for 0.4 s" in capsys.readouterr().err
     assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref)) and not (run_dir / "run.lock").exists()
+
+
+def test_status_says_who_drives_the_run(tmp_path, capsys):
+    """`status` reads the lease: nobody, a live driver, one silent past the timeout, one whose
+    process is gone from this host; --json carries the same."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg(iterations=0)[1])
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet"]) == 0
+    lock, dead = run_dir / "run.lock", subprocess.Popen(["true"])
+    dead.wait()
+    cases = [(None, "driver: none running", None),
+             (dict(age=3), "driver: pid 4242 on node-b, heartbeat 3 s ago", "live"),
+             (dict(age=300), "driver: pid 4242 on node-b silent for 300 s (> --lock-timeout 60 s", "silent"),
+             (dict(host=socket.gethostname(), pid=dead.pid), f"driver: pid {dead.pid} on", "gone")]
+    for forged, line, state in cases:
+        if forged is not None:
+            forge(lock, **forged)
+        capsys.readouterr()
+        assert main(["status", str(run_dir)]) == 0
+        assert line in capsys.readouterr().out.splitlines()[1]
+        assert main(["status", str(run_dir), "--json"]) == 0
+        driver = json.loads(capsys.readouterr().out)["driver"]
+        assert (driver is None) if state is None else (driver["state"] == state)
