@@ -9,11 +9,12 @@ and when it last proved it was alive:
 The live driver rewrites the heartbeat every `interval` seconds (5; the issue asks <= 10) from
 a daemon thread. A driver that finds the lock
 
-- held by a dead process on its own host, or unreadable: takes it over with a warning;
-- with a heartbeat older than `timeout` (60 s; `--lock-timeout`) by this host's clock: watches
-  it for two heartbeats first, and takes it over only if it did not move. The age compares two
-  hosts' clocks, which can differ by more than the timeout; a live holder rewrites its lease
-  within the watch whatever its clock says;
+- held by a dead process on its own host: takes it over with a warning;
+- with a heartbeat older than `timeout` (60 s; `--lock-timeout`) by this host's clock, or
+  unreadable: watches it for two heartbeats first, and takes it over only if it did not move
+  (or stayed unreadable). The age compares two hosts' clocks, which can differ by more than the
+  timeout, and a read can fail for a moment on a shared file system; a live holder rewrites its
+  lease within the watch either way;
 - otherwise: refuses in one line, naming the host, the pid and the heartbeat's age.
 
 Every acquisition (create or take over) runs under a second file, ``run.lock.guard``, created
@@ -90,8 +91,8 @@ class Lease:
     def stale(self, other: dict, watched: dict | None = None) -> str | None:
         """Why `other` may be taken over, or None while it is live. `watched`: the lease as it
         was two heartbeats ago (watch()); one old by the clock is taken only if it is unchanged."""
-        if not other:
-            return f"taking over an unreadable lock file {self.path}"
+        if not other:  # taken only if it stayed unreadable through a watch
+            return f"taking over an unreadable lock file {self.path}" if watched == {} else None
         if self.dead_here(other):
             return f"taking over a stale lock of dead process {other.get('pid')} on this host"
         age = lease_age(other)
@@ -103,10 +104,10 @@ class Lease:
 
     # -- acquire, heartbeat, release ----------------------------------------------------------
     def watch(self) -> dict | None:
-        """The lease as found, after two heartbeats of waiting, when it looks stale by this
-        host's clock (else None: nothing to watch)."""
+        """The lease as found, after two heartbeats of waiting, when it is unreadable or looks
+        stale by this host's clock (else None: nothing to watch)."""
         seen = self.read()
-        if not seen or self.dead_here(seen) or lease_age(seen) <= self.timeout:
+        if seen is None or (seen and (self.dead_here(seen) or lease_age(seen) <= self.timeout)):
             return None
         time.sleep(2 * self.interval)
         return seen
@@ -117,6 +118,8 @@ class Lease:
             other = self.read()
             if other is not None:
                 why = self.stale(other, watched)
+                if why is None and not other:
+                    raise UserError(f"{self.path} could not be read just now; try again")
                 if why is None:
                     age = lease_age(other)
                     skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "

@@ -61,7 +61,8 @@ def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_
     assert trajectory(Run.open(run_dir)) == reference  # the lost result was re-run, the same
 
 
-def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys):
+def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys, monkeypatch):
+    monkeypatch.setattr("longrope.runs.lease.HEARTBEAT", 0.2)  # the unreadable lock is watched 0.4 s
     run_dir = tmp_path / "run"
     assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
     (run_dir / "journal.log.lock").write_text("")  # what a kill -9 can leave behind

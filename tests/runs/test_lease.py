@@ -69,6 +69,31 @@ def test_a_live_holder_on_a_skewed_clock_is_not_taken_over(tmp_path):
     assert json.loads(lock.read_text())["token"] == "theirs"
 
 
+def test_an_unreadable_lock_is_watched_before_it_is_taken(tmp_path, capsys):
+    """Unreadable for a moment (a holder's lease is readable again within the watch): refused;
+    unreadable throughout: taken over with a warning."""
+    lock = tmp_path / "run.lock"
+    lock.write_text("{torn")
+
+    def readable_again():  # node-b's next heartbeat, written as a holder writes it
+        time.sleep(0.05)
+        forge(tmp_path / "next", age=0)
+        os.replace(tmp_path / "next", lock)
+
+    t = threading.Thread(target=readable_again)
+    t.start()
+    with pytest.raises(UserError, match=r"in use by pid 4242 on node-b \(heartbeat 0 s ago"):
+        Lease(lock, timeout=60, interval=0.1).acquire()
+    t.join()
+    lock.write_text("{torn")
+    with Lease(lock, timeout=60, interval=0.1) as lease:
+        assert json.loads(lock.read_text())["token"] == lease.me["token"]
+    assert "taking over an unreadable lock file" in capsys.readouterr().err
+    # unreadable only at the second look (it was absent or fresh at the first): not taken
+    lease = Lease(lock, timeout=60, interval=0.1)
+    assert lease.stale({}, watched=None) is None and lease.stale({}, watched={})
+
+
 def test_heartbeat_advances_while_held(tmp_path):
     lock = tmp_path / "run.lock"
     with Lease(lock, interval=0.05):
