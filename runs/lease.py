@@ -74,7 +74,7 @@ class Lease:
 
     # -- reading and writing the lease --------------------------------------------------------
     def read(self) -> dict | None:
-        """The lease on disk; {} when unreadable (a writer killed mid-write); None when absent."""
+        """The lease on disk (read_lease: {} when unreadable, None when absent)."""
         return read_lease(self.path)
 
     def _write(self) -> None:
