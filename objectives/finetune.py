@@ -25,6 +25,7 @@ import io
 import json
 import shutil
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -145,10 +146,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 
 def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
-             work: str | Path, out: str | Path, progress: bool = True) -> dict[str, Any]:
+             work: str | Path, out: str | Path, progress: bool = True,
+             check: Callable[[], None] | None = None) -> dict[str, Any]:
     """Fine-tune spec's model at `length` with `factors`, checkpointing into `work`, and save the
     merged model to `out` (replaced if there). Resumes from work's checkpoint. Returns the record
-    (also work/training.json)."""
+    (also work/training.json). `check()` runs before each step's writes and before the merged
+    model's: the driver's lease (a driver taken over while this trained stops here, leaving
+    `work` to the new holder); it must pickle when this runs as a Ray task."""
     import torch
     from tqdm.auto import tqdm
 
@@ -219,6 +223,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         losses.append(float(loss.detach()))
         seconds += time.perf_counter() - t0
         done = step + 1
+        if check is not None:
+            check()
         _write_json(work / PROGRESS, {"length": length, "step": done, "steps": ft.steps, "loss": losses[-1],
                                       "seconds_per_step": seconds / done,
                                       "eta_seconds": seconds / done * (ft.steps - done), "time": time.time()})
@@ -234,6 +240,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     rot.set_factors(factors)
     set_attention(model, full)
     model.eval()
+    if check is not None:
+        check()
     save_merged(model, loaded, out)
     kinds = [is_short_step(ft.seed, k, ft.short_mix) for k in range(ft.steps)]
     long_losses = [x for x, short in zip(losses, kinds, strict=True) if not short] or losses

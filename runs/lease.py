@@ -25,7 +25,8 @@ half of it. The holder only refreshes or removes a lock that still carries its t
 that was taken over while it hung (SIGSTOP, a long GC pause, a stalled file system) is left to
 the new holder, and `lost` says so. The driver calls `check()` before each write to the run,
 so a holder that wakes up after a take-over stops without writing again: two drivers never
-write one journal.
+write one journal. Work the driver runs elsewhere (a fine-tune as a Ray task) carries a
+`Ticket`, the lease's path and token, and checks it the same way before each of its writes.
 
 A timeout of two heartbeats or less would let a second driver take a live lease over, so it
 is refused.
@@ -41,6 +42,7 @@ import threading
 import time
 import uuid
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 from longrope.spaces import UserError
@@ -166,17 +168,20 @@ class Lease:
             return None
         return other is not None and other.get("token") == self.me["token"]
 
+    def ticket(self) -> Ticket:
+        """What work running elsewhere (a fine-tune on a Ray node) needs to check this lease."""
+        return Ticket(str(self.path), self.me["token"])
+
     def check(self) -> None:
         """Raise LeaseLost when another driver holds the run now (this one was taken over while it
         hung, or the lock was removed): the caller must stop before it writes to the run again."""
-        if self.lost or self.mine() is False:
+        if self.lost:
+            raise LeaseLost(_lost(self.path, self.read()))
+        try:
+            self.ticket()()
+        except LeaseLost:
             self.lost = True
-            other = self.read()
-            who = (f"pid {other.get('pid')} on {other.get('host')}" if other else
-                   "nobody (the lock file is gone)")
-            raise LeaseLost(f"{self.path.parent}: this driver's lock is now held by {who}: it was taken "
-                            "over while this driver was unresponsive; stopping without writing to the run "
-                            "again (the driver holding it continues the search)")
+            raise
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
@@ -206,6 +211,31 @@ class Lease:
 
     def __exit__(self, *exc) -> None:
         self.release()
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A driver's proof of holding the run, as plain data: it pickles to a Ray task (the run folder
+    is on a file system every node sees, or the task could not write there). Calling it reads
+    run.lock and raises LeaseLost when the lock carries another token or is gone; a lock that
+    cannot be read just now passes (the next call decides, as for the heartbeat). The work calls
+    it before each write to the run, so a fine-tune whose driver was taken over stops at its next
+    checkpoint instead of writing into the new holder's."""
+
+    path: str
+    token: str
+
+    def __call__(self) -> None:
+        other = read_lease(Path(self.path))
+        if other is None or (other and other.get("token") != self.token):
+            raise LeaseLost(_lost(Path(self.path), other))
+
+
+def _lost(path: Path, other: dict | None) -> str:
+    who = f"pid {other.get('pid')} on {other.get('host')}" if other else "nobody (the lock file is gone)"
+    return (f"{path.parent}: this driver's lock is now held by {who}: it was taken over while this "
+            "driver was unresponsive; stopping without writing to the run again (the driver holding "
+            "it continues the search)")
 
 
 def read_lease(path: Path) -> dict | None:

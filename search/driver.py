@@ -201,7 +201,7 @@ class Driver:
                     self.check_lease()
                     self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
                                                        self.cfg.workers, stage.length, self.progress,
-                                                       check=self.check_lease))
+                                                       check=self.lease.ticket() if self.lease else None))
         except LeaseLost:  # another driver holds the run: its resume re-queues what ran here
             self.inflight.clear()
             self.active = None

@@ -43,8 +43,9 @@ def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
 def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: WorkersConfig, length: int,
                    progress: bool = True, check=None) -> str:
     """Fine-tune `spec`'s model after stage long-`length` (its best file holds the factors);
-    returns the merged model's folder. Already done: returns it at once. `check()` runs before
-    the merged model is written (the driver's lease: one taken over meanwhile stops there)."""
+    returns the merged model's folder. Already done: returns it at once. `check()` (the driver's
+    lease ticket, runs/lease.py) runs before each training step's writes and before the merged
+    model's: a driver taken over meanwhile stops there, here or on a Ray node."""
     final = run.model_dir(length)
     if (final / "config.json").is_file():
         return str(final)
@@ -58,7 +59,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     run.event(f"finetune-{length}: {'resume' if resumed else 'start'} on {spec.model.path}, "
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
     args = (spec, ft, best.factors, length, work, work / "merged")
-    record = _on_ray(workers, *args) if workers.backend == "ray" else _here(*args, progress=progress)
+    record = (_on_ray(workers, *args, check=check) if workers.backend == "ray" else
+              _here(*args, progress=progress, check=check))
     if check is not None:
         check()
     patch = work / "factors.json"  # the stage's factors in export form, for the merged config
@@ -74,11 +76,11 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     return str(final)
 
 
-def _here(*args, progress: bool):
-    return finetune(*args, progress=progress)
+def _here(*args, progress: bool, check=None):
+    return finetune(*args, progress=progress, check=check)
 
 
-def _on_ray(workers: WorkersConfig, *args):
+def _on_ray(workers: WorkersConfig, *args, check=None):
     """One Ray task with a scoring worker's resources; a user error inside is re-raised here,
     Ctrl-C cancels the task (its checkpoint stays)."""
     import ray
@@ -87,7 +89,7 @@ def _on_ray(workers: WorkersConfig, *args):
 
     init_ray(workers.address)
     task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus)(finetune)
-    ref = task.remote(*args, progress=False)
+    ref = task.remote(*args, progress=False, check=check)
     try:
         return ray_get(ref)
     except KeyboardInterrupt:

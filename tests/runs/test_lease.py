@@ -4,6 +4,7 @@ and of concurrent resumers exactly one wins."""
 
 import json
 import os
+import pickle
 import socket
 import subprocess
 import threading
@@ -151,6 +152,24 @@ def test_an_unreadable_lock_is_not_a_lost_lease(tmp_path):
         with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
             lease.check()
     assert lease.lost and json.loads(lock.read_text())["host"] == "node-c"
+
+
+def test_a_ticket_checks_the_lease_where_the_lease_is_not(tmp_path):
+    """The ticket travels (pickled) to work running elsewhere, a fine-tune on a Ray node: it
+    passes while its lease holds the lock or the lock cannot be read just now, and stops the
+    work once another driver took the run over or the lock is gone."""
+    lock = tmp_path / "run.lock"
+    with Lease(lock) as lease:  # no heartbeat within the test (5 s)
+        ticket = pickle.loads(pickle.dumps(lease.ticket()))
+        ticket()
+        lock.write_text("{not json")
+        ticket()
+        forge(lock, host="node-c")
+        with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+            ticket()
+        lock.unlink()
+        with pytest.raises(UserError, match="held by nobody"):
+            ticket()
 
 
 def test_bad_timeout_is_one_line(tmp_path):

@@ -162,3 +162,27 @@ def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir,
         run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
     run = Run.open(run_dir)
     assert not run.model_dir(64).exists() and [s.study_name for s in run.studies()] == ["long-64"]
+
+
+def test_a_driver_taken_over_while_it_trains_writes_no_checkpoint(tiny_model_dir, text_corpus_dir, tmp_path,
+                                                                  monkeypatch):
+    """The lease is looked at before each training step's writes: a driver taken over during a
+    step (node-c resumed the run and continues the fine-tune) leaves the checkpoint, the progress
+    file and the model folder to node-c."""
+    from longrope.objectives import finetune
+
+    text = _text(tiny_model_dir, text_corpus_dir, steps=2).replace("short = [16]", "short = []")
+    text = text.replace("checkpoint_every = 20", "checkpoint_every = 1")
+    run_dir = tmp_path / "r"
+    real = finetune.step_loss
+
+    def step_then_taken_over(*args, **kw):
+        (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
+                                                      "started": time.time(), "token": "theirs"}))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(finetune, "step_loss", step_then_taken_over)
+    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+    work = Run.open(run_dir).finetune_dir(64)
+    assert sorted(p.name for p in work.iterdir()) == [] and not Run.open(run_dir).model_dir(64).exists()
