@@ -155,3 +155,46 @@ def test_losing_a_node_mid_run_changes_nothing(tmp_path, cluster, reference):
     assert generations_done(run_dir) == 5  # generations 0 .. 4: no stage cut short
     assert trajectory(Run.open(run_dir)) == reference
     assert "a worker died with its node" in err
+
+
+def test_losing_the_head_ends_the_driver_and_a_resume_on_a_new_cluster_equals(tmp_path, reference):
+    """A driver joined with --address lives off the head's GCS: once the head is gone for
+    RAY_gcs_rpc_server_reconnect_timeout_s (60 s by default; 3 here) Ray ends the driver process
+    itself, with no Python cleanup, like kill -9. What it leaves (run.lock, trials running in the
+    journal) is what a kill -9 leaves, so `resume --address` on a new cluster continues the run
+    to the uninterrupted result."""
+    tmp = tempfile.mkdtemp(prefix="lr-rh-", dir="/tmp")
+    os.makedirs(os.path.join(tmp, "ray"))
+    run_dir, heads = tmp_path / "run", []
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_TMPDIR", tmp)
+            mp.setenv("RAY_gcs_rpc_server_reconnect_timeout_s", "3")
+
+            def head():
+                heads.append(ray_cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
+                    "num_cpus": 2, "temp_dir": tmp, "include_dashboard": False}))
+                return heads[-1]
+
+            c = head()
+            p = cli("search", str(write_config(tmp_path)), "--run-dir", str(run_dir), "--address", c.address,
+                    "--quiet")
+            deadline = time.time() + 60
+            while generations_done(run_dir) < 1 and p.poll() is None and time.time() < deadline:
+                time.sleep(0.02)
+            assert p.poll() is None, "the run ended before the head could be lost"
+            c.head_node.kill_all_processes(check_alive=False, allow_graceful=False)
+            try:
+                _, err = p.communicate(timeout=60)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                raise AssertionError("the driver outlived its cluster's head") from None
+            assert p.returncode != 0 and generations_done(run_dir) < 5, err[-2000:]
+            assert (run_dir / "run.lock").exists()  # nothing released: as after kill -9
+            err = finish(cli("resume", str(run_dir), "--address", head().address, "--quiet"))
+    finally:
+        for c in heads:
+            c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
+    assert "taking over a stale lock of dead process" in err
+    assert generations_done(run_dir) >= 5 and trajectory(Run.open(run_dir)) == reference
