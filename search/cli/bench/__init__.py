@@ -31,7 +31,7 @@ from .quality import (
     search_quality,
 )
 from .report import GOALS, finite_figures, plot, render, summarize
-from .retrieval import retrieval
+from .retrieval import QUICK_KEYS, SEARCH_KEYS, retrieval
 from .spaces import spaces
 from .timing import cost_estimate, memory, overhead_and_flops
 
@@ -87,6 +87,8 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
     paper_budget = 20 if quick else PAPER_BUDGET
     samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
+    keys = QUICK_KEYS if quick else SEARCH_KEYS  # pass-key samples per needle-objective evaluation
+    r["search_keys"] = keys
     if "speed" in only:
         r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
     if "memory" in only:
@@ -117,22 +119,24 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["retrieval_budget"] = 12 if quick else 160
         # three seeds at 8x (the goals' length), one at 4x and 16x: this machine's time
         seeds = {512: [0]} if quick else {512: [0], 1024: [0, 1, 2], 2048: [0]}
-        r["retrieval"] = retrieval(work, seeds, r["retrieval_budget"])
+        r["retrieval"] = retrieval(work, seeds, r["retrieval_budget"], keys)
     if "spaces" in only:  # issue 15: LongRoPE's space against LongRoPE2's, equal budget
         r["spaces_budget"] = 12 if quick else 160
         r["spaces"] = spaces(work, [512] if quick else [512, 1024], [0] if quick else [0, 1, 2],
-                             r["spaces_budget"])
+                             r["spaces_budget"], keys=keys)
     if "compare" in only:  # issue 17: every method and the ALiBi twin on the same text, 1x to 16x
         r["compare_budget"] = 12 if quick else 160
         lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
-        r["compare"] = compare(work, lengths, r["compare_budget"])
+        r["compare"] = compare(work, lengths, r["compare_budget"], keys=keys)
     if "finetune" in only:  # issue 16: the full recipe at 16x against the base model, and its ablations
         r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 300)
-        r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16))
+        r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16),
+                               keys=keys)
     if "short_mix" in only:  # issue 16: the short-context goal against finetune.short_mix, and its cost
         r["short_mix_budget"], r["short_mix_steps"] = (12, 4) if quick else (64, 300)
         r["short_mix"] = short_mix_sweep(work, r["short_mix_budget"], r["short_mix_steps"],
-                                         (0.0, 0.5) if quick else (0.0, 0.25, 0.5, 0.75), 2 if quick else 4)
+                                         (0.0, 0.5) if quick else (0.0, 0.25, 0.5, 0.75), 2 if quick else 4,
+                                         keys=keys)
     if "s2_time" in only:  # issue 16: S2-Attn's training time against full attention, 4x to 64x
         r["s2_time"] = s2_scaling(work, (2, 4) if quick else S2_SCALES, 2 if quick else S2_STEPS)
     if "cost" in only:

@@ -25,7 +25,8 @@ def measure(ev, factors, length: int) -> dict[str, float]:
             "sliding": ev.evaluate(factors, length, pool="heldout", kind="ppl", stride=length // 2).ppl}
 
 
-def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0) -> dict[str, Any]:
+def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0,
+            keys: int = retrieval.SEARCH_KEYS) -> dict[str, Any]:
     """{length: {row: {measure: value}}}. The searched row: one needle-objective search per
     length beyond L0 (`budget` evaluations, `seed`); at L0 and below it is `none` (nothing to
     stretch)."""
@@ -34,7 +35,8 @@ def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0) -> di
     for n in lengths:
         row = {m: measure(rope, rope.method(m, n), n) for m in ROPE_ROWS}
         if n > L0:
-            row["searched"] = measure(rope, retrieval.searched(workdir, "compare", n, [seed], budget)[0], n)
+            found = retrieval.searched(workdir, "compare", n, [seed], budget, keys=keys)[0]
+            row["searched"] = measure(rope, found, n)
         else:
             row["searched"] = dict(row["none"])
         row["alibi"] = measure(twin, twin.method("none", n), n)

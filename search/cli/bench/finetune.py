@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .quality import _search, _toml
-from .retrieval import OBJECTIVE, heldout_evaluator, heldout_ppl, measure
+from .retrieval import SEARCH_KEYS, heldout_evaluator, heldout_ppl, measure, objective
 
 PASSKEY_MIX = 0.25
 SHORT_MIX = 0.5  # finetune.short_mix's default (the short_mix section sweeps 0-0.75)
@@ -42,7 +42,7 @@ short_mix = {short}
 
 
 def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4, 16),
-           L0: int = 128) -> dict[str, Any]:
+           L0: int = 128, keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{"a": ..., "b": ..., "short": ..., "ablation": ..., "base_at_mid": ...}: held-out numbers of
     each arm; `scales`: the fine-tune's and the final target's, over L0."""
     from longrope.objectives.finetune import RECORD, finetune
@@ -57,7 +57,7 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
             ("b_short", f"[{mid}]", 0.0, SHORT_MIX))
     for arm, after, mix, short in arms:
         toml = _toml(target=f"{mid}, {far}", space=f"short = [{L0}]", budget=budget) + \
-            OBJECTIVE.format(kind="needle") + FINETUNE.format(after=after, steps=steps, mix=mix, short=short)
+            objective("needle", keys) + FINETUNE.format(after=after, steps=steps, mix=mix, short=short)
         runs[arm], _ = _search(workdir, f"recipe-{arm}", toml)
     a, b, b_pk, b_short = runs["a"], runs["b"], runs["b_pk"], runs["b_short"]
     base, tuned = heldout_evaluator(), heldout_evaluator(str(b.model_dir(mid)))
@@ -150,7 +150,7 @@ def s2_scaling(workdir: Path, scales: tuple[int, ...], steps: int, L0: int = 128
 
     lengths = [x * L0 for x in scales]
     toml = (_toml(target=f"{lengths[0]}", space=f"short = [{L0}]", budget=12)
-            + OBJECTIVE.format(kind="needle")
+            + objective("needle")
             + FINETUNE.format(after=f"[{lengths[0]}]", steps=steps, mix=0.0, short=0.0))
     cfg = config.from_dict(tomllib.loads(toml))
     ft = dataclasses.replace(cfg.finetune, batch_tokens=max(lengths))
@@ -247,7 +247,7 @@ SHORT_MIXES = (0.0, 0.25, 0.5, 0.75)
 
 
 def short_mix_sweep(workdir: Path, budget: int, steps: int, mixes: tuple[float, ...] = SHORT_MIXES,
-                    scale: int = 4, L0: int = 128) -> dict[str, Any]:
+                    scale: int = 4, L0: int = 128, keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{"base_l0": ppl, "lengths": [L0, L], "rows": {mix: {...}}}: one search at scale x L0 (the
     recipe's (b) fine-tune length), then the recipe's fine-tune once per `finetune.short_mix`, same
     factors and seed. Each row: held-out ppl at L0 with the model's own rotary (the short-context
@@ -258,7 +258,7 @@ def short_mix_sweep(workdir: Path, budget: int, steps: int, mixes: tuple[float, 
     from longrope.search import config
 
     L = scale * L0
-    toml = _toml(target=f"{L}", budget=budget) + OBJECTIVE.format(kind="needle") + \
+    toml = _toml(target=f"{L}", budget=budget) + objective("needle", keys) + \
         FINETUNE.format(after="[]", steps=steps, mix=0.0, short=0.0)
     run, _ = _search(workdir, "short-mix", toml)
     cfg = config.from_dict(run.config())

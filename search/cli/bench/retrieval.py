@@ -11,7 +11,13 @@ from typing import Any
 from .quality import _search, _toml
 
 BASELINES = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
-OBJECTIVE = "[objective]\nkind = \"{kind}\"\ndepths = 10\nper_depth = 1\n"
+SEARCH_KEYS = 10  # pass-key samples per search evaluation, one per depth (--quick: QUICK_KEYS)
+QUICK_KEYS = 4  # the quick bench checks the tables' shape: fewer forwards per evaluation
+
+
+def objective(kind: str, keys: int = SEARCH_KEYS) -> str:
+    """The [objective] section of the bench's searches: `kind` with `keys` needle samples."""
+    return f'[objective]\nkind = "{kind}"\ndepths = {keys}\nper_depth = 1\n'
 
 
 def heldout_evaluator(model: str = "builtin:tiny-sotu"):
@@ -25,11 +31,11 @@ def heldout_evaluator(model: str = "builtin:tiny-sotu"):
 
 
 def searched(workdir: Path, name: str, target: int, seeds: list[int], budget: int, kind: str = "needle",
-             space: str = "") -> list:
+             space: str = "", keys: int = SEARCH_KEYS) -> list:
     """The best long factors of one search per seed (objective `kind`, [space] lines `space`)."""
     out = []
     for s in seeds:
-        toml = _toml(seed=s, target=target, budget=budget, space=space) + OBJECTIVE.format(kind=kind)
+        toml = _toml(seed=s, target=target, budget=budget, space=space) + objective(kind, keys)
         run, _ = _search(workdir, f"{name}-{target}-{s}", toml)
         out.append(run.best("long", target).factors)
     return out
@@ -51,7 +57,8 @@ def measure(ev, factors, length: int) -> dict[str, float]:
     return {"ppl": heldout_ppl(ev, factors, length), "needle": needle.ppl, "passkey": needle.extra["passkey"]}
 
 
-def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int) -> dict[str, Any]:
+def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int,
+              keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{target: {method: {"ppl": [...], "needle": [...], "passkey": [...]}}} for each target in
     `seeds`, one value per seed for the searched rows, one for the closed-form ones. Held out:
     10 documents, 20 keys (2 per depth)."""
@@ -64,7 +71,7 @@ def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int) -> dict[s
         for m in BASELINES:
             row[m] = {k: [v] for k, v in measure(ev, method_factors(m, ev.geometry, target), target).items()}
         for kind in ("ppl", "needle"):
-            found = searched(workdir, f"r-{kind}", target, target_seeds, budget, kind)
+            found = searched(workdir, f"r-{kind}", target, target_seeds, budget, kind, keys=keys)
             row[f"searched_{kind}"] = by_key([measure(ev, f, target) for f in found])
         out[str(target)] = row
     return out

@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .retrieval import by_key, heldout_evaluator, measure, searched
+from .retrieval import SEARCH_KEYS, by_key, heldout_evaluator, measure, searched
 
 SPACES = {  # name: the [space] lines it adds to the bench's search config
     "longrope": "",
@@ -23,7 +23,7 @@ SPACES = {  # name: the [space] lines it adds to the bench's search config
 
 
 def spaces(workdir: Path, targets: list[int], seeds: list[int], budget: int,
-           names: tuple[str, ...] = tuple(SPACES)) -> dict[str, Any]:
+           names: tuple[str, ...] = tuple(SPACES), keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{target: {space: {"ppl": [...], "needle": [...], "passkey": [...], "mscale": [...]}}},
     one value per seed. Held out: 10 documents, 20 keys (2 per depth), as in `retrieval`.
     `names`: a subset of SPACES (every search is a pure function of its seed, so a row measured
@@ -34,7 +34,7 @@ def spaces(workdir: Path, targets: list[int], seeds: list[int], budget: int,
         row: dict[str, Any] = {}
         for name in names:
             lines = SPACES[name]
-            found = searched(workdir, f"space-{name}", target, seeds, budget, space=lines)
+            found = searched(workdir, f"space-{name}", target, seeds, budget, space=lines, keys=keys)
             row[name] = by_key([{**measure(ev, f, target), "mscale": f.mscale} for f in found])
         out[str(target)] = row
     return out
