@@ -26,6 +26,8 @@ from longrope.spaces.files import atomic_write_text
 
 from .schema import WorkersConfig
 
+RETRIES = 3  # times Ray re-runs a fine-tune whose worker was lost (each from its checkpoint)
+
 
 def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
     """Refuse before the run starts what cannot fine-tune."""
@@ -81,17 +83,25 @@ def _here(*args, progress: bool, check=None):
 
 
 def _on_ray(workers: WorkersConfig, *args, check=None):
-    """One Ray task with a scoring worker's resources; a user error inside is re-raised here,
-    Ctrl-C cancels the task (its checkpoint stays)."""
+    """One Ray task with a scoring worker's resources. Its worker lost (killed, out of memory, its
+    node gone): Ray runs it again, up to RETRIES times, from its last checkpoint (the run folder is
+    shared), so the result does not change; past that, one line, and a resume continues from
+    there. A user error inside is re-raised here; Ctrl-C cancels the task (its checkpoint stays)."""
     import ray
 
     from .backends import init_ray, ray_get
 
     init_ray(workers.address)
-    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus)(finetune)
+    lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
+            ray.exceptions.ObjectLostError)  # what Ray raises for a lost worker, not for a bug
+    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(finetune)
     ref = task.remote(*args, progress=False, check=check)
     try:
         return ray_get(ref)
     except KeyboardInterrupt:
         ray.cancel(ref, force=True)
         raise
+    except lost as e:
+        why = str(e).strip().splitlines()[0][:200]
+        raise UserError(f"the fine-tune's Ray worker was lost {RETRIES + 1} times ({type(e).__name__}: "
+                        f"{why}); `longrope resume` continues it from its last checkpoint") from None

@@ -3,9 +3,11 @@ kill -9 mid fine-tune resumes to the uninterrupted result, [finetune] is search-
 
 import json
 import signal
+import threading
 import time
 import tomllib
 
+import psutil
 import pytest
 import torch
 from safetensors.torch import load_file
@@ -125,19 +127,62 @@ def test_the_synthetic_objective_cannot_finetune():
         Plan(cfg)
 
 
-def test_the_finetune_runs_as_a_ray_task_and_equals_in_process(tiny_model_dir, text_corpus_dir, tmp_path,
-                                                                ray_session):
-    text = _text(tiny_model_dir, text_corpus_dir, steps=6).replace("targets = [64, 128]", "targets = [64]")
+def _kill_the_finetune_task_at(run_dir, step: int, killed: list) -> threading.Thread:
+    """A thread that SIGKILLs the Ray worker running the fine-tune (what the OOM killer or a lost
+    node does) once run_dir's fine-tune has passed `step`; the pid goes into `killed`."""
+
+    def kill():
+        end = time.time() + 120
+        while _progress(run_dir) < step and time.time() < end:
+            time.sleep(0.002)
+        for proc in psutil.process_iter(["cmdline"]):
+            if (proc.info["cmdline"] or [""])[0].startswith("ray::finetune"):
+                proc.kill()
+                killed.append(proc.pid)
+
+    t = threading.Thread(target=kill, daemon=True)
+    t.start()
+    return t
+
+
+def test_the_finetune_runs_as_a_ray_task_and_survives_its_worker_lost(tiny_model_dir, text_corpus_dir, tmp_path,
+                                                                       ray_session, monkeypatch):
+    """On Ray the fine-tune equals the in-process one, with its worker killed after a checkpoint:
+    Ray runs the task again, from that checkpoint. With no retries left the driver stops in one
+    line, the checkpoint kept for a resume."""
+    from longrope.search import finetuning
+
+    text = _text(tiny_model_dir, text_corpus_dir, steps=40).replace("targets = [64, 128]", "targets = [64]")
     text = text.replace("short = [16]", "short = []")
     here = config.from_dict(tomllib.loads(text))
     on_ray = config.from_dict(tomllib.loads(text + '[workers]\nbackend = "ray"\n'))
     run_search(here, str(tmp_path / "here"), progress=False)
-    run_search(on_ray, str(tmp_path / "ray"), progress=False)
-    a, b = Run.open(tmp_path / "here"), Run.open(tmp_path / "ray")
-    wa, wb = load_file(a.model_dir(64) / "model.safetensors"), load_file(b.model_dir(64) / "model.safetensors")
-    assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
-    rec = json.loads((b.finetune_dir(64) / "training.json").read_text())
-    assert len(rec["losses"]) == 6 and "finetune-64: done" in (b.path / "events.log").read_text()
+    a = Run.open(tmp_path / "here")
+    wa = load_file(a.model_dir(64) / "model.safetensors")
+
+    def same_model(run_dir):
+        b = Run.open(run_dir)
+        wb = load_file(b.model_dir(64) / "model.safetensors")
+        assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
+        rec = json.loads((b.finetune_dir(64) / "training.json").read_text())
+        assert len(rec["losses"]) == 40 and "finetune-64: done" in (b.path / "events.log").read_text()
+
+    killed: list[int] = []
+    t = _kill_the_finetune_task_at(tmp_path / "ray", 22, killed)
+    run_search(on_ray, str(tmp_path / "ray"), progress=False)  # Ray retries the task
+    t.join()
+    assert killed
+    same_model(tmp_path / "ray")
+
+    monkeypatch.setattr(finetuning, "RETRIES", 0)
+    killed.clear()
+    t = _kill_the_finetune_task_at(tmp_path / "again", 22, killed)
+    with pytest.raises(UserError, match="fine-tune's Ray worker was lost 1 times.*resume. continues it"):
+        run_search(on_ray, str(tmp_path / "again"), progress=False)
+    t.join()
+    # what a resume continues from (resuming from it is test_kill_9_mid_finetune_resumes_...'s)
+    assert killed and (tmp_path / "again" / "finetune" / "ft-64" / "checkpoint.pt").exists()
+    assert not Run.open(tmp_path / "again").model_dir(64).exists()
 
 
 def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir, text_corpus_dir, tmp_path,
