@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
@@ -20,6 +21,8 @@ if TYPE_CHECKING:
     import optuna
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
+# a write to the run failing for its storage, not for a bug: the disk or quota full, a read-only remount
+STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class Run:
@@ -78,6 +81,17 @@ class Run:
             if p.exists() and not os.access(p, os.W_OK):
                 raise UserError(f"cannot write {p} (permission denied); a search or resume needs the run "
                                 "directory writable")
+
+    def write_failed(self, e: OSError) -> UserError | None:
+        """The one line for a write to the run its storage refused (STORAGE_ERRORS), else None.
+        Every result told before it is in the journal (a line the failed write tore is the last
+        one, dropped on resume), so the run is where a kill -9 would have left it."""
+        if e.errno not in STORAGE_ERRORS:
+            return None
+        where = f" ({e.filename})" if e.filename else ""
+        return UserError(f"cannot write to the run {self.path}{where}: {e.strerror}; every result told "
+                         "before is kept; free space (or remount it writable), then: longrope resume "
+                         f"{self.path}")
 
     @staticmethod
     def is_run(path: str | Path) -> bool:

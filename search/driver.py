@@ -120,6 +120,11 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
                 raise SystemExit(code) from None
             finally:
                 plan.close()  # before the lock is released
+    except OSError as e:  # the lease or the events log on a full disk
+        failed = Run(run_dir).write_failed(e)
+        if failed is None:
+            raise
+        raise failed from None
     finally:
         plan.close()  # a refused lock or run directory: the workers stop all the same
 
@@ -206,6 +211,13 @@ class Driver:
             self.inflight.clear()
             self.active = None
             raise
+        except OSError as e:  # the disk full: no more writes (one could land after a torn line)
+            failed = self.run.write_failed(e)
+            if failed is None:
+                raise
+            self.inflight.clear()  # resume re-queues them, as after kill -9
+            self.active = None
+            raise failed from None
         finally:
             self.abandon_inflight()
         return results

@@ -13,7 +13,7 @@ from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run, rundir
 from longrope.search import config
 from longrope.search.backends import InProcessBackend
-from longrope.search.driver import Driver
+from longrope.search.driver import Driver, run_search
 from longrope.spaces import UserError
 
 
@@ -30,6 +30,36 @@ def test_disk_full_while_writing_best_keeps_previous(tmp_path, monkeypatch):
         run.write_best(dataclasses.replace(run.best("long", 256), lambdas=(9.0,)))
     assert path.read_bytes() == before
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_disk_full_mid_search_is_one_line_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
+    """The journal's 60th append tears (half a line, then ENOSPC, as a full disk does) and the space
+    is back at once (another job freed it): the driver stops in one line and writes nothing more,
+    since a re-queue appended after the torn half would damage a line inside the journal; the
+    resume drops the torn last line and ends where an uninterrupted run does."""
+    from optuna.storages.journal import JournalFileBackend
+
+    ref, _ = run_small(tmp_path, name="ref")
+    cfg, _ = small_cfg()
+    real, calls = JournalFileBackend.append_logs, []
+
+    def tears_once(self, logs):
+        calls.append(len(logs))
+        if len(calls) != 60:
+            return real(self, logs)
+        with open(self._file_path, "ab") as f:
+            f.write((json.dumps(logs[0]) + "\n")[:40].encode())
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(JournalFileBackend, "append_logs", tears_once)
+    with pytest.raises(UserError, match=r"cannot write to the run .*: No space left on device; every result "
+                                        r"told before is kept; .* longrope resume "):
+        run_search(cfg, str(tmp_path / "r"), progress=False)
+    run = Run.open(tmp_path / "r")
+    assert len(calls) == 60 and not run.journal.read_bytes().endswith(b"\n")  # nothing after the tear
+    assert not (run.path / "run.lock").exists()
+    run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+    assert trajectory(run) == trajectory(ref)
 
 
 class NaNBackend(InProcessBackend):
