@@ -23,6 +23,7 @@ from typing import Any
 from longrope.objectives.perplexity import FAILED, Evaluation
 from longrope.objectives.pruning import Cutoff
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
+from longrope.runs.rundir import STORAGE_ERRORS
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 
@@ -93,7 +94,9 @@ POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 
 
 
 def ray_get(ref):
-    """ray.get, with a UserError raised inside a task or actor re-raised here as one line."""
+    """ray.get, with a UserError raised inside a task or actor re-raised here as one line, and a
+    write the run's storage refused (a fine-tune's checkpoint on a full disk) as that OSError,
+    which the driver turns into its one line (Run.write_failed)."""
     import ray
 
     try:
@@ -102,6 +105,8 @@ def ray_get(ref):
         cause = getattr(e, "cause", None)
         if isinstance(cause, UserError):
             raise UserError(str(cause)) from None
+        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS:
+            raise OSError(cause.errno, cause.strerror, cause.filename) from None
         raise
 
 
