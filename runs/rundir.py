@@ -83,15 +83,16 @@ class Run:
                                 "directory writable")
 
     def write_failed(self, e: OSError) -> UserError | None:
-        """The one line for a write to the run its storage refused (STORAGE_ERRORS), else None.
-        Every result told before it is in the journal (a line the failed write tore is the last
-        one, dropped on resume), so the run is where a kill -9 would have left it."""
+        """The one line for a write its storage refused (STORAGE_ERRORS) during a search, else
+        None. Every result told before it is in the journal (a line the failed write tore is the
+        last one, dropped on resume), so the run is where a kill -9 would have left it; a run
+        that was being created has no journal yet and is started again."""
         if e.errno not in STORAGE_ERRORS:
             return None
-        where = f" ({e.filename})" if e.filename else ""
-        return UserError(f"cannot write to the run {self.path}{where}: {e.strerror}; every result told "
-                         "before is kept; free space (or remount it writable), then: longrope resume "
-                         f"{self.path}")
+        then = (f"then: longrope resume {self.path}" if self.is_run(self.path) else
+                f"remove {self.path} and start the search again")
+        return UserError(f"cannot write {e.filename or self.path}: {e.strerror}; every result told before "
+                         f"is kept; free space (or remount it writable), {then}")
 
     @staticmethod
     def is_run(path: str | Path) -> bool:

@@ -1,7 +1,9 @@
 """The fine-tune stage in a run (search/finetuning.py): later stages search the merged model,
 kill -9 mid fine-tune resumes to the uninterrupted result, [finetune] is search-defining."""
 
+import errno
 import json
+import os
 import signal
 import threading
 import time
@@ -183,6 +185,24 @@ def test_the_finetune_runs_as_a_ray_task_and_survives_its_worker_lost(tiny_model
     # what a resume continues from (resuming from it is test_kill_9_mid_finetune_resumes_...'s)
     assert killed and (tmp_path / "again" / "finetune" / "ft-64" / "checkpoint.pt").exists()
     assert not Run.open(tmp_path / "again").model_dir(64).exists()
+
+
+def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_path, ray_session):
+    """A fine-tune on Ray writes its checkpoints to the run: a full disk there comes back as the
+    OSError (which the driver words as for its own writes); any other error keeps Ray's remote
+    traceback (a bug should show where it is)."""
+    from longrope.search.backends import ray_get
+
+    def raises(code):
+        raise OSError(code, os.strerror(code), "ft-64/checkpoint.pt")
+
+    task = ray_session.remote(num_cpus=0)(raises)
+    with pytest.raises(OSError) as full:
+        ray_get(task.remote(errno.ENOSPC))
+    assert (full.value.errno, full.value.filename) == (errno.ENOSPC, "ft-64/checkpoint.pt")
+    assert "cannot write ft-64/checkpoint.pt: No space left on device" in str(Run(tmp_path).write_failed(full.value))
+    with pytest.raises(ray_session.exceptions.RayTaskError):
+        ray_get(task.remote(errno.ENOENT))
 
 
 def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir, text_corpus_dir, tmp_path,
