@@ -91,6 +91,7 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
+WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
 
 
 def ray_get(ref):
@@ -149,6 +150,7 @@ class RayBackend:
         self.replaced = 0
         self.start_failures = 0  # replacements in a row that died before they started
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
+        self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
 
     def _new_actor(self):
@@ -213,7 +215,11 @@ class RayBackend:
         """Wait for one thing to happen: a result (into `done`), a worker's death (its candidate
         queued again, or failed after MAX_DEATHS), or a replacement coming up."""
         ray = self.ray
-        ready, _ = ray.wait([*self.inflight, *self.starting], num_returns=1)
+        ready, _ = ray.wait([*self.inflight, *self.starting], num_returns=1, timeout=WAIT_NOTE)
+        if not ready:
+            self._note_waiting()
+            return
+        self.waits = 0
         ref = ready[0]
         if ref in self.starting:
             actor = self.starting.pop(ref)
@@ -251,6 +257,19 @@ class RayBackend:
         self.done.append((job.key, result))
         self.idle.append(actor)
         self._dispatch()
+
+    def _note_waiting(self) -> None:
+        """Nothing scoring and every worker still to be placed (its node lost, the cluster full):
+        the search waits for the cluster, and says so after WAIT_NOTE seconds, then 2x, 4x, ...
+        later, instead of a progress bar that stops without a word."""
+        self.waits = 0 if self.inflight else self.waits + 1  # a long evaluation is not a wait
+        if not self.waits or self.waits & (self.waits - 1):
+            return
+        free = self.ray.available_resources()
+        print(f"note: nothing has scored for {self.waits * WAIT_NOTE:g} s: {len(self.starting)} worker(s) "
+              f"wait for the cluster to place them (each needs {self.num_gpus:g} GPUs, {self.num_cpus:g} "
+              f"CPUs; free now: {free.get('GPU', 0):g} GPUs, {free.get('CPU', 0):g} CPUs); the search goes "
+              "on once one starts (a node added or back), or stop it and resume later", file=sys.stderr)
 
     def _replace(self, actor, error: Exception) -> None:
         """Drop a dead actor and start another; it takes work once its first call answers."""

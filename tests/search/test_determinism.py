@@ -116,6 +116,45 @@ def test_killed_ray_worker_is_replaced_and_result_unchanged(tmp_path, reference,
     assert trajectory(run) == reference  # synthetic:0.01 scores like synthetic
 
 
+def test_workers_that_cannot_be_placed_are_waited_for_with_a_note(tmp_path, reference, ray_session,
+                                                                  monkeypatch, capsys):
+    """Both workers lost and no room for a replacement (as when their node and its resources are
+    gone: here the replacements ask for 3 CPUs of the cluster's 2): nothing scores, and the driver
+    says it waits for the cluster instead of stopping without a word; once workers can be placed
+    again (here: the waiting ones removed, the next asking for 1 CPU) the run ends where an
+    uninterrupted one does."""
+    from longrope.search import backends
+
+    monkeypatch.setattr(backends, "WAIT_NOTE", 0.2)
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.01"), count=2)
+    pids = backend.worker_pids()
+
+    def lose_both():
+        backend.num_cpus = 3.0
+        for pid in pids:
+            os.kill(pid, signal.SIGKILL)
+
+    def room_again():
+        backend.num_cpus = 1.0
+        for actor in list(backend.starting.values()):
+            ray_session.kill(actor)
+
+    timers = [threading.Timer(0.8, lose_both), threading.Timer(3.0, room_again)]
+    for t in timers:
+        t.start()
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend, model="synthetic:0.01", short="[32]")
+    finally:
+        for t in timers:
+            t.cancel()
+        backend.close()
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: nothing has scored")]
+    assert notes and "2 worker(s) wait for the cluster to place them (each needs 0 GPUs, 3 CPUs" in notes[0]
+    periods = [round(float(ln.split(" for ")[1].split(" s:")[0]) / 0.2) for ln in notes]
+    assert all(n & (n - 1) == 0 for n in periods) and 2 in periods  # after 1, 2, 4, ... periods: spaced out
+    assert backend.replaced >= 4 and trajectory(run) == reference
+
+
 def test_gpu_replicas_are_scheduled_on_declared_gpus(tmp_path, reference, ray_session):
     run, d = run_small(tmp_path, backend="ray", count=3, num_gpus=1.0, short="[32]")
     assert trajectory(run) == reference
