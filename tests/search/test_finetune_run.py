@@ -154,7 +154,7 @@ def test_the_finetune_runs_as_a_ray_task_and_survives_its_worker_lost(tiny_model
     line, the checkpoint kept for a resume."""
     from longrope.search import finetuning
 
-    text = _text(tiny_model_dir, text_corpus_dir, steps=40).replace("targets = [64, 128]", "targets = [64]")
+    text = _text(tiny_model_dir, text_corpus_dir, steps=60).replace("targets = [64, 128]", "targets = [64]")
     text = text.replace("short = [16]", "short = []")
     here = config.from_dict(tomllib.loads(text))
     on_ray = config.from_dict(tomllib.loads(text + '[workers]\nbackend = "ray"\n'))
@@ -167,7 +167,7 @@ def test_the_finetune_runs_as_a_ray_task_and_survives_its_worker_lost(tiny_model
         wb = load_file(b.model_dir(64) / "model.safetensors")
         assert all(torch.allclose(wa[k], wb[k], atol=1e-6, rtol=0) for k in wa)
         rec = json.loads((b.finetune_dir(64) / "training.json").read_text())
-        assert len(rec["losses"]) == 40 and "finetune-64: done" in (b.path / "events.log").read_text()
+        assert len(rec["losses"]) == 60 and "finetune-64: done" in (b.path / "events.log").read_text()
 
     killed: list[int] = []
     t = _kill_the_finetune_task_at(tmp_path / "ray", 22, killed)
