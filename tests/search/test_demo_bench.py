@@ -45,8 +45,8 @@ def test_bench_quick_table_shape(tmp_path):
     assert pr["none"]["tokens_ratio"] == 1 and pr["exact"]["tokens_ratio"] <= 1 and "| wilcoxon |" in table
     assert (tmp_path / "pruning.png").stat().st_size > 1000  # quality per token, one point per search
     assert 0 < pr["cutoff_ceiling"][0] <= 1 and "ceiling for any rule against the parent cut-off" in table
-    pp = r["pruning_paper"]  # the same at a given search shape: 8 + 3 generations of 4 children, 6 documents
-    assert pp["pruners"] == ["none", "wilcoxon"] and pp["none"]["tokens"] == [(8 + 3 * 4) * 6 * 1024]
+    pp = r["pruning_paper"]  # the same at a given search shape: 8 + 3 generations of 4 children, 3 documents
+    assert pp["pruners"] == ["none", "wilcoxon"] and pp["none"]["tokens"] == [(8 + 3 * 4) * 3 * 1024]
     assert "pruners at 1024 (population 8, 4 parents, 2 + 2 children, 20 evaluations" in table
     sq = r["samplers_paper"][512]  # the samplers at a given search shape and budget, beside the methods
     assert set(sq) == {"none", "pi", "ntk", "yarn", "dynamic_ntk", "longrope", "random"}

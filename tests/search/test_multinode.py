@@ -198,3 +198,15 @@ def test_losing_the_head_ends_the_driver_and_a_resume_on_a_new_cluster_equals(tm
         shutil.rmtree(tmp, ignore_errors=True)
     assert "taking over a stale lock of dead process" in err
     assert generations_done(run_dir) >= 5 and trajectory(Run.open(run_dir)) == reference
+
+
+def test_gpus_asked_of_a_cluster_without_gpus_is_one_line(tmp_path, cluster):
+    """The cluster's two nodes have no GPUs and workers.num_gpus = 1: an error, not a hang, and no
+    run directory."""
+    _, text = small_cfg(model="synthetic", backend="ray", count=2, num_gpus=1.0)
+    (tmp_path / "gpu.toml").write_text(text)
+    p = cli("search", str(tmp_path / "gpu.toml"), "--run-dir", str(tmp_path / "run"), "--address", cluster.address)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "the Ray cluster has no GPUs" in err
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+    assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]

@@ -107,11 +107,11 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["early_abort"] = early_abort(work, budget)
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
         # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
-        r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 6 if quick else 12)
+        r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 3 if quick else 12)
     if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
         # none and wilcoxon only (exact scores what none does): about 1 h for both here, alone (the
         # none search ran ~40 evaluations a minute); never beside another torch job on 2 cores
-        r["pruning_paper"] = pruning(work, paper_budget, [0], 6 if quick else 12,
+        r["pruning_paper"] = pruning(work, paper_budget, [0], 3 if quick else 12,
                                      ("none", "wilcoxon"), **shape)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
