@@ -28,6 +28,7 @@ from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
+from longrope.runs.rundir import STORAGE_ERRORS
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job
@@ -120,7 +121,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
                 raise SystemExit(code) from None
             finally:
                 plan.close()  # before the lock is released
-    except OSError as e:  # the lease or the events log on a full disk
+    except OSError as e:  # the journal, the lease or the events log on a full disk
         failed = Run(run_dir).write_failed(e)
         if failed is None:
             raise
@@ -211,13 +212,11 @@ class Driver:
             self.inflight.clear()
             self.active = None
             raise
-        except OSError as e:  # the disk full: no more writes (one could land after a torn line)
-            failed = self.run.write_failed(e)
-            if failed is None:
-                raise
-            self.inflight.clear()  # resume re-queues them, as after kill -9
-            self.active = None
-            raise failed from None
+        except OSError as e:  # the disk full: no more writes (one could land after a torn line);
+            if e.errno in STORAGE_ERRORS:  # run_search words it, and resume re-queues as after kill -9
+                self.inflight.clear()
+                self.active = None
+            raise
         finally:
             self.abandon_inflight()
         return results
