@@ -161,12 +161,8 @@ class Lease:
             self.guard.unlink(missing_ok=True)
 
     def mine(self) -> bool | None:
-        """Whether run.lock still carries this lease's token; None when it cannot be read just
-        now (a transient file-system error: the next look decides)."""
-        other = self.read()
-        if other == {}:
-            return None
-        return other is not None and other.get("token") == self.me["token"]
+        """Whether run.lock still carries this lease's token (Ticket.held)."""
+        return self.ticket().held()
 
     def ticket(self) -> Ticket:
         """What work running elsewhere (a fine-tune on a Ray node) needs to check this lease."""
@@ -225,10 +221,17 @@ class Ticket:
     path: str
     token: str
 
-    def __call__(self) -> None:
+    def held(self) -> bool | None:
+        """Whether run.lock still carries this token; None when it cannot be read just now (a
+        transient file-system error: the next look decides)."""
         other = read_lease(Path(self.path))
-        if other is None or (other and other.get("token") != self.token):
-            raise LeaseLost(_lost(Path(self.path), other))
+        if other == {}:
+            return None
+        return other is not None and other.get("token") == self.token
+
+    def __call__(self) -> None:
+        if self.held() is False:
+            raise LeaseLost(_lost(Path(self.path), read_lease(Path(self.path))))
 
 
 def _lost(path: Path, other: dict | None) -> str:
