@@ -27,6 +27,7 @@ from longrope.spaces import RopeGeometry, UserError, architecture_of, is_alibi
 
 from .alibi import convert
 from .cache import cache_root
+from .headnll import set_kind
 from .smollm2 import convert as dequantize
 from .smollm2 import ensure_converted, is_converted
 
@@ -128,10 +129,12 @@ def load_model(
     attention: str = "sdpa",
     threads: int = 0,
     tokenizer: str = "",
+    nll: str = "auto",
 ) -> LoadedModel:
     """Load once per worker; candidates are switched later by a buffer copy. The tokenizer
     loads first (from `tokenizer` when given, else from the model), so a model without one
-    is refused in one line before any weights are read."""
+    is refused in one line before any weights are read. `nll`: how the scorer runs the head's
+    log-softmax on it (headnll.py)."""
     import torch
     import transformers
 
@@ -171,6 +174,7 @@ def load_model(
         convert(model)
     model.to(device).eval()
     model.requires_grad_(False)
+    set_kind(model, nll)
     return LoadedModel(model, tok, geometry, spec, device, dtype, alibi)
 
 

@@ -166,7 +166,7 @@ def answer_scores(model: Any, sample: NeedleSample) -> tuple[float, bool]:
     One forward; the LM head runs only at the positions that predict the answer."""
     import torch
 
-    from .perplexity import postprocess_logits
+    from .headnll import logit_scales, postprocess
 
     arch = architecture_of(model.config)
     decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
@@ -175,7 +175,7 @@ def answer_scores(model: Any, sample: NeedleSample) -> tuple[float, bool]:
     with torch.no_grad():
         hidden = decoder(input_ids=x, use_cache=False).last_hidden_state[0]
         at = slice(sample.answer_at - 1, len(sample.ids) - 1)  # positions predicting the answer
-        logits = postprocess_logits(head(hidden[at]).float(), arch, model.config)
+        logits = postprocess(head(hidden[at]).float(), *logit_scales(arch, model.config))
         target = x[0, sample.answer_at:]
         nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None])[:, 0]
         exact = bool((logits.argmax(-1) == target).all())

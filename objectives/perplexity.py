@@ -5,7 +5,8 @@ runs on the final hidden states in chunks of positions, so the L × vocab
 logits never exist at once (64 GB at 128k tokens × 128k vocab in fp32). The
 decoder, the head and the model's own logit post-processing (Granite divides
 by logits_scaling, Cohere multiplies by logit_scale) come from the table in
-longrope.spaces.architectures, and run on each chunk in float32.
+longrope.spaces.architectures, and run on each chunk in float32 (headnll.py: eagerly, or
+fused by torch.compile on a GPU).
 
 Scoring stops early when the candidate's Cutoff says so (pruning.py): the
 exact bound (token NLLs are >= 0, so after k of n documents the final mean is
@@ -22,8 +23,9 @@ from typing import Any
 
 import numpy as np
 
-from longrope.spaces import Architecture, RescaleFactors, architecture_of
+from longrope.spaces import RescaleFactors, architecture_of
 
+from .headnll import chunk_nll
 from .pruning import Cutoff, as_cutoff
 
 COMPLETE, PRUNED, FAILED = "complete", "pruned", "failed"
@@ -55,7 +57,7 @@ def token_nll(model: Any, ids: np.ndarray, chunk: int = 1024, first: int = 1) ->
     import torch
 
     arch = architecture_of(model.config)
-    decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
+    decoder, head_nll = getattr(model, arch.decoder), chunk_nll(model, arch)
     device = next(model.parameters()).device
     x = torch.as_tensor(np.asarray(ids), dtype=torch.long, device=device)
     single = x.dim() == 1
@@ -68,9 +70,8 @@ def token_nll(model: Any, ids: np.ndarray, chunk: int = 1024, first: int = 1) ->
         nll = torch.empty(targets.numel(), dtype=torch.float32, device=device)
         for a in range(0, targets.numel(), chunk):
             # the head in the model's dtype, the log-softmax in float32 whatever that dtype is
-            logits = postprocess_logits(head(hidden[a : a + chunk]).float(), arch, model.config)
             t = targets[a : a + chunk]
-            nll[a : a + t.numel()] = torch.logsumexp(logits, -1) - logits.gather(1, t[:, None])[:, 0]
+            nll[a : a + t.numel()] = head_nll(hidden[a : a + chunk], t)
         return nll[:n] if single else nll.view(x.shape[0], n)
 
 
@@ -134,15 +135,6 @@ def strided_nll(model: Any, ids: np.ndarray, window: int, stride: int,
     of `window` tokens advancing by `stride`; stride >= len(ids) is document_nll's single pass."""
     runs = sum(b - a for a, b, _ in stride_windows(len(ids), window, stride))
     return (*mean_and_tail(strided_token_nll(model, ids, window, stride, chunk)), runs)
-
-
-def postprocess_logits(logits: Any, arch: Architecture, config: Any) -> Any:
-    """What the architecture's ForCausalLM.forward does to lm_head's output, in the same order."""
-    if arch.logits_divided_by:
-        logits = logits / float(getattr(config, arch.logits_divided_by))
-    if arch.logits_multiplied_by:
-        logits = logits * float(getattr(config, arch.logits_multiplied_by))
-    return logits
 
 
 def score(

@@ -25,8 +25,9 @@ from .fields import check
 Dtype = Literal["auto", "float32", "bfloat16", "float16"]
 Device = Literal["auto", "cpu", "cuda"]
 Attention = Literal["sdpa", "flash_attention_2", "eager"]
+Nll = Literal["auto", "eager", "compiled"]
 Task = Literal["ppl", "needle"]
-DTYPES, DEVICES = get_args(Dtype), get_args(Device)
+DTYPES, DEVICES, NLLS = get_args(Dtype), get_args(Device), get_args(Nll)
 NonNegInt = Annotated[int, Ge(0)]  # bounds, checked with the types
 PosInt = Annotated[int, Ge(1)]
 PosFloat = Annotated[float, Gt(0)]
@@ -43,6 +44,8 @@ class ModelSpec:
     attention: Attention = "sdpa"  # sdpa | flash_attention_2 | eager
     threads: NonNegInt = 0  # torch CPU threads per worker; 0 = leave torch's default
     tokenizer: str = ""  # a folder (or builtin:) holding the tokenizer; "" = the model's own
+    # the head's float32 log-softmax: auto (torch.compile on GPU, eager on CPU) | eager | compiled
+    nll: Nll = "auto"
 
     def validate(self, where: str = "model") -> None:
         """Impossible values, named as ``[where] key`` (the run config's section): the annotations'

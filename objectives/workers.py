@@ -30,7 +30,7 @@ class Evaluator:
         self.spec = spec
         m, d = spec.model, spec.data
         self.corpus = load_data(d)  # cheap errors first
-        self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer)
+        self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer, m.nll)
         self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
         self.tokens = tokenize(self.corpus, self.loaded.tokenizer, d.cache_dir or cache_root())
         self.split = Split.make(len(self.tokens), d.split_seed)

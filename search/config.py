@@ -37,7 +37,7 @@ __all__ = ["RunConfig", "SearchConfig", "SpaceConfig", "WorkersConfig", "definin
 # Budget (iterations, max_evals, patience) and workers may change.
 NOT_DEFINING = {
     "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
-    "model.device", "model.threads", "data.cache_dir", "search.storage",
+    "model.device", "model.threads", "model.nll", "data.cache_dir", "search.storage",
 }
 
 # Choices whose one source is a registry (the sampler and pruner names); the others are
@@ -64,7 +64,8 @@ RENAMED = {("search", "seeds"): "methods",
 
 # Defaults changed since a run's config.toml may have been frozen: a copy written before the key
 # existed reads the value its run used, not today's default, so a resume does what the run did.
-FROZEN_DEFAULTS = {("finetune", "short_mix"): 0.0}  # 0.5 since session 9 (the short_mix bench)
+FROZEN_DEFAULTS = {("finetune", "short_mix"): 0.0,  # 0.5 since session 9 (the short_mix bench)
+                   ("model", "nll"): "eager"}  # auto (compiled on GPU) since session 19
 
 
 def frozen(data: dict[str, Any]) -> dict[str, Any]:

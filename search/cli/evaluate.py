@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from longrope.objectives.methods import known_methods, split_methods
-from longrope.objectives.specs import DEVICES, DTYPES
+from longrope.objectives.specs import DEVICES, DTYPES, NLLS
 from longrope.spaces import UserError
 
 
@@ -26,7 +26,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.depths is not None and args.depths < 1:
         raise UserError(f"--depths must be >= 1, got {args.depths}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
-                            dtype=args.dtype, device=args.device, threads=args.threads,
+                            dtype=args.dtype, device=args.device, threads=args.threads, nll=args.nll,
                             search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed,
                             kind="ppl" if args.task == "ppl" else "needle", depths=args.depths or 10,
                             per_depth=args.samples)
@@ -69,6 +69,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--dtype", default="auto", choices=DTYPES)
     e.add_argument("--device", default="auto", choices=DEVICES)
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
+    e.add_argument("--nll", default="auto", choices=NLLS,
+                   help="the head's float32 log-softmax: auto (torch.compile on GPU, eager on CPU), eager or "
+                   "compiled; the same NLLs to float32 rounding")
     e.add_argument("--task", choices=["ppl", "needle", "passkey"], default="ppl",
                    help="ppl: document perplexity; needle: perplexity of a pass key hidden in each "
                    "document, answer tokens only; passkey: fraction of those keys greedy decoding "

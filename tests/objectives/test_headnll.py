@@ -1,0 +1,103 @@
+"""The scorer's head NLL compiled (torch.compile, headnll.py) equals the eager one to float32
+rounding, really compiles, and a compile that fails warns once and scores eagerly; `auto` is
+compiled on CUDA only; the run config's `model.nll` is checked and does not define a search."""
+
+import numpy as np
+import pytest
+import torch
+import transformers
+
+from longrope.objectives import headnll
+from longrope.objectives.perplexity import token_nll
+from longrope.search import config
+
+
+@pytest.fixture
+def model(tiny_model_dir):
+    return transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+
+
+@pytest.fixture
+def fresh(monkeypatch):
+    """A process that has compiled nothing and seen no failure."""
+    monkeypatch.setattr(headnll, "_compiled", None)
+    monkeypatch.setattr(headnll, "failures", {})
+
+
+def ids(model, n, seed=0):
+    return np.random.default_rng(seed).integers(0, model.config.vocab_size, n)
+
+
+def test_compiled_equals_eager_and_really_compiles(model, fresh):
+    from torch._dynamo.utils import counters
+
+    doc = ids(model, 300)
+    headnll.set_kind(model, "eager")
+    ref = token_nll(model, doc, chunk=64)  # chunks of 64 and a last one of 43
+    headnll.set_kind(model, "compiled")
+    graphs = counters["stats"]["unique_graphs"]
+    got = token_nll(model, doc, chunk=64)
+    assert counters["stats"]["unique_graphs"] > graphs  # dynamo traced it: not an eager run in disguise
+    assert getattr(model, headnll.ATTR) == "compiled" and not headnll.failures
+    assert got.shape == ref.shape == (299,)
+    torch.testing.assert_close(got, ref, rtol=1e-5, atol=1e-5)
+    # a batch of two documents (another size again) still agrees row by row
+    two = np.stack([doc[:200], ids(model, 200, seed=1)])
+    headnll.set_kind(model, "eager")
+    ref2 = token_nll(model, two, chunk=64)
+    headnll.set_kind(model, "compiled")
+    torch.testing.assert_close(token_nll(model, two, chunk=64), ref2, rtol=1e-5, atol=1e-5)
+
+
+def test_a_failed_compile_warns_once_and_scores_eagerly(model, fresh, monkeypatch, capsys):
+    def no_compiler(fn):
+        def run(*a):
+            raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
+        return run
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    doc = ids(model, 150)
+    headnll.set_kind(model, "eager")
+    ref = token_nll(model, doc, chunk=64)
+    headnll.set_kind(model, "compiled")
+    assert torch.equal(token_nll(model, doc, chunk=64), ref)  # eager, bit for bit
+    assert getattr(model, headnll.ATTR) == "eager"
+    headnll.set_kind(model, "compiled")  # asked again (another model, a later load): no second try
+    assert torch.equal(token_nll(model, doc, chunk=64), ref)
+    err = capsys.readouterr().err
+    assert err.count("warning: torch.compile of the scorer's head failed on cpu") == 1
+    assert "(RuntimeError: InvalidCxxCompiler: No working C++ compiler found);" in err and "more lines" not in err
+    assert headnll.failures == {"cpu": "RuntimeError: InvalidCxxCompiler: No working C++ compiler found"}
+
+
+def test_out_of_memory_is_not_a_compile_failure(model, fresh, monkeypatch):
+    def oom(fn):
+        def run(*a):
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        return run
+
+    monkeypatch.setattr(torch, "compile", oom)
+    headnll.set_kind(model, "compiled")
+    with pytest.raises(torch.cuda.OutOfMemoryError):  # batch_nll halves the batch on it
+        token_nll(model, ids(model, 100))
+    assert getattr(model, headnll.ATTR) == "compiled" and not headnll.failures
+
+
+def test_auto_is_compiled_on_cuda_only(model):
+    assert headnll.resolve("auto", "cuda:1") == "compiled" and headnll.resolve("auto", "cpu") == "eager"
+    assert headnll.resolve("eager", "cuda") == "eager" and headnll.resolve("compiled", "cpu") == "compiled"
+    assert headnll.set_kind(model, "auto") == "eager"  # this model is on the CPU
+    with pytest.raises(ValueError, match="'fast'"):
+        headnll.set_kind(model, "fast")
+
+
+def test_the_config_key_is_checked_and_does_not_define_the_search():
+    with pytest.raises(Exception, match="model.nll"):
+        config.from_dict({"model": {"nll": "fast"}})
+    old = config.from_dict({}).to_dict()
+    new = {**old, "model": {**old["model"], "nll": "compiled"}}
+    assert config.defining_diff(old, new) == []
+    # a run frozen before the key existed resumes as it scored: eagerly
+    del old["model"]["nll"]
+    assert config.from_dict(config.frozen(old)).model.nll == "eager"
+    assert config.from_dict({}).model.nll == "auto"
