@@ -1,10 +1,11 @@
 """The self-test `longrope check` runs on each device: does this machine score like ours?
 
-Three questions, each answered on the device and in the dtype a search would use:
+Four questions, each answered on the device and in the dtype a search would use:
 - rotary parity: the patch with λ = 1 gives the unpatched logits bit for bit, and uniform
   λ = s gives transformers' own ``linear`` rope (the parity the test suite proves on CPU);
 - cost: one evaluation of the model at 4 × L0 (perplexity, seconds per 1k tokens), or at 2 × L0 or
   L0 when too few documents reach 4 × L0 (SmolLM2, trained at 8k: one built-in document reaches 32k);
+- the head's NLL eager and compiled (headnll.py): equal to float32 rounding, and the time of each;
 - numerics (issue 18): a fixed set of candidates ranked in the dtype against float32:
   Spearman's ρ, the same best, and the median relative |Δppl|. A search only needs the order
   of its candidates, so ρ and the best are what must hold in bf16.
@@ -25,6 +26,7 @@ from longrope.spaces import RescaleFactors, method
 
 PARITY_ATOL = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.02}  # |Δlogit| for uniform λ vs linear
 RANK_MIN_RHO = 0.95
+NLL_RTOL = 1e-4  # a document's mean NLL, compiled head vs eager
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
@@ -150,14 +152,45 @@ def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: i
             "ok": rho >= RANK_MIN_RHO and same_best}
 
 
+def nll_check(ev: Any, length: int) -> dict[str, Any]:
+    """The scorer's head NLL eager and compiled (headnll.py) on one document at `length`: the
+    document's mean NLL must agree to NLL_RTOL (float32 rounding; ranking needs far less), and
+    each form's time for the document (decoder included). A compile that cannot run here is
+    reported, not failed: scoring falls back to eager."""
+    from .devices import median_seconds
+    from .headnll import ATTR, failures, resolve
+    from .perplexity import token_nll
+
+    model, dev = ev.loaded.model, ev.loaded.device
+    doc = ev.docs(length)[0]
+    kind = getattr(model, ATTR)
+    out: dict[str, Any] = {"auto": resolve("auto", dev), "length": length}
+    try:
+        setattr(model, ATTR, "eager")
+        ref = token_nll(model, doc)
+        out["eager_seconds"] = median_seconds(lambda: token_nll(model, doc), 3, dev)
+        setattr(model, ATTR, "compiled")
+        got = token_nll(model, doc)
+        if getattr(model, ATTR) != "compiled":  # the compile failed and it scored eagerly
+            return {**out, "compiled": False, "reason": failures.get(str(dev).split(":")[0], ""), "ok": True}
+        out["compiled_seconds"] = median_seconds(lambda: token_nll(model, doc), 3, dev)
+    finally:
+        setattr(model, ATTR, kind)
+    rel = abs(float(got.mean()) - float(ref.mean())) / float(ref.mean())
+    return {**out, "compiled": True, "mean_rel_diff": rel, "max_abs_diff": float((got - ref).abs().max()),
+            "tolerance": NLL_RTOL, "ok": rel <= NLL_RTOL}
+
+
 def self_test(model_spec: str, device: str, dtype: str = "auto") -> dict[str, Any]:
-    """Parity, one evaluation and (for a dtype other than float32) the rank check, on one device."""
+    """Parity, one evaluation, the head NLL eager vs compiled and (for a dtype other than float32)
+    the rank check, on one device."""
     from .devices import device_name
 
     dtype = resolve_dtype(dtype, device)
     out: dict[str, Any] = {"device": device, "name": device_name(device), "model": model_spec, "dtype": dtype}
     out["rotary_parity"] = rotary_parity(model_spec, device, dtype)
     ev, out["evaluation"] = evaluation(model_spec, device, dtype)
+    out["nll"] = nll_check(ev, out["evaluation"]["length"])
     out["rank_check"] = None if dtype == "float32" else rank_check(model_spec, device, dtype, ev)
-    out["ok"] = all(out[k]["ok"] for k in ("rotary_parity", "evaluation", "rank_check") if out[k])
+    out["ok"] = all(out[k]["ok"] for k in ("rotary_parity", "evaluation", "nll", "rank_check") if out[k])
     return out

@@ -3,7 +3,8 @@
 Run it first on a new GPU node or cluster: it names torch, CUDA, the GPUs, flash-attn and
 (with --address) the Ray cluster's resources, then runs objectives/selfcheck.py's self-test
 on every device it sees (the CPU and each GPU): rotary parity with transformers in the
-dtype a search would use, one evaluation with its time per 1k tokens, and for a dtype other
+dtype a search would use, one evaluation with its time per 1k tokens, the scorer's head NLL
+eager against torch.compile (equal to float32 rounding; the time of each), and for a dtype other
 than float32 the rank agreement of fixed candidates with float32. Exit 0 when every check
 holds, 1 when one does not (the text says which), 2 for a usage error.
 """
@@ -108,19 +109,28 @@ def render(out: dict[str, Any]) -> str:
         r = out["ray_cluster"]
         lines.append(f"Ray at {r['address']}: {r['nodes']} nodes, {r['CPU']:g} CPUs, {r['GPU']:g} GPUs")
     for t in out["self_test"]:
-        p, e, k = t["rotary_parity"], t["evaluation"], t["rank_check"]
+        p, e, k, n = t["rotary_parity"], t["evaluation"], t["rank_check"], t["nll"]
         lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
                   f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e} (<= {p['tolerance']:g}) "
                   f"{_ok(p['ok'])}",
                   f"  evaluation at {e['length']}: ppl {e['ppl']:.3f}, {e['seconds']:.2f} s, "
-                  f"{e['seconds_per_1k_tokens']:.3f} s per 1k tokens {_ok(e['ok'])}"]
+                  f"{e['seconds_per_1k_tokens']:.3f} s per 1k tokens {_ok(e['ok'])}",
+                  _render_nll(n)]
         lines.append("  rank check: float32 itself" if k is None else
                      f"  rank check vs float32 ({k['candidates']} candidates at {k['length']}): Spearman "
                      f"{k['spearman']:.3f} (>= {k['min_spearman']}), same best {_yes(k['same_best'])}, "
                      f"median |Δppl| {k['median_rel_diff']:.2%} {_ok(k['ok'])}")
     lines += ["", "all checks passed" if out["ok"] else "SOME CHECKS FAILED (see FAILED above)"]
     return "\n".join(lines)
+
+
+def _render_nll(n: dict[str, Any]) -> str:
+    head = f"  head NLL at {n['length']} (nll = auto is {n['auto']} here): eager {n['eager_seconds']:.3f} s"
+    if not n["compiled"]:
+        return f"{head}; compiled unavailable ({n['reason']}): scoring uses eager"
+    return (f"{head}, compiled {n['compiled_seconds']:.3f} s, mean NLL rel. diff {n['mean_rel_diff']:.1e} "
+            f"(<= {n['tolerance']:g}), max |ΔNLL| {n['max_abs_diff']:.1e} {_ok(n['ok'])}")
 
 
 def _yes(b: bool) -> str:

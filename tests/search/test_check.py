@@ -23,6 +23,10 @@ def test_check_json_shape_on_cpu(capsys):
     assert ev["length"] == 512 and 1 < ev["ppl"] < 1000 and ev["tokens"] == 5 * 512
     assert ev["seconds_per_1k_tokens"] == pytest.approx(1000 * ev["seconds"] / ev["tokens"])
     assert t["rank_check"] is None and t["ok"] is True and out["ok"] is True
+    n = t["nll"]  # the head NLL eager vs compiled, on one of those documents
+    assert (n["auto"], n["length"], n["compiled"], n["ok"]) == ("eager", 512, True, True)
+    assert n["mean_rel_diff"] <= n["tolerance"] == selfcheck.NLL_RTOL and n["max_abs_diff"] < 1e-4
+    assert n["eager_seconds"] > 0 and n["compiled_seconds"] > 0
 
 
 def test_a_broken_patch_fails_the_check(monkeypatch, capsys):
@@ -35,6 +39,9 @@ def test_a_broken_patch_fails_the_check(monkeypatch, capsys):
     monkeypatch.setattr(selfcheck, "evaluation", lambda *a: (None, {"ok": True, "length": 512, "ppl": 1.0,
                                                                     "seconds": 1.0,
                                                                     "seconds_per_1k_tokens": 1.0}))
+    monkeypatch.setattr(selfcheck, "nll_check", lambda *a: {"ok": True, "auto": "eager", "length": 512,
+                                                            "eager_seconds": 1.0, "compiled": False,
+                                                            "reason": "stubbed"})
     assert main(["check", "--device", "cpu"]) == 1
     text = capsys.readouterr().out
     assert "λ = 1 bit-exact yes" in text and "FAILED" in text and "SOME CHECKS FAILED" in text
