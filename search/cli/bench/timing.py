@@ -15,20 +15,21 @@ from typing import Any
 PROBES = "longrope.search.cli.bench"
 
 
-def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any]:
-    """Patched evaluation (chunked NLL) vs a plain transformers forward with labels=,
-    alternating, same tokens, on the model's device; and forward FLOP/s vs that device's
-    matmul rate in the model's dtype."""
+def overhead_and_flops(model_spec: str, length: int, reps: int, nll: str = "auto") -> dict[str, Any]:
+    """Patched evaluation (chunked NLL, its head NLL as `nll` says: headnll.py) vs a plain
+    transformers forward with labels=, alternating, same tokens, on the model's device; and
+    forward FLOP/s vs that device's matmul rate in the model's dtype."""
     import torch
 
     from longrope.objectives.devices import device_name, matmul_rate, median_seconds
+    from longrope.objectives.headnll import ATTR
     from longrope.objectives.models import load_model
     from longrope.objectives.perplexity import document_nll
     from longrope.objectives.rotary import patch_model
     from longrope.spaces import method
 
     plain = load_model(model_spec, threads=0)
-    patched = load_model(model_spec, threads=0)
+    patched = load_model(model_spec, threads=0, nll=nll)
     rot = patch_model(patched.model, patched.geometry)
     rot.set_factors(method("yarn", patched.geometry, length))
     gen = torch.Generator().manual_seed(0)
@@ -53,7 +54,8 @@ def overhead_and_flops(model_spec: str, length: int, reps: int) -> dict[str, Any
     mm_rate = matmul_rate(dev, next(plain.model.parameters()).dtype)
     return {"overhead": t_patched / t_plain, "t_plain": t_plain, "t_patched": t_patched,
             "fwd_flops": flops, "fwd_rate": flops / t_patched, "matmul_rate": mm_rate,
-            "cpu_efficiency": (flops / t_patched) / mm_rate, "device": device_name(dev)}
+            "cpu_efficiency": (flops / t_patched) / mm_rate, "device": device_name(dev),
+            "nll": getattr(patched.model, ATTR)}
 
 
 def forward_flops(model: Any, length: int) -> int:

@@ -1,23 +1,26 @@
-"""The scorer's head and NLL on the card: is its float32 log-softmax worth fusing? (issue 18, the
-bench speed measure at 0.323 of the matmul rate against the goal's 0.35.)
+"""The scorer's head and NLL on the card: eager, fused by torch.compile, or F.cross_entropy? (issue 18,
+the bench speed measure at 0.323 of the matmul rate against the goal's 0.35.)
 
 perplexity.token_nll runs the decoder once, then the LM head and the NLL over chunks of 1024
-positions: logits in float32, NLL = logsumexp(logits) - logits[target], which reads each
-[chunk, vocab] block several times. This times, at length L on one document, the decoder alone
-and the head + NLL in four forms (logsumexp or F.cross_entropy, chunks of 1024 or 4096), and
-gives each form's largest NLL difference from the scorer's own: the digits every stored result
-depends on. Nothing here changes the scorer. Usage: nll_head.py [cuda|cpu] [L]; M= picks the model
-(builtin:smollm2-135m; builtin:tiny-sotu for a dry run on CPU).
+positions (objectives/headnll.py): logits in float32, NLL = logsumexp(logits) - logits[target],
+eagerly a handful of full passes over each [chunk, vocab] block; `[model] nll = "auto"` compiles it
+on CUDA (session 19, before any GPU had run it). This times, at length L on one document, the
+decoder alone and the head + NLL in five forms (eager logsumexp, F.cross_entropy, each at chunks
+of 1024 and 4096, and headnll's compiled form at 1024, compile excluded: it is timed once apart),
+and gives each form's largest NLL difference from the eager scorer's. Usage: nll_head.py
+[cuda|cpu] [L]; M= picks the model (builtin:smollm2-135m; builtin:tiny-sotu for a dry run on CPU).
 """
 
 import json
 import os
 import sys
+import time
 
 import torch
 import torch.nn.functional as F
 
-from longrope.objectives.devices import device_name, median_seconds
+from longrope.objectives.devices import device_name, median_seconds, sync
+from longrope.objectives.headnll import head_nll as scorer_head_nll
 from longrope.objectives.models import load_model
 from longrope.spaces import architecture_of
 
@@ -56,6 +59,22 @@ def main() -> None:
         out = {"device": device_name(dev), "model": MODEL, "length": length,
                "decoder_seconds": median_seconds(forward, REPS, dev)}
         ref = head_nll(model, hidden, targets, 1024, False)
+        compiled = torch.compile(scorer_head_nll)
+        w, b = model.get_output_embeddings().weight, model.get_output_embeddings().bias
+
+        def run_compiled():
+            o = torch.empty(targets.numel(), dtype=torch.float32, device=hidden.device)
+            for a in range(0, targets.numel(), 1024):
+                t = targets[a : a + 1024]
+                o[a : a + t.numel()] = compiled(hidden[a : a + 1024], t, w, b, 1.0, 1.0)
+            return o
+
+        t0 = time.perf_counter()
+        nll = run_compiled()  # compiles: the first chunk's size, then the last chunk's
+        sync(dev)
+        out["compile_seconds"] = time.perf_counter() - t0
+        out["compiled_1024"] = {"seconds": median_seconds(run_compiled, REPS, dev),
+                                "max_abs_diff": float((nll - ref).abs().max())}
         for chunk in (1024, 4096):
             for fused in (False, True):
                 name = f"{'cross_entropy' if fused else 'logsumexp'}_{chunk}"
