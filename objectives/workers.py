@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError, architecture_of
 
 from .data import Split, load_data, tokenize
 from .lm_infinite import LMInfinite
@@ -24,6 +24,7 @@ class Evaluator:
 
     def __init__(self, spec: ObjectiveSpec):
         from .cache import cache_root
+        from .headnll import warm_up
         from .models import load_model
         from .rotary import patch_model
 
@@ -32,6 +33,7 @@ class Evaluator:
         self.corpus = load_data(d)  # cheap errors first
         self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer, m.nll)
         self.rotary = patch_model(self.loaded.model, self.loaded.geometry)
+        warm_up(self.loaded.model, architecture_of(self.loaded.model.config))  # a compiled head: now
         self.tokens = tokenize(self.corpus, self.loaded.tokenizer, d.cache_dir or cache_root())
         self.split = Split.make(len(self.tokens), d.split_seed)
         self._docs: dict[tuple[str, int, int], list[np.ndarray]] = {}

@@ -9,7 +9,10 @@ import transformers
 
 from longrope.objectives import headnll
 from longrope.objectives.perplexity import token_nll
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.objectives.workers import Evaluator
 from longrope.search import config
+from longrope.spaces import method
 
 
 @pytest.fixture
@@ -20,6 +23,7 @@ def model(tiny_model_dir):
 @pytest.fixture
 def fresh(monkeypatch):
     """A process that has compiled nothing and seen no failure."""
+    torch._dynamo.reset()  # dynamo caches compiled code on head_nll itself
     monkeypatch.setattr(headnll, "_compiled", None)
     monkeypatch.setattr(headnll, "failures", {})
 
@@ -47,6 +51,22 @@ def test_compiled_equals_eager_and_really_compiles(model, fresh):
     ref2 = token_nll(model, two, chunk=64)
     headnll.set_kind(model, "compiled")
     torch.testing.assert_close(token_nll(model, two, chunk=64), ref2, rtol=1e-5, atol=1e-5)
+
+
+def test_an_evaluator_compiles_at_load_not_in_its_first_evaluation(fresh):
+    from torch._dynamo.utils import counters
+
+    spec = dict(search_docs=2, heldout_docs=0, threads=2)
+    eager = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", nll="eager", **spec))
+    before = counters["stats"]["unique_graphs"]
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", nll="compiled", **spec))
+    loaded = counters["stats"]["unique_graphs"]
+    assert loaded == before + 2  # a full chunk, then the dynamic length
+    f = method("yarn", ev.geometry, 300)
+    got = ev.evaluate(f, 300)  # one chunk of 299 positions: a size not seen yet
+    assert counters["stats"]["unique_graphs"] == loaded  # nothing compiled while scoring
+    assert got.ok and got.ppl == pytest.approx(eager.evaluate(f, 300).ppl, rel=1e-5)
+    assert getattr(ev.loaded.model, headnll.ATTR) == "compiled" and not headnll.failures
 
 
 def test_a_failed_compile_warns_once_and_scores_eagerly(model, fresh, monkeypatch, capsys):
