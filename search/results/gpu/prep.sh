@@ -7,9 +7,10 @@
 # scripts go to .gpu-s/ (ignored by git). Trips, each right after the other (the machine stays warm
 # 30 s): (1) carry .gpu .gpu-s: bash .gpu-s/g1.sh; (2) carry .gpu-smol-a:
 # mkdir -p /tmp/stash && cp .gpu-smol-a/* /tmp/stash/; (3) carry .gpu-smol-b .gpu-s: bash .gpu-s/g3.sh
-# (session 14 ran g5.sh as trip 1 and g6.sh as trip 3. Next: trip 3 runs g7.sh (session 19's
-# compiled head NLL and the speed goal); then, on that machine after '. .gpu-s/setup.sh':
-# python3 .gpu-s/s2prof.py cuda 16384, and s2gpu.py again with the warm s2_time)
+# (session 14 ran g5.sh as trip 1 and g6.sh as trip 3. Next: trip 1 runs g7.sh, session 19's
+# compiled head NLL and the speed goal on SmolLM2's shape, needing no trip 2 or 3; then, with the
+# real SmolLM2 on trip 3, after '. .gpu-s/setup.sh': python3 .gpu-s/s2prof.py cuda 16384, and
+# s2gpu.py again with the warm s2_time)
 set -euo pipefail
 [ -f pyproject.toml ] || { echo "run from the project root"; exit 1; }
 ../shared/gpu-kit/prep.sh --smollm2
