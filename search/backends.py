@@ -267,9 +267,10 @@ class RayBackend:
             return
         free = self.ray.available_resources()
         print(f"note: nothing has scored for {self.waits * WAIT_NOTE:g} s: {len(self.starting)} worker(s) "
-              f"wait for the cluster to place them (each needs {self.num_gpus:g} GPUs, {self.num_cpus:g} "
-              f"CPUs; free now: {free.get('GPU', 0):g} GPUs, {free.get('CPU', 0):g} CPUs); the search goes "
-              "on once one starts (a node added or back), or stop it and resume later", file=sys.stderr)
+              f"not up yet, waiting for the cluster to place them (each needs {self.num_gpus:g} GPUs, "
+              f"{self.num_cpus:g} CPUs; free now: {free.get('GPU', 0):g} GPUs, {free.get('CPU', 0):g} CPUs) "
+              "or still loading their model; the search goes on once one starts (a node added or back), "
+              "or stop it and resume later", file=sys.stderr)
 
     def _replace(self, actor, error: Exception) -> None:
         """Drop a dead actor and start another; it takes work once its first call answers."""

@@ -149,7 +149,8 @@ def test_workers_that_cannot_be_placed_are_waited_for_with_a_note(tmp_path, refe
             t.cancel()
         backend.close()
     notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: nothing has scored")]
-    assert notes and "2 worker(s) wait for the cluster to place them (each needs 0 GPUs, 3 CPUs" in notes[0]
+    assert notes and "2 worker(s) not up yet, waiting for the cluster to place them (each needs 0 GPUs, " \
+        "3 CPUs" in notes[0]
     periods = [round(float(ln.split(" for ")[1].split(" s:")[0]) / 0.2) for ln in notes]
     assert all(n & (n - 1) == 0 for n in periods) and 2 in periods  # after 1, 2, 4, ... periods: spaced out
     assert backend.replaced >= 4 and trajectory(run) == reference
