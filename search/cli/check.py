@@ -130,7 +130,8 @@ def _render_nll(n: dict[str, Any]) -> str:
     if not n["compiled"]:
         return f"{head}; compiled unavailable ({n['reason']}): scoring uses eager"
     return (f"{head}, compiled {n['compiled_seconds']:.3f} s, mean NLL rel. diff {n['mean_rel_diff']:.1e} "
-            f"(<= {n['tolerance']:g}), max |ΔNLL| {n['max_abs_diff']:.1e} {_ok(n['ok'])}")
+            f"(<= {n['tolerance']:g}), max |ΔNLL| {n['max_abs_diff']:.1e} {_ok(n['ok'])}"
+            + ("" if n["ok"] else ' (search and eval with [model] nll = "eager" / --nll eager)'))
 
 
 def _yes(b: bool) -> str:

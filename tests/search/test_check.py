@@ -6,7 +6,7 @@ import json
 import pytest
 import torch
 
-from longrope.objectives import rotary, selfcheck
+from longrope.objectives import headnll, rotary, selfcheck
 from longrope.search.cli import main
 
 
@@ -45,6 +45,17 @@ def test_a_broken_patch_fails_the_check(monkeypatch, capsys):
     assert main(["check", "--device", "cpu"]) == 1
     text = capsys.readouterr().out
     assert "λ = 1 bit-exact yes" in text and "FAILED" in text and "SOME CHECKS FAILED" in text
+
+
+def test_a_compiled_head_that_disagrees_fails_the_check(monkeypatch, capsys):
+    monkeypatch.setattr(headnll, "_compiled", None)
+    monkeypatch.setattr(headnll, "failures", {})
+    monkeypatch.setattr(torch, "compile", lambda fn: lambda *a: fn(*a) * 1.001)  # 0.1% off
+    assert main(["check", "--device", "cpu"]) == 1
+    text = capsys.readouterr().out
+    assert "rotary parity: λ = 1 bit-exact yes" in text and "SOME CHECKS FAILED" in text
+    assert "mean NLL rel. diff 1.0e-03 (<= 0.0001)" in text
+    assert 'FAILED (search and eval with [model] nll = "eager" / --nll eager)' in text
 
 
 def test_bf16_ranks_candidates_like_float32():
