@@ -70,8 +70,11 @@ def test_an_evaluator_compiles_at_load_not_in_its_first_evaluation(fresh):
 
 
 def test_a_failed_compile_warns_once_and_scores_eagerly(model, fresh, monkeypatch, capsys):
+    tries = []
+
     def no_compiler(fn):
         def run(*a):
+            tries.append(a[0].shape)
             raise RuntimeError("InvalidCxxCompiler: No working C++ compiler found\nmore lines")
         return run
 
@@ -84,6 +87,7 @@ def test_a_failed_compile_warns_once_and_scores_eagerly(model, fresh, monkeypatc
     assert getattr(model, headnll.ATTR) == "eager"
     headnll.set_kind(model, "compiled")  # asked again (another model, a later load): no second try
     assert torch.equal(token_nll(model, doc, chunk=64), ref)
+    assert len(tries) == 1  # the first chunk of the first document, never again in this process
     err = capsys.readouterr().err
     assert err.count("warning: torch.compile of the scorer's head failed on cpu") == 1
     assert "(RuntimeError: InvalidCxxCompiler: No working C++ compiler found);" in err and "more lines" not in err
