@@ -62,14 +62,19 @@ def postprocess(logits: Any, divide: float, multiply: float) -> Any:
     return logits
 
 
+def nll_of(logits: Any, targets: Any) -> Any:
+    """-log softmax(logits)[target] for each row: logsumexp(row) - row[target]."""
+    import torch
+
+    return torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0]
+
+
 def head_nll(hidden: Any, targets: Any, weight: Any, bias: Any, divide: float, multiply: float) -> Any:
     """NLL of each target: lm_head's logits (its weight and bias, in their dtype), post-processed
     and log-softmaxed in float32."""
-    import torch
     import torch.nn.functional as F
 
-    logits = postprocess(F.linear(hidden, weight, bias).float(), divide, multiply)
-    return torch.logsumexp(logits, -1) - logits.gather(1, targets[:, None])[:, 0]
+    return nll_of(postprocess(F.linear(hidden, weight, bias).float(), divide, multiply), targets)
 
 
 def chunk_nll(model: Any, arch: Architecture) -> Callable[[Any, Any], Any]:

@@ -166,7 +166,7 @@ def answer_scores(model: Any, sample: NeedleSample) -> tuple[float, bool]:
     One forward; the LM head runs only at the positions that predict the answer."""
     import torch
 
-    from .headnll import logit_scales, postprocess
+    from .headnll import logit_scales, nll_of, postprocess
 
     arch = architecture_of(model.config)
     decoder, head = getattr(model, arch.decoder), getattr(model, arch.head)
@@ -177,7 +177,7 @@ def answer_scores(model: Any, sample: NeedleSample) -> tuple[float, bool]:
         at = slice(sample.answer_at - 1, len(sample.ids) - 1)  # positions predicting the answer
         logits = postprocess(head(hidden[at]).float(), *logit_scales(arch, model.config))
         target = x[0, sample.answer_at:]
-        nll = torch.logsumexp(logits, -1) - logits.gather(1, target[:, None])[:, 0]
+        nll = nll_of(logits, target)
         exact = bool((logits.argmax(-1) == target).all())
     value = float(nll.mean())
     return (value if math.isfinite(value) else math.inf), exact
