@@ -224,14 +224,17 @@ class Ticket:
     def held(self) -> bool | None:
         """Whether run.lock still carries this token; None when it cannot be read just now (a
         transient file-system error: the next look decides)."""
-        other = read_lease(Path(self.path))
+        return self._holds(read_lease(Path(self.path)))
+
+    def _holds(self, other: dict | None) -> bool | None:
         if other == {}:
             return None
         return other is not None and other.get("token") == self.token
 
     def __call__(self) -> None:
-        if self.held() is False:
-            raise LeaseLost(_lost(Path(self.path), read_lease(Path(self.path))))
+        other = read_lease(Path(self.path))  # one read: the verdict and the message agree
+        if self._holds(other) is False:
+            raise LeaseLost(_lost(Path(self.path), other))
 
 
 def _lost(path: Path, other: dict | None) -> str:
