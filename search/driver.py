@@ -208,12 +208,11 @@ class Driver:
                     self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
                                                        self.cfg.workers, stage.length, self.progress,
                                                        check=self.lease.ticket() if self.lease else None))
-        except LeaseLost:  # another driver holds the run: its resume re-queues what ran here
-            self.inflight.clear()
-            self.active = None
-            raise
-        except OSError as e:  # the disk full: no more writes (one could land after a torn line);
-            if e.errno in STORAGE_ERRORS:  # run_search words it, and resume re-queues as after kill -9
+        except (LeaseLost, OSError) as e:
+            # Write nothing more when another driver holds the run (its resume re-queues what ran
+            # here) or the disk is full (a re-queue could land after a torn line; run_search words
+            # it, and resume re-queues as after kill -9); any other OSError is a bug's, left as is.
+            if isinstance(e, LeaseLost) or e.errno in STORAGE_ERRORS:
                 self.inflight.clear()
                 self.active = None
             raise
