@@ -136,5 +136,9 @@ def plot_depths(results: dict[str, dict[int, Any]], path: str) -> None:
         ax.set_title(m)
     axes[0][0].set_ylabel("depth of the key")
     fig.colorbar(im, ax=axes[0].tolist(), label="pass-key accuracy")
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as e:
+        raise UserError(f"cannot write the plot {path}: {e.strerror or e}") from None
+    finally:
+        plt.close(fig)

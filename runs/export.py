@@ -32,7 +32,7 @@ from longrope.spaces import (
     is_alibi,
     read_text,
 )
-from longrope.spaces.files import atomic_write_text, stale_temp_files
+from longrope.spaces.files import atomic_write_text, make_folder, stale_temp_files
 
 from .best import BestRecord
 from .rundir import Run
@@ -91,6 +91,21 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
             f"(sqrt(1 + ln s / ln L0)), not the searched mscale {searched:.6f}")
 
 
+def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
+    """A warning for each record whose stage is still short of its budget: an interrupted run's
+    best file holds the best so far (generation 0's at first), not the search's result."""
+    from .status import stage_summaries
+
+    stages = {(s["kind"], s["target"]): s for s in stage_summaries(run)}
+    out = []
+    for r in records:
+        s = stages.get((r.kind, r.target_length))
+        if s is not None and not s["done"]:
+            out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
+                       f"are its best factors so far; `longrope resume {run.path}` finishes it")
+    return out
+
+
 def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
            fmt: str = "json") -> tuple[Path, list[str]]:
     """Write the export; returns (path, warnings)."""
@@ -100,7 +115,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     sh = run.best("short", short)
     if sh is not None and len(sh.lambdas) != len(long.lambdas):
         raise UserError("short and long factors have different lengths")
-    warnings = []
+    warnings = unfinished(run, [r for r in (long, sh) if r is not None])
     if long.n_hat > 0:
         warnings.append(f"n̂ = {long.n_hat}: transformers and vLLM ignore n̂ (kept in longrope_search); "
                         "use `longrope apply`'s Python patch to evaluate with it, or search with "
@@ -113,7 +128,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     suffix, _ = FORMATS[fmt]
     name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
-    path.parent.mkdir(parents=True, exist_ok=True)
+    make_folder(path.parent, "folder for the export")
     for stale in stale_temp_files(path.parent):  # left by an export killed mid-write
         stale.unlink(missing_ok=True)
     if fmt == "csv":
@@ -157,7 +172,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if n_model is not None and n_model != len(patch["rope_scaling"]["long_factor"]):
         raise UserError(f"the factors have {len(patch['rope_scaling']['long_factor'])} values but the "
                         f"model has {n_model} rotary frequencies")
-    out.mkdir(parents=True, exist_ok=True)
+    make_folder(out, "model folder")
     rope = dict(patch["rope_scaling"])
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
     partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrope.spaces import METHODS, REFERENCE_METHODS, RescaleFactors, RopeGeometry, UserError, method
-from longrope.spaces.files import atomic_write_bytes, atomic_write_text, stale_temp_files
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder, stale_temp_files
 
 from .best import BestRecord
 from .rundir import Run
@@ -259,10 +259,7 @@ def write_report(run: Run, out: str | Path | None = None) -> Path:
 
     matplotlib.use("Agg")
     folder = Path(out) if out is not None else run.path / REPORT_DIR
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise UserError(f"cannot create {folder}: {e.strerror or e}") from None
+    make_folder(folder, "report folder")
     for stale in stale_temp_files(folder):  # ours only (-o may name a folder of other things)
         if stale.name.startswith((f".{PAGE}.", ".stage-")):  # left by a report killed mid-write
             stale.unlink(missing_ok=True)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
-from longrope.spaces.files import atomic_write_bytes, atomic_write_text
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder
 
 from .best import BestRecord
 from .lease import LOCK_TIMEOUT, Lease
@@ -23,6 +23,18 @@ if TYPE_CHECKING:
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 # a write to the run failing for its storage, not for a bug: the disk or quota full, a read-only remount
 STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+
+
+def rdb_storage(url: str):
+    """Optuna's RDB storage at `url`, or one line on why it cannot be opened (no server, no
+    driver, no such folder for a sqlite file). Opened before a run's directory is made, too."""
+    import optuna
+
+    try:
+        return optuna.storages.RDBStorage(url)
+    except Exception as e:  # SQLAlchemy's and the drivers' errors share no base class
+        first = str(e).strip().splitlines()[0] if str(e).strip() else ""
+        raise UserError(f"cannot open storage {url!r}: {type(e).__name__}: {first}") from None
 
 
 class Run:
@@ -45,11 +57,9 @@ class Run:
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
         cls.check_new(p)
-        try:
-            (p / "best").mkdir(parents=True, exist_ok=True)
-            (p / "export").mkdir(exist_ok=True)
-        except OSError as e:
-            raise UserError(f"cannot create run directory {p}: {e.strerror or e}") from None
+        make_folder(p, "run directory")
+        make_folder(p / "best", "run directory")
+        make_folder(p / "export", "run directory")
         atomic_write_text(p / CONFIG, config_text)
         (p / JOURNAL).touch()
         (p / EVENTS).touch()
@@ -192,10 +202,7 @@ class Run:
         import optuna
 
         if url:
-            try:
-                return optuna.storages.RDBStorage(url)
-            except Exception as e:
-                raise UserError(f"cannot open storage {url!r}: {type(e).__name__}: {e}") from None
+            return rdb_storage(url)
         from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
 
         self.check_journal()

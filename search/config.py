@@ -34,10 +34,11 @@ __all__ = ["RunConfig", "SearchConfig", "SpaceConfig", "WorkersConfig", "definin
 
 
 # Keys that define the search: a resumed run refuses a change to any of them.
-# Budget (iterations, max_evals, patience) and workers may change.
+# Budget (iterations, max_evals, patience) and workers may change. search.storage is not
+# among these: a run's trials live in its storage, and another one would start it over.
 NOT_DEFINING = {
     "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
-    "model.device", "model.threads", "model.nll", "data.cache_dir", "search.storage",
+    "model.device", "model.threads", "model.nll", "data.cache_dir",
 }
 
 # Choices whose one source is a registry (the sampler and pruner names); the others are
@@ -185,9 +186,45 @@ def load(path: str | Path) -> RunConfig:
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p} is not valid TOML: {e}") from None
     try:
-        return from_dict(data)
+        return anchor_paths(from_dict(data))
     except UserError as e:
         raise UserError(f"{p}: {e}") from None
+
+
+def anchor_paths(cfg: RunConfig, base: Path | None = None) -> RunConfig:
+    """`cfg` with its relative local paths made absolute against `base` (default: the working
+    directory), in place. A config file is read in one directory, but its frozen copy is read by
+    resume, status, report and the workers in others, where a relative path names another folder
+    of the same name, or a new empty sqlite file (a resume that silently starts over). Names that
+    are not local (builtin:..., a hub dataset id, a method) stay as they are."""
+    base = Path.cwd() if base is None else Path(base)
+
+    def local(path: str, must_exist: bool = True) -> str:
+        if not path or path.startswith(("builtin:", "synthetic")):  # "synthetic[:noise]": the test objective
+            return path
+        p = Path(path).expanduser()
+        p = p if p.is_absolute() else base / p
+        return str(p) if p.exists() or not must_exist else path
+
+    cfg.model.path, cfg.model.tokenizer = local(cfg.model.path), local(cfg.model.tokenizer)
+    cfg.data.path = local(cfg.data.path)  # one that does not exist here is a hub dataset id
+    cfg.data.cache_dir = local(cfg.data.cache_dir, must_exist=False)  # made on first use
+    cfg.search.methods = [local(m) if m.endswith(".json") else m for m in cfg.search.methods]
+    cfg.search.storage = _anchor_sqlite(cfg.search.storage, base)
+    return cfg
+
+
+def _anchor_sqlite(url: str, base: Path) -> str:
+    """A sqlite URL's relative file (sqlite:///x.db) made absolute; any other URL as it is."""
+    from sqlalchemy.engine import make_url
+
+    if not url.startswith("sqlite"):
+        return url
+    u = make_url(url)
+    db = u.database
+    if not db or db == ":memory:" or db.startswith("file:") or Path(db).expanduser().is_absolute():
+        return url
+    return u.set(database=str(base / db)).render_as_string(hide_password=False)
 
 
 def dumps(cfg: RunConfig) -> str:

@@ -28,7 +28,7 @@ from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
-from longrope.runs.rundir import STORAGE_ERRORS
+from longrope.runs.rundir import STORAGE_ERRORS, rdb_storage
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .backends import Job
@@ -94,6 +94,10 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     if existing:
         run = Run.open(run_dir)
         diff = defining_diff(run.config(), cfg.to_dict())
+        if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
+            raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
+                            "would start the search over; give the run's own (a database that moved: "
+                            f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
         if diff:
             raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
                             "target list, space or seed needs a new --run-dir")
@@ -103,6 +107,8 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
         Run.open(run_dir)  # says why it is not a run
     else:
         Run.check_new(run_dir)
+    if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
+        rdb_storage(cfg.search.storage)
     plan = Plan(cfg, backend)
     try:
         plan.start_backend()

@@ -22,6 +22,20 @@ def stale_temp_files(folder: Path) -> list[Path]:
     return [p for p in Path(folder).glob(".*.tmp") if not p.name.endswith(mine)]
 
 
+def make_folder(path: Path, what: str = "folder") -> Path:
+    """`path` as a folder (made with its parents when missing), or one line saying why not: an
+    output path under a file, a read-only mount, no permission. Output folders are made through
+    here before the work that fills them, so a bad -o costs nothing."""
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a file where the folder or a parent should be
+        raise UserError(f"cannot create {what} {path}: a file is in the way") from None
+    except OSError as e:
+        raise UserError(f"cannot create {what} {path}: {e.strerror or e}") from None
+    return path
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import argparse
+from pathlib import Path
 
 from longrope.objectives.methods import known_methods, split_methods
 from longrope.objectives.specs import DEVICES, DTYPES, NLLS
 from longrope.spaces import UserError
+from longrope.spaces.files import make_folder
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -33,13 +35,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     spec.model.validate("model")  # the validators the run config uses
     spec.data.validate("data")
     spec.task.validate("objective")
+    if args.plot:  # its folder before the evaluation: a bad --plot must not cost the numbers
+        plot = Path(args.plot)
+        if plot.is_dir():
+            raise UserError(f"--plot {plot} is a folder; name a file, e.g. {plot / 'depths.png'}")
+        make_folder(plot.absolute().parent, "folder for --plot")
     results = run_eval(spec, lengths, methods, args.split, progress=not args.json, task=args.task,
                        stride=args.stride)
     by_depth = args.depths is not None
-    if args.plot:
-        plot_depths(results, args.plot)
     print(as_json(results, args.tail, args.task, by_depth) if args.json
-          else render(results, args.tail, args.task, by_depth))
+          else render(results, args.tail, args.task, by_depth), flush=True)
+    if args.plot:  # after the table: a write that fails now still leaves the numbers printed
+        plot_depths(results, args.plot)
     return 0
 
 

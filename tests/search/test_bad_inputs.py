@@ -81,6 +81,8 @@ CONFIG_CASES = {
     "sigma nan": (SYN + "sigma = nan\n", "search.sigma must be a finite number, got nan"),
     "mscale inf": (SYN.replace("[search]", "mscale = inf\n[search]"), "space.mscale must be a finite number"),
     "unknown storage url": (SYN + "storage = 'nosuchdb://x/y'\n", "search.storage = 'nosuchdb://x/y' is not"),
+    # a known database whose file cannot be made: opened before the run directory is
+    "storage that cannot open": (SYN + "storage = 'sqlite:////no/such/dir/x.db'\n", "cannot open storage"),
     "patience negative": (SYN + "patience = -1\n", "search.patience = -1 must be >= 0"),
     "min_improvement nan": (SYN + "min_improvement = nan\n", "search.min_improvement must be a finite"),
     "num_cpus nan": (SYN + "[workers]\nnum_cpus = nan\n", "workers.num_cpus must be a finite number"),
@@ -169,6 +171,17 @@ RUN_CASES = {
         "iterations = 1", "iterations = 1\nseed = 5")), "--run-dir", str(run)], "search.seed: 0 -> 5"),
     "export unknown target": (lambda run, f, t: ["export", str(run), "--target", "999"],
                               "no long result for length 999"),
+    # another storage holds none of the run's trials: refused, not a search started over
+    "changed storage": (lambda run, f, t: ["search", cfg_file(t, SYN + f"storage = 'sqlite:///{t}/o.db'\n"),
+                                           "--run-dir", str(run)], "keeps its evaluations in another storage"),
+    # output paths under a file: one line, before any work (eval's --plot before the evaluation)
+    "export -o under a file": (lambda run, f, t: ["export", str(run), "-o", str(f / "export.json" / "x.json")],
+                               "a file is in the way"),
+    "eval --plot under a file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
+                                                    "passkey", "--plot", str(f / "export.json" / "p.png")],
+                                 "cannot create folder for --plot"),
+    "eval --plot a folder": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
+                                                "passkey", "--plot", str(t)], "is a folder; name a file"),
     "apply to a non-model": (lambda run, f, t: ["apply", str(f / "export.json"), str(f / "nomodel"),
                                                 "-o", str(t / "out")], "is not a model folder"),
     "eval unknown method": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",

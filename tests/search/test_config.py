@@ -163,3 +163,42 @@ def test_a_run_frozen_before_a_default_changed_resumes_with_its_old_value(tmp_pa
     monkeypatch.setattr(driver, "run_search", lambda cfg, *a, **k: seen.append(cfg) or {})
     assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert seen[0].finetune.short_mix == 0.0
+
+
+def test_relative_local_paths_are_frozen_absolute(tmp_path, monkeypatch, tiny_model_dir):
+    """A config read in one directory means the same to a resume, status or worker in another:
+    local paths are anchored to the working directory; builtins, hub ids and methods stay."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "m").symlink_to(tiny_model_dir)
+    (tmp_path / "docs.jsonl").write_text('{"text": "a"}\n')
+    (tmp_path / "seed.json").write_text("{}")
+    cfg = load_text(tmp_path, "[model]\npath = 'm'\ntokenizer = 'builtin:tiny-sotu'\n[data]\npath = 'docs.jsonl'\n"
+                    "cache_dir = 'cache'\n[search]\nmethods = ['yarn', 'seed.json']\nstorage = 'sqlite:///o.db'\n")
+    assert cfg.model.path == str(tmp_path / "m") and cfg.model.tokenizer == "builtin:tiny-sotu"
+    assert cfg.data.path == str(tmp_path / "docs.jsonl") and cfg.data.cache_dir == str(tmp_path / "cache")
+    assert cfg.search.methods == ["yarn", str(tmp_path / "seed.json")]
+    assert cfg.search.storage == f"sqlite:///{tmp_path / 'o.db'}"  # four slashes: an absolute file
+    hub = load_text(tmp_path, "[model]\npath = 'synthetic'\n[data]\npath = 'someone/corpus'\n"
+                    "[search]\nstorage = 'postgresql://u:p@db:5432/optuna'\n")
+    assert (hub.model.path, hub.data.path, hub.data.cache_dir) == ("synthetic", "someone/corpus", "")
+    assert hub.search.storage == "postgresql://u:p@db:5432/optuna"
+
+
+def test_a_relative_sqlite_storage_is_the_same_database_from_any_directory(tmp_path, monkeypatch, capsys):
+    """Before: `status` and `resume` from another directory opened a new empty x.db there (no stage
+    started; a resume that searched everything again)."""
+    from search_helpers import small_cfg
+
+    from longrope.search.cli import main
+
+    (tmp_path / "a").mkdir()
+    (tmp_path / "b").mkdir()
+    text = small_cfg(iterations=0)[1].replace("[search]\n", "[search]\nstorage = 'sqlite:///x.db'\n")
+    (tmp_path / "a" / "c.toml").write_text(text)
+    monkeypatch.chdir(tmp_path / "a")
+    assert main(["search", "c.toml", "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    monkeypatch.chdir(tmp_path / "b")
+    capsys.readouterr()
+    assert main(["status", str(tmp_path / "run")]) == 0
+    assert "long-256: 12/12 evals" in capsys.readouterr().out
+    assert not (tmp_path / "b" / "x.db").exists()
