@@ -125,7 +125,7 @@ class Split:
             longest = max((len(tokens[i]) for i in members), default=0)
             raise UserError(
                 f"only {len(long)} of the {len(members)} {pool} documents reach {length} tokens "
-                f"(need {count}; the longest has {longest}); use shorter targets, fewer "
-                f"data.{pool if pool == 'heldout' else 'search'}_docs, or longer documents"
+                f"(need {count}; the longest has {longest}); use shorter targets, fewer documents "
+                f"(data.{pool if pool == 'heldout' else 'search'}_docs; eval: --samples), or longer ones"
             )
         return [tokens[i][:length] for i in long[:count]]

@@ -159,8 +159,9 @@ def render_status(run: Run, as_json: bool) -> str:
         if s["critical_dim"] is not None and s["below_critical"] == "search":
             crit = f"{crit} (pairs below searched)"
         mscale = ", mscale searched" if s["mscale"] == "search" else ""
+        gen = "-" if s["generation"] is None else s["generation"]  # none yet, or a sampler without
         lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
-                     f"generation {s['generation']}, running {s['running']}, pruned {s['pruned']}, "
+                     f"generation {gen}, running {s['running']}, pruned {s['pruned']}, "
                      f"failed {s['failed']}, tokens {_count(s['tokens'])}{saved}, critical dim {crit}"
                      f"{mscale}, {eta}")
     for f in tunes:

@@ -39,7 +39,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
                         "factor sets")
     from longrope.runs.export import apply_to_folder
 
-    print(apply_to_folder(args.factors, args.model_dir, args.output, copy=args.copy))
+    model = args.model_dir
+    if model.startswith("builtin:"):  # the embedded model's folder (SmolLM2's converted from its GGUF)
+        from longrope.objectives.models import resolve
+
+        model = resolve(model)[0]
+    print(apply_to_folder(args.factors, model, args.output, copy=args.copy))
     return 0
 
 
@@ -65,7 +70,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "length, L0 and attention factor in its metadata; llama.cpp has no n̂.")
     ap.add_argument("factors", help="a JSON written by `longrope export`")
     ap.add_argument("model_dir", metavar="MODEL",
-                    help="the Hugging Face model folder to extend, or a .gguf file")
+                    help="the Hugging Face model folder to extend, a .gguf file, or builtin:NAME")
     ap.add_argument("-o", "--output", required=True, help="new model folder (new .gguf file for a GGUF)")
     ap.add_argument("--copy", action="store_true", help="copy weights instead of symlinking (folders)")
     ap.add_argument("--gguf-switch", action="store_true",

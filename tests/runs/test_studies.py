@@ -23,3 +23,11 @@ def test_studies_come_from_the_configured_rdb_storage(tmp_path):
     Driver(cfg, run, progress=False).run_all()
     assert run.journal.read_bytes() == b""
     assert [s.study_name for s in run.studies()] == ["long-256"] and evaluations(run) == 12
+
+
+def test_status_of_a_sampler_without_generations_prints_a_dash(tmp_path):
+    from longrope.runs.status import render_status
+
+    run, _ = run_small(tmp_path, sampler="tpe", iterations=0)
+    line = render_status(run, False).splitlines()[2]
+    assert "long-256: 12/12 evals" in line and "generation -," in line, line
