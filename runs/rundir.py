@@ -29,12 +29,14 @@ def rdb_storage(url: str):
     """Optuna's RDB storage at `url`, or one line on why it cannot be opened (no server, no
     driver, no such folder for a sqlite file). Opened before a run's directory is made, too."""
     import optuna
+    from sqlalchemy.engine import make_url
 
     try:
         return optuna.storages.RDBStorage(url)
     except Exception as e:  # SQLAlchemy's and the drivers' errors share no base class
         first = str(e).strip().splitlines()[0] if str(e).strip() else ""
-        raise UserError(f"cannot open storage {url!r}: {type(e).__name__}: {first}") from None
+        shown = make_url(url).render_as_string(hide_password=True)  # the line may be pasted anywhere
+        raise UserError(f"cannot open storage {shown!r}: {type(e).__name__}: {first}") from None
 
 
 class Run:
