@@ -35,9 +35,11 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 
 def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None) -> dict[str, Any]:
-    """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0)."""
+    """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0).
+    Both references are twins with the model's weights and a rope type set here (plain RoPE,
+    PI), not the model itself: a config with its own scaling (llama3, an applied longrope, a
+    fine-tuned run's model) is not what λ = 1 means."""
     import torch
-    import transformers
 
     from .models import load_model
     from .rotary import apply_factors
@@ -48,14 +50,9 @@ def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None =
     s = length / geo.original_length
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, model.config.vocab_size, (1, length), generator=gen).to(loaded.device)
-    cfg = copy.deepcopy(model.config)
-    set_rope(cfg, {"rope_type": "linear", "factor": s})  # transformers' own PI: the reference
-    twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
-    twin.load_state_dict(model.state_dict())
-    twin.to(loaded.device).eval()
     with torch.no_grad():
-        plain = model(ids).logits
-        linear = twin(ids).logits
+        plain = _twin_logits(model, {"rope_type": "default"}, ids)  # transformers' own RoPE
+        linear = _twin_logits(model, {"rope_type": "linear", "factor": s}, ids)  # and its own PI
         apply_factors(model, RescaleFactors.uniform(1.0, geo.n_freqs))
         same = bool(torch.equal(model(ids).logits, plain))
         apply_factors(model, RescaleFactors.uniform(s, geo.n_freqs))
@@ -63,6 +60,21 @@ def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None =
     tol = PARITY_ATOL.get(loaded.dtype, 1e-4)
     return {"identity_bit_exact": same, "linear_max_abs_diff": diff, "tolerance": tol,
             "length": length, "ok": same and diff <= tol}
+
+
+def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
+    """Logits of a copy of `model` whose config has the rope type `rope` (one copy at a time:
+    a big model on a GPU holds two sets of weights, never three)."""
+    import transformers
+
+    cfg = copy.deepcopy(model.config)
+    set_rope(cfg, rope)
+    twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
+    twin.load_state_dict(model.state_dict())
+    twin.to(ids.device).eval()
+    logits = twin(ids).logits
+    del twin
+    return logits
 
 
 def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
@@ -75,6 +87,8 @@ def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
     if isinstance(rope, dict):
         keep = {k: v for k, v in rope.items() if k in ("rope_theta", "partial_rotary_factor")}
         cfg.rope_parameters = {**keep, **rope_scaling}
+    elif rope_scaling["rope_type"] == "default":  # 4.57: plain RoPE is no rope_scaling at all
+        cfg.rope_scaling = None
     else:
         cfg.rope_scaling = dict(rope_scaling, type=rope_scaling["rope_type"])
         if "original_max_position_embeddings" in rope_scaling:

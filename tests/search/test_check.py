@@ -100,3 +100,26 @@ def test_the_self_test_falls_back_to_a_length_the_documents_reach(tmp_path):
     assert r["length"] == 256 and r["ok"], r
     with pytest.raises(UserError, match="reach 128 tokens"):
         selfcheck.evaluation("builtin:tiny-sotu", "cpu", "float32", docs=5, data=str(tmp_path))
+
+
+@pytest.mark.parametrize("rope", [
+    {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0, "high_freq_factor": 4.0,
+     "original_max_position_embeddings": 128},  # a Llama-3.x config
+    {"rope_type": "longrope", "long_factor": [1.0] * 16 + [3.0] * 16, "short_factor": [1.0] * 32,
+     "factor": 4.0, "original_max_position_embeddings": 128},  # what `longrope apply` writes
+])
+def test_parity_holds_for_a_model_whose_config_has_its_own_scaling(rope, tmp_path):
+    """λ = 1 is plain RoPE whatever the config says: before, a llama3, applied or fine-tuned model
+    failed the check (its own scaling was the reference)."""
+    import shutil
+
+    from longrope.objectives.models import resolve
+
+    src = resolve("builtin:tiny-sotu")[0]
+    shutil.copytree(src, tmp_path / "m")
+    cfg = json.loads((tmp_path / "m" / "config.json").read_text())
+    cfg["rope_parameters"] = {"rope_theta": 10000.0, **rope}
+    cfg["rope_scaling"] = dict(rope, type=rope["rope_type"])  # the key transformers 4.57 reads
+    (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
+    r = selfcheck.rotary_parity(str(tmp_path / "m"), "cpu", "float32")
+    assert r["identity_bit_exact"] and r["linear_max_abs_diff"] <= r["tolerance"] and r["ok"], r
