@@ -25,6 +25,7 @@ from typing import Any
 from longrope.spaces import (
     DeployedFactors,
     RescaleFactors,
+    RopeGeometry,
     UserError,
     architecture_of,
     check_usable,
@@ -157,7 +158,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         raise UserError(f"factors file {fj} does not exist")
     if not (src / "config.json").is_file():
         raise UserError(f"{src} is not a model folder (no config.json)")
-    _, patch = load_export(fj)
+    factors, patch = load_export(fj)
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is a file; give a new folder with -o")
     if out.exists() and any(out.iterdir()):
@@ -168,10 +169,14 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if is_alibi(config):
         raise UserError(f"{src} is an ALiBi model (no rotary embeddings): rescale factors do not apply to it")
     arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
-    n_model = _n_freqs(config)
-    if n_model is not None and n_model != len(patch["rope_scaling"]["long_factor"]):
-        raise UserError(f"the factors have {len(patch['rope_scaling']['long_factor'])} values but the "
-                        f"model has {n_model} rotary frequencies")
+    geo = RopeGeometry.from_config(config)
+    if geo.n_freqs != len(factors.long.lambdas):
+        raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
+                        f"model has {geo.n_freqs} rotary frequencies")
+    if factors.original_length and factors.original_length != geo.original_length:
+        raise UserError(f"{fj} holds factors for a model trained at {factors.original_length} tokens, "
+                        f"but {src} was trained at {geo.original_length}: they stretch another model's "
+                        "positions; search this model for its own")
     make_folder(out, "model folder")
     rope = dict(patch["rope_scaling"])
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
@@ -228,13 +233,3 @@ def _read_json(path: Path, what: str) -> Any:
         return json.loads(read_text(path, what))
     except json.JSONDecodeError as e:
         raise UserError(f"{what} {path} is not valid JSON: {e}") from None
-
-
-def _n_freqs(config: dict) -> int | None:
-    heads = config.get("num_attention_heads")
-    head_dim = config.get("head_dim") or (config.get("hidden_size", 0) // heads if heads else None)
-    if not head_dim:
-        return None
-    partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
-        "partial_rotary_factor") or 1.0
-    return int(head_dim * partial) // 2

@@ -130,3 +130,18 @@ def test_apply_takes_an_embedded_model_by_its_builtin_name(tmp_path, capsys):
     assert written["max_position_embeddings"] == 512 and (tmp_path / "m" / "model.safetensors").exists()
     one_line(capsys, main(["apply", str(tmp_path / "f.json"), "builtin:nope", "-o", str(tmp_path / "n")]),
              "unknown builtin model 'builtin:nope'")
+
+
+def test_factors_of_another_model_are_refused_by_apply_and_eval(tmp_path, capsys):
+    """The same count of factors, searched for a model trained at 8192 (SmolLM2's), on
+    tiny-sotu (trained at 128): before, apply wrote a config with L0 = 8192 and eval scored it."""
+    patch = {"max_position_embeddings": 16384, "original_max_position_embeddings": 8192,
+             "rope_scaling": {"rope_type": "longrope", "long_factor": [1.0] * 16 + [2.0] * 16,
+                              "short_factor": [1.0] * 32, "factor": 2.0, "original_max_position_embeddings": 8192}}
+    f = tmp_path / "smol.json"
+    f.write_text(json.dumps(patch))
+    one_line(capsys, main(["apply", str(f), "builtin:tiny-sotu", "-o", str(tmp_path / "m")]),
+             "holds factors for a model trained at 8192 tokens")
+    assert not (tmp_path / "m").exists()
+    one_line(capsys, main(["eval", "--model", "builtin:tiny-sotu", "--lengths", "256", "--samples", "1",
+                           "--methods", f"none,{f}"]), "factors for a model trained at 8192 tokens")

@@ -80,7 +80,8 @@ def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_
                                 "num_attention_heads", "num_key_value_heads")}
     src = tmp_path / "phi3"
     transformers.Phi3Config(**keep, rope_theta=10000.0, max_position_embeddings=32, pad_token_id=0,
-                            bos_token_id=1, eos_token_id=2).save_pretrained(src)
+                            bos_token_id=1, eos_token_id=2,  # L0 = 32 like the tiny model (default 4096)
+                            original_max_position_embeddings=32).save_pretrained(src)
     path, _ = export(tiny_run)
     out = apply_to_folder(path, src, tmp_path / "phi3-long")
     written = json.loads((out / "config.json").read_text())
