@@ -9,6 +9,8 @@ LMInfinite setting as the factors, and a stride for sliding-window perplexity.
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError, architecture_of
@@ -92,12 +94,14 @@ class Evaluator:
                                               t.per_depth)
         return self._samples[key]
 
-    def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
-        """What the task scores at `length`, for the run to record: the needle samples, or None
-        for document perplexity (its documents are fixed by the data split)."""
-        if self.spec.task.kind != "needle":
-            return None
-        return [s.record() for s in self.needle_samples(length, pool)]
+    def task_records(self, length: int, pool: str = "search") -> list[dict]:
+        """What the task scores at `length`, for the run to record and a resume to check: the
+        needle samples, or each document's token count and a hash of its token ids (the split
+        fixes which documents, but an edited file or a new dataset revision changes them)."""
+        if self.spec.task.kind == "needle":
+            return [s.record() for s in self.needle_samples(length, pool)]
+        return [{"tokens": len(d), "sha256": hashlib.sha256(np.ascontiguousarray(d, np.int64).tobytes())
+                 .hexdigest()[:16]} for d in self.docs(length, pool)]
 
     def evaluate(self, factors: RescaleFactors | LMInfinite | None, length: int,
                  threshold: float | None = None, pool: str = "search", kind: str | None = None,

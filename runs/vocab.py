@@ -28,6 +28,8 @@ STAGE = "stage"  # {"kind": "long" | "short", "length": L, "budget": evaluations
 HELDOUT = "heldout"  # {"trial": number, "ppl": held-out ppl}: the stage best's held-out score, cached
 SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, answer_at, length}, ...],
 #                             the samples every candidate of the stage is scored on (checked on resume)
+DOCUMENTS = "documents"  # ppl objective: [{tokens, sha256 of the token ids}, ...], the stage's search
+#                          documents (checked on resume; runs made before it record them on resume)
 
 # -- trial user attrs (one scored candidate) -----------------------------------------------------
 DOC_NLL = "doc_nll"  # mean token NLL of each document scored, in order (fewer when pruned or failed)

@@ -243,19 +243,21 @@ class Driver:
         self.inflight.clear()
 
     def check_samples(self, stage: Stage, study: optuna.Study) -> None:
-        """Record what the task scores (the needle samples), or check a resumed stage scores the
-        same: they are a pure function of the config, but a changed tokenizer or data file would
-        silently change them."""
+        """Record what the task scores (the needle samples, or the documents' hashes), or check a
+        resumed stage scores the same: they are a pure function of the config, but an edited data
+        file, a new dataset revision or another tokenizer would silently change them."""
         records = getattr(self.backend, "task_records", lambda length: None)(stage.length)
-        if records is None:
+        if records is None:  # the synthetic objective: no documents
             return
-        stored = study.user_attrs.get(vocab.SAMPLES)
+        needle = self.cfg.objective.kind == "needle"
+        key, what = (vocab.SAMPLES, "needle samples") if needle else (vocab.DOCUMENTS, "search documents")
+        stored = study.user_attrs.get(key)
         if stored is None:
-            study.set_user_attr(vocab.SAMPLES, records)
+            study.set_user_attr(key, records)
         elif stored != records:
-            raise UserError(f"{stage.name}: the needle samples differ from the ones this run scored "
-                            "(a changed tokenizer or data?); resume with the same model and data, or "
-                            "start a new --run-dir")
+            raise UserError(f"{stage.name}: the {what} differ from the ones this run scored (an edited "
+                            "data file, a new dataset revision, another tokenizer?); resume with the same "
+                            "model and data, or start a new --run-dir")
 
     def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm

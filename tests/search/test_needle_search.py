@@ -59,3 +59,26 @@ def test_needle_kind_is_validated(tmp_path, capsys):
     assert "objective.kind = 'needles'; choose one of ppl, needle" in capsys.readouterr().err
     assert not (tmp_path / "run").exists()
 
+
+
+def test_a_perplexity_search_records_its_documents_and_resume_refuses_changed_ones(
+        tmp_path, capsys, text_corpus_dir):
+    """Before: a resume on an edited data file (or a new dataset revision) scored other documents
+    and ranked them with the old scores, with no word."""
+    import shutil
+
+    data = tmp_path / "docs"
+    shutil.copytree(text_corpus_dir, data)
+    text = NEEDLE.replace('kind = "needle"', 'kind = "ppl"').replace("[data]", f'[data]\npath = "{data}"')
+    (tmp_path / "c.toml").write_text(text)
+    run_dir = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    (study,) = Run.open(run_dir).studies()
+    docs = study.user_attrs[vocab.DOCUMENTS]
+    assert [d["tokens"] for d in docs] == [256, 256] and len({d["sha256"] for d in docs}) == 2
+    assert main(["resume", str(run_dir), "--quiet"]) == 0  # the same files: the same documents
+    for f in data.iterdir():  # an edited corpus: every document starts otherwise
+        f.write_text("Revised edition. " + f.read_text())
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    assert "long-256: the search documents differ" in capsys.readouterr().err
