@@ -180,6 +180,8 @@ RUN_CASES = {
     "eval --plot under a file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
                                                     "passkey", "--plot", str(f / "export.json" / "p.png")],
                                  "cannot create folder for --plot"),
+    "bench --only empty": (lambda run, f, t: ["bench", "--quick", "--only", " ,", "--out", str(t)],
+                           "--only names no section"),  # was: every section, hours of a full bench
     "eval --plot a folder": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
                                                 "passkey", "--plot", str(t)], "is a folder; name a file"),
     "apply to a non-model": (lambda run, f, t: ["apply", str(f / "export.json"), str(f / "nomodel"),

@@ -164,7 +164,11 @@ def cmd_bench(args: argparse.Namespace) -> int:
     """Measure evaluation overhead, memory, CPU efficiency, search quality against PI/NTK/YaRN and
     CMA-ES/TPE/random, early-abort savings, the pruners' quality per token, Ray scale-out, the
     fine-tune recipe, S2-Attn's training time against full attention, and the cost of a full search."""
-    only = [x.strip() for x in args.only.split(",") if x.strip()] if args.only else None
+    only = None if args.only is None else [x.strip() for x in args.only.split(",") if x.strip()]
+    if only == []:  # an empty --only (an unset shell variable) must not mean every section
+        from longrope.spaces import UserError
+
+        raise UserError(f"--only names no section; choose from {', '.join(SECTIONS)}, or leave it out")
     r = run_bench(args.quick, Path(args.out), only)
     print(json.dumps(r, default=str) if args.json else render(r))
     return 0
