@@ -95,21 +95,27 @@ def render(results: dict[str, dict[int, Any]], tail: bool, task: str = "ppl", by
     return "\n".join(lines)
 
 
+# What --depths breaks down per task: (Evaluation.extra key, the table's name for it)
+BY_DEPTH = {"passkey": ("by_depth", "pass-key accuracy"), "needle": ("ppl_by_depth", "needle perplexity")}
+
+
 def _depth_table(method: str, r: dict[int, Any], lengths: list[int], task: str) -> str:
-    depths = sorted({d for e in r.values() if e.ok for d in e.extra["by_depth"]})
-    lines = [f"{method}: pass-key accuracy by depth (rows) and length (columns)", "",
+    key, what = BY_DEPTH[task]
+    depths = sorted({d for e in r.values() if e.ok for d in e.extra[key]})
+    lines = [f"{method}: {what} by depth (rows) and length (columns)", "",
              "| depth | " + " | ".join(str(n) for n in lengths) + " |", "|" + "---|" * (len(lengths) + 1)]
     for d in depths:
-        cells = [f"{r[n].extra['by_depth'][d]:.2f}" if r[n].ok else "failed" for n in lengths]
+        cells = [f"{r[n].extra[key][d]:.2f}" if r[n].ok else "failed" for n in lengths]
         lines.append(f"| {d:.2f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
 def as_json(results: dict[str, dict[int, Any]], tail: bool, task: str = "ppl", by_depth: bool = False) -> str:
     """{"method": {"length": value}} (value: perplexity, needle perplexity or accuracy);
-    by depth: {"method": {"length": {"depth": accuracy}}}."""
+    by depth: {"method": {"length": {"depth": value}}} (the task's: accuracy or needle perplexity)."""
     if by_depth:
-        return json.dumps({m: {str(n): ({str(d): a for d, a in e.extra["by_depth"].items()} if e.ok else None)
+        key = BY_DEPTH[task][0]
+        return json.dumps({m: {str(n): ({str(d): a for d, a in e.extra[key].items()} if e.ok else None)
                                for n, e in r.items()} for m, r in results.items()})
     return json.dumps({m: {str(n): value(e, task, tail) for n, e in r.items()} for m, r in results.items()})
 

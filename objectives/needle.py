@@ -145,7 +145,8 @@ def score_needle(model: Any, rotary: Any, factors: Any, samples: list[NeedleSamp
                  threshold: Any = None) -> Any:
     """A candidate's needle perplexity exp(mean answer NLL) over `samples`, with the exact early
     abort of document perplexity (answer NLLs are >= 0 too); extra["passkey"] is the fraction
-    of samples whose key greedy decoding retrieves, extra["by_depth"] that fraction per depth."""
+    of samples whose key greedy decoding retrieves, extra["by_depth"] that fraction per depth and
+    extra["ppl_by_depth"] the needle perplexity per depth."""
     from .perplexity import each, score_items
 
     out = score_items(rotary, factors, samples, len(samples[0].ids), threshold, "samples",
@@ -153,10 +154,11 @@ def score_needle(model: Any, rotary: Any, factors: Any, samples: list[NeedleSamp
     if out.ok:
         exact = out.extra.pop("side")
         out.extra["passkey"] = sum(exact) / len(exact)
-        by: dict[float, list[bool]] = {}
-        for s, e in zip(samples, exact, strict=True):
-            by.setdefault(s.depth, []).append(e)
-        out.extra["by_depth"] = {d: sum(v) / len(v) for d, v in by.items()}
+        by: dict[float, list[tuple[bool, float]]] = {}
+        for s, e, nll in zip(samples, exact, out.doc_nll, strict=True):
+            by.setdefault(s.depth, []).append((e, nll))
+        out.extra["by_depth"] = {d: sum(e for e, _ in v) / len(v) for d, v in by.items()}
+        out.extra["ppl_by_depth"] = {d: math.exp(sum(n for _, n in v) / len(v)) for d, v in by.items()}
     return out
 
 

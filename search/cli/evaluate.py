@@ -25,6 +25,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--methods is empty")
     if args.task == "ppl" and (args.depths or args.plot):
         raise UserError("--depths and --plot go with --task needle or passkey")
+    if args.plot and args.task != "passkey":  # its heatmap's colours are an accuracy's 0..1
+        raise UserError("--plot draws pass-key accuracy: use it with --task passkey")
     if args.depths is not None and args.depths < 1:
         raise UserError(f"--depths must be >= 1, got {args.depths}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
@@ -83,10 +85,11 @@ def register(sub: argparse._SubParsersAction) -> None:
                    help="ppl: document perplexity; needle: perplexity of a pass key hidden in each "
                    "document, answer tokens only; passkey: fraction of those keys greedy decoding "
                    "retrieves (exact match)")
-    e.add_argument("--depths", type=int, help="needle/passkey: report a depth x length table per method, "
-                   "with this many depths (default: 10 depths, aggregated); --samples documents per depth")
+    e.add_argument("--depths", type=int, help="needle/passkey: report a depth x length table per method "
+                   "(needle perplexity or pass-key accuracy), with this many depths (default: 10 depths, "
+                   "aggregated); --samples documents per depth")
     e.add_argument("--plot", metavar="FILE",
-                   help="needle/passkey: heatmap PNG of accuracy by depth and length")
+                   help="passkey: heatmap PNG of accuracy by depth and length")
     e.add_argument("--stride", type=int, metavar="S",
                    help="ppl: sliding-window perplexity. Each document's first 2L - S tokens are scored, "
                    "each once: a first window of L tokens scores all of them, then windows of L advancing "

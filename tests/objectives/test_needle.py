@@ -1,6 +1,7 @@
 """Needle samples: where the key is, what is scored, and the reference script's bugs avoided."""
 
 import json
+import math
 
 import pytest
 import torch
@@ -97,8 +98,14 @@ def test_eval_task_json_shapes(tmp_path, capsys):
     assert main(base + ["--task", "passkey", "--depths", "3", "--plot", str(png)]) == 0
     by_depth = json.loads(capsys.readouterr().out)
     assert set(by_depth["yarn"]["256"]) == {"0.0", "0.5", "1.0"} and png.stat().st_size > 1000
+    assert main(base + ["--task", "needle", "--depths", "3"]) == 0  # needle: perplexity per depth
+    needle = json.loads(capsys.readouterr().out)
+    assert set(needle["yarn"]["256"]) == {"0.0", "0.5", "1.0"} and min(needle["yarn"]["256"].values()) > 1
+    assert needle != by_depth  # before: the pass-key accuracies under the needle task's name
     assert main(base + ["--depths", "3"]) == 2  # depths go with needle/passkey
     assert "go with --task needle or passkey" in capsys.readouterr().err
+    assert main(base + ["--task", "needle", "--plot", str(png)]) == 2  # the heatmap is accuracy's
+    assert "--plot draws pass-key accuracy" in capsys.readouterr().err
 
 
 def test_needle_score_aborts_exactly_like_perplexity(tok, docs):
@@ -117,6 +124,9 @@ def test_needle_score_aborts_exactly_like_perplexity(tok, docs):
     samples = make_samples(NeedleBuilder(tok), docs, 256, 4, seed=0)
     full = score_needle(m, rot, method("none", g, 256), samples)
     assert full.ok and len(full.doc_nll) == 4 and set(full.extra["by_depth"]) == set(depths(4))
+    per_depth = full.extra["ppl_by_depth"]  # one sample per depth: their geometric mean is the whole
+    assert set(per_depth) == set(depths(4)) and len(set(per_depth.values())) == 4
+    assert math.exp(sum(math.log(p) for p in per_depth.values()) / 4) == pytest.approx(full.ppl, rel=1e-9)
     cut = score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl ** 0.5)
     assert cut.status == "pruned" and cut.ppl <= full.ppl and len(cut.doc_nll) < 4
     assert score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl * 1.01).ok
