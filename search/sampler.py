@@ -183,10 +183,17 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                     seen.add(self.space.key(child))
                     out.append(child)
         else:
+            earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
+            running = sum(t.state not in FINISHED for t in earlier)
+            if running:  # bred now, the generation would depend on which of them happened to finish
+                raise RuntimeError(
+                    f"LongRoPESampler: generation {g} is bred from every candidate before it, but "
+                    f"{running} of them {'is' if running == 1 else 'are'} not told yet; tell each "
+                    "generation before asking the next (study.optimize with n_jobs=1; `longrope "
+                    "search` waits for them itself)")
             par = self.parents(study, g)
             if not par:
                 raise UserError(no_parents_message(self.owned(study), g))
-            earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
             n_params = len(self.distributions())
             seen = {self.space.key(from_params(t.params, self.space)) for t in earlier
                     if len(t.params) == n_params}
@@ -228,4 +235,12 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                            "outside its search space")
 
     def factors(self, trial: FrozenTrial | optuna.Trial) -> RescaleFactors:
+        """The candidate a trial stands for. A live trial (an objective's argument) is asked for
+        every gene first, so an objective needs no suggest_* calls of its own."""
+        if isinstance(trial, optuna.Trial):
+            for name, dist in self.distributions().items():
+                if isinstance(dist, CategoricalDistribution):
+                    trial.suggest_categorical(name, dist.choices)
+                else:
+                    trial.suggest_float(name, dist.low, dist.high)
         return from_params(trial.params, self.space)
