@@ -98,7 +98,8 @@ def _split_files(folder: Path, files: list[Path], split: str) -> list[Path]:
 
     found = DataFilesDict.from_patterns(get_data_patterns(str(folder)), base_path=str(folder))
     if split not in found:
-        raise UserError(f"data.split = {split!r} is not a split of {folder}; splits: {', '.join(map(str, found))}")
+        names = ", ".join(map(str, found))
+        raise UserError(f"data.split = {split!r} is not a split of {folder}; splits: {names}")
     mine = {Path(f).resolve() for f in found[split]}
     chosen = [f for f in files if f.resolve() in mine]
     if not chosen:

@@ -30,6 +30,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.depths is not None and args.depths < 1:
         raise UserError(f"--depths must be >= 1, got {args.depths}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
+                            split=args.data_split, config=args.data_config, per_line=args.per_line,
+                            streaming=args.streaming, stream_docs=args.stream_docs,
                             dtype=args.dtype, device=args.device, threads=args.threads, nll=args.nll,
                             search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed,
                             kind="ppl" if args.task == "ppl" else "needle", depths=args.depths or 10,
@@ -68,6 +70,15 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "without one (default: the model's own)")
     e.add_argument("--data", default="builtin:sotu", help="builtin:sotu, .txt folder/file, .jsonl, .parquet")
     e.add_argument("--text-column", default="text", help="text column for jsonl/parquet/hub data")
+    # the [data] keys a run's documents depend on, so a run's held-out scores can be re-scored here
+    e.add_argument("--data-split", default="train", metavar="NAME",
+                   help="the dataset's split (data.split; a file's one split is train)")
+    e.add_argument("--data-config", default="", metavar="NAME", help="the hub dataset's configuration")
+    e.add_argument("--per-line", action="store_true", help=".txt: one document per line (data.per_line)")
+    e.add_argument("--streaming", action="store_true",
+                   help="read only the first documents of the split (data.streaming; --stream-docs)")
+    e.add_argument("--stream-docs", type=int, default=0, metavar="N",
+                   help="with --streaming: documents read (default 2 x --samples)")
     e.add_argument("--lengths", required=True, help="comma-separated lengths, e.g. 1024,2048")
     e.add_argument("--methods", default="none,pi,ntk,yarn",
                    help="comma-separated methods, e.g. none,yarn,lm_infinite:global=4,local=128 (a key=value "
@@ -99,5 +110,5 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "is exactly the default (first L tokens, one pass; the default has no stride)")
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
     e.add_argument("--json", action="store_true", help='print {"method": {"length": value}} only (value: '
-                   'ppl, needle ppl or accuracy; with --depths {"method": {"length": {"depth": accuracy}}})')
+                   'ppl, needle ppl or accuracy; with --depths {"method": {"length": {"depth": value}}})')
     e.set_defaults(func=cmd_eval)

@@ -234,3 +234,25 @@ def test_the_evaluator_scores_the_split_the_config_names(tmp_path, tiny_model_di
     write_jsonl(hub / "test.jsonl", [f"test words {i} " * 40 for i in range(4)])
     ev = Evaluator(ObjectiveSpec.of(str(tiny_model_dir), str(hub), split="test", search_docs=2, heldout_docs=2))
     assert all(t.startswith("test words") for t in ev.corpus.texts)
+
+
+def test_eval_reads_the_data_keys_a_run_can_have(tmp_path, text_corpus_dir, capsys):
+    """eval --data-split / --per-line name the documents a run's [data] named (before, eval could
+    not reach them: a run on a test split or a per-line file could not be re-scored)."""
+    from longrope.search.cli import main
+
+    texts = [p.read_text().replace("\n", " ") for p in sorted(text_corpus_dir.glob("*.txt"))]
+    (tmp_path / "hub").mkdir()
+    write_jsonl(tmp_path / "hub" / "train.jsonl", texts[:6])
+    write_jsonl(tmp_path / "hub" / "test.jsonl", texts[6:])
+    write_jsonl(tmp_path / "test.jsonl", texts[6:])
+    (tmp_path / "lines.txt").write_text("\n".join(texts[6:]) + "\n")
+
+    def ppl(*flags):
+        assert main(["eval", "--lengths", "128", "--samples", "1", "--methods", "none", "--json", *flags]) == 0
+        return json.loads(capsys.readouterr().out)["none"]["128"]
+
+    test = ppl("--data", str(tmp_path / "hub"), "--data-split", "test")
+    assert test == ppl("--data", str(tmp_path / "test.jsonl"))  # the same six documents
+    assert test != ppl("--data", str(tmp_path / "hub"))  # train's
+    assert test == ppl("--data", str(tmp_path / "lines.txt"), "--per-line")  # a document per line
