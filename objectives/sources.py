@@ -62,6 +62,7 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
             return _text(spec, files, [f.name for f in files], per_line, "train", config, streaming, count)
         if not tables:
             raise UserError(f"data folder {path} has no .txt, .parquet, .jsonl, .json or .csv files")
+        _no_per_line(per_line, spec)
         return _rows(spec, dict(path=str(path), name=config or None), column, split, streaming, count)
     if path.is_file():
         if path.suffix == ".txt":
@@ -69,9 +70,11 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
         if path.suffix in DATA_FILES:
             _no_config(config, path)
             kw = dict(path=DATA_FILES[path.suffix], data_files=glob.escape(str(path)))
+            _no_per_line(per_line, spec)
             return _rows(spec, kw, column, split, streaming, count)
         raise UserError(f"data file {path} must be .txt, .jsonl, .json, .csv or .parquet")
     if "/" in spec and not spec.startswith((".", "/", "~")):
+        _no_per_line(per_line, spec)
         _probe_hub(spec)
         return _rows(spec, dict(path=spec, name=config or None), column, split, streaming, count)
     raise UserError(f"data path {path} does not exist")
@@ -105,6 +108,12 @@ def _split_files(folder: Path, files: list[Path], split: str) -> list[Path]:
     if not chosen:
         raise UserError(f"data folder {folder}: split {split!r} has no .txt files")
     return chosen
+
+
+def _no_per_line(per_line: bool, spec: str) -> None:
+    if per_line:
+        raise UserError(f"data.per_line reads .txt files a document per line; {spec} is a table, whose "
+                        "rows are the documents already")
 
 
 def _no_config(config: str, path: Path) -> None:

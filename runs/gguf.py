@@ -183,7 +183,9 @@ def _warnings(reader, arch: str, form: str, factors: DeployedFactors, patch: dic
     if form == "switch":
         out.append(f"llama.cpp picks the long factors when the context size (-c) exceeds L0 = {L0}, "
                    "whatever the prompt's length; transformers switches on the sequence's length")
-    trained = _value(reader, f"{arch}.context_length")
+    # an extended GGUF (this command's own output, too) keeps its trained length here
+    trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
+    trained = _value(reader, f"{arch}.context_length") if trained is None else trained
     if trained is not None and int(trained) != L0:
         out.append(f"the factors were searched for L0 = {L0} but the GGUF says it was trained for "
                    f"{trained} tokens; L0 = {L0} is written")

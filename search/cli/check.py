@@ -75,9 +75,12 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     model, dtype = args.model, args.dtype
     if args.config:
+        from pathlib import Path
+
         from longrope.search.config import load
 
-        cfg = load(args.config)
+        run_config = Path(args.config) / "config.toml"  # a run directory: its frozen config
+        cfg = load(run_config if run_config.is_file() else args.config)
         model, dtype = args.model if args.model != EMBEDDED else cfg.model.path, \
             args.dtype if args.dtype != "auto" else cfg.model.dtype
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
@@ -145,7 +148,8 @@ def _ok(b: bool) -> str:
 def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("check", help="this machine's torch/CUDA/GPUs/Ray, and a self-test on each device",
                        description=__doc__.split("\n\n", 1)[1].replace("\n", " "))
-    c.add_argument("config", nargs="?", help="a run config: check its model in its dtype")
+    c.add_argument("config", nargs="?", help="a run config, or a run directory (its frozen config): "
+                   "check its model in its dtype")
     c.add_argument("--model", default=EMBEDDED, help="model to self-test (default: %(default)s, "
                    "which ships with the package)")
     c.add_argument("--dtype", choices=DTYPES, default="auto",

@@ -27,6 +27,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--depths and --plot go with --task needle or passkey")
     if args.plot and args.task != "passkey":  # its heatmap's colours are an accuracy's 0..1
         raise UserError("--plot draws pass-key accuracy: use it with --task passkey")
+    if args.tail and args.task != "ppl":
+        raise UserError("--tail (last-quarter perplexity) goes with --task ppl")
     if args.depths is not None and args.depths < 1:
         raise UserError(f"--depths must be >= 1, got {args.depths}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,

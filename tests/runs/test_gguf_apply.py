@@ -125,6 +125,7 @@ def test_cli_switch_form_and_replacing_existing_factors(applied, tmp_path, capsy
     assert main(["apply", str(factors), str(src), "-o", str(out), "--gguf-switch"]) == 0
     captured = capsys.readouterr()
     assert captured.out.strip() == str(out) and "n̂" not in captured.err and "-c" in captured.err
+    assert "says it was trained for" not in captured.err  # its trained length is the original one
     _, r = assert_copied(src, out, {"rope_freqs.weight", "rope_factors_long.weight",
                                         "rope_factors_short.weight"})
     assert not [t for t in r.tensors if t.name == "rope_freqs.weight"]

@@ -180,6 +180,10 @@ RUN_CASES = {
     "eval --plot under a file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
                                                     "passkey", "--plot", str(f / "export.json" / "p.png")],
                                  "cannot create folder for --plot"),
+    "eval --tail with passkey": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
+                                                    "passkey", "--tail"], "--tail (last-quarter perplexity) goes"),
+    "eval --per-line on a table": (lambda run, f, t: ["eval", "--data", str(f / "d.jsonl"), "--per-line",
+                                                      "--lengths", "256"], "data.per_line reads .txt files"),
     "bench --only empty": (lambda run, f, t: ["bench", "--quick", "--only", " ,", "--out", str(t)],
                            "--only names no section"),  # was: every section, hours of a full bench
     "eval --plot a folder": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",

@@ -123,3 +123,12 @@ def test_parity_holds_for_a_model_whose_config_has_its_own_scaling(rope, tmp_pat
     (tmp_path / "m" / "config.json").write_text(json.dumps(cfg))
     r = selfcheck.rotary_parity(str(tmp_path / "m"), "cpu", "float32")
     assert r["identity_bit_exact"] and r["linear_max_abs_diff"] <= r["tolerance"] and r["ok"], r
+
+
+def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys):
+    """`check RUN` checks the run's model in its dtype (before: 'config file RUN does not exist')."""
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "config.toml").write_text('[model]\npath = "builtin:tiny-sotu"\ndtype = "bfloat16"\n')
+    assert main(["check", str(tmp_path / "run"), "--json", "--device", "cpu"]) == 0
+    [t] = json.loads(capsys.readouterr().out)["self_test"]
+    assert (t["model"], t["dtype"]) == ("builtin:tiny-sotu", "bfloat16") and t["rank_check"]["ok"]
