@@ -73,7 +73,8 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
             _no_per_line(per_line, spec)
             return _rows(spec, kw, column, split, streaming, count)
         raise UserError(f"data file {path} must be .txt, .jsonl, .json, .csv or .parquet")
-    if "/" in spec and not spec.startswith((".", "/", "~")):
+    hub_id = "/" in spec and not spec.startswith((".", "/", "~")) and path.suffix not in (*DATA_FILES, ".txt")
+    if hub_id:  # owner/name; sub/docs.jsonl is a file that is not there
         _no_per_line(per_line, spec)
         _probe_hub(spec)
         return _rows(spec, dict(path=spec, name=config or None), column, split, streaming, count)

@@ -256,3 +256,9 @@ def test_eval_reads_the_data_keys_a_run_can_have(tmp_path, text_corpus_dir, caps
     assert test == ppl("--data", str(tmp_path / "test.jsonl"))  # the same six documents
     assert test != ppl("--data", str(tmp_path / "hub"))  # train's
     assert test == ppl("--data", str(tmp_path / "lines.txt"), "--per-line")  # a document per line
+
+
+def test_a_missing_relative_file_is_not_taken_for_a_hub_id():
+    """sub/docs.jsonl is a path (a hub id has no file suffix): before, 'cannot load hub dataset'."""
+    with pytest.raises(UserError, match=r"^data path sub/docs.jsonl does not exist$"):
+        load_corpus("sub/docs.jsonl")
