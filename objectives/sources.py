@@ -58,6 +58,7 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
                             f"{tables[0].suffix} files ({tables[0].name}, ...); point data.path at one "
                             "file, or at a folder of one kind")
         if files:
+            _no_column(column, spec)
             files = _split_files(path, files, split)
             return _text(spec, files, [f.name for f in files], per_line, "train", config, streaming, count)
         if not tables:
@@ -66,6 +67,7 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
         return _rows(spec, dict(path=str(path), name=config or None), column, split, streaming, count)
     if path.is_file():
         if path.suffix == ".txt":
+            _no_column(column, spec)
             return _text(spec, [path], [path.name], per_line, split, config, streaming, count)
         if path.suffix in DATA_FILES:
             _no_config(config, path)
@@ -109,6 +111,12 @@ def _split_files(folder: Path, files: list[Path], split: str) -> list[Path]:
     if not chosen:
         raise UserError(f"data folder {folder}: split {split!r} has no .txt files")
     return chosen
+
+
+def _no_column(column: str, spec: str) -> None:
+    if column != "text":  # the default: set to anything else, the user meant a table
+        raise UserError(f"data.text_column = {column!r} names a table's column; {spec} is .txt text, a "
+                        "document per file (or per line)")
 
 
 def _no_per_line(per_line: bool, spec: str) -> None:

@@ -73,6 +73,8 @@ def test_a_folder_of_text_files_takes_a_split_by_file_names_too(tmp_path):
     assert load_corpus(str(tmp_path), split="test").texts == ("a test speech",)
     with pytest.raises(UserError, match=r"data.split = 'dev' is not a split of .*; splits: train, test$"):
         load_corpus(str(tmp_path), split="dev")
+    with pytest.raises(UserError, match=r"data.text_column = 'body' names a table's column"):  # was ignored
+        load_corpus(str(tmp_path / "train.txt"), "body")
 
 
 def test_a_folder_of_two_kinds_and_an_empty_file_are_one_line(tmp_path):
