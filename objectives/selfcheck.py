@@ -82,9 +82,12 @@ def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
     (rope_parameters, keeping rope_theta and a partial rotary factor) and 4.57 (rope_scaling,
     with the legacy "type" key; original_max_position_embeddings read only at the top level).
     The self-check's linear twin uses it; so do the tests (Phi3's validator admits only longrope
-    at construction)."""
-    rope = getattr(cfg, "rope_parameters", None)
-    if isinstance(rope, dict):
+    at construction). Which form goes by the installed version, not by the config's attributes:
+    4.57 keeps a 5.x config.json's rope_parameters as an attribute it never reads."""
+    import transformers
+
+    if int(transformers.__version__.split(".")[0]) >= 5:
+        rope = getattr(cfg, "rope_parameters", None) or {}
         keep = {k: v for k, v in rope.items() if k in ("rope_theta", "partial_rotary_factor")}
         cfg.rope_parameters = {**keep, **rope_scaling}
     elif rope_scaling["rope_type"] == "default":  # 4.57: plain RoPE is no rope_scaling at all
