@@ -19,6 +19,7 @@ from longrope.spaces import (
     RescaleFactors,
     RopeGeometry,
     UserError,
+    check_trained_length,
     check_usable,
     load_factors,
     method,
@@ -81,10 +82,8 @@ def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFac
         if len(f.lambdas) != geometry.n_freqs:
             raise UserError(f"{name}: {len(f.lambdas)} factors but the model has {geometry.n_freqs} "
                             "frequencies")
-        L0 = loaded.original_length if isinstance(loaded, DeployedFactors) else None
-        if L0 and L0 != geometry.original_length:  # same count, another model (apply refuses it too)
-            raise UserError(f"{name}: factors for a model trained at {L0} tokens, but this one was "
-                            f"trained at {geometry.original_length}")
+        if isinstance(loaded, DeployedFactors):  # same count, another model (apply refuses it too)
+            check_trained_length(loaded, geometry, name)
         return f
     check_method(name)
     return method(name, geometry, length)

@@ -28,6 +28,7 @@ from longrope.spaces import (
     RopeGeometry,
     UserError,
     architecture_of,
+    check_trained_length,
     check_usable,
     hf_attention_factor,
     is_alibi,
@@ -173,10 +174,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if geo.n_freqs != len(factors.long.lambdas):
         raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
                         f"model has {geo.n_freqs} rotary frequencies")
-    if factors.original_length and factors.original_length != geo.original_length:
-        raise UserError(f"{fj} holds factors for a model trained at {factors.original_length} tokens, "
-                        f"but {src} was trained at {geo.original_length}: they stretch another model's "
-                        "positions; search this model for its own")
+    check_trained_length(factors, geo, str(fj))
     make_folder(out, "model folder")
     rope = dict(patch["rope_scaling"])
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))

@@ -182,6 +182,15 @@ class DeployedFactors:
         return cls(long, short, int(L0) if L0 else None)
 
 
+def check_trained_length(f: DeployedFactors, geometry: RopeGeometry, name: str) -> None:
+    """Factors stretch positions relative to the L0 they were searched at: a file made for a model
+    of another trained length (the same count of factors: tiny-sotu's and SmolLM2's) is refused by
+    eval and apply alike. A file without an L0 is taken as it is."""
+    if f.original_length and f.original_length != geometry.original_length:
+        raise UserError(f"{name} holds factors for a model trained at {f.original_length} tokens, but "
+                        f"this model was trained at {geometry.original_length}: search it for its own")
+
+
 def check_usable(f: RescaleFactors | DeployedFactors, name: str) -> None:
     """What eval and apply both require of factors they did not search: every set
     non-decreasing from high to low frequency, and no λ below 1 (that compresses positions)."""
