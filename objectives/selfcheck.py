@@ -71,10 +71,7 @@ def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
     set_rope(cfg, rope)
     twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
     twin.load_state_dict(model.state_dict())
-    twin.to(ids.device).eval()
-    logits = twin(ids).logits
-    del twin
-    return logits
+    return twin.to(ids.device).eval()(ids).logits
 
 
 def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:

@@ -59,8 +59,7 @@ class Run:
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
         cls.check_new(p)
-        make_folder(p, "run directory")
-        make_folder(p / "best", "run directory")
+        make_folder(p / "best", "run directory")  # and the run directory with it
         make_folder(p / "export", "run directory")
         atomic_write_text(p / CONFIG, config_text)
         (p / JOURNAL).touch()
