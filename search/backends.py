@@ -72,7 +72,11 @@ class InProcessBackend:
 
 
 def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS) when given, else start a local Ray."""
+    """Join `address` (or RAY_ADDRESS) when given, else start a local Ray of our own.
+
+    A plain ``ray.init()`` would join the cluster a ``ray start`` left on this machine (Ray finds it
+    through /tmp/ray/ray_current_cluster), and then refuse num_cpus; "local" always starts one.
+    ``auto`` joins that cluster on purpose."""
     import ray
 
     if ray.is_initialized():
@@ -83,7 +87,8 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
         if addr:
             ray.init(address=addr, include_dashboard=False, log_to_driver=False)
         else:
-            ray.init(num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False, log_to_driver=False)
+            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
+                     log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot start or join Ray{f' at {addr}' if addr else ''}: {e}") from None
 

@@ -32,6 +32,7 @@ def _isolated_cache(tmp_path_factory, monkeypatch):
 def ray_session():
     """One local Ray for the whole session, declaring 2 GPUs so GPU scheduling runs on CPU."""
     ray = pytest.importorskip("ray")
-    ray.init(num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
+    # "local": our own Ray even where a `ray start` cluster runs on this machine (plain init joins it)
+    ray.init(address="local", num_cpus=2, num_gpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -108,7 +108,8 @@ def register(sub: argparse._SubParsersAction) -> None:
             p.add_argument("--run-dir", required=True, help="where the run lives; an existing run "
                            "with the same search-defining config is resumed")
         p.add_argument("--workers", type=int, help="model replicas; more than 1 uses Ray")
-        p.add_argument("--address", help="join this Ray cluster (else RAY_ADDRESS, else local)")
+        p.add_argument("--address", help="join this Ray cluster (auto: the one `ray start` made on this "
+                       "machine); else RAY_ADDRESS, else a local Ray of its own")
         p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",

@@ -51,6 +51,7 @@ def cluster():
                 "num_cpus": 1, "temp_dir": tmp, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
                 "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
             c.worker_args = {"num_cpus": 1, "temp_dir": tmp}
+            c.ray_tmpdir = tmp
             c.add_node(**c.worker_args)
             yield c
     finally:
@@ -210,3 +211,17 @@ def test_gpus_asked_of_a_cluster_without_gpus_is_one_line(tmp_path, cluster):
     assert p.returncode == 2 and "the Ray cluster has no GPUs" in err
     assert "Traceback" not in err and not (tmp_path / "run").exists()
     assert [ln for ln in err.splitlines() if ln.startswith("error:")] == [err.strip().splitlines()[-1]]
+
+
+def test_no_address_starts_its_own_ray_beside_a_ray_start_cluster(cluster):
+    """A `ray start` cluster on this machine (its address in <RAY_TMPDIR>/ray/ray_current_cluster),
+    no --address and no RAY_ADDRESS: a local Ray of our own starts, as the README says. A plain
+    ray.init() would join that cluster, and refuse the bench's num_cpus there."""
+    probe = ("import ray; from longrope.search.backends import init_ray; init_ray('', num_cpus=1); "
+             "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    env.update(RAY_TMPDIR=cluster.ray_tmpdir, RAY_AUTH_MODE="disabled")
+    assert (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").read_text().strip() == cluster.address
+    p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+    assert p.returncode == 0, p.stderr[-2000:]
+    assert p.stdout.strip() and p.stdout.strip() != cluster.address
