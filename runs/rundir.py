@@ -112,6 +112,11 @@ class Run:
     def config_text(self) -> str:
         return read_text(self.path / CONFIG, "run config")
 
+    def set_config(self, config_text: str) -> None:
+        """Replace the frozen config (a driver holding the lock, with another budget or workers:
+        what status, report and a later resume read), atomically."""
+        atomic_write_text(self.path / CONFIG, config_text)
+
     def config(self) -> dict[str, Any]:
         try:
             return tomllib.loads(self.config_text())

@@ -83,6 +83,8 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
         return
     os.environ.setdefault("RAY_AUTH_MODE", "disabled")
     addr = address or os.environ.get("RAY_ADDRESS", "")
+    if addr:
+        probe_address(addr)
     try:
         if addr:
             ray.init(address=addr, include_dashboard=False, log_to_driver=False)
@@ -91,6 +93,34 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
                      log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot start or join Ray{f' at {addr}' if addr else ''}: {e}") from None
+
+
+PROBE_SECONDS = 10.0  # a head that does not accept a connection by then is not there
+
+
+def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
+    """Refuse in one line an address whose head does not answer: ray.init retries a wrong
+    HOST:PORT for many minutes (a typo in a batch script burns the allocation). Only a plain
+    or ray:// HOST:PORT is probed; "auto", "local" and others go to Ray as they are."""
+    import socket
+    from urllib.parse import urlsplit
+
+    hostport = addr.split("://", 1)[1] if addr.startswith("ray://") else addr
+    if "://" in hostport or hostport.count(":") != 1:
+        return
+    try:
+        url = urlsplit(f"//{hostport}")
+        host, port = url.hostname, url.port
+    except ValueError:
+        raise UserError(f"Ray address {addr!r} is not HOST:PORT") from None
+    if not host or port is None:
+        raise UserError(f"Ray address {addr!r} is not HOST:PORT")
+    try:
+        socket.create_connection((host, port), timeout=timeout).close()
+    except OSError as e:
+        why = f"no answer in {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
+        raise UserError(f"cannot join Ray at {addr}: nothing answers there ({why}); check the head's "
+                        "address and port (`ray start --head` prints them)") from None
 
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
@@ -144,7 +174,7 @@ class RayBackend:
         init_ray(address)
         self.ray = ray
         self.spec, self.count, self.num_gpus, self.num_cpus = spec, count, num_gpus, num_cpus
-        count = check_resources(ray.cluster_resources(), count, num_gpus, num_cpus)
+        count = check_resources(node_resources(ray), count, num_gpus, num_cpus)
         self.actor_cls = ray_worker_class()
         self.actors = [self._new_actor() for _ in range(count)]
         self.idle = list(self.actors)
@@ -298,27 +328,40 @@ class RayBackend:
             self.ray.kill(a)
 
 
-def check_resources(resources: dict, count: int, num_gpus: float, num_cpus: float) -> int:
-    """Refuse a request the cluster cannot ever satisfy (Ray would wait forever), and
-    cap the replica count at what fits at once: a replica that can never be placed
-    would hold its candidate, and with it the generation, forever."""
-    gpus, cpus = resources.get("GPU", 0.0), resources.get("CPU", 0.0)
+def check_resources(nodes: list[dict], count: int, num_gpus: float, num_cpus: float) -> int:
+    """Refuse a request the cluster cannot ever satisfy (Ray would wait forever), and cap the
+    replica count at what fits at once: a replica that can never be placed would hold its
+    candidate, and with it the generation, forever. `nodes`: each live node's resources (a
+    replica is one actor, so it must fit on one node: two 1-GPU nodes do not hold a 2-GPU one)."""
+    gpus = sum(n.get("GPU", 0.0) for n in nodes)
+    cpus = sum(n.get("CPU", 0.0) for n in nodes)
     if num_gpus > 0 and gpus <= 0:
         raise UserError(f"workers.num_gpus = {num_gpus} but the Ray cluster has no GPUs; "
                         "set workers.num_gpus = 0 to run on CPU, or join a GPU cluster (--address)")
-    if num_gpus > gpus:
-        raise UserError(f"one replica needs {num_gpus} GPUs but the cluster has {gpus:g} in all")
-    if num_cpus > cpus:
-        raise UserError(f"one replica needs {num_cpus} CPUs but the cluster has {cpus:g} in all")
-    fits = count
-    if num_gpus:
-        fits = min(fits, int(gpus // num_gpus + 1e-9))
-    if num_cpus:
-        fits = min(fits, int(cpus // num_cpus + 1e-9))
+
+    def on(node: dict) -> int:  # replicas that fit on this node
+        n = count
+        for need, have in ((num_gpus, node.get("GPU", 0.0)), (num_cpus, node.get("CPU", 0.0))):
+            if need > 0:
+                n = min(n, int(have // need + 1e-9))
+        return n
+
+    fits = min(count, sum(on(n) for n in nodes))
+    if fits == 0:
+        big_g = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
+        big_c = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
+        raise UserError(f"one replica needs {num_gpus:g} GPUs and {num_cpus:g} CPUs on one node, but no "
+                        f"node of the cluster has that (the most on a node: {big_g:g} GPUs, {big_c:g} CPUs; "
+                        f"in all: {gpus:g} GPUs, {cpus:g} CPUs); lower workers.num_gpus / num_cpus")
     if fits < count:
         print(f"note: the cluster fits {fits} of the {count} replicas asked for "
-              f"({gpus:g} GPUs, {cpus:g} CPUs); running {fits}", file=sys.stderr)
-    return max(fits, 1)
+              f"({gpus:g} GPUs, {cpus:g} CPUs in all); running {fits}", file=sys.stderr)
+    return fits
+
+
+def node_resources(ray) -> list[dict]:
+    """Each live node's declared resources (CPU, GPU, ...), as Ray reports them."""
+    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:

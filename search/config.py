@@ -234,8 +234,9 @@ def dumps(cfg: RunConfig) -> str:
     return tomli_w.dumps(cfg.to_dict())
 
 
-def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
-    """Search-defining keys whose values differ, as 'section.key: old -> new'."""
+def defining_diff(old: dict[str, Any], new: dict[str, Any], every: bool = False) -> list[str]:
+    """Search-defining keys whose values differ, as 'section.key: old -> new' (`every`: all keys,
+    the budget and the workers too)."""
     old = frozen(old)
     defaults = RunConfig().to_dict()  # other keys added since the run was frozen: their default
     old = {sec: {**defaults[sec], **(old.get(sec) or {})} for sec in defaults}
@@ -243,7 +244,7 @@ def defining_diff(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     for section in new:
         for key, value in new[section].items():
             where = f"{section}.{key}"
-            if section == "workers" or where in NOT_DEFINING:
+            if not every and (section == "workers" or where in NOT_DEFINING):
                 continue
             before = old.get(section, {}).get(key)
             if before != value:

@@ -99,8 +99,10 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
                             "would start the search over; give the run's own (a database that moved: "
                             f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
         if diff:
-            raise UserError(f"{run_dir} was searched with another {diff[0]}; a changed model, data, "
-                            "target list, space or seed needs a new --run-dir")
+            raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
+                            "(search.iterations, max_evals, patience, min_improvement), [workers] and "
+                            "model.device, threads, nll or data.cache_dir may change in a run: start a "
+                            "new --run-dir")
         run.check_writable()
         run.check_journal()
     elif resume:
@@ -113,14 +115,18 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     try:
         plan.start_backend()
         run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-        with run.lock(lock_timeout) as lease, _sigterm_as_interrupt():
+        with run.lock(lock_timeout) as lease, _sigterm_as_interrupt() as term:
             if run.clear_stale_journal_lock():
                 run.event("cleared a journal lock left by a killed driver")
             run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
+            changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
+            if changed:  # the budget or workers this driver runs with: a later resume's and status's too
+                run.set_config(dumps(cfg))
+                run.event(f"config: {'; '.join(changed)}")
             try:
                 return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
             except KeyboardInterrupt as e:
-                why, code = ("SIGTERM", 143) if isinstance(e, Terminated) else ("Ctrl-C", 130)
+                why, code = ("SIGTERM", 143) if isinstance(e, Terminated) or term else ("Ctrl-C", 130)
                 run.event(f"interrupted ({why}); running trials re-queued")
                 print(f"interrupted ({why}); running trials were re-queued. Resume with: "
                       f"longrope resume {run_dir}", file=sys.stderr)
@@ -142,17 +148,21 @@ class Terminated(KeyboardInterrupt):
 
 @contextmanager
 def _sigterm_as_interrupt():
-    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only)."""
+    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only). Yields
+    a list that a SIGTERM appends to: inside ray.get, Ray turns the handler's exception into a plain
+    KeyboardInterrupt of its own, and the exit code must still say SIGTERM."""
+    seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
-        yield
+        yield seen
         return
 
     def handler(signum, frame):
+        seen.append(signum)
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, handler)
     try:
-        yield
+        yield seen
     finally:
         signal.signal(signal.SIGTERM, previous)
 
@@ -211,6 +221,7 @@ class Driver:
                     previous = results[stage.name]
                 if stage.kind == "long" and stage.length in self.cfg.finetune.after:
                     self.check_lease()
+                    self.plan.close()  # the scoring workers first: on Ray they may hold what it needs
                     self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
                                                        self.cfg.workers, stage.length, self.progress,
                                                        check=self.lease.ticket() if self.lease else None))

@@ -80,6 +80,9 @@ def cmd_check(args: argparse.Namespace) -> int:
         from longrope.search.config import load
 
         run_config = Path(args.config) / "config.toml"  # a run directory: its frozen config
+        if Path(args.config).is_dir() and not run_config.is_file():
+            hint = " (a model folder: --model DIR)" if (Path(args.config) / "config.json").is_file() else ""
+            raise UserError(f"{args.config} is a folder but not a run directory (no config.toml){hint}")
         cfg = load(run_config if run_config.is_file() else args.config)
         model, dtype = args.model if args.model != EMBEDDED else cfg.model.path, \
             args.dtype if args.dtype != "auto" else cfg.model.dtype

@@ -4,6 +4,7 @@ import json
 import os
 import subprocess
 import sys
+import tomllib
 
 import optuna
 import pytest
@@ -67,6 +68,11 @@ def test_changed_search_defining_key_is_refused_naming_it(tmp_path):
     (tmp_path / "more.toml").write_text(text)
     r = longrope("search", str(tmp_path / "more.toml"), "--run-dir", str(run.path), "--quiet")
     assert r.returncode == 0, r.stderr
+    # and it becomes the run's: status, report and a later resume go by it, not the first budget
+    assert tomllib.loads((run.path / "config.toml").read_text())["search"]["iterations"] == 2
+    assert "config: search.iterations: 1 -> 2" in (run.path / "events.log").read_text()
+    r = longrope("resume", str(run.path), "--quiet", "--workers", "1")  # unchanged: nothing rewritten
+    assert r.returncode == 0 and (run.path / "events.log").read_text().count("config: ") == 1
 
 
 def test_not_a_run_directory_is_one_line_and_untouched(tmp_path):

@@ -164,10 +164,23 @@ def test_gpu_replicas_are_scheduled_on_declared_gpus(tmp_path, reference, ray_se
 
 def test_gpus_on_a_cluster_without_gpus_is_an_error():
     with pytest.raises(UserError, match="the Ray cluster has no GPUs"):
-        check_resources({"CPU": 8.0}, 2, 1.0, 1.0)
-    with pytest.raises(UserError, match="one replica needs 4.0 GPUs but the cluster has 2"):
-        check_resources({"CPU": 8.0, "GPU": 2.0}, 1, 4.0, 1.0)
-    assert check_resources({"CPU": 8.0, "GPU": 2.0}, 4, 0.5, 1.0) == 4
+        check_resources([{"CPU": 8.0}], 2, 1.0, 1.0)
+    with pytest.raises(UserError, match="one replica needs 4 GPUs and 1 CPUs on one node, but no node"):
+        check_resources([{"CPU": 8.0, "GPU": 2.0}], 1, 4.0, 1.0)
+    assert check_resources([{"CPU": 8.0, "GPU": 2.0}], 4, 0.5, 1.0) == 4
+
+
+def test_a_replica_must_fit_on_one_node(capsys):
+    """Two nodes of one GPU (one CPU) each hold 2 GPUs (CPUs) in all, but never a replica of 2:
+    refused, not a hang; replicas that fit are counted node by node."""
+    two = [{"CPU": 1.0, "GPU": 1.0}, {"CPU": 1.0, "GPU": 1.0}]
+    with pytest.raises(UserError, match="needs 2 GPUs and 1 CPUs on one node.*most on a node: 1 GPUs"):
+        check_resources(two, 1, 2.0, 1.0)
+    with pytest.raises(UserError, match="needs 0 GPUs and 2 CPUs on one node"):
+        check_resources(two, 1, 0.0, 2.0)
+    assert check_resources(two, 3, 1.0, 1.0) == 2 and "fits 2 of the 3 replicas" in capsys.readouterr().err
+    # 3 CPUs on one node and 1 on another: replicas of 2 CPUs fit once, not twice (4 // 2)
+    assert check_resources([{"CPU": 3.0}, {"CPU": 1.0}], 2, 0.0, 2.0) == 1
 
 
 def test_other_samplers_run_on_the_same_budget(tmp_path):

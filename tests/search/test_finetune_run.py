@@ -187,6 +187,38 @@ def test_the_finetune_runs_as_a_ray_task_and_survives_its_worker_lost(tiny_model
     assert not Run.open(tmp_path / "again").model_dir(64).exists()
 
 
+def test_a_finetune_on_ray_gets_the_resources_its_scoring_workers_held(tiny_model_dir, text_corpus_dir,
+                                                                        tmp_path, ray_session):
+    """Two replicas of one CPU fill the session's 2 CPUs; the fine-tune task asks for one: the
+    workers must be stopped before it is submitted, or it waits for them forever."""
+    text = _text(tiny_model_dir, text_corpus_dir, steps=4).replace("short = [16]", "short = []")
+    cfg = config.from_dict(tomllib.loads(text + '[workers]\nbackend = "ray"\ncount = 2\nnum_cpus = 1\n'))
+    done: list[str] = []
+    t = threading.Thread(target=lambda: done.append(run_search(cfg, str(tmp_path / "r"), progress=False)),
+                         daemon=True)
+    t.start()
+    t.join(timeout=240)
+    assert done and not t.is_alive(), "the fine-tune waited for the scoring workers' CPUs"
+    run = Run.open(tmp_path / "r")
+    assert run.model_dir(64).is_dir() and run.best("long", 128) is not None
+
+
+def test_sigterm_during_a_ray_finetune_exits_143(tiny_model_dir, text_corpus_dir, tmp_path):
+    """The driver waits in ray.get for the fine-tune task, where Ray raises a KeyboardInterrupt of
+    its own for the handler's: still SIGTERM's exit code and line (a scheduler reads 143 as
+    preempted, 130 as a user's Ctrl-C)."""
+    cfg_path = tmp_path / "run.toml"
+    cfg_path.write_text(_text(tiny_model_dir, text_corpus_dir) + '[workers]\nbackend = "ray"\n')
+    p = cli("search", str(cfg_path), "--run-dir", str(tmp_path / "r"), "--quiet")
+    end = time.time() + 120
+    while _progress(tmp_path / "r") < 5 and p.poll() is None and time.time() < end:
+        time.sleep(0.05)
+    assert p.poll() is None, "the fine-tune ended before the signal"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143 and "interrupted (SIGTERM)" in err, err[-2000:]
+
+
 def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_path, ray_session):
     """A fine-tune on Ray writes its checkpoints to the run: a full disk there comes back as the
     OSError (which the driver words as for its own writes); any other error keeps Ray's remote

@@ -221,7 +221,31 @@ def test_no_address_starts_its_own_ray_beside_a_ray_start_cluster(cluster):
              "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=cluster.ray_tmpdir, RAY_AUTH_MODE="disabled")
-    assert (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").read_text().strip() == cluster.address
+    # what `ray start` leaves (a Cluster writes it too, but a driver's shutdown may have removed it)
+    (Path(env["RAY_TMPDIR"]) / "ray" / "ray_current_cluster").write_text(cluster.address)
     p = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
     assert p.returncode == 0, p.stderr[-2000:]
     assert p.stdout.strip() and p.stdout.strip() != cluster.address
+
+
+def test_a_replica_no_node_can_hold_is_one_line(tmp_path, cluster):
+    """2 CPUs a replica on two nodes of one CPU: 2 in all, none on one node; Ray would wait forever."""
+    _, text = small_cfg(model="synthetic", backend="ray", count=1)
+    (tmp_path / "big.toml").write_text(text.replace("[workers]", "[workers]\nnum_cpus = 2"))
+    p = cli("search", str(tmp_path / "big.toml"), "--run-dir", str(tmp_path / "run"), "--address", cluster.address)
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 2 and "on one node, but no node of the cluster has that" in err, err[-2000:]
+    assert "Traceback" not in err and not (tmp_path / "run").exists()
+
+
+def test_an_address_where_nothing_answers_is_one_line_not_a_long_wait(tmp_path):
+    """ray.init retries a wrong HOST:PORT for many minutes; the driver asks the port first."""
+    _, text = small_cfg(model="synthetic", backend="ray", count=1)
+    (tmp_path / "run.toml").write_text(text)
+    port = free_port()  # bound a moment ago and closed: nothing listens there
+    for args in (("search", str(tmp_path / "run.toml"), "--run-dir", str(tmp_path / "run")), ("check", "--json")):
+        p = cli(*args, "--address", f"127.0.0.1:{port}")
+        _, err = p.communicate(timeout=60)
+        assert p.returncode == 2 and f"cannot join Ray at 127.0.0.1:{port}: nothing answers there" in err, err
+        assert "Traceback" not in err
+    assert not (tmp_path / "run").exists()
