@@ -118,6 +118,10 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     if sh is not None and len(sh.lambdas) != len(long.lambdas):
         raise UserError("short and long factors have different lengths")
     warnings = unfinished(run, [r for r in (long, sh) if r is not None])
+    if sh is not None and sh.model != long.model:  # a fine-tune between the two stages
+        warnings.append(f"long-{long.target_length} was searched on {long.model} and "
+                        f"short-{sh.target_length} on {sh.model}: one model gets both, so one set runs "
+                        "on a model it was not searched on (--short picks another short stage)")
     if long.n_hat > 0:
         warnings.append(f"n̂ = {long.n_hat}: transformers and vLLM ignore n̂ (kept in longrope_search); "
                         "use `longrope apply`'s Python patch to evaluate with it, or search with "
@@ -205,6 +209,21 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out
+
+
+def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
+    """A warning when an export's factors were searched on a run's fine-tuned model
+    (RUN/models/ft-<L>, the model of every stage after a fine-tune) and `model` is another one:
+    they fit the fine-tuned weights, not the base model's."""
+    searched = str(patch.get("longrope_search", {}).get("model") or "")
+    p = Path(searched)
+    in_run = (p.parent.parent / "config.toml").is_file()
+    if not (p.parent.name == "models" and p.name.startswith("ft-") and in_run):
+        return None
+    if not model.startswith("builtin:") and Path(model).resolve() == p.resolve():
+        return None
+    return (f"these factors were searched on the fine-tuned model {searched}, not on {model}: apply them "
+            "to that folder (or export a stage searched before the fine-tune)")
 
 
 def load_export(path: str | Path) -> tuple[DeployedFactors, dict[str, Any]]:

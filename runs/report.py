@@ -195,6 +195,8 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
     model, data = cfg.get("model", {}).get("path", "MODEL"), cfg.get("data", {}).get("path", "DATA")
     longs = [v.length for v in views if v.kind == "long" and v.record is not None]
     if longs:
+        # the model the longest stage searched: a fine-tune's, when one ran before it
+        model = next(v.record.model for v in views if v.kind == "long" and v.length == max(longs)) or model
         lines += ["", "To compare the longest stage's best with the closed-form methods on the held-out "
                   "documents (`eval` prints the table; nothing of it is stored in the run):", "", "```",
                   f"longrope export {run.path}",
@@ -220,9 +222,10 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
 def render_page(run: Run, views: list[StageView], plots: dict[str, dict[str, str]],
                 seeds: dict[str, dict[str, tuple[float, ...]]], metric: str) -> str:
     cfg = run.config()
-    se = cfg.get("search", {})
+    se, ft = cfg.get("search", {}), (cfg.get("finetune") or {}).get("after")
     lines = [f"# LongRoPE search report: {run.path.name}", "",
-             f"Run `{run.path}`, model `{cfg.get('model', {}).get('path')}`, data "
+             f"Run `{run.path}`, model `{cfg.get('model', {}).get('path')}`"
+             f"{' (stages after a fine-tune search its merged model, models/ft-<L>)' if ft else ''}, data "
              f"`{cfg.get('data', {}).get('path')}`, sampler {se.get('sampler')}, seed {se.get('seed')}. "
              f"Written {time.strftime('%Y-%m-%d %H:%M:%S')} from the journal and best/ (a run still "
              "running is reported as it stands). Values are " + metric + "; lower is better.", "",

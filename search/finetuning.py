@@ -48,7 +48,7 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     returns the merged model's folder. Already done: returns it at once. `check()` (the driver's
     lease ticket, runs/lease.py) runs before each training step's writes and before the merged
     model's: a driver taken over meanwhile stops there, here or on a Ray node."""
-    final = run.model_dir(length)
+    final = run.model_dir(length).absolute()  # the later stages' model, named in their best files
     if (final / "config.json").is_file():
         return str(final)
     best = run.best("long", length)

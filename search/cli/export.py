@@ -24,6 +24,17 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Make a model folder whose config.json carries exported factors, or a GGUF copy with them."""
+    import json
+
+    from longrope.runs.export import searched_on_warning
+    from longrope.spaces import UserError, read_text
+
+    try:  # provenance only: a file that does not parse is refused below, in one line
+        patch = json.loads(read_text(args.factors, "factors file"))
+    except (UserError, ValueError):
+        patch = {}
+    if isinstance(patch, dict) and (w := searched_on_warning(patch, args.model_dir)):
+        print(f"warning: {w}", file=sys.stderr)
     if str(args.model_dir).lower().endswith(".gguf"):
         from longrope.runs.gguf import apply_to_gguf
 
@@ -33,8 +44,6 @@ def cmd_apply(args: argparse.Namespace) -> int:
         print(path)
         return 0
     if args.gguf_switch:
-        from longrope.spaces import UserError
-
         raise UserError("--gguf-switch is for a .gguf MODEL; a model folder's config carries both "
                         "factor sets")
     from longrope.runs.export import apply_to_folder

@@ -98,6 +98,26 @@ def test_kill_9_mid_finetune_resumes_to_the_uninterrupted_run(tiny_model_dir, te
     out, _ = status.communicate(timeout=60)
     (tune,) = json.loads(out)["finetunes"]
     assert (tune["step"], tune["steps"], tune["done"]) == (150, 150, True)
+    _exports_name_the_model_they_fit(b, tiny_model_dir, tmp_path)
+
+
+def _exports_name_the_model_they_fit(run, base_model, tmp_path):
+    """long-128 and short-16 were searched on the fine-tune, long-64 on the base model: export
+    warns when it pairs the two, apply when the factors go onto the base model, and the report's
+    eval line names the fine-tuned model."""
+    from longrope.runs.export import export
+    from longrope.runs.report import write_report
+
+    path, warnings = export(run)  # long-128 with short-16: one model, no warning
+    assert not [w for w in warnings if "was searched on" in w]
+    _, warnings = export(run, target=64, out=str(tmp_path / "mixed.json"))
+    assert any(f"long-64 was searched on {base_model} and short-16 on {run.model_dir(64)}" in w for w in warnings)
+    for model, warned in ((base_model, True), (run.model_dir(64), False)):
+        a = cli("apply", str(path), str(model), "-o", str(tmp_path / f"applied-{warned}"))
+        _, err = a.communicate(timeout=120)
+        assert a.returncode == 0 and ("searched on the fine-tuned model" in err) == warned, err
+    page = write_report(run).read_text()
+    assert f"longrope eval --model {run.model_dir(64)} " in page
 
 
 def test_a_changed_finetune_section_is_refused_on_resume(tiny_model_dir, text_corpus_dir, tmp_path):
