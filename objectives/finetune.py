@@ -189,6 +189,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                 p.copy_(state["params"][n])
         opt.load_state_dict(state["optimizer"])
         start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
+    saved = start  # the step of the last checkpoint written
     group = ft.group(length) if ft.s2_attn else length
     full = model.config._attn_implementation  # what inference (and short steps) run
     s2 = register(group) if group < length else None
@@ -225,15 +226,18 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         done = step + 1
         if check is not None:
             check()
-        _write_json(work / PROGRESS, {"length": length, "step": done, "steps": ft.steps, "loss": losses[-1],
-                                      "seconds_per_step": seconds / done,
-                                      "eta_seconds": seconds / done * (ft.steps - done), "time": time.time()})
         if done % ft.checkpoint_every == 0 or done == ft.steps:
             state = {"fingerprint": key, "step": done, "losses": losses, "seconds": seconds,
                      "params": {n: p.detach().clone() for n, p in params}, "optimizer": opt.state_dict()}
             buf = io.BytesIO()
             torch.save(state, buf)
             atomic_write_bytes(ckpt, buf.getvalue())
+            saved = done
+        # after the checkpoint: checkpoint_step never names one not yet on disk (status shows it:
+        # a resume after a kill continues from there, not from `step`)
+        _write_json(work / PROGRESS, {"length": length, "step": done, "steps": ft.steps, "loss": losses[-1],
+                                      "checkpoint_step": saved, "seconds_per_step": seconds / done,
+                                      "eta_seconds": seconds / done * (ft.steps - done), "time": time.time()})
         bar.update(1)
         bar.set_postfix(loss=f"{losses[-1]:.3f}")
     bar.close()

@@ -119,15 +119,26 @@ def finetune_summaries(run: Run) -> list[dict[str, Any]]:
         done = (run.model_dir(length) / "config.json").is_file()
         out.append({"name": f"finetune-{length}", "target": length, "step": d.get("step"),
                     "steps": d.get("steps"), "loss": d.get("loss"), "done": done,
+                    "checkpoint_step": d.get("checkpoint_step"),
                     "eta_seconds": None if done else d.get("eta_seconds"),
                     "model": str(run.model_dir(length)) if done else None})
     return sorted(out, key=lambda f: f["target"] or 0)
 
 
-def driver_line(run: Run, driver: dict | None) -> str:
+def finished(run: Run, stages: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> bool:
+    """Every stage of the run's config done, and every fine-tune merged."""
+    space = run.config().get("space", {})
+    want = {f"long-{t}" for t in space.get("targets", [])} | {f"short-{t}" for t in space.get("short", [])}
+    after = set((run.config().get("finetune") or {}).get("after", []))
+    merged = {f["target"] for f in tunes if f["done"]}
+    return want <= {s["name"] for s in stages if s["done"]} and after <= merged
+
+
+def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
     """One line on the run's driver, from its lease (runs/lease.py holder)."""
     if driver is None:
-        return f"driver: none running (an unfinished run continues with: longrope resume {run.path})"
+        return ("driver: none running (the run is finished)" if done else
+                f"driver: none running (an unfinished run continues with: longrope resume {run.path})")
     if driver["state"] == "unreadable":
         return "driver: run.lock is unreadable; a resume takes it over"
     who, age = f"pid {driver['pid']} on {driver['host']}", driver["heartbeat_age"]
@@ -146,13 +157,15 @@ def render_status(run: Run, as_json: bool) -> str:
         page = report_path(run)
         return json.dumps({"run": str(run.path), "stages": stages, "finetunes": tunes, "time": time.time(),
                            "driver": driver, "report": None if page is None else str(page)})
-    lines = [f"run {run.path}", driver_line(run, driver)]
+    lines = [f"run {run.path}", driver_line(run, driver, finished(run, stages, tunes))]
+    # no live driver: the ETAs are for a resume, and a fine-tune goes on from its checkpoint
+    stopped = "" if driver is not None and driver["state"] == "live" else " once resumed"
     if not stages:
         lines.append("no stage started yet")
     for s in stages:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         how = "at the measured pace" if s["evals_per_second"] else "one worker"
-        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min ({how})"
+        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min ({how}){stopped}"
                                          if s["eta_seconds"] is not None else "ETA -")
         saved = f" (early abort saved {_count(s['tokens_saved'])})" if s["tokens_saved"] else ""
         crit = "off" if s["critical_dim"] is None else s["critical_dim"]
@@ -166,8 +179,11 @@ def render_status(run: Run, as_json: bool) -> str:
                      f"{mscale}, {eta}")
     for f in tunes:
         eta = f"done, model {f['model']}" if f["done"] else \
-            f"ETA {(f['eta_seconds'] or 0) / 60:.1f} min"
-        lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}, loss {f['loss']:.4f}, {eta}")
+            f"ETA {(f['eta_seconds'] or 0) / 60:.1f} min{stopped}"
+        ckpt = f" (checkpoint at step {f['checkpoint_step']})" if f["checkpoint_step"] is not None and \
+            not f["done"] and f["checkpoint_step"] != f["step"] else ""
+        lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}{ckpt}, loss {f['loss']:.4f} "
+                     f"(last step), {eta}")
     page = report_path(run)
     lines.append(f"report: {page} (refresh: longrope report {run.path})" if page else
                  f"report: longrope report {run.path}")

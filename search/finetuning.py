@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import json
 import shutil
+from pathlib import Path
 
-from longrope.objectives.finetune import CHECKPOINT, finetune
+from longrope.objectives.finetune import CHECKPOINT, PROGRESS, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
 from longrope.runs import Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
@@ -58,7 +59,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     work.mkdir(parents=True, exist_ok=True)
     resumed = (work / CHECKPOINT).exists()
     s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
-    run.event(f"finetune-{length}: {'resume' if resumed else 'start'} on {spec.model.path}, "
+    how = f"resume{_from_step(work)}" if resumed else "start"
+    run.event(f"finetune-{length}: {how} on {spec.model.path}, "
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
     args = (spec, ft, best.factors, length, work, work / "merged")
     record = (_on_ray(workers, *args, check=check) if workers.backend == "ray" else
@@ -76,6 +78,15 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     run.event(f"finetune-{length}: done, loss {record['final_loss']:.4f} (last 10 steps), "
               f"{record['train_seconds']:.0f} s training; model {final}")
     return str(final)
+
+
+def _from_step(work: Path) -> str:
+    """' from step N', the checkpoint a resumed fine-tune continues from (progress.json says)."""
+    try:
+        step = json.loads((work / PROGRESS).read_text()).get("checkpoint_step")
+    except (OSError, ValueError, AttributeError):
+        return ""
+    return f" from step {step}" if isinstance(step, int) else ""
 
 
 def _here(*args, progress: bool, check=None):

@@ -73,7 +73,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
     cfg = _overrides(cfg, args)
     results = run_search(cfg, args.run_dir, resume=True, progress=not args.quiet,
                          lock_timeout=args.lock_timeout)
-    print(f"done: {', '.join(results)} in {args.run_dir}")
+    print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
     return 0
 
 

@@ -243,7 +243,7 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
     assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet"]) == 0
     lock, dead = run_dir / "run.lock", subprocess.Popen(["true"])
     dead.wait()
-    cases = [(None, "driver: none running", None),
+    cases = [(None, "driver: none running (the run is finished)", None),
              (dict(age=3), "driver: pid 4242 on node-b, heartbeat 3 s ago", "live"),
              (dict(age=300), "driver: pid 4242 on node-b silent for 300 s (> --lock-timeout 60 s", "silent"),
              (dict(host=socket.gethostname(), pid=dead.pid), f"driver: pid {dead.pid} on", "gone")]
@@ -256,3 +256,11 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
         assert main(["status", str(run_dir), "--json"]) == 0
         driver = json.loads(capsys.readouterr().out)["driver"]
         assert (driver is None) if state is None else (driver["state"] == state)
+    # the driver gone mid fine-tune (killed at step 87): ETAs are for a resume, which continues
+    # from the checkpoint, not from the last step shown
+    (run_dir / "finetune" / "ft-64").mkdir(parents=True)
+    (run_dir / "finetune" / "ft-64" / "progress.json").write_text(json.dumps(
+        {"length": 64, "step": 87, "steps": 200, "loss": 3.0, "checkpoint_step": 80, "eta_seconds": 60}))
+    assert main(["status", str(run_dir)]) == 0
+    assert "finetune-64: step 87/200 (checkpoint at step 80), loss 3.0000 (last step), ETA 1.0 min once " \
+        "resumed" in capsys.readouterr().out
