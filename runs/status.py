@@ -9,7 +9,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .lease import LOCK_TIMEOUT, holder
+from .lease import HEARTBEAT, LOCK_TIMEOUT, holder
 from .optuna_io import study_system_attrs
 from .report import report_path
 from .rundir import LOCK, Run
@@ -147,7 +147,8 @@ def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
     if driver["state"] == "silent":
         return (f"driver: {who} silent for {age:.0f} s (> --lock-timeout {LOCK_TIMEOUT:g} s: dead or hung; "
                 "a resume takes it over)")
-    return f"driver: {who}, heartbeat {age:.0f} s ago"
+    late = f" (late: renewed every {HEARTBEAT:g} s; stopped or stalled?)" if age > 3 * HEARTBEAT else ""
+    return f"driver: {who}, heartbeat {age:.0f} s ago{late}"
 
 
 def render_status(run: Run, as_json: bool) -> str:

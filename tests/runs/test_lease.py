@@ -245,6 +245,7 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
     dead.wait()
     cases = [(None, "driver: none running (the run is finished)", None),
              (dict(age=3), "driver: pid 4242 on node-b, heartbeat 3 s ago", "live"),
+             (dict(age=20), "heartbeat 20 s ago (late: renewed every 5 s; stopped or stalled?)", "live"),
              (dict(age=300), "driver: pid 4242 on node-b silent for 300 s (> --lock-timeout 60 s", "silent"),
              (dict(host=socket.gethostname(), pid=dead.pid), f"driver: pid {dead.pid} on", "gone")]
     for forged, line, state in cases:
