@@ -164,7 +164,9 @@ def _sigterm_as_interrupt():
     try:
         yield seen
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        # After a SIGTERM the driver is on its way out with 143: a second one while Ray shuts down
+        # would reach Ray's own handler (ray.init's), which exits 1 instead
+        signal.signal(signal.SIGTERM, signal.SIG_IGN if seen else previous)
 
 
 class Driver:
