@@ -215,7 +215,8 @@ def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
     """A warning when an export's factors were searched on a run's fine-tuned model
     (RUN/models/ft-<L>, the model of every stage after a fine-tune) and `model` is another one:
     they fit the fine-tuned weights, not the base model's."""
-    searched = str(patch.get("longrope_search", {}).get("model") or "")
+    info = patch.get("longrope_search")
+    searched = str(info.get("model") or "") if isinstance(info, dict) else ""
     p = Path(searched)
     in_run = (p.parent.parent / "config.toml").is_file()
     if not (p.parent.name == "models" and p.name.startswith("ft-") and in_run):

@@ -33,13 +33,12 @@ def cmd_apply(args: argparse.Namespace) -> int:
         patch = json.loads(read_text(args.factors, "factors file"))
     except (UserError, ValueError):
         patch = {}
-    if isinstance(patch, dict) and (w := searched_on_warning(patch, args.model_dir)):
-        print(f"warning: {w}", file=sys.stderr)
+    fits = searched_on_warning(patch, args.model_dir) if isinstance(patch, dict) else None
     if str(args.model_dir).lower().endswith(".gguf"):
         from longrope.runs.gguf import apply_to_gguf
 
         path, warnings = apply_to_gguf(args.factors, args.model_dir, args.output, switch=args.gguf_switch)
-        for w in warnings:
+        for w in warnings + ([fits] if fits else []):
             print(f"warning: {w}", file=sys.stderr)
         print(path)
         return 0
@@ -54,6 +53,8 @@ def cmd_apply(args: argparse.Namespace) -> int:
 
         model = resolve(model)[0]
     print(apply_to_folder(args.factors, model, args.output, copy=args.copy))
+    if fits:  # after the folder is written: a refused apply has no warning to add
+        print(f"warning: {fits}", file=sys.stderr)
     return 0
 
 
