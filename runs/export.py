@@ -218,8 +218,7 @@ def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
     info = patch.get("longrope_search")
     searched = str(info.get("model") or "") if isinstance(info, dict) else ""
     p = Path(searched)
-    in_run = (p.parent.parent / "config.toml").is_file()
-    if not (p.parent.name == "models" and p.name.startswith("ft-") and in_run):
+    if not (p.parent.name == "models" and p.name.startswith("ft-") and Run.is_run(p.parent.parent)):
         return None
     if not model.startswith("builtin:") and Path(model).resolve() == p.resolve():
         return None

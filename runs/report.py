@@ -193,15 +193,15 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
                      "documents when the stage ends, if `data.heldout_docs` > 0).")
     cfg = run.config()
     model, data = cfg.get("model", {}).get("path", "MODEL"), cfg.get("data", {}).get("path", "DATA")
-    longs = [v.length for v in views if v.kind == "long" and v.record is not None]
-    if longs:
-        # the model the longest stage searched: a fine-tune's, when one ran before it
-        model = next(v.record.model for v in views if v.kind == "long" and v.length == max(longs)) or model
+    top = max((v for v in views if v.kind == "long" and v.record is not None), key=lambda v: v.length,
+              default=None)
+    if top is not None:
+        model = top.record.model or model  # the model it searched: a fine-tune's, when one ran before it
         lines += ["", "To compare the longest stage's best with the closed-form methods on the held-out "
                   "documents (`eval` prints the table; nothing of it is stored in the run):", "", "```",
                   f"longrope export {run.path}",
-                  f"longrope eval --model {model} --data {data} --lengths {max(longs)} --split heldout "
-                  f"--methods none,pi,ntk,yarn,{run.path}/export/longrope-{max(longs)}.json",
+                  f"longrope eval --model {model} --data {data} --lengths {top.length} --split heldout "
+                  f"--methods none,pi,ntk,yarn,{run.path}/export/longrope-{top.length}.json",
                   "```"]
     tunes = sorted((run.path / "finetune").glob("ft-*/training.json"))
     if tunes:

@@ -127,9 +127,10 @@ def finetune_summaries(run: Run) -> list[dict[str, Any]]:
 
 def finished(run: Run, stages: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> bool:
     """Every stage of the run's config done, and every fine-tune merged."""
-    space = run.config().get("space", {})
+    cfg = run.config()
+    space = cfg.get("space", {})
     want = {f"long-{t}" for t in space.get("targets", [])} | {f"short-{t}" for t in space.get("short", [])}
-    after = set((run.config().get("finetune") or {}).get("after", []))
+    after = set((cfg.get("finetune") or {}).get("after", []))
     merged = {f["target"] for f in tunes if f["done"]}
     return want <= {s["name"] for s in stages if s["done"]} and after <= merged
 

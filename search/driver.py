@@ -125,8 +125,8 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
                 run.event(f"config: {'; '.join(changed)}")
             try:
                 return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
-            except KeyboardInterrupt as e:
-                why, code = ("SIGTERM", 143) if isinstance(e, Terminated) or term else ("Ctrl-C", 130)
+            except KeyboardInterrupt:
+                why, code = ("SIGTERM", 143) if term else ("Ctrl-C", 130)
                 run.event(f"interrupted ({why}); running trials re-queued")
                 print(f"interrupted ({why}); running trials were re-queued. Resume with: "
                       f"longrope resume {run_dir}", file=sys.stderr)
@@ -223,10 +223,9 @@ class Driver:
                     previous = results[stage.name]
                 if stage.kind == "long" and stage.length in self.cfg.finetune.after:
                     self.check_lease()
-                    self.plan.close()  # the scoring workers first: on Ray they may hold what it needs
-                    self.plan.use_model(finetune_stage(self.run, self.plan.spec, self.cfg.finetune,
-                                                       self.cfg.workers, stage.length, self.progress,
-                                                       check=self.lease.ticket() if self.lease else None))
+                    self.plan.use_model(lambda length=stage.length: finetune_stage(
+                        self.run, self.plan.spec, self.cfg.finetune, self.cfg.workers, length, self.progress,
+                        check=self.lease.ticket() if self.lease else None))
         except (LeaseLost, OSError) as e:
             # Write nothing more when another driver holds the run (its resume re-queues what ran
             # here) or the disk is full (a re-queue could land after a torn line; run_search words

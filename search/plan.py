@@ -9,6 +9,7 @@ has passed.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.spaces import RopeGeometry, UserError
@@ -60,10 +61,12 @@ class Plan:
             self.checked = True
         return self.backend
 
-    def use_model(self, path: str) -> None:
-        """Score the stages to come on the model at `path` (a fine-tune's): the workers stop now,
-        and the next `start_backend` (the next stage's) makes new ones; none after the last."""
+    def use_model(self, make: Callable[[], str]) -> None:
+        """Score the stages to come on the model whose path `make()` returns (a fine-tune, run
+        here): the workers stop first, since on Ray they may hold the GPUs or CPUs the fine-tune
+        needs, and the next `start_backend` (the next stage's) makes new ones; none after the last."""
         self.close()
+        path = make()
         self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
         self.backend, self.checked = None, False
 
