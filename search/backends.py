@@ -126,6 +126,7 @@ def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
+PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as alive
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
 
 
@@ -287,11 +288,27 @@ class RayBackend:
                            f"crash?): {death_reason(e)}")))
             else:
                 self.queue.append(job)
+            self._drop_dead_idle()
             self._dispatch()
             return
         self.done.append((job.key, result))
         self.idle.append(actor)
         self._dispatch()
+
+    def _drop_dead_idle(self) -> None:
+        """Deaths come together (an OOM sweep, a node's processes): an idle worker may be dead
+        without Ray having said so, since nothing was asked of it. Asked before a dead worker's
+        candidate goes to one, so that its death does not count against the candidate (a second
+        death records it FAILED) and the candidate waits for a replacement instead."""
+        pings = {a.pid.remote(): a for a in self.idle}
+        if not pings:
+            return
+        answered, _ = self.ray.wait(list(pings), num_returns=len(pings), timeout=PING_SECONDS)
+        for ref in answered:
+            try:
+                self._get(ref)
+            except self.ray.exceptions.RayActorError as e:
+                self._replace(pings[ref], e)
 
     def _note_waiting(self) -> None:
         """Nothing scoring and every worker still to be placed (its node lost, the cluster full):

@@ -156,6 +156,27 @@ def test_workers_that_cannot_be_placed_are_waited_for_with_a_note(tmp_path, refe
     assert backend.replaced >= 4 and trajectory(run) == reference
 
 
+def test_a_candidate_is_not_blamed_for_a_worker_that_died_idle(ray_session):
+    """Two workers killed together (one idle, one scoring): the candidate goes back to the queue,
+    and must not be handed to the idle worker that is already dead, whose death would count as a
+    second one it caused and record it FAILED. Idle workers are asked first and replaced."""
+    from longrope.objectives.perplexity import FAILED
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.backends import Job
+    from longrope.spaces import RescaleFactors
+
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2)
+    try:
+        busy, idle = backend.worker_pids()
+        backend.submit(Job(0, RescaleFactors.uniform(2.0, GEOMETRY.n_freqs), 256, None))  # to the first worker
+        os.kill(idle, signal.SIGKILL)
+        os.kill(busy, signal.SIGKILL)
+        key, ev = backend.wait()
+        assert key == 0 and ev.status != FAILED and backend.replaced == 2
+    finally:
+        backend.close()
+
+
 def test_gpu_replicas_are_scheduled_on_declared_gpus(tmp_path, reference, ray_session):
     run, d = run_small(tmp_path, backend="ray", count=3, num_gpus=1.0, short="[32]")
     assert trajectory(run) == reference
