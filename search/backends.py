@@ -15,7 +15,9 @@ count against the candidate that was running on it.
 from __future__ import annotations
 
 import os
+import signal
 import sys
+import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -85,6 +87,10 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
     addr = address or os.environ.get("RAY_ADDRESS", "")
     if addr:
         probe_address(addr)
+    # ray.init puts its own SIGTERM handler (sys.exit(15)) in place of the caller's, the driver's
+    # that re-queues and exits 143: the caller's is put back, and given a SIGTERM that came during init
+    main = threading.current_thread() is threading.main_thread()
+    previous = signal.getsignal(signal.SIGTERM) if main else None
     try:
         if addr:
             ray.init(address=addr, include_dashboard=False, log_to_driver=False)
@@ -93,6 +99,13 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
                      log_to_driver=False)
     except (ConnectionError, RuntimeError, ValueError) as e:
         raise UserError(f"cannot start or join Ray{f' at {addr}' if addr else ''}: {e}") from None
+    except SystemExit as e:
+        if e.code == signal.SIGTERM and callable(previous):
+            previous(signal.SIGTERM, None)
+        raise
+    finally:
+        if main:
+            signal.signal(signal.SIGTERM, previous)
 
 
 PROBE_SECONDS = 10.0  # a head that does not accept a connection by then is not there

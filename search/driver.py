@@ -112,34 +112,50 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
         rdb_storage(cfg.search.storage)
     plan = Plan(cfg, backend)
-    try:
-        plan.start_backend()
-        run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-        with run.lock(lock_timeout) as lease, _sigterm_as_interrupt() as term:
-            if run.clear_stale_journal_lock():
-                run.event("cleared a journal lock left by a killed driver")
-            run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
-            changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
-            if changed:  # the budget or workers this driver runs with: a later resume's and status's too
-                run.set_config(dumps(cfg))
-                run.event(f"config: {'; '.join(changed)}")
+    with _sigterm_as_interrupt() as term:
+        try:
             try:
-                return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
-            except KeyboardInterrupt:
-                why, code = ("SIGTERM", 143) if term else ("Ctrl-C", 130)
-                run.event(f"interrupted ({why}); running trials re-queued")
-                print(f"interrupted ({why}); running trials were re-queued. Resume with: "
-                      f"longrope resume {run_dir}", file=sys.stderr)
-                raise SystemExit(code) from None
-            finally:
-                plan.close()  # before the lock is released
-    except OSError as e:  # the journal, the lease or the events log on a full disk
-        failed = Run(run_dir).write_failed(e)
-        if failed is None:
-            raise
-        raise failed from None
-    finally:
-        plan.close()  # a refused lock or run directory: the workers stop all the same
+                plan.start_backend()
+            except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
+                raise _interrupted(term, " while the workers started; nothing of the run was written") \
+                    from None
+            return _drive(cfg, run_dir, existing, plan, progress, lock_timeout, term)
+        except OSError as e:  # the journal, the lease or the events log on a full disk
+            failed = Run(run_dir).write_failed(e)
+            if failed is None:
+                raise
+            raise failed from None
+        finally:
+            plan.close()  # a refused lock or run directory: the workers stop all the same
+
+
+def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lock_timeout: float,
+           term: list[int]) -> dict[str, RescaleFactors | None]:
+    """run_search once its workers are up: the run made (or opened) and searched under its lease."""
+    run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
+    with run.lock(lock_timeout) as lease:
+        if run.clear_stale_journal_lock():
+            run.event("cleared a journal lock left by a killed driver")
+        run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
+        changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
+        if changed:  # the budget or workers this driver runs with: a later resume's and status's too
+            run.set_config(dumps(cfg))
+            run.event(f"config: {'; '.join(changed)}")
+        try:
+            return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
+        except KeyboardInterrupt:
+            run.event(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}); running trials re-queued")
+            resume = f"longrope resume {run_dir}"
+            raise _interrupted(term, f"; running trials were re-queued. Resume with: {resume}") from None
+        finally:
+            plan.close()  # before the lock is released
+
+
+def _interrupted(term: list[int], what: str) -> SystemExit:
+    """Say so and exit as a scheduler reads it: 143 after SIGTERM (preempted), 130 after Ctrl-C."""
+    why, code = ("SIGTERM", 143) if term else ("Ctrl-C", 130)
+    print(f"interrupted ({why}){what}", file=sys.stderr)
+    return SystemExit(code)
 
 
 class Terminated(KeyboardInterrupt):
@@ -157,6 +173,8 @@ def _sigterm_as_interrupt():
         return
 
     def handler(signum, frame):
+        if seen:  # already on the way out (re-queueing, stopping the workers): once is enough
+            return
         seen.append(signum)
         raise Terminated()
 
@@ -165,7 +183,7 @@ def _sigterm_as_interrupt():
         yield seen
     finally:
         # After a SIGTERM the driver is on its way out with 143: a second one while Ray shuts down
-        # would reach Ray's own handler (ray.init's), which exits 1 instead
+        # would reach the handler in place before (Python's, or a caller's), which exits otherwise
         signal.signal(signal.SIGTERM, signal.SIG_IGN if seen else previous)
 
 

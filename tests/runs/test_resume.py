@@ -1,9 +1,12 @@
 """Kill -9 the driver at random points, resume, and get the uninterrupted result."""
 
 import json
+import os
 import signal
 import subprocess
+import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -153,6 +156,49 @@ def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, co
     r = cli("resume", str(run_dir), "--quiet")
     assert r.wait(timeout=300) == 0, r.stderr.read()
     assert trajectory(Run.open(run_dir)) == ref
+
+
+def ray_started_by(pid: int) -> bool:
+    """Whether `pid` has started Ray's own processes (ray.init is under way or done)."""
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            comm, rest = stat.read_text().rsplit(")", 1)
+        except OSError:
+            continue
+        if int(rest.split()[1]) == pid and comm.split("(", 1)[1] in ("gcs_server", "raylet"):
+            return True
+    return False
+
+
+def test_sigterm_while_ray_starts_exits_143_and_writes_nothing(tmp_path):
+    """Preempted before the search began (ray.init, the workers loading their model): Ray's own
+    SIGTERM handler would exit 15 (or 1); the driver's says SIGTERM, exits 143, and leaves no
+    half-made run behind."""
+    _, text = small_cfg(backend="ray", count=2)
+    (tmp_path / "run.toml").write_text(text)
+    run_dir = tmp_path / "r"
+    p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet")
+    end = time.time() + 60
+    while not ray_started_by(p.pid) and p.poll() is None and time.time() < end:
+        time.sleep(0.01)
+    assert not run_dir.exists() and p.poll() is None, "the search started before the signal"
+    p.send_signal(signal.SIGTERM)
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 143, err[-3000:]
+    assert "interrupted (SIGTERM) while the workers started; nothing of the run was written" in err
+    assert "Traceback" not in err and not run_dir.exists()
+
+
+def test_ray_init_leaves_the_callers_sigterm_handler_in_place():
+    """ray.init installs its own SIGTERM handler (sys.exit(15)); after init_ray the driver's is
+    back, so a SIGTERM while the workers load their model still exits 143 with its line."""
+    script = ("import signal\nfrom longrope.search.backends import init_ray\n"
+              "def mine(signum, frame): pass\n"
+              "signal.signal(signal.SIGTERM, mine)\ninit_ray(num_cpus=1)\n"
+              "assert signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGTERM)\n")
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120,
+                       env=dict(os.environ, RAY_AUTH_MODE="disabled"))
+    assert r.returncode == 0, r.stderr[-2000:]
 
 
 @pytest.mark.parametrize("torn", [b'{"op_code": 5, "worker', b"\x00\x00garbage"])
