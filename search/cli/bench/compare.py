@@ -30,7 +30,8 @@ def compare(workdir: Path, lengths: list[int], budget: int, seed: int = 0,
     """{length: {row: {measure: value}}}. The searched row: one needle-objective search per
     length beyond L0 (`budget` evaluations, `seed`); at L0 and below it is `none` (nothing to
     stretch)."""
-    rope, twin = retrieval.heldout_evaluator(), retrieval.heldout_evaluator("builtin:tiny-sotu-alibi")
+    rope = retrieval.heldout_evaluator(keys=keys)
+    twin = retrieval.heldout_evaluator("builtin:tiny-sotu-alibi", keys)
     out: dict[str, Any] = {}
     for n in lengths:
         row = {m: measure(rope, rope.method(m, n), n) for m in ROPE_ROWS}
@@ -57,10 +58,11 @@ def winners(r: dict[str, Any]) -> list[str]:
     return lines
 
 
-def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
+def render(r: dict[str, Any], budget: int | None = None,
+           heldout: str = retrieval.heldout_words()) -> list[str]:
     lengths = list(r)
     head = " | ".join(f"{int(n) // L0}x ({n})" for n in lengths)
-    lines = ["", "every method on the same held-out text (10 documents, 20 keys); each cell: perplexity / "
+    lines = ["", f"every method on the same held-out text ({heldout}); each cell: perplexity / "
              f"sliding-window perplexity (stride L/2) / needle perplexity / pass-key accuracy; searched: "
              f"needle objective, {budget} evaluations, seed 0 (= none at 1x); "
              "alibi: builtin:tiny-sotu-alibi:",

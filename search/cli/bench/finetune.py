@@ -5,8 +5,8 @@
 factors on the fine-tuned model. Both are one run each, with the same targets [512, 2048] and
 short [128], needle objective, seed and budget; they differ only in ``finetune.after``. Then
 the fine-tune's ablations at 4x with the recipe's factors and steps: full attention instead of
-S2-Attn (time and quality), and LoRA alone (embeddings and norms frozen). Held out: 10 documents,
-20 keys, as in the retrieval section.
+S2-Attn (time and quality), and LoRA alone (embeddings and norms frozen). Held out as in the
+retrieval section (retrieval.heldout_size).
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from .quality import _search, _toml
-from .retrieval import SEARCH_KEYS, heldout_evaluator, heldout_ppl, measure, objective
+from .retrieval import SEARCH_KEYS, heldout_evaluator, heldout_ppl, heldout_words, measure, objective
 
 PASSKEY_MIX = 0.25
 SHORT_MIX = 0.5  # finetune.short_mix's default (the short_mix section sweeps 0-0.75)
@@ -60,12 +60,14 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
             objective("needle", keys) + FINETUNE.format(after=after, steps=steps, mix=mix, short=short)
         runs[arm], _ = _search(workdir, f"recipe-{arm}", toml)
     a, b, b_pk, b_short = runs["a"], runs["b"], runs["b_pk"], runs["b_short"]
-    base, tuned = heldout_evaluator(), heldout_evaluator(str(b.model_dir(mid)))
-    tuned_short = heldout_evaluator(str(b_short.model_dir(mid)))
+    def held(model: str = "builtin:tiny-sotu"):
+        return heldout_evaluator(model, keys)
+
+    base, tuned, tuned_short = held(), held(str(b.model_dir(mid))), held(str(b_short.model_dir(mid)))
     out: dict[str, Any] = {
         "a": measure(base, a.best("long", far).factors, far),
         "b": measure(tuned, b.best("long", far).factors, far),
-        "b_pk": measure(heldout_evaluator(str(b_pk.model_dir(mid))), b_pk.best("long", far).factors, far),
+        "b_pk": measure(held(str(b_pk.model_dir(mid))), b_pk.best("long", far).factors, far),
         "b_short": measure(tuned_short, b_short.best("long", far).factors, far),
     }
 
@@ -92,7 +94,7 @@ def recipe(workdir: Path, budget: int, steps: int, scales: tuple[int, int] = (4,
         rec = finetune(spec, dataclasses.replace(ft, **change), factors, mid, work, folder, progress=False)
         tunes[name] = (rec, folder)
     out["ablation"] = {name: {"train_seconds": rec["train_seconds"], "final_loss": rec["final_loss"],
-                              **measure(heldout_evaluator(str(folder)), factors, mid)}
+                              **measure(held(str(folder)), factors, mid)}
                        for name, (rec, folder) in tunes.items()}
     out["base_at_mid"] = measure(base, factors, mid)
     out["lengths"] = [mid, far]  # S2-Attn's time against full attention: the s2_time section
@@ -211,11 +213,11 @@ def goals(r: dict[str, Any], s2: dict[str, Any] | None = None) -> list[str]:
 
 
 def render(r: dict[str, Any], budget: int | None = None, steps: int | None = None,
-           s2: dict[str, Any] | None = None) -> list[str]:
+           s2: dict[str, Any] | None = None, heldout: str = heldout_words()) -> list[str]:
     f2 = "{:.2f}".format
     mid, far = (n // 128 for n in r["lengths"])
     lines = ["", f"the full recipe at {far}x (needle objective, {budget} evaluations per stage, fine-tune "
-             f"{steps} steps at {mid}x; held-out: 10 documents, 20 keys):", "",
+             f"{steps} steps at {mid}x; held-out: {heldout}):", "",
              "| arm | perplexity | needle perplexity | pass-key accuracy |", "|---|---|---|---|"]
     for name, k in ((f"(a) base + factors searched for {far}x", "a"),
                     (f"(b) fine-tuned at {mid}x + re-searched for {far}x", "b"),
@@ -263,24 +265,25 @@ def short_mix_sweep(workdir: Path, budget: int, steps: int, mixes: tuple[float, 
     run, _ = _search(workdir, "short-mix", toml)
     cfg = config.from_dict(run.config())
     spec, factors = ObjectiveSpec.from_config(cfg), run.best("long", L).factors
-    base = heldout_evaluator()
+    base = heldout_evaluator(keys=keys)
     out: dict[str, Any] = {"base_l0": heldout_ppl(base, None, L0),
                            "lengths": [L0, L], "base_at_l": measure(base, factors, L), "rows": {}}
     for mix in mixes:
         folder = workdir / f"short-mix-{mix}-model"
         rec = finetune(spec, dataclasses.replace(cfg.finetune, short_mix=mix), factors, L,
                        workdir / f"short-mix-{mix}", folder, progress=False)
-        ev = heldout_evaluator(str(folder))
+        ev = heldout_evaluator(str(folder), keys)
         l0 = heldout_ppl(ev, None, L0)
         out["rows"][str(mix)] = {"l0_ppl": l0, "l0_ratio": l0 / out["base_l0"], **measure(ev, factors, L),
                                  "train_seconds": rec["train_seconds"], "short_steps": rec.get("short_steps")}
     return out
 
 
-def render_sweep(r: dict[str, Any], budget: int | None = None, steps: int | None = None) -> list[str]:
+def render_sweep(r: dict[str, Any], budget: int | None = None, steps: int | None = None,
+                 heldout: str = heldout_words()) -> list[str]:
     L0, L = r["lengths"]
     lines = ["", f"finetune.short_mix at {L // L0}x ({steps} steps, factors from one search of {budget} "
-             f"evaluations; held out: 10 documents, 20 keys):", "",
+             f"evaluations; held out: {heldout}):", "",
              f"| short_mix | ppl at L0 = {L0} | vs original | ppl at {L} | pass-key at {L} | short steps | "
              "training seconds |", "|---|---|---|---|---|---|---|",
              f"| (base model) | {r['base_l0']:.2f} | 1.000 | {r['base_at_l']['ppl']:.2f} | "

@@ -9,6 +9,8 @@ from typing import Any
 
 from longrope.spaces import REFERENCE_METHODS
 
+from .retrieval import SEARCH_KEYS, heldout_words
+
 GOALS = {"overhead": ("<=", 1.02), "memory": ("<=", 0.30), "cpu_efficiency": (">=", 0.40),
          "longrope_vs_reference": ("<=", 0.90), "early_abort_saved": (">=", 0.25),
          "scale_out_synthetic": (">=", 0.90), "scale_out_real": (">=", 0.90),
@@ -77,23 +79,24 @@ def render(r: dict[str, Any]) -> str:
     for key in ("pruning", "pruning_paper"):
         if key in r:
             lines += _render_pruning(r[key])
+    heldout = heldout_words(r.get("search_keys", SEARCH_KEYS))  # the held-out set of the sections below
     if "retrieval" in r:
         from .retrieval import render as render_retrieval
 
-        lines += render_retrieval(r["retrieval"], r.get("retrieval_budget"))
+        lines += render_retrieval(r["retrieval"], r.get("retrieval_budget"), heldout)
     if "spaces" in r:
         from .spaces import render as render_spaces
 
-        lines += render_spaces(r["spaces"], r.get("spaces_budget"))
+        lines += render_spaces(r["spaces"], r.get("spaces_budget"), heldout)
     if "finetune" in r:
         from .finetune import render as render_finetune
 
         lines += render_finetune(r["finetune"], r.get("finetune_budget"), r.get("finetune_steps"),
-                                 r.get("s2_time"))
+                                 r.get("s2_time"), heldout)
     if "short_mix" in r:
         from .finetune import render_sweep
 
-        lines += render_sweep(r["short_mix"], r.get("short_mix_budget"), r.get("short_mix_steps"))
+        lines += render_sweep(r["short_mix"], r.get("short_mix_budget"), r.get("short_mix_steps"), heldout)
     if "s2_time" in r:
         from .finetune import render_s2
 
@@ -101,7 +104,7 @@ def render(r: dict[str, Any]) -> str:
     if "compare" in r:
         from .compare import render as render_compare
 
-        lines += render_compare(r["compare"], r.get("compare_budget"))
+        lines += render_compare(r["compare"], r.get("compare_budget"), heldout)
     sc = r["scale"]
     lines.append("scale-out end to end (with worker start-up and model load): " + ", ".join(
         f"{k[len('end_to_end_'):]} {v:.3f}" for k, v in sc.items() if k.startswith("end_to_end_")))

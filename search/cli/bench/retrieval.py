@@ -12,7 +12,7 @@ from .quality import _search, _toml
 
 BASELINES = ("none", "pi", "ntk", "yarn", "dynamic_ntk")
 SEARCH_KEYS = 10  # pass-key samples per search evaluation, one per depth (--quick: QUICK_KEYS)
-QUICK_KEYS = 4  # the quick bench checks the tables' shape: fewer forwards per evaluation
+QUICK_KEYS = 2  # the quick bench checks the tables' shape: fewer forwards per evaluation, held out too
 
 
 def objective(kind: str, keys: int = SEARCH_KEYS) -> str:
@@ -20,13 +20,25 @@ def objective(kind: str, keys: int = SEARCH_KEYS) -> str:
     return f'[objective]\nkind = "{kind}"\ndepths = {keys}\nper_depth = 1\n'
 
 
-def heldout_evaluator(model: str = "builtin:tiny-sotu"):
-    """The scorer the retrieval, spaces and compare sections share: 10 held-out documents and
-    20 keys (2 at each of 10 depths)."""
+def heldout_size(keys: int = SEARCH_KEYS) -> tuple[int, int]:
+    """(documents, pass keys) held out where retrieval is measured: `keys` documents and 2 keys at
+    each of `keys` depths; the full bench's 10 and 20, --quick's fewer (it checks shapes)."""
+    return keys, 2 * keys
+
+
+def heldout_words(keys: int = SEARCH_KEYS) -> str:
+    """The held-out set as the tables name it: '10 documents, 20 keys'."""
+    docs, n = heldout_size(keys)
+    return f"{docs} documents, {n} keys"
+
+
+def heldout_evaluator(model: str = "builtin:tiny-sotu", keys: int = SEARCH_KEYS):
+    """The scorer the retrieval, spaces, compare and fine-tune sections share (heldout_size)."""
     from longrope.objectives.specs import ObjectiveSpec
     from longrope.objectives.workers import Evaluator
 
-    return Evaluator(ObjectiveSpec.of(model, threads=2, search_docs=5, heldout_docs=10, depths=10,
+    docs, _ = heldout_size(keys)
+    return Evaluator(ObjectiveSpec.of(model, threads=2, search_docs=5, heldout_docs=docs, depths=keys,
                                       per_depth=2))
 
 
@@ -61,10 +73,10 @@ def retrieval(workdir: Path, seeds: dict[int, list[int]], budget: int,
               keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{target: {method: {"ppl": [...], "needle": [...], "passkey": [...]}}} for each target in
     `seeds`, one value per seed for the searched rows, one for the closed-form ones. Held out:
-    10 documents, 20 keys (2 per depth)."""
+    heldout_size(keys)."""
     from longrope.objectives.methods import method_factors
 
-    ev = heldout_evaluator()
+    ev = heldout_evaluator(keys=keys)
     out: dict[str, Any] = {}
     for target, target_seeds in seeds.items():
         row: dict[str, Any] = {}
@@ -109,11 +121,11 @@ def cell(v: list[float], fmt: str) -> str:
     return mid + (f" [{format(xs[0], fmt)}, {format(xs[-1], fmt)}]" if len(xs) > 1 else "")
 
 
-def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
+def render(r: dict[str, Any], budget: int | None = None, heldout: str = heldout_words()) -> list[str]:
     lines = []
     for target, row in r.items():
         evals = f"; searched: {budget} evaluations per search, median [min, max] of seeds" if budget else ""
-        lines += ["", f"retrieval at {target} (held-out: 10 documents, 20 keys{evals}):", "",
+        lines += ["", f"retrieval at {target} (held-out: {heldout}{evals}):", "",
                   "| method | perplexity | needle perplexity | pass-key accuracy |", "|---|---|---|---|"]
         lines += [f"| {m} | " + " | ".join(cell(v[k], ".2f") for k in ("ppl", "needle", "passkey")) + " |"
                   for m, v in row.items()]

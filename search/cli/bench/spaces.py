@@ -12,7 +12,7 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .retrieval import SEARCH_KEYS, by_key, heldout_evaluator, measure, searched
+from .retrieval import SEARCH_KEYS, by_key, heldout_evaluator, heldout_words, measure, searched
 
 SPACES = {  # name: the [space] lines it adds to the bench's search config
     "longrope": "",
@@ -25,10 +25,10 @@ SPACES = {  # name: the [space] lines it adds to the bench's search config
 def spaces(workdir: Path, targets: list[int], seeds: list[int], budget: int,
            names: tuple[str, ...] = tuple(SPACES), keys: int = SEARCH_KEYS) -> dict[str, Any]:
     """{target: {space: {"ppl": [...], "needle": [...], "passkey": [...], "mscale": [...]}}},
-    one value per seed. Held out: 10 documents, 20 keys (2 per depth), as in `retrieval`.
+    one value per seed. Held out: heldout_size(keys), as in `retrieval`.
     `names`: a subset of SPACES (every search is a pure function of its seed, so a row measured
     alone equals the same row of the whole section)."""
-    ev = heldout_evaluator()
+    ev = heldout_evaluator(keys=keys)
     out: dict[str, Any] = {}
     for target in targets:
         row: dict[str, Any] = {}
@@ -59,13 +59,13 @@ def goals(r: dict[str, Any], L0: int = 128) -> list[str]:
     return lines
 
 
-def render(r: dict[str, Any], budget: int | None = None) -> list[str]:
+def render(r: dict[str, Any], budget: int | None = None, heldout: str = heldout_words()) -> list[str]:
     from .retrieval import cell
 
     lines = []
     for target, row in r.items():
         lines += ["", f"search spaces at {target} (needle objective, {budget} evaluations per search; "
-                  "held-out: 10 documents, 20 keys; median [min, max] over seeds):", "",
+                  f"held-out: {heldout}; median [min, max] over seeds):", "",
                   "| space | perplexity | needle perplexity | pass-key accuracy | mscale |",
                   "|---|---|---|---|---|"]
         lines += [f"| {n} | " + " | ".join(cell(v[k], ".2f") for k in ("ppl", "needle", "passkey")) + " | "
