@@ -112,14 +112,14 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
         rdb_storage(cfg.search.storage)
     plan = Plan(cfg, backend)
-    with _sigterm_as_interrupt() as term:
+    with _signals_as_interrupt() as seen:
         try:
             try:
                 plan.start_backend()
             except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
-                raise _interrupted(term, " while the workers started; nothing of the run was written") \
+                raise _interrupted(seen, " while the workers started; nothing of the run was written") \
                     from None
-            return _drive(cfg, run_dir, existing, plan, progress, lock_timeout, term)
+            return _drive(cfg, run_dir, existing, plan, progress, lock_timeout, seen)
         except OSError as e:  # the journal, the lease or the events log on a full disk
             failed = Run(run_dir).write_failed(e)
             if failed is None:
@@ -130,7 +130,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
 
 
 def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lock_timeout: float,
-           term: list[int]) -> dict[str, RescaleFactors | None]:
+           seen: list[int]) -> dict[str, RescaleFactors | None]:
     """run_search once its workers are up: the run made (or opened) and searched under its lease."""
     run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
     with run.lock(lock_timeout) as lease:
@@ -144,16 +144,22 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
         except KeyboardInterrupt:
-            run.event(f"interrupted ({'SIGTERM' if term else 'Ctrl-C'}); running trials re-queued")
+            run.event(f"interrupted ({_why(seen)[0]}); running trials re-queued")
             resume = f"longrope resume {run_dir}"
-            raise _interrupted(term, f"; running trials were re-queued. Resume with: {resume}") from None
+            raise _interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
         finally:
             plan.close()  # before the lock is released
 
 
-def _interrupted(term: list[int], what: str) -> SystemExit:
-    """Say so and exit as a scheduler reads it: 143 after SIGTERM (preempted), 130 after Ctrl-C."""
-    why, code = ("SIGTERM", 143) if term else ("Ctrl-C", 130)
+def _why(seen: list[int]) -> tuple[str, int]:
+    """The signal's name and exit code as a scheduler reads them: 143 after SIGTERM (preempted),
+    130 after Ctrl-C."""
+    return ("SIGTERM", 143) if signal.SIGTERM in seen else ("Ctrl-C", 130)
+
+
+def _interrupted(seen: list[int], what: str) -> SystemExit:
+    """Say so, and exit with the signal's code."""
+    why, code = _why(seen)
     print(f"interrupted ({why}){what}", file=sys.stderr)
     return SystemExit(code)
 
@@ -163,28 +169,32 @@ class Terminated(KeyboardInterrupt):
 
 
 @contextmanager
-def _sigterm_as_interrupt():
-    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only). Yields
-    a list that a SIGTERM appends to: inside ray.get, Ray turns the handler's exception into a plain
-    KeyboardInterrupt of its own, and the exit code must still say SIGTERM."""
+def _signals_as_interrupt():
+    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only), and
+    only the first of either counts: a second Ctrl-C (or SIGTERM) would break into the re-queueing
+    or into Ray's shutdown (a traceback, or a death by SIGINT). Yields the list of the signal
+    that came: inside ray.get, Ray turns the handler's exception into a plain KeyboardInterrupt of
+    its own, and the exit code must still say SIGTERM."""
     seen: list[int] = []
     if threading.current_thread() is not threading.main_thread():
         yield seen
         return
 
     def handler(signum, frame):
-        if seen:  # already on the way out (re-queueing, stopping the workers): once is enough
+        if seen:
+            print("still stopping (re-queueing the running trials, stopping the workers); "
+                  f"kill -9 {os.getpid()} stops at once (a resume re-queues them then)", file=sys.stderr)
             return
         seen.append(signum)
-        raise Terminated()
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
 
-    previous = signal.signal(signal.SIGTERM, handler)
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
         yield seen
     finally:
-        # After a SIGTERM the driver is on its way out with 143: a second one while Ray shuts down
-        # would reach the handler in place before (Python's, or a caller's), which exits otherwise
-        signal.signal(signal.SIGTERM, signal.SIG_IGN if seen else previous)
+        # On the way out after a signal, the rest (Ray's shutdown at exit) is not broken into either
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_IGN if seen else old)
 
 
 class Driver:
