@@ -35,6 +35,7 @@ is refused.
 from __future__ import annotations
 
 import json
+import math
 import os
 import socket
 import sys
@@ -61,8 +62,8 @@ class Lease:
 
     def __init__(self, path: Path, timeout: float = LOCK_TIMEOUT, interval: float | None = None):
         interval = HEARTBEAT if interval is None else interval
-        if not timeout > 0:
-            raise UserError(f"--lock-timeout must be a positive number of seconds, got {timeout}")
+        if not 0 < timeout < math.inf:  # inf: a guard left by a killed acquirer would block for ever
+            raise UserError(f"--lock-timeout must be a positive, finite number of seconds, got {timeout}")
         if timeout <= 2 * interval:  # a live holder's heartbeat may be one interval old, and late
             raise UserError(f"--lock-timeout must be more than {2 * interval:g} s (two heartbeats of "
                             f"{interval:g} s), or a live driver's lock could be taken over; got {timeout:g}")

@@ -173,8 +173,9 @@ def test_a_ticket_checks_the_lease_where_the_lease_is_not(tmp_path):
 
 
 def test_bad_timeout_is_one_line(tmp_path):
-    with pytest.raises(UserError, match="--lock-timeout must be a positive"):
-        Lease(tmp_path / "run.lock", timeout=0)
+    for bad in (0, float("nan"), float("inf")):  # inf: a guard left by a killed acquirer, for ever
+        with pytest.raises(UserError, match="--lock-timeout must be a positive, finite number"):
+            Lease(tmp_path / "run.lock", timeout=bad)
     # a live driver beats every 5 s: a timeout of 10 s or less could take its lease over
     with pytest.raises(UserError, match="--lock-timeout must be more than 10 s"):
         Lease(tmp_path / "run.lock", timeout=10)
