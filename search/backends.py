@@ -14,10 +14,7 @@ count against the candidate that was running on it.
 
 from __future__ import annotations
 
-import os
-import signal
 import sys
-import threading
 from collections import deque
 from dataclasses import dataclass
 from typing import Any
@@ -25,8 +22,9 @@ from typing import Any
 from longrope.objectives.perplexity import FAILED, Evaluation
 from longrope.objectives.pruning import Cutoff
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
-from longrope.runs.rundir import STORAGE_ERRORS
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+
+from .cluster import check_resources, death_reason, init_ray, node_lost, node_resources, ray_get
 
 
 @dataclass(frozen=True)
@@ -73,104 +71,11 @@ class InProcessBackend:
         pass
 
 
-def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> None:
-    """Join `address` (or RAY_ADDRESS) when given, else start a local Ray of our own.
-
-    A plain ``ray.init()`` would join the cluster a ``ray start`` left on this machine (Ray finds it
-    through /tmp/ray/ray_current_cluster), and then refuse num_cpus; "local" always starts one.
-    ``auto`` joins that cluster on purpose."""
-    import ray
-
-    if ray.is_initialized():
-        return
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
-    addr = address or os.environ.get("RAY_ADDRESS", "")
-    if addr:
-        probe_address(addr)
-    # ray.init puts its own SIGTERM handler (sys.exit(15)) in place of the caller's, the driver's
-    # that re-queues and exits 143: the caller's is put back, and given a SIGTERM that came during init
-    main = threading.current_thread() is threading.main_thread()
-    previous = signal.getsignal(signal.SIGTERM) if main else None
-    try:
-        if addr:
-            ray.init(address=addr, include_dashboard=False, log_to_driver=False)
-        else:
-            ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False,
-                     log_to_driver=False)
-    except (ConnectionError, RuntimeError, ValueError) as e:
-        raise UserError(f"cannot start or join Ray{f' at {addr}' if addr else ''}: {e}") from None
-    except SystemExit as e:
-        if e.code == signal.SIGTERM and callable(previous):
-            previous(signal.SIGTERM, None)
-        raise
-    finally:
-        if main:
-            signal.signal(signal.SIGTERM, previous)
-
-
-PROBE_SECONDS = 10.0  # a head that does not accept a connection by then is not there
-
-
-def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
-    """Refuse in one line an address whose head does not answer: ray.init retries a wrong
-    HOST:PORT for many minutes (a typo in a batch script burns the allocation). Only a plain
-    or ray:// HOST:PORT is probed; "auto", "local" and others go to Ray as they are."""
-    import socket
-    from urllib.parse import urlsplit
-
-    hostport = addr.split("://", 1)[1] if addr.startswith("ray://") else addr
-    if "://" in hostport or hostport.count(":") != 1:
-        return
-    try:
-        url = urlsplit(f"//{hostport}")
-        host, port = url.hostname, url.port
-    except ValueError:
-        raise UserError(f"Ray address {addr!r} is not HOST:PORT") from None
-    if not host or port is None:
-        raise UserError(f"Ray address {addr!r} is not HOST:PORT")
-    try:
-        socket.create_connection((host, port), timeout=timeout).close()
-    except OSError as e:
-        why = f"no answer in {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
-        raise UserError(f"cannot join Ray at {addr}: nothing answers there ({why}); check the head's "
-                        "address and port (`ray start --head` prints them)") from None
-
-
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
 PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as alive
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
-
-
-def ray_get(ref):
-    """ray.get, with a UserError raised inside a task or actor re-raised here as one line, and a
-    write the run's storage refused (a fine-tune's checkpoint on a full disk) as that OSError,
-    which the driver turns into its one line (Run.write_failed)."""
-    import ray
-
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as e:
-        cause = getattr(e, "cause", None)
-        if isinstance(cause, UserError):
-            raise UserError(str(cause)) from None
-        if isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS:
-            raise OSError(cause.errno, cause.strerror, cause.filename) from None
-        raise
-
-
-def node_lost(error: Exception) -> bool:
-    """Whether an actor died with its node (preempted, removed, unreachable) rather than by what it
-    ran; Ray says so in the error (ActorDiedErrorContext: "The actor died because its node has died")."""
-    return bool(getattr(error, "preempted", False)) or "its node has died" in str(error)
-
-
-def death_reason(error: Exception) -> str:
-    """The line of an actor's death error that says why (Ray's first line says only that it died)."""
-    lines = [ln.strip() for ln in str(error).splitlines() if ln.strip() and not ln.startswith("\t")]
-    why = [ln for ln in lines if "unexpectedly before finishing" not in ln]
-    return (why or lines or [type(error).__name__])[0][:200]
 
 
 class RayBackend:
@@ -356,42 +261,6 @@ class RayBackend:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
-
-
-def check_resources(nodes: list[dict], count: int, num_gpus: float, num_cpus: float) -> int:
-    """Refuse a request the cluster cannot ever satisfy (Ray would wait forever), and cap the
-    replica count at what fits at once: a replica that can never be placed would hold its
-    candidate, and with it the generation, forever. `nodes`: each live node's resources (a
-    replica is one actor, so it must fit on one node: two 1-GPU nodes do not hold a 2-GPU one)."""
-    gpus = sum(n.get("GPU", 0.0) for n in nodes)
-    cpus = sum(n.get("CPU", 0.0) for n in nodes)
-    if num_gpus > 0 and gpus <= 0:
-        raise UserError(f"workers.num_gpus = {num_gpus} but the Ray cluster has no GPUs; "
-                        "set workers.num_gpus = 0 to run on CPU, or join a GPU cluster (--address)")
-
-    def on(node: dict) -> int:  # replicas that fit on this node
-        n = count
-        for need, have in ((num_gpus, node.get("GPU", 0.0)), (num_cpus, node.get("CPU", 0.0))):
-            if need > 0:
-                n = min(n, int(have // need + 1e-9))
-        return n
-
-    fits = min(count, sum(on(n) for n in nodes))
-    if fits == 0:
-        big_g = max((n.get("GPU", 0.0) for n in nodes), default=0.0)
-        big_c = max((n.get("CPU", 0.0) for n in nodes), default=0.0)
-        raise UserError(f"one replica needs {num_gpus:g} GPUs and {num_cpus:g} CPUs on one node, but no "
-                        f"node of the cluster has that (the most on a node: {big_g:g} GPUs, {big_c:g} CPUs; "
-                        f"in all: {gpus:g} GPUs, {cpus:g} CPUs); lower workers.num_gpus / num_cpus")
-    if fits < count:
-        print(f"note: the cluster fits {fits} of the {count} replicas asked for "
-              f"({gpus:g} GPUs, {cpus:g} CPUs in all); running {fits}", file=sys.stderr)
-    return fits
-
-
-def node_resources(ray) -> list[dict]:
-    """Each live node's declared resources (CPU, GPU, ...), as Ray reports them."""
-    return [n["Resources"] for n in ray.nodes() if n.get("Alive")]
 
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:

@@ -15,10 +15,7 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import signal
 import sys
-import threading
-from contextlib import contextmanager
 from typing import Any
 
 import optuna
@@ -37,6 +34,7 @@ from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
 from .stages import Stage, initial_factors
+from .stopping import how_stopped, interrupted, signals_as_interrupt
 
 
 def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
@@ -112,12 +110,12 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
         rdb_storage(cfg.search.storage)
     plan = Plan(cfg, backend)
-    with _signals_as_interrupt() as seen:
+    with signals_as_interrupt() as seen:
         try:
             try:
                 plan.start_backend()
             except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
-                raise _interrupted(seen, " while the workers started; nothing of the run was written") \
+                raise interrupted(seen, " while the workers started; nothing of the run was written") \
                     from None
             return _drive(cfg, run_dir, existing, plan, progress, lock_timeout, seen)
         except OSError as e:  # the journal, the lease or the events log on a full disk
@@ -144,57 +142,11 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
         except KeyboardInterrupt:
-            run.event(f"interrupted ({_why(seen)[0]}); running trials re-queued")
+            run.event(f"interrupted ({how_stopped(seen)[0]}); running trials re-queued")
             resume = f"longrope resume {run_dir}"
-            raise _interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
+            raise interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
         finally:
             plan.close()  # before the lock is released
-
-
-def _why(seen: list[int]) -> tuple[str, int]:
-    """The signal's name and exit code as a scheduler reads them: 143 after SIGTERM (preempted),
-    130 after Ctrl-C."""
-    return ("SIGTERM", 143) if signal.SIGTERM in seen else ("Ctrl-C", 130)
-
-
-def _interrupted(seen: list[int], what: str) -> SystemExit:
-    """Say so, and exit with the signal's code."""
-    why, code = _why(seen)
-    print(f"interrupted ({why}){what}", file=sys.stderr)
-    return SystemExit(code)
-
-
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the driver is, so it unwinds exactly as Ctrl-C does."""
-
-
-@contextmanager
-def _signals_as_interrupt():
-    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only), and
-    only the first of either counts: a second Ctrl-C (or SIGTERM) would break into the re-queueing
-    or into Ray's shutdown (a traceback, or a death by SIGINT). Yields the list of the signal
-    that came: inside ray.get, Ray turns the handler's exception into a plain KeyboardInterrupt of
-    its own, and the exit code must still say SIGTERM."""
-    seen: list[int] = []
-    if threading.current_thread() is not threading.main_thread():
-        yield seen
-        return
-
-    def handler(signum, frame):
-        if seen:
-            print("still stopping (re-queueing the running trials, stopping the workers); "
-                  f"kill -9 {os.getpid()} stops at once (a resume re-queues them then)", file=sys.stderr)
-            return
-        seen.append(signum)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
-
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
-        yield seen
-    finally:
-        # On the way out after a signal, the rest (Ray's shutdown at exit) is not broken into either
-        for sig, old in previous.items():
-            signal.signal(sig, signal.SIG_IGN if seen else old)
 
 
 class Driver:

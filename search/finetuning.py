@@ -100,7 +100,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None):
     there. A user error inside is re-raised here; Ctrl-C cancels the task (its checkpoint stays)."""
     import ray
 
-    from .backends import init_ray, ray_get
+    from .cluster import init_ray, ray_get
 
     init_ray(workers.address)
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,

@@ -51,7 +51,7 @@ def ray_resources(address: str) -> dict[str, Any]:
     """Join the cluster at `address` and read what it declares (nodes, CPUs, GPUs)."""
     import ray
 
-    from longrope.search.backends import init_ray
+    from longrope.search.cluster import init_ray
 
     joined = not ray.is_initialized()  # a Ray this process already runs is left running
     init_ray(address)

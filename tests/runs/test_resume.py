@@ -200,7 +200,7 @@ def test_sigterm_while_ray_starts_exits_143_and_writes_nothing(tmp_path):
 def test_ray_init_leaves_the_callers_sigterm_handler_in_place():
     """ray.init installs its own SIGTERM handler (sys.exit(15)); after init_ray the driver's is
     back, so a SIGTERM while the workers load their model still exits 143 with its line."""
-    script = ("import signal\nfrom longrope.search.backends import init_ray\n"
+    script = ("import signal\nfrom longrope.search.cluster import init_ray\n"
               "def mine(signum, frame): pass\n"
               "signal.signal(signal.SIGTERM, mine)\ninit_ray(num_cpus=1)\n"
               "assert signal.getsignal(signal.SIGTERM) is mine, signal.getsignal(signal.SIGTERM)\n")

@@ -12,7 +12,8 @@ from search_helpers import LONGROPE2, run_small, small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.synthetic import SyntheticEvaluator
-from longrope.search.backends import RayBackend, check_resources
+from longrope.search.backends import RayBackend
+from longrope.search.cluster import check_resources
 from longrope.spaces import UserError
 
 

@@ -244,7 +244,7 @@ def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_pa
     """A fine-tune on Ray writes its checkpoints to the run: a full disk there comes back as the
     OSError (which the driver words as for its own writes); any other error keeps Ray's remote
     traceback (a bug should show where it is)."""
-    from longrope.search.backends import ray_get
+    from longrope.search.cluster import ray_get
 
     def raises(code):
         raise OSError(code, os.strerror(code), "ft-64/checkpoint.pt")

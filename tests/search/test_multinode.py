@@ -217,7 +217,7 @@ def test_no_address_starts_its_own_ray_beside_a_ray_start_cluster(cluster):
     """A `ray start` cluster on this machine (its address in <RAY_TMPDIR>/ray/ray_current_cluster),
     no --address and no RAY_ADDRESS: a local Ray of our own starts, as the README says. A plain
     ray.init() would join that cluster, and refuse the bench's num_cpus there."""
-    probe = ("import ray; from longrope.search.backends import init_ray; init_ray('', num_cpus=1); "
+    probe = ("import ray; from longrope.search.cluster import init_ray; init_ray('', num_cpus=1); "
              "print(ray.get_runtime_context().gcs_address); ray.shutdown()")
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     env.update(RAY_TMPDIR=cluster.ray_tmpdir, RAY_AUTH_MODE="disabled")

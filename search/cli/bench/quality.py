@@ -243,7 +243,7 @@ def scale_out(workdir: Path, evals: int, real: bool) -> dict[str, Any]:
     load, is reported beside it."""
     import ray
 
-    from longrope.search.backends import init_ray
+    from longrope.search.cluster import init_ray
 
     started = not ray.is_initialized()
     init_ray("", num_cpus=2)

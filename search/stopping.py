@@ -1,0 +1,57 @@
+"""Stopping a driver: Ctrl-C and SIGTERM (what preemption and `scancel` send) both unwind it
+as a KeyboardInterrupt, so that the running trials are re-queued and the lease released, and it
+exits with the code a scheduler reads: 130 after Ctrl-C, 143 after SIGTERM (preempted)."""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import threading
+from contextlib import contextmanager
+
+
+def how_stopped(seen: list[int]) -> tuple[str, int]:
+    """The signal's name and exit code as a scheduler reads them: 143 after SIGTERM (preempted),
+    130 after Ctrl-C."""
+    return ("SIGTERM", 143) if signal.SIGTERM in seen else ("Ctrl-C", 130)
+
+
+def interrupted(seen: list[int], what: str) -> SystemExit:
+    """Say so, and exit with the signal's code."""
+    name, code = how_stopped(seen)
+    print(f"interrupted ({name}){what}", file=sys.stderr)
+    return SystemExit(code)
+
+
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised where the driver is, so it unwinds exactly as Ctrl-C does."""
+
+
+@contextmanager
+def signals_as_interrupt():
+    """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only), and
+    only the first of either counts: a second Ctrl-C (or SIGTERM) would break into the re-queueing
+    or into Ray's shutdown (a traceback, or a death by SIGINT). Yields the list of the signal
+    that came: inside ray.get, Ray turns the handler's exception into a plain KeyboardInterrupt of
+    its own, and the exit code must still say SIGTERM."""
+    seen: list[int] = []
+    if threading.current_thread() is not threading.main_thread():
+        yield seen
+        return
+
+    def handler(signum, frame):
+        if seen:
+            print(f"already stopping (re-queueing, stopping the workers); kill -9 {os.getpid()} stops at "
+                  "once, and a resume re-queues what was running", file=sys.stderr)
+            return
+        seen.append(signum)
+        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+
+    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield seen
+    finally:
+        # On the way out after a signal, the rest (Ray's shutdown at exit) is not broken into either
+        for sig, old in previous.items():
+            signal.signal(sig, signal.SIG_IGN if seen else old)
