@@ -24,7 +24,15 @@ from longrope.objectives.pruning import Cutoff
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
-from .cluster import check_resources, death_reason, init_ray, node_lost, node_resources, ray_get
+from .cluster import (
+    check_resources,
+    death_reason,
+    init_ray,
+    node_lost,
+    node_resources,
+    not_its_fault,
+    ray_get,
+)
 
 
 @dataclass(frozen=True)
@@ -106,6 +114,9 @@ class RayBackend:
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
+        # a worker's death as ray.get reports it: Ray's memory monitor kills with an OutOfMemoryError,
+        # which is no RayActorError
+        self.died = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)
 
     def _new_actor(self):
         return self.actor_cls.options(num_gpus=self.num_gpus, num_cpus=self.num_cpus).remote(self.spec)
@@ -114,11 +125,20 @@ class RayBackend:
         return ray_get(ref)
 
     def check(self, lengths: list[int]) -> RopeGeometry:
-        """Every actor loads its model and documents; a user error inside one is re-raised here."""
-        ray = self.ray
+        """Every actor loads its model and documents; a user error inside one is re-raised here.
+        Workers the cluster cannot place yet (its resources held by another job) are waited for
+        with a note, as during the search."""
+        refs = [a.check.remote(lengths) for a in self.actors]
+        pending, waits = refs, 0
+        while pending:
+            _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT_NOTE)
+            waits += bool(pending)
+            if pending and not waits & (waits - 1):  # after 1, 2, 4, ... periods
+                print(self._waiting(f"waited {waits * WAIT_NOTE:g} s for the workers", len(pending)),
+                      file=sys.stderr)
         try:
-            geos = [self._get(a.check.remote(lengths)) for a in self.actors]
-        except ray.exceptions.RayActorError as e:
+            geos = [self._get(ref) for ref in refs]
+        except self.died as e:
             cause = getattr(e, "cause", None) or e
             last = str(cause).strip().splitlines()[-1][:300]
             raise UserError(f"a worker failed to start: {last}") from None
@@ -141,8 +161,16 @@ class RayBackend:
         return ours[1]
 
     def task_records(self, length: int) -> list[dict] | None:
-        """Every replica builds the same samples (a pure function of seed, length, documents)."""
-        return self._get((self.idle or self.actors)[0].task_records.remote(length))
+        """Every replica builds the same samples (a pure function of seed, length, documents):
+        asked of a worker that is up, one found dead on the way replaced."""
+        while True:
+            while not self.idle:
+                self._step()
+            actor = self.idle[0]
+            try:
+                return self._get(actor.task_records.remote(length))
+            except self.died as e:
+                self._replace(actor, e)
 
     def busy(self) -> bool:
         return bool(self.inflight or self.queue or self.done)
@@ -161,9 +189,27 @@ class RayBackend:
         return self.done.popleft()
 
     def _dispatch(self) -> None:
-        """Queued candidates go to idle actors first."""
+        """Queued candidates go to idle actors first. A candidate whose worker died goes only to
+        a worker that has just answered: deaths come together (an OOM sweep, a node's processes)
+        and an idle worker may be dead without Ray having said so, since nothing was asked of it;
+        its death would count against the candidate, whose second one records it FAILED."""
         while self.queue and self.idle:
+            if self.deaths.get(self.queue[0].key) and not self._alive(self.idle[0]):
+                continue  # replaced; the candidate waits for the next worker
             self.submit(self.queue.popleft())
+
+    def _alive(self, actor) -> bool:
+        """Whether an idle worker answers (one still silent after PING_SECONDS counts as alive);
+        a dead one is replaced."""
+        ping = actor.pid.remote()
+        if not self.ray.wait([ping], timeout=PING_SECONDS)[0]:
+            return True
+        try:
+            self._get(ping)
+            return True
+        except self.died as e:
+            self._replace(actor, e)
+            return False
 
     def _step(self) -> None:
         """Wait for one thing to happen: a result (into `done`), a worker's death (its candidate
@@ -179,8 +225,8 @@ class RayBackend:
             actor = self.starting.pop(ref)
             try:
                 self._get(ref)
-            except ray.exceptions.RayActorError as e:
-                self.start_failures += 0 if node_lost(e) else 1
+            except self.died as e:
+                self.start_failures += 0 if not_its_fault(e) else 1
                 if self.start_failures >= MAX_START_FAILURES:
                     raise UserError(f"{MAX_START_FAILURES} replacement workers in a row died before they "
                                     f"started: {death_reason(e)}") from None
@@ -193,40 +239,26 @@ class RayBackend:
         job, actor = self.inflight.pop(ref)
         try:
             result = self._get(ref)
-        except ray.exceptions.RayActorError as e:
+        except self.died as e:
             # The actor died (OOM, node lost, killed): replace it and re-run its candidate on the
             # next free worker, unless this candidate has now killed MAX_DEATHS workers.
             self._replace(actor, e)
-            if not node_lost(e):
+            if not not_its_fault(e):
                 self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
             if self.deaths.get(job.key, 0) >= MAX_DEATHS:
+                del self.deaths[job.key]  # trial numbers start again at 0 in the next stage
                 self.done.append((job.key, Evaluation(
                     job.factors, job.length, FAILED, float("inf"),
                     reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
                            f"crash?): {death_reason(e)}")))
             else:
                 self.queue.append(job)
-            self._drop_dead_idle()
             self._dispatch()
             return
+        self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))
         self.idle.append(actor)
         self._dispatch()
-
-    def _drop_dead_idle(self) -> None:
-        """Deaths come together (an OOM sweep, a node's processes): an idle worker may be dead
-        without Ray having said so, since nothing was asked of it. Asked before a dead worker's
-        candidate goes to one, so that its death does not count against the candidate (a second
-        death records it FAILED) and the candidate waits for a replacement instead."""
-        pings = {a.pid.remote(): a for a in self.idle}
-        if not pings:
-            return
-        answered, _ = self.ray.wait(list(pings), num_returns=len(pings), timeout=PING_SECONDS)
-        for ref in answered:
-            try:
-                self._get(ref)
-            except self.ray.exceptions.RayActorError as e:
-                self._replace(pings[ref], e)
 
     def _note_waiting(self) -> None:
         """Nothing scoring and every worker still to be placed (its node lost, the cluster full):
@@ -235,15 +267,22 @@ class RayBackend:
         self.waits = 0 if self.inflight else self.waits + 1  # a long evaluation is not a wait
         if not self.waits or self.waits & (self.waits - 1):
             return
+        print(self._waiting(f"nothing has scored for {self.waits * WAIT_NOTE:g} s", len(self.starting)),
+              file=sys.stderr)
+
+    def _waiting(self, head: str, workers: int) -> str:
+        """The note after WAIT_NOTE, 2x, 4x, ... seconds of waiting for workers to come up."""
         free = self.ray.available_resources()
-        print(f"note: nothing has scored for {self.waits * WAIT_NOTE:g} s: {len(self.starting)} worker(s) "
-              f"not up yet, waiting for the cluster to place them (each needs {self.num_gpus:g} GPUs, "
-              f"{self.num_cpus:g} CPUs; free now: {free.get('GPU', 0):g} GPUs, {free.get('CPU', 0):g} CPUs) "
-              "or still loading their model; the search goes on once one starts (a node added or back), "
-              "or stop it and resume later", file=sys.stderr)
+        return (f"note: {head}: {workers} worker(s) not up yet, waiting for the cluster to place them "
+                f"(each needs {self.num_gpus:g} GPUs, {self.num_cpus:g} CPUs; free now: "
+                f"{free.get('GPU', 0):g} GPUs, {free.get('CPU', 0):g} CPUs) or still loading their model; "
+                "the search goes on once one starts (a node added or back, another job done), or stop it "
+                "and resume later")
 
     def _replace(self, actor, error: Exception) -> None:
-        """Drop a dead actor and start another; it takes work once its first call answers."""
+        """Drop a dead actor and start another; it takes work once its first call answers. The
+        old one is killed too: one Ray could not reach may still live and hold its GPU."""
+        self.ray.kill(actor)
         self.actors.remove(actor)
         if actor in self.idle:
             self.idle.remove(actor)

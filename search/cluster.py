@@ -100,6 +100,15 @@ def node_lost(error: Exception) -> bool:
     return bool(getattr(error, "preempted", False)) or "its node has died" in str(error)
 
 
+def not_its_fault(error: Exception) -> bool:
+    """Whether a worker's death says nothing against what it ran: its node died, or Ray could
+    not reach it (ActorUnavailableError: no word of its death within a second, as when a node
+    goes down hard), which is no proof that the candidate killed it."""
+    import ray
+
+    return node_lost(error) or isinstance(error, ray.exceptions.ActorUnavailableError)
+
+
 def death_reason(error: Exception) -> str:
     """The line of an actor's death error that says why (Ray's first line says only that it died)."""
     lines = [ln.strip() for ln in str(error).splitlines() if ln.strip() and not ln.startswith("\t")]

@@ -353,10 +353,18 @@ class Driver:
         if cached and cached.get("trial") == best.number:
             ppl = cached["ppl"]
         else:
-            ppl = self.evaluate_heldout(factors, stage.length)
-            study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
+            ppl = self.evaluate_heldout(stage, factors)
+            if ppl is not None:  # a failed one is tried again by the next driver
+                study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
         self.write_best(stage, study, best, ppl, proposer)
 
-    def evaluate_heldout(self, factors: RescaleFactors, length: int) -> float:
-        ev = self.backend.evaluate_pool(factors, length, "heldout")
-        return ev.ppl
+    def evaluate_heldout(self, stage: Stage, factors: RescaleFactors) -> float | None:
+        """The best factors' held-out perplexity; None (said, and in events.log) when scoring
+        failed, as when the held-out documents kill their workers twice."""
+        ev = self.backend.evaluate_pool(factors, stage.length, "heldout")
+        if ev.ok:
+            return ev.ppl
+        self.run.event(f"{stage.name}: held-out scoring failed ({ev.reason}); best file without it")
+        print(f"warning: {stage.name}: the best factors' held-out scoring failed ({ev.reason}); the best "
+              "file has no held-out perplexity (a resume tries again)", file=sys.stderr)
+        return None

@@ -178,6 +178,105 @@ def test_a_candidate_is_not_blamed_for_a_worker_that_died_idle(ray_session):
         backend.close()
 
 
+def _pids(backend) -> dict:
+    return dict(zip(backend.actors, backend.worker_pids(), strict=True))
+
+
+def _job(key=0):
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.backends import Job
+    from longrope.spaces import RescaleFactors
+
+    return Job(key, RescaleFactors.uniform(2.0, GEOMETRY.n_freqs), 256, None)
+
+
+def test_a_death_survived_in_one_stage_does_not_count_in_the_next(ray_session):
+    """Trial numbers start again at 0 in each stage: trial 0 of the next stage killing one worker
+    is its first death, not the second of the earlier stage's trial 0 (recorded FAILED)."""
+    from longrope.objectives.perplexity import COMPLETE
+
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2)
+    try:
+        for _ in ("long-256", "long-512"):  # the same key in two stages
+            pids = _pids(backend)
+            backend.submit(_job(0))
+            (_, actor), = backend.inflight.values()
+            os.kill(pids[actor], signal.SIGKILL)
+            key, ev = backend.wait()
+            assert key == 0 and ev.status == COMPLETE, ev.reason
+            while backend.starting:  # the replacement up before the next stage
+                backend._step()
+    finally:
+        backend.close()
+
+
+def test_a_death_reported_as_out_of_memory_is_a_death(ray_session, monkeypatch):
+    """Ray's memory monitor reports the worker it killed with an OutOfMemoryError, which is no
+    RayActorError: the candidate is re-run like after any death, not a crash of the search."""
+    from longrope.objectives.perplexity import COMPLETE
+
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2)
+    real = backend._get
+
+    def as_oom(ref):  # the death as the memory monitor's kill reaches ray.get
+        try:
+            return real(ref)
+        except ray_session.exceptions.RayActorError as e:
+            raise ray_session.exceptions.OutOfMemoryError(f"Task was killed due to low memory: {e}") from None
+
+    monkeypatch.setattr(backend, "_get", as_oom)
+    try:
+        pids = _pids(backend)
+        backend.submit(_job(0))
+        (_, actor), = backend.inflight.values()
+        os.kill(pids[actor], signal.SIGKILL)
+        key, ev = backend.wait()
+        assert key == 0 and ev.status == COMPLETE and backend.replaced == 1
+    finally:
+        backend.close()
+
+
+def test_task_records_asks_a_live_worker(ray_session):
+    """Between stages every worker died unnoticed (idle, nothing asked of them): the stage's
+    samples are asked of a replacement once one is up, not of a dead worker (a crash)."""
+    backend = RayBackend(ObjectiveSpec.of("synthetic"), count=2)
+    try:
+        for pid in backend.worker_pids():
+            os.kill(pid, signal.SIGKILL)
+        assert backend.task_records(256) is None and backend.replaced >= 1  # synthetic: no samples
+    finally:
+        backend.close()
+
+
+def test_workers_a_busy_cluster_cannot_place_yet_are_waited_for_with_a_note(ray_session, monkeypatch,
+                                                                               capsys):
+    """Another job holds the cluster's GPUs when the search starts: the workers' start waits
+    with a note (after 1, 2, 4, ... periods), and goes on once the GPUs are free."""
+    from longrope.search import backends
+
+    monkeypatch.setattr(backends, "WAIT_NOTE", 0.2)
+    hog = ray_session.remote(num_gpus=2, num_cpus=0)(type("Hog", (), {"ping": lambda self: 1})).remote()
+    ray_session.get(hog.ping.remote())
+    timer = threading.Timer(1.0, ray_session.kill, (hog,))
+    timer.start()
+    backend = RayBackend(ObjectiveSpec.of("synthetic"), count=1, num_gpus=1.0)
+    try:
+        backend.check([256])
+    finally:
+        timer.cancel()
+        backend.close()
+    notes = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("note: waited")]
+    assert notes and "1 worker(s) not up yet, waiting for the cluster to place them (each needs 1 GPUs" in notes[0]
+
+
+def test_a_worker_ray_cannot_reach_says_nothing_against_its_candidate():
+    ray = pytest.importorskip("ray")
+    from longrope.search.cluster import not_its_fault  # noqa
+
+    assert not_its_fault(ray.exceptions.ActorUnavailableError("the actor is temporarily unavailable", None))
+    assert not not_its_fault(ray.exceptions.ActorDiedError())
+
+
 def test_gpu_replicas_are_scheduled_on_declared_gpus(tmp_path, reference, ray_session):
     run, d = run_small(tmp_path, backend="ray", count=3, num_gpus=1.0, short="[32]")
     assert trajectory(run) == reference

@@ -107,3 +107,32 @@ def test_the_samplers_table_is_the_config_choice_list():
         g = preflight_geometry(cfg)
         stage = make_stages(cfg, g)[0]
         assert type(make_proposer(cfg, stage, initial_factors(cfg, stage, g, None))) is kind
+
+
+class HeldoutFails(InProcessBackend):
+    """Scores the search like InProcessBackend; the held-out pool fails `fails` times (its
+    workers died twice, say)."""
+
+    def __init__(self, fails):
+        super().__init__(ObjectiveSpec.of("synthetic"))
+        self.fails = fails
+
+    def evaluate_pool(self, factors, length, pool):
+        from longrope.objectives.perplexity import FAILED, Evaluation
+
+        if self.fails:
+            self.fails -= 1
+            return Evaluation(factors, length, FAILED, float("inf"), reason="its worker died 2 times")
+        return super().evaluate_pool(factors, length, pool)
+
+
+def test_a_failed_heldout_score_is_said_not_kept_as_inf_and_tried_again_on_resume(tmp_path, capsys):
+    cfg, _ = small_cfg(iterations=1)
+    run_search(cfg, str(tmp_path / "r"), progress=False, backend=HeldoutFails(1))
+    run = Run.open(tmp_path / "r")
+    assert run.best("long", 256).heldout_ppl is None
+    assert "long-256: held-out scoring failed (its worker died 2 times)" in (run.path / "events.log").read_text()
+    assert "warning: long-256: the best factors' held-out scoring failed" in capsys.readouterr().err
+    run_search(cfg, str(tmp_path / "r"), progress=False, backend=HeldoutFails(0))
+    ppl = Run.open(tmp_path / "r").best("long", 256).heldout_ppl
+    assert ppl is not None and ppl < float("inf")
