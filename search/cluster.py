@@ -45,7 +45,7 @@ def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | Non
             previous(signal.SIGTERM, None)
         raise
     finally:
-        if main:
+        if main and previous is not None:  # None: a handler not set from Python, not ours to restore
             signal.signal(signal.SIGTERM, previous)
 
 
