@@ -122,13 +122,16 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
         warnings.append(f"long-{long.target_length} was searched on {long.model} and "
                         f"short-{sh.target_length} on {sh.model}: one model gets both, so one set runs "
                         "on a model it was not searched on (--short picks another short stage)")
-    if long.n_hat > 0:
-        warnings.append(f"n̂ = {long.n_hat}: transformers and vLLM ignore n̂ (kept in longrope_search); "
-                        "use `longrope apply`'s Python patch to evaluate with it, or search with "
-                        "space.deployable = true")
-    if sh is not None and long.mscale != 1.0:
-        warnings.append("transformers applies attention_factor at every length, short ones included; "
-                        "the short factors were searched with mscale 1")
+    for r in (long, sh):
+        if r is not None and r.n_hat > 0:
+            warnings.append(f"n̂ = {r.n_hat} ({r.kind}-{r.target_length}): transformers and vLLM ignore n̂ "
+                            "(kept in longrope_search); use `longrope apply`'s Python patch to evaluate "
+                            "with it, or search with space.deployable = true")
+    short_mscale = sh.mscale if sh is not None else 1.0
+    if long.mscale != short_mscale:  # what lengths up to L0 were scored with
+        warnings.append(f"transformers applies attention_factor {long.mscale:g} at every length, short ones "
+                        "included; " + (f"the short factors were searched with mscale {sh.mscale:g}" if sh
+                                        else "lengths up to L0 were scored without it (no short stage)"))
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     suffix, _ = FORMATS[fmt]
@@ -186,12 +189,18 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         "partial_rotary_factor")
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
+    config.update(base)  # at the top level too: 4.57 (and vLLM on it) reads θ only there
+    window = config.get("sliding_window")
+    if window and config.get("use_sliding_window", True):  # as models.py loads it for every score
+        config["sliding_window"] = None
+        if not quiet:
+            print(f"note: the sliding window of {window} tokens in {src / 'config.json'} is switched off: "
+                  "the factors were searched and scored with full attention", file=sys.stderr)
     if arch.export_form == "phi3":
         if (w := phi3_mscale_warning(patch)) and not quiet:
             print(f"warning: {w}", file=sys.stderr)
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
         config.pop("rope_parameters", None)
-        config.update(base)  # a phi3 config keeps them at the top level
     else:
         rope.update(base)
         config["rope_scaling"] = rope

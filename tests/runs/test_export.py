@@ -1,6 +1,8 @@
 """Export loads in transformers and reproduces what the search scored; apply too."""
 
+import dataclasses
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -98,6 +100,38 @@ def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_
     (tmp_path / "odd.json").write_text(json.dumps(patch))
     apply_to_folder(tmp_path / "odd.json", src, tmp_path / "phi3-odd")
     assert "not the searched mscale 1.500000" in capsys.readouterr().err
+
+
+def test_apply_writes_theta_at_the_top_and_switches_a_sliding_window_off(tiny_run, tiny_model_dir, tmp_path,
+                                                                          capsys):
+    """A folder saved by transformers 5.x keeps θ only in rope_parameters: 4.57 (and vLLM on it)
+    reads it at the top level and would fall back to 10000. A sliding window in the source config
+    was off for every score (models.py): the applied model must not attend through one."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir, src)
+    cfg = json.loads((src / "config.json").read_text())
+    theta = cfg.pop("rope_theta", None) or cfg["rope_parameters"]["rope_theta"]
+    cfg["rope_parameters"] = {"rope_type": "default", "rope_theta": theta}
+    cfg["sliding_window"] = 24
+    (src / "config.json").write_text(json.dumps(cfg))
+    path, _ = export(tiny_run)
+    written = json.loads((apply_to_folder(path, src, tmp_path / "out") / "config.json").read_text())
+    assert written["rope_theta"] == theta == written["rope_parameters"]["rope_theta"]
+    assert written["sliding_window"] is None
+    assert "the sliding window of 24 tokens" in capsys.readouterr().err
+
+
+def test_export_warns_of_the_attention_factor_where_lengths_up_to_l0_were_scored_without_it(tiny_run,
+                                                                                            tmp_path):
+    """transformers scales attention by attention_factor at every length: with no short stage the
+    lengths up to L0 (scored with the model's own rotary) get it too, and the export says so."""
+    long = tiny_run.best("long", 128)
+    copy = Run.create(tmp_path / "copy", (tiny_run.path / "config.toml").read_text())
+    copy.write_best(dataclasses.replace(long, mscale=1.2))
+    _, warnings = export(copy)
+    assert any("attention_factor 1.2 at every length" in w and "no short stage" in w for w in warnings)
+    copy.write_best(dataclasses.replace(long, mscale=1.0))
+    assert not any("attention_factor" in w for w in export(copy)[1])
 
 
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
