@@ -8,7 +8,7 @@ from typing import Any
 
 from longrope.spaces import UserError
 
-from .methods import check_method
+from .methods import check_method, deployed_n_hat
 from .perplexity import stride_span
 from .specs import ObjectiveSpec
 from .workers import make_evaluator
@@ -42,6 +42,9 @@ def run_eval(spec: ObjectiveSpec, lengths: list[int], methods: list[str], pool: 
     check_stride(stride, lengths, task)
     for m in methods:
         check_method(m)
+        if (n_hat := deployed_n_hat(m)) is not None:
+            print(f"note: {m}: n̂ = {n_hat} is applied here (longrope's rotary patch); transformers, vLLM "
+                  "and llama.cpp ignore it, so a deployed model scores as with n̂ = 0", file=sys.stderr)
     ev = make_evaluator(spec)
     ev.check_pool(lengths if stride is None else [stride_span(n, stride) for n in lengths], pool)
     plan = [(m, n, ev.method(m, n)) for m in methods for n in lengths]

@@ -69,6 +69,16 @@ def load_factors_file(name: str) -> RescaleFactors | DeployedFactors:
     return loaded
 
 
+def deployed_n_hat(name: str) -> int | None:
+    """The largest n̂ > 0 of an export file's factors (None: not a file, or n̂ = 0): what eval
+    applies and a deployed model does not."""
+    if not is_file_method(name):
+        return None
+    loaded = load_factors_file(name)
+    sets = [loaded.long, loaded.short] if isinstance(loaded, DeployedFactors) else [loaded]
+    return max((f.n_hat for f in sets if f is not None and f.n_hat), default=None)
+
+
 def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFactors | LMInfinite | None:
     """The factors `name` scores `length` tokens with; None for ``native``; an LMInfinite
     setting (λ = 1 underneath) for ``lm_infinite``, which `Evaluator.evaluate` takes too."""

@@ -106,3 +106,19 @@ def test_attention_factor_is_derived_as_transformers_derives_it():
                                                            "short_factor": [1.0, 1.1]}})
     assert d.at(4096).lambdas == (1.0, 1.1) and d.at(4097).lambdas == (2.0, 3.0)
     assert d.at(10).mscale == d.at(10**5).mscale == pytest.approx(1.1902380714238083)
+
+
+def test_eval_of_an_export_with_n_hat_says_a_deployed_model_ignores_it(tiny_model_dir, text_corpus_dir,
+                                                                      tmp_path, capsys):
+    """eval applies n̂ through the rotary patch; transformers, vLLM and llama.cpp do not: said."""
+    n = RopeGeometry.from_config(json.loads((tiny_model_dir / "config.json").read_text())).n_freqs
+    rope = {"rope_type": "longrope", "long_factor": [2.0] * n, "short_factor": [1.0] * n,
+            "original_max_position_embeddings": L0, "attention_factor": 1.0}
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), heldout_docs=1)
+    for n_hat, said in ((2, True), (0, False)):
+        f = tmp_path / f"n{n_hat}.json"
+        f.write_text(json.dumps({"rope_scaling": rope, "longrope_search": {"n_hat": n_hat}}))
+        res = run_eval(spec, [48], [str(f)], "heldout", progress=False)
+        assert np.isfinite(res[str(f)][48].ppl)
+        err = capsys.readouterr().err
+        assert ("n̂ = 2 is applied here" in err and "a deployed model scores as with n̂ = 0" in err) == said
