@@ -110,7 +110,7 @@ def test_export_of_an_unfinished_stage_says_so(tmp_path, capsys, monkeypatch):
     monkeypatch.undo()
     capsys.readouterr()
     assert main(["export", str(run)]) == 0
-    warn = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning:")]
+    warn = [ln for ln in capsys.readouterr().err.splitlines() if ln.startswith("warning: stage")]
     assert len(warn) == 1 and "stage long-256 is unfinished (14/24 evaluations)" in warn[0], warn
     assert main(["resume", str(run), "--quiet"]) == 0
     capsys.readouterr()
