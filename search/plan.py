@@ -9,10 +9,11 @@ has passed.
 from __future__ import annotations
 
 import dataclasses
+import sys
 from collections.abc import Callable
 
 from longrope.objectives.specs import ObjectiveSpec
-from longrope.spaces import RopeGeometry, UserError
+from longrope.spaces import RopeGeometry, UserError, own_scaling
 
 from .backends import make_backend
 from .config import RunConfig
@@ -29,7 +30,13 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
         return GEOMETRY
     from longrope.objectives.models import read_config, resolve
 
-    return RopeGeometry.from_config(read_config(*resolve(cfg.model.path)))
+    config = read_config(*resolve(cfg.model.path))
+    geometry = RopeGeometry.from_config(config)
+    if (kind := own_scaling(config)) is not None:
+        print(f"note: {cfg.model.path} already scales its rotary ({kind}): candidates are scored against "
+              f"plain θ = {geometry.base:g} at L0 = {geometry.original_length}, so the factors found replace "
+              f"that scaling when applied (lengths up to L0 too, without a short stage)", file=sys.stderr)
+    return geometry
 
 
 class Plan:

@@ -26,7 +26,7 @@ from .factors import (
     mscale_yarn,
     resolve_mscale,
 )
-from .geometry import RopeGeometry
+from .geometry import RopeGeometry, own_scaling
 from .methods import METHODS, REFERENCE_METHODS, method
 from .space import N_HAT_PAPER, SearchSpace, below_critical
 
@@ -54,6 +54,7 @@ __all__ = [
     "load_factors",
     "mscale_su",
     "mscale_yarn",
+    "own_scaling",
     "read_text",
     "resolve_mscale",
     "method",

@@ -127,3 +127,13 @@ class RopeGeometry:
             raise UserError(f"cannot read {cfg}: {e}") from None
         return cls.from_config(data)
 
+
+
+def own_scaling(config: Any) -> str | None:
+    """The rope scaling a model's config already applies (``llama3`` for Llama-3.1, ``yarn``,
+    an applied ``longrope``), or None for plain RoPE. Candidates are scored against plain θ at
+    L0 (objectives/rotary.py), so factors searched for such a model replace that scaling."""
+    get = config.get if isinstance(config, dict) else (lambda k, d=None: getattr(config, k, d))
+    rope = get("rope_parameters") or get("rope_scaling") or {}
+    kind = (rope.get("rope_type") or rope.get("type")) if isinstance(rope, dict) else None
+    return None if kind in (None, "default") else str(kind)

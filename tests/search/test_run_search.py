@@ -136,3 +136,29 @@ def test_a_failed_heldout_score_is_said_not_kept_as_inf_and_tried_again_on_resum
     run_search(cfg, str(tmp_path / "r"), progress=False, backend=HeldoutFails(0))
     ppl = Run.open(tmp_path / "r").best("long", 256).heldout_ppl
     assert ppl is not None and ppl < float("inf")
+
+
+def test_a_model_that_already_scales_its_rotary_is_said_before_the_search(tiny_model_dir, tmp_path, capsys):
+    """Llama-3.1's llama3 scaling (or an applied longrope) is not what candidates are scored
+    against: plain θ at L0 is. The search says so: the factors it finds replace that scaling."""
+    import json
+    import shutil
+
+    from longrope.search.plan import preflight_geometry
+    from longrope.spaces import own_scaling
+
+    assert own_scaling({"rope_scaling": {"type": "yarn", "factor": 4}}) == "yarn"
+    assert own_scaling({"rope_parameters": {"rope_type": "default", "rope_theta": 1e4}}) is None
+    assert own_scaling({"rope_theta": 1e4}) is None
+    src = tmp_path / "llama31"
+    shutil.copytree(tiny_model_dir, src)
+    cfg_json = json.loads((src / "config.json").read_text())
+    cfg_json["rope_scaling"] = {"rope_type": "llama3", "factor": 8.0, "low_freq_factor": 1.0,
+                                "high_freq_factor": 4.0, "original_max_position_embeddings": 32}
+    cfg_json.pop("rope_parameters", None)
+    (src / "config.json").write_text(json.dumps(cfg_json))
+    for folder, said in ((tiny_model_dir, False), (src, True)):
+        cfg, _ = small_cfg(model=str(folder))
+        preflight_geometry(cfg)
+        err = capsys.readouterr().err
+        assert ("already scales its rotary (llama3)" in err and "at L0 = 32" in err) == said, err
