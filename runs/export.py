@@ -214,6 +214,10 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         else:
             os.symlink(item.resolve(), target)
     atomic_write_text(out / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
+    if arch.rotary_layout != "half" and not quiet:
+        print(f"note: {arch.model_type} rotates interleaved pairs; vLLM's LongRoPE rotary takes only the "
+              "neox layout, so this folder loads in transformers (and llama.cpp), not in vLLM",
+              file=sys.stderr)
     if patch.get("longrope_search", {}).get("n_hat") and not quiet:
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)

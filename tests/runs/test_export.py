@@ -134,6 +134,19 @@ def test_export_warns_of_the_attention_factor_where_lengths_up_to_l0_were_scored
     assert not any("attention_factor" in w for w in export(copy)[1])
 
 
+def test_apply_to_an_interleaved_rotary_says_vllm_will_not_load_it(tiny_run, tmp_path, capsys):
+    from hf_configs import tiny_config
+
+    src = tmp_path / "cohere"
+    tiny_config("cohere", L0=32).save_pretrained(src)  # 8 rotary frequencies, L0 = 32: the run's
+    path, _ = export(tiny_run)
+    apply_to_folder(path, src, tmp_path / "cohere-long")
+    assert "cohere rotates interleaved pairs; vLLM's LongRoPE rotary takes only the neox layout" in \
+        capsys.readouterr().err
+    apply_to_folder(path, tiny_run.config()["model"]["path"], tmp_path / "llama-long")
+    assert "interleaved" not in capsys.readouterr().err
+
+
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
     path, _ = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
     best = json.loads(tiny_run.best_path("long", 128).read_text())
