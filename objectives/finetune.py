@@ -175,7 +175,12 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         builder = NeedleBuilder(loaded.tokenizer)
     model = prepare(loaded.model, ft, factors)
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    opt = torch.optim.AdamW([p for _, p in params], lr=ft.lr, weight_decay=0.0)
+    # In bfloat16 (the GPU default) an Adam step of ~lr on a norm weight near 1 is below half its
+    # spacing and would round away: such weights are stepped as float32 masters, copied back after
+    # each step (mixed precision's master weights). float32 ones (CPU) are their own masters.
+    masters = {n: p if p.dtype == torch.float32 else p.detach().float().requires_grad_(True)
+               for n, p in params}
+    opt = torch.optim.AdamW(list(masters.values()), lr=ft.lr, weight_decay=0.0)
     key = fingerprint(spec, ft, factors, length)
     start, losses, seconds = 0, [], 0.0
     ckpt = work / CHECKPOINT
@@ -186,7 +191,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                             "changed); delete it to start this one afresh")
         with torch.no_grad():
             for n, p in params:
-                p.copy_(state["params"][n])
+                masters[n].copy_(state["params"][n])
+                p.copy_(masters[n])
         opt.load_state_dict(state["optimizer"])
         start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
     saved = start  # the step of the last checkpoint written
@@ -218,9 +224,18 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                 set_attention(model, full if short else s2)
         loss = step_loss(model, ids, answer)
         opt.zero_grad(set_to_none=True)
+        for _, p in params:
+            p.grad = None
         loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+        for n, p in params:
+            if masters[n] is not p:
+                masters[n].grad = None if p.grad is None else p.grad.float()
+        torch.nn.utils.clip_grad_norm_(list(masters.values()), 1.0)
         opt.step()
+        with torch.no_grad():
+            for n, p in params:
+                if masters[n] is not p:
+                    p.copy_(masters[n])
         losses.append(float(loss.detach()))
         seconds += time.perf_counter() - t0
         done = step + 1
@@ -228,7 +243,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
             check()
         if done % ft.checkpoint_every == 0 or done == ft.steps:
             state = {"fingerprint": key, "step": done, "losses": losses, "seconds": seconds,
-                     "params": {n: p.detach().clone() for n, p in params}, "optimizer": opt.state_dict()}
+                     "params": {n: m.detach().clone() for n, m in masters.items()},
+                     "optimizer": opt.state_dict()}
             buf = io.BytesIO()
             torch.save(state, buf)
             atomic_write_bytes(ckpt, buf.getvalue())

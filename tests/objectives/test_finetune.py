@@ -74,8 +74,9 @@ def test_training_windows_come_from_the_search_pool_only(tiny_model_dir, text_co
         assert any(row.tobytes() in d.tobytes() for d in docs)
 
 
-def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch):
-    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
+@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: float32 masters in the checkpoint
+def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch, dtype):
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), dtype=dtype)
     ft = FinetuneSpec(steps=6, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
     ref = finetune(spec, ft, FACTORS, 64, tmp_path / "ref", tmp_path / "ref-model", progress=False)
     write = ft_mod._write_json
@@ -186,3 +187,18 @@ def test_short_steps_train_at_l0_with_the_own_rotary_and_full_attention(text_cor
         want_long = loaded.model(input_ids=long, labels=long).loss.item()
     assert rec["losses"] == pytest.approx([want_short, want_long], rel=1e-5)
     assert abs(want_short - want_long) > 0.01  # the two kinds of step are told apart
+
+
+def test_norms_train_in_bfloat16_through_float32_master_weights(tiny_model_dir, text_corpus_dir, tmp_path):
+    """On a GPU the model loads in bfloat16: an Adam step of ~lr on a norm weight near 1 is below
+    half its bfloat16 spacing (2^-8), so stepping the bfloat16 weights themselves rounds every
+    update away and the norms never train. They are stepped as float32 masters and copied back:
+    four steps of 1e-3 add up past the spacing. (CPU runs bfloat16 too, which is how this runs here.)"""
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), dtype="bfloat16")
+    ft = FinetuneSpec(steps=4, lr=1e-3, warmup=0, batch_tokens=128, s2_attn=False)
+    finetune(spec, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
+    tuned, base = load_file(tmp_path / "m" / "model.safetensors"), load_file(tiny_model_dir / "model.safetensors")
+    norms = [k for k in base if "norm" in k]
+    assert norms and all(tuned[k].dtype == torch.bfloat16 for k in norms)
+    moved = [k for k in norms if not torch.equal(tuned[k], base[k].to(torch.bfloat16))]
+    assert len(moved) == len(norms), f"norms that did not train: {sorted(set(norms) - set(moved))}"
