@@ -50,7 +50,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     lease ticket, runs/lease.py) runs before each training step's writes and before the merged
     model's: a driver taken over meanwhile stops there, here or on a Ray node."""
     final = run.model_dir(length).absolute()  # the later stages' model, named in their best files
-    if (final / "config.json").is_file():
+    if (final / "config.json").is_file():  # done; a kill after the rename below left the merge
+        shutil.rmtree(run.finetune_dir(length) / "merged", ignore_errors=True)
         return str(final)
     best = run.best("long", length)
     if best is None:

@@ -304,3 +304,21 @@ def test_a_driver_taken_over_while_it_trains_writes_no_checkpoint(tiny_model_dir
         run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
     work = Run.open(run_dir).finetune_dir(64)
     assert sorted(p.name for p in work.iterdir()) == [] and not Run.open(run_dir).model_dir(64).exists()
+
+
+def test_a_finished_finetune_removes_the_merge_a_kill_left_behind(tmp_path):
+    """Killed after the merged model was renamed into place but before its working copy (a whole
+    model's size) was removed: the next driver finds the fine-tune done, and removes the copy."""
+    from search_helpers import small_cfg
+
+    from longrope.search import config as config_mod
+    from longrope.search.finetuning import finetune_stage
+
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "r", config_mod.dumps(cfg))
+    run.model_dir(64).mkdir(parents=True)
+    (run.model_dir(64) / "config.json").write_text("{}")
+    (run.finetune_dir(64) / "merged").mkdir(parents=True)
+    (run.finetune_dir(64) / "merged" / "model.safetensors").write_bytes(b"\0" * 1024)
+    assert finetune_stage(run, None, None, None, 64) == str(run.model_dir(64).absolute())
+    assert not (run.finetune_dir(64) / "merged").exists()
