@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sys
 from pathlib import Path
 
 from longrope.objectives.finetune import CHECKPOINT, PROGRESS, finetune
@@ -52,6 +53,7 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     final = run.model_dir(length).absolute()  # the later stages' model, named in their best files
     if (final / "config.json").is_file():  # done; a kill after the rename below left the merge
         shutil.rmtree(run.finetune_dir(length) / "merged", ignore_errors=True)
+        _warn_if_outdated(run, final, length)
         return str(final)
     best = run.best("long", length)
     if best is None:
@@ -117,3 +119,19 @@ def _on_ray(workers: WorkersConfig, *args, check=None):
         why = str(e).strip().splitlines()[0][:200]
         raise UserError(f"the fine-tune's Ray worker was lost {RETRIES + 1} times ({type(e).__name__}: "
                         f"{why}); `longrope resume` continues it from its last checkpoint") from None
+
+
+def _warn_if_outdated(run: Run, final: Path, length: int) -> None:
+    """A fine-tune is done once; a later driver with a larger budget may have moved long-`length`'s
+    best since, and the later stages would search a model trained with the old factors unsaid."""
+    try:
+        best = run.best("long", length)
+        rope = json.loads((final / "config.json").read_text()).get("rope_scaling") or {}
+    except (UserError, OSError, ValueError, AttributeError):  # nothing to compare with
+        return
+    trained = rope.get("long_factor")
+    if best is not None and trained is not None and list(trained) != list(best.lambdas):
+        print(f"warning: {final} was fine-tuned with the factors long-{length} had then; its best has "
+              "changed since (a resume with a larger budget?), and the later stages search that model as "
+              f"it is; to train it again with the new best, delete {final} and {run.finetune_dir(length)}",
+              file=sys.stderr)

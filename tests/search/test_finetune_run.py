@@ -322,3 +322,19 @@ def test_a_finished_finetune_removes_the_merge_a_kill_left_behind(tmp_path):
     (run.finetune_dir(64) / "merged" / "model.safetensors").write_bytes(b"\0" * 1024)
     assert finetune_stage(run, None, None, None, 64) == str(run.model_dir(64).absolute())
     assert not (run.finetune_dir(64) / "merged").exists()
+
+
+def test_a_finetune_trained_with_factors_its_stage_has_since_improved_on_is_said(tmp_path, capsys):
+    """A resume with a larger budget moved long-L's best after its fine-tune was done: the later
+    stages search a model trained with the old factors, which is said, with how to redo it."""
+    from search_helpers import run_small
+
+    from longrope.search.finetuning import finetune_stage
+
+    run, _ = run_small(tmp_path)
+    best = run.best("long", 256)
+    for trained, said in ((list(best.lambdas), False), ([1.0] * len(best.lambdas), True)):
+        run.model_dir(256).mkdir(parents=True, exist_ok=True)
+        (run.model_dir(256) / "config.json").write_text(json.dumps({"rope_scaling": {"long_factor": trained}}))
+        finetune_stage(run, None, None, None, 256)
+        assert ("was fine-tuned with the factors long-256 had then" in capsys.readouterr().err) == said
