@@ -74,6 +74,26 @@ def prepare(model: Any, ft: FinetuneSpec, factors: RescaleFactors) -> Any:
     return peft_model
 
 
+def check_targets(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
+    """Every name in ft.lora_targets must name a linear layer of the model (checked on an empty
+    meta-device copy, before the search): peft refuses only a list that matches nothing, so on a
+    fused-attention model (Phi-3: qkv_proj) the default list would silently adapt o_proj alone."""
+    import torch
+    import transformers
+
+    from .models import read_config, resolve
+
+    config = read_config(*resolve(spec.model.path))
+    with torch.device("meta"):
+        model = transformers.AutoModelForCausalLM.from_config(config)
+    linear = sorted({name.rsplit(".", 1)[-1] for name, module in model.named_modules()
+                     if isinstance(module, torch.nn.Linear)})
+    missing = [t for t in ft.lora_targets if t not in linear]
+    if missing:
+        raise UserError(f"finetune.lora_targets: {', '.join(missing)} name no linear layer of "
+                        f"{spec.model.path} ({config.model_type}); its linear layers: {', '.join(linear)}")
+
+
 def windows(docs: list[np.ndarray], length: int, count: int, seed: int, step: int) -> np.ndarray:
     """[count, length] token windows for `step`: a document and an offset each, drawn from
     rng(seed, step) so any step's batch can be rebuilt after a restart."""

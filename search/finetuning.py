@@ -19,7 +19,7 @@ import shutil
 import sys
 from pathlib import Path
 
-from longrope.objectives.finetune import CHECKPOINT, PROGRESS, finetune
+from longrope.objectives.finetune import CHECKPOINT, PROGRESS, check_targets, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
 from longrope.runs import Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
@@ -42,6 +42,7 @@ def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
         import peft  # noqa: F401
     except ImportError:
         raise UserError("finetune.after needs peft (pip install peft)") from None
+    check_targets(spec, ft)
 
 
 def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: WorkersConfig, length: int,

@@ -202,3 +202,18 @@ def test_norms_train_in_bfloat16_through_float32_master_weights(tiny_model_dir, 
     assert norms and all(tuned[k].dtype == torch.bfloat16 for k in norms)
     moved = [k for k in norms if not torch.equal(tuned[k], base[k].to(torch.bfloat16))]
     assert len(moved) == len(norms), f"norms that did not train: {sorted(set(norms) - set(moved))}"
+
+
+def test_lora_targets_that_name_no_linear_layer_are_refused_before_the_search(tiny_model_dir, tmp_path):
+    """peft refuses only a list that matches nothing: on Phi-3's fused qkv_proj the default list
+    would adapt o_proj alone, silently. Each name must be a linear layer of the model."""
+    from hf_configs import tiny_config
+    from longrope.objectives.finetune import check_targets
+
+    check_targets(ObjectiveSpec.of(str(tiny_model_dir)), FinetuneSpec())  # Llama: q, k, v, o all there
+    tiny_config("phi3").save_pretrained(tmp_path / "phi3")
+    phi3 = ObjectiveSpec.of(str(tmp_path / "phi3"))
+    with pytest.raises(UserError, match=r"lora_targets: q_proj, k_proj, v_proj name no linear layer of .* "
+                                        r"\(phi3\); its linear layers: .*o_proj, qkv_proj"):
+        check_targets(phi3, FinetuneSpec())
+    check_targets(phi3, FinetuneSpec(lora_targets=["qkv_proj", "o_proj"]))
