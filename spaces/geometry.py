@@ -128,7 +128,6 @@ class RopeGeometry:
         return cls.from_config(data)
 
 
-
 def own_scaling(config: Any) -> str | None:
     """The rope scaling a model's config already applies (``llama3`` for Llama-3.1, ``yarn``,
     an applied ``longrope``), or None for plain RoPE. Candidates are scored against plain θ at
