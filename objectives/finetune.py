@@ -200,6 +200,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     # each step (mixed precision's master weights). float32 ones (CPU) are their own masters.
     masters = {n: p if p.dtype == torch.float32 else p.detach().float().requires_grad_(True)
                for n, p in params}
+    low = [(p, masters[n]) for n, p in params if masters[n] is not p]  # (weight, its float32 master)
     opt = torch.optim.AdamW(list(masters.values()), lr=ft.lr, weight_decay=0.0)
     key = fingerprint(spec, ft, factors, length)
     start, losses, seconds = 0, [], 0.0
@@ -244,18 +245,16 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                 set_attention(model, full if short else s2)
         loss = step_loss(model, ids, answer)
         opt.zero_grad(set_to_none=True)
-        for _, p in params:
+        for p, _ in low:  # not in the optimizer: cleared here
             p.grad = None
         loss.backward()
-        for n, p in params:
-            if masters[n] is not p:
-                masters[n].grad = None if p.grad is None else p.grad.float()
+        for p, m in low:
+            m.grad = None if p.grad is None else p.grad.float()
         torch.nn.utils.clip_grad_norm_(list(masters.values()), 1.0)
         opt.step()
         with torch.no_grad():
-            for n, p in params:
-                if masters[n] is not p:
-                    p.copy_(masters[n])
+            for p, m in low:
+                p.copy_(m)
         losses.append(float(loss.detach()))
         seconds += time.perf_counter() - t0
         done = step + 1

@@ -86,6 +86,11 @@ PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as a
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
 
 
+def spaced(periods: int) -> bool:
+    """Whether a waiting note is due after `periods` WAIT_NOTE periods: after 1, 2, 4, 8, ..."""
+    return periods > 0 and not periods & (periods - 1)
+
+
 class RayBackend:
     """One actor per model replica with `num_gpus` GPUs each.
 
@@ -133,7 +138,7 @@ class RayBackend:
         while pending:
             _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT_NOTE)
             waits += bool(pending)
-            if pending and not waits & (waits - 1):  # after 1, 2, 4, ... periods
+            if pending and spaced(waits):
                 print(self._waiting(f"waited {waits * WAIT_NOTE:g} s for the workers", len(pending)),
                       file=sys.stderr)
         try:
@@ -265,7 +270,7 @@ class RayBackend:
         the search waits for the cluster, and says so after WAIT_NOTE seconds, then 2x, 4x, ...
         later, instead of a progress bar that stops without a word."""
         self.waits = 0 if self.inflight else self.waits + 1  # a long evaluation is not a wait
-        if not self.waits or self.waits & (self.waits - 1):
+        if not spaced(self.waits):
             return
         print(self._waiting(f"nothing has scored for {self.waits * WAIT_NOTE:g} s", len(self.starting)),
               file=sys.stderr)

@@ -24,10 +24,6 @@ def interrupted(seen: list[int], what: str) -> SystemExit:
     return SystemExit(code)
 
 
-class Terminated(KeyboardInterrupt):
-    """SIGTERM, raised where the driver is, so it unwinds exactly as Ctrl-C does."""
-
-
 @contextmanager
 def signals_as_interrupt():
     """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only), and
@@ -46,7 +42,7 @@ def signals_as_interrupt():
                   "once, and a resume re-queues what was running", file=sys.stderr)
             return
         seen.append(signum)
-        raise Terminated() if signum == signal.SIGTERM else KeyboardInterrupt()
+        raise KeyboardInterrupt()  # SIGTERM unwinds exactly as Ctrl-C; `seen` tells them apart
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
     try:
