@@ -223,6 +223,10 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     if s2 is not None:
         set_attention(model, s2)
     rot, L0 = patch_model(loaded.model), loaded.geometry.original_length
+    # Short steps run θ unscaled (λ = 1, mscale 1: the model's own rotary, bit for bit, on a plain
+    # config), also when the model is an earlier fine-tune whose config carries its long factors
+    # and attention factor: a second fine-tune trains its short steps as the first one did.
+    original = RescaleFactors.uniform(1.0, loaded.geometry.n_freqs)
     if loaded.device == "cuda":  # activations of long sequences: recompute instead of keeping
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -234,13 +238,13 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         for g in opt.param_groups:  # linear warm-up, then constant (LongLoRA's schedule)
             g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
         short = is_short_step(ft.seed, step, ft.short_mix)
-        if short:  # mixed context windows: L0 tokens, the model's own rotary, full attention
+        if short:  # mixed context windows: L0 tokens, the original rotary, full attention
             ids, answer = training_batch(docs, L0, max(1, ft.batch_tokens // L0), ft.seed, step)
         else:
             ids, answer = training_batch(docs, length, batch, ft.seed, step, builder, ft.passkey_mix)
         ids, answer = torch.from_numpy(ids).to(loaded.device), torch.from_numpy(answer).to(loaded.device)
         if ft.short_mix:
-            rot.set_factors(None if short else factors)
+            rot.set_factors(original if short else factors)
             if s2 is not None:
                 set_attention(model, full if short else s2)
         loss = step_loss(model, ids, answer)

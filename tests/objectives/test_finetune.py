@@ -161,10 +161,10 @@ def test_short_mix_draws_steps_from_its_own_stream():
     assert not any(is_short_step(0, k, 0.0) for k in range(400)) and all(is_short_step(0, k, 1.0) for k in range(9))
 
 
-def test_short_steps_train_at_l0_with_the_own_rotary_and_full_attention(text_corpus_dir, tmp_path):
+def test_short_steps_train_at_l0_with_the_original_rotary_and_full_attention(text_corpus_dir, tmp_path):
     """Seed 0 with short_mix 0.5 draws step 0 short and step 1 long. At a learning rate too small to
     move the weights, each step's loss is the untrained model's on that step's windows: at L0 with
-    its own rotary and full attention, then at L with the factors and S2-Attn (switched back)."""
+    the original rotary (θ, λ = 1) and full attention, then at L with the factors and S2-Attn (switched back)."""
     from longrope.objectives.attention import set_attention
     from longrope.objectives.finetune import is_short_step, training_batch
     from longrope.objectives.rotary import apply_factors
@@ -187,6 +187,36 @@ def test_short_steps_train_at_l0_with_the_own_rotary_and_full_attention(text_cor
         want_long = loaded.model(input_ids=long, labels=long).loss.item()
     assert rec["losses"] == pytest.approx([want_short, want_long], rel=1e-5)
     assert abs(want_short - want_long) > 0.01  # the two kinds of step are told apart
+
+
+def test_short_steps_of_a_second_finetune_run_plain_theta_not_the_first_ones_scaling(
+        text_corpus_dir, tmp_path):
+    """finetune.after = [L1, L2]: the second fine-tune trains ft-L1's folder, whose config carries
+    L1's longrope factors and attention factor. Its short steps run the original rotary (θ, no
+    scale), as the first fine-tune's did, not ft-L1's own rotary at L0 (short factors times L1's
+    attention factor). At a learning rate too small to move the weights, the short step's loss is
+    the plain model's."""
+    from longrope.objectives.finetune import training_batch
+    from longrope.objectives.models import resolve
+    from longrope.runs.export import apply_to_folder
+
+    plain, n = resolve("builtin:tiny-sotu")[0], 32
+    patch = {"max_position_embeddings": 256, "original_max_position_embeddings": 128,
+             "rope_scaling": {"rope_type": "longrope", "type": "longrope", "factor": 2.0,
+                              "original_max_position_embeddings": 128, "attention_factor": 1.2,
+                              "long_factor": [1.0 + i / 16 for i in range(n)], "short_factor": [1.0] * n}}
+    (tmp_path / "ft1.json").write_text(json.dumps(patch))
+    ft1 = apply_to_folder(tmp_path / "ft1.json", plain, tmp_path / "ft-256", copy=True, quiet=True)
+    spec = ObjectiveSpec.of(str(ft1), str(text_corpus_dir))
+    ft = FinetuneSpec(steps=1, batch_tokens=256, short_mix=1.0, lr=1e-12, warmup=0, s2_attn=False)
+    rec = finetune(spec, ft, RescaleFactors.uniform(4.0, n), 512, tmp_path / "w", tmp_path / "m", progress=False)
+    loaded = load_model(str(plain))  # the same weights with plain θ
+    ids = torch.from_numpy(training_batch(training_docs(spec, loaded.tokenizer, 512), 128, 2, 0, 0)[0])
+    with torch.no_grad():
+        want = loaded.model(input_ids=ids, labels=ids).loss.item()
+        own = load_model(str(ft1)).model(input_ids=ids, labels=ids).loss.item()
+    assert rec["short_steps"] == 1 and rec["losses"] == pytest.approx([want], rel=1e-5)
+    assert abs(own - want) > 0.01  # ft-L1's own rotary at L0 is another one
 
 
 def test_norms_train_in_bfloat16_through_float32_master_weights(tiny_model_dir, text_corpus_dir, tmp_path):
