@@ -19,9 +19,11 @@ BOS twice. Here every piece is tokenized without special tokens, BOS is added
 once at the front, the sample is assembled at exactly L tokens, and what is
 scored is the answer span this module returns, not a column looked up by name.
 
-Keys are digits rendered one per word (" 4 1 9 ..."), using only the digits the
-tokenizer encodes as single tokens: a byte-level BPE merges runs of digits
-(" 41190" -> " 4", "11", "90"), which a small model copies badly.
+Keys are digits rendered one per word (" 4 1 9 ..."): a byte-level BPE merges runs
+of digits (" 41190" -> " 4", "11", "90"), which a small model copies badly. Only
+digits whose " d" encodes the same way beside any other digit are used, preferring
+those that are one token; a tokenizer that splits off every digit (SmolLM2,
+Llama-3: " 4" is the space, then the digit) gets keys of (space, digit) pairs.
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ from longrope.spaces import UserError, architecture_of
 NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 KEY_DIGITS = 5
+DIGITS = "0123456789"
 
 
 @dataclass(frozen=True)
@@ -66,12 +69,20 @@ class NeedleBuilder:
     def __init__(self, tokenizer: Any):
         self.tokenizer = tokenizer
         self.bos = tokenizer.bos_token_id
-        self.digits = [d for d in "0123456789" if len(self._tok(f" {d}")) == 1]
+        self.digits = self._key_digits()
         if len(self.digits) < 4:
-            raise UserError(f"the tokenizer encodes only {len(self.digits)} digits as single tokens; "
-                            "a needle key needs at least 4")
+            raise UserError(f"the tokenizer encodes only {len(self.digits)} digits the same way beside any "
+                            "other digit; a needle key needs at least 4")
         self.question = self._tok(QUESTION)
         self._ends: set[int] | None = None
+
+    def _key_digits(self) -> list[str]:
+        """Digits d whose " d" encodes as one fixed piece beside every digit (" d e" is " d" then
+        " e"), so a key's tokens are its digits' one by one; the one-token ones if 4 are."""
+        piece = {d: self._tok(f" {d}") for d in DIGITS}
+        fixed = [d for d in DIGITS if all(self._tok(f" {d} {e}") == piece[d] + piece[e] for e in DIGITS)]
+        single = [d for d in fixed if len(piece[d]) == 1]
+        return single if len(single) >= 4 else fixed
 
     def _tok(self, text: str) -> list[int]:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])

@@ -53,6 +53,10 @@ def test_smollm2_loads_from_the_gguf():
         loss = m.model(ids, labels=ids).loss.item()
     assert loss < 6  # a real language model, not random weights (ln 49152 = 10.8)
     assert smollm2.ensure_converted().joinpath("model.safetensors").is_file()
+    # its tokenizer splits off every digit (' 4' is two tokens): pass keys of (space, digit) pairs
+    from longrope.objectives.needle import NeedleBuilder
+
+    assert NeedleBuilder(m.tokenizer).digits == list("0123456789")
 
 
 def test_alibi_twin_is_comparable_and_keeps_perplexity_past_l0():

@@ -59,6 +59,51 @@ def test_keys_use_single_token_digits_and_samples_are_deterministic(tok, docs):
     assert all(len(b.answer_ids(s.key)) == len(s.key) for s in a)  # one token per digit
 
 
+@pytest.fixture(scope="module")
+def split_digits_tok():
+    """A byte-level BPE that splits off every digit, as SmolLM2's and Llama-3's do: ' 4' is two
+    tokens (the space, then the digit) and no single-token digit exists."""
+    from tiny_models import sotu_texts
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    t = Tokenizer(models.BPE(unk_token=None))
+    t.pre_tokenizer = pre_tokenizers.Sequence([pre_tokenizers.Digits(individual_digits=True),
+                                               pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    t.decoder = decoders.ByteLevel()
+    t.train_from_iterator(sotu_texts(3), trainers.BpeTrainer(
+        vocab_size=400, special_tokens=["<s>"], initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    return transformers.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>")
+
+
+def test_a_tokenizer_that_splits_off_digits_gets_keys_of_space_digit_pairs(split_digits_tok, docs, tok):
+    t = split_digits_tok
+    assert all(len(t(f" {d}", add_special_tokens=False)["input_ids"]) == 2 for d in "0123456789")
+    b = NeedleBuilder(t)
+    assert b.digits == list("0123456789")
+    assert b.answer_ids("4107") == sum((t(f" {d}", add_special_tokens=False)["input_ids"] for d in "4107"), [])
+    doc = t(tok.decode(docs[0][1:]), add_special_tokens=False)["input_ids"]
+    s = b.build(doc, 256, 0.5, "41093")
+    assert len(s.ids) == 256 and len(s.answer) == 10 and t.decode(list(s.answer)) == " 4 1 0 9 3"
+    text = t.decode(s.ids[s.needle_at:s.needle_at + len(b.needle_ids("41093"))])
+    assert text == " The pass key is 4 1 0 9 3. Remember it. 4 1 0 9 3 is the pass key."
+
+
+def test_a_digit_that_merges_with_its_neighbour_is_left_out():
+    """A BPE with no pre-tokenizer that learnt ' 1' + ' 2' -> ' 1 2': key 12 would be one token, not
+    the needle's digits one by one, so 1 is left out (2 composes with every digit after it)."""
+    from tokenizers import Tokenizer, models
+
+    digits = list("0123456789")
+    pieces = ["<s>", " ", *digits, *(f" {d}" for d in digits), " 1 2"]
+    merges = [(" ", d) for d in digits] + [(" 1", " 2")]
+    t = Tokenizer(models.BPE({p: i for i, p in enumerate(pieces)}, merges, unk_token="<s>"))
+    fast = transformers.PreTrainedTokenizerFast(tokenizer_object=t, bos_token="<s>")
+    assert len(fast(" 1 2", add_special_tokens=False)["input_ids"]) == 1
+    b = NeedleBuilder(fast)
+    assert b.digits == [d for d in digits if d != "1"]
+    assert all(len(b.answer_ids(k)) == 5 for k in ("20934", "22222", "98765"))
+
+
 def test_too_short_is_a_clear_error(tok, docs):
     with pytest.raises(UserError, match="needs more than"):
         NeedleBuilder(tok).build(docs[0], 30, 0.5, "12345")
