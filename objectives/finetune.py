@@ -152,9 +152,18 @@ def training_docs(spec: ObjectiveSpec, tokenizer: Any, length: int) -> list[np.n
     return docs
 
 
-def fingerprint(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int) -> str:
-    """What defines a fine-tune's trajectory; a checkpoint from another one is refused."""
-    what = {"model": spec.model.path, "data": dataclasses.asdict(spec.data), "length": length,
+def fingerprint(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
+                home: str | Path | None = None) -> str:
+    """What defines a fine-tune's trajectory; a checkpoint from another one is refused. A model
+    inside `home` (the run folder: a second fine-tune trains the first one's model) counts by its
+    path relative to it, so the run folder may move, or be mounted elsewhere on another host."""
+    model = spec.model.path
+    if home is not None and not model.startswith("builtin:"):
+        try:
+            model = "<run>/" + Path(model).resolve().relative_to(Path(home).resolve()).as_posix()
+        except ValueError:  # not inside: the path as given
+            pass
+    what = {"model": model, "data": dataclasses.asdict(spec.data), "length": length,
             "factors": factors.to_dict(), "finetune": {k: v for k, v in dataclasses.asdict(ft).items()
                                                        if k not in ("after", "checkpoint_every")}}
     what["data"].pop("cache_dir")
@@ -167,12 +176,13 @@ def _write_json(path: Path, data: dict) -> None:
 
 def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, length: int,
              work: str | Path, out: str | Path, progress: bool = True,
-             check: Callable[[], None] | None = None) -> dict[str, Any]:
+             check: Callable[[], None] | None = None, home: str | Path | None = None) -> dict[str, Any]:
     """Fine-tune spec's model at `length` with `factors`, checkpointing into `work`, and save the
     merged model to `out` (replaced if there). Resumes from work's checkpoint. Returns the record
     (also work/training.json). `check()` runs before each step's writes and before the merged
     model's: the driver's lease (a driver taken over while this trained stops here, leaving
-    `work` to the new holder); it must pickle when this runs as a Ray task."""
+    `work` to the new holder); it must pickle when this runs as a Ray task. `home`: the run
+    folder, which may move between a kill and the resume (`fingerprint`)."""
     import torch
     from tqdm.auto import tqdm
 
@@ -202,12 +212,12 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                for n, p in params}
     low = [(p, masters[n]) for n, p in params if masters[n] is not p]  # (weight, its float32 master)
     opt = torch.optim.AdamW(list(masters.values()), lr=ft.lr, weight_decay=0.0)
-    key = fingerprint(spec, ft, factors, length)
+    key = fingerprint(spec, ft, factors, length, home)
     start, losses, seconds = 0, [], 0.0
     ckpt = work / CHECKPOINT
     if ckpt.exists():
         state = torch.load(ckpt, map_location=loaded.device, weights_only=True)
-        if state["fingerprint"] != key:
+        if state["fingerprint"] not in (key, fingerprint(spec, ft, factors, length)):  # or as before `home`
             raise UserError(f"{ckpt} belongs to another fine-tune (model, data, factors or [finetune] "
                             "changed); delete it to start this one afresh")
         with torch.no_grad():

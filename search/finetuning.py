@@ -67,8 +67,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     run.event(f"finetune-{length}: {how} on {spec.model.path}, "
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
     args = (spec, ft, best.factors, length, work, work / "merged")
-    record = (_on_ray(workers, *args, check=check) if workers.backend == "ray" else
-              _here(*args, progress=progress, check=check))
+    record = (_on_ray(workers, *args, check=check, home=run.path) if workers.backend == "ray" else
+              _here(*args, progress=progress, check=check, home=run.path))
     if check is not None:
         check()
     patch = work / "factors.json"  # the stage's factors in export form, for the merged config
@@ -93,11 +93,11 @@ def _from_step(work: Path) -> str:
     return f" from step {step}" if isinstance(step, int) else ""
 
 
-def _here(*args, progress: bool, check=None):
-    return finetune(*args, progress=progress, check=check)
+def _here(*args, progress: bool, check=None, home=None):
+    return finetune(*args, progress=progress, check=check, home=home)
 
 
-def _on_ray(workers: WorkersConfig, *args, check=None):
+def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     """One Ray task with a scoring worker's resources. Its worker lost (killed, out of memory, its
     node gone): Ray runs it again, up to RETRIES times, from its last checkpoint (the run folder is
     shared), so the result does not change; past that, one line, and a resume continues from
@@ -110,7 +110,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None):
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
             ray.exceptions.ObjectLostError)  # what Ray raises for a lost worker, not for a bug
     task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(finetune)
-    ref = task.remote(*args, progress=False, check=check)
+    ref = task.remote(*args, progress=False, check=check, home=home)
     try:
         return ray_get(ref)
     except KeyboardInterrupt:

@@ -103,6 +103,25 @@ def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus
         finetune(spec, other, FACTORS, 64, tmp_path / "cut", tmp_path / "x", progress=False)
 
 
+def test_a_checkpoint_on_a_model_inside_the_run_folder_survives_the_folder_moving(tiny_model_dir,
+                                                                                  text_corpus_dir, tmp_path):
+    """finetune.after = [L1, L2]: ft-L2 trains RUN/models/ft-L1. Killed, then resumed after the run
+    folder moved (or from a host that mounts the shared file system elsewhere), ft-L2's checkpoint
+    is still its own: the model's path counts relative to the run folder (`home`)."""
+    import shutil
+
+    spec_at = lambda run: ObjectiveSpec.of(str(run / "models" / "ft-32"), str(text_corpus_dir))  # noqa: E731
+    a, b = tmp_path / "a", tmp_path / "b"
+    shutil.copytree(tiny_model_dir, a / "models" / "ft-32")
+    ft = FinetuneSpec(steps=2, checkpoint_every=2, batch_tokens=128, s2_attn=False)
+    ref = finetune(spec_at(a), ft, FACTORS, 64, a / "ft-64", a / "m", progress=False, home=a)
+    a.rename(b)
+    again = finetune(spec_at(b), ft, FACTORS, 64, b / "ft-64", b / "m", progress=False, home=b)
+    assert again["losses"] == ref["losses"] and again["fingerprint"] == ref["fingerprint"]
+    with pytest.raises(UserError, match="belongs to another fine-tune"):  # outside `home`: its path counts
+        finetune(spec_at(b), ft, FACTORS, 64, b / "ft-64", b / "m", progress=False, home=b / "elsewhere")
+
+
 def test_passkey_mix_turns_windows_into_samples_and_leaves_mix_0_alone(text_corpus_dir):
     from longrope.objectives.finetune import training_batch
     from longrope.objectives.needle import QUESTION, NeedleBuilder
