@@ -28,6 +28,7 @@ Llama-3: " 4" is the space, then the digit) gets keys of (space, digit) pairs.
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any
@@ -58,9 +59,12 @@ class NeedleSample:
         return self.ids[self.answer_at:]
 
     def record(self) -> dict[str, Any]:
-        """What a run stores to score the same samples after a resume."""
+        """What a run stores to score the same samples after a resume: where and what, and a hash
+        of the sample's token ids (an edited document or another tokenizer can leave the
+        positions as they were)."""
+        ids = hashlib.sha256(np.asarray(self.ids, dtype=np.int64).tobytes()).hexdigest()[:16]
         return {"doc": self.doc, "depth": self.depth, "key": self.key, "needle_at": self.needle_at,
-                "answer_at": self.answer_at, "length": len(self.ids)}
+                "answer_at": self.answer_at, "length": len(self.ids), "sha256": ids}
 
 
 class NeedleBuilder:

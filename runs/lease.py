@@ -124,17 +124,28 @@ class Lease:
                 if why is None and not other:
                     raise UserError(f"{self.path} could not be read just now; try again")
                 if why is None:
-                    age = lease_age(other)
-                    skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
-                            "old: the two hosts' clocks differ" if age > self.timeout else "")
-                    raise UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
-                                    f"{other.get('host')} (heartbeat {age:.0f} s ago, "
-                                    f"{self.path}){skew}; one driver per run; a lock silent for "
-                                    f"--lock-timeout ({self.timeout:g} s) is taken over")
+                    raise self._in_use(other)
                 print(f"warning: {why}", file=sys.stderr)
             self._write()
         self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
         self._thread.start()
+
+    def _in_use(self, other: dict) -> UserError:
+        age = lease_age(other)
+        skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
+                "old: the two hosts' clocks differ" if age > self.timeout else "")
+        return UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
+                         f"{other.get('host')} (heartbeat {age:.0f} s ago, "
+                         f"{self.path}){skew}; one driver per run; a lock silent for "
+                         f"--lock-timeout ({self.timeout:g} s) is taken over")
+
+    def precheck(self) -> None:
+        """acquire()'s refusal of a live lease, without waiting or writing: a driver asks before
+        it loads the model on its workers, which a refused resume would do for nothing (and on a
+        shared GPU beside the live driver's replicas). acquire() decides for good later."""
+        other = self.read()
+        if other and not self.dead_here(other) and lease_age(other) <= self.timeout:
+            raise self._in_use(other)
 
     @contextmanager
     def _guarded(self):

@@ -2,7 +2,8 @@
 
 They search a monotone-by-construction parametrisation: λ_0 = 1 + step_0,
 λ_i = λ_{i-1} + step_i with steps >= 0, clipped to λmax (step_0 may span the
-whole range; later steps up to 4·(λmax − 1)/n, so a few can climb to λmax).
+whole range; later steps up to 4·(λmax − 1)/n, so a few can climb to λmax, or
+up to a seed's own step where it is steeper, so each seed is enqueued exactly).
 n̂ is categorical. The exact seeds are enqueued first, as for the evolution.
 With a critical dimension c the steps start at λ_c = s + step_c (the pairs
 below c follow λ_c, SearchSpace.expand), or, when the pairs below c are searched
@@ -12,6 +13,8 @@ parameter, snapped onto its grid.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
@@ -20,12 +23,17 @@ from longrope.spaces import RescaleFactors, SearchSpace
 
 
 class StepParametrisation:
-    def __init__(self, space: SearchSpace):
+    def __init__(self, space: SearchSpace, seeds: Sequence[RescaleFactors] = ()):
+        """`seeds`: factors to enqueue exactly; a step of theirs above 4·span/n (YaRN's and NTK's
+        steep ramps) widens that step's range, or the seed would be scored with its ramp cut."""
         self.space = space
         self.first = space.first_searched
         n = space.n_freqs - self.first
         span = space.lambda_max - space.gene_min
-        self.bounds = [span] + [4 * span / n] * (n - 1)
+        bounds = np.array([span] + [4 * span / n] * (n - 1))
+        for f in seeds:
+            bounds = np.maximum(bounds, self._steps(f))
+        self.bounds = bounds.tolist()
 
     def distributions(self) -> dict[str, BaseDistribution]:
         d: dict[str, BaseDistribution] = {
@@ -44,11 +52,14 @@ class StepParametrisation:
         mscale = sp.snap_mscale(params["mscale"]) if sp.searches_mscale else sp.mscale
         return RescaleFactors(tuple(lam.tolist()), n_hat=int(params["n_hat"]), mscale=mscale)
 
-    def params(self, f: RescaleFactors) -> dict:
+    def _steps(self, f: RescaleFactors) -> np.ndarray:
         sp = self.space
         lam = np.clip(np.maximum.accumulate(sp.genes(f)), sp.gene_lows, sp.lambda_max)
-        steps = np.diff(np.concatenate([[sp.gene_min], lam]))
-        steps = np.minimum(steps, self.bounds)
+        return np.diff(np.concatenate([[sp.gene_min], lam]))
+
+    def params(self, f: RescaleFactors) -> dict:
+        sp = self.space
+        steps = np.minimum(self._steps(f), self.bounds)
         d = {f"step_{i:03d}": float(s) for i, s in enumerate(steps, start=self.first)}
         d["n_hat"] = f.n_hat if f.n_hat in sp.n_hats else sp.n_hats[0]
         if sp.searches_mscale:

@@ -39,9 +39,11 @@ from .stopping import how_stopped, interrupted, signals_as_interrupt
 
 def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
-    Idempotent: a slot already re-queued is not queued twice."""
+    Idempotent: a slot still waiting in the queue is not queued twice. Only a WAITING copy
+    counts: a re-queued copy that was running when the driver died again is re-queued again."""
     trials = study.get_trials(deepcopy=False)
-    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials if vocab.SLOT in t.user_attrs}
+    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials
+              if t.state == TrialState.WAITING and vocab.SLOT in t.user_attrs}
     n = 0
     for t in trials:
         if t.state != TrialState.RUNNING:
@@ -107,6 +109,9 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
         Run.open(run_dir)  # says why it is not a run
     else:
         Run.check_new(run_dir)
+    lease = Run(run_dir).lock(lock_timeout)  # a bad --lock-timeout: refused before the workers load,
+    if existing:
+        lease.precheck()  # and so is a live driver's run
     if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
         rdb_storage(cfg.search.storage)
     plan = Plan(cfg, backend)
@@ -142,6 +147,10 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
         except KeyboardInterrupt:
+            if lease.lost:  # abandon_inflight wrote nothing: the run is another driver's now
+                raise interrupted(seen, "; another driver holds the run now (it was taken over while "
+                                  "this one hung), so nothing was re-queued here; it continues the search") \
+                    from None
             run.event(f"interrupted ({how_stopped(seen)[0]}); running trials re-queued")
             resume = f"longrope resume {run_dir}"
             raise interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
@@ -223,10 +232,22 @@ class Driver:
         if self.lease is not None:
             self.lease.check()
 
+    def holds_lease(self) -> bool:
+        """False once another driver has taken the run over (a lock unreadable just now: True)."""
+        try:
+            self.check_lease()
+        except LeaseLost:
+            return False
+        return True
+
     def abandon_inflight(self) -> None:
         """On interruption: hand in-flight trials back to the queue (resume re-runs them). The
         stage under way counts even with nothing registered in flight: an interrupt between
         `study.ask` and the registration leaves a RUNNING trial that only the study knows."""
+        if not self.holds_lease():  # taken over: what ran here is the new holder's to re-queue
+            self.inflight.clear()
+            self.active = None
+            return
         studies = {id(s): (s, p) for s, _, p in self.inflight.values()}
         if self.active is not None:
             studies[id(self.active[0])] = self.active
@@ -244,6 +265,8 @@ class Driver:
         needle = self.cfg.objective.kind == "needle"
         key, what = (vocab.SAMPLES, "needle samples") if needle else (vocab.DOCUMENTS, "search documents")
         stored = study.user_attrs.get(key)
+        if stored and needle and "sha256" not in stored[0]:  # recorded before samples had their hash
+            records = [{k: v for k, v in r.items() if k != "sha256"} for r in records]
         if stored is None:
             study.set_user_attr(key, records)
         elif stored != records:

@@ -151,7 +151,7 @@ class OptunaProposer:
     """cmaes | tpe | random over the monotone step parametrisation."""
 
     def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
-        self.param = StepParametrisation(stage.space)
+        self.param = StepParametrisation(stage.space, seeds)
         self.sampler = make_sampler(cfg.search.sampler, cfg.search.seed + stage.length)
         self.budget = stage.budget
         self.seeds = seeds

@@ -35,7 +35,7 @@ from longrope.runs.optuna_io import set_study_system_attr, set_trial_system_attr
 from longrope.runs.vocab import REASON, REQUEUED, SLOT, parents_key
 from longrope.spaces import RescaleFactors, SearchSpace, UserError
 
-from .operators import mutate, next_generation
+from .operators import MAX_TRIES, mutate, next_generation
 
 FINISHED = (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL)
 
@@ -173,15 +173,26 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                 if self.space.key(s) not in seen and len(out) < self.population:
                     seen.add(self.space.key(s))
                     out.append(s)
-            base = out or [self.space.repair(RescaleFactors.uniform(1.0, n, mscale=self.space.mscale))]
+            # the rest: mutants of the seeds in turn (a copy: `out` grows while they are bred)
+            base = list(out) or [self.space.repair(RescaleFactors.uniform(1.0, n, mscale=self.space.mscale))]
             if not out:
                 out.append(base[0])
                 seen.add(self.space.key(base[0]))
+            tries = 0
             while len(out) < self.population:
                 child = mutate(base[len(out) % len(base)], rng, self.space, self.p_mut, self.sigma)
+                tries += 1
                 if self.space.key(child) not in seen:
                     seen.add(self.space.key(child))
                     out.append(child)
+                    tries = 0
+                elif tries >= MAX_TRIES:
+                    raise UserError(
+                        f"generation 0: only {len(out)} distinct candidates of search.population = "
+                        f"{self.population} after {MAX_TRIES} mutants in a row that were all duplicates; "
+                        "the space is too small for the population (a coarse space.step, a short stage, "
+                        "deployable) or search.mutation_prob is 0: lower search.population or widen the "
+                        "space")
         else:
             earlier = [t for t in self.owned(study) if t.system_attrs[SLOT][0] < g]
             running = sum(t.state not in FINISHED for t in earlier)
@@ -209,7 +220,7 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
     def distributions(self) -> dict[str, BaseDistribution]:
         sp = self.space
         d: dict[str, BaseDistribution] = {
-            param_name(i): FloatDistribution(float(lo), sp.lambda_max)
+            param_name(i): FloatDistribution(float(lo), sp.lambda_top)
             for i, lo in enumerate(sp.gene_lows, start=sp.first_searched)
         }
         d["n_hat"] = CategoricalDistribution(sp.n_hats)

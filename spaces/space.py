@@ -155,6 +155,12 @@ class SearchSpace:
         k = min(max(round((float(x) - lo) / st), 0), math.floor((hi - lo) / st + _EPS))
         return round(lo + k * st, 10)
 
+    @property
+    def lambda_top(self) -> float:
+        """The highest λ a candidate takes: λmax's grid point, which may lie an ulp above a
+        computed λmax (1.2 · 3 = 3.5999999999999996, its grid point 3.6)."""
+        return max(self.lambda_max, round(self._grid_max(), 10))
+
     # -- grid arithmetic: integer grid indices make equality exact ----------
     def _grid_max(self) -> float:
         steps = math.floor((self.lambda_max - self.lambda_min) / self.step + _EPS)

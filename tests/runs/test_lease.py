@@ -218,6 +218,53 @@ def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch
     assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref))
 
 
+def test_a_driver_taken_over_then_interrupted_hands_nothing_back(tmp_path, monkeypatch, capsys, quick_heartbeat):
+    """Taken over while it hung, then Ctrl-C before its next write: the trials in flight are the
+    new holder's to re-queue, not this driver's (failing them would crash the new holder's tells)."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    run_dir, told, journal = tmp_path / "run", [], {}
+    real_tell = Driver.tell
+
+    def tell(self, study, trial, ev):
+        told.append(trial.number)
+        if len(told) == 5:
+            forge(run_dir / "run.lock", host="node-c", age=0)
+            journal["at take-over"] = (run_dir / "journal.log").read_bytes()
+            raise KeyboardInterrupt
+        return real_tell(self, study, trial, ev)
+
+    monkeypatch.setattr(Driver, "tell", tell)
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stop:
+        main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"])
+    assert stop.value.code == 130
+    assert "another driver holds the run now" in capsys.readouterr().err
+    assert (run_dir / "journal.log").read_bytes() == journal["at take-over"]
+    assert json.loads((run_dir / "run.lock").read_text())["host"] == "node-c"
+
+
+def test_a_live_run_and_a_bad_timeout_are_refused_before_the_workers_load(tmp_path, monkeypatch, capsys):
+    """A second driver on a live run would load a model replica on every worker (beside the live
+    driver's, on a shared GPU) only to be refused; a bad --lock-timeout likewise, and for a new
+    run after its folder was made."""
+    from longrope.search.plan import Plan
+
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "8"]) == 0
+    started = []
+    monkeypatch.setattr(Plan, "start_backend", lambda self: started.append(1))
+    forge(run_dir / "run.lock", host="node-c", age=3)
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "16"]) == 2
+    assert "in use by pid 4242 on node-c" in capsys.readouterr().err and not started
+    assert main(["search", str(cfg), "--run-dir", str(tmp_path / "new"), "--quiet", "--lock-timeout", "0.1"]) == 2
+    assert "--lock-timeout must be more than" in capsys.readouterr().err
+    assert not started and not (tmp_path / "new").exists()
+
+
 def test_resume_from_another_host_after_preemption(tmp_path, capsys, quick_heartbeat):
     """Preempted on node-b (its lock left behind): a resume waits for nobody once the heartbeat
     is older than --lock-timeout, and ends where an uninterrupted search ends."""

@@ -51,6 +51,16 @@ def test_needle_search_records_its_samples_and_resume_checks_them(tmp_path, caps
         vocab.SAMPLES, [dict(s, key="11111") for s in samples])
     assert main(["resume", str(run_dir), "--quiet"]) == 2
     assert "the needle samples differ" in capsys.readouterr().err
+    # the same positions and keys over other text (an edited document, another tokenizer): refused
+    assert all(len(s["sha256"]) == 16 for s in samples)
+    optuna.load_study(study_name="long-256", storage=storage).set_user_attr(
+        vocab.SAMPLES, [dict(s, sha256="0" * 16) for s in samples])
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    assert "the needle samples differ" in capsys.readouterr().err
+    # a run recorded before the samples had their hash resumes, checked on the rest
+    optuna.load_study(study_name="long-256", storage=storage).set_user_attr(
+        vocab.SAMPLES, [{k: v for k, v in s.items() if k != "sha256"} for s in samples])
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
 
 
 def test_needle_kind_is_validated(tmp_path, capsys):

@@ -2,11 +2,12 @@
 an objective needs no suggest calls, the result is a pure function of the seed, and asking a
 generation before the last one is told is refused instead of breeding from whatever finished."""
 
+import numpy as np
 import optuna
 import pytest
 
 from longrope.search.sampler import LongRoPESampler
-from longrope.spaces import SearchSpace
+from longrope.spaces import SearchSpace, UserError
 
 SPACE = SearchSpace.for_target(8, 4.0)
 SHAPE = dict(population=8, parents=4, mutants=2, crossovers=2)
@@ -35,3 +36,110 @@ def test_asking_past_an_untold_generation_is_refused():
     sampler.factors(gen0[-1])
     with pytest.raises(RuntimeError, match="generation 1 is bred from every candidate before it, but 1 of them is"):
         sampler.factors(early)
+
+
+def test_generation_0_mutates_each_seed_in_turn(monkeypatch):
+    """Generation 0 is the seeds, then mutants of them in turn (LongRoPE's initial population:
+    PI, NTK, YaRN and mutations of them), not of the first seed alone."""
+    from longrope.search import sampler as sampler_mod
+    from longrope.spaces import RescaleFactors
+
+    seeds = [RescaleFactors.uniform(v, SPACE.n_freqs) for v in (2.0, 3.0, 4.0)]
+    bred: dict = {}
+    mutate = sampler_mod.mutate
+
+    def recorded(parent, *args, **kw):
+        child = mutate(parent, *args, **kw)
+        bred[child] = parent
+        return child
+
+    monkeypatch.setattr(sampler_mod, "mutate", recorded)
+    sampler = LongRoPESampler(SPACE, seed=0, seeds=seeds, **{**SHAPE, "population": 9})
+    gen = sampler.generation(optuna.create_study(sampler=sampler), 0)
+    assert gen[:3] == [SPACE.clip(s) for s in seeds] and len(gen) == 9
+    assert sorted(seeds.index(bred[c]) for c in gen[3:]) == [0, 0, 1, 1, 2, 2]
+
+
+def test_a_population_larger_than_generation_0_can_fill_is_a_clear_error():
+    """mutation_prob 0 breeds only copies of the seed: this used to loop for ever."""
+    sampler = LongRoPESampler(SPACE, seed=0, mutation_prob=0.0, **SHAPE)
+    with pytest.raises(UserError, match="generation 0: only 1 distinct candidates of search.population = 8"):
+        sampler.generation(optuna.create_study(sampler=sampler), 0)
+
+
+def _two_workers(interrupt_at: tuple[int, ...]) -> list[tuple]:
+    """The (slot, value) of every owned complete trial of a search that keeps two candidates in
+    flight, like `longrope search` with 2 workers, killed (in flight trials left RUNNING) when
+    `interrupt_at` candidates are told, then resumed by a new process on the same storage."""
+    from types import SimpleNamespace
+
+    from longrope.runs.vocab import SLOT
+    from longrope.search.driver import requeue_running
+
+    storage, pending, flight, told = optuna.storages.InMemoryStorage(), list(interrupt_at), [], 0
+
+    def process():
+        sampler = LongRoPESampler(SPACE, seed=0, **SHAPE)
+        study = optuna.create_study(storage=storage, study_name="s", sampler=sampler, load_if_exists=True)
+        return sampler, study
+
+    sampler, study = process()
+    while told < 16:
+        while len(flight) < 2 and told + len(flight) < 16 and sampler.ready(study):
+            t = study.ask()
+            flight.append((t, sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas)))
+        if pending and told == pending[0]:
+            pending.pop(0)
+            sampler, study = process()  # the driver died; a resume re-queues what it left
+            requeue_running(study, SimpleNamespace(requeue_params=lambda t: t.params or {}))
+            flight = []
+            continue
+        t, value = flight.pop(0)
+        study.tell(t, value)
+        told += 1
+    return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study)
+                  if t.state == optuna.trial.TrialState.COMPLETE)
+
+
+def test_a_second_interruption_while_a_requeued_candidate_runs_loses_no_slot():
+    """Killed with (1,0) and (1,1) in flight; resumed, the re-queued (1,0) is told and (1,2) asked;
+    killed again with the re-queued (1,1) in flight: it is re-queued again, not failed for good
+    (slot (1,1) never scored and (1,2) scored twice)."""
+    ref = _two_workers(())
+    assert len(ref) == 16 and len({s for s, _ in ref}) == 16
+    assert _two_workers((9, 10)) == ref
+    assert _two_workers((3, 8, 9, 13)) == ref
+
+
+def test_a_lambda_max_an_ulp_below_its_top_grid_point_is_searched():
+    """λmax = 1.2 · 3 = 3.5999999999999996 puts the top grid point, 3.6, an ulp above it; a candidate
+    there must still be a valid Optuna parameter (it used to fall to sample_independent and raise)."""
+    space = SearchSpace.for_target(8, 3.0, ratio=1.2)
+    assert space.lambda_max < 3.6 == float(space.snap([9.0] * 8)[-1])
+    from longrope.spaces import RescaleFactors
+
+    sampler = LongRoPESampler(space, seed=0, seeds=[RescaleFactors.uniform(4.0, 8)], **SHAPE)  # clipped
+    study = optuna.create_study(sampler=sampler)
+    study.optimize(lambda t: -sum(sampler.factors(t).lambdas), n_trials=16)
+    assert max(max(sampler.factors(t).lambdas) for t in study.trials) == 3.6
+
+
+@pytest.mark.parametrize("d, base, L0, s", [(64, 1e4, 256, 4), (128, 5e5, 8192, 16), (96, 1e4, 4096, 32)])
+def test_the_comparison_samplers_enqueue_each_seed_exactly(d, base, L0, s):
+    """cmaes/tpe/random search monotone steps of λ, each later step up to 4·span/n; YaRN's and
+    NTK's ramps are steeper than that in places, and the enqueued "yarn" used to be YaRN with its
+    ramp cut (off by up to 18 on a Phi-3 geometry)."""
+    from longrope.search.alternatives import StepParametrisation
+    from longrope.spaces import METHODS, RopeGeometry
+
+    g = RopeGeometry(rotary_dim=d, base=base, original_length=L0)
+    space = SearchSpace.for_target(d // 2, float(s))
+    seeds = [space.clip(METHODS[m](g, L0 * s)) for m in ("pi", "ntk", "yarn", "dynamic_ntk")]
+    param = StepParametrisation(space, seeds)
+    dists = param.distributions()
+    for f in seeds:
+        p = param.params(f)
+        assert all(dists[k]._contains(v) for k, v in p.items())
+        np.testing.assert_allclose(param.factors(p).lambdas, f.lambdas, rtol=0, atol=1e-9)
+    bare = StepParametrisation(space)  # the default ranges alone: YaRN's ramp does not fit
+    assert np.abs(np.subtract(bare.factors(bare.params(seeds[2])).lambdas, seeds[2].lambdas)).max() > 0.1
