@@ -30,6 +30,7 @@ Task = Literal["ppl", "needle"]
 DTYPES, DEVICES, NLLS = get_args(Dtype), get_args(Device), get_args(Nll)
 NonNegInt = Annotated[int, Ge(0)]  # bounds, checked with the types
 PosInt = Annotated[int, Ge(1)]
+Seed = Annotated[int, Interval(ge=0, lt=2**31)]  # numpy's and Optuna's generators refuse a negative seed
 PosFloat = Annotated[float, Gt(0)]
 NonNegFloat = Annotated[float, Ge(0)]
 Fraction = Annotated[float, Interval(gt=0, lt=1)]  # strictly between 0 and 1
@@ -67,7 +68,7 @@ class DataSpec:
     stream_docs: NonNegInt = 0
     search_docs: PosInt = 5  # documents scored per candidate (paper: 5 PG19 docs)
     heldout_docs: NonNegInt = 5  # disjoint documents for the held-out report
-    split_seed: int = 0  # seeds the document split
+    split_seed: Seed = 0  # seeds the document split
     cache_dir: str = ""  # token-id cache; "" = ~/.cache/longrope
 
     def validate(self, where: str = "data") -> None:
@@ -92,7 +93,7 @@ class TaskSpec:
     kind: Task = "ppl"  # ppl: document perplexity | needle: NLL of pass keys hidden in the documents' text
     depths: PosInt = 10  # needle: depths per stage, evenly spread over [0, 1] (0 = start of the text)
     per_depth: PosInt = 1  # needle: samples per depth, each from the next document (documents cycle)
-    seed: int = 0  # needle: seeds the keys; the samples are a pure function of (seed, length, documents)
+    seed: Seed = 0  # needle: seeds the keys; the samples are a pure function of (seed, length, documents)
 
     def validate(self, where: str = "objective") -> None:
         check(self, where)
@@ -114,7 +115,7 @@ class FinetuneSpec:
     s2_attn: bool = True  # shifted sparse attention while training (full attention at inference)
     s2_group: NonNegInt = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
     checkpoint_every: PosInt = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
-    seed: int = 0  # seeds the LoRA init and every step's windows
+    seed: Seed = 0  # seeds the LoRA init and every step's windows
     # fraction of training windows turned into pass-key samples (a key hidden in the window's
     # text, asked for at its end; their answer's loss is added): LongLoRA trains on plain text
     passkey_mix: Probability = 0.0

@@ -163,6 +163,7 @@ class Run:
         if not bad:
             return None
         data = self.journal.read_bytes()
+        _refuse_renumbering(bad, data.split(b"\n"))
         backup = self.journal.with_name(f"{JOURNAL}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.copy2(self.journal, backup)
         drop = set(bad)
@@ -275,3 +276,35 @@ class Run:
             raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
         return BestRecord.load(found[length])
 
+
+def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
+    """Optuna's journal numbers studies and trials by their creation records (JournalStorage's
+    _apply_create_trial: trial_id = trials so far); every other record names its id. Dropping a
+    line that created one would renumber the rest: each later trial would take its
+    predecessor's parameters and results. Such a line shows as a record, after it, that names
+    an id not created yet; then nothing is dropped."""
+    names: set[str] = set()
+    trials, drop = 0, set(bad)
+    for n, line in enumerate(lines, start=1):
+        if n in drop or not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a torn last line: repair_journal's
+        op = rec.get("op_code")
+        if op == 0:  # CREATE_STUDY (a name created twice is one study)
+            names.add(rec.get("study_name"))
+            continue
+        study, trial = rec.get("study_id"), rec.get("trial_id")
+        if op == 4 and isinstance(study, int) and study < len(names):  # CREATE_TRIAL
+            trials += 1
+            continue
+        kind, ident, known = (("trial", trial, trials) if isinstance(trial, int)
+                              else ("study", study, len(names)))
+        if isinstance(ident, int) and ident >= known:
+            lost = max(b for b in bad if b < n) if any(b < n for b in bad) else bad[0]
+            raise UserError(f"journal line {lost} cannot be dropped: the records after it name {kind} "
+                            f"{ident} before the journal creates it, so that line created a {kind}, and "
+                            "without it every later one would take another's results; restore the journal "
+                            "from a copy or start a new --run-dir (nothing was changed)")

@@ -66,7 +66,8 @@ RENAMED = {("search", "seeds"): "methods",
 # Defaults changed since a run's config.toml may have been frozen: a copy written before the key
 # existed reads the value its run used, not today's default, so a resume does what the run did.
 FROZEN_DEFAULTS = {("finetune", "short_mix"): 0.0,  # 0.5 since session 9 (the short_mix bench)
-                   ("model", "nll"): "eager"}  # auto (compiled on GPU) since session 19
+                   ("model", "nll"): "eager",  # auto (compiled on GPU) since session 19
+                   ("search", "pruner_startup"): 3}  # 2 since session 15 (fixed at 3 before the key)
 
 
 def frozen(data: dict[str, Any]) -> dict[str, Any]:

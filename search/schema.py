@@ -26,6 +26,7 @@ from longrope.objectives.specs import (
     PosFloat,
     PosInt,
     Probability,
+    Seed,
     TaskSpec,
 )
 from longrope.spaces import N_HAT_PAPER
@@ -57,7 +58,7 @@ class SpaceConfig:
 @dataclass
 class SearchConfig:
     sampler: str = "longrope"  # longrope | cmaes | tpe | random
-    seed: int = 0  # the whole trajectory is a function of this seed
+    seed: Seed = 0  # the whole trajectory is a function of this seed
     population: Annotated[int, Gt(0)] = 64  # initial population (paper 64)
     parents: Annotated[int, Gt(0)] = 32  # kept per iteration (paper 32)
     mutants: NonNegInt = 16  # new mutants per iteration (paper 16)

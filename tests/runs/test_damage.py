@@ -10,6 +10,7 @@ from longrope.runs import Run
 from longrope.search.cli import main
 
 SET_STATE = 6  # Optuna's JournalOperation.SET_TRIAL_STATE_VALUES
+CREATE_TRIAL = 4
 
 
 def one_line(capsys, rc, message):
@@ -93,3 +94,20 @@ def test_bad_run_directories(tmp_path, cfg_file, capsys, monkeypatch):
     (run_dir / "config.toml").write_bytes(SMALL.encode()[:20] + b"\xff\xfe\n")
     for argv in (["status", str(run_dir)], ["resume", str(run_dir)], ["export", str(run_dir)]):
         one_line(capsys, main(argv), "is not UTF-8 text")
+
+
+def test_repair_refuses_to_drop_a_line_that_created_a_trial(tmp_path, cfg_file, capsys):
+    """Optuna numbers trials by their CREATE_TRIAL records: dropped, every later trial would take its
+    predecessor's parameters and results. The records after it name a trial not yet created, which
+    tells such a line, and --repair refuses with the journal as it was."""
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
+    journal = run_dir / "journal.log"
+    lines = journal.read_text().splitlines()
+    hit = [i for i, ln in enumerate(lines) if json.loads(ln)["op_code"] == CREATE_TRIAL][7]
+    lines[hit] = '{"op_code": 4, "study_id": 0, "dat\x00\x00'
+    journal.write_text("\n".join(lines) + "\n")
+    before = snapshot(run_dir)
+    one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]),
+             f"line {hit + 1} cannot be dropped: the records after it name trial 7 before")
+    assert snapshot(run_dir) == before

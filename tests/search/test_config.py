@@ -37,6 +37,10 @@ def test_example_equals_defaults_and_round_trips():
         ("[space]\ntargets = [2048, 1024]", "ascending"),
         ("[space]\nmscale = 'sue'", "space.mscale = 'sue'"),
         ("[search]\nmax_evals = -1", "search.max_evals = -1 must be >= 0"),
+        ("[search]\nseed = -1", r"search.seed = -1 must be in \[0, 2147483648\)"),
+        ("[finetune]\nseed = -2", r"finetune.seed = -2 must be in \[0, 2147483648\)"),
+        ("[data]\nsplit_seed = -1", r"data.split_seed = -1 must be in \[0"),
+        ("[objective]\nseed = -1", r"objective.seed = -1 must be in \[0"),
         ("[search]\npopulation = 0", "search.population = 0 must be positive"),
         ("[search]\nparents = 80", "search.parents = 80 exceeds search.population = 64"),
         ("[search]\nsampler = 'bayes'", "search.sampler = 'bayes'; choose one of"),
@@ -202,3 +206,12 @@ def test_a_relative_sqlite_storage_is_the_same_database_from_any_directory(tmp_p
     assert main(["status", str(tmp_path / "run")]) == 0
     assert "long-256: 12/12 evals" in capsys.readouterr().out
     assert not (tmp_path / "b" / "x.db").exists()
+
+
+def test_a_run_frozen_before_pruner_startup_existed_resumes_with_the_3_it_used():
+    """The Wilcoxon pruner's start-up was fixed at 3 before search.pruner_startup (default 2 since);
+    a config.toml written then prunes as it did."""
+    old = config.RunConfig().to_dict()
+    del old["search"]["pruner_startup"]
+    assert config.from_dict(config.frozen(old)).search.pruner_startup == 3
+    assert config.from_dict(config.frozen(config.RunConfig().to_dict())).search.pruner_startup == 2
