@@ -179,6 +179,23 @@ def _lambda_table(stage: StageView, seeds: dict[str, tuple[float, ...]]) -> list
     return lines
 
 
+def eval_data_flags(cfg: dict) -> str:
+    """`longrope eval` flags that pick the run's own held-out documents: its count, split seed and
+    source options, and with streaming the number of documents read, which the split is drawn
+    over (eval's default, 2 x --samples, can deal a run's search documents into held-out)."""
+    d, tok = cfg.get("data", {}), cfg.get("model", {}).get("tokenizer")
+    flags = [f"--samples {d['heldout_docs']}" if d.get("heldout_docs") else "",
+             f"--split-seed {d['split_seed']}" if d.get("split_seed") else "",
+             f"--text-column {d['text_column']}" if d.get("text_column", "text") != "text" else "",
+             f"--data-split {d['split']}" if d.get("split", "train") != "train" else "",
+             f"--data-config {d['config']}" if d.get("config") else "",
+             "--per-line" if d.get("per_line") else "", f"--tokenizer {tok}" if tok else ""]
+    if d.get("streaming"):
+        count = d.get("stream_docs") or 2 * max(d.get("search_docs", 5), d.get("heldout_docs", 5))
+        flags.append(f"--streaming --stream-docs {count}")
+    return "".join(f"{f} " for f in flags if f)
+
+
 def _heldout(run: Run, views: list[StageView]) -> list[str]:
     lines = ["## Held-out", ""]
     scored = [v for v in views if v.record is not None and v.record.heldout_ppl is not None]
@@ -201,7 +218,8 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
                   "documents (`eval` prints the table; nothing of it is stored in the run):", "", "```",
                   f"longrope export {run.path}",
                   f"longrope eval --model {model} --data {data} --lengths {top.length} --split heldout "
-                  f"--methods none,pi,ntk,yarn,{run.path}/export/longrope-{top.length}.json",
+                  f"{eval_data_flags(cfg)}--methods none,pi,ntk,yarn,"
+                  f"{run.path}/export/longrope-{top.length}.json",
                   "```"]
     tunes = sorted((run.path / "finetune").glob("ft-*/training.json"))
     if tunes:

@@ -80,7 +80,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--streaming", action="store_true",
                    help="read only the first documents of the split (data.streaming; --stream-docs)")
     e.add_argument("--stream-docs", type=int, default=0, metavar="N",
-                   help="with --streaming: documents read (default 2 x --samples)")
+                   help="with --streaming: documents read (default 2 x --samples); the split is drawn over "
+                   "them, so a streamed run's held-out documents need its count (its report prints the "
+                   "command)")
     e.add_argument("--lengths", required=True, help="comma-separated lengths, e.g. 1024,2048")
     e.add_argument("--methods", default="none,pi,ntk,yarn",
                    help="comma-separated methods, e.g. none,yarn,lm_infinite:global=4,local=128 (a key=value "

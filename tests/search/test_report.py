@@ -123,3 +123,28 @@ def test_a_missing_run_is_one_line(tmp_path, capsys):
     assert main(["report", str(tmp_path / "nope")]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and err.count("\n") == 1 and "not a run directory" in err
+
+
+@pytest.mark.parametrize("data", [
+    {},
+    {"streaming": True, "search_docs": 8, "heldout_docs": 4, "split_seed": 3},
+    {"streaming": True, "stream_docs": 40, "heldout_docs": 6, "text_column": "body", "per_line": True},
+])
+def test_the_reports_eval_line_scores_the_runs_own_heldout_documents(data):
+    """The split is drawn over the documents read; streamed, that is the run's stream count, and
+    eval's own default (2 x --samples) could deal the run's search documents into held-out. The
+    report's eval command carries what fixes the pool: count, split seed, source options."""
+    import shlex
+
+    from longrope.objectives.specs import DataSpec
+    from longrope.runs.report import eval_data_flags
+    from longrope.search.cli import build_parser
+
+    run = DataSpec(**data)
+    args = build_parser().parse_args(["eval", "--lengths", "256", *shlex.split(eval_data_flags({"data": vars(run)}))])
+    seen = DataSpec(text_column=args.text_column, split=args.data_split, config=args.data_config,
+                    per_line=args.per_line, streaming=args.streaming, stream_docs=args.stream_docs,
+                    search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed)
+    assert (seen.stream_count() if run.streaming else None) == (run.stream_count() if run.streaming else None)
+    for key in ("heldout_docs", "split_seed", "text_column", "per_line", "streaming", "split", "config"):
+        assert getattr(seen, key) == getattr(run, key), key
