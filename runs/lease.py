@@ -127,6 +127,7 @@ class Lease:
                     raise self._in_use(other)
                 print(f"warning: {why}", file=sys.stderr)
             self._write()
+        self._beaten = time.monotonic()  # the last refresh that landed (_stalled)
         self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
         self._thread.start()
 
@@ -193,6 +194,8 @@ class Lease:
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
+            if self._stalled():  # silent past the timeout: a take-over may be under way
+                return
             held = self.mine()
             if held is None:  # unreadable just now: look again at the next beat
                 continue
@@ -205,6 +208,24 @@ class Lease:
                 self._write()
             except OSError as e:  # a full or flaky disk: the next beat tries again
                 print(f"warning: cannot refresh {self.path}: {e}", file=sys.stderr)
+                continue
+            if self._stalled():  # the write itself hung past the timeout: it may have replaced the
+                return  # lease of a driver that took over meanwhile, whose next beat then stops it
+            self._beaten = time.monotonic()
+
+    def _stalled(self) -> bool:
+        """True (and the lease lost) when this driver's last refresh is older than the timeout by
+        its own monotonic clock: the lease looked stale to everyone else, and one check-then-write
+        cannot exclude a take-over in between. Stopping both is safe; two drivers writing is not."""
+        silent = time.monotonic() - self._beaten
+        if silent <= self.timeout:
+            return False
+        self.lost = True
+        print(f"warning: {self.path} was not refreshed for {silent:.0f} s (> --lock-timeout "
+              f"{self.timeout:g} s; a stalled file system or process): another driver may have taken "
+              "the run over, so this one stops writing to it; `longrope resume` continues the run",
+              file=sys.stderr)
+        return True
 
     def release(self) -> None:
         self._stop.set()

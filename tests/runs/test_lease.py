@@ -14,7 +14,7 @@ import pytest
 from search_helpers import small_cfg, trajectory
 
 from longrope.runs import Run
-from longrope.runs.lease import Lease
+from longrope.runs.lease import Lease, LeaseLost
 from longrope.search.cli import main
 from longrope.search.driver import Driver
 from longrope.spaces import UserError
@@ -137,6 +137,30 @@ def test_a_lease_taken_over_is_lost_and_left_to_the_new_holder(tmp_path, capsys)
     lease.release()
     assert lease.lost and json.loads(lock.read_text())["host"] == "node-c"
     assert "was taken over by another driver" in capsys.readouterr().err
+
+
+def test_a_refresh_that_stalls_past_the_timeout_loses_the_lease(tmp_path, capsys, monkeypatch):
+    """The heartbeat checks the lock is its own, then writes: a write stalled (a hung NFS mount)
+    past the timeout may land after another driver took over, replacing its lease. The holder
+    then counts itself lost, so at most the new holder goes on writing."""
+    lock = tmp_path / "run.lock"
+    lease = Lease(lock, timeout=1.0, interval=0.1)
+    lease.acquire()
+    real, writes = Lease._write, []
+
+    def slow(self):
+        writes.append(1)
+        if len(writes) == 2:
+            time.sleep(1.3)  # node-c took the run over meanwhile; this write then lands over it
+        real(self)
+
+    monkeypatch.setattr(Lease, "_write", slow)
+    time.sleep(2.0)
+    assert lease.lost and len(writes) == 2  # no refresh after the stalled one
+    with pytest.raises(LeaseLost):
+        lease.check()
+    lease.release()
+    assert "was not refreshed for" in capsys.readouterr().err
 
 
 def test_an_unreadable_lock_is_not_a_lost_lease(tmp_path):
