@@ -69,8 +69,8 @@ class Lease:
                             f"{interval:g} s), or a live driver's lock could be taken over; got {timeout:g}")
         self.path, self.timeout, self.interval = Path(path), float(timeout), interval
         self.guard = self.path.with_name(self.path.name + ".guard")
-        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "heartbeat": time.time(),
-                   "started": time.time(), "token": uuid.uuid4().hex}
+        self.me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": pid_space(),
+                   "heartbeat": time.time(), "started": time.time(), "token": uuid.uuid4().hex}
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -89,7 +89,9 @@ class Lease:
     @staticmethod
     def dead_here(other: dict) -> bool:
         """`other` was written by a process on this host that no longer runs."""
-        return other.get("host") == socket.gethostname() and not _alive(other.get("pid", -1))
+        here = pid_space()  # a lease written before it was recorded: this host's, as then
+        return (other.get("host") == socket.gethostname() and other.get("pid_space", here) == here
+                and not _alive(other.get("pid", -1)))
 
     def stale(self, other: dict, watched: dict | None = None) -> str | None:
         """Why `other` may be taken over, or None while it is live. `watched`: the lease as it
@@ -313,6 +315,20 @@ def holder(path: Path, timeout: float = LOCK_TIMEOUT) -> dict | None:
     state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
     return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
             "heartbeat_age": round(age, 1) if age != float("inf") else None}
+
+
+def pid_space() -> str:
+    """Where this process's pid means something: the boot and the pid namespace. Containers on
+    one host (Docker with --network host, a pod rescheduled under its old name) share a hostname,
+    not their pids: a holder's pid absent here is not a dead holder there."""
+    parts = []
+    for path, read in (("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()),
+                       ("/proc/self/ns/pid", os.readlink)):
+        try:
+            parts.append(read(path))
+        except OSError:
+            parts.append("")
+    return ":".join(parts)
 
 
 def _alive(pid: int) -> bool:

@@ -35,6 +35,23 @@ def test_fresh_foreign_lock_is_refused_naming_host_and_pid(tmp_path):
     assert "\n" not in str(e.value) and lock.read_bytes() == before
 
 
+def test_a_live_holder_in_another_pid_namespace_under_this_hostname_is_not_dead(tmp_path, capsys):
+    """Two containers on one host share its hostname, not their pids: the holder's pid missing here
+    says nothing of it there. Only a holder in this pid namespace and boot is known dead at once."""
+    from longrope.runs.lease import pid_space
+
+    lock = tmp_path / "run.lock"
+    mine = {"host": socket.gethostname(), "pid": 2**22 + 17, "heartbeat": time.time(), "token": "theirs"}
+    lock.write_text(json.dumps({**mine, "pid_space": "another-boot:pid:[1]"}))
+    with pytest.raises(UserError, match="is in use by pid"):
+        Lease(lock, timeout=60).acquire()
+    lock.write_text(json.dumps({**mine, "pid_space": pid_space()}))
+    lease = Lease(lock, timeout=60)
+    lease.acquire()  # dead here: taken at once
+    lease.release()
+    assert "taking over a stale lock of dead process" in capsys.readouterr().err
+
+
 def test_stale_foreign_lock_is_taken_over_with_a_warning(tmp_path, capsys):
     lock = tmp_path / "run.lock"
     forge(lock, age=61)
