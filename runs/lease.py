@@ -57,6 +57,11 @@ class LeaseLost(UserError):
     """Another driver took this one's lease over while it was unresponsive."""
 
 
+class RunBusy(UserError):
+    """Another driver holds the run, or is taking it, just now: worth trying again later (exit 75,
+    EX_TEMPFAIL), unlike a user error (exit 2) that a retry would only repeat."""
+
+
 class Lease:
     """Context manager: acquire on enter (or raise UserError), heartbeat while held, release."""
 
@@ -124,7 +129,7 @@ class Lease:
             if other is not None:
                 why = self.stale(other, watched)
                 if why is None and not other:
-                    raise UserError(f"{self.path} could not be read just now; try again")
+                    raise RunBusy(f"{self.path} could not be read just now; try again")
                 if why is None:
                     raise self._in_use(other)
                 print(f"warning: {why}", file=sys.stderr)
@@ -133,11 +138,11 @@ class Lease:
         self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
         self._thread.start()
 
-    def _in_use(self, other: dict) -> UserError:
+    def _in_use(self, other: dict) -> RunBusy:
         age = lease_age(other)
         skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
                 "old: the two hosts' clocks differ" if age > self.timeout else "")
-        return UserError(f"{self.path.parent} is in use by pid {other.get('pid')} on "
+        return RunBusy(f"{self.path.parent} is in use by pid {other.get('pid')} on "
                          f"{other.get('host')} (heartbeat {age:.0f} s ago, "
                          f"{self.path}){skew}; one driver per run; a lock silent for "
                          f"--lock-timeout ({self.timeout:g} s) is taken over")
@@ -167,7 +172,7 @@ class Lease:
                 except FileNotFoundError:
                     continue
                 if time.time() > deadline:
-                    raise UserError(f"another driver is acquiring {self.path} right now "
+                    raise RunBusy(f"another driver is acquiring {self.path} right now "
                                     f"({self.guard} exists); try again") from None
                 time.sleep(0.05)
         try:

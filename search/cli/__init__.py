@@ -14,12 +14,14 @@ import argparse
 import os
 import sys
 
+from longrope.runs.lease import RunBusy
 from longrope.spaces import UserError
 
 from . import bench, check, demo, evaluate, export, report, run
 from .args import resolve_run_dir
 
 EXIT_USER = 2
+EXIT_BUSY = 75  # sysexits' EX_TEMPFAIL: the run's lease is held just now (runs/lease.RunBusy); try later
 
 # The verb modules, in the order their verbs appear in --help.
 VERBS = (run, evaluate, export, report, check, demo, bench)
@@ -82,7 +84,7 @@ def main(argv: list[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        return EXIT_USER
+        return EXIT_BUSY if isinstance(e, RunBusy) else EXIT_USER
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

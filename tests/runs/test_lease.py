@@ -299,7 +299,7 @@ def test_a_live_run_and_a_bad_timeout_are_refused_before_the_workers_load(tmp_pa
     monkeypatch.setattr(Plan, "start_backend", lambda self: started.append(1))
     forge(run_dir / "run.lock", host="node-c", age=3)
     capsys.readouterr()
-    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "16"]) == 2
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "16"]) == 75  # busy: try again later
     assert "in use by pid 4242 on node-c" in capsys.readouterr().err and not started
     assert main(["search", str(cfg), "--run-dir", str(tmp_path / "new"), "--quiet", "--lock-timeout", "0.1"]) == 2
     assert "--lock-timeout must be more than" in capsys.readouterr().err
@@ -316,7 +316,7 @@ def test_resume_from_another_host_after_preemption(tmp_path, capsys, quick_heart
     assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
     forge(run_dir / "run.lock", age=30)
     capsys.readouterr()
-    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 2  # 30 s < 60 s: live
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 75  # 30 s < 60 s: live
     assert "in use by pid 4242 on node-b" in capsys.readouterr().err
     assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24", "--lock-timeout", "20"]) == 0
     assert "no heartbeat for 30 s (> --lock-timeout 20 s), nor while watched for 0.4 s" in capsys.readouterr().err

@@ -6,6 +6,7 @@ from search_helpers import small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run
+from longrope.runs.lease import Lease
 from longrope.search import config, plan
 from longrope.search.backends import InProcessBackend
 from longrope.search.driver import Driver, run_search
@@ -80,6 +81,10 @@ def test_a_made_backend_is_closed_also_when_the_run_is_locked(tmp_path, monkeypa
     made = []
     monkeypatch.setattr(plan, "make_backend", lambda spec, workers: made.append(CountingBackend()) or made[-1])
     with Run.open(tmp_path / "r").lock(), pytest.raises(UserError, match="in use by pid"):
+        run_search(cfg, str(tmp_path / "r"), progress=False)
+    assert made == []  # refused before the workers start
+    with Run.open(tmp_path / "r").lock(), pytest.raises(UserError, match="in use by pid"):
+        monkeypatch.setattr(Lease, "precheck", lambda self: None)  # the lock taken just after the look
         run_search(cfg, str(tmp_path / "r"), progress=False)
     assert made[0].checks == 1 and made[0].closed
     run_search(cfg, str(tmp_path / "r"), progress=False)
