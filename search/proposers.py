@@ -100,8 +100,9 @@ class GAProposer:
         return bool(study_system_attrs(study).get(STOPPED))
 
     def _should_stop(self, study: optuna.Study, g: int) -> bool:
-        """Best improved by less than min_improvement over the last `patience` generations."""
-        if g <= self.patience:
+        """Best improved by less than min_improvement over the last `patience` generations
+        (patience 0: never; it compared a generation's parents with themselves)."""
+        if not self.patience or g <= self.patience:
             return False
         now = self.sampler.parents(study, g)
         before = self.sampler.parents(study, g - self.patience)

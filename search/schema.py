@@ -69,7 +69,7 @@ class SearchConfig:
     sigma: PosFloat = 0.05  # mutation step, as a fraction of (λmax - 1); (λmax - s) with a critical_dim (ntk)
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
-    patience: NonNegInt = 20  # early stop: iterations without min_improvement
+    patience: NonNegInt = 20  # early stop: iterations without min_improvement; 0 = never stop early
     min_improvement: NonNegFloat = 0.001  # relative best-ppl improvement that resets patience (0.1%)
     max_evals: NonNegInt = 0  # cap on evaluations per stage; 0 = population + iterations·children
     # stop scoring a candidate that cannot become a parent (objectives/pruning.py): none |

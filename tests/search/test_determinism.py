@@ -329,6 +329,11 @@ def test_early_stop_after_patience_without_improvement(tmp_path):
     rows = trajectory(run)["long-256"]
     assert len(rows) == 12 + 2 * 6  # generations 0, 1, 2; stopped before generation 3
     assert "early stop at generation 3" in (run.path / "events.log").read_text()
+    cfg, _ = small_cfg(iterations=3)  # patience 0: no early stop (it stopped after generation 0)
+    cfg.search.patience, cfg.search.min_improvement = 0, 0.5
+    run = Run.create(tmp_path / "r0", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    assert len(trajectory(run)["long-256"]) == 12 + 3 * 6
 
 
 def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(tmp_path, ray_session):
