@@ -89,7 +89,8 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
             s = g.scale(length)
             try:
                 space = SearchSpace.for_target(
-                    g.n_freqs, s, ratio=sp.lambda_max_ratio, lambda_max=sp.lambda_max or None,
+                    g.n_freqs, s, ratio=sp.lambda_max_ratio,
+                    lambda_max=(sp.lambda_max or None) if kind == "long" else None,  # short: ratio · 1
                     step=sp.step, n_hats=n_hats, critical_dim=c,
                     search_below=c is not None and sp.below_critical == "search",
                     **stage_mscale(cfg, kind, s, g.original_length),
@@ -113,7 +114,7 @@ def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
         if name.endswith(".json"):  # a user's factors: must lie in the space (n̂ included)
             f = RescaleFactors.load(name)
             try:
-                stage.space.validate(f)
+                stage.space.validate(f.replace(mscale=stage.space.mscale))  # its own mscale is replaced
             except UserError as e:
                 raise UserError(f"factors file {name} in search.methods, at {stage.name}: {e}") from None
             out.append(f.replace(mscale=stage.space.mscale))

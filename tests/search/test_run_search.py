@@ -167,3 +167,30 @@ def test_a_model_that_already_scales_its_rotary_is_said_before_the_search(tiny_m
         preflight_geometry(cfg)
         err = capsys.readouterr().err
         assert ("already scales its rotary (llama3)" in err and "at L0 = 32" in err) == said, err
+
+
+def test_a_fixed_lambda_max_bounds_the_long_stages_only():
+    """space.lambda_max = 10 for a 4x target left the short stage searching λ in [1, 10] too."""
+    from longrope.objectives.synthetic import GEOMETRY
+
+    cfg, _ = small_cfg(short="[32]")
+    cfg.space.lambda_max = 10.0
+    long, short = make_stages(cfg, GEOMETRY)
+    assert (long.kind, long.space.lambda_max) == ("long", 10.0)
+    assert (short.kind, short.space.lambda_max) == ("short", 1.25)  # ratio · 1, as without it
+
+
+def test_an_exported_factors_file_seeds_a_search_of_the_attention_factor(tmp_path):
+    """With space.mscale = "search" a seed's own mscale is replaced by the stage's starting one; a
+    file's attention factor off the mscale grid (an export's 1.118...) used to be refused."""
+    import json
+
+    from longrope.objectives.synthetic import GEOMETRY
+
+    seed = tmp_path / "seed.json"
+    seed.write_text(json.dumps({"lambdas": [1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0], "mscale": 1.1180339887}))
+    cfg, _ = small_cfg(space='mscale = "search"')
+    cfg.search.methods = [str(seed)]
+    (stage,) = make_stages(cfg, GEOMETRY)
+    (f,) = initial_factors(cfg, stage, GEOMETRY, None)
+    assert f.lambdas == (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) and f.mscale == stage.space.mscale
