@@ -75,7 +75,8 @@ class Lease:
         self.path, self.timeout, self.interval = Path(path), float(timeout), interval
         self.guard = self.path.with_name(self.path.name + ".guard")
         self.me = {"host": socket.gethostname(), "pid": os.getpid(), "pid_space": pid_space(),
-                   "heartbeat": time.time(), "started": time.time(), "token": uuid.uuid4().hex}
+                   "heartbeat": time.time(), "started": time.time(), "token": uuid.uuid4().hex,
+                   "timeout": self.timeout}  # status judges the holder by its own
         self.lost = False
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -306,20 +307,20 @@ def lease_age(other: dict) -> float:
     return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
 
 
-def holder(path: Path, timeout: float = LOCK_TIMEOUT) -> dict | None:
+def holder(path: Path) -> dict | None:
     """Who drives the run, for `longrope status`: None when nobody holds its lock, else host, pid,
-    heartbeat age (this host's clock) and state: live; silent (older than `timeout`: a resume
-    takes it over after watching it); gone (its process no longer runs on this host: taken at
-    once); unreadable."""
+    heartbeat age (this host's clock), the holder's --lock-timeout and state: live; silent (older
+    than that timeout: a resume with it takes it over after watching it); gone (its process no
+    longer runs on this host: taken at once); unreadable."""
     other = read_lease(path)
     if other is None:
         return None
     if not other:
-        return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None}
-    age = lease_age(other)
+        return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None, "timeout": None}
+    age, timeout = lease_age(other), other.get("timeout", LOCK_TIMEOUT)  # before it was recorded: 60
     state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
     return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
-            "heartbeat_age": round(age, 1) if age != float("inf") else None}
+            "heartbeat_age": round(age, 1) if age != float("inf") else None, "timeout": timeout}
 
 
 def pid_space() -> str:

@@ -9,7 +9,7 @@ import math
 import time
 from typing import TYPE_CHECKING, Any
 
-from .lease import HEARTBEAT, LOCK_TIMEOUT, holder
+from .lease import HEARTBEAT, holder
 from .optuna_io import study_system_attrs
 from .report import report_path
 from .rundir import LOCK, Run
@@ -146,8 +146,8 @@ def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
     if driver["state"] == "gone":
         return f"driver: {who} is gone (its lock remains; a resume takes it at once)"
     if driver["state"] == "silent":
-        return (f"driver: {who} silent for {age:.0f} s (> --lock-timeout {LOCK_TIMEOUT:g} s: dead or hung; "
-                "a resume takes it over)")
+        return (f"driver: {who} silent for {age:.0f} s (> its --lock-timeout {driver['timeout']:g} s: dead "
+                "or hung; a resume takes it over)")
     late = f" (late: renewed every {HEARTBEAT:g} s; stopped or stalled?)" if age > 3 * HEARTBEAT else ""
     return f"driver: {who}, heartbeat {age:.0f} s ago{late}"
 

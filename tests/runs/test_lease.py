@@ -20,10 +20,10 @@ from longrope.search.driver import Driver
 from longrope.spaces import UserError
 
 
-def forge(path, host="node-b", pid=4242, age=0.0):
+def forge(path, host="node-b", pid=4242, age=0.0, **extra):
     """The lock a driver on another host would have written `age` seconds after its last beat."""
     path.write_text(json.dumps({"host": host, "pid": pid, "heartbeat": time.time() - age,
-                                "started": time.time() - 3600, "token": "theirs"}))
+                                "started": time.time() - 3600, "token": "theirs", **extra}))
 
 
 def test_fresh_foreign_lock_is_refused_naming_host_and_pid(tmp_path):
@@ -335,7 +335,8 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
     cases = [(None, "driver: none running (the run is finished)", None),
              (dict(age=3), "driver: pid 4242 on node-b, heartbeat 3 s ago", "live"),
              (dict(age=20), "heartbeat 20 s ago (late: renewed every 5 s; stopped or stalled?)", "live"),
-             (dict(age=300), "driver: pid 4242 on node-b silent for 300 s (> --lock-timeout 60 s", "silent"),
+             (dict(age=300), "driver: pid 4242 on node-b silent for 300 s (> its --lock-timeout 60 s", "silent"),
+             (dict(age=300, timeout=600.0), "driver: pid 4242 on node-b, heartbeat 300 s ago", "live"),
              (dict(host=socket.gethostname(), pid=dead.pid), f"driver: pid {dead.pid} on", "gone")]
     for forged, line, state in cases:
         if forged is not None:
