@@ -5,6 +5,7 @@ here (a reader such as `longrope status` may look at any moment, and kill -9 may
 """
 
 import os
+import time
 from pathlib import Path
 
 from .errors import UserError
@@ -17,9 +18,29 @@ def atomic_write_text(path: Path, text: str) -> None:
 
 
 def stale_temp_files(folder: Path) -> list[Path]:
-    """Temp files of atomic writes whose writer died (kill -9 between write and rename)."""
-    mine = f".{os.getpid()}.tmp"
-    return [p for p in Path(folder).glob(".*.tmp") if not p.name.endswith(mine)]
+    """Temp files of atomic writes whose writer died (kill -9 between write and rename): the pid
+    in the name (atomic_write_bytes') runs no more here, or the file is an hour old (a writer on
+    another host). A live writer's, another report's or export's running beside this one, stays."""
+    out = []
+    for p in Path(folder).glob(".*.tmp"):
+        pid = p.name.rsplit(".", 2)[-2]
+        try:
+            old = time.time() - p.stat().st_mtime > 3600
+        except OSError:  # gone meanwhile: its writer renamed it
+            continue
+        if old or not (pid.isdigit() and _running(int(pid))):
+            out.append(p)
+    return out
+
+
+def _running(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except (ProcessLookupError, OverflowError):
+        return False
+    except PermissionError:  # someone else's
+        return True
+    return True
 
 
 def make_folder(path: Path, what: str = "folder") -> Path:

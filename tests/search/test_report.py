@@ -148,3 +148,28 @@ def test_the_reports_eval_line_scores_the_runs_own_heldout_documents(data):
     assert (seen.stream_count() if run.streaming else None) == (run.stream_count() if run.streaming else None)
     for key in ("heldout_docs", "split_seed", "text_column", "per_line", "streaming", "split", "config"):
         assert getattr(seen, key) == getattr(run, key), key
+
+
+def test_a_report_leaves_the_temp_files_of_one_writing_beside_it(run, tmp_path):
+    """Two reports at once into one folder: the first's cleanup of temp files left by killed
+    writers removed the other's live ones, whose rename then failed (exit 2)."""
+    import os
+    import subprocess
+
+    out = tmp_path / "r"
+    out.mkdir()
+    live = subprocess.Popen(["sleep", "30"])
+    try:
+        theirs = out / f".report.md.{live.pid}.tmp"  # another report, mid-write
+        theirs.write_text("half a page")
+        dead = subprocess.Popen(["true"])
+        dead.wait()
+        killed = out / f".stage-long-256-history.png.{dead.pid}.tmp"  # a report killed mid-write
+        killed.write_text("half a plot")
+        assert main(["report", str(run.path), "-o", str(out)]) == 0
+        assert theirs.exists() and not killed.exists()
+        os.utime(theirs, (0, 0))  # an hour old: a writer on another host that died
+        assert main(["report", str(run.path), "-o", str(out)]) == 0
+        assert not theirs.exists()
+    finally:
+        live.kill()
