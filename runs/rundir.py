@@ -61,7 +61,7 @@ class Run:
         cls.check_new(p)
         make_folder(p / "best", "run directory")  # and the run directory with it
         make_folder(p / "export", "run directory")
-        atomic_write_text(p / CONFIG, config_text)
+        _claim(p / CONFIG, config_text)
         (p / JOURNAL).touch()
         (p / EVENTS).touch()
         return cls(p)
@@ -308,3 +308,18 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
                             f"{ident} before the journal creates it, so that line created a {kind}, and "
                             "without it every later one would take another's results; restore the journal "
                             "from a copy or start a new --run-dir (nothing was changed)")
+
+
+def _claim(path: Path, text: str) -> None:
+    """Write a new run's config.toml whole, and only if no other driver made the run meanwhile
+    (two jobs started at once on one --run-dir both pass check_new): os.link fails on an existing
+    name, where os.replace would let the second config overwrite the first's."""
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
+    atomic_write_text(tmp, text)
+    try:
+        os.link(tmp, path)
+    except FileExistsError:
+        raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
+                        "a new --run-dir") from None
+    finally:
+        tmp.unlink(missing_ok=True)

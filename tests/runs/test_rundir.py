@@ -103,3 +103,14 @@ def test_status_json_has_the_stages(tmp_path):
     text = longrope("status", str(run.path)).stdout
     assert "long-256: 36/36 evals" in text and "done" in text
     assert "tokens 46.1k, critical dim off" in text
+
+
+def test_two_drivers_creating_one_run_at_once_do_not_both_write_its_config(tmp_path, monkeypatch):
+    """Both pass check_new (the folder is empty for both); the second's config must not replace the
+    first's, or the first would search with a config its run folder does not record."""
+    Run.create(tmp_path / "r", "first = 1\n")
+    monkeypatch.setattr(Run, "check_new", staticmethod(lambda path: None))  # it looked before the first wrote
+    with pytest.raises(UserError, match="was made a run by another driver just now"):
+        Run.create(tmp_path / "r", "second = 2\n")
+    assert (tmp_path / "r" / "config.toml").read_text() == "first = 1\n"
+    assert not list((tmp_path / "r").glob(".*claim*"))
