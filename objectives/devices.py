@@ -61,7 +61,7 @@ def matmul_rate(device: Any, dtype: Any, n: int | None = None) -> float:
 
 def _rss() -> int:
     with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * 4096
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")  # 64 KiB on some aarch64 kernels
 
 
 class PeakMemory:

@@ -29,7 +29,7 @@ from .alibi import convert
 from .cache import cache_root
 from .headnll import set_kind
 from .smollm2 import convert as dequantize
-from .smollm2 import ensure_converted, is_converted
+from .smollm2 import ensure_converted, is_converted, with_top_level_theta
 
 BUILTIN_MODELS = ("tiny-sotu", "tiny-sotu-alibi", "smollm2-135m")
 
@@ -99,7 +99,7 @@ def from_gguf(path: Path, convert: bool = True) -> tuple[Path, str | None]:
     has been read and its architecture admitted, so a bad file fails before the slow part."""
     out = gguf_cache(path)
     if is_converted(out):
-        return out, None
+        return with_top_level_theta(out), None
     if not convert:
         return path.parent, path.name
     architecture_of(read_config(path.parent, path.name))
@@ -109,6 +109,41 @@ def from_gguf(path: Path, convert: bool = True) -> tuple[Path, str | None]:
         raise
     except Exception as e:
         raise UserError(f"cannot convert the GGUF file {path}: {_first_line(e)}") from None
+
+
+def full_attention(config: Any) -> None:
+    """No layer keeps a sliding window: Qwen2's use_sliding_window marks layers sliding_attention
+    in layer_types, whose mask then needs the window just switched off (every forward raised).
+    `apply` does the same to the JSON it writes (runs/export.py)."""
+    if getattr(config, "use_sliding_window", False):
+        config.use_sliding_window = False
+    types = getattr(config, "layer_types", None)
+    if types:
+        config.layer_types = ["full_attention" if t == "sliding_attention" else t for t in types]
+
+
+def gguf_scaling(spec: str) -> str | None:
+    """What rope scaling of its own a GGUF model carries, which transformers' GGUF loader drops
+    (it maps rope.freq_base alone): a rope_freqs tensor (Llama-3.1's, an applied export's) or
+    rope.scaling keys. None for a folder, a builtin, or a GGUF without any."""
+    path = Path(spec).expanduser()
+    if not (spec.lower().endswith(".gguf") and path.is_file()):
+        return None
+    try:
+        import gguf
+
+        reader = gguf.GGUFReader(path)
+        field = reader.get_field("general.architecture")
+        arch = field.contents() if field is not None else ""
+        kind = reader.get_field(f"{arch}.rope.scaling.type")
+        kind = kind.contents() if kind is not None else None
+    except Exception:  # not readable as GGUF here: loading it says why
+        return None
+    found = [t.name.removesuffix(".weight") for t in reader.tensors
+             if t.name.startswith(("rope_freqs", "rope_factors_"))]
+    if kind not in (None, "none"):
+        found.append(f"rope.scaling.type = {kind}")
+    return ", ".join(found) or None
 
 
 def read_config(folder: Path, gguf: str | None) -> Any:
@@ -158,6 +193,7 @@ def load_model(
             raise UserError("attention = 'flash_attention_2' but flash-attn is not installed")
     if getattr(config, "sliding_window", None):
         config.sliding_window = None  # score the whole context, not a window
+    full_attention(config)
     config.use_cache = False
     tok = load_tokenizer(tokenizer, folder, gguf)
     kw: dict[str, Any] = dict(config=config, dtype=getattr(torch, dtype), attn_implementation=attention)

@@ -10,12 +10,14 @@ for any GGUF file given as model.path (objectives/models.py).
 from __future__ import annotations
 
 import importlib.util
+import json
 import os
 import shutil
 import uuid
 from pathlib import Path
 
 from longrope.spaces import UserError
+from longrope.spaces.files import atomic_write_text
 
 from .cache import cache_root
 
@@ -39,7 +41,7 @@ def ensure_converted() -> Path:
     gguf = find_gguf()
     out = cache_root() / "models" / "smollm2-135m"
     if is_converted(out):
-        return out
+        return with_top_level_theta(out)
     for mod in ("gguf", "accelerate"):
         if importlib.util.find_spec(mod) is None:
             raise UserError(f"builtin:smollm2-135m needs '{mod}': {INSTALL}")
@@ -48,6 +50,24 @@ def ensure_converted() -> Path:
 
 def is_converted(out: Path) -> bool:
     return (out / "config.json").is_file()
+
+
+def with_top_level_theta(folder: Path) -> Path:
+    """`folder` whose config.json states θ (and a partial rotary factor) at the top level too:
+    transformers 5.x writes them only inside rope_parameters, which 4.57 never reads, so a folder
+    converted under 5.x loaded under 4.57 (another environment sharing the cache) ran θ = 10000.
+    A cache converted before this is completed in place."""
+    path = folder / "config.json"
+    try:
+        cfg = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return folder  # loading it says what is wrong
+    rope = cfg.get("rope_parameters") if isinstance(cfg, dict) else None
+    add = {k: rope[k] for k in ("rope_theta", "partial_rotary_factor")
+           if isinstance(rope, dict) and rope.get(k) is not None and k not in cfg}
+    if add:
+        atomic_write_text(path, json.dumps({**cfg, **add}, indent=2, sort_keys=True) + "\n")
+    return folder
 
 
 def convert(gguf: Path, out: Path) -> Path:
@@ -72,6 +92,7 @@ def convert(gguf: Path, out: Path) -> Path:
             if hasattr(config, attr):
                 delattr(config, attr)
         config.save_pretrained(tmp)
+        with_top_level_theta(tmp)
         tok.save_pretrained(tmp)
         if out.exists() and not is_converted(out):
             shutil.rmtree(out, ignore_errors=True)  # a partial folder from an older, non-atomic writer

@@ -28,10 +28,15 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
 
         parse_cost(cfg.model.path)
         return GEOMETRY
-    from longrope.objectives.models import read_config, resolve
+    from longrope.objectives.models import gguf_scaling, read_config, resolve
 
     config = read_config(*resolve(cfg.model.path))
     geometry = RopeGeometry.from_config(config)
+    if (what := gguf_scaling(cfg.model.path)) is not None:
+        print(f"note: {cfg.model.path} carries rope scaling of its own ({what}), which transformers' GGUF "
+              f"loader drops: candidates are scored against plain θ = {geometry.base:g} at L0 = "
+              f"{geometry.original_length} (its context_length), not as llama.cpp runs it; search the "
+              "original model (its Hugging Face folder) instead", file=sys.stderr)
     if (kind := own_scaling(config)) is not None:
         print(f"note: {cfg.model.path} already scales its rotary ({kind}): candidates are scored against "
               f"plain θ = {geometry.base:g} at L0 = {geometry.original_length}, so the factors found replace "

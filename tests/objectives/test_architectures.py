@@ -1,6 +1,8 @@
 """The architecture table: every admitted row scores exactly what transformers scores,
 and everything else is refused in one line before any weights load."""
 
+import json
+
 import pytest
 import torch
 import transformers
@@ -116,3 +118,32 @@ def test_load_model_refuses_an_unadmitted_type_before_loading_weights(tmp_path):
     (tmp_path / "model.safetensors").write_bytes(b"not weights")  # loading them would fail differently
     with pytest.raises(UserError, match=r"^Olmo2ForCausalLM \(olmo2\) is not a supported architecture; supported"):
         load_model(str(tmp_path))
+
+
+def test_a_qwen2_with_its_sliding_window_on_scores_the_whole_context(tmp_path, tiny_model_dir):
+    """use_sliding_window = true makes Qwen2Config mark layers sliding_attention in layer_types;
+    with the window switched off (every score uses full attention) each forward then raised
+    "Could not find a sliding_window argument". layer_types and the flag are switched off too, in
+    the loaded model and in `apply`'s folder (whose deployment would raise alike)."""
+    import shutil
+
+    from longrope.runs.export import apply_to_folder
+
+    cfg = tiny_config("qwen2", use_sliding_window=True, sliding_window=16, max_window_layers=0)
+    assert "sliding_attention" in cfg.layer_types
+    transformers.Qwen2ForCausalLM(cfg).save_pretrained(tmp_path / "qwen2")
+    for f in tiny_model_dir.glob("tokenizer*"):
+        shutil.copy(f, tmp_path / "qwen2")
+    loaded = load_model(str(tmp_path / "qwen2"), attention="eager")
+    ids = torch.arange(40)[None] + 3
+    with torch.no_grad():
+        full = loaded.model(input_ids=ids).logits  # 40 tokens, past the 16-token window
+    assert full.shape == (1, 40, 128)
+    patch = {"max_position_embeddings": 128, "original_max_position_embeddings": 64,
+             "rope_scaling": {"rope_type": "longrope", "type": "longrope", "factor": 2.0,
+                              "original_max_position_embeddings": 64, "long_factor": [2.0] * 8,
+                              "short_factor": [1.0] * 8}}
+    (tmp_path / "f.json").write_text(json.dumps(patch))
+    out = apply_to_folder(tmp_path / "f.json", tmp_path / "qwen2", tmp_path / "applied", quiet=True)
+    deployed = transformers.AutoConfig.from_pretrained(out)
+    assert not deployed.use_sliding_window and "sliding_attention" not in (deployed.layer_types or [])

