@@ -191,8 +191,13 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
     config.update(base)  # at the top level too: 4.57 (and vLLM on it) reads θ only there
     window = config.get("sliding_window")
+    if isinstance(config.get("layer_types"), list):  # as models.full_attention loads it
+        config["layer_types"] = ["full_attention" if t == "sliding_attention" else t
+                                 for t in config["layer_types"]]
     if window and config.get("use_sliding_window", True):  # as models.py loads it for every score
         config["sliding_window"] = None
+        if "use_sliding_window" in config:
+            config["use_sliding_window"] = False
         if not quiet:
             print(f"note: the sliding window of {window} tokens in {src / 'config.json'} is switched off: "
                   "the factors were searched and scored with full attention", file=sys.stderr)
@@ -205,6 +210,11 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         rope.update(base)
         config["rope_scaling"] = rope
         config["rope_parameters"] = rope
+        heads = config.get("num_attention_heads")
+        if config.get("head_dim") is None and config.get("hidden_size") and heads:
+            # Mixtral's config leaves head_dim None, which transformers' longrope code does not
+            # fall back from (int(None * 1.0)): the folder would not load
+            config["head_dim"] = config["hidden_size"] // heads
     for item in src.iterdir():
         if item.name == "config.json":
             continue

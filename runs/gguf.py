@@ -82,8 +82,15 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     L, L0 = int(patch["max_position_embeddings"]), factors.original_length
     if not L0:
         raise UserError(f"{fj} has no original_max_position_embeddings (L0)")
+    # an extended GGUF (this command's own output, too) keeps its trained length here; factors of
+    # another L0 are refused, as `apply` to a folder and `eval` refuse them (check_trained_length)
+    trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
+    trained = _value(reader, f"{arch}.context_length") if trained is None else trained
+    if trained is not None and int(trained) != L0:
+        raise UserError(f"{fj} holds factors for a model trained at {L0} tokens, but {src.name} was "
+                        f"trained at {trained}: search it for its own")
     short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
-    warnings = _warnings(reader, arch, form, factors, patch, L0)
+    warnings = _warnings(arch, form, factors, L0)
 
     # the new metadata: our keys replace every rope.scaling.* key and the context length
     keys: dict[str, tuple[Any, Any]] = {
@@ -168,8 +175,7 @@ def _n_rot(reader, arch: str) -> int | None:
     return int(n) if n else None
 
 
-def _warnings(reader, arch: str, form: str, factors: DeployedFactors, patch: dict[str, Any],
-              L0: int) -> list[str]:
+def _warnings(arch: str, form: str, factors: DeployedFactors, L0: int) -> list[str]:
     out = []
     n_hats = [f.n_hat for f in (factors.long, factors.short) if f is not None]
     if any(n_hats):
@@ -183,10 +189,4 @@ def _warnings(reader, arch: str, form: str, factors: DeployedFactors, patch: dic
     if form == "switch":
         out.append(f"llama.cpp picks the long factors when the context size (-c) exceeds L0 = {L0}, "
                    "whatever the prompt's length; transformers switches on the sequence's length")
-    # an extended GGUF (this command's own output, too) keeps its trained length here
-    trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
-    trained = _value(reader, f"{arch}.context_length") if trained is None else trained
-    if trained is not None and int(trained) != L0:
-        out.append(f"the factors were searched for L0 = {L0} but the GGUF says it was trained for "
-                   f"{trained} tokens; L0 = {L0} is written")
     return out

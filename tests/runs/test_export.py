@@ -147,6 +147,23 @@ def test_apply_to_an_interleaved_rotary_says_vllm_will_not_load_it(tiny_run, tmp
     assert "interleaved" not in capsys.readouterr().err
 
 
+def test_an_applied_mixtral_without_head_dim_loads(tiny_run, tmp_path):
+    """Mixtral-8x7B's config.json has no head_dim and MixtralConfig leaves it None; transformers'
+    longrope code reads getattr(config, "head_dim", ...) without a fallback for None, so the applied
+    folder failed to load (int(None * 1.0)). apply writes hidden_size / heads."""
+    import transformers
+
+    from hf_configs import tiny_config
+
+    src = tmp_path / "mixtral"
+    tiny_config("mixtral", L0=32, head_dim=None).save_pretrained(src)  # 8 rotary frequencies, as the run's
+    assert json.loads((src / "config.json").read_text()).get("head_dim") is None
+    path, _ = export(tiny_run)
+    out = apply_to_folder(path, src, tmp_path / "mixtral-long")
+    assert json.loads((out / "config.json").read_text())["head_dim"] == 16
+    assert transformers.AutoConfig.from_pretrained(out).max_position_embeddings == 128
+
+
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
     path, _ = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
     best = json.loads(tiny_run.best_path("long", 128).read_text())

@@ -160,6 +160,9 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
     _, out, _ = applied
     good = export_json(tmp_path / "good.json")
     (tmp_path / "raw.json").write_text(json.dumps({"lambdas": [1.0] * N}))
+    other = json.loads(good.read_text())  # tiny-sotu's L0 with SmolLM2's count of factors
+    other["original_max_position_embeddings"] = other["rope_scaling"]["original_max_position_embeddings"] = 128
+    (tmp_path / "other-l0.json").write_text(json.dumps(other))
     (tmp_path / "text.gguf").write_text("not a gguf")
     (tmp_path / "taken.gguf").write_text("x")
     cases = [
@@ -170,6 +173,8 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
         (good, tiny_gguf(tmp_path / "g2.gguf", "gpt2"), tmp_path / "o.gguf", "architecture is 'gpt2'"),
         (good, tmp_path / "text.gguf", tmp_path / "o.gguf", "is not a readable GGUF file"),
         (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "holds raw factors (32 λ), not an export"),
+        (tmp_path / "other-l0.json", smol, tmp_path / "o.gguf",
+         f"holds factors for a model trained at 128 tokens, but {smol.name} was trained at {L0}"),
     ]
     for factors, model, dest, message in cases:
         one_line(capsys, main(["apply", str(factors), str(model), "-o", str(dest)]), message)
@@ -210,3 +215,16 @@ def test_the_inputs_own_rope_scaling_keys_are_dropped(arch, tmp_path):
     factors = {"llama": ["rope_freqs.weight"], "phi3": ["rope_factors_long.weight", "rope_factors_short.weight"]}
     assert [t.name for t in r.tensors if t.name.startswith("rope_")] == factors[arch]
     assert value(r, f"{arch}.rope.scaling.type") == ("longrope" if arch == "phi3" else None)
+
+
+def test_a_gguf_with_rope_scaling_of_its_own_is_named(applied, smol, tmp_path):
+    """transformers' GGUF loader keeps rope.freq_base alone: a GGUF with a rope_freqs tensor
+    (Llama-3.1's, or `apply`'s own output) or rope.scaling keys would be searched as plain RoPE,
+    which the search says at its start (gguf_scaling names what is dropped)."""
+    from longrope.objectives.models import gguf_scaling
+
+    _, out, _ = applied
+    assert gguf_scaling(str(smol)) is None and gguf_scaling(str(tmp_path)) is None
+    assert gguf_scaling(str(out)) == "rope_freqs"
+    yarn = tiny_gguf(tmp_path / "yarn.gguf", "llama", type="yarn", factor=4.0)
+    assert gguf_scaling(str(yarn)) == "rope.scaling.type = yarn"
