@@ -90,6 +90,11 @@ def cmd_check(args: argparse.Namespace) -> int:
         raise UserError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
         raise UserError(f"--device {args.device}: torch sees no GPU on this machine")
+    index = args.device.split(":")[1] if args.device and ":" in args.device else "0"
+    if args.device and args.device.startswith("cuda") and not (index.isdigit()
+                                                               and int(index) < torch.cuda.device_count()):
+        raise UserError(f"--device {args.device}: torch sees {torch.cuda.device_count()} GPU(s), "
+                        f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     out = environment()
     out["ray_cluster"] = ray_resources(args.address) if args.address else None
     devices = [args.device] if args.device else \
@@ -98,7 +103,13 @@ def cmd_check(args: argparse.Namespace) -> int:
     for dev in devices:
         if not args.json:
             print(f"self-test on {dev} ...", file=sys.stderr)
-        out["self_test"].append(self_test(model, dev, dtype))
+        try:
+            out["self_test"].append(self_test(model, dev, dtype))
+        except UserError:
+            raise  # the model or its files: the same on every device
+        except Exception as e:  # this device's fault (out of memory, a driver error): the others still run
+            why = (str(e).strip().splitlines() or [""])[0][:300]
+            out["self_test"].append({"device": dev, "ok": False, "error": f"{type(e).__name__}: {why}"})
     out["ok"] = all(t["ok"] for t in out["self_test"])
     print(json.dumps(out, indent=1) if args.json else render(out))
     return 0 if out["ok"] else 1
@@ -115,6 +126,9 @@ def render(out: dict[str, Any]) -> str:
         r = out["ray_cluster"]
         lines.append(f"Ray at {r['address']}: {r['nodes']} nodes, {r['CPU']:g} CPUs, {r['GPU']:g} GPUs")
     for t in out["self_test"]:
+        if "error" in t:
+            lines += ["", f"{t['device']}: the self-test stopped: {t['error']} FAILED"]
+            continue
         p, e, k, n = t["rotary_parity"], t["evaluation"], t["rank_check"], t["nll"]
         lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "

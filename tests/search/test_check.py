@@ -81,9 +81,32 @@ def test_check_reads_the_ray_cluster(ray_session, capsys, monkeypatch):
     assert ray_session.is_initialized()  # the session's Ray is left running
 
 
+def test_a_device_whose_self_test_breaks_is_reported_and_the_check_goes_on(monkeypatch, capsys):
+    """Out of GPU memory (or a driver error) on one device used to end the whole check with a
+    traceback, the other devices untested and --json printing nothing."""
+    real = selfcheck.self_test
+    calls = []
+
+    def breaks_first(model, dev, dtype):
+        calls.append(dev)
+        if len(calls) == 1:
+            raise RuntimeError("CUDA error: out of memory\nmore lines")
+        return real(model, dev, dtype)
+
+    monkeypatch.setattr(selfcheck, "self_test", breaks_first)
+    assert main(["check", "--json", "--device", "cpu"]) == 1
+    out = json.loads(capsys.readouterr().out)
+    assert out["ok"] is False and out["self_test"] == [
+        {"device": "cpu", "ok": False, "error": "RuntimeError: CUDA error: out of memory"}]
+    assert main(["check", "--device", "cpu"]) == 0  # the next call runs: the check itself is sound
+    assert "all checks passed" in capsys.readouterr().out
+
+
 def test_bad_device_is_one_line(capsys):
     assert main(["check", "--device", "tpu"]) == 2
     assert capsys.readouterr().err.strip() == "error: --device 'tpu': use cpu, cuda or cuda:N"
+    assert main(["check", "--device", "cuda:7"]) == 2  # no GPU here: said as such
+    assert "torch sees no GPU" in capsys.readouterr().err
 
 
 def test_the_self_test_falls_back_to_a_length_the_documents_reach(tmp_path):
