@@ -113,7 +113,11 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     if existing:
         lease.precheck()  # and so is a live driver's run
     if cfg.search.storage:  # a database that cannot be opened, before the run directory is made
-        rdb_storage(cfg.search.storage)
+        held = [s.study_name for s in rdb_storage(cfg.search.storage).get_all_studies()]
+        if held and not existing:  # its studies are named by stage alone: two runs would share them
+            raise UserError(f"search.storage already holds studies ({', '.join(held[:3])}"
+                            f"{', ...' if len(held) > 3 else ''}), another run's: give each run a database "
+                            "of its own (or resume that run)")
     plan = Plan(cfg, backend)
     with signals_as_interrupt() as seen:
         try:

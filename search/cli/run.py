@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from longrope.runs.lease import LOCK_TIMEOUT
@@ -34,6 +35,10 @@ def _overrides(cfg, args: argparse.Namespace):
     if getattr(args, "address", None):
         cfg.workers.address = args.address
         cfg.workers.backend = "ray"
+    elif os.environ.get("RAY_ADDRESS") and cfg.workers.backend == "ray":
+        # the cluster this job runs on (`ray job submit` sets it) beats the address a run's config
+        # froze when it started, whose head is likely gone on a resume: --address > RAY_ADDRESS > config
+        cfg.workers.address = os.environ["RAY_ADDRESS"]
     if getattr(args, "max_evals", None) is not None:
         if args.max_evals < 1:
             raise UserError(f"--max-evals must be >= 1, got {args.max_evals}")
@@ -54,7 +59,8 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 
 def cmd_resume(args: argparse.Namespace) -> int:
-    """Continue an interrupted search from its journal; the result equals an uninterrupted run."""
+    """Continue an interrupted search from its journal; the result equals an uninterrupted run
+    (search.sampler = "longrope"; cmaes, tpe and random restart their random streams)."""
     from longrope.runs import Run
     from longrope.search import config
     from longrope.search.driver import run_search
@@ -109,7 +115,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                            "with the same search-defining config is resumed")
         p.add_argument("--workers", type=int, help="model replicas; more than 1 uses Ray")
         p.add_argument("--address", help="join this Ray cluster (auto: the one `ray start` made on this "
-                       "machine); else RAY_ADDRESS, else a local Ray of its own")
+                       "machine); else RAY_ADDRESS, else workers.address of the config (a resume: the "
+                       "run's, as last driven), else a local Ray of its own")
         p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",

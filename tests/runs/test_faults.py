@@ -96,6 +96,13 @@ def test_rdb_storage_gives_the_same_trajectory(tmp_path):
     study = optuna.load_study(study_name="long-256", storage=cfg.search.storage)
     ref_study = optuna.load_study(study_name="long-256", storage=ref.storage())
     assert sorted(t.value for t in study.trials if t.value) == sorted(t.value for t in ref_study.trials if t.value)
+    # its studies are named by stage alone: a second run on that database would continue this one's
+    from longrope.search.driver import run_search
+
+    with pytest.raises(UserError, match=r"search.storage already holds studies \(long-256\), another run's"):
+        run_search(cfg, str(tmp_path / "second"), progress=False)
+    assert not (tmp_path / "second").exists()
+    run_search(cfg, str(tmp_path / "rdb"), progress=False)  # its own run resumes on it
 
 
 class AllFailBackend(InProcessBackend):

@@ -123,22 +123,25 @@ def in_flight(run_dir) -> bool:
     return created > finished
 
 
-@pytest.mark.parametrize("sig, code", [(signal.SIGINT, 130), (signal.SIGTERM, 143)])
-def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, code):
+@pytest.mark.parametrize("sig, code, inherited", [(signal.SIGINT, 130, signal.SIG_DFL),
+                                                   (signal.SIGTERM, 143, signal.SIG_DFL),
+                                                   (signal.SIGINT, 130, signal.SIG_IGN)])
+def test_sigint_and_sigterm_requeue_release_and_resume_exactly(tmp_path, sig, code, inherited):
     """Ctrl-C and SIGTERM (preemption, scancel): the trial in flight is re-queued, the lock
     released, the resume command printed; the resumed run equals an uninterrupted one. A second
-    press while the driver stops breaks nothing (it broke into the stop: a second "interrupted")."""
+    press while the driver stops breaks nothing (it broke into the stop: a second "interrupted").
+    SIG_IGN inherited (a script's `search ... &`): SIGINT is obeyed all the same (README)."""
     from longrope.runs import vocab
 
     text, ref, _ = reference_run(tmp_path, iterations=1)
     # 0.5 s per candidate: the signal lands while one is being scored, not between two
     (tmp_path / "run.toml").write_text(text.replace('path = "synthetic"', 'path = "synthetic:0.1"'))
     run_dir = tmp_path / "r"
-    # the child's SIGINT as a terminal's: a SIG_IGN inherited from the test process (a background
-    # shell's `&`, or something earlier in the suite) would let Python leave Ctrl-C ignored, and
-    # the search end with 0 (the full-suite failure of 510a97f and session 14, reproduced that way)
+    # the child's SIGINT as a terminal's, or as a background shell's `&` leaves it (ignored): the
+    # driver's own handler obeys it either way (before it had one, the search ended with 0: the
+    # full-suite failure of 510a97f and session 14, an ignored SIGINT inherited from the suite)
     p = cli("search", str(tmp_path / "run.toml"), "--run-dir", str(run_dir), "--quiet",
-            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+            preexec_fn=lambda: signal.signal(signal.SIGINT, inherited))
     wait_for_progress(p, run_dir, 40)
     end = time.time() + 60
     while not in_flight(run_dir) and time.time() < end and p.poll() is None:

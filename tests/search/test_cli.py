@@ -35,3 +35,22 @@ def test_a_reader_that_leaves_early_is_no_error():
     p.stdout.close()
     err = p.stderr.read().decode()
     assert p.wait(timeout=60) == 141 and err == ""
+
+
+def test_ray_address_beats_the_address_a_runs_config_froze(tmp_path, monkeypatch):
+    """A run started with --address froze that head in its config; resumed by `ray job submit` on a
+    new cluster (RAY_ADDRESS set), it probed the old head and stopped. --address > RAY_ADDRESS >
+    the config's workers.address."""
+    from longrope.runs import Run
+    from longrope.search import config, driver
+
+    cfg = config.from_dict({"model": {"path": "synthetic"}, "workers": {"backend": "ray", "address": "10.9.9.9:6379"}})
+    Run.create(tmp_path / "run", config.dumps(cfg))
+    seen = []
+    monkeypatch.setattr(driver, "run_search", lambda cfg, *a, **k: seen.append(cfg.workers.address) or {})
+    monkeypatch.setenv("RAY_ADDRESS", "10.1.1.1:6379")
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert main(["resume", str(tmp_path / "run"), "--quiet", "--address", "10.2.2.2:6379"]) == 0
+    monkeypatch.delenv("RAY_ADDRESS")
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
+    assert seen == ["10.1.1.1:6379", "10.2.2.2:6379", "10.9.9.9:6379"]

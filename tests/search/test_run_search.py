@@ -194,3 +194,17 @@ def test_an_exported_factors_file_seeds_a_search_of_the_attention_factor(tmp_pat
     (stage,) = make_stages(cfg, GEOMETRY)
     (f,) = initial_factors(cfg, stage, GEOMETRY, None)
     assert f.lambdas == (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) and f.mscale == stage.space.mscale
+
+
+def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
+    """count, num_gpus and address do nothing in-process; the config's keys (unlike the command
+    line's --workers and --address) do not switch to Ray, which a search with count = 4 would not
+    guess from its speed."""
+    from longrope.search.backends import make_backend
+
+    cfg, _ = small_cfg()
+    cfg.workers.count, cfg.workers.num_gpus = 4, 0.25
+    assert isinstance(make_backend(ObjectiveSpec.of("synthetic"), cfg.workers), InProcessBackend)
+    assert 'note: [workers] count = 4, num_gpus = 0.25 take effect with backend = "ray"' in capsys.readouterr().err
+    make_backend(ObjectiveSpec.of("synthetic"), small_cfg()[0].workers)
+    assert capsys.readouterr().err == ""
