@@ -144,9 +144,9 @@ class Lease:
         skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
                 "old: the two hosts' clocks differ" if age > self.timeout else "")
         return RunBusy(f"{self.path.parent} is in use by pid {other.get('pid')} on "
-                         f"{other.get('host')} (heartbeat {age:.0f} s ago, "
-                         f"{self.path}){skew}; one driver per run; a lock silent for "
-                         f"--lock-timeout ({self.timeout:g} s) is taken over")
+                       f"{other.get('host')} (heartbeat {age:.0f} s ago, "
+                       f"{self.path}){skew}; one driver per run; a lock silent for "
+                       f"--lock-timeout ({self.timeout:g} s) is taken over")
 
     def precheck(self) -> None:
         """acquire()'s refusal of a live lease, without waiting or writing: a driver asks before
@@ -174,7 +174,7 @@ class Lease:
                     continue
                 if time.time() > deadline:
                     raise RunBusy(f"another driver is acquiring {self.path} right now "
-                                    f"({self.guard} exists); try again") from None
+                                  f"({self.guard} exists); try again") from None
                 time.sleep(0.05)
         try:
             yield
@@ -317,7 +317,9 @@ def holder(path: Path) -> dict | None:
         return None
     if not other:
         return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None, "timeout": None}
-    age, timeout = lease_age(other), other.get("timeout", LOCK_TIMEOUT)  # before it was recorded: 60
+    timeout = other.get("timeout")
+    timeout = timeout if isinstance(timeout, (int, float)) else LOCK_TIMEOUT  # before it was recorded
+    age = lease_age(other)
     state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
     return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
             "heartbeat_age": round(age, 1) if age != float("inf") else None, "timeout": timeout}

@@ -283,8 +283,9 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
     line that created one would renumber the rest: each later trial would take its
     predecessor's parameters and results. Such a line shows as a record, after it, that names
     an id not created yet; then nothing is dropped."""
-    names: set[str] = set()
-    trials, drop = 0, set(bad)
+    live: dict[str, int] = {}  # study name -> id, as _apply_create_study / _apply_delete_study keep them
+    studies = trials = 0
+    drop = set(bad)
     for n, line in enumerate(lines, start=1):
         if n in drop or not line.strip():
             continue
@@ -292,16 +293,18 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
             rec = json.loads(line)
         except (json.JSONDecodeError, UnicodeDecodeError):
             continue  # a torn last line: repair_journal's
-        op = rec.get("op_code")
-        if op == 0:  # CREATE_STUDY (a name created twice is one study)
-            names.add(rec.get("study_name"))
+        op, study, trial = rec.get("op_code"), rec.get("study_id"), rec.get("trial_id")
+        if op == 0:  # CREATE_STUDY: a live name created again is the same study
+            if rec.get("study_name") not in live:
+                live[rec.get("study_name")], studies = studies, studies + 1
             continue
-        study, trial = rec.get("study_id"), rec.get("trial_id")
-        if op == 4 and isinstance(study, int) and study < len(names):  # CREATE_TRIAL
+        if op == 1:  # DELETE_STUDY: its name may be created afresh, under a new id
+            live = {k: v for k, v in live.items() if v != study}
+        if op == 4 and isinstance(study, int) and study in live.values():  # CREATE_TRIAL
             trials += 1
             continue
         kind, ident, known = (("trial", trial, trials) if isinstance(trial, int)
-                              else ("study", study, len(names)))
+                              else ("study", study, studies))
         if isinstance(ident, int) and ident >= known:
             lost = max(b for b in bad if b < n) if any(b < n for b in bad) else bad[0]
             raise UserError(f"journal line {lost} cannot be dropped: the records after it name {kind} "
@@ -321,5 +324,7 @@ def _claim(path: Path, text: str) -> None:
     except FileExistsError:
         raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
                         "a new --run-dir") from None
+    except OSError:  # a file system without hard links: the plain atomic write, unguarded
+        atomic_write_text(path, text)
     finally:
         tmp.unlink(missing_ok=True)
