@@ -44,7 +44,20 @@ def environment() -> dict[str, Any]:
             "longrope-search": _version("longrope-search"),
             "cuda": {"available": torch.cuda.is_available(), "version": torch.version.cuda, "gpus": gpus},
             "bf16_supported": bool(torch.cuda.is_available() and torch.cuda.is_bf16_supported()),
-            "flash_attn": _version("flash-attn") if importlib.util.find_spec("flash_attn") else None}
+            "flash_attn": _flash_attn()}
+
+
+def _flash_attn() -> str | None:
+    """flash-attn's version when it imports; "broken: ..." when installed but its import fails (a
+    build against another torch or CUDA: every worker asked for flash_attention_2 would fail to
+    load); None when it is not installed."""
+    if importlib.util.find_spec("flash_attn") is None:
+        return None
+    try:
+        import flash_attn  # noqa: F401
+    except Exception as e:  # ImportError, or an OSError from its CUDA extension
+        return f"broken: {type(e).__name__}: {(str(e).strip().splitlines() or [''])[0][:200]}"
+    return _version("flash-attn") or "installed"
 
 
 def ray_resources(address: str) -> dict[str, Any]:

@@ -160,3 +160,17 @@ def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys):
     assert main(["check", str(tmp_path / "model"), "--json"]) == 2
     assert "model is a folder but not a run directory (no config.toml) (a model folder: --model DIR)" in \
         capsys.readouterr().err
+
+
+def test_a_flash_attn_that_does_not_import_is_reported_broken(monkeypatch):
+    """An install whose CUDA extension fails to import (built against another torch) was reported
+    by its version, as if usable, while every worker asked for flash_attention_2 would fail."""
+    import importlib.util
+    import sys
+
+    from longrope.search.cli import check
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
+    monkeypatch.setitem(sys.modules, "flash_attn", None)  # `import flash_attn` raises ImportError
+    assert check.environment()["flash_attn"].startswith("broken: ModuleNotFoundError")
