@@ -59,9 +59,10 @@ def test_smollm2_loads_from_the_gguf():
     path = smollm2.ensure_converted() / "config.json"
     assert json.loads(path.read_text())["rope_theta"] == 100000.0
     cfg = json.loads(path.read_text())
-    del cfg["rope_theta"]
-    path.write_text(json.dumps(cfg))
-    assert json.loads((smollm2.ensure_converted() / "config.json").read_text())["rope_theta"] == 100000.0
+    if "rope_parameters" in cfg:  # written by 5.x (4.57 writes θ at the top level alone)
+        del cfg["rope_theta"]
+        path.write_text(json.dumps(cfg))
+        assert json.loads((smollm2.ensure_converted() / "config.json").read_text())["rope_theta"] == 100000.0
     # its tokenizer splits off every digit (' 4' is two tokens): pass keys of (space, digit) pairs
     from longrope.objectives.needle import NeedleBuilder
 
