@@ -47,6 +47,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from longrope.spaces import UserError
+from longrope.spaces.files import pid_alive
 
 LOCK_TIMEOUT = 60.0  # seconds without a heartbeat after which a lease may be taken over
 HEARTBEAT = 5.0  # seconds between the holder's refreshes
@@ -97,7 +98,7 @@ class Lease:
         """`other` was written by a process on this host that no longer runs."""
         here = pid_space()  # a lease written before it was recorded: this host's, as then
         return (other.get("host") == socket.gethostname() and other.get("pid_space", here) == here
-                and not _alive(other.get("pid", -1)))
+                and not pid_alive(other.get("pid")))
 
     def stale(self, other: dict, watched: dict | None = None) -> str | None:
         """Why `other` may be taken over, or None while it is live. `watched`: the lease as it
@@ -338,14 +339,3 @@ def pid_space() -> str:
             parts.append("")
     return ":".join(parts)
 
-
-def _alive(pid: int) -> bool:
-    if not isinstance(pid, int) or pid <= 0:
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True

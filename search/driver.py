@@ -126,7 +126,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
             except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
                 raise interrupted(seen, " while the workers started; nothing of the run was written") \
                     from None
-            return _drive(cfg, run_dir, existing, plan, progress, lock_timeout, seen)
+            return _drive(cfg, run_dir, existing, plan, progress, lease, seen)
         except OSError as e:  # the journal, the lease or the events log on a full disk
             failed = Run(run_dir).write_failed(e)
             if failed is None:
@@ -136,11 +136,11 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
             plan.close()  # a refused lock or run directory: the workers stop all the same
 
 
-def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lock_timeout: float,
+def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lease: Lease,
            seen: list[int]) -> dict[str, RescaleFactors | None]:
     """run_search once its workers are up: the run made (or opened) and searched under its lease."""
     run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-    with run.lock(lock_timeout) as lease:
+    with lease:  # run_search's, prechecked before the workers started
         if run.clear_stale_journal_lock():
             run.event("cleared a journal lock left by a killed driver")
         run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")

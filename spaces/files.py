@@ -28,12 +28,16 @@ def stale_temp_files(folder: Path) -> list[Path]:
             old = time.time() - p.stat().st_mtime > 3600
         except OSError:  # gone meanwhile: its writer renamed it
             continue
-        if old or not (pid.isdigit() and _running(int(pid))):
+        if old or not (pid.isdigit() and pid_alive(int(pid))):
             out.append(p)
     return out
 
 
-def _running(pid: int) -> bool:
+def pid_alive(pid: object) -> bool:
+    """Whether a process `pid` runs on this host (in this pid namespace); no pid, or none that
+    could be one, is not alive."""
+    if not isinstance(pid, int) or pid <= 0:
+        return False
     try:
         os.kill(pid, 0)
     except (ProcessLookupError, OverflowError):
