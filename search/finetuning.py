@@ -29,6 +29,7 @@ from longrope.spaces.files import atomic_write_text
 from .schema import WorkersConfig
 
 RETRIES = 3  # times Ray re-runs a fine-tune whose worker was lost (each from its checkpoint)
+CANCEL_WAIT = 30.0  # seconds an interrupted driver waits for its cancelled fine-tune task to end
 
 
 def check_finetune(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
@@ -114,12 +115,25 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     try:
         return ray_get(ref)
     except KeyboardInterrupt:
-        ray.cancel(ref, force=True)
+        _cancel(ray, ref)
         raise
     except lost as e:
         why = str(e).strip().splitlines()[0][:200]
         raise UserError(f"the fine-tune's Ray worker was lost {RETRIES + 1} times ({type(e).__name__}: "
                         f"{why}); `longrope resume` continues it from its last checkpoint") from None
+
+
+def _cancel(ray, ref, wait: float = CANCEL_WAIT) -> None:
+    """Stop the fine-tune task and wait until it has ended. ray.cancel only asks its worker to
+    exit: a driver that went on to release the lease and shut Ray down left the task training (it
+    raised LeaseLost at its next step), and a cancel reply that came during the shutdown crashed
+    the driver in Ray's core (exit 1, not 143). A second signal meanwhile is not obeyed
+    (stopping.py), so the wait is bounded."""
+    ray.cancel(ref, force=True)
+    done, _ = ray.wait([ref], timeout=wait)
+    if not done:
+        print(f"note: the fine-tune task did not stop within {wait:g} s of its cancel; its checkpoint "
+              "stays, and a resume continues from it", file=sys.stderr)
 
 
 def _warn_if_outdated(run: Run, final: Path, length: int) -> None:

@@ -231,13 +231,45 @@ def test_sigterm_during_a_ray_finetune_exits_143(tiny_model_dir, text_corpus_dir
     cfg_path = tmp_path / "run.toml"
     cfg_path.write_text(_text(tiny_model_dir, text_corpus_dir) + '[workers]\nbackend = "ray"\n')
     p = cli("search", str(cfg_path), "--run-dir", str(tmp_path / "r"), "--quiet")
-    end = time.time() + 120
+    end = time.time() + 300  # the search before it takes ~15 s alone, minutes on a loaded machine
     while _progress(tmp_path / "r") < 5 and p.poll() is None and time.time() < end:
         time.sleep(0.05)
     assert p.poll() is None, "the fine-tune ended before the signal"
+    assert _progress(tmp_path / "r") >= 5, "the fine-tune had not started: the signal would test something else"
     p.send_signal(signal.SIGTERM)
-    _, err = p.communicate(timeout=60)
-    assert p.returncode == 143 and "interrupted (SIGTERM)" in err, err[-2000:]
+    _, err = p.communicate(timeout=120)
+    assert p.returncode == 143 and "interrupted (SIGTERM)" in err, err[:3000]
+    assert "LeaseLost" not in err, "the cancelled task trained on past the released lease"
+
+
+def test_an_interrupted_driver_waits_until_its_cancelled_finetune_task_has_ended(tmp_path, ray_session,
+                                                                                 monkeypatch):
+    """Ctrl-C or SIGTERM while the fine-tune trains on Ray: the task is cancelled and the driver
+    returns only once it has ended. Going on at once left it training past the released lease
+    (LeaseLost at its next step), and a cancel reply that came during Ray's shutdown crashed the
+    driver (exit 1, not 143)."""
+    from longrope.search import cluster, finetuning
+    from longrope.search.schema import WorkersConfig
+
+    pid_file = tmp_path / "pid"
+
+    def trains(*args, **kw):  # nested: Ray ships it by value
+        pid_file.write_text(str(os.getpid()))
+        time.sleep(300)
+
+    def interrupted_once_it_trains(ref):
+        end = time.time() + 120
+        while not pid_file.exists() and time.time() < end:
+            time.sleep(0.02)
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(finetuning, "finetune", trains)
+    monkeypatch.setattr(cluster, "ray_get", interrupted_once_it_trains)
+    with pytest.raises(KeyboardInterrupt):
+        finetuning._on_ray(WorkersConfig(backend="ray", num_cpus=1))
+    pid = int(pid_file.read_text())
+    alive = psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    assert not alive, "the driver went on while its cancelled fine-tune task still ran"
 
 
 def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_path, ray_session):
