@@ -187,14 +187,15 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     from tqdm.auto import tqdm
 
     from .attention import set_attention
-    from .models import load_model
+    from .models import load_model, training_dtype
     from .rotary import patch_model
     from .s2attn import register
 
     work, out = Path(work), Path(out)
     work.mkdir(parents=True, exist_ok=True)
     m = spec.model
-    loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer)
+    dtype = training_dtype(m.dtype, m.device)
+    loaded = load_model(m.path, dtype, m.device, m.attention, m.threads, m.tokenizer)
     if loaded.alibi:
         raise UserError(f"{m.path} uses ALiBi: there are no rotary factors to fine-tune with")
     docs = training_docs(spec, loaded.tokenizer, length)

@@ -157,6 +157,28 @@ def read_config(folder: Path, gguf: str | None) -> Any:
         raise UserError(f"cannot read the {what} as a transformers model: {_first_line(e)}") from None
 
 
+def auto_dtype(device: str) -> str:
+    """What dtype = "auto" loads in: float32 on a CPU; bfloat16 on a GPU that computes in it
+    (compute capability 8.0 and newer: A100, H100, L4); float16 on older ones (V100, T4), whose
+    torch emulates bfloat16 slowly (is_bf16_supported says yes to emulation), as vLLM does."""
+    import torch
+
+    if device == "auto":
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if not device.startswith("cuda"):
+        return "float32"
+    return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
+
+
+def training_dtype(dtype: str, device: str) -> str:
+    """The dtype a fine-tune loads in: the scoring one, but float32 where that is float16. The
+    fine-tune steps float32 master weights yet backpropagates through the model's own dtype, and
+    float16's gradients underflow and overflow without a loss scale (bfloat16 has float32's
+    range); float16 is only ever the choice on GPUs without bfloat16, where float32 is the way."""
+    resolved = auto_dtype(device) if dtype == "auto" else dtype
+    return "float32" if resolved == "float16" else resolved
+
+
 def load_model(
     spec: str,
     dtype: str = "auto",
@@ -184,8 +206,7 @@ def load_model(
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device == "cuda" and not torch.cuda.is_available():
         raise UserError("model.device = 'cuda' but torch sees no GPU on this machine")
-    if dtype == "auto":
-        dtype = "bfloat16" if device == "cuda" else "float32"
+    dtype = auto_dtype(device) if dtype == "auto" else dtype
     if attention == "flash_attention_2":
         import importlib.util
 

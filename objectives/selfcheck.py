@@ -30,8 +30,10 @@ NLL_RTOL = 1e-4  # a document's mean NLL, compiled head vs eager
 
 
 def resolve_dtype(dtype: str, device: str) -> str:
-    """The dtype load_model would use: auto is bfloat16 on a GPU, float32 on a CPU."""
-    return ("bfloat16" if device.startswith("cuda") else "float32") if dtype == "auto" else dtype
+    """The dtype load_model would use (models.auto_dtype for auto)."""
+    from .models import auto_dtype
+
+    return auto_dtype(device) if dtype == "auto" else dtype
 
 
 def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None) -> dict[str, Any]:

@@ -40,7 +40,7 @@ Probability = Annotated[float, Interval(ge=0, le=1)]  # 0 and 1 included
 @dataclass
 class ModelSpec:
     path: str = "builtin:tiny-sotu"  # HF folder | file.gguf | builtin:tiny-sotu | builtin:smollm2-135m
-    dtype: Dtype = "auto"  # auto (fp32 on CPU, bf16 on GPU) | float32 | bfloat16 | float16
+    dtype: Dtype = "auto"  # auto (CPU fp32, GPU bf16, before Ampere fp16) | float32 | bfloat16 | float16
     device: Device = "auto"  # auto | cpu | cuda
     attention: Attention = "sdpa"  # sdpa | flash_attention_2 | eager
     threads: NonNegInt = 0  # torch CPU threads per worker; 0 = leave torch's default

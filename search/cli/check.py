@@ -184,7 +184,7 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "which ships with the package)")
     c.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="dtype of the self-test (default: the config's, else auto: bfloat16 on a GPU, "
-                   "float32 on a CPU)")
+                   "float16 on one before Ampere (V100, T4), float32 on a CPU)")
     c.add_argument("--device", help="one device to test (cpu, cuda, cuda:1); default: every one seen")
     c.add_argument("--address", help="a Ray cluster to read resources from (auto, ray://host:10001)")
     c.add_argument("--json", action="store_true", help="one JSON object instead of text")

@@ -10,7 +10,7 @@ from longrope.objectives import smollm2
 from longrope.objectives.models import load_model
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.workers import Evaluator
-from longrope.spaces import UserError, method
+from longrope.spaces import RescaleFactors, UserError, method
 
 
 def test_tiny_sotu_breaks_past_its_training_length():
@@ -85,3 +85,42 @@ def test_alibi_twin_is_comparable_and_keeps_perplexity_past_l0():
     assert at_8x < 1.3 * at_1x < rope_8x, (at_8x, at_1x, rope_8x)
     with pytest.raises(UserError, match="uses ALiBi, not RoPE: method 'yarn'"):
         twin.method("yarn", 1024)
+
+
+@pytest.mark.parametrize("capability, expected", [((9, 0), "bfloat16"), ((8, 0), "bfloat16"),
+                                                  ((7, 5), "float16"), ((7, 0), "float16")])
+def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(monkeypatch, capability, expected):
+    """H100/A100 (8.0+) load in bfloat16; T4 (7.5) and V100 (7.0) only emulate it, slowly (and
+    torch's is_bf16_supported says yes to that emulation), so they load in float16; a CPU in
+    float32. `check`'s self-test resolves auto the same way as the workers' load."""
+    from longrope.objectives.models import auto_dtype
+    from longrope.objectives.selfcheck import resolve_dtype
+
+    asked: list[str] = []
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    assert auto_dtype("cuda:1") == resolve_dtype("auto", "cuda:1") == expected and asked == ["cuda:1"] * 2
+    assert auto_dtype("cpu") == "float32" and resolve_dtype("float32", "cuda") == "float32"
+
+
+@pytest.mark.parametrize("capability, dtype, expected", [((9, 0), "auto", "bfloat16"), ((7, 0), "auto", "float32"),
+                                                         ((7, 0), "float16", "float32"),
+                                                         ((7, 0), "bfloat16", "bfloat16")])
+def test_a_finetune_never_backpropagates_in_float16(monkeypatch, tmp_path, capability, dtype, expected):
+    """float16 gradients underflow without a loss scale: where scoring runs float16 (auto on a
+    V100, or asked for), the fine-tune loads float32; bfloat16 trains as it is."""
+    from longrope.objectives import finetune, models
+
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+    assert models.training_dtype(dtype, "cuda") == expected and models.training_dtype("auto", "cpu") == "float32"
+    loads: list[str] = []
+
+    def load_model(path, dtype, *a):
+        loads.append(dtype)
+        raise UserError("loaded")
+
+    monkeypatch.setattr(models, "load_model", load_model)
+    spec = ObjectiveSpec.of("builtin:tiny-sotu", dtype=dtype, device="cuda")
+    with pytest.raises(UserError, match="loaded"):
+        finetune.finetune(spec, finetune.FinetuneSpec(), RescaleFactors.uniform(2.0, 32), 256, tmp_path / "w",
+                          tmp_path / "out")
+    assert loads == [expected]
