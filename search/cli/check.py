@@ -3,7 +3,7 @@
 Run it first on a new GPU node or cluster: it names torch, CUDA, the GPUs, flash-attn and
 (with --address) the Ray cluster's resources, then runs objectives/selfcheck.py's self-test
 on every device it sees (the CPU and each GPU): rotary parity with transformers in the
-dtype a search would use, one evaluation with its time per 1k tokens, the scorer's head NLL
+dtype and attention a search would use (a run's config or directory: its own), one evaluation with its time per 1k tokens, the scorer's head NLL
 eager against torch.compile (equal to float32 rounding; the time of each), and for a dtype other
 than float32 the rank agreement of fixed candidates with float32. Exit 0 when every check
 holds, 1 when one does not (the text says which), 2 for a usage error.
@@ -19,7 +19,7 @@ import platform
 import sys
 from typing import Any
 
-from longrope.objectives.specs import DTYPES
+from longrope.objectives.specs import ATTENTIONS, DTYPES
 from longrope.spaces import UserError
 
 EMBEDDED = "builtin:tiny-sotu"
@@ -86,7 +86,7 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from longrope.objectives.selfcheck import self_test
 
-    model, dtype = args.model, args.dtype
+    model, dtype, attention, tokenizer = args.model, args.dtype, args.attention, args.tokenizer
     if args.config:
         from pathlib import Path
 
@@ -99,6 +99,7 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = load(run_config if run_config.is_file() else args.config)
         model, dtype = args.model if args.model != EMBEDDED else cfg.model.path, \
             args.dtype if args.dtype != "auto" else cfg.model.dtype
+        attention, tokenizer = attention or cfg.model.attention, tokenizer or cfg.model.tokenizer
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
         raise UserError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
@@ -117,7 +118,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"self-test on {dev} ...", file=sys.stderr)
         try:
-            out["self_test"].append(self_test(model, dev, dtype))
+            out["self_test"].append(self_test(model, dev, dtype, attention=attention or "sdpa",
+                                              tokenizer=tokenizer))
         except UserError:
             raise  # the model or its files: the same on every device
         except Exception as e:  # this device's fault (out of memory, a driver error): the others still run
@@ -143,7 +145,7 @@ def render(out: dict[str, Any]) -> str:
             lines += ["", f"{t['device']}: the self-test stopped: {t['error']} FAILED"]
             continue
         p, e, k, n = t["rotary_parity"], t["evaluation"], t["rank_check"], t["nll"]
-        lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}:",
+        lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}, {t['attention']} attention:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
                   f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e} (<= {p['tolerance']:g}) "
                   f"{_ok(p['ok'])}",
@@ -179,12 +181,16 @@ def register(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser("check", help="this machine's torch/CUDA/GPUs/Ray, and a self-test on each device",
                        description=__doc__.split("\n\n", 1)[1].replace("\n", " "))
     c.add_argument("config", nargs="?", help="a run config, or a run directory (its frozen config): "
-                   "check its model in its dtype")
+                   "check its model in its dtype, attention and tokenizer")
     c.add_argument("--model", default=EMBEDDED, help="model to self-test (default: %(default)s, "
                    "which ships with the package)")
     c.add_argument("--dtype", choices=DTYPES, default="auto",
                    help="dtype of the self-test (default: the config's, else auto: bfloat16 on a GPU, "
                    "float16 on one before Ampere (V100, T4), float32 on a CPU)")
+    c.add_argument("--attention", choices=ATTENTIONS, help="attention of the self-test (default: the "
+                   "config's, else sdpa); flash_attention_2 is tested where a search will run it")
+    c.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
+                   "without one (default: the config's, else the model's own)")
     c.add_argument("--device", help="one device to test (cpu, cuda, cuda:1); default: every one seen")
     c.add_argument("--address", help="a Ray cluster to read resources from (auto, ray://host:10001)")
     c.add_argument("--json", action="store_true", help="one JSON object instead of text")

@@ -36,9 +36,9 @@ def test_a_broken_patch_fails_the_check(monkeypatch, capsys):
         self.n_hat, self.mscale, self.factors = factors.n_hat, factors.mscale, factors
 
     monkeypatch.setattr(rotary.CandidateRotary, "set_factors", wrong)
-    monkeypatch.setattr(selfcheck, "evaluation", lambda *a: (None, {"ok": True, "length": 512, "ppl": 1.0,
-                                                                    "seconds": 1.0,
-                                                                    "seconds_per_1k_tokens": 1.0}))
+    monkeypatch.setattr(selfcheck, "evaluation", lambda *a, **kw: (None, {"ok": True, "length": 512, "ppl": 1.0,
+                                                                          "seconds": 1.0,
+                                                                          "seconds_per_1k_tokens": 1.0}))
     monkeypatch.setattr(selfcheck, "nll_check", lambda *a: {"ok": True, "auto": "eager", "length": 512,
                                                             "eager_seconds": 1.0, "compiled": False,
                                                             "reason": "stubbed"})
@@ -74,7 +74,7 @@ def test_candidates_are_fixed_and_non_decreasing():
 
 
 def test_check_reads_the_ray_cluster(ray_session, capsys, monkeypatch):
-    monkeypatch.setattr(selfcheck, "self_test", lambda *a: {"ok": True})  # tested above
+    monkeypatch.setattr(selfcheck, "self_test", lambda *a, **kw: {"ok": True})  # tested above
     assert main(["check", "--json", "--device", "cpu", "--address", "auto"]) == 0
     r = json.loads(capsys.readouterr().out)["ray_cluster"]
     assert r["nodes"] == 1 and r["GPU"] == 2 and r["CPU"] == 2
@@ -87,11 +87,11 @@ def test_a_device_whose_self_test_breaks_is_reported_and_the_check_goes_on(monke
     real = selfcheck.self_test
     calls = []
 
-    def breaks_first(model, dev, dtype):
+    def breaks_first(model, dev, dtype, **kw):
         calls.append(dev)
         if len(calls) == 1:
             raise RuntimeError("CUDA error: out of memory\nmore lines")
-        return real(model, dev, dtype)
+        return real(model, dev, dtype, **kw)
 
     monkeypatch.setattr(selfcheck, "self_test", breaks_first)
     assert main(["check", "--json", "--device", "cpu"]) == 1
@@ -160,6 +160,32 @@ def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys):
     assert main(["check", str(tmp_path / "model"), "--json"]) == 2
     assert "model is a folder but not a run directory (no config.toml) (a model folder: --model DIR)" in \
         capsys.readouterr().err
+
+
+def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkeypatch):
+    """A run set to flash_attention_2 (or eager) was self-tested with SDPA, so a flash-attn that
+    breaks on the GPU passed the check and failed the search; a model folder without a tokenizer
+    could not be checked at all. Every load of the self-test (the parity twins too: λ = 1 stays
+    bit-exact only if they run the same attention) now takes the config's."""
+    import shutil
+
+    from longrope.objectives import models
+
+    src = models.resolve("builtin:tiny-sotu")[0]
+    shutil.copytree(src, tmp_path / "m", ignore=shutil.ignore_patterns("tokenizer*", "special_tokens*", "vocab*",
+                                                                      "merges*"))
+    assert not list((tmp_path / "m").glob("tokenizer*"))
+    loads, real = [], models.load_model
+    monkeypatch.setattr(models, "load_model", lambda *a, **kw: loads.append((a, kw)) or real(*a, **kw))
+    (tmp_path / "run.toml").write_text(f'[model]\npath = "{tmp_path / "m"}"\nattention = "eager"\n'
+                                       f'tokenizer = "{src}"\n')
+    assert main(["check", str(tmp_path / "run.toml"), "--json", "--device", "cpu"]) == 0
+    [t] = json.loads(capsys.readouterr().out)["self_test"]
+    assert t["attention"] == "eager" and t["rotary_parity"]["identity_bit_exact"] and t["ok"]
+    assert len(loads) >= 2 and all(a[3] == "eager" and kw.get("tokenizer", a[5:6] and a[5]) == str(src)
+                                   for a, kw in loads), loads
+    assert main(["check", "--device", "cpu", "--attention", "flash_attention_2"]) == 2  # not installed here
+    assert "flash-attn is not installed" in capsys.readouterr().err
 
 
 def test_a_flash_attn_that_does_not_import_is_reported_broken(monkeypatch):
