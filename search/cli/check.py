@@ -3,9 +3,10 @@
 Run it first on a new GPU node or cluster: it names torch, CUDA, the GPUs, flash-attn and
 (with --address) the Ray cluster's resources, then runs objectives/selfcheck.py's self-test
 on every device it sees (the CPU and each GPU): rotary parity with transformers in the
-dtype and attention a search would use (a run's config or directory: its own), one evaluation with its time per 1k tokens, the scorer's head NLL
-eager against torch.compile (equal to float32 rounding; the time of each), and for a dtype other
-than float32 the rank agreement of fixed candidates with float32. Exit 0 when every check
+dtype and attention a search would use (a run's config or directory: its own), one
+evaluation with its time per 1k tokens, the scorer's head NLL eager against torch.compile
+(equal to float32 rounding; the time of each), and for a dtype other than float32 the rank
+agreement of fixed candidates with float32. Exit 0 when every check
 holds, 1 when one does not (the text says which), 2 for a usage error.
 """
 
@@ -145,7 +146,8 @@ def render(out: dict[str, Any]) -> str:
             lines += ["", f"{t['device']}: the self-test stopped: {t['error']} FAILED"]
             continue
         p, e, k, n = t["rotary_parity"], t["evaluation"], t["rank_check"], t["nll"]
-        lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}, {t['attention']} attention:",
+        lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}, "
+                  f"{t['attention']} attention:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
                   f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e} (<= {p['tolerance']:g}) "
                   f"{_ok(p['ok'])}",
