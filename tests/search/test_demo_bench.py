@@ -26,7 +26,7 @@ def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
     assert (tmp_path / "demo" / "export" / "demo-ppl.png").stat().st_size > 1000
 
 
-def test_bench_quick_table_shape(tmp_path):
+def test_bench_quick_table_shape(tmp_path, monkeypatch):
     r = run_bench(quick=True, out_dir=tmp_path)
     assert set(r["summary"]) == set(GOALS) - {"scale_out_real"}
     assert finite_figures(r) and all(v >= 0 for v in r["summary"].values())
@@ -79,6 +79,18 @@ def test_bench_quick_table_shape(tmp_path):
     again = run_bench(quick=True, out_dir=tmp_path, only=["speed"])
     assert again["quality"] == json.loads(json.dumps(r["quality"])) and again["early_abort"] == r["early_abort"]
     assert again["speed"] != r["speed"] and math.isfinite(again["summary"]["overhead"])
+    # an --only rerun keeps each section once measured: killed in the next, the first is in bench.json
+    import longrope.search.cli.bench as bench
+
+    def killed(*a, **kw):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(bench, "memory", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_bench(quick=True, out_dir=tmp_path, only=["speed", "memory"])
+    kept = json.loads((tmp_path / "bench.json").read_text())
+    assert kept["speed"] != json.loads(json.dumps(again["speed"])) and kept["memory"] == again["memory"]
+    assert kept["quality"] == again["quality"] and kept["summary"]["overhead"] == kept["speed"]["overhead"]
     with pytest.raises(UserError, match="unknown bench section 'sped'"):
         run_bench(quick=True, out_dir=tmp_path, only=["sped"])
     with pytest.raises(UserError, match="needs an earlier full bench"):

@@ -61,15 +61,24 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
                             "rerun the same mode or the whole bench")
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused call writes nothing
     with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
-        _run_sections(r, only, quick, Path(tmp))
-    r["summary"] = summarize(r)
-    (out_dir / "bench.json").write_text(json.dumps(r, indent=1, default=str))
+        for section in [s for s in SECTIONS if s in only]:
+            _run_sections(r, [section], quick, Path(tmp))
+            if len(only) < len(SECTIONS):  # a rerun of some (hours here): each kept once measured, so a
+                _save(r, out_dir)  # killed bench loses only the section under way
+    _save(r, out_dir)
     plot(r, out_dir / "bench.png")
     if "compare" in r:
         plot_compare(r["compare"], out_dir / "compare.png")
     if "pruning" in r:
         plot_pruning(r["pruning"], out_dir / "pruning.png")
     return r
+
+
+def _save(r: dict[str, Any], out_dir: Path) -> None:
+    from longrope.spaces.files import atomic_write_text
+
+    r["summary"] = summarize(r)
+    atomic_write_text(out_dir / "bench.json", json.dumps(r, indent=1, default=str))
 
 
 def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -> None:
