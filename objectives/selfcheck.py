@@ -158,7 +158,10 @@ def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: i
 
     ev = ev or Evaluator(ObjectiveSpec.of(model_spec, data, device=device, dtype=dtype, search_docs=docs,
                                           heldout_docs=0))
-    ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32")))
+    # the float32 reference: flash-attn computes only in 16-bit types, so SDPA stands in for it there
+    att = "sdpa" if ev.spec.model.attention == "flash_attention_2" else ev.spec.model.attention
+    ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32",
+                                                                          attention=att)))
     length = scoring_length(ev)
     cands = candidates(ev.geometry, length)
     low = [ev.evaluate(c, length).ppl for c in cands]

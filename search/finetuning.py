@@ -126,8 +126,8 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
 def _cancel(ray, ref, wait: float = CANCEL_WAIT) -> None:
     """Stop the fine-tune task and wait until it has ended. ray.cancel only asks its worker to
     exit: a driver that went on to release the lease and shut Ray down left the task training (it
-    raised LeaseLost at its next step), and a cancel reply that came during the shutdown crashed
-    the driver in Ray's core (exit 1, not 143). A second signal meanwhile is not obeyed
+    raised LeaseLost at its next step), and once (in CI) the driver, exiting with the task's end
+    still pending, died in Ray's core (exit 1, not 143). A second signal meanwhile is not obeyed
     (stopping.py), so the wait is bounded."""
     ray.cancel(ref, force=True)
     done, _ = ray.wait([ref], timeout=wait)

@@ -184,8 +184,40 @@ def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkey
     assert t["attention"] == "eager" and t["rotary_parity"]["identity_bit_exact"] and t["ok"]
     assert len(loads) >= 2 and all(a[3] == "eager" and kw.get("tokenizer", a[5:6] and a[5]) == str(src)
                                    for a, kw in loads), loads
-    assert main(["check", "--device", "cpu", "--attention", "flash_attention_2"]) == 2  # not installed here
-    assert "flash-attn is not installed" in capsys.readouterr().err
+    # flash-attn runs on GPUs only: a flash_attention_2 run's CPU self-test is SDPA's, not a failure
+    assert main(["check", "--json", "--device", "cpu", "--attention", "flash_attention_2"]) == 0
+    assert json.loads(capsys.readouterr().out)["self_test"][0]["attention"] == "sdpa"
+
+
+def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monkeypatch):
+    """flash-attn computes only in 16-bit types: the float32 reference it is ranked against must
+    load with SDPA, or the check of every flash_attention_2 run fails on the GPU."""
+    from types import SimpleNamespace
+
+    from longrope.objectives import workers
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.spaces import RopeGeometry
+
+    made = []
+
+    class Scorer:
+        geometry = RopeGeometry(rotary_dim=64, base=10000.0, original_length=128, model_type="llama")
+
+        def __init__(self, spec):
+            self.spec = spec
+            made.append(spec.model)
+
+        def docs(self, length):
+            return [[0] * length]
+
+        def evaluate(self, c, length):
+            return SimpleNamespace(ppl=2.0 + sum(c.lambdas) / 1000 + c.n_hat / 1e5)
+
+    monkeypatch.setattr(workers, "Evaluator", Scorer)
+    ev = Scorer(ObjectiveSpec.of("m", device="cuda", dtype="bfloat16", attention="flash_attention_2"))
+    r = selfcheck.rank_check("m", "cuda", "bfloat16", ev)
+    assert r["ok"] and [(m.dtype, m.attention) for m in made] == [("bfloat16", "flash_attention_2"),
+                                                                   ("float32", "sdpa")]
 
 
 def test_a_flash_attn_that_does_not_import_is_reported_broken(monkeypatch):
