@@ -160,12 +160,13 @@ def read_config(folder: Path, gguf: str | None) -> Any:
 def auto_dtype(device: str) -> str:
     """What dtype = "auto" loads in: float32 on a CPU; bfloat16 on a GPU that computes in it
     (compute capability 8.0 and newer: A100, H100, L4); float16 on older ones (V100, T4), whose
-    torch emulates bfloat16 slowly (is_bf16_supported says yes to emulation), as vLLM does."""
+    torch emulates bfloat16 slowly (is_bf16_supported says yes to emulation), as vLLM does.
+    A GPU asked for where torch sees none is load_model's to refuse, in its own line."""
     import torch
 
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if not device.startswith("cuda"):
+    if not device.startswith("cuda") or not torch.cuda.is_available():
         return "float32"
     return "bfloat16" if torch.cuda.get_device_capability(device)[0] >= 8 else "float16"
 

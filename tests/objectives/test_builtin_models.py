@@ -98,7 +98,10 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(monkeypatch, c
 
     asked: list[str] = []
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: asked.append(d) or capability)
+    assert auto_dtype("cuda") == "float32" and not asked  # no GPU here: load_model's line refuses it, not this
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert auto_dtype("cuda:1") == resolve_dtype("auto", "cuda:1") == expected and asked == ["cuda:1"] * 2
+    assert auto_dtype("auto") == expected  # device auto: the GPU torch sees
     assert auto_dtype("cpu") == "float32" and resolve_dtype("float32", "cuda") == "float32"
 
 
@@ -111,6 +114,7 @@ def test_a_finetune_never_backpropagates_in_float16(monkeypatch, tmp_path, capab
     from longrope.objectives import finetune, models
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert models.training_dtype(dtype, "cuda") == expected and models.training_dtype("auto", "cpu") == "float32"
     loads: list[str] = []
 

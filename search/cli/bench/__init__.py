@@ -61,11 +61,13 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
                             "rerun the same mode or the whole bench")
     out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused call writes nothing
     with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
-        for section in [s for s in SECTIONS if s in only]:
+        partial = len(only) < len(SECTIONS)  # a rerun of some (hours here): each kept once measured,
+        for section in [s for s in SECTIONS if s in only]:  # so a killed bench loses only the one under way
             _run_sections(r, [section], quick, Path(tmp))
-            if len(only) < len(SECTIONS):  # a rerun of some (hours here): each kept once measured, so a
-                _save(r, out_dir)  # killed bench loses only the section under way
-    _save(r, out_dir)
+            if partial:
+                _save(r, out_dir)
+    if not partial:  # the summary needs every section
+        _save(r, out_dir)
     plot(r, out_dir / "bench.png")
     if "compare" in r:
         plot_compare(r["compare"], out_dir / "compare.png")
