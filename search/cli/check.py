@@ -119,10 +119,8 @@ def cmd_check(args: argparse.Namespace) -> int:
         if not args.json:
             print(f"self-test on {dev} ...", file=sys.stderr)
         try:
-            # flash-attn runs on GPUs only: the CPU's self-test of a flash_attention_2 run is SDPA's
-            flash_on_cpu = dev == "cpu" and attention == "flash_attention_2"
-            att = "sdpa" if not attention or flash_on_cpu else attention
-            out["self_test"].append(self_test(model, dev, dtype, attention=att, tokenizer=tokenizer))
+            out["self_test"].append(self_test(model, dev, dtype, attention=attention or "sdpa",
+                                              tokenizer=tokenizer))
         except UserError:
             raise  # the model or its files: the same on every device
         except Exception as e:  # this device's fault (out of memory, a driver error): the others still run
