@@ -48,6 +48,9 @@ class SyntheticEvaluator:
     def task_records(self, length: int, pool: str = "search") -> None:
         return None
 
+    def precision(self) -> None:  # no model: nothing to score in
+        return None
+
     def method(self, name: str, length: int):
         return method_factors(name, self.geometry, length)
 

@@ -82,6 +82,10 @@ class Evaluator:
             self.refuse_factors(f"method {name!r}")
         return method_factors(name, self.geometry, length)
 
+    def precision(self) -> str:
+        """The dtype this replica scores in (model.dtype, auto resolved on its device)."""
+        return self.loaded.dtype
+
     def needle_samples(self, length: int, pool: str = "search") -> list:
         """The task's needle samples at `length`, built on the pool's documents (cached)."""
         from .needle import NeedleBuilder, make_samples
@@ -174,6 +178,9 @@ class _Worker:
 
     def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
         return self.ev.task_records(length, pool)
+
+    def precision(self) -> str | None:
+        return self.ev.precision()
 
     def evaluate(self, factors: RescaleFactors, length: int, threshold: float | None = None,
                  pool: str = "search", kind: str | None = None, stride: int | None = None) -> Evaluation:

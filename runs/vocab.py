@@ -30,6 +30,8 @@ SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, an
 #                             the samples every candidate of the stage is scored on (checked on resume)
 DOCUMENTS = "documents"  # ppl objective: [{tokens, sha256 of the token ids}, ...], the stage's search
 #                          documents (checked on resume; runs made before it record them on resume)
+DTYPE = "dtype"  # "float32" | "bfloat16" | "float16": what the stage's candidates are scored in (model.dtype,
+#                  auto resolved on the workers' device; checked on resume, recorded then by older runs)
 
 # -- trial user attrs (one scored candidate) -----------------------------------------------------
 DOC_NLL = "doc_nll"  # mean token NLL of each document scored, in order (fewer when pruned or failed)

@@ -69,6 +69,9 @@ class InProcessBackend:
     def task_records(self, length: int) -> list[dict] | None:
         return self.evaluator.task_records(length)
 
+    def precision(self) -> str | None:
+        return self.evaluator.precision()
+
     def wait(self) -> tuple[int, Evaluation]:
         return self._done.popleft()
 
@@ -119,6 +122,7 @@ class RayBackend:
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
+        self.dtype: str | None = None  # what the workers score in, once precision() has asked
         # a worker's death as ray.get reports it: Ray's memory monitor kills with an OutOfMemoryError,
         # which is no RayActorError
         self.died = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)
@@ -177,6 +181,31 @@ class RayBackend:
             except self.died as e:
                 self._replace(actor, e)
 
+    def precision(self) -> str | None:
+        """The dtype every worker up scores in (the driver records it per stage and a resume must
+        match it). Workers that differ, model.dtype = auto over GPUs of two generations (bf16 on
+        an A100, fp16 on a V100), would mix precisions in one ranking: one line instead. A
+        replacement that comes up in another dtype later is refused in _step."""
+        while True:
+            while not self.idle:
+                self._step()
+            seen: dict[str | None, int] = {}
+            for actor in list(self.idle):
+                try:
+                    got = self._get(actor.precision.remote())
+                except self.died as e:
+                    self._replace(actor, e)
+                    continue
+                seen[got] = seen.get(got, 0) + 1
+            if seen:
+                break
+        if len(seen) > 1:
+            raise UserError(f"the workers load the model in different dtypes ({mixed(seen)}): model.dtype = "
+                            "'auto' on GPUs of two generations; set [model] dtype to one of them, so that "
+                            "every candidate is scored alike")
+        self.dtype = next(iter(seen))
+        return self.dtype
+
     def busy(self) -> bool:
         return bool(self.inflight or self.queue or self.done)
 
@@ -229,7 +258,7 @@ class RayBackend:
         if ref in self.starting:
             actor = self.starting.pop(ref)
             try:
-                self._get(ref)
+                got = self._get(ref)
             except self.died as e:
                 self.start_failures += 0 if not_its_fault(e) else 1
                 if self.start_failures >= MAX_START_FAILURES:
@@ -238,6 +267,10 @@ class RayBackend:
                 self._replace(actor, e)
                 return
             self.start_failures = 0
+            if self.dtype is not None and got is not None and got != self.dtype:
+                raise UserError(f"a replacement worker loads the model in {got}, where this search scores in "
+                                f"{self.dtype} (model.dtype = 'auto' on another kind of GPU); set [model] "
+                                f"dtype = '{self.dtype}' and resume")
             self.idle.append(actor)
             self._dispatch()
             return
@@ -293,7 +326,7 @@ class RayBackend:
             self.idle.remove(actor)
         fresh = self._new_actor()
         self.actors.append(fresh)
-        self.starting[fresh.pid.remote()] = fresh
+        self.starting[fresh.precision.remote()] = fresh
         self.replaced += 1
         print(f"note: a worker died{' with its node' if node_lost(error) else ''} "
               f"({death_reason(error)}); its candidate goes to the next free worker and a new "
@@ -305,6 +338,11 @@ class RayBackend:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
+
+
+def mixed(seen: dict) -> str:
+    """{'bfloat16': 3, 'float16': 1} -> 'bfloat16 on 3, float16 on 1'."""
+    return ", ".join(f"{k} on {n}" for k, n in sorted(seen.items(), key=lambda kv: -kv[1]))
 
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:

@@ -38,8 +38,8 @@ __all__ = ["RunConfig", "SearchConfig", "SpaceConfig", "WorkersConfig", "definin
 # among these: a run's trials live in its storage, and another one would start it over.
 NOT_DEFINING = {
     "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
-    "model.device", "model.threads", "model.nll", "data.cache_dir",
-}
+    "model.device", "model.dtype", "model.threads", "model.nll", "data.cache_dir",
+}  # model.dtype: what it resolves to is checked per stage instead (the driver's check_precision)
 
 # Choices whose one source is a registry (the sampler and pruner names); the others are
 # `Literal` types in the schema.

@@ -101,8 +101,8 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
         if diff:
             raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
                             "(search.iterations, max_evals, patience, min_improvement), [workers] and "
-                            "model.device, threads, nll or data.cache_dir may change in a run: start a "
-                            "new --run-dir")
+                            "model.device, dtype, threads, nll or data.cache_dir may change in a run: "
+                            "start a new --run-dir")
         run.check_writable()
         run.check_journal()
     elif resume:
@@ -278,6 +278,25 @@ class Driver:
                             "data file, a new dataset revision, another tokenizer?); resume with the same "
                             "model and data, or start a new --run-dir")
 
+    def check_precision(self, stage: Stage, study: optuna.Study) -> None:
+        """Record the dtype the stage is scored in, or check a resumed stage is scored in the same:
+        model.dtype = auto resolves per device (float32 on a CPU, bfloat16 on an A100, float16 on a
+        V100), so a run resumed elsewhere would rank bf16 scores against fp32 ones. An explicit
+        model.dtype may change in a run for that reason: what it resolves to is what must match."""
+        got = getattr(self.backend, "precision", lambda: None)()
+        if got is None:  # the synthetic objective: no model
+            return
+        stored = study.user_attrs.get(vocab.DTYPE)
+        if stored is None:
+            study.set_user_attr(vocab.DTYPE, got)
+        elif stored != got:
+            dtype = self.cfg.model.dtype
+            why = "model.dtype = 'auto' on their device" if dtype == "auto" else f"model.dtype = '{dtype}'"
+            raise UserError(f"{stage.name} was scored in {stored} so far, but these workers load the model "
+                            f"in {got} ({why}): set dtype = '{stored}' under [model] in "
+                            f"{self.run.path / 'config.toml'} and resume, so that its candidates are scored "
+                            "alike (or start a new --run-dir)")
+
     def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
@@ -288,6 +307,7 @@ class Driver:
                                           "below_critical": "search" if sp.search_below else "ntk",
                                           "mscale": "search" if sp.searches_mscale else sp.mscale})
         self.check_samples(stage, study)
+        self.check_precision(stage, study)
         self.active = (study, proposer)
         n = requeue_running(study, proposer)
         if n:

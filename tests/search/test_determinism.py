@@ -361,3 +361,33 @@ def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(t
     assert len(failed) == 1 and {v for k, v in failed[0][1] if k.startswith("lambda")} == {4.0}
     assert backend.replaced == 2 and len(rows) == 12 + 4 * 6
     assert "worker died 2 times while scoring it" in (run.path / "events.log").read_text()
+
+
+def test_workers_in_two_dtypes_are_refused_and_so_is_a_replacement_in_another(ray_session):
+    """model.dtype = auto over GPUs of two generations loads bf16 on some workers and fp16 on
+    others (two are forced here by their specs): one line, not a ranking of mixed precisions.
+    A replacement that comes up in a dtype other than the search's is refused as it starts."""
+    spec = ObjectiveSpec.of("builtin:tiny-sotu", threads=1, search_docs=1, heldout_docs=0)
+    backend = RayBackend(spec, count=2)
+    try:
+        assert backend.precision() == "float32" and backend.dtype == "float32"
+        odd = backend.actor_cls.remote(ObjectiveSpec.of("builtin:tiny-sotu", threads=1, search_docs=1,
+                                                        heldout_docs=0, dtype="bfloat16"))
+        backend.actors.append(odd)
+        backend.idle.append(odd)
+        with pytest.raises(UserError, match=r"the workers load the model in different dtypes "
+                                            r"\(float32 on 2, bfloat16 on 1\)"):
+            backend.precision()
+        backend.ray.kill(odd)
+        backend.actors.remove(odd)
+        backend.idle.remove(odd)
+        backend.dtype = "bfloat16"  # as if the search scored in bf16: a float32 replacement is refused
+        os.kill(backend.worker_pids()[0], signal.SIGKILL)
+        assert backend.idle[0] is backend.actors[0]
+        assert backend._alive(backend.idle[0]) is False and backend.starting  # found dead, replaced
+        with pytest.raises(UserError, match="a replacement worker loads the model in float32, where this "
+                                            "search scores in bfloat16"):
+            while backend.starting:
+                backend._step()
+    finally:
+        backend.close()

@@ -92,3 +92,36 @@ def test_a_perplexity_search_records_its_documents_and_resume_refuses_changed_on
     capsys.readouterr()
     assert main(["resume", str(run_dir), "--quiet"]) == 2
     assert "long-256: the search documents differ" in capsys.readouterr().err
+
+
+def test_a_stage_records_the_dtype_it_scores_in_and_resume_refuses_another(tmp_path, capsys):
+    """Before: model.dtype = auto resumed on another device (a bf16 GPU run resumed on a CPU)
+    ranked float32 scores against bfloat16 ones with no word. Now the resolved dtype is recorded
+    per stage and must match; model.dtype itself may change in a run, to make it match."""
+    (tmp_path / "c.toml").write_text(NEEDLE)
+    run_dir = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    run = Run.open(run_dir)
+    (study,) = run.studies()
+    assert study.user_attrs[vocab.DTYPE] == "float32"  # auto on a CPU
+    config = run_dir / "config.toml"
+    auto = config.read_text()
+    assert 'dtype = "auto"' in auto
+    config.write_text(auto.replace('dtype = "auto"', 'dtype = "bfloat16"'))
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "long-256 was scored in float32 so far, but these workers load the model in bfloat16 " \
+           "(model.dtype = 'bfloat16')" in err
+    config.write_text(auto.replace('dtype = "auto"', 'dtype = "float32"'))  # what auto resolved to: fine
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    # as if the stage had been scored on an A100 (auto: bfloat16), resumed on this CPU with auto
+    optuna.load_study(study_name="long-256", storage=run.storage()).set_user_attr(vocab.DTYPE, "bfloat16")
+    config.write_text(auto)
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert "long-256 was scored in bfloat16 so far, but these workers load the model in float32 " \
+           "(model.dtype = 'auto' on their device): set dtype = 'bfloat16' under [model]" in err
+    config.write_text(auto.replace('dtype = "auto"', 'dtype = "bfloat16"'))  # the advice, taken
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
