@@ -320,6 +320,7 @@ class Driver:
                        f"λmax {sp.lambda_max:g}, critical dim {crit}, "
                        f"mscale {'searched from ' if sp.searches_mscale else ''}{sp.mscale:.4f}")
         best = best_trial(study)
+        self.refresh_best(stage, study, best, proposer)
         bar = tqdm(total=stage.budget, initial=min(done, stage.budget), desc=stage.name, unit="eval",
                    disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
         if best is not None:
@@ -390,6 +391,22 @@ class Driver:
     def write_best(self, stage: Stage, study, trial, heldout: float | None, proposer: Proposer) -> None:
         self.run.write_best(best_record(self.cfg, self.run, stage, self.geometry, study, trial,
                                         proposer.factors(trial), heldout, self.plan.spec.model.path))
+
+    def refresh_best(self, stage: Stage, study, best, proposer: Proposer) -> None:
+        """A driver killed between a tell and its write_best left best/ one best behind, and the
+        stage's end (which rewrites it) may be hours away: write it as the stage resumes, with the
+        held-out score cached for that trial if any."""
+        if best is None:
+            return
+        try:
+            written = BestRecord.load(self.run.best_path(stage.kind, stage.length))
+        except UserError:  # none yet, or a damaged one: rewritten
+            written = None
+        if written is not None and written.trial == best.number:
+            return
+        cached = study.user_attrs.get(vocab.HELDOUT) or {}
+        self.write_best(stage, study, best, cached["ppl"] if cached.get("trial") == best.number else None,
+                        proposer)
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         self.check_lease()

@@ -41,6 +41,35 @@ def test_a_run_writes_and_reads_records(tmp_path):
     assert empty.best("long") is None and empty.bests("short") == {}
 
 
+def test_a_resumed_stage_rewrites_a_best_file_left_one_best_behind(tmp_path):
+    """A driver killed between the tell of a new best and its write_best left the best file on
+    an older trial; before, it stayed so until the resumed stage ended (hours on a GPU)."""
+    from search_helpers import small_cfg
+
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.search.backends import InProcessBackend
+    from longrope.search.driver import Driver
+    from longrope.search.proposers import best_trial
+
+    run, _ = run_small(tmp_path, iterations=1)
+    (study,) = run.studies()
+    best = best_trial(study)
+    done = best.number, best.value, run.best("long", 256).heldout_ppl
+    older = next(t for t in study.get_trials() if t.state.name == "COMPLETE" and t.number != best.number)
+    run.write_best(dataclasses.replace(run.best("long", 256), trial=older.number, search_ppl=older.value))
+    cfg, _ = small_cfg(iterations=2)  # the stage goes on: its end is a generation away
+    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+
+    def interrupted(job):
+        raise KeyboardInterrupt
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False, backend=backend).run_all()
+    again = run.best("long", 256)
+    assert (again.trial, again.search_ppl, again.heldout_ppl) == done  # held-out: the cached score
+
+
 def one_line_error(path, match):
     with pytest.raises(UserError, match=match) as e:
         BestRecord.load(path)
