@@ -8,9 +8,9 @@ dataset id (``data.split``, ``data.config``). With ``data.streaming`` only the
 first ``data.stream_docs`` documents are read. Each document is tokenised with
 the model's tokenizer (BOS prepended when it has one, whichever token that is:
 SmolLM2's GGUF names <|im_start|>; lm-evaluation-harness's rolling loglikelihood
-prefixes the same bos_token_id) and its first L tokens are scored. The split is by document: a seeded permutation deals documents
-alternately into a search pool and a held-out pool, so the two are disjoint
-at every length.
+prefixes the same bos_token_id) and its first L tokens are scored. The split is
+by document: a seeded permutation deals documents alternately into a search
+pool and a held-out pool, so the two are disjoint at every length.
 """
 
 from __future__ import annotations

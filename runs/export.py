@@ -153,6 +153,24 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     return path, warnings
 
 
+def with_class_defaults(config: dict[str, Any]) -> Any:
+    """The config as transformers builds it from this config.json, whose class fills in what the
+    file leaves out: the model loads with Qwen3's head_dim of 128 whatever hidden_size / heads
+    says, and Llama's 2048 positions. A config transformers cannot build stays the dict, whose
+    own checks say why in one line."""
+    try:
+        import transformers
+
+        verbosity = transformers.logging.get_verbosity()
+        transformers.logging.set_verbosity_error()  # its notes on unusual keys are not ours to print
+        try:
+            return transformers.AutoConfig.for_model(**config)
+        finally:
+            transformers.logging.set_verbosity(verbosity)
+    except Exception:  # transformers raises ValueError/KeyError/TypeError variously
+        return config
+
+
 def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: str | Path,
                     copy: bool = False, quiet: bool = False) -> Path:
     """A model folder whose config.json carries the factors; weights linked (or copied).
@@ -177,7 +195,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if is_alibi(config):
         raise UserError(f"{src} is an ALiBi model (no rotary embeddings): rescale factors do not apply to it")
     arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
-    geo = RopeGeometry.from_config(config)
+    geo = RopeGeometry.from_config(with_class_defaults(config))
     if geo.n_freqs != len(factors.long.lambdas):
         raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
                         f"model has {geo.n_freqs} rotary frequencies")

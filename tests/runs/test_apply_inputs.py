@@ -145,3 +145,26 @@ def test_factors_of_another_model_are_refused_by_apply_and_eval(tmp_path, capsys
     assert not (tmp_path / "m").exists()
     one_line(capsys, main(["eval", "--model", "builtin:tiny-sotu", "--lengths", "256", "--samples", "1",
                            "--methods", f"none,{f}"]), "factors for a model trained at 8192 tokens")
+
+
+def test_apply_counts_the_frequencies_the_model_loads_with(tmp_path, capsys):
+    """A config.json that leaves out what its class defaults: Qwen3's head_dim is 128 whatever
+    hidden_size / heads says (64 / 4 = 16 here). Before: apply read the file alone, counted 8
+    frequencies, refused factors for the model's 64 and took 8-value ones transformers rejects."""
+    cfg = transformers.Qwen3Config(hidden_size=64, num_attention_heads=4, num_key_value_heads=2,
+                                   intermediate_size=64, num_hidden_layers=1, vocab_size=100,
+                                   max_position_embeddings=32).to_dict()
+    del cfg["head_dim"]
+    model = tmp_path / "qwen3"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps(cfg))
+    assert transformers.AutoConfig.from_pretrained(model).head_dim == 128
+    rope = {**GOOD["rope_scaling"], "long_factor": [1.0] * 32 + [2.0] * 32, "short_factor": [1.0] * 64}
+    right = tmp_path / "right.json"
+    right.write_text(json.dumps({**GOOD, "rope_scaling": rope}))
+    assert main(["apply", str(right), str(model), "-o", str(tmp_path / "out")]) == 0
+    assert len(json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["long_factor"]) == 64
+    wrong = tmp_path / "wrong.json"
+    wrong.write_text(json.dumps(GOOD))  # 8 values: hidden_size / heads / 2
+    one_line(capsys, main(["apply", str(wrong), str(model), "-o", str(tmp_path / "out2")]),
+             "the factors have 8 values but the model has 64 rotary frequencies")
