@@ -312,7 +312,7 @@ class Driver:
         n = requeue_running(study, proposer)
         if n:
             self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by an interrupted driver")
-        proposer.enqueue_seeds(study)
+        proposer.start(study)
         done = sum(1 for t in study.get_trials(deepcopy=False) if t.state.is_finished()
                    and not t.system_attrs.get(vocab.REQUEUED))
         crit = "off" if sp.critical_dim is None else sp.critical_dim

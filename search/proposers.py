@@ -13,6 +13,7 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
+import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -38,7 +39,7 @@ class Proposer(Protocol):
     `factors(trial)` with the early-abort cut-off `threshold(study, frozen)`,
     tells the result, and after each tell asks `generation_done` (to log a
     generation). On start it fails and re-queues trials left RUNNING by a dead
-    driver (`requeue_params`), then calls `enqueue_seeds`. The stage ends when
+    driver (`requeue_params`), then calls `start`. The stage ends when
     nothing is ready and nothing is in flight.
     """
 
@@ -69,8 +70,9 @@ class Proposer(Protocol):
         """The generation the just-told `trial` completed, if it did (for the events log)."""
         ...
 
-    def enqueue_seeds(self, study: optuna.Study) -> None:
-        """Queue the stage's seed candidates, if this sampler takes them from the queue."""
+    def start(self, study: optuna.Study) -> None:
+        """At the stage's start or resume: queue the seed candidates, if this sampler takes them
+        from the queue, and pick up where the sampler left off."""
         ...
 
     def requeue_params(self, trial: FrozenTrial) -> dict[str, Any] | None:
@@ -141,8 +143,8 @@ class GAProposer:
                        (TrialState.COMPLETE, TrialState.PRUNED, TrialState.FAIL))
         return g if finished == min(end, self.budget) else None
 
-    def enqueue_seeds(self, study: optuna.Study) -> None:
-        pass  # the evolution's generation 0 starts with the seeds itself
+    def start(self, study: optuna.Study) -> None:
+        pass  # generation 0 starts with the seeds itself; every draw is a function of (seed, slot)
 
     def requeue_params(self, trial) -> dict | None:
         return trial.params or {}
@@ -153,7 +155,8 @@ class OptunaProposer:
 
     def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
         self.param = StepParametrisation(stage.space, seeds)
-        self.sampler = make_sampler(cfg.search.sampler, cfg.search.seed + stage.length)
+        self.name, self.seed = cfg.search.sampler, cfg.search.seed + stage.length
+        self.sampler = make_sampler(self.name, self.seed)
         self.budget = stage.budget
         self.seeds = seeds
 
@@ -178,11 +181,20 @@ class OptunaProposer:
     def generation_done(self, study, trial) -> int | None:
         return None
 
-    def enqueue_seeds(self, study: optuna.Study) -> None:
-        if study.trials:
+    def start(self, study: optuna.Study) -> None:
+        """Optuna's samplers keep their random stream in the process, not in the study: one made
+        afresh on resume would draw what it drew before the interruption (random search would
+        score its first candidates again, and TPE its start-up ones). A resumed stage draws from
+        the stream of (seed, evaluations done) instead; a stage that starts keeps the seed's own,
+        so an uninterrupted search is unchanged. (Not the uninterrupted run's draws: for those
+        the stream would have to be stored with the study.)"""
+        done = len(self._counted(study))
+        if not done:
+            for s in self.seeds:
+                study.enqueue_trial(self.param.params(s))
             return
-        for s in self.seeds:
-            study.enqueue_trial(self.param.params(s))
+        seed = int(np.random.SeedSequence([self.seed, done]).generate_state(1)[0])
+        self.sampler = study.sampler = make_sampler(self.name, seed)
 
     def requeue_params(self, trial) -> dict | None:
         return trial.params or None

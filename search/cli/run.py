@@ -60,7 +60,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted search from its journal; the result equals an uninterrupted run
-    (search.sampler = "longrope"; cmaes, tpe and random restart their random streams)."""
+    (search.sampler = "longrope"; cmaes, tpe and random go on with another random stream)."""
     from longrope.runs import Run
     from longrope.search import config
     from longrope.search.driver import run_search

@@ -208,3 +208,29 @@ def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
     assert 'note: [workers] count = 4, num_gpus = 0.25 take effect with backend = "ray"' in capsys.readouterr().err
     make_backend(ObjectiveSpec.of("synthetic"), small_cfg()[0].workers)
     assert capsys.readouterr().err == ""
+
+
+@pytest.mark.parametrize("sampler, cut", [("random", 20), ("tpe", 6)])
+def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_path, sampler, cut):
+    """Optuna's samplers keep their random stream in the process: made afresh on resume, random
+    search scored its first candidates again (and TPE its start-up ones: 10 random draws)."""
+    from longrope.runs.vocab import REQUEUED
+
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 3 seeds, then draws
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+    submit, submitted = backend.submit, []
+
+    def interrupted(job):
+        submitted.append(job.key)
+        if len(submitted) > cut:
+            raise KeyboardInterrupt
+        submit(job)
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False, backend=backend).run_all()
+    Driver(cfg, run, progress=False, backend=InProcessBackend(ObjectiveSpec.of("synthetic"))).run_all()
+    (study,) = run.studies()
+    drawn = [tuple(sorted(t.params.items())) for t in study.get_trials() if not t.system_attrs.get(REQUEUED)]
+    assert len(drawn) == 24 and len(set(drawn)) == 24
