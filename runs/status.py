@@ -13,7 +13,7 @@ from .lease import HEARTBEAT, holder
 from .optuna_io import study_system_attrs
 from .report import report_path
 from .rundir import LOCK, Run
-from .vocab import DOC_NLL, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
+from .vocab import DOC_NLL, DTYPE, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
 
 if TYPE_CHECKING:
     import optuna
@@ -98,7 +98,7 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "tokens": sum(int(t.user_attrs.get(TOKENS, 0)) for t in trials if t.state.is_finished()),
             "tokens_saved": tokens_saved(trials),
             "critical_dim": info.get("critical_dim"), "below_critical": info.get("below_critical", "ntk"),
-            "mscale": info.get("mscale"),
+            "mscale": info.get("mscale"), "dtype": study.user_attrs.get(DTYPE),
             "done": bool(finished), "early_stopped_at": stopped,
             "eta_seconds": None if finished else eta_seconds(trials, max(budget - done, 0)),
             "evals_per_second": pace(trials),
@@ -174,6 +174,7 @@ def render_status(run: Run, as_json: bool) -> str:
         if s["critical_dim"] is not None and s["below_critical"] == "search":
             crit = f"{crit} (pairs below searched)"
         mscale = ", mscale searched" if s["mscale"] == "search" else ""
+        mscale += f", {s['dtype']}" if s["dtype"] else ""  # what its candidates are scored in
         gen = "-" if s["generation"] is None else s["generation"]  # none yet, or a sampler without
         lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
                      f"generation {gen}, running {s['running']}, pruned {s['pruned']}, "

@@ -39,7 +39,7 @@ __all__ = ["RunConfig", "SearchConfig", "SpaceConfig", "WorkersConfig", "definin
 NOT_DEFINING = {
     "search.iterations", "search.max_evals", "search.patience", "search.min_improvement",
     "model.device", "model.dtype", "model.threads", "model.nll", "data.cache_dir",
-}  # model.dtype: what it resolves to is checked per stage instead (the driver's check_precision)
+}  # model.dtype: what it resolves to is checked per stage instead (search/stagecheck.py)
 
 # Choices whose one source is a registry (the sampler and pruner names); the others are
 # `Literal` types in the schema.

@@ -33,6 +33,7 @@ from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
+from .stagecheck import check_precision, check_samples
 from .stages import Stage, initial_factors
 from .stopping import how_stopped, interrupted, signals_as_interrupt
 
@@ -259,44 +260,6 @@ class Driver:
             requeue_running(study, proposer)
         self.inflight.clear()
 
-    def check_samples(self, stage: Stage, study: optuna.Study) -> None:
-        """Record what the task scores (the needle samples, or the documents' hashes), or check a
-        resumed stage scores the same: they are a pure function of the config, but an edited data
-        file, a new dataset revision or another tokenizer would silently change them."""
-        records = getattr(self.backend, "task_records", lambda length: None)(stage.length)
-        if records is None:  # the synthetic objective: no documents
-            return
-        needle = self.cfg.objective.kind == "needle"
-        key, what = (vocab.SAMPLES, "needle samples") if needle else (vocab.DOCUMENTS, "search documents")
-        stored = study.user_attrs.get(key)
-        if stored and needle and "sha256" not in stored[0]:  # recorded before samples had their hash
-            records = [{k: v for k, v in r.items() if k != "sha256"} for r in records]
-        if stored is None:
-            study.set_user_attr(key, records)
-        elif stored != records:
-            raise UserError(f"{stage.name}: the {what} differ from the ones this run scored (an edited "
-                            "data file, a new dataset revision, another tokenizer?); resume with the same "
-                            "model and data, or start a new --run-dir")
-
-    def check_precision(self, stage: Stage, study: optuna.Study) -> None:
-        """Record the dtype the stage is scored in, or check a resumed stage is scored in the same:
-        model.dtype = auto resolves per device (float32 on a CPU, bfloat16 on an A100, float16 on a
-        V100), so a run resumed elsewhere would rank bf16 scores against fp32 ones. An explicit
-        model.dtype may change in a run for that reason: what it resolves to is what must match."""
-        got = getattr(self.backend, "precision", lambda: None)()
-        if got is None:  # the synthetic objective: no model
-            return
-        stored = study.user_attrs.get(vocab.DTYPE)
-        if stored is None:
-            study.set_user_attr(vocab.DTYPE, got)
-        elif stored != got:
-            dtype = self.cfg.model.dtype
-            why = "model.dtype = 'auto' on their device" if dtype == "auto" else f"model.dtype = '{dtype}'"
-            raise UserError(f"{stage.name} was scored in {stored} so far, but these workers load the model "
-                            f"in {got} ({why}): set dtype = '{stored}' under [model] in "
-                            f"{self.run.path / 'config.toml'} and resume, so that its candidates are scored "
-                            "alike (or start a new --run-dir)")
-
     def run_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> RescaleFactors | None:
         from tqdm import tqdm
 
@@ -306,8 +269,8 @@ class Driver:
                                           "critical_dim": sp.critical_dim,
                                           "below_critical": "search" if sp.search_below else "ntk",
                                           "mscale": "search" if sp.searches_mscale else sp.mscale})
-        self.check_samples(stage, study)
-        self.check_precision(stage, study)
+        check_samples(self.backend, self.cfg, stage, study)
+        check_precision(self.backend, self.cfg, self.run, stage, study)
         self.active = (study, proposer)
         n = requeue_running(study, proposer)
         if n:

@@ -2,9 +2,12 @@
 checks it scores the same ones, and refuses when they changed."""
 
 
+import json
+
 import optuna
 
 from longrope.runs import Run, vocab
+from longrope.runs.status import render_status
 from longrope.search.cli import main
 
 NEEDLE = """
@@ -104,6 +107,8 @@ def test_a_stage_records_the_dtype_it_scores_in_and_resume_refuses_another(tmp_p
     run = Run.open(run_dir)
     (study,) = run.studies()
     assert study.user_attrs[vocab.DTYPE] == "float32"  # auto on a CPU
+    (stage,) = json.loads(render_status(run, True))["stages"]
+    assert stage["dtype"] == "float32" and "critical dim off, float32, " in render_status(run, False)
     config = run_dir / "config.toml"
     auto = config.read_text()
     assert 'dtype = "auto"' in auto

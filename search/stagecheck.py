@@ -1,0 +1,54 @@
+"""What each stage records of what it scores, and a resumed stage checks: its documents (or
+needle samples) and the dtype its candidates are scored in. Each is a pure function of the
+config on the machine it ran on; data edited under the run, or a resume on another kind of
+machine, would otherwise rank new scores against old ones without a word."""
+
+from __future__ import annotations
+
+import optuna
+
+from longrope.runs import Run, vocab
+from longrope.spaces import UserError
+
+from .config import RunConfig
+from .stages import Stage
+
+
+def check_samples(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) -> None:
+    """Record what the task scores (the needle samples, or the documents' hashes), or check a
+    resumed stage scores the same: they are a pure function of the config, but an edited data
+    file, a new dataset revision or another tokenizer would silently change them."""
+    records = getattr(backend, "task_records", lambda length: None)(stage.length)
+    if records is None:  # the synthetic objective: no documents
+        return
+    needle = cfg.objective.kind == "needle"
+    key, what = (vocab.SAMPLES, "needle samples") if needle else (vocab.DOCUMENTS, "search documents")
+    stored = study.user_attrs.get(key)
+    if stored and needle and "sha256" not in stored[0]:  # recorded before samples had their hash
+        records = [{k: v for k, v in r.items() if k != "sha256"} for r in records]
+    if stored is None:
+        study.set_user_attr(key, records)
+    elif stored != records:
+        raise UserError(f"{stage.name}: the {what} differ from the ones this run scored (an edited "
+                        "data file, a new dataset revision, another tokenizer?); resume with the same "
+                        "model and data, or start a new --run-dir")
+
+
+def check_precision(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.Study) -> None:
+    """Record the dtype the stage is scored in, or check a resumed stage is scored in the same:
+    model.dtype = auto resolves per device (float32 on a CPU, bfloat16 on an A100, float16 on a
+    V100), so a run resumed elsewhere would rank bf16 scores against fp32 ones. An explicit
+    model.dtype may change in a run for that reason: what it resolves to is what must match."""
+    got = getattr(backend, "precision", lambda: None)()
+    if got is None:  # the synthetic objective: no model
+        return
+    stored = study.user_attrs.get(vocab.DTYPE)
+    if stored is None:
+        study.set_user_attr(vocab.DTYPE, got)
+    elif stored != got:
+        dtype = cfg.model.dtype
+        why = "model.dtype = 'auto' on their device" if dtype == "auto" else f"model.dtype = '{dtype}'"
+        raise UserError(f"{stage.name} was scored in {stored} so far, but these workers load the model "
+                        f"in {got} ({why}): set dtype = '{stored}' under [model] in "
+                        f"{run.path / 'config.toml'} and resume, so that its candidates are scored "
+                        "alike (or start a new --run-dir)")
