@@ -365,7 +365,7 @@ def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(t
 
 def test_workers_in_two_dtypes_are_refused_and_so_is_a_replacement_in_another(ray_session):
     """model.dtype = auto over GPUs of two generations loads bf16 on some workers and fp16 on
-    others (two are forced here by their specs): one line, not a ranking of mixed precisions.
+    others (here a third worker is forced to bf16 by its spec): one line, not a mixed ranking.
     A replacement that comes up in a dtype other than the search's is refused as it starts."""
     spec = ObjectiveSpec.of("builtin:tiny-sotu", threads=1, search_docs=1, heldout_docs=0)
     backend = RayBackend(spec, count=2)
