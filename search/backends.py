@@ -15,7 +15,7 @@ count against the candidate that was running on it.
 from __future__ import annotations
 
 import sys
-from collections import deque
+from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
@@ -189,18 +189,18 @@ class RayBackend:
         while True:
             while not self.idle:
                 self._step()
-            seen: dict[str | None, int] = {}
-            for actor in list(self.idle):
+            asked = [(actor, actor.precision.remote()) for actor in self.idle]  # all at once
+            seen: Counter[str | None] = Counter()
+            for actor, ref in asked:
                 try:
-                    got = self._get(actor.precision.remote())
+                    seen[self._get(ref)] += 1
                 except self.died as e:
                     self._replace(actor, e)
-                    continue
-                seen[got] = seen.get(got, 0) + 1
             if seen:
                 break
         if len(seen) > 1:
-            raise UserError(f"the workers load the model in different dtypes ({mixed(seen)}): model.dtype = "
+            mixed = ", ".join(f"{dtype} on {n}" for dtype, n in seen.most_common())
+            raise UserError(f"the workers load the model in different dtypes ({mixed}): model.dtype = "
                             "'auto' on GPUs of two generations; set [model] dtype to one of them, so that "
                             "every candidate is scored alike")
         self.dtype = next(iter(seen))
@@ -338,11 +338,6 @@ class RayBackend:
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
-
-
-def mixed(seen: dict) -> str:
-    """{'bfloat16': 3, 'float16': 1} -> 'bfloat16 on 3, float16 on 1'."""
-    return ", ".join(f"{k} on {n}" for k, n in sorted(seen.items(), key=lambda kv: -kv[1]))
 
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:

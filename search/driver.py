@@ -64,6 +64,12 @@ def config_hash(run: Run) -> str:
     return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
 
 
+def cached_heldout(study: optuna.Study, trial: int) -> float | None:
+    """The held-out perplexity the stage cached for `trial` (its best when scored), if any."""
+    cached = study.user_attrs.get(vocab.HELDOUT) or {}
+    return cached["ppl"] if cached.get("trial") == trial else None
+
+
 def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
                 factors: RescaleFactors, heldout: float | None, model: str) -> BestRecord:
     """The stage's best file; `model`: the one it was searched on (cfg's, or a fine-tune's)."""
@@ -367,19 +373,15 @@ class Driver:
             written = None
         if written is not None and written.trial == best.number:
             return
-        cached = study.user_attrs.get(vocab.HELDOUT) or {}
-        self.write_best(stage, study, best, cached["ppl"] if cached.get("trial") == best.number else None,
-                        proposer)
+        self.write_best(stage, study, best, cached_heldout(study, best.number), proposer)
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         self.check_lease()
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return
-        cached = study.user_attrs.get(vocab.HELDOUT)
-        if cached and cached.get("trial") == best.number:
-            ppl = cached["ppl"]
-        else:
+        ppl = cached_heldout(study, best.number)
+        if ppl is None:
             ppl = self.evaluate_heldout(stage, factors)
             if ppl is not None:  # a failed one is tried again by the next driver
                 study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
