@@ -41,7 +41,10 @@ from .stopping import how_stopped, interrupted, signals_as_interrupt
 def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
     Idempotent: a slot still waiting in the queue is not queued twice. Only a WAITING copy
-    counts: a re-queued copy that was running when the driver died again is re-queued again."""
+    counts: a re-queued copy that was running when the driver died again is re-queued again.
+    A copy popped off the queue is RUNNING one journal write before the sampler copies its slot
+    into the system attrs (before_trial): a driver killed in between left it only in the user
+    attrs, and without it the copy took the next fresh slot (the lost one never scored)."""
     trials = study.get_trials(deepcopy=False)
     queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials
               if t.state == TrialState.WAITING and vocab.SLOT in t.user_attrs}
@@ -49,11 +52,13 @@ def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        slot = t.system_attrs.get(vocab.SLOT)
+        slot = t.system_attrs.get(vocab.SLOT) or t.user_attrs.get(vocab.SLOT)
         params = proposer.requeue_params(t)
         if params is not None and (slot is None or tuple(slot) not in queued):
             attrs = {vocab.SLOT: slot} if slot is not None else {}
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            if slot is not None:
+                queued.add(tuple(slot))
         set_trial_system_attr(study, t, vocab.REQUEUED, True)
         fail_trial(study, t)
         n += 1

@@ -67,31 +67,54 @@ def test_a_population_larger_than_generation_0_can_fill_is_a_clear_error():
         sampler.generation(optuna.create_study(sampler=sampler), 0)
 
 
-def _two_workers(interrupt_at: tuple[int, ...]) -> list[tuple]:
+class _Killed(Exception):
+    """A kill -9 of the driver, inside study.ask."""
+
+
+def _two_workers(interrupt_at: tuple[int, ...], die_popping: int = 0) -> list[tuple]:
     """The (slot, value) of every owned complete trial of a search that keeps two candidates in
     flight, like `longrope search` with 2 workers, killed (in flight trials left RUNNING) when
-    `interrupt_at` candidates are told, then resumed by a new process on the same storage."""
+    `interrupt_at` candidates are told, then resumed by a new process on the same storage.
+    `die_popping`: also killed inside the ask that pops each of the first n re-queued copies off
+    the queue, after Optuna marked it RUNNING and before the sampler's before_trial ran."""
     from types import SimpleNamespace
 
     from longrope.runs.vocab import SLOT
     from longrope.search.driver import requeue_running
 
     storage, pending, flight, told = optuna.storages.InMemoryStorage(), list(interrupt_at), [], 0
+    deaths = [die_popping]
+
+    class Sampler(LongRoPESampler):
+        def before_trial(self, study, trial):
+            if SLOT in trial.user_attrs and deaths[0]:
+                deaths[0] -= 1
+                raise _Killed
+            super().before_trial(study, trial)
 
     def process():
-        sampler = LongRoPESampler(SPACE, seed=0, **SHAPE)
+        sampler = Sampler(SPACE, seed=0, **SHAPE)
         study = optuna.create_study(storage=storage, study_name="s", sampler=sampler, load_if_exists=True)
+        return sampler, study
+
+    def resume():  # the driver died; a resume re-queues what it left
+        sampler, study = process()
+        requeue_running(study, SimpleNamespace(requeue_params=lambda t: t.params or {}))
         return sampler, study
 
     sampler, study = process()
     while told < 16:
-        while len(flight) < 2 and told + len(flight) < 16 and sampler.ready(study):
-            t = study.ask()
-            flight.append((t, sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas)))
+        try:
+            while len(flight) < 2 and told + len(flight) < 16 and sampler.ready(study):
+                t = study.ask()
+                flight.append((t, sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas)))
+        except _Killed:
+            sampler, study = resume()
+            flight = []
+            continue
         if pending and told == pending[0]:
             pending.pop(0)
-            sampler, study = process()  # the driver died; a resume re-queues what it left
-            requeue_running(study, SimpleNamespace(requeue_params=lambda t: t.params or {}))
+            sampler, study = resume()
             flight = []
             continue
         t, value = flight.pop(0)
@@ -109,6 +132,15 @@ def test_a_second_interruption_while_a_requeued_candidate_runs_loses_no_slot():
     assert len(ref) == 16 and len({s for s, _ in ref}) == 16
     assert _two_workers((9, 10)) == ref
     assert _two_workers((3, 8, 9, 13)) == ref
+
+
+def test_a_kill_while_a_requeued_copy_is_popped_loses_no_slot():
+    """Optuna marks a copy popped off the queue RUNNING one write before the sampler copies its
+    slot to the system attrs: killed in between, the copy was re-queued without its slot, took
+    the next fresh one, and the lost slot was never scored (another scored twice)."""
+    ref = _two_workers(())
+    assert _two_workers((9,), die_popping=1) == ref
+    assert _two_workers((3, 8, 13), die_popping=3) == ref
 
 
 def test_a_lambda_max_an_ulp_below_its_top_grid_point_is_searched():
