@@ -144,7 +144,13 @@ class GAProposer:
         return g if finished == min(end, self.budget) else None
 
     def start(self, study: optuna.Study) -> None:
-        pass  # generation 0 starts with the seeds itself; every draw is a function of (seed, slot)
+        """Generation 0 starts with the seeds itself, and every draw is a function of (seed, slot):
+        nothing to queue or restore. An early stop is the patience rule's verdict under the config
+        it ran with; patience and min_improvement may change in a run, so a resume asks the rule
+        again and goes on when it would no longer stop (unchanged, it still does: exact resume)."""
+        g = study_system_attrs(study).get(STOPPED)
+        if g and not self._should_stop(study, g):
+            set_study_system_attr(study, STOPPED, None)
 
     def requeue_params(self, trial) -> dict | None:
         return trial.params or {}

@@ -336,6 +336,32 @@ def test_early_stop_after_patience_without_improvement(tmp_path):
     assert len(trajectory(run)["long-256"]) == 12 + 3 * 6
 
 
+def test_a_resume_with_a_patience_that_would_not_stop_goes_on(tmp_path):
+    """patience and min_improvement may change in a run: a stage stopped early under the old rule
+    goes on when a resume's rule no longer stops it (the stored stop used to be final), and stays
+    stopped when the rule is unchanged."""
+    from search_helpers import trajectory
+
+    from longrope.runs import Run
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    cfg, _ = small_cfg(iterations=30)
+    cfg.search.patience, cfg.search.min_improvement = 2, 0.5
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    assert len(trajectory(run)["long-256"]) == 24
+    Driver(cfg, run, progress=False).run_all()  # the same rule: still stopped
+    assert len(trajectory(run)["long-256"]) == 24
+    cfg.search.patience, cfg.search.min_improvement = 4, 0.5  # stops at generation 5 instead
+    Driver(cfg, run, progress=False).run_all()
+    assert len(trajectory(run)["long-256"]) == 12 + 4 * 6
+    assert "early stop at generation 5" in (run.path / "events.log").read_text()
+    cfg.search.patience = 0  # never stops: the whole budget
+    Driver(cfg, run, progress=False).run_all()
+    assert len(trajectory(run)["long-256"]) == cfg.budget()
+
+
 def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(tmp_path, ray_session):
     """The PI seed (uniform λ = s) crashes whichever worker scores it; the run goes on."""
     from longrope.objectives import workers
