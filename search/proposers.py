@@ -193,11 +193,14 @@ class OptunaProposer:
         score its first candidates again, and TPE its start-up ones). A resumed stage draws from
         the stream of (seed, evaluations done) instead; a stage that starts keeps the seed's own,
         so an uninterrupted search is unchanged. (Not the uninterrupted run's draws: for those
-        the stream would have to be stored with the study.)"""
-        done = len(self._counted(study))
+        the stream would have to be stored with the study.) The seeds are queued on resume too,
+        each unless a trial has its parameters: a driver killed while it queued them left the rest
+        out for good."""
+        resumed = bool(study.get_trials(deepcopy=False))
+        for s in self.seeds:
+            study.enqueue_trial(self.param.params(s), skip_if_exists=resumed)
+        done = sum(t.state != TrialState.WAITING for t in self._counted(study))
         if not done:
-            for s in self.seeds:
-                study.enqueue_trial(self.param.params(s))
             return
         seed = int(np.random.SeedSequence([self.seed, done]).generate_state(1)[0])
         self.sampler = study.sampler = make_sampler(self.name, seed)

@@ -234,3 +234,36 @@ def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_p
     (study,) = run.studies()
     drawn = [tuple(sorted(t.params.items())) for t in study.get_trials() if not t.system_attrs.get(REQUEUED)]
     assert len(drawn) == 24 and len(set(drawn)) == 24
+
+
+def test_a_comparison_sampler_killed_while_it_queues_its_seeds_queues_the_rest_on_resume(tmp_path, monkeypatch):
+    """cmaes/tpe/random queue the stage's seeds (search.methods) as it starts; a kill after the
+    first left the others out for good (the resume only queued seeds into an empty study)."""
+    import optuna
+
+    from longrope.runs.vocab import REQUEUED
+
+    cfg, _ = small_cfg(sampler="random", iterations=1)
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    enqueue, calls = optuna.Study.enqueue_trial, []
+
+    def killed_at_the_second(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return enqueue(self, *args, **kw)
+
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", killed_at_the_second)
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False).run_all()
+    monkeypatch.setattr(optuna.Study, "enqueue_trial", enqueue)
+    Driver(cfg, run, progress=False).run_all()
+    (study,) = run.studies()
+    trials = [t for t in study.get_trials() if not t.system_attrs.get(REQUEUED)]
+    seeds = [t.params for t in trials if "fixed_params" in t.system_attrs]
+    from longrope.objectives.synthetic import GEOMETRY
+
+    (stage,) = make_stages(cfg, GEOMETRY)
+    seeded = initial_factors(cfg, stage, GEOMETRY, None)
+    expected = [make_proposer(cfg, stage, seeded).param.params(f) for f in seeded]
+    assert len(trials) == cfg.budget() and seeds == expected and len(expected) == len(cfg.search.methods) > 1
