@@ -107,19 +107,26 @@ class Lease:
             return f"taking over an unreadable lock file {self.path}" if watched == {} else None
         if self.dead_here(other):
             return f"taking over a stale lock of dead process {other.get('pid')} on this host"
-        age = lease_age(other)
-        if age > self.timeout and other == watched:
+        age, limit = lease_age(other), self.limit(other)
+        if age > limit and other == watched:
             return (f"taking over the lock of pid {other.get('pid')} on {other.get('host')}: no "
-                    f"heartbeat for {age:.0f} s (> --lock-timeout {self.timeout:g} s), nor while "
+                    f"heartbeat for {age:.0f} s (> --lock-timeout {limit:g} s), nor while "
                     f"watched for {2 * self.interval:g} s")
         return None
+
+    def limit(self, other: dict) -> float:
+        """How long `other` may stay silent before it is taken over: the longer of this driver's
+        --lock-timeout and its holder's. A holder given a long one (a slow shared file system)
+        keeps writing until its own runs out (_stalled), so a shorter one here would let two
+        drivers write; `status` calls it live until then too."""
+        return max(self.timeout, recorded_timeout(other) or 0.0)
 
     # -- acquire, heartbeat, release ----------------------------------------------------------
     def watch(self) -> dict | None:
         """The lease as found, after two heartbeats of waiting, when it is unreadable or looks
         stale by this host's clock (else None: nothing to watch)."""
         seen = self.read()
-        if seen is None or (seen and (self.dead_here(seen) or lease_age(seen) <= self.timeout)):
+        if seen is None or (seen and (self.dead_here(seen) or lease_age(seen) <= self.limit(seen))):
             return None
         time.sleep(2 * self.interval)
         return seen
@@ -141,20 +148,20 @@ class Lease:
         self._thread.start()
 
     def _in_use(self, other: dict) -> RunBusy:
-        age = lease_age(other)
+        age, limit = lease_age(other), self.limit(other)
         skew = (f"; it moved while watched although by this host's clock it is {age:.0f} s "
-                "old: the two hosts' clocks differ" if age > self.timeout else "")
+                "old: the two hosts' clocks differ" if age > limit else "")
         return RunBusy(f"{self.path.parent} is in use by pid {other.get('pid')} on "
                        f"{other.get('host')} (heartbeat {age:.0f} s ago, "
-                       f"{self.path}){skew}; one driver per run; a lock silent for "
-                       f"--lock-timeout ({self.timeout:g} s) is taken over")
+                       f"{self.path}){skew}; one driver per run; a lock silent for --lock-timeout "
+                       f"({limit:g} s, the longer of this one's and its holder's) is taken over")
 
     def precheck(self) -> None:
         """acquire()'s refusal of a live lease, without waiting or writing: a driver asks before
         it loads the model on its workers, which a refused resume would do for nothing (and on a
         shared GPU beside the live driver's replicas). acquire() decides for good later."""
         other = self.read()
-        if other and not self.dead_here(other) and lease_age(other) <= self.timeout:
+        if other and not self.dead_here(other) and lease_age(other) <= self.limit(other):
             raise self._in_use(other)
 
     @contextmanager
@@ -194,12 +201,22 @@ class Lease:
         """Raise LeaseLost when another driver holds the run now (this one was taken over while it
         hung, or the lock was removed): the caller must stop before it writes to the run again."""
         if self.lost:
-            raise LeaseLost(_lost(self.path, self.read()))
+            raise LeaseLost(self.why_lost())
         try:
             self.ticket()()
         except LeaseLost:
             self.lost = True
             raise
+
+    def why_lost(self) -> str:
+        """Why this driver no longer holds the run, once `lost`: taken over, or (its lease still
+        in run.lock) stopped by its own stall, with nobody continuing the search."""
+        other = self.read()
+        if self.ticket()._holds(other):
+            return (f"{self.path.parent}: this driver was unresponsive for longer than --lock-timeout "
+                    f"({self.timeout:g} s) and stopped writing to the run, in case another driver took "
+                    f"it over; none did: `longrope resume {self.path.parent}` continues the search")
+        return _lost(self.path, other)
 
     def _beat(self) -> None:
         while not self._stop.wait(self.interval):
@@ -318,12 +335,18 @@ def holder(path: Path) -> dict | None:
         return None
     if not other:
         return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None, "timeout": None}
-    timeout = other.get("timeout")
-    timeout = timeout if isinstance(timeout, (int, float)) else LOCK_TIMEOUT  # before it was recorded
+    timeout = recorded_timeout(other) or LOCK_TIMEOUT  # a lease from before it was recorded: the default
     age = lease_age(other)
     state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
     return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
             "heartbeat_age": round(age, 1) if age != float("inf") else None, "timeout": timeout}
+
+
+def recorded_timeout(other: dict) -> float | None:
+    """The --lock-timeout the holder of lease `other` runs with; None in a lease written before it
+    was recorded."""
+    timeout = other.get("timeout")
+    return float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout < math.inf else None
 
 
 def pid_space() -> str:

@@ -163,6 +163,10 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
         except KeyboardInterrupt:
+            if lease.lost and lease.mine():  # stalled past its timeout, and nobody took over
+                raise interrupted(seen, "; this driver was unresponsive for longer than --lock-timeout "
+                                  "and stopped writing to the run, so nothing was re-queued here; resume "
+                                  f"with: longrope resume {run_dir}") from None
             if lease.lost:  # abandon_inflight wrote nothing: the run is another driver's now
                 raise interrupted(seen, "; another driver holds the run now (it was taken over while "
                                   "this one hung), so nothing was re-queued here; it continues the search") \

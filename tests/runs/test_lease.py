@@ -180,6 +180,44 @@ def test_a_refresh_that_stalls_past_the_timeout_loses_the_lease(tmp_path, capsys
     assert "was not refreshed for" in capsys.readouterr().err
 
 
+def test_a_driver_that_stalled_with_nobody_taking_over_says_so(tmp_path, capsys):
+    """Silent past its own timeout (a SIGSTOP, a suspended VM), a driver stops writing in case it
+    was taken over; when nobody did, it must not say another driver holds the run (naming its own
+    pid) and continues the search: nobody does, and the user has to resume."""
+    lock = tmp_path / "run.lock"
+    with Lease(lock, timeout=1.0, interval=0.1) as lease:
+        lease._beaten -= 10  # as after a 10 s stop: the next beat finds the stall
+        time.sleep(0.4)
+        assert lease.lost and lease.mine()
+        with pytest.raises(LeaseLost, match=r"unresponsive for longer than --lock-timeout \(1 s\).*none did: "
+                           r"`longrope resume .*` continues the search") as e:
+            lease.check()
+        assert "held by" not in str(e.value)
+        forge(lock, host="node-c")  # taken over after all
+        with pytest.raises(LeaseLost, match="now held by pid 4242 on node-c"):
+            lease.check()
+
+
+def test_a_holder_is_judged_by_its_own_longer_timeout(tmp_path, capsys):
+    """A driver started with --lock-timeout 600 (a slow shared file system) keeps writing through
+    600 s of silence; a resume with the default 60 s took it over after 61 s while `status` still
+    called it live. The longer of the two timeouts decides."""
+    from longrope.runs.lease import holder
+
+    lock = tmp_path / "run.lock"
+    forge(lock, age=61, timeout=600.0)
+    assert holder(lock)["state"] == "live"
+    with pytest.raises(UserError, match=r"in use by pid 4242 on node-b .*--lock-timeout \(600 s, the longer"):
+        Lease(lock, timeout=60, interval=0.05).acquire()
+    forge(lock, age=601, timeout=600.0)
+    with Lease(lock, timeout=60, interval=0.05):
+        pass
+    assert "no heartbeat for 601 s (> --lock-timeout 600 s)" in capsys.readouterr().err
+    forge(lock, age=61, timeout=30.0)  # a shorter one of the holder's: this driver's own decides
+    with pytest.raises(UserError, match="in use by pid 4242"):
+        Lease(lock, timeout=120, interval=0.05).acquire()
+
+
 def test_an_unreadable_lock_is_not_a_lost_lease(tmp_path):
     """A read that fails just now (a flaky shared file system) is looked at again, not taken
     for a take-over; a foreign lease is."""
