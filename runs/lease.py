@@ -171,12 +171,15 @@ class Lease:
         deadline = time.time() + GUARD_WAIT
         while True:
             try:
-                os.close(os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                fd = os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                made = os.fstat(fd)
+                os.close(fd)
                 break
             except FileExistsError:
                 try:
-                    if time.time() - self.guard.stat().st_mtime > self.timeout:
-                        self.guard.unlink(missing_ok=True)
+                    seen = self.guard.stat()
+                    if time.time() - seen.st_mtime > self.timeout:
+                        self._remove_stale_guard(seen)
                         continue
                 except FileNotFoundError:
                     continue
@@ -187,7 +190,26 @@ class Lease:
         try:
             yield
         finally:
-            self.guard.unlink(missing_ok=True)
+            if _same_file(self.guard, made):  # not a guard that replaced it after a (rare) mix-up
+                self.guard.unlink(missing_ok=True)
+
+    def _remove_stale_guard(self, seen: os.stat_result) -> None:
+        """Remove the guard found stale (`seen`), and only that file. Two acquirers can find the
+        same stale guard; the first removes it and makes its own, and a plain unlink by the second
+        then removed that fresh guard, leaving both inside. So it is renamed to a name of this
+        acquirer's own (atomic: of two renames one finds nothing), and a file that turns out not to
+        be the stale one is linked back (link never replaces an existing guard)."""
+        claimed = self.guard.with_name(f".{self.guard.name}.{self.me['token']}")
+        try:
+            os.rename(self.guard, claimed)
+        except FileNotFoundError:
+            return
+        if not _same_file(claimed, seen):
+            try:
+                os.link(claimed, self.guard)
+            except FileExistsError:  # a third acquirer made one meanwhile: its guard stands
+                pass
+        claimed.unlink(missing_ok=True)
 
     def mine(self) -> bool | None:
         """Whether run.lock still carries this lease's token (Ticket.held)."""
@@ -301,6 +323,15 @@ def _lost(path: Path, other: dict | None) -> str:
     return (f"{path.parent}: this driver's lock is now held by {who}: it was taken over while this "
             "driver was unresponsive; stopping without writing to the run again (the driver holding "
             "it continues the search)")
+
+
+def _same_file(path: Path, st: os.stat_result) -> bool:
+    """Whether `path` is the file `st` was taken of (an inode number alone is reused at once)."""
+    try:
+        now = path.stat()
+    except FileNotFoundError:
+        return False
+    return (now.st_ino, now.st_dev, now.st_mtime_ns) == (st.st_ino, st.st_dev, st.st_mtime_ns)
 
 
 def read_lease(path: Path) -> dict | None:

@@ -9,6 +9,7 @@ import socket
 import subprocess
 import threading
 import time
+from pathlib import Path
 
 import pytest
 from search_helpers import small_cfg, trajectory
@@ -143,6 +144,53 @@ def test_concurrent_resumers_cannot_both_win(tmp_path):
     for t in threads:
         t.join()
     assert results.count("won") == 1 and all("in use by pid" in r for r in results if r != "won")
+
+
+def test_two_acquirers_that_find_one_stale_guard_are_not_both_inside(tmp_path, monkeypatch):
+    """run.lock.guard left by an acquirer killed inside it: B finds it stale and stalls before
+    removing it; A finds it stale too, removes it and makes its own. B's removal used to delete
+    A's fresh guard, and both wrote run.lock (and cleared the journal's lock) at once."""
+    guard = tmp_path / "run.lock.guard"
+    guard.touch()
+    os.utime(guard, (time.time() - 1000,) * 2)
+    rename, unlink, stalled = os.rename, Path.unlink, []
+
+    def stall():  # B decided the guard is stale, then lost the CPU before it removed it
+        if threading.current_thread().name == "B" and not stalled:
+            stalled.append(1)
+            time.sleep(0.3)
+
+    def slow_rename(src, dst):
+        stall()
+        return rename(src, dst)
+
+    def slow_unlink(path, missing_ok=False):
+        if path == guard:
+            stall()
+        return unlink(path, missing_ok=missing_ok)
+
+    monkeypatch.setattr(os, "rename", slow_rename)
+    monkeypatch.setattr(Path, "unlink", slow_unlink)
+    monkeypatch.setattr("longrope.runs.lease.GUARD_WAIT", 3.0)
+    inside, overlaps, mutex = [], [], threading.Lock()
+
+    def acquire(delay):
+        time.sleep(delay)
+        with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+            with mutex:
+                overlaps.extend(inside)
+                inside.append(threading.current_thread().name)
+            time.sleep(0.6)
+            with mutex:
+                inside.remove(threading.current_thread().name)
+
+    threads = [threading.Thread(target=acquire, args=(d,), name=n) for n, d in (("B", 0), ("A", 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert stalled and overlaps == [] and not guard.exists()  # B went in after A left
+    assert [p.name for p in tmp_path.iterdir()] == []
 
 
 def test_a_lease_taken_over_is_lost_and_left_to_the_new_holder(tmp_path, capsys):
