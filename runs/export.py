@@ -56,6 +56,10 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
     return {
         "max_position_embeddings": L,
         "original_max_position_embeddings": L0,
+        # θ at the top level, where 4.57 reads it and 5.x takes it from: a config.json saved by 5.x
+        # keeps θ only in rope_parameters, which the merged rope_scaling replaces, and the model
+        # would load with its class's default θ (10000 for Llama) without a word
+        "rope_theta": long.base,
         "rope_scaling": rope,
         "longrope_search": {
             "n_hat": long.n_hat, "target_length": L, "ppl": long.search_ppl,
@@ -70,7 +74,8 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
 # The export formats: name -> (file suffix, what it is). `longrope export --format` reads this
 # table; a new format is a row here and a branch in `export` below.
 FORMATS: dict[str, tuple[str, str]] = {
-    "json": (".json", "a Hugging Face config patch (transformers 4.57 and 5.x): merge it into config.json"),
+    "json": (".json", "a Hugging Face config patch (transformers 4.57 and 5.x) for config.json; "
+                      "`apply` writes it"),
     "phi3": ("-phi3.json", "rope_scaling with only type/short_factor/long_factor, which Phi3Config in "
                            "transformers 4.57 requires (the attention factor is then derived)"),
     "csv": (".csv", "one long factor per line, like the reference implementation"),
@@ -125,8 +130,9 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     for r in (long, sh):
         if r is not None and r.n_hat > 0:
             warnings.append(f"n̂ = {r.n_hat} ({r.kind}-{r.target_length}): transformers and vLLM ignore n̂ "
-                            "(kept in longrope_search); use `longrope apply`'s Python patch to evaluate "
-                            "with it, or search with space.deployable = true")
+                            "(kept in longrope_search); `longrope eval --methods` this export, or "
+                            "longrope.objectives.rotary.apply_factors on a loaded model, applies it; or "
+                            "search with space.deployable = true")
     short_mscale = sh.mscale if sh is not None else 1.0
     if long.mscale != short_mscale:  # what lengths up to L0 were scored with
         warnings.append(f"transformers applies attention_factor {long.mscale:g} at every length, short ones "
@@ -138,8 +144,9 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     make_folder(path.parent, "folder for the export")
-    for stale in stale_temp_files(path.parent):  # left by an export killed mid-write
-        stale.unlink(missing_ok=True)
+    for stale in stale_temp_files(path.parent):  # left by an export killed mid-write: ours only
+        if stale.name.startswith(f".{path.name}."):  # (-o may name a folder of other things)
+            stale.unlink(missing_ok=True)
     if fmt == "csv":
         text = "\n".join(repr(x) for x in long.lambdas) + "\n"
     else:
@@ -195,14 +202,15 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if is_alibi(config):
         raise UserError(f"{src} is an ALiBi model (no rotary embeddings): rescale factors do not apply to it")
     arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
-    geo = RopeGeometry.from_config(with_class_defaults(config))
+    loaded = with_class_defaults(config)
+    geo = RopeGeometry.from_config(loaded)
     if geo.n_freqs != len(factors.long.lambdas):
         raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
                         f"model has {geo.n_freqs} rotary frequencies")
     check_trained_length(factors, geo, str(fj))
     make_folder(out, "model folder")
     rope = dict(patch["rope_scaling"])
-    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta"))
+    theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta")) or geo.base
     partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
         "partial_rotary_factor")
     config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
@@ -231,8 +239,9 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         heads = config.get("num_attention_heads")
         if config.get("head_dim") is None and config.get("hidden_size") and heads:
             # Mixtral's config leaves head_dim None, which transformers' longrope code does not
-            # fall back from (int(None * 1.0)): the folder would not load
-            config["head_dim"] = config["hidden_size"] // heads
+            # fall back from (int(None * 1.0)): the folder would not load. The class's own value
+            # where it has one (Qwen3: 128, not hidden_size / heads), as the model loads
+            config["head_dim"] = getattr(loaded, "head_dim", None) or config["hidden_size"] // heads
     for item in src.iterdir():
         if item.name == "config.json":
             continue
@@ -274,8 +283,17 @@ def load_export(path: str | Path) -> tuple[DeployedFactors, dict[str, Any]]:
     if not fj.is_file():
         raise UserError(f"factors file {fj} does not exist")
     patch = _read_json(fj, "factors file")
-    if not isinstance(patch, dict) or "rope_scaling" not in patch:
-        f = RescaleFactors.from_dict(patch)
+    if not isinstance(patch, dict):
+        raise UserError(f"{fj} must hold a JSON object (an export of `longrope export`), "
+                        f"not a {type(patch).__name__}")
+    if "rope_scaling" not in patch and isinstance(patch.get("rope_parameters"), dict) \
+            and "long_factor" in patch["rope_parameters"]:  # a config.json saved by transformers 5.x
+        patch = dict(patch, rope_scaling=patch["rope_parameters"])
+    if "rope_scaling" not in patch:
+        try:
+            f = RescaleFactors.from_dict(patch)
+        except UserError as e:
+            raise UserError(f"{fj} is neither an export nor factors: {e}") from None
         raise UserError(f"{fj} holds raw factors ({len(f.lambdas)} λ), not an export; "
                         "run `longrope export` first")
     try:

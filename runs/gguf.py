@@ -26,6 +26,7 @@ What llama.cpp reads (ggml-org/llama.cpp; verify again when it moves):
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any
@@ -89,6 +90,10 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     if trained is not None and int(trained) != L0:
         raise UserError(f"{fj} holds factors for a model trained at {L0} tokens, but {src.name} was "
                         f"trained at {trained}: search it for its own")
+    base = _value(reader, f"{arch}.rope.freq_base")
+    if factors.base and base and not math.isclose(factors.base, base, rel_tol=1e-6):
+        raise UserError(f"{fj} holds factors searched with RoPE θ = {factors.base:g}, but {src.name} has "
+                        f"θ = {base:g}: they stretch other frequencies; search it for its own")
     short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
     warnings = _warnings(arch, form, factors, L0)
 

@@ -152,6 +152,7 @@ class DeployedFactors:
     long: RescaleFactors
     short: RescaleFactors | None = None
     original_length: int | None = None
+    base: float | None = None  # the RoPE θ they were searched with; None where the file does not say
 
     def at(self, length: int) -> RescaleFactors:
         if self.short is not None and self.original_length and length <= self.original_length:
@@ -179,16 +180,22 @@ class DeployedFactors:
                 raise UserError(f"short_factor has {len(short.lambdas)} values, long_factor "
                                 f"{len(long.lambdas)}")
         L0 = rope.get("original_max_position_embeddings") or d.get("original_max_position_embeddings")
-        return cls(long, short, int(L0) if L0 else None)
+        base = d.get("rope_theta", rope.get("rope_theta"))  # an export's (a config.json's: 4.57's, 5.x's)
+        base = float(base) if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
+        return cls(long, short, int(L0) if L0 else None, base)
 
 
 def check_trained_length(f: DeployedFactors, geometry: RopeGeometry, name: str) -> None:
-    """Factors stretch positions relative to the L0 they were searched at: a file made for a model
-    of another trained length (the same count of factors: tiny-sotu's and SmolLM2's) is refused by
-    eval and apply alike. A file without an L0 is taken as it is."""
+    """Factors stretch positions relative to the L0 they were searched at, and the frequencies of
+    one θ: a file made for a model of another trained length (the same count of factors:
+    tiny-sotu's and SmolLM2's) or θ is refused by eval and apply alike. A file that does not say
+    (no L0; an export written before exports carried θ) is taken as it is."""
     if f.original_length and f.original_length != geometry.original_length:
         raise UserError(f"{name} holds factors for a model trained at {f.original_length} tokens, but "
                         f"this model was trained at {geometry.original_length}: search it for its own")
+    if f.base and not math.isclose(f.base, geometry.base, rel_tol=1e-6):
+        raise UserError(f"{name} holds factors searched with RoPE θ = {f.base:g}, but this model has "
+                        f"θ = {geometry.base:g}: they stretch other frequencies; search it for its own")
 
 
 def check_usable(f: RescaleFactors | DeployedFactors, name: str) -> None:

@@ -61,8 +61,9 @@ def cmd_apply(args: argparse.Namespace) -> int:
 def register(sub: argparse._SubParsersAction) -> None:
     ex = sub.add_parser("export", help="best factors as a Hugging Face config patch",
                         description=cmd_export.__doc__ + " The JSON has max_position_embeddings, "
-                        "original_max_position_embeddings and rope_scaling (rope_type longrope) to merge "
-                        "into a model's config.json, plus a longrope_search block with n̂ and provenance.")
+                        "original_max_position_embeddings, rope_theta and rope_scaling (rope_type longrope) "
+                        "for a model's config.json (`longrope apply` writes them into a copy of a model "
+                        "folder), plus a longrope_search block with n̂ and provenance.")
     add_run_dir(ex, "the run to export from")
     ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
     ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")

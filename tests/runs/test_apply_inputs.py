@@ -78,8 +78,9 @@ def test_export_skips_nothing_silently_and_cleans_its_temp_files(tmp_path, capsy
     run = tmp_path / "run"
     assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run), "--quiet"]) == 0
     (run / "export" / ".longrope-256.json.99999.tmp").write_text("half an export")  # a killed export
+    (run / "export" / ".editor-autosave.tmp").write_text("not ours")  # -o may name any folder
     assert main(["export", str(run)]) == 0
-    assert not list((run / "export").glob(".*.tmp"))
+    assert [p.name for p in (run / "export").glob(".*.tmp")] == [".editor-autosave.tmp"]
     best = run / "best" / "long-256.json"
     best.write_text(best.read_text()[:40])  # truncated
     capsys.readouterr()
@@ -163,8 +164,39 @@ def test_apply_counts_the_frequencies_the_model_loads_with(tmp_path, capsys):
     right = tmp_path / "right.json"
     right.write_text(json.dumps({**GOOD, "rope_scaling": rope}))
     assert main(["apply", str(right), str(model), "-o", str(tmp_path / "out")]) == 0
-    assert len(json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["long_factor"]) == 64
+    written = json.loads((tmp_path / "out" / "config.json").read_text())
+    assert len(written["rope_scaling"]["long_factor"]) == 64
+    assert written["head_dim"] == 128 == transformers.AutoConfig.from_pretrained(tmp_path / "out").head_dim  # was 16
     wrong = tmp_path / "wrong.json"
     wrong.write_text(json.dumps(GOOD))  # 8 values: hidden_size / heads / 2
     one_line(capsys, main(["apply", str(wrong), str(model), "-o", str(tmp_path / "out2")]),
              "the factors have 8 values but the model has 64 rotary frequencies")
+
+
+def test_factors_searched_with_another_theta_are_refused_by_apply_and_eval(tmp_path, capsys, tiny_model_dir):
+    """An export carries the θ it was searched with: on a model of another θ (the same count of
+    frequencies and L0) its factors stretch other frequencies."""
+    f = tmp_path / "theta.json"
+    f.write_text(json.dumps({**GOOD, "rope_theta": 5e5}))
+    one_line(capsys, main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "m")]),
+             "searched with RoPE θ = 500000, but this model has θ = 10000")
+    assert not (tmp_path / "m").exists()
+    one_line(capsys, main(["eval", "--model", str(tiny_model_dir), "--lengths", "64", "--samples", "1",
+                           "--methods", f"none,{f}"]), "searched with RoPE θ = 500000")
+    f.write_text(json.dumps({**GOOD, "rope_theta": 10000.0}))
+    assert main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "m")]) == 0
+
+
+def test_apply_takes_factors_from_a_config_saved_by_transformers_5_and_names_a_bad_file(
+        tmp_path, capsys, tiny_model_dir):
+    """A config.json saved by transformers 5.x keeps its factors in rope_parameters: apply called it
+    "raw factors"; a JSON list was refused without the file's name."""
+    saved = {k: v for k, v in GOOD.items() if k != "rope_scaling"}
+    f = tmp_path / "config5.json"
+    f.write_text(json.dumps({**saved, "rope_parameters": {**GOOD["rope_scaling"], "rope_theta": 10000.0}}))
+    assert main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "m")]) == 0
+    assert json.loads((tmp_path / "m" / "config.json").read_text())["rope_scaling"]["long_factor"] == \
+        GOOD["rope_scaling"]["long_factor"]
+    (tmp_path / "list.json").write_text("[1.0, 2.0]")
+    one_line(capsys, main(["apply", str(tmp_path / "list.json"), str(tiny_model_dir), "-o", str(tmp_path / "n")]),
+             f"{tmp_path / 'list.json'} must hold a JSON object")

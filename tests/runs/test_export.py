@@ -76,6 +76,27 @@ def test_export_merged_into_the_model_config_loads_with_the_scored_factors(tiny_
     assert phi3["rope_scaling"]["long_factor"] == list(long.lambdas)
 
 
+def test_an_export_merged_into_a_config_that_keeps_theta_in_rope_parameters_keeps_theta(tiny_run, tmp_path):
+    """transformers 5.x saves θ only in rope_parameters, which the merged rope_scaling replaces:
+    the merged model loaded with its class's default θ (10000), on frequencies the search never
+    scored, without a word. The export carries θ at the top level, where both versions read it."""
+    from hf_configs import tiny_config
+    from longrope.runs.export import hf_config_patch
+
+    long, short = (dataclasses.replace(tiny_run.best(k, n), base=5e5) for k, n in (("long", 128), ("short", 16)))
+    saved = tiny_config("llama", L0=32, theta=5e5, head_dim=16).to_dict()
+    saved.pop("rope_scaling", None)
+    saved.pop("rope_theta", None)
+    saved["rope_parameters"] = {"rope_theta": 5e5, "rope_type": "default"}  # as 5.x writes config.json
+    merged = {**saved, **hf_config_patch(long, short)}
+    (tmp_path / "config.json").write_text(json.dumps(merged))
+    cfg = transformers.AutoConfig.from_pretrained(tmp_path)
+    g = RopeGeometry(rotary_dim=16, base=5e5, original_length=32)
+    inv, _ = ROPE_INIT_FUNCTIONS["longrope"](cfg, torch.device("cpu"), seq_len=128)
+    scored = (base_inv_freq(g) / torch.tensor(long.lambdas, dtype=torch.float32)).numpy()
+    np.testing.assert_allclose(inv.numpy(), scored, rtol=1e-6)
+
+
 def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_dir, tmp_path, capsys):
     base = json.loads((tiny_model_dir / "config.json").read_text())
     keep = {k: base[k] for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",

@@ -41,7 +41,7 @@ def export_json(path: Path, n_hat: int = 0, n: int = N, rise: float = 3.0) -> Pa
     frozen = BestRecord.from_dict(json.loads(FROZEN.read_text()))
     lam = tuple(1.0 + rise * (i / (n - 1)) ** 1.5 for i in range(n))
     long = dataclasses.replace(frozen, target_length=L, original_length=L0, lambdas=lam, n_hat=n_hat,
-                               mscale=1.1547005383792517, rotary_dim=2 * n)
+                               mscale=1.1547005383792517, rotary_dim=2 * n, base=1e5)  # SmolLM2's θ
     short = dataclasses.replace(long, kind="short", target_length=L0, n_hat=0,
                                 lambdas=tuple(1.0 + 0.25 * i / (n - 1) for i in range(n)), mscale=1.0)
     path.write_text(json.dumps(hf_config_patch(long, short), indent=1))
@@ -163,6 +163,7 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
     other = json.loads(good.read_text())  # tiny-sotu's L0 with SmolLM2's count of factors
     other["original_max_position_embeddings"] = other["rope_scaling"]["original_max_position_embeddings"] = 128
     (tmp_path / "other-l0.json").write_text(json.dumps(other))
+    (tmp_path / "other-theta.json").write_text(json.dumps({**json.loads(good.read_text()), "rope_theta": 1e4}))
     (tmp_path / "text.gguf").write_text("not a gguf")
     (tmp_path / "taken.gguf").write_text("x")
     cases = [
@@ -175,6 +176,8 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
         (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "holds raw factors (32 λ), not an export"),
         (tmp_path / "other-l0.json", smol, tmp_path / "o.gguf",
          f"holds factors for a model trained at 128 tokens, but {smol.name} was trained at {L0}"),
+        (tmp_path / "other-theta.json", smol, tmp_path / "o.gguf",
+         f"holds factors searched with RoPE θ = 10000, but {smol.name} has θ = 100000"),
     ]
     for factors, model, dest, message in cases:
         one_line(capsys, main(["apply", str(factors), str(model), "-o", str(dest)]), message)
