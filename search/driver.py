@@ -392,6 +392,7 @@ class Driver:
         ppl = cached_heldout(study, best.number)
         if ppl is None:
             ppl = self.evaluate_heldout(stage, factors)
+            self.check_lease()  # minutes to hours at long L: a driver taken over meanwhile stops here
             if ppl is not None:  # a failed one is tried again by the next driver
                 study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
         self.write_best(stage, study, best, ppl, proposer)

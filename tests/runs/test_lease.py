@@ -345,6 +345,29 @@ def test_a_driver_taken_over_mid_run_stops_without_writing(tmp_path, monkeypatch
     assert trajectory(Run.open(run_dir)) == trajectory(Run.open(ref))
 
 
+def test_a_driver_taken_over_while_it_scores_held_out_text_writes_nothing_after(tmp_path, monkeypatch, capsys):
+    """The held-out score of a stage's best takes minutes to hours at long lengths; a driver taken
+    over meanwhile used to cache it in the journal and write the best file anyway."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    run_dir, seen = tmp_path / "run", {}
+    real = Driver.evaluate_heldout
+
+    def evaluate_heldout(self, stage, factors):
+        ppl = real(self, stage, factors)
+        forge(run_dir / "run.lock", host="node-c", age=0)  # taken over while it scored
+        seen["journal"] = (run_dir / "journal.log").read_bytes()
+        seen["best"] = {p.name: p.read_bytes() for p in (run_dir / "best").glob("*.json")}
+        return ppl
+
+    monkeypatch.setattr(Driver, "evaluate_heldout", evaluate_heldout)
+    capsys.readouterr()
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 2
+    assert "now held by pid 4242 on node-c" in capsys.readouterr().err
+    assert (run_dir / "journal.log").read_bytes() == seen["journal"]
+    assert {p.name: p.read_bytes() for p in (run_dir / "best").glob("*.json")} == seen["best"]
+
+
 def test_a_driver_taken_over_then_interrupted_hands_nothing_back(tmp_path, monkeypatch, capsys, quick_heartbeat):
     """Taken over while it hung, then Ctrl-C before its next write: the trials in flight are the
     new holder's to re-queue, not this driver's (failing them would crash the new holder's tells)."""
