@@ -242,15 +242,28 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             # fall back from (int(None * 1.0)): the folder would not load. The class's own value
             # where it has one (Qwen3: 128, not hidden_size / heads), as the model loads
             config["head_dim"] = getattr(loaded, "head_dim", None) or config["hidden_size"] // heads
-    for item in src.iterdir():
-        if item.name == "config.json":
-            continue
-        target = out / item.name
-        if copy or item.is_dir():
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
-        else:
-            os.symlink(item.resolve(), target)
-    atomic_write_text(out / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
+    # built beside `out` and renamed over it (empty, made above) once whole: an apply killed while
+    # it copies gigabytes leaves `out` empty for the next one, not half a model
+    for stale in stale_temp_files(out.parent):
+        if stale.name.startswith(f".{out.name}.") and stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        for item in src.iterdir():
+            if item.name == "config.json":
+                continue
+            target = tmp / item.name
+            if copy or item.is_dir():
+                (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+            else:
+                os.symlink(item.resolve(), target)
+        atomic_write_text(tmp / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
+        os.replace(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
     if arch.rotary_layout != "half" and not quiet:
         print(f"note: {arch.model_type} rotates interleaved pairs; vLLM's LongRoPE rotary takes only the "
               "neox layout, so this folder loads in transformers (and llama.cpp), not in vLLM",

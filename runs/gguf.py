@@ -34,6 +34,7 @@ from typing import Any
 import numpy as np
 
 from longrope.spaces import DeployedFactors, UserError
+from longrope.spaces.files import stale_temp_files
 
 from .export import load_export
 
@@ -108,6 +109,9 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     dropped = (f"{arch}.rope.scaling.", f"{arch}.rope.scale_linear", "GGUF.", "general.architecture")
     new_tensors = {FREQS: long.lambdas} if form == "freqs" else {LONG: long.lambdas, SHORT: short}
 
+    for stale in stale_temp_files(dst.parent):  # a copy killed mid-write (gigabytes): ours only
+        if stale.name.startswith(f".{dst.name}.") and stale.is_file():
+            stale.unlink(missing_ok=True)
     tmp, w = dst.with_name(f".{dst.name}.{os.getpid()}.tmp"), None
     try:
         w = gguf.GGUFWriter(tmp, arch, endianess=reader.endianess)

@@ -208,3 +208,30 @@ def test_apply_output_loads_and_equals_the_patched_evaluator(tiny_run, tiny_mode
     torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
     with pytest.raises(UserError, match="not a model folder"):
         apply_to_folder(path, tmp_path, tmp_path / "x")
+
+
+def test_an_apply_killed_while_it_copies_leaves_nothing_half_made(tiny_run, tiny_model_dir, tmp_path, monkeypatch):
+    """apply --copy of a big model takes minutes: killed halfway it left a folder without its
+    config.json that the next apply refused as "not empty". It builds beside the output and
+    renames it over once whole; what a kill -9 leaves there is removed by the next apply."""
+    path, _ = export(tiny_run)
+    out = tmp_path / "long"
+    copy2, copied = shutil.copy2, []
+
+    def killed(src, dst, **kw):
+        copied.append(src)
+        if len(copied) == 2:
+            raise KeyboardInterrupt
+        return copy2(src, dst, **kw)
+
+    monkeypatch.setattr(shutil, "copy2", killed)
+    with pytest.raises(KeyboardInterrupt):
+        apply_to_folder(path, tiny_model_dir, out, copy=True)
+    assert list(out.iterdir()) == [] and sorted(p.name for p in tmp_path.iterdir()) == ["long"]
+    monkeypatch.setattr(shutil, "copy2", copy2)
+    (tmp_path / ".long.99999999.tmp").mkdir()  # left by a kill -9 (its pid runs no more)
+    (tmp_path / ".long.99999999.tmp" / "model.safetensors").write_text("half")
+    apply_to_folder(path, tiny_model_dir, out, copy=True)
+    assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["long"]
+    assert transformers.AutoConfig.from_pretrained(out).max_position_embeddings == 128
