@@ -30,6 +30,8 @@ SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, an
 #                             the samples every candidate of the stage is scored on (checked on resume)
 DOCUMENTS = "documents"  # ppl objective: [{tokens, sha256 of the token ids}, ...], the stage's search
 #                          documents (checked on resume; runs made before it record them on resume)
+BRED_FROM = "bred_from"  # {lambdas, n_hat, mscale} | null: the previous stage's best this long stage's
+#                         seeds began with (kept on resume; absent in runs made before it: recorded then)
 DTYPE = "dtype"  # "float32" | "bfloat16" | "float16": what the stage's candidates are scored in (model.dtype,
 #                  auto resolved on the workers' device; checked on resume, recorded then by older runs)
 

@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
-from longrope.runs.optuna_io import fail_trial, frozen_trial, set_trial_system_attr, study_system_attrs
+from longrope.runs.optuna_io import frozen_trial, study_system_attrs
 from longrope.runs.rundir import STORAGE_ERRORS, rdb_storage
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -33,36 +33,9 @@ from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stagecheck import check_precision, check_samples
+from .stagecheck import bred_from, check_precision, check_samples
 from .stages import Stage, initial_factors
-from .stopping import how_stopped, interrupted, signals_as_interrupt
-
-
-def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
-    """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
-    Idempotent: a slot still waiting in the queue is not queued twice. Only a WAITING copy
-    counts: a re-queued copy that was running when the driver died again is re-queued again.
-    A copy popped off the queue is RUNNING one journal write before the sampler copies its slot
-    into the system attrs (before_trial): a driver killed in between left it only in the user
-    attrs, and without it the copy took the next fresh slot (the lost one never scored)."""
-    trials = study.get_trials(deepcopy=False)
-    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials
-              if t.state == TrialState.WAITING and vocab.SLOT in t.user_attrs}
-    n = 0
-    for t in trials:
-        if t.state != TrialState.RUNNING:
-            continue
-        slot = t.system_attrs.get(vocab.SLOT) or t.user_attrs.get(vocab.SLOT)
-        params = proposer.requeue_params(t)
-        if params is not None and (slot is None or tuple(slot) not in queued):
-            attrs = {vocab.SLOT: slot} if slot is not None else {}
-            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
-            if slot is not None:
-                queued.add(tuple(slot))
-        set_trial_system_attr(study, t, vocab.REQUEUED, True)
-        fail_trial(study, t)
-        n += 1
-    return n
+from .stopping import how_stopped, interrupted, requeue_running, signals_as_interrupt
 
 
 def config_hash(run: Run) -> str:
@@ -222,11 +195,13 @@ class Driver:
             for stage in self.stages:
                 self.check_lease()  # the study's creation and its attributes are writes too
                 self.start_backend()  # once, and again after a fine-tune switched the model
-                prev = previous if stage.kind == "long" else None
+                study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
+                                            load_if_exists=True)
+                self.check_lease()
+                prev = bred_from(self.run, stage, study, previous) if stage.kind == "long" else None
                 initial = initial_factors(self.cfg, stage, self.geometry, prev)
                 proposer = make_proposer(self.cfg, stage, initial)
-                study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
-                                            load_if_exists=True, sampler=proposer.sampler)
+                study.sampler = proposer.sampler
                 results[stage.name] = self.run_stage(stage, study, proposer)
                 if stage.kind == "long" and results[stage.name] is not None:
                     previous = results[stage.name]

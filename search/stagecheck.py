@@ -1,14 +1,17 @@
 """What each stage records of what it scores, and a resumed stage checks: its documents (or
-needle samples) and the dtype its candidates are scored in. Each is a pure function of the
+needle samples), the dtype its candidates are scored in, and the previous stage's best its
+seeds began with. Each is a pure function of the
 config on the machine it ran on; data edited under the run, or a resume on another kind of
 machine, would otherwise rank new scores against old ones without a word."""
 
 from __future__ import annotations
 
+import sys
+
 import optuna
 
 from longrope.runs import Run, vocab
-from longrope.spaces import UserError
+from longrope.spaces import RescaleFactors, UserError
 
 from .config import RunConfig
 from .stages import Stage
@@ -52,3 +55,24 @@ def check_precision(backend, cfg: RunConfig, run: Run, stage: Stage, study: optu
                         f"in {got} ({why}): set dtype = '{stored}' under [model] in "
                         f"{run.path / 'config.toml'} and resume, so that its candidates are scored "
                         "alike (or start a new --run-dir)")
+
+
+def bred_from(run: Run, stage: Stage, study: optuna.Study,
+              previous: RescaleFactors | None) -> RescaleFactors | None:
+    """The previous stage's best that this long stage's generation 0 is bred from: recorded as the
+    stage starts, and kept on resume. A resume that raised the budget can change the previous
+    stage's best after this stage began; generation 0, recomputed from the new one, would mix
+    two breeds (and a comparison sampler would queue one more seed)."""
+    if vocab.BRED_FROM not in study.user_attrs:
+        study.set_user_attr(vocab.BRED_FROM, None if previous is None else previous.to_dict())
+        return previous
+    kept = study.user_attrs[vocab.BRED_FROM]
+    was = None if kept is None else RescaleFactors.from_dict(kept)
+    if previous is not None and (was is None or (was.lambdas, was.n_hat, was.mscale) !=
+                                 (previous.lambdas, previous.n_hat, previous.mscale)):
+        note = (f"{stage.name}: bred from the previous stage's best as it was when this stage "
+                "started; that best has changed since (a raised budget): start a new run to breed "
+                "from the new one")
+        run.event(note)
+        print(f"note: {note}", file=sys.stderr)
+    return was

@@ -1,6 +1,7 @@
 """Stopping a driver: Ctrl-C and SIGTERM (what preemption and `scancel` send) both unwind it
 as a KeyboardInterrupt, so that the running trials are re-queued and the lease released, and it
-exits with the code a scheduler reads: 130 after Ctrl-C, 143 after SIGTERM (preempted)."""
+exits with the code a scheduler reads: 130 after Ctrl-C, 143 after SIGTERM (preempted). And
+what the next driver does with the trials a killed one left running (requeue_running)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,16 @@ import signal
 import sys
 import threading
 from contextlib import contextmanager
+from typing import TYPE_CHECKING
+
+import optuna
+from optuna.trial import TrialState
+
+from longrope.runs import vocab
+from longrope.runs.optuna_io import fail_trial, set_trial_system_attr
+
+if TYPE_CHECKING:
+    from .proposers import Proposer
 
 
 def how_stopped(seen: list[int]) -> tuple[str, int]:
@@ -51,3 +62,30 @@ def signals_as_interrupt():
         # On the way out after a signal, the rest (Ray's shutdown at exit) is not broken into either
         for sig, old in previous.items():
             signal.signal(sig, signal.SIG_IGN if seen else old)
+
+
+def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
+    """Fail the RUNNING trials of a dead driver and re-queue their exact parameters.
+    Idempotent: a slot still waiting in the queue is not queued twice. Only a WAITING copy
+    counts: a re-queued copy that was running when the driver died again is re-queued again.
+    A copy popped off the queue is RUNNING one journal write before the sampler copies its slot
+    into the system attrs (before_trial): a driver killed in between left it only in the user
+    attrs, and without it the copy took the next fresh slot (the lost one never scored)."""
+    trials = study.get_trials(deepcopy=False)
+    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials
+              if t.state == TrialState.WAITING and vocab.SLOT in t.user_attrs}
+    n = 0
+    for t in trials:
+        if t.state != TrialState.RUNNING:
+            continue
+        slot = t.system_attrs.get(vocab.SLOT) or t.user_attrs.get(vocab.SLOT)
+        params = proposer.requeue_params(t)
+        if params is not None and (slot is None or tuple(slot) not in queued):
+            attrs = {vocab.SLOT: slot} if slot is not None else {}
+            study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
+            if slot is not None:
+                queued.add(tuple(slot))
+        set_trial_system_attr(study, t, vocab.REQUEUED, True)
+        fail_trial(study, t)
+        n += 1
+    return n

@@ -267,3 +267,37 @@ def test_a_comparison_sampler_killed_while_it_queues_its_seeds_queues_the_rest_o
     seeded = initial_factors(cfg, stage, GEOMETRY, None)
     expected = [make_proposer(cfg, stage, seeded).param.params(f) for f in seeded]
     assert len(trials) == cfg.budget() and seeds == expected and len(expected) == len(cfg.search.methods) > 1
+
+
+def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, capsys):
+    """Stage long-512 was interrupted in its generation 0, bred from long-256's best; a resume
+    with more iterations changes that best. Generation 0 was recomputed from the new one and
+    mixed two breeds (a comparison sampler would queue one more seed); now it keeps the one it
+    started with. (On this objective the comparison samplers never beat their seeds.)"""
+    def cfg_of(iterations):
+        cfg, _ = small_cfg(iterations=iterations)
+        cfg.space.targets = [256, 512]
+        return cfg
+
+    ref = Run.create(tmp_path / "ref", config.dumps(cfg_of(1)))
+    Driver(cfg_of(1), ref, progress=False).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(cfg_of(1)))
+    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+    submit, submitted = backend.submit, []
+
+    def interrupted(job):  # 18 evaluations of long-256, then 5 of long-512's generation 0
+        submitted.append(job.key)
+        if len(submitted) > 18 + 5:
+            raise KeyboardInterrupt
+        submit(job)
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg_of(1), run, progress=False, backend=backend).run_all()
+    Driver(cfg_of(3), run, progress=False).run_all()
+    assert run.best("long", 256).lambdas != ref.best("long", 256).lambdas  # the raised budget moved it
+    first = trajectory(ref)["long-512"][:12]  # generation 0 (the seeds and their mutants, in order)
+    assert trajectory(run)["long-512"][:12] == first
+    assert len(trajectory(run)["long-512"]) == cfg_of(3).budget()
+    assert "long-512: bred from the previous stage's best as it was when this stage started" in \
+        capsys.readouterr().err
