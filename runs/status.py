@@ -176,8 +176,10 @@ def render_status(run: Run, as_json: bool) -> str:
         mscale = ", mscale searched" if s["mscale"] == "search" else ""
         mscale += f", {s['dtype']}" if s["dtype"] else ""  # what its candidates are scored in
         gen = "-" if s["generation"] is None else s["generation"]  # none yet, or a sampler without
+        running = f"running {s['running']}" if not stopped or not s["running"] else \
+            f"left running {s['running']} (re-queued on resume)"  # by a driver that is no more
         lines.append(f"{s['name']:>14}: {s['evals']}/{s['budget']} evals, best ppl {best}, "
-                     f"generation {gen}, running {s['running']}, pruned {s['pruned']}, "
+                     f"generation {gen}, {running}, pruned {s['pruned']}, "
                      f"failed {s['failed']}, tokens {_count(s['tokens'])}{saved}, critical dim {crit}"
                      f"{mscale}, {eta}")
     for f in tunes:

@@ -456,6 +456,17 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
         assert main(["status", str(run_dir), "--json"]) == 0
         driver = json.loads(capsys.readouterr().out)["driver"]
         assert (driver is None) if state is None else (driver["state"] == state)
+    # a trial the gone driver left running is not running: the resume re-queues it
+    import optuna
+
+    (study,) = Run.open(run_dir).studies()
+    optuna.load_study(study_name=study.study_name, storage=study._storage).ask()
+    assert main(["status", str(run_dir)]) == 0
+    assert "left running 1 (re-queued on resume)" in capsys.readouterr().out
+    forge(lock, age=3)
+    assert main(["status", str(run_dir)]) == 0
+    assert ", running 1, " in capsys.readouterr().out
+    forge(lock, host=socket.gethostname(), pid=dead.pid)
     # the driver gone mid fine-tune (killed at step 87): ETAs are for a resume, which continues
     # from the checkpoint, not from the last step shown
     (run_dir / "finetune" / "ft-64").mkdir(parents=True)
