@@ -255,6 +255,9 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             if item.name == "config.json":
                 continue
             target = tmp / item.name
+            if item.name == "tokenizer_config.json" and (tok := _tokenizer_config(item, config, quiet)):
+                atomic_write_text(target, tok)
+                continue
             if copy or item.is_dir():
                 (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
             else:
@@ -272,6 +275,23 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out
+
+
+def _tokenizer_config(path: Path, config: dict[str, Any], quiet: bool) -> str | None:
+    """tokenizer_config.json with model_max_length raised to the new length, or None to link it as
+    it is: a tokenizer called with truncation=True (pipelines do) would cut every text at L0."""
+    try:
+        tok = json.loads(path.read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    L = config.get("max_position_embeddings")
+    old = tok.get("model_max_length") if isinstance(tok, dict) else None
+    if not isinstance(old, int) or not isinstance(L, int) or old >= L:
+        return None
+    if not quiet:
+        print(f"note: the tokenizer's model_max_length {old} is raised to {L} (it truncates texts to it)",
+              file=sys.stderr)
+    return json.dumps({**tok, "model_max_length": L}, indent=2, ensure_ascii=False) + "\n"
 
 
 def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:

@@ -235,3 +235,18 @@ def test_an_apply_killed_while_it_copies_leaves_nothing_half_made(tiny_run, tiny
     assert sorted(p.name for p in out.iterdir()) == sorted(p.name for p in tiny_model_dir.iterdir())
     assert sorted(p.name for p in tmp_path.iterdir()) == ["long"]
     assert transformers.AutoConfig.from_pretrained(out).max_position_embeddings == 128
+
+
+def test_apply_raises_the_tokenizers_model_max_length_to_the_new_length(tiny_run, tiny_model_dir, tmp_path, capsys):
+    """A tokenizer saved with model_max_length = L0 truncates every text to L0 when called with
+    truncation=True, as pipelines do: the applied folder's own is the new length."""
+    src = tmp_path / "src"
+    shutil.copytree(tiny_model_dir, src)
+    tok = json.loads((src / "tokenizer_config.json").read_text())
+    (src / "tokenizer_config.json").write_text(json.dumps({**tok, "model_max_length": 32}))
+    path, _ = export(tiny_run)
+    out = apply_to_folder(path, src, tmp_path / "long")
+    assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128
+    assert "model_max_length 32 is raised to 128" in capsys.readouterr().err
+    loaded = transformers.AutoTokenizer.from_pretrained(out)
+    assert len(loaded("word " * 100, truncation=True)["input_ids"]) > 32
