@@ -189,6 +189,12 @@ class Driver:
             self.run.event(note)
             print(f"warning: {note}", file=sys.stderr)
         storage = self.run.storage(self.cfg.search.storage)
+        budget = self.cfg.budget()
+        for study in self.run.studies():  # a resume's new budget, for `status` before a stage is reached
+            info = study.user_attrs.get(vocab.STAGE)
+            if info and info.get("budget") != budget:
+                self.check_lease()
+                study.set_user_attr(vocab.STAGE, {**info, "budget": budget})
         results: dict[str, Any] = {}
         previous: RescaleFactors | None = None
         try:

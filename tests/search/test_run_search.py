@@ -1,6 +1,8 @@
 """run_search: everything is checked before the run directory is touched, the backend once;
 the samplers' table is the config's choice list."""
 
+import json
+
 import pytest
 from search_helpers import small_cfg, trajectory
 
@@ -301,3 +303,32 @@ def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, 
     assert len(trajectory(run)["long-512"]) == cfg_of(3).budget()
     assert "long-512: bred from the previous stage's best as it was when this stage started" in \
         capsys.readouterr().err
+
+
+def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tmp_path, capsys):
+    """A resume with more iterations, interrupted in the first stage: `status` read the later
+    stage's budget from when it ran, and called it done."""
+    from longrope.search.cli import main
+
+    def cfg_of(iterations):
+        cfg, _ = small_cfg(iterations=iterations)
+        cfg.space.targets = [256, 512]
+        return cfg
+
+    run = Run.create(tmp_path / "run", config.dumps(cfg_of(1)))
+    Driver(cfg_of(1), run, progress=False).run_all()
+    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+    submit = backend.submit
+
+    def interrupted(job):
+        submit(job)
+        raise KeyboardInterrupt
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg_of(3), run, progress=False, backend=backend).run_all()
+    capsys.readouterr()
+    assert main(["status", str(run.path), "--json"]) == 0
+    stages = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
+    assert stages["long-512"]["budget"] == cfg_of(3).budget() > stages["long-512"]["evals"]
+    assert not stages["long-512"]["done"]
