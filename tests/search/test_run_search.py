@@ -271,19 +271,21 @@ def test_a_comparison_sampler_killed_while_it_queues_its_seeds_queues_the_rest_o
     assert len(trials) == cfg.budget() and seeds == expected and len(expected) == len(cfg.search.methods) > 1
 
 
+def two_stages(iterations: int):
+    """small_cfg with stages long-256 and long-512."""
+    cfg, _ = small_cfg(iterations=iterations)
+    cfg.space.targets = [256, 512]
+    return cfg
+
+
 def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, capsys):
     """Stage long-512 was interrupted in its generation 0, bred from long-256's best; a resume
     with more iterations changes that best. Generation 0 was recomputed from the new one and
     mixed two breeds (a comparison sampler would queue one more seed); now it keeps the one it
     started with. (On this objective the comparison samplers never beat their seeds.)"""
-    def cfg_of(iterations):
-        cfg, _ = small_cfg(iterations=iterations)
-        cfg.space.targets = [256, 512]
-        return cfg
-
-    ref = Run.create(tmp_path / "ref", config.dumps(cfg_of(1)))
-    Driver(cfg_of(1), ref, progress=False).run_all()
-    run = Run.create(tmp_path / "run", config.dumps(cfg_of(1)))
+    ref = Run.create(tmp_path / "ref", config.dumps(two_stages(1)))
+    Driver(two_stages(1), ref, progress=False).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(two_stages(1)))
     backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
     submit, submitted = backend.submit, []
 
@@ -295,12 +297,12 @@ def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, 
 
     backend.submit = interrupted
     with pytest.raises(KeyboardInterrupt):
-        Driver(cfg_of(1), run, progress=False, backend=backend).run_all()
-    Driver(cfg_of(3), run, progress=False).run_all()
+        Driver(two_stages(1), run, progress=False, backend=backend).run_all()
+    Driver(two_stages(3), run, progress=False).run_all()
     assert run.best("long", 256).lambdas != ref.best("long", 256).lambdas  # the raised budget moved it
     first = trajectory(ref)["long-512"][:12]  # generation 0 (the seeds and their mutants, in order)
     assert trajectory(run)["long-512"][:12] == first
-    assert len(trajectory(run)["long-512"]) == cfg_of(3).budget()
+    assert len(trajectory(run)["long-512"]) == two_stages(3).budget()
     assert "long-512: bred from the previous stage's best as it was when this stage started" in \
         capsys.readouterr().err
 
@@ -310,13 +312,8 @@ def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tm
     stage's budget from when it ran, and called it done."""
     from longrope.search.cli import main
 
-    def cfg_of(iterations):
-        cfg, _ = small_cfg(iterations=iterations)
-        cfg.space.targets = [256, 512]
-        return cfg
-
-    run = Run.create(tmp_path / "run", config.dumps(cfg_of(1)))
-    Driver(cfg_of(1), run, progress=False).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(two_stages(1)))
+    Driver(two_stages(1), run, progress=False).run_all()
     backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
     submit = backend.submit
 
@@ -326,9 +323,9 @@ def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tm
 
     backend.submit = interrupted
     with pytest.raises(KeyboardInterrupt):
-        Driver(cfg_of(3), run, progress=False, backend=backend).run_all()
+        Driver(two_stages(3), run, progress=False, backend=backend).run_all()
     capsys.readouterr()
     assert main(["status", str(run.path), "--json"]) == 0
     stages = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
-    assert stages["long-512"]["budget"] == cfg_of(3).budget() > stages["long-512"]["evals"]
+    assert stages["long-512"]["budget"] == two_stages(3).budget() > stages["long-512"]["evals"]
     assert not stages["long-512"]["done"]
