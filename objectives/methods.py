@@ -93,7 +93,7 @@ def method_factors(name: str, geometry: RopeGeometry, length: int) -> RescaleFac
             raise UserError(f"{name}: {len(f.lambdas)} factors but the model has {geometry.n_freqs} "
                             "frequencies")
         if isinstance(loaded, DeployedFactors):  # same count, another model (apply refuses it too)
-            check_trained_length(loaded, geometry, name)
+            check_trained_length(loaded, geometry.original_length, geometry.base, name)
         return f
     check_method(name)
     return method(name, geometry, length)

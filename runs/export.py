@@ -34,7 +34,7 @@ from longrope.spaces import (
     is_alibi,
     read_text,
 )
-from longrope.spaces.files import atomic_write_text, make_folder, stale_temp_files
+from longrope.spaces.files import atomic_write_text, make_folder, remove_stale_temps
 
 from .best import BestRecord
 from .rundir import Run
@@ -144,9 +144,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     name = f"{long.target_length}{suffix}"
     path = Path(out) if out else run.path / "export" / f"longrope-{name}"
     make_folder(path.parent, "folder for the export")
-    for stale in stale_temp_files(path.parent):  # left by an export killed mid-write: ours only
-        if stale.name.startswith(f".{path.name}."):  # (-o may name a folder of other things)
-            stale.unlink(missing_ok=True)
+    remove_stale_temps(path.parent, f".{path.name}.")  # left by an export killed mid-write
     if fmt == "csv":
         text = "\n".join(repr(x) for x in long.lambdas) + "\n"
     else:
@@ -207,7 +205,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if geo.n_freqs != len(factors.long.lambdas):
         raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
                         f"model has {geo.n_freqs} rotary frequencies")
-    check_trained_length(factors, geo, str(fj))
+    check_trained_length(factors, geo.original_length, geo.base, str(fj))
     make_folder(out, "model folder")
     rope = dict(patch["rope_scaling"])
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta")) or geo.base
@@ -244,9 +242,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             config["head_dim"] = getattr(loaded, "head_dim", None) or config["hidden_size"] // heads
     # built beside `out` and renamed over it (empty, made above) once whole: an apply killed while
     # it copies gigabytes leaves `out` empty for the next one, not half a model
-    for stale in stale_temp_files(out.parent):
-        if stale.name.startswith(f".{out.name}.") and stale.is_dir():
-            shutil.rmtree(stale, ignore_errors=True)
+    remove_stale_temps(out.parent, f".{out.name}.")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir()

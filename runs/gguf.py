@@ -26,15 +26,14 @@ What llama.cpp reads (ggml-org/llama.cpp; verify again when it moves):
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from longrope.spaces import DeployedFactors, UserError
-from longrope.spaces.files import stale_temp_files
+from longrope.spaces import DeployedFactors, UserError, check_trained_length
+from longrope.spaces.files import remove_stale_temps
 
 from .export import load_export
 
@@ -85,16 +84,11 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     if not L0:
         raise UserError(f"{fj} has no original_max_position_embeddings (L0)")
     # an extended GGUF (this command's own output, too) keeps its trained length here; factors of
-    # another L0 are refused, as `apply` to a folder and `eval` refuse them (check_trained_length)
+    # another L0 or θ are refused, as `apply` to a folder and `eval` refuse them
     trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
     trained = _value(reader, f"{arch}.context_length") if trained is None else trained
-    if trained is not None and int(trained) != L0:
-        raise UserError(f"{fj} holds factors for a model trained at {L0} tokens, but {src.name} was "
-                        f"trained at {trained}: search it for its own")
-    base = _value(reader, f"{arch}.rope.freq_base")
-    if factors.base and base and not math.isclose(factors.base, base, rel_tol=1e-6):
-        raise UserError(f"{fj} holds factors searched with RoPE θ = {factors.base:g}, but {src.name} has "
-                        f"θ = {base:g}: they stretch other frequencies; search it for its own")
+    check_trained_length(factors, None if trained is None else int(trained),
+                         _value(reader, f"{arch}.rope.freq_base"), str(fj), src.name)
     short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
     warnings = _warnings(arch, form, factors, L0)
 
@@ -109,9 +103,7 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     dropped = (f"{arch}.rope.scaling.", f"{arch}.rope.scale_linear", "GGUF.", "general.architecture")
     new_tensors = {FREQS: long.lambdas} if form == "freqs" else {LONG: long.lambdas, SHORT: short}
 
-    for stale in stale_temp_files(dst.parent):  # a copy killed mid-write (gigabytes): ours only
-        if stale.name.startswith(f".{dst.name}.") and stale.is_file():
-            stale.unlink(missing_ok=True)
+    remove_stale_temps(dst.parent, f".{dst.name}.")  # a copy killed mid-write (gigabytes)
     tmp, w = dst.with_name(f".{dst.name}.{os.getpid()}.tmp"), None
     try:
         w = gguf.GGUFWriter(tmp, arch, endianess=reader.endianess)

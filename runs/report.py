@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from longrope.spaces import METHODS, REFERENCE_METHODS, RescaleFactors, RopeGeometry, UserError, method
-from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder, stale_temp_files
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder, remove_stale_temps
 
 from .best import BestRecord
 from .rundir import Run
@@ -282,9 +282,7 @@ def write_report(run: Run, out: str | Path | None = None) -> Path:
     matplotlib.use("Agg")
     folder = Path(out) if out is not None else run.path / REPORT_DIR
     make_folder(folder, "report folder")
-    for stale in stale_temp_files(folder):  # ours only (-o may name a folder of other things)
-        if stale.name.startswith((f".{PAGE}.", ".stage-")):  # left by a report killed mid-write
-            stale.unlink(missing_ok=True)
+    remove_stale_temps(folder, f".{PAGE}.", ".stage-")  # left by a report killed mid-write
     metric = METRIC.get(run.config().get("objective", {}).get("kind", "ppl"), "objective value")
     views = stage_views(run)
     plots: dict[str, dict[str, str]] = {}

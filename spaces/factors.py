@@ -185,17 +185,18 @@ class DeployedFactors:
         return cls(long, short, int(L0) if L0 else None, base)
 
 
-def check_trained_length(f: DeployedFactors, geometry: RopeGeometry, name: str) -> None:
+def check_trained_length(f: DeployedFactors, original_length: int | None, base: float | None, name: str,
+                         model: str = "this model") -> None:
     """Factors stretch positions relative to the L0 they were searched at, and the frequencies of
     one θ: a file made for a model of another trained length (the same count of factors:
-    tiny-sotu's and SmolLM2's) or θ is refused by eval and apply alike. A file that does not say
-    (no L0; an export written before exports carried θ) is taken as it is."""
-    if f.original_length and f.original_length != geometry.original_length:
+    tiny-sotu's and SmolLM2's) or θ is refused by eval, apply and the GGUF copy alike. A file or a
+    model that does not say (no L0; an export written before exports carried θ) is taken as it is."""
+    if f.original_length and original_length and f.original_length != original_length:
         raise UserError(f"{name} holds factors for a model trained at {f.original_length} tokens, but "
-                        f"this model was trained at {geometry.original_length}: search it for its own")
-    if f.base and not math.isclose(f.base, geometry.base, rel_tol=1e-6):
-        raise UserError(f"{name} holds factors searched with RoPE θ = {f.base:g}, but this model has "
-                        f"θ = {geometry.base:g}: they stretch other frequencies; search it for its own")
+                        f"{model} was trained at {original_length}: search it for its own")
+    if f.base and base and not math.isclose(f.base, base, rel_tol=1e-6):
+        raise UserError(f"{name} holds factors searched with RoPE θ = {f.base:g}, but {model} has "
+                        f"θ = {base:g}: they stretch other frequencies; search it for its own")
 
 
 def check_usable(f: RescaleFactors | DeployedFactors, name: str) -> None:

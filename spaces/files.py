@@ -5,6 +5,7 @@ here (a reader such as `longrope status` may look at any moment, and kill -9 may
 """
 
 import os
+import shutil
 import time
 from pathlib import Path
 
@@ -31,6 +32,20 @@ def stale_temp_files(folder: Path) -> list[Path]:
         if old or not (pid.isdigit() and pid_alive(int(pid))):
             out.append(p)
     return out
+
+
+def remove_stale_temps(folder: Path, *prefixes: str) -> None:
+    """Remove what writers killed mid-write left in `folder` (stale_temp_files) under a name that
+    starts with one of `prefixes` (".NAME." for writes to NAME): ours only, since an output folder
+    given with -o may hold other programs' temp files. A folder (a model copy built beside its
+    output) goes whole."""
+    for stale in stale_temp_files(folder):
+        if not stale.name.startswith(prefixes):
+            continue
+        if stale.is_dir():
+            shutil.rmtree(stale, ignore_errors=True)
+        else:
+            stale.unlink(missing_ok=True)
 
 
 def pid_alive(pid: object) -> bool:
