@@ -201,9 +201,9 @@ class Driver:
             for stage in self.stages:
                 self.check_lease()  # the study's creation and its attributes are writes too
                 self.start_backend()  # once, and again after a fine-tune switched the model
+                self.check_lease()  # again: the workers may have taken minutes to load
                 study = optuna.create_study(study_name=stage.name, storage=storage, direction="minimize",
                                             load_if_exists=True)
-                self.check_lease()
                 prev = bred_from(self.run, stage, study, previous) if stage.kind == "long" else None
                 initial = initial_factors(self.cfg, stage, self.geometry, prev)
                 proposer = make_proposer(self.cfg, stage, initial)
