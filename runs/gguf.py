@@ -86,11 +86,20 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     # an extended GGUF (this command's own output, too) keeps its trained length here; factors of
     # another L0 or θ are refused, as `apply` to a folder and `eval` refuse them
     trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
-    trained = _value(reader, f"{arch}.context_length") if trained is None else trained
+    own = trained is None and _own_factors(reader)
+    if trained is None and not own:
+        trained = _value(reader, f"{arch}.context_length")
     check_trained_length(factors, None if trained is None else int(trained),
                          _value(reader, f"{arch}.rope.freq_base"), str(fj), src.name)
     short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
     warnings = _warnings(arch, form, factors, L0)
+    if own:
+        # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
+        # context_length as the extended 131072, with no trained length beside it
+        warnings.insert(0, f"{src.name} has rope factors of its own ({own}) and does not state the "
+                        f"length it was trained at (its context_length "
+                        f"{_value(reader, f'{arch}.context_length')} is the extended one), so the "
+                        f"factors' L0 = {L0} is not checked against it; they replace its {own}")
 
     # the new metadata: our keys replace every rope.scaling.* key and the context length
     keys: dict[str, tuple[Any, Any]] = {
@@ -162,6 +171,12 @@ def _load_export(fj: Path) -> tuple[DeployedFactors, dict[str, Any]]:
 def _value(reader, key: str) -> Any:
     field = reader.get_field(key)
     return field.contents() if field is not None else None
+
+
+def _own_factors(reader) -> str | None:
+    """The factor tensors llama.cpp would read from the input, named, or None."""
+    names = [t.name for t in reader.tensors if t.name in (FREQS, LONG, SHORT)]
+    return " and ".join(n.removesuffix(".weight") for n in names) or None
 
 
 def _n_rot(reader, arch: str) -> int | None:

@@ -143,12 +143,19 @@ def one_line(capsys, rc, message):
     assert rc == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
 
 
-def tiny_gguf(path: Path, arch: str, **keys) -> Path:
+def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, **keys) -> Path:
+    """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
+    rope_freqs tensor when given."""
     w = gguf.GGUFWriter(path, arch)
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
+    if context is not None:
+        w.add_uint32(f"{arch}.context_length", context)
+        w.add_float32(f"{arch}.rope.freq_base", 1e5)
     for k, v in keys.items():
         (w.add_string if isinstance(v, str) else w.add_float32)(f"{arch}.rope.scaling.{k}", v)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    if freqs is not None:
+        w.add_tensor("rope_freqs.weight", np.asarray(freqs, dtype=np.float32))
     w.write_header_to_file()
     w.write_kv_data_to_file()
     w.write_tensors_to_file()
@@ -231,3 +238,28 @@ def test_a_gguf_with_rope_scaling_of_its_own_is_named(applied, smol, tmp_path):
     assert gguf_scaling(str(out)) == "rope_freqs"
     yarn = tiny_gguf(tmp_path / "yarn.gguf", "llama", type="yarn", factor=4.0)
     assert gguf_scaling(str(yarn)) == "rope.scaling.type = yarn"
+
+
+def test_a_gguf_with_its_own_rope_freqs_and_no_trained_length_takes_factors_with_a_warning(tmp_path):
+    """llama.cpp's converter writes Llama-3.1 as a rope_freqs tensor (its llama3 scaling) and
+    context_length = 131072, with no original_context_length: that length is the extended one,
+    not L0, so factors searched on the HF folder (L0 = 8192) are applied, replacing the tensor,
+    with a warning. The same length without rope factors of its own is still taken as L0."""
+    from longrope.runs.gguf import apply_to_gguf
+
+    factors = export_json(tmp_path / "f.json")
+    llama3 = np.where(np.arange(N) < N // 2, 1.0, 8.0)
+    src = tiny_gguf(tmp_path / "l31.gguf", "llama", context=131072, freqs=llama3)
+    out, warnings = apply_to_gguf(factors, src, tmp_path / "o.gguf")
+    assert "l31.gguf has rope factors of its own (rope_freqs)" in warnings[0]
+    assert "context_length 131072 is the extended one" in warnings[0]
+    r = read(out)
+    lam = json.loads(factors.read_text())["rope_scaling"]["long_factor"]
+    assert [t.name for t in r.tensors].count("rope_freqs.weight") == 1
+    np.testing.assert_array_equal(tensor(r, "rope_freqs.weight"), np.float32(lam))
+    assert value(r, "llama.rope.scaling.original_context_length") == L0
+    assert value(r, "llama.context_length") == L
+    apply_to_gguf(factors, out, tmp_path / "again.gguf")  # the output states L0: checked, and equal
+    plain = tiny_gguf(tmp_path / "plain.gguf", "llama", context=131072)
+    with pytest.raises(UserError, match="was trained at 131072"):
+        apply_to_gguf(factors, plain, tmp_path / "o2.gguf")
