@@ -169,6 +169,8 @@ def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkey
     bit-exact only if they run the same attention) now takes the config's."""
     import shutil
 
+    import transformers
+
     from longrope.objectives import models
 
     src = models.resolve("builtin:tiny-sotu")[0]
@@ -177,11 +179,15 @@ def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkey
     assert not list((tmp_path / "m").glob("tokenizer*"))
     loads, real = [], models.load_model
     monkeypatch.setattr(models, "load_model", lambda *a, **kw: loads.append((a, kw)) or real(*a, **kw))
+    twins, build = [], transformers.AutoModelForCausalLM.from_config
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_config",
+                        lambda *a, **kw: twins.append(build(*a, **kw)) or twins[-1])
     (tmp_path / "run.toml").write_text(f'[model]\npath = "{tmp_path / "m"}"\nattention = "eager"\n'
                                        f'tokenizer = "{src}"\n')
     assert main(["check", str(tmp_path / "run.toml"), "--json", "--device", "cpu"]) == 0
     [t] = json.loads(capsys.readouterr().out)["self_test"]
     assert t["attention"] == "eager" and t["rotary_parity"]["identity_bit_exact"] and t["ok"]
+    assert len(twins) == 2 and {m.config._attn_implementation for m in twins} == {"eager"}
     assert len(loads) >= 2 and all(a[3] == "eager" and kw.get("tokenizer", a[5:6] and a[5]) == str(src)
                                    for a, kw in loads), loads
     # flash-attn runs on GPUs only: a flash_attention_2 run's CPU self-test is SDPA's, not a failure
