@@ -31,10 +31,12 @@ def evaluations(run: Run) -> int:
 
 
 def tokens_saved(trials: list[FrozenTrial]) -> int | None:
-    """Tokens the early abort did not run: each pruned trial's unscored documents times the tokens
-    of one document. Exact only when every complete trial scored the same number of documents of
-    the same token count (each document is scored on its first L tokens); None when they differ or
-    there is no complete trial to measure a document by (0 when nothing was pruned)."""
+    """Tokens the early abort did not run: what a complete trial ran less what each pruned one
+    did (with ``workers.batch_docs`` a pruned trial has run its whole batch, scored or not), or,
+    where a trial did not record its tokens, its unscored documents times the tokens of one.
+    Exact only when every complete trial scored the same number of documents of the same token
+    count (each document is scored on its first L tokens); None when they differ or there is no
+    complete trial to measure a document by (0 when nothing was pruned)."""
     from optuna.trial import TrialState
 
     pruned = [t for t in trials if t.state == TrialState.PRUNED]
@@ -48,7 +50,11 @@ def tokens_saved(trials: list[FrozenTrial]) -> int | None:
     if not docs or not tokens or tokens % docs:
         return None
     per_doc = tokens // docs
-    return sum(max(docs - len(t.user_attrs.get(DOC_NLL, [])), 0) * per_doc for t in pruned)
+
+    def ran(t: FrozenTrial) -> int:
+        run = t.user_attrs.get(TOKENS)
+        return int(run) if isinstance(run, int) else min(len(t.user_attrs.get(DOC_NLL, [])), docs) * per_doc
+    return sum(max(tokens - ran(t), 0) for t in pruned)
 
 
 PACE_WINDOW = 20  # the last evaluations whose completion times give the pace

@@ -69,6 +69,19 @@ def test_early_abort_stops_at_the_same_document(patched):
     assert many.doc_nll == pytest.approx(one.doc_nll, abs=1e-5)
     assert many.ppl == pytest.approx(one.ppl, rel=1e-5) and many.reason == one.reason
     assert many.tokens == 4 * 64  # the whole first batch ran
+    # status's "early abort saved" counts what the pruned trial did not run, not its unscored
+    # documents: 3 of 6 documents' tokens one at a time, 2 with the first batch of 4 run whole
+    from optuna.trial import TrialState, create_trial
+
+    from longrope.runs.status import tokens_saved
+    from longrope.runs.vocab import DOC_NLL, TOKENS
+
+    def trial(ev, state):
+        return create_trial(state=state, value=ev.ppl if state == TrialState.COMPLETE else None,
+                            user_attrs={DOC_NLL: list(ev.doc_nll), TOKENS: ev.tokens})
+    done = trial(full, TrialState.COMPLETE)
+    assert tokens_saved([done, trial(one, TrialState.PRUNED)]) == 3 * 64 == full.tokens - one.tokens
+    assert tokens_saved([done, trial(many, TrialState.PRUNED)]) == 2 * 64 == full.tokens - many.tokens
 
 
 def test_out_of_memory_halves_the_batch(patched, monkeypatch):
