@@ -142,15 +142,19 @@ def depths(count: int) -> list[float]:
 
 
 def make_samples(builder: NeedleBuilder, docs: list[np.ndarray], length: int, count: int,
-                 seed: int, per_depth: int = 1) -> list[NeedleSample]:
+                 seed: int, per_depth: int = 1, pool: str = "search") -> list[NeedleSample]:
     """`per_depth` samples at each of `count` evenly spread depths; sample k (depth-major) comes
-    from document k mod len(docs) and its key from (seed, length, k): deterministic, whatever
-    process builds them."""
+    from document k mod len(docs) and its key from (seed, length, k), or (seed, length, k, 1)
+    for the held-out pool: deterministic, whatever process builds them. The held-out keys are
+    their own, so a held-out score is not taken on the keys a search chose its factors on (at
+    the same depths they were)."""
+    if pool not in ("search", "heldout"):
+        raise ValueError(f"pool must be 'search' or 'heldout', got {pool!r}")
     out = []
     for j, depth in enumerate(depths(count)):
         for r in range(per_depth):
             k = j * per_depth + r
-            rng = np.random.default_rng([seed, length, k])
+            rng = np.random.default_rng([seed, length, k] + ([1] if pool == "heldout" else []))
             d = k % len(docs)
             out.append(builder.build(docs[d], length, depth, builder.key(rng), doc=d))
     return out

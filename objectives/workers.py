@@ -63,8 +63,12 @@ class Evaluator:
         return self.geometry
 
     def check_pool(self, lengths: list[int], pool: str) -> None:
+        """Every length's documents, and its needle samples for a needle task (a stage too short
+        for one is refused here, before the run is made, not once the stages before it ran)."""
         for length in lengths:
             self.docs(length, pool)
+            if self.spec.task.kind == "needle":
+                self.needle_samples(length, pool)
 
     def refuse_factors(self, what: str) -> None:
         if self.loaded.alibi:
@@ -95,7 +99,7 @@ class Evaluator:
             t = self.spec.task
             builder = NeedleBuilder(self.loaded.tokenizer)
             self._samples[key] = make_samples(builder, self.docs(length, pool), length, t.depths, t.seed,
-                                              t.per_depth)
+                                              t.per_depth, pool)
         return self._samples[key]
 
     def task_records(self, length: int, pool: str = "search") -> list[dict]:

@@ -3,6 +3,7 @@
 import json
 import math
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -57,6 +58,14 @@ def test_keys_use_single_token_digits_and_samples_are_deterministic(tok, docs):
     assert [s.depth for s in a] == depths(6) == [0.0, 0.2, 0.4, 0.6, 0.8, 1.0]
     assert [s.doc for s in a] == [0, 1, 2, 3, 0, 1]
     assert all(len(b.answer_ids(s.key)) == len(s.key) for s in a)  # one token per digit
+    # the search pool's keys are (seed, length, k)'s, as runs recorded them; the held-out pool's
+    # are their own: a held-out score is not taken on the keys the search chose factors on
+    assert [s.key for s in a] == [b.key(np.random.default_rng([3, 512, k])) for k in range(6)]
+    held = make_samples(b, docs, 512, 6, seed=3, pool="heldout")
+    assert [s.depth for s in held] == [s.depth for s in a] and [s.doc for s in held] == [s.doc for s in a]
+    assert not {(s.depth, s.key) for s in held} & {(s.depth, s.key) for s in a}
+    with pytest.raises(ValueError, match="pool must be"):
+        make_samples(b, docs, 512, 6, seed=3, pool="held-out")
 
 
 @pytest.fixture(scope="module")
