@@ -25,7 +25,7 @@ def parents_key(g: int) -> str:
 STAGE = "stage"  # {"kind": "long" | "short", "length": L, "budget": evaluations, "sampler": name,
 #                   "critical_dim": pair index | None (off), "below_critical": "ntk" | "search",
 #                   "mscale": float | "search"}; the last three absent in runs made before they existed
-HELDOUT = "heldout"  # {"trial": number, "ppl": held-out ppl}: the stage best's held-out score, cached
+HELDOUT = "heldout"  # {"trial", "ppl", "text": hash of the held-out text}: the stage best's held-out score
 SAMPLES = "needle_samples"  # needle objective: [{doc, depth, key, needle_at, answer_at, length}, ...],
 #                             the samples every candidate of the stage is scored on (checked on resume)
 DOCUMENTS = "documents"  # ppl objective: [{tokens, sha256 of the token ids}, ...], the stage's search

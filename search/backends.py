@@ -66,8 +66,8 @@ class InProcessBackend:
     def evaluate_pool(self, factors: RescaleFactors, length: int, pool: str) -> Evaluation:
         return self.evaluator.evaluate(factors, length, None, pool)
 
-    def task_records(self, length: int) -> list[dict] | None:
-        return self.evaluator.task_records(length)
+    def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
+        return self.evaluator.task_records(length, pool)
 
     def precision(self) -> str | None:
         return self.evaluator.precision()
@@ -169,7 +169,7 @@ class RayBackend:
         self.done.remove(ours)
         return ours[1]
 
-    def task_records(self, length: int) -> list[dict] | None:
+    def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
         """Every replica builds the same samples (a pure function of seed, length, documents):
         asked of a worker that is up, one found dead on the way replaced."""
         while True:
@@ -177,7 +177,7 @@ class RayBackend:
                 self._step()
             actor = self.idle[0]
             try:
-                return self._get(actor.task_records.remote(length))
+                return self._get(actor.task_records.remote(length, pool))
             except self.died as e:
                 self._replace(actor, e)
 

@@ -33,19 +33,13 @@ from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stagecheck import bred_from, check_precision, check_samples
+from .stagecheck import bred_from, cached_heldout, check_precision, check_samples, heldout_text
 from .stages import Stage, initial_factors
 from .stopping import how_stopped, interrupted, requeue_running, signals_as_interrupt
 
 
 def config_hash(run: Run) -> str:
     return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
-
-
-def cached_heldout(study: optuna.Study, trial: int) -> float | None:
-    """The held-out perplexity the stage cached for `trial` (its best when scored), if any."""
-    cached = study.user_attrs.get(vocab.HELDOUT) or {}
-    return cached["ppl"] if cached.get("trial") == trial else None
 
 
 def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
@@ -363,19 +357,25 @@ class Driver:
             written = None
         if written is not None and written.trial == best.number:
             return
-        self.write_best(stage, study, best, cached_heldout(study, best.number), proposer)
+        text = heldout_text(self.backend, stage) if self.cfg.data.heldout_docs else None
+        self.write_best(stage, study, best, cached_heldout(study, best.number, text), proposer)
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         self.check_lease()
         if not self.cfg.data.heldout_docs:
             self.write_best(stage, study, best, None, proposer)
             return
-        ppl = cached_heldout(study, best.number)
+        text = heldout_text(self.backend, stage)
+        ppl = cached_heldout(study, best.number, text)
+        if ppl is None and (study.user_attrs.get(vocab.HELDOUT) or {}).get("trial") == best.number:
+            self.run.event(f"{stage.name}: the held-out text changed since its best was scored on it")
+            print(f"note: {stage.name}: the held-out text changed since the best was scored on it (an edited "
+                  "file, a new dataset revision?); scoring it again", file=sys.stderr)
         if ppl is None:
             ppl = self.evaluate_heldout(stage, factors)
             self.check_lease()  # minutes to hours at long L: a driver taken over meanwhile stops here
             if ppl is not None:  # a failed one is tried again by the next driver
-                study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl})
+                study.set_user_attr(vocab.HELDOUT, {"trial": best.number, "ppl": ppl, "text": text})
         self.write_best(stage, study, best, ppl, proposer)
 
     def evaluate_heldout(self, stage: Stage, factors: RescaleFactors) -> float | None:

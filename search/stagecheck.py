@@ -6,6 +6,8 @@ machine, would otherwise rank new scores against old ones without a word."""
 
 from __future__ import annotations
 
+import hashlib
+import json
 import sys
 
 import optuna
@@ -35,6 +37,25 @@ def check_samples(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) ->
         raise UserError(f"{stage.name}: the {what} differ from the ones this run scored (an edited "
                         "data file, a new dataset revision, another tokenizer?); resume with the same "
                         "model and data, or start a new --run-dir")
+
+
+def heldout_text(backend, stage: Stage) -> str | None:
+    """A hash of what the stage's held-out score is taken on (its held-out documents' hashes or
+    needle samples), cached with the score: held-out text edited under a run is scored again
+    instead of its old score being kept. None for the synthetic objective."""
+    records = getattr(backend, "task_records", lambda length, pool="search": None)(stage.length, "heldout")
+    if records is None:
+        return None
+    return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def cached_heldout(study: optuna.Study, trial: int, text: str | None) -> float | None:
+    """The held-out perplexity the stage cached for `trial` (its best when scored) on the held-out
+    text `text`, if any (a cache written before it recorded its text is taken as it is)."""
+    cached = study.user_attrs.get(vocab.HELDOUT) or {}
+    if cached.get("trial") != trial or cached.get("text", text) != text:
+        return None
+    return cached["ppl"]
 
 
 def check_precision(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.Study) -> None:

@@ -74,6 +74,13 @@ def test_needle_kind_is_validated(tmp_path, capsys):
 
 
 
+def test_a_stage_too_short_for_a_needle_sample_is_refused_before_the_run_is_made(tmp_path, capsys):
+    """Before: the long stage ran (and wrote the run), then the short one raised as it started."""
+    (tmp_path / "c.toml").write_text(NEEDLE.replace("deployable = true", "deployable = true\nshort = [32]"))
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run")]) == 2
+    assert "a needle sample needs more than" in capsys.readouterr().err and not (tmp_path / "run").exists()
+
+
 def test_a_perplexity_search_records_its_documents_and_resume_refuses_changed_ones(
         tmp_path, capsys, text_corpus_dir):
     """Before: a resume on an edited data file (or a new dataset revision) scored other documents
@@ -130,3 +137,40 @@ def test_a_stage_records_the_dtype_it_scores_in_and_resume_refuses_another(tmp_p
            "(model.dtype = 'auto' on their device): set dtype = 'bfloat16' under [model]" in err
     config.write_text(auto.replace('dtype = "auto"', 'dtype = "bfloat16"'))  # the advice, taken
     assert main(["resume", str(run_dir), "--quiet"]) == 0
+
+
+def test_held_out_text_edited_under_a_run_is_scored_again_on_resume(tmp_path, capsys, text_corpus_dir):
+    """The stage best's held-out score is cached with a hash of the held-out text: a resume after
+    the held-out documents were edited scores them again (before: the old score was kept, and
+    only the search documents were checked). A cache written before it held the hash is kept."""
+    import shutil
+
+    from longrope.objectives.data import Split, load_data
+    from longrope.objectives.specs import DataSpec
+
+    data = tmp_path / "docs"
+    shutil.copytree(text_corpus_dir, data)
+    text = NEEDLE.replace('kind = "needle"', 'kind = "ppl"').replace("[data]", f'[data]\npath = "{data}"')
+    (tmp_path / "c.toml").write_text(text)
+    run_dir = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    run = Run.open(run_dir)
+    first = run.best("long", 256).heldout_ppl
+    (study,) = run.studies()
+    cached = study.user_attrs[vocab.HELDOUT]
+    assert cached["ppl"] == first and len(cached["text"]) == 16
+    assert main(["resume", str(run_dir), "--quiet"]) == 0 and run.best("long", 256).heldout_ppl == first
+    # an old run's cache (no hash) is taken as it is
+    storage = run.storage()
+    optuna.load_study(study_name="long-256", storage=storage).set_user_attr(
+        vocab.HELDOUT, {"trial": cached["trial"], "ppl": 1.5})
+    assert main(["resume", str(run_dir), "--quiet"]) == 0 and run.best("long", 256).heldout_ppl == 1.5
+    optuna.load_study(study_name="long-256", storage=storage).set_user_attr(vocab.HELDOUT, cached)
+    corpus = load_data(DataSpec(str(data)))
+    for i in Split.make(len(corpus.texts), 0).heldout:  # every held-out document, none searched
+        (data / corpus.ids[i]).write_text("Revised edition. " * 30 + (data / corpus.ids[i]).read_text())
+    capsys.readouterr()
+    assert main(["resume", str(run_dir), "--quiet"]) == 0
+    now = run.best("long", 256).heldout_ppl
+    assert now != first and "the held-out text changed" in capsys.readouterr().err
+    assert optuna.load_study(study_name="long-256", storage=storage).user_attrs[vocab.HELDOUT]["ppl"] == now
