@@ -112,7 +112,11 @@ def stride_windows(n: int, window: int, stride: int) -> list[tuple[int, int, int
     """Sliding windows over n tokens: (start, end, first) = run ids[start:end], score ids[first:end].
     The first window scores all its tokens; each later one ends `stride` further (the last maybe
     less, to end at n) and scores only the tokens the previous one did not, with the window's
-    remaining tokens (up to window - stride) as context. Each token is scored once."""
+    remaining tokens (up to window - stride) as context. Each token is scored once. A document
+    longer than the window needs stride < window: a later window's first token needs context."""
+    if n > window and not 0 < stride < window:
+        raise ValueError(f"stride {stride} must be in [1, {window - 1}] for {n} tokens in windows of "
+                         f"{window}")
     out = [(0, min(window, n), 1)]
     while out[-1][1] < n:
         end = min(out[-1][1] + stride, n)
