@@ -122,6 +122,15 @@ def _n_hat(x: Any, key: str) -> int:
     return x
 
 
+def original_length(rope: dict[str, Any], config: dict[str, Any]) -> int | None:
+    """L0 as transformers' longrope reads it (4.57 and 5.x): the config's top-level
+    ``original_max_position_embeddings``, else the rope dict's, else ``max_position_embeddings``
+    (short factors up to it); None for a bare rope dict that names no length."""
+    L0 = (config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+          or config.get("max_position_embeddings"))
+    return int(_number(L0, "original_max_position_embeddings")) if L0 else None
+
+
 def hf_attention_factor(rope: dict[str, Any], config: dict[str, Any]) -> float:
     """The attention factor transformers' longrope applies (modeling_rope_utils, 4.57 and 5.x):
     the config's ``attention_factor`` when given, else sqrt(1 + ln s / ln L0) with
@@ -133,7 +142,7 @@ def hf_attention_factor(rope: dict[str, Any], config: dict[str, Any]) -> float:
         if a <= 0:
             raise UserError(f"factors JSON: attention_factor = {a} must be positive")
         return a
-    L0 = rope.get("original_max_position_embeddings") or config.get("original_max_position_embeddings")
+    L0 = original_length(rope, config)
     if not L0:
         return 1.0
     s = rope.get("factor")
@@ -179,7 +188,7 @@ class DeployedFactors:
             if len(short.lambdas) != len(long.lambdas):
                 raise UserError(f"short_factor has {len(short.lambdas)} values, long_factor "
                                 f"{len(long.lambdas)}")
-        L0 = rope.get("original_max_position_embeddings") or d.get("original_max_position_embeddings")
+        L0 = original_length(rope, d)
         base = d.get("rope_theta", rope.get("rope_theta"))  # an export's (a config.json's: 4.57's, 5.x's)
         base = float(base) if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
         return cls(long, short, int(L0) if L0 else None, base)

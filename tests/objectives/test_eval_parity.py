@@ -122,3 +122,37 @@ def test_eval_of_an_export_with_n_hat_says_a_deployed_model_ignores_it(tiny_mode
         assert np.isfinite(res[str(f)][48].ppl)
         err = capsys.readouterr().err
         assert ("n̂ = 2 is applied here" in err and "a deployed model scores as with n̂ = 0" in err) == said
+
+
+@pytest.mark.parametrize("lengths", [
+    {"max_position_embeddings": 4096},  # no original_max_position_embeddings anywhere: L0 = 4096
+    {"max_position_embeddings": 32768, "original_max_position_embeddings": 4096,
+     "rope": {"original_max_position_embeddings": 2048}},  # two that differ: the top level's
+])
+@pytest.mark.parametrize("factor", [None, 8.0])
+def test_a_third_party_longrope_config_is_read_as_transformers_reads_its_l0(lengths, factor, tmp_path):
+    """Which set (short up to L0) and which attention factor transformers' longrope applies to a
+    config.json we did not write, at L0 and just past it: load_factors gives the same."""
+    import torch
+    import transformers
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    if factor is None and "original_max_position_embeddings" not in lengths and transformers.__version__ < "5":
+        pytest.skip("transformers 4.57's longrope raises on this config itself (no factor, no L0)")
+    n = 8
+    lengths = dict(lengths)
+    rope = {"rope_type": "longrope", "type": "longrope", "long_factor": [4.0] * n, "short_factor": [1.0] * n,
+            **lengths.pop("rope", {}), **({"factor": factor} if factor else {})}
+    cfg = {"model_type": "llama", "vocab_size": 128, "hidden_size": 64, "intermediate_size": 96,
+           "num_hidden_layers": 1, "num_attention_heads": 4, "num_key_value_heads": 2, "rope_theta": 1e4,
+           **lengths, "rope_scaling": rope}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    hf = transformers.AutoConfig.from_pretrained(tmp_path)
+    ours = load_factors(tmp_path / "config.json")
+    assert ours.original_length == 4096
+    for length in (4096, 4097):
+        inv, attention = ROPE_INIT_FUNCTIONS["longrope"](hf, torch.device("cpu"), seq_len=length)
+        plain = 1 / 1e4 ** (np.arange(0, 2 * n, 2) / (2 * n))  # head_dim 16: θ_i
+        f = ours.at(length)
+        np.testing.assert_allclose(f.lambdas, plain / inv.double().numpy(), rtol=1e-6)
+        assert f.mscale == pytest.approx(attention, rel=1e-6)
