@@ -37,6 +37,12 @@ def _ntk_base(g: RopeGeometry, ratio: float) -> np.ndarray:
     return 1.0 / base ** (np.arange(0, d, 2, dtype=np.float64) / d)
 
 
+def _stretch(g: RopeGeometry, target_length: int) -> float:
+    """s = L / L0, at least 1: at or below the trained length a method leaves the model as
+    trained (s < 1 would compress positions, which no method means; HF's dynamic floors too)."""
+    return max(g.scale(target_length), 1.0)
+
+
 def none(g: RopeGeometry, target_length: int) -> RescaleFactors:
     """λ = 1: the model as trained (plain RoPE extrapolation)."""
     return RescaleFactors.uniform(1.0, g.n_freqs, mscale=1.0).replace(meta={"seed": "none"})
@@ -44,7 +50,7 @@ def none(g: RopeGeometry, target_length: int) -> RescaleFactors:
 
 def pi(g: RopeGeometry, target_length: int) -> RescaleFactors:
     """Position interpolation (Chen et al. 2023): λ = s; HF 'linear' with factor s."""
-    s = g.scale(target_length)
+    s = _stretch(g, target_length)
     return RescaleFactors.uniform(s, g.n_freqs, mscale=1.0).replace(meta={"seed": "pi"})
 
 
@@ -53,14 +59,14 @@ def ntk(g: RopeGeometry, target_length: int) -> RescaleFactors:
     Equals HF 'dynamic' with factor 1 evaluated at the target length. Geometric in i, so below
     any critical dimension c it is exactly space.below_critical(λ_c, c): the rule LongRoPE2
     applies to the pairs it does not search."""
-    return _from_inv(g, _ntk_base(g, g.scale(target_length)), 1.0, "ntk")
+    return _from_inv(g, _ntk_base(g, _stretch(g, target_length)), 1.0, "ntk")
 
 
 def dynamic_ntk(g: RopeGeometry, target_length: int) -> RescaleFactors:
     """HF 'dynamic' configured with factor s, at sequence length L:
     base' = base·(s·L/L0 − (s − 1))^(d/(d-2)), what a user gets from
     rope_scaling={'rope_type': 'dynamic', 'factor': s} at the target length."""
-    s = g.scale(target_length)
+    s = _stretch(g, target_length)
     ratio = s * target_length / g.original_length - (s - 1)
     return _from_inv(g, _ntk_base(g, max(ratio, 1.0)), 1.0, "dynamic_ntk")
 
@@ -69,7 +75,7 @@ def yarn(g: RopeGeometry, target_length: int, beta_fast: float = 32, beta_slow: 
     """YaRN (Peng et al. 2023, eq. 18-22) as HF computes it: the ramp blends
     inverse frequencies (not λ), θ' = θ/s·(1−γ) + θ·γ, with truncated
     correction range; attention factor 0.1 ln s + 1."""
-    s = g.scale(target_length)
+    s = _stretch(g, target_length)
     d, base, L0 = g.rotary_dim, g.base, g.original_length
 
     def correction_dim(rotations: float) -> float:
@@ -90,7 +96,7 @@ def llama3(g: RopeGeometry, target_length: int, low_freq_factor: float = 1,
            high_freq_factor: float = 4) -> RescaleFactors:
     """Llama 3.1 rescaling with factor s: wavelengths above L0/low_freq_factor
     are divided by s, below L0/high_freq_factor kept, smoothed in between."""
-    s = g.scale(target_length)
+    s = _stretch(g, target_length)
     L0 = g.original_length
     inv = g.inv_freq()
     wavelen = 2 * math.pi / inv

@@ -103,3 +103,13 @@ def test_seeds_are_monotone_and_start_at_one():
         lam = np.array(method(name, g, 8 * 8192).lambdas)
         assert np.all(np.diff(lam) >= -1e-12), name
         assert lam[0] == pytest.approx(1.0, abs=0.01) or name == "pi"
+
+
+@pytest.mark.parametrize("name", ["none", "pi", "ntk", "yarn", "dynamic_ntk", "llama3"])
+def test_at_or_below_the_trained_length_every_method_is_the_model_as_trained(name):
+    """eval --lengths below L0: s = L/L0 < 1 compressed positions (PI's λ = 0.5 at L0/2, which
+    check_usable refuses in a factors file); every method now leaves them, as HF's dynamic does."""
+    g = RopeGeometry(rotary_dim=64, base=10000.0, original_length=4096)
+    for length in (1024, 2048, 4096):
+        f = method(name, g, length)
+        assert f.lambdas == pytest.approx((1.0,) * 32, abs=1e-12) and f.mscale == 1.0, (name, length, f.mscale)
