@@ -136,7 +136,9 @@ def hf_attention_factor(rope: dict[str, Any], config: dict[str, Any]) -> float:
     the config's ``attention_factor`` when given, else sqrt(1 + ln s / ln L0) with
     s = ``factor``, or max_position_embeddings / original_max_position_embeddings when there
     is no ``factor`` (Phi-3's configs have none: 131072 / 4096 gives Phi-3.5's 1.19), and 1
-    when s <= 1. The one place eval, apply and factors files derive it."""
+    when s <= 1. The one place eval, apply and factors files derive it. (Where ``factor``
+    disagrees with max_position_embeddings / L0, 4.57 takes the ratio and 5.x the factor, as
+    here; the exports write the two consistent.)"""
     if rope.get("attention_factor") is not None:
         a = _number(rope["attention_factor"], "attention_factor")
         if a <= 0:
