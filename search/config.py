@@ -60,7 +60,7 @@ def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
 # Keys renamed since a run's config.toml may have been frozen: (section, old) -> new, or
 # (new, how the old value reads in the new key).
 RENAMED = {("search", "seeds"): "methods",
-           ("search", "early_abort"): ("pruner", lambda on: "exact" if on else "none")}
+           ("search", "early_abort"): ("pruner", lambda on: _early_abort(on))}
 
 
 # Defaults changed since a run's config.toml may have been frozen: a copy written before the key
@@ -82,11 +82,16 @@ def frozen(data: dict[str, Any]) -> dict[str, Any]:
 
 
 def _current_names(data: dict[str, Any]) -> dict[str, Any]:
-    """A parsed config with renamed keys under their current names, so older runs resume."""
+    """A parsed config with renamed keys under their current names, so older runs resume. A
+    table with both names of one key is refused (which one to keep is not ours to guess)."""
     out = {}
     for section, table in data.items():
         if isinstance(table, dict):
-            table = dict(_renamed(section, k, v) for k, v in table.items())
+            renamed = [_renamed(section, k, v) for k, v in table.items()]
+            for old, key in ((o, k) for o, (k, _) in zip(table, renamed, strict=True)):
+                if key != old and key in table:
+                    raise UserError(f"[{section}] has both {old} (its old name) and {key}; keep {key}")
+            table = dict(renamed)
         out[section] = table
     return out
 
@@ -94,6 +99,12 @@ def _current_names(data: dict[str, Any]) -> dict[str, Any]:
 def _renamed(section: str, key: str, value: Any) -> tuple[str, Any]:
     new = RENAMED.get((section, key), key)
     return (new[0], new[1](value)) if isinstance(new, tuple) else (new, value)
+
+
+def _early_abort(on: Any) -> str:
+    if not isinstance(on, bool):
+        raise UserError(f"search.early_abort (now search.pruner) must be true or false, got {on!r}")
+    return "exact" if on else "none"
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:
@@ -124,8 +135,9 @@ def validate(cfg: RunConfig) -> None:
     cfg.objective.validate("objective")
     cfg.finetune.validate("finetune", cfg.space.targets)
     sp, se = cfg.space, cfg.search
-    if not sp.targets and not sp.short:
-        raise UserError("space.targets and space.short are both empty: nothing to search")
+    if not sp.targets:
+        raise UserError("space.targets is empty: a search needs a long target length (short factors "
+                        "are exported beside a long set, which is what a model applies beyond L0)")
     if any(t <= 0 for t in sp.targets + sp.short):
         raise UserError("space.targets and space.short must be positive lengths")
     for key in ("targets", "short"):

@@ -57,6 +57,12 @@ def test_example_equals_defaults_and_round_trips():
         ("[space]\nmscale_step = 0", "space.mscale_step = 0.0 must be positive"),
         ("[space]\nbelow_critical = 'search'", 'space.below_critical = "search" needs space.critical_dim'),
         ("[space]\nbelow_critical = 'free'", "space.below_critical = 'free'; choose one of ntk, search"),
+        # an old key name beside its new one: neither silently wins; the old one's type is checked
+        ("[search]\nmethods = ['yarn']\nseeds = ['pi']", r"\[search\] has both seeds \(its old name\) and methods"),
+        ("[search]\npruner = 'wilcoxon'\nearly_abort = false", r"has both early_abort \(its old name\) and pruner"),
+        ("[search]\nearly_abort = 'yes'", "search.early_abort \\(now search.pruner\\) must be true or false"),
+        # a run without a long stage finished and could never be exported
+        ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):
