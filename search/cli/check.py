@@ -87,7 +87,8 @@ def cmd_check(args: argparse.Namespace) -> int:
 
     from longrope.objectives.selfcheck import self_test
 
-    model, dtype, attention, tokenizer = args.model, args.dtype, args.attention, args.tokenizer
+    model, dtype = args.model or EMBEDDED, args.dtype or "auto"
+    attention, tokenizer = args.attention, args.tokenizer
     if args.config:
         from pathlib import Path
 
@@ -98,8 +99,7 @@ def cmd_check(args: argparse.Namespace) -> int:
             hint = " (a model folder: --model DIR)" if (Path(args.config) / "config.json").is_file() else ""
             raise UserError(f"{args.config} is a folder but not a run directory (no config.toml){hint}")
         cfg = load(run_config if run_config.is_file() else args.config)
-        model, dtype = args.model if args.model != EMBEDDED else cfg.model.path, \
-            args.dtype if args.dtype != "auto" else cfg.model.dtype
+        model, dtype = args.model or cfg.model.path, args.dtype or cfg.model.dtype  # what was given wins
         attention, tokenizer = attention or cfg.model.attention, tokenizer or cfg.model.tokenizer
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
         raise UserError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
@@ -184,9 +184,9 @@ def register(sub: argparse._SubParsersAction) -> None:
                        description=__doc__.split("\n\n", 1)[1].replace("\n", " "))
     c.add_argument("config", nargs="?", help="a run config, or a run directory (its frozen config): "
                    "check its model in its dtype, attention and tokenizer")
-    c.add_argument("--model", default=EMBEDDED, help="model to self-test (default: %(default)s, "
+    c.add_argument("--model", help=f"model to self-test (default: the config's, else {EMBEDDED}, "
                    "which ships with the package)")
-    c.add_argument("--dtype", choices=DTYPES, default="auto",
+    c.add_argument("--dtype", choices=DTYPES,
                    help="dtype of the self-test (default: the config's, else auto: bfloat16 on a GPU, "
                    "float16 on one before Ampere (V100, T4), float32 on a CPU)")
     c.add_argument("--attention", choices=ATTENTIONS, help="attention of the self-test (default: the "

@@ -155,6 +155,9 @@ def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys):
     assert main(["check", str(tmp_path / "run"), "--json", "--device", "cpu"]) == 0
     [t] = json.loads(capsys.readouterr().out)["self_test"]
     assert (t["model"], t["dtype"]) == ("builtin:tiny-sotu", "bfloat16") and t["rank_check"]["ok"]
+    # a flag given wins over the config's, its default's value too (auto was taken as not given)
+    assert main(["check", str(tmp_path / "run"), "--json", "--device", "cpu", "--dtype", "auto"]) == 0
+    assert json.loads(capsys.readouterr().out)["self_test"][0]["dtype"] == "float32"
     (tmp_path / "model").mkdir()  # a model folder given where a run or config goes: say so
     (tmp_path / "model" / "config.json").write_text("{}")
     assert main(["check", str(tmp_path / "model"), "--json"]) == 2
