@@ -342,10 +342,12 @@ class RayBackend:
 
 def make_backend(spec: ObjectiveSpec, workers) -> InProcessBackend | RayBackend:
     if workers.backend == "inprocess":
-        unused = [f"{k} = {v!r}" for k, v in (("count", workers.count), ("num_gpus", workers.num_gpus),
-                                             ("address", workers.address)) if v not in (1, 0.0, "")]
+        default = type(workers)()
+        unused = [f"{k} = {getattr(workers, k)!r}" for k in ("count", "num_gpus", "num_cpus", "address")
+                  if getattr(workers, k) != getattr(default, k)]
         if unused:  # the command line's --workers N and --address switch to Ray; the config's keys do not
-            print(f"note: [workers] {', '.join(unused)} take effect with backend = \"ray\"; this search "
+            verb = "take" if len(unused) > 1 else "takes"
+            print(f"note: [workers] {', '.join(unused)} {verb} effect with backend = \"ray\"; this search "
                   "scores in-process, one candidate at a time", file=sys.stderr)
         return InProcessBackend(spec)
     return RayBackend(spec, workers.count, workers.num_gpus, workers.num_cpus, workers.address)

@@ -208,6 +208,13 @@ def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
     cfg.workers.count, cfg.workers.num_gpus = 4, 0.25
     assert isinstance(make_backend(ObjectiveSpec.of("synthetic"), cfg.workers), InProcessBackend)
     assert 'note: [workers] count = 4, num_gpus = 0.25 take effect with backend = "ray"' in capsys.readouterr().err
+    cfg, _ = small_cfg()  # 1.0 GPUs is not the default 0 (it was taken for count's 1), and num_cpus counts
+    cfg.workers.num_gpus = 1.0
+    make_backend(ObjectiveSpec.of("synthetic"), cfg.workers)
+    assert 'note: [workers] num_gpus = 1.0 takes effect' in capsys.readouterr().err
+    cfg.workers.num_gpus, cfg.workers.num_cpus = 0.0, 4.0
+    make_backend(ObjectiveSpec.of("synthetic"), cfg.workers)
+    assert 'note: [workers] num_cpus = 4.0 takes effect' in capsys.readouterr().err
     make_backend(ObjectiveSpec.of("synthetic"), small_cfg()[0].workers)
     assert capsys.readouterr().err == ""
 
