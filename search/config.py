@@ -148,12 +148,18 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"space.lambda_max = {sp.lambda_max} must be >= 1 (λ < 1 compresses positions)")
     if not sp.n_hat or any(n < 0 for n in sp.n_hat):
         raise UserError(f"space.n_hat must be non-empty, non-negative integers, got {sp.n_hat}")
+    if min(sp.n_hat) >= sp.targets[0]:
+        raise UserError(f"space.n_hat = {sp.n_hat}: none is below the target {sp.targets[0]}; the first n̂ "
+                        "positions keep their original encoding, every candidate there is plain RoPE")
     if isinstance(sp.mscale, str) and sp.mscale not in (*MSCALE_POLICIES, "search"):
         raise UserError(f"space.mscale = {sp.mscale!r}; use {', '.join(MSCALE_POLICIES)}, search or a number")
     if not isinstance(sp.mscale, str) and sp.mscale <= 0:
         raise UserError(f"space.mscale = {sp.mscale} must be positive")
     if sp.mscale_min > sp.mscale_max:
         raise UserError(f"space.mscale_min = {sp.mscale_min} exceeds space.mscale_max = {sp.mscale_max}")
+    if sp.mscale == "search" and sp.mscale_step > sp.mscale_max - sp.mscale_min > 0:
+        raise UserError(f"space.mscale_step = {sp.mscale_step} exceeds the grid's span {sp.mscale_min} to "
+                        f"{sp.mscale_max}: the searched mscale would have one value")
     if isinstance(sp.critical_dim, str) and sp.critical_dim not in ("off", "auto"):
         raise UserError(f'space.critical_dim = {sp.critical_dim!r}; use "off", "auto" or a pair index >= 0')
     if isinstance(sp.critical_dim, int) and sp.critical_dim < 0:

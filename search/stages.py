@@ -12,6 +12,7 @@ one attention factor, the long one, at every length).
 
 from __future__ import annotations
 
+import sys
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -98,6 +99,9 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
             except UserError as e:  # the bounds leave no searched λ: λmax below s with a critical_dim
                 key = "space.lambda_max" if sp.lambda_max else "space.lambda_max_ratio"
                 raise UserError(f"{key} at {kind}-{length} (s = {s:g}): {e}") from None
+            if kind == "long" and sp.lambda_max and sp.lambda_max < s:
+                print(f"note: space.lambda_max = {sp.lambda_max:g} is below s = {s:g} at {kind}-{length}: "
+                      "every λ stays below PI's, and the seeds are clipped to it", file=sys.stderr)
             out.append(Stage(kind, length, space, cfg.budget(), len(out)))
     return out
 

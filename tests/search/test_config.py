@@ -61,6 +61,8 @@ def test_example_equals_defaults_and_round_trips():
         ("[search]\nmethods = ['yarn']\nseeds = ['pi']", r"\[search\] has both seeds \(its old name\) and methods"),
         ("[search]\npruner = 'wilcoxon'\nearly_abort = false", r"has both early_abort \(its old name\) and pruner"),
         ("[search]\nearly_abort = 'yes'", "search.early_abort \\(now search.pruner\\) must be true or false"),
+        ("[space]\ntargets = [256]\nn_hat = [300]", r"space.n_hat = \[300\]: none is below the target 256"),
+        ("[space]\nmscale = 'search'\nmscale_step = 5.0", "space.mscale_step = 5.0 exceeds the grid's span"),
         # a run without a long stage finished and could never be exported
         ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
     ],

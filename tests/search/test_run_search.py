@@ -171,7 +171,7 @@ def test_a_model_that_already_scales_its_rotary_is_said_before_the_search(tiny_m
         assert ("already scales its rotary (llama3)" in err and "at L0 = 32" in err) == said, err
 
 
-def test_a_fixed_lambda_max_bounds_the_long_stages_only():
+def test_a_fixed_lambda_max_bounds_the_long_stages_only(capsys):
     """space.lambda_max = 10 for a 4x target left the short stage searching λ in [1, 10] too."""
     from longrope.objectives.synthetic import GEOMETRY
 
@@ -180,6 +180,11 @@ def test_a_fixed_lambda_max_bounds_the_long_stages_only():
     long, short = make_stages(cfg, GEOMETRY)
     assert (long.kind, long.space.lambda_max) == ("long", 10.0)
     assert (short.kind, short.space.lambda_max) == ("short", 1.25)  # ratio · 1, as without it
+    assert capsys.readouterr().err == ""
+    cfg.space.lambda_max = 1.5  # below s: PI and every seed clipped, said
+    make_stages(cfg, GEOMETRY)
+    s = long.length / GEOMETRY.original_length
+    assert f"note: space.lambda_max = 1.5 is below s = {s:g} at long-{long.length}" in capsys.readouterr().err
 
 
 def test_an_exported_factors_file_seeds_a_search_of_the_attention_factor(tmp_path):
