@@ -242,7 +242,10 @@ def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
 
     where, kw = (folder, {"gguf_file": gguf} if gguf else {})
     if path:
-        where, kw = resolve(path, convert=False)  # a GGUF's own tokenizer needs no dequantized weights
+        try:  # a GGUF's own tokenizer needs no dequantized weights
+            where, kw = resolve(path, convert=False)
+        except UserError as e:
+            raise UserError(f"tokenizer: {e}".replace("model path", "path")) from None
         kw = {"gguf_file": kw} if kw else {}
     try:
         return transformers.AutoTokenizer.from_pretrained(str(where), **kw)

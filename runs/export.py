@@ -33,6 +33,7 @@ from longrope.spaces import (
     hf_attention_factor,
     is_alibi,
     read_text,
+    refuse_csv,
 )
 from longrope.spaces.files import atomic_write_text, make_folder, remove_stale_temps
 
@@ -311,6 +312,7 @@ def load_export(path: str | Path) -> tuple[DeployedFactors, dict[str, Any]]:
     fj = Path(path)
     if not fj.is_file():
         raise UserError(f"factors file {fj} does not exist")
+    refuse_csv(fj)
     patch = _read_json(fj, "factors file")
     if not isinstance(patch, dict):
         raise UserError(f"{fj} must hold a JSON object (an export of `longrope export`), "

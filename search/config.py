@@ -198,10 +198,13 @@ def _check_storage_url(url: str) -> None:
 
 def load(path: str | Path) -> RunConfig:
     p = Path(path)
+    if p.is_dir():
+        inside = " (a run directory: config.toml inside)" if (p / "config.toml").is_file() else ""
+        raise UserError(f"config file {p} is a folder" + inside)
     if not p.is_file():
         raise UserError(f"config file {p} does not exist")
     try:
-        data = tomllib.loads(read_text(p, "config file"))
+        data = tomllib.loads(read_text(p, "config file").removeprefix("\ufeff"))  # a BOM some editors write
     except tomllib.TOMLDecodeError as e:
         raise UserError(f"{p} is not valid TOML: {e}") from None
     try:

@@ -24,6 +24,7 @@ from .factors import (
     load_factors,
     mscale_su,
     mscale_yarn,
+    refuse_csv,
     resolve_mscale,
 )
 from .geometry import RopeGeometry, own_scaling
@@ -56,6 +57,7 @@ __all__ = [
     "mscale_yarn",
     "own_scaling",
     "read_text",
+    "refuse_csv",
     "resolve_mscale",
     "method",
 ]

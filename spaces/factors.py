@@ -224,12 +224,20 @@ def check_usable(f: RescaleFactors | DeployedFactors, name: str) -> None:
                                 "rescale factors must not decrease from high to low frequency")
 
 
+def refuse_csv(p: Path) -> None:
+    """`export --format csv` writes a table to read; what eval and apply take is the JSON."""
+    if p.suffix.lower() == ".csv":
+        raise UserError(f"{p} is a CSV export, a table to read; eval and apply take the .json export "
+                        "(longrope export RUN)")
+
+
 def load_factors(path: str | Path) -> RescaleFactors | DeployedFactors:
     """A factors file as the model it describes would apply it: our own form (one set at every
     length), or an HF config / export (short up to L0, long beyond)."""
     p = Path(path)
     if not p.is_file():
         raise UserError(f"factors file {p} does not exist")
+    refuse_csv(p)
     try:
         d = json.loads(read_text(p, "factors file"))
     except json.JSONDecodeError as e:

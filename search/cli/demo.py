@@ -72,12 +72,9 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
               "passkey": {m: e.extra["passkey"] for m, e in needle.items()},
               "needle_samples": len(needle["searched"].doc_nll),
               "export": str(path), "plot": str(plot), "run_dir": str(run.path)}
-    if as_json:
-        print(json.dumps(result))
-    else:
-        for w in warnings:
-            print(f"warning: {w}", file=sys.stderr)
-        print(render(table, g.original_length, target, result))
+    for w in warnings:  # on stderr either way: --json keeps stdout one JSON document
+        print(f"warning: {w}", file=sys.stderr)
+    print(json.dumps(result) if as_json else render(table, g.original_length, target, result))
     return result
 
 

@@ -86,7 +86,7 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--lengths", required=True, help="comma-separated lengths, e.g. 1024,2048")
     e.add_argument("--methods", default="none,pi,ntk,yarn",
                    help="comma-separated methods, e.g. none,yarn,lm_infinite:global=4,local=128 (a key=value "
-                   "item continues the method before it)")
+                   "item continues the method before it; default: %(default)s)")
     e.add_argument("--split", choices=["heldout", "search"], default="heldout", help="document pool")
     e.add_argument("--samples", type=int, default=5, help="documents per length (default 5)")
     e.add_argument("--split-seed", type=int, default=0, help="seed of the document split")

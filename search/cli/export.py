@@ -67,7 +67,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     add_run_dir(ex, "the run to export from")
     ex.add_argument("--target", type=int, help="long target length (default: the longest searched)")
     ex.add_argument("--short", type=int, help="short stage length (default: the longest; λ = 1 if none)")
-    ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json)")
+    ex.add_argument("-o", "--output", help="output file (default: RUN/export/longrope-L.json, "
+                    "longrope-L-phi3.json or longrope-L.csv by --format)")
     ex.add_argument("--format", choices=list(FORMATS), default="json",
                     help="; ".join(f"{name}: {what}" for name, (_, what) in FORMATS.items()))
     ex.set_defaults(func=cmd_export)

@@ -43,6 +43,7 @@ def files(tmp_path_factory, tiny_model_dir):
     (d / "offgrid.json").write_text(json.dumps({"lambdas": [1.0, 1.234] + [2.0] * 6}))
     (d / "nhat.json").write_text(json.dumps({"lambdas": [1.0] * 8, "n_hat": 3}))
     (d / "broken.json").write_text("{nope")
+    (d / "f.csv").write_text("i,long_factor,short_factor\n0,1.0,1.0\n")  # what export --format csv writes
     (d / "export.json").write_text(json.dumps({"max_position_embeddings": 256, "original_max_position_embeddings": 32,
                                                "rope_scaling": {"rope_type": "longrope", "long_factor": [2.0] * 8,
                                                                 "short_factor": [1.0] * 8}}))
@@ -204,6 +205,14 @@ RUN_CASES = {
                                                        "--methods", str(f / "broken.json")], "malformed"),
     "eval non-monotone factors file": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths",
                                                           "256", "--methods", str(f / "nonmono.json")], "below λ[1]"),
+    "eval a CSV export": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
+                                             "--methods", str(f / "f.csv")], "is a CSV export, a table to read"),
+    "apply a CSV export": (lambda run, f, t: ["apply", str(f / "f.csv"), "builtin:tiny-sotu", "-o", str(t / "o")],
+                           "is a CSV export, a table to read"),  # was: "factors JSON is malformed"
+    "eval --tokenizer missing": (lambda run, f, t: ["eval", "--lengths", "256", "--tokenizer", str(t / "nope")],
+                                 "tokenizer: path"),  # was: "model path ... does not exist"
+    "search a run directory as its config": (lambda run, f, t: ["search", str(run), "--run-dir", str(t / "r")],
+                                             "is a folder (a run directory: config.toml inside)"),
     "eval bad lengths": (lambda run, f, t: ["eval", "--lengths", "1k"], "--lengths must be"),
     "eval malformed lm_infinite": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
                                                       "--methods", "none,lm_infinite:global=4,local=0"],

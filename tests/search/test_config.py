@@ -223,3 +223,9 @@ def test_a_run_frozen_before_pruner_startup_existed_resumes_with_the_3_it_used()
     del old["search"]["pruner_startup"]
     assert config.from_dict(config.frozen(old)).search.pruner_startup == 3
     assert config.from_dict(config.frozen(config.RunConfig().to_dict())).search.pruner_startup == 2
+
+
+def test_a_config_written_with_a_byte_order_mark_loads(tmp_path):
+    """Some Windows editors start UTF-8 files with a BOM, which tomllib calls 'Invalid statement'."""
+    (tmp_path / "c.toml").write_text("\ufeff[search]\npopulation = 8\nparents = 4\n", encoding="utf-8")
+    assert config.load(tmp_path / "c.toml").search.population == 8

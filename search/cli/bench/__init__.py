@@ -191,7 +191,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                        "in one run; goals are reported, not asserted.")
     b.add_argument("--quick", action="store_true", help="tiny budgets (checks the table's shape)")
     b.add_argument("--json", action="store_true", help="print the results as one JSON object")
-    b.add_argument("--out", default="bench-out", help="folder for bench.json and bench.png")
+    b.add_argument("--out", default="bench-out",
+                   help="folder for bench.json and bench.png (default: %(default)s)")
     b.add_argument("--only", metavar="SECTIONS", help=f"comma-separated sections to rerun "
                    f"({', '.join(SECTIONS)}); the others are kept from --out's bench.json")
     b.set_defaults(func=cmd_bench)
