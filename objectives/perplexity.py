@@ -92,9 +92,9 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
 
 
 def mean_and_tail(nll: Any) -> tuple[float, float]:
-    """(mean, mean over the last quarter) of a vector of token NLLs."""
+    """(mean, mean over the last quarter, at least the last token) of a vector of token NLLs."""
     n = nll.numel()
-    q = n - n // 4
+    q = n - max(n // 4, 1)
     return float(nll.mean()), float(nll[q:].mean()) if n - q else float("nan")
 
 

@@ -63,3 +63,12 @@ def test_nan_is_a_failed_evaluation(monkeypatch):
     monkeypatch.setattr(perplexity, "document_nll", fake_nll([1.0, float("nan")]))
     ev = score(None, _Rot(), F, [np.zeros(8, np.int64)] * 2)
     assert ev.status == FAILED and ev.ppl == math.inf and "nan" in ev.reason.lower()
+
+
+def test_the_tail_of_a_span_under_four_tokens_is_its_last_token():
+    """eval --lengths 2,3 --tail printed nan: a quarter of under 4 tokens is none."""
+    from longrope.objectives.perplexity import mean_and_tail
+
+    nll = torch.tensor([1.0, 2.0, 4.0])
+    assert mean_and_tail(nll) == (pytest.approx(7 / 3), 4.0)
+    assert mean_and_tail(torch.arange(8.0)) == (3.5, 6.5)  # 4 and more: the last quarter, as before
