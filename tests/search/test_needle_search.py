@@ -81,18 +81,24 @@ def test_a_stage_too_short_for_a_needle_sample_is_refused_before_the_run_is_made
     assert "a needle sample needs more than" in capsys.readouterr().err and not (tmp_path / "run").exists()
 
 
-def test_a_perplexity_search_records_its_documents_and_resume_refuses_changed_ones(
-        tmp_path, capsys, text_corpus_dir):
-    """Before: a resume on an edited data file (or a new dataset revision) scored other documents
-    and ranked them with the old scores, with no word."""
+def ppl_run_on_a_copy(tmp_path, corpus):
+    """A finished perplexity search of NEEDLE's shape on a copy of `corpus`: (its data, run dir)."""
     import shutil
 
     data = tmp_path / "docs"
-    shutil.copytree(text_corpus_dir, data)
+    shutil.copytree(corpus, data)
     text = NEEDLE.replace('kind = "needle"', 'kind = "ppl"').replace("[data]", f'[data]\npath = "{data}"')
     (tmp_path / "c.toml").write_text(text)
     run_dir = tmp_path / "run"
     assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    return data, run_dir
+
+
+def test_a_perplexity_search_records_its_documents_and_resume_refuses_changed_ones(
+        tmp_path, capsys, text_corpus_dir):
+    """Before: a resume on an edited data file (or a new dataset revision) scored other documents
+    and ranked them with the old scores, with no word."""
+    data, run_dir = ppl_run_on_a_copy(tmp_path, text_corpus_dir)
     (study,) = Run.open(run_dir).studies()
     docs = study.user_attrs[vocab.DOCUMENTS]
     assert [d["tokens"] for d in docs] == [256, 256] and len({d["sha256"] for d in docs}) == 2
@@ -143,17 +149,10 @@ def test_held_out_text_edited_under_a_run_is_scored_again_on_resume(tmp_path, ca
     """The stage best's held-out score is cached with a hash of the held-out text: a resume after
     the held-out documents were edited scores them again (before: the old score was kept, and
     only the search documents were checked). A cache written before it held the hash is kept."""
-    import shutil
-
     from longrope.objectives.data import Split, load_data
     from longrope.objectives.specs import DataSpec
 
-    data = tmp_path / "docs"
-    shutil.copytree(text_corpus_dir, data)
-    text = NEEDLE.replace('kind = "needle"', 'kind = "ppl"').replace("[data]", f'[data]\npath = "{data}"')
-    (tmp_path / "c.toml").write_text(text)
-    run_dir = tmp_path / "run"
-    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet"]) == 0
+    data, run_dir = ppl_run_on_a_copy(tmp_path, text_corpus_dir)
     run = Run.open(run_dir)
     first = run.best("long", 256).heldout_ppl
     (study,) = run.studies()
