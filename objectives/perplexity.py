@@ -75,19 +75,28 @@ def token_nll(model: Any, ids: np.ndarray, chunk: int = 1024, first: int = 1) ->
         return nll[:n] if single else nll.view(x.shape[0], n)
 
 
+OOM_AT = "_longrope_oom_at"  # model attribute: {length: the fewest documents known not to fit}
+
+
 def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tuple[float, float, int]]:
     """document_nll of each of `docs` (one length) from one batched forward: (mean, tail, tokens)
-    per document. When the batch does not fit in GPU memory it is halved, down to one document."""
+    per document. When the batch does not fit in GPU memory it is halved, down to one document;
+    the replica remembers the size that failed at this length and halves larger batches before
+    trying them (each would fail again: a wasted forward per batch, every candidate)."""
     import torch
 
+    length, failed = len(docs[0]), getattr(model, OOM_AT, {})
+    if len(docs) > 1 and len(docs) >= failed.get(length, len(docs) + 1):
+        half = len(docs) // 2
+        return batch_nll(model, docs[:half], chunk) + batch_nll(model, docs[half:], chunk)
     try:
         rows = token_nll(model, np.stack(docs), chunk)
     except torch.cuda.OutOfMemoryError:
         if len(docs) == 1:
             raise
         torch.cuda.empty_cache()
-        half = len(docs) // 2
-        return batch_nll(model, docs[:half], chunk) + batch_nll(model, docs[half:], chunk)
+        setattr(model, OOM_AT, {**failed, length: min(failed.get(length, len(docs)), len(docs))})
+        return batch_nll(model, docs, chunk)  # halved, now that this size is known not to fit
     return [(*mean_and_tail(row), len(d)) for row, d in zip(rows, docs, strict=True)]
 
 
