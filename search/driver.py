@@ -129,7 +129,13 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
             run.event(f"config: {'; '.join(changed)}")
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
-        except KeyboardInterrupt:
+        except (KeyboardInterrupt, Exception) as e:
+            # A signal's KeyboardInterrupt can strike inside a library's cleanup and come out as
+            # another error (Optuna's journal lock: its release retried, FileNotFoundError): after a
+            # signal that is the interruption too, unless the disk is full (run_search words it)
+            if not isinstance(e, KeyboardInterrupt) and (
+                    not seen or isinstance(e, OSError) and e.errno in STORAGE_ERRORS):
+                raise
             if lease.lost and lease.mine():  # stalled past its timeout, and nobody took over
                 raise interrupted(seen, "; this driver was unresponsive for longer than --lock-timeout "
                                   "and stopped writing to the run, so nothing was re-queued here; resume "
