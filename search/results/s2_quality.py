@@ -4,10 +4,13 @@ The bench's s2_scaling (PI factors, LoRA+, the same tokens per step) with the re
 then the held-out perplexity of both merged models (10 documents) with the same factors.
 
 Usage: python search/results/s2_quality.py [SCALE] [STEPS] [WORKDIR]   (defaults 64 300; ~40 min here)
+WORKDIR must be new or empty (default: a fresh temporary folder): the timed fine-tunes of a
+finished run there would resume from their last checkpoints and report that run's times.
 """
 
 import json
 import sys
+import tempfile
 from pathlib import Path
 
 from longrope.objectives.methods import method_factors
@@ -18,7 +21,9 @@ from longrope.search.cli.bench.retrieval import heldout_evaluator, heldout_ppl
 def main() -> None:
     scale = int(sys.argv[1]) if len(sys.argv) > 1 else 64
     steps = int(sys.argv[2]) if len(sys.argv) > 2 else 300
-    work = Path(sys.argv[3] if len(sys.argv) > 3 else "/tmp/s2-quality")
+    work = Path(sys.argv[3] if len(sys.argv) > 3 else tempfile.mkdtemp(prefix="s2-quality-"))
+    if work.exists() and any(work.iterdir()):
+        sys.exit(f"{work} is not empty: its finished fine-tunes would be resumed, not timed")
     r = s2_scaling(work, (scale,), steps)
     n = scale * r["L0"]
     base = heldout_evaluator()

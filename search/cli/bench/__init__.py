@@ -46,7 +46,7 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
     """Run every section (or `only` these, keeping the others from out_dir/bench.json)."""
     from longrope.spaces import UserError
 
-    only = list(only or SECTIONS)
+    only = list(dict.fromkeys(only or SECTIONS))  # a name given twice is one section
     bad = [x for x in only if x not in SECTIONS]
     if bad:
         raise UserError(f"unknown bench section {bad[0]!r}; choose from {', '.join(SECTIONS)}")

@@ -16,12 +16,15 @@ def main(spec: str, length: int) -> tuple[float, int, str]:
     import torch
 
     from longrope.objectives.devices import device_name, is_cuda, sync
+    from longrope.objectives.headnll import warm_up
     from longrope.objectives.models import load_model
     from longrope.objectives.perplexity import document_nll
     from longrope.objectives.rotary import patch_model
+    from longrope.spaces import architecture_of
 
     m = load_model(spec)
     patch_model(m.model, m.geometry)
+    warm_up(m.model, architecture_of(m.model.config))  # a compiled head (nll auto on CUDA): as a worker does
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, m.model.config.vocab_size, (length,), generator=gen).numpy()  # cpu: numpy ids
     if is_cuda(m.device):
