@@ -95,7 +95,7 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
         if len(docs) == 1:
             raise
         torch.cuda.empty_cache()
-        setattr(model, OOM_AT, {**failed, length: min(failed.get(length, len(docs)), len(docs))})
+        setattr(model, OOM_AT, {**failed, length: len(docs)})  # below any size that failed before
         return batch_nll(model, docs, chunk)  # halved, now that this size is known not to fit
     return [(*mean_and_tail(row), len(d)) for row, d in zip(rows, docs, strict=True)]
 

@@ -86,9 +86,10 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     # an extended GGUF (this command's own output, too) keeps its trained length here; factors of
     # another L0 or θ are refused, as `apply` to a folder and `eval` refuse them
     trained = _value(reader, f"{arch}.rope.scaling.original_context_length")
+    context = _value(reader, f"{arch}.context_length")
     own = trained is None and _own_factors(reader)
     if trained is None and not own:
-        trained = _value(reader, f"{arch}.context_length")
+        trained = context
     check_trained_length(factors, None if trained is None else int(trained),
                          _value(reader, f"{arch}.rope.freq_base"), str(fj), src.name)
     short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
@@ -97,8 +98,8 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
         # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
         # context_length as the extended 131072, with no trained length beside it
         warnings.insert(0, f"{src.name} has rope factors of its own ({own}) and does not state the "
-                        f"length it was trained at (its context_length "
-                        f"{_value(reader, f'{arch}.context_length')} is the extended one), so the "
+                        f"length it was trained at (its context_length {context} is the extended "
+                        "one), so the "
                         f"factors' L0 = {L0} is not checked against it; they replace its {own}")
 
     # the new metadata: our keys replace every rope.scaling.* key and the context length

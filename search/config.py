@@ -57,10 +57,16 @@ def _section(name: str, cls: type, table: dict[str, Any]) -> Any:
     return read(name, cls, table, _EXPECT)
 
 
+def _early_abort(on: Any) -> str:
+    if not isinstance(on, bool):
+        raise UserError(f"search.early_abort (now search.pruner) must be true or false, got {on!r}")
+    return "exact" if on else "none"
+
+
 # Keys renamed since a run's config.toml may have been frozen: (section, old) -> new, or
 # (new, how the old value reads in the new key).
 RENAMED = {("search", "seeds"): "methods",
-           ("search", "early_abort"): ("pruner", lambda on: _early_abort(on))}
+           ("search", "early_abort"): ("pruner", _early_abort)}
 
 
 # Defaults changed since a run's config.toml may have been frozen: a copy written before the key
@@ -87,11 +93,12 @@ def _current_names(data: dict[str, Any]) -> dict[str, Any]:
     out = {}
     for section, table in data.items():
         if isinstance(table, dict):
-            renamed = [_renamed(section, k, v) for k, v in table.items()]
-            for old, key in ((o, k) for o, (k, _) in zip(table, renamed, strict=True)):
+            renamed = {}
+            for old, value in table.items():
+                key, renamed[key] = _renamed(section, old, value)
                 if key != old and key in table:
                     raise UserError(f"[{section}] has both {old} (its old name) and {key}; keep {key}")
-            table = dict(renamed)
+            table = renamed
         out[section] = table
     return out
 
@@ -99,12 +106,6 @@ def _current_names(data: dict[str, Any]) -> dict[str, Any]:
 def _renamed(section: str, key: str, value: Any) -> tuple[str, Any]:
     new = RENAMED.get((section, key), key)
     return (new[0], new[1](value)) if isinstance(new, tuple) else (new, value)
-
-
-def _early_abort(on: Any) -> str:
-    if not isinstance(on, bool):
-        raise UserError(f"search.early_abort (now search.pruner) must be true or false, got {on!r}")
-    return "exact" if on else "none"
 
 
 def from_dict(data: dict[str, Any]) -> RunConfig:

@@ -19,11 +19,16 @@ from .config import RunConfig
 from .stages import Stage
 
 
+def task_records(backend, length: int, pool: str) -> list[dict] | None:
+    """What the backend's task scores at `length` in `pool`; None from a backend without a task."""
+    return backend.task_records(length, pool) if hasattr(backend, "task_records") else None
+
+
 def check_samples(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) -> None:
     """Record what the task scores (the needle samples, or the documents' hashes), or check a
     resumed stage scores the same: they are a pure function of the config, but an edited data
     file, a new dataset revision or another tokenizer would silently change them."""
-    records = getattr(backend, "task_records", lambda length: None)(stage.length)
+    records = task_records(backend, stage.length, "search")
     if records is None:  # the synthetic objective: no documents
         return
     needle = cfg.objective.kind == "needle"
@@ -43,7 +48,7 @@ def heldout_text(backend, stage: Stage) -> str | None:
     """A hash of what the stage's held-out score is taken on (its held-out documents' hashes or
     needle samples), cached with the score: held-out text edited under a run is scored again
     instead of its old score being kept. None for the synthetic objective."""
-    records = getattr(backend, "task_records", lambda length, pool="search": None)(stage.length, "heldout")
+    records = task_records(backend, stage.length, "heldout")
     if records is None:
         return None
     return hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()[:16]

@@ -190,10 +190,9 @@ class DeployedFactors:
             if len(short.lambdas) != len(long.lambdas):
                 raise UserError(f"short_factor has {len(short.lambdas)} values, long_factor "
                                 f"{len(long.lambdas)}")
-        L0 = original_length(rope, d)
         base = d.get("rope_theta", rope.get("rope_theta"))  # an export's (a config.json's: 4.57's, 5.x's)
         base = float(base) if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
-        return cls(long, short, int(L0) if L0 else None, base)
+        return cls(long, short, original_length(rope, d), base)
 
 
 def check_trained_length(f: DeployedFactors, original_length: int | None, base: float | None, name: str,
