@@ -63,9 +63,10 @@ class LoadedModel:
     alibi: bool = False  # an ALiBi twin (objectives/alibi.py): no rotary, nothing to rescale
 
 
-def resolve(spec: str, convert: bool = True) -> tuple[Path, str | None]:
+def resolve(spec: str, convert: bool = True, what: str = "model path") -> tuple[Path, str | None]:
     """(folder, gguf file name or None) for a model spec. A GGUF file resolves to its converted
-    folder, converting it first when `convert` (else to the file while it is not converted)."""
+    folder, converting it first when `convert` (else to the file while it is not converted).
+    `what` names the path in the error for one that does not exist."""
     if spec.startswith("builtin:"):
         name = spec.split(":", 1)[1]
         if name in ("tiny-sotu", "tiny-sotu-alibi"):
@@ -76,7 +77,7 @@ def resolve(spec: str, convert: bool = True) -> tuple[Path, str | None]:
                         + ", ".join(f"builtin:{n}" for n in BUILTIN_MODELS))
     path = Path(spec).expanduser()
     if not path.exists():
-        raise UserError(f"model path {path} does not exist")
+        raise UserError(f"{what} {path} does not exist")
     if path.is_file():
         if path.suffix != ".gguf":
             raise UserError(f"{path} is a file but not .gguf; give a model folder or a GGUF file")
@@ -243,9 +244,9 @@ def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
     where, kw = (folder, {"gguf_file": gguf} if gguf else {})
     if path:
         try:  # a GGUF's own tokenizer needs no dequantized weights
-            where, kw = resolve(path, convert=False)
+            where, kw = resolve(path, convert=False, what="path")
         except UserError as e:
-            raise UserError(f"tokenizer: {e}".replace("model path", "path")) from None
+            raise UserError(f"tokenizer: {e}") from None
         kw = {"gguf_file": kw} if kw else {}
     try:
         return transformers.AutoTokenizer.from_pretrained(str(where), **kw)

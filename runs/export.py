@@ -72,6 +72,12 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
     }
 
 
+# What `apply` takes from a factors file: the keys hf_config_patch writes (a config.json given
+# as one holds its model's shape too), and of its rope dict those transformers' longrope reads.
+EXPORT_KEYS = ("max_position_embeddings", "original_max_position_embeddings", "rope_theta", "longrope_search")
+ROPE_KEYS = ("rope_type", "type", "long_factor", "short_factor", "factor", "original_max_position_embeddings",
+             "attention_factor", "long_mscale", "short_mscale")
+
 # The export formats: name -> (file suffix, what it is). `longrope export --format` reads this
 # table; a new format is a row here and a branch in `export` below.
 FORMATS: dict[str, tuple[str, str]] = {
@@ -191,6 +197,11 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     if not (src / "config.json").is_file():
         raise UserError(f"{src} is not a model folder (no config.json)")
     factors, patch = load_export(fj)
+    out = out.absolute()
+    if out == Path.cwd():  # renamed into place, it would leave the shell in a deleted folder
+        raise UserError(f"-o {out_dir} is the folder you are in; give the new model folder's own name")
+    if out.resolve().is_relative_to(src.resolve()):  # its iterdir would meet the folder being built
+        raise UserError(f"-o {out_dir} is inside the model folder {src}; give a folder outside it")
     if out.exists() and not out.is_dir():
         raise UserError(f"{out} exists and is a file; give a new folder with -o")
     if out.exists() and any(out.iterdir()):
@@ -208,11 +219,14 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
                         f"model has {geo.n_freqs} rotary frequencies")
     check_trained_length(factors, geo.original_length, geo.base, str(fj))
     make_folder(out, "model folder")
-    rope = dict(patch["rope_scaling"])
+    rope = {k: v for k, v in patch["rope_scaling"].items() if k in ROPE_KEYS}
+    rope.setdefault("short_factor", list(factors.long.lambdas))  # transformers requires it; eval
+    # scored a file without one with the long factors at every length, which is what from_hf gives
     theta = (config.get("rope_parameters") or {}).get("rope_theta", config.get("rope_theta")) or geo.base
     partial = config.get("partial_rotary_factor") or (config.get("rope_parameters") or {}).get(
         "partial_rotary_factor")
-    config.update({k: v for k, v in patch.items() if k != "rope_scaling"})
+    config.update({k: v for k, v in patch.items() if k in EXPORT_KEYS})  # a config.json given as the
+    # factors file carries its own model's shape too: only what an export sets is taken from it
     base = {k: v for k, v in (("rope_theta", theta), ("partial_rotary_factor", partial)) if v}
     config.update(base)  # at the top level too: 4.57 (and vLLM on it) reads θ only there
     window = config.get("sliding_window")
@@ -246,8 +260,8 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     remove_stale_temps(out.parent, f".{out.name}.")
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
     try:
+        tmp.mkdir()
         for item in src.iterdir():
             if item.name == "config.json":
                 continue
@@ -255,12 +269,17 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             if item.name == "tokenizer_config.json" and (tok := _tokenizer_config(item, config, quiet)):
                 atomic_write_text(target, tok)
                 continue
-            if copy or item.is_dir():
-                (shutil.copytree if item.is_dir() else shutil.copy2)(item, target)
+            place = shutil.copy2 if copy else _link  # a subfolder (Llama's original/) linked file by file
+            if item.is_dir():
+                shutil.copytree(item, target, copy_function=place)
             else:
-                os.symlink(item.resolve(), target)
+                place(item, target)
         atomic_write_text(tmp / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
         os.replace(tmp, out)
+    except OSError as e:  # a full disk, no permission: one line, and nothing half-written left
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise UserError(f"cannot write the model folder {out}: {e.strerror or e}"
+                        + (f" ({e.filename})" if e.filename else "")) from None
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
@@ -272,6 +291,10 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out
+
+
+def _link(src: str | Path, dst: str | Path) -> None:
+    os.symlink(Path(src).resolve(), dst)
 
 
 def _tokenizer_config(path: Path, config: dict[str, Any], quiet: bool) -> str | None:

@@ -363,8 +363,11 @@ class Driver:
             written = None
         if written is not None and written.trial == best.number:
             return
-        text = heldout_text(self.backend, stage) if self.cfg.data.heldout_docs else None
-        self.write_best(stage, study, best, cached_heldout(study, best.number, text), proposer)
+        ppl = None
+        if (study.user_attrs.get(vocab.HELDOUT) or {}).get("trial") == best.number:  # else none to hash for
+            text = heldout_text(self.backend, stage) if self.cfg.data.heldout_docs else None
+            ppl = cached_heldout(study, best.number, text)
+        self.write_best(stage, study, best, ppl, proposer)
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         self.check_lease()

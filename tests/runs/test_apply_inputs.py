@@ -200,3 +200,46 @@ def test_apply_takes_factors_from_a_config_saved_by_transformers_5_and_names_a_b
     (tmp_path / "list.json").write_text("[1.0, 2.0]")
     one_line(capsys, main(["apply", str(tmp_path / "list.json"), str(tiny_model_dir), "-o", str(tmp_path / "n")]),
              f"{tmp_path / 'list.json'} must hold a JSON object")
+
+
+def test_a_config_json_as_the_factors_file_gives_only_its_rope_settings(tmp_path, tiny_model_dir):
+    """Another model's config.json with LongRoPE factors (same head size, θ and L0): apply took every
+    key of it, and the output had that model's hidden size and layer count (it did not load)."""
+    donor = {**GOOD, "rope_theta": 10000.0, "hidden_size": 4096, "num_hidden_layers": 80, "torch_dtype": "bfloat16",
+             "rope_scaling": {k: v for k, v in GOOD["rope_scaling"].items() if k != "short_factor"}}
+    f = tmp_path / "config.json"
+    f.write_text(json.dumps(donor))
+    assert main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "m")]) == 0
+    src = json.loads((tiny_model_dir / "config.json").read_text())
+    out = json.loads((tmp_path / "m" / "config.json").read_text())
+    assert {k: out.get(k) for k in ("hidden_size", "num_hidden_layers", "torch_dtype")} == \
+        {k: src.get(k) for k in ("hidden_size", "num_hidden_layers", "torch_dtype")}
+    # no short_factor in the file: eval scores the long factors at every length; transformers 5
+    # refused a folder without one
+    assert out["rope_scaling"]["short_factor"] == GOOD["rope_scaling"]["long_factor"]
+    loaded = transformers.AutoConfig.from_pretrained(tmp_path / "m")
+    assert loaded.hidden_size == src["hidden_size"]
+
+
+def test_apply_links_a_subfolder_file_by_file_and_refuses_an_output_inside_the_model(tmp_path, capsys,
+                                                                                    tiny_model_dir, folders,
+                                                                                    monkeypatch):
+    """A subfolder (Llama-3's original/ with a 16 GB checkpoint) was copied whole without --copy;
+    -o inside the model folder copied the folder being built into itself; -o . crashed."""
+    import shutil
+
+    src = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, src)
+    (src / "original").mkdir()
+    (src / "original" / "consolidated.00.pth").write_bytes(b"w" * 1000)
+    good = str(folders / "good.json")
+    assert main(["apply", good, str(src), "-o", str(tmp_path / "m")]) == 0
+    linked = tmp_path / "m" / "original" / "consolidated.00.pth"
+    assert linked.is_symlink() and linked.resolve() == (src / "original" / "consolidated.00.pth").resolve()
+    assert main(["apply", good, str(src), "-o", str(tmp_path / "c"), "--copy"]) == 0
+    assert not (tmp_path / "c" / "original" / "consolidated.00.pth").is_symlink()
+    one_line(capsys, main(["apply", good, str(src), "-o", str(src / "ext")]), "is inside the model folder")
+    assert not (src / "ext").exists()
+    (tmp_path / "here").mkdir()
+    monkeypatch.chdir(tmp_path / "here")
+    one_line(capsys, main(["apply", good, str(src), "-o", "."]), "is the folder you are in")
