@@ -127,11 +127,13 @@ def check_resources(nodes: list[dict], count: int, num_gpus: float, num_cpus: fl
         raise UserError(f"workers.num_gpus = {num_gpus} but the Ray cluster has no GPUs; "
                         "set workers.num_gpus = 0 to run on CPU, or join a GPU cluster (--address)")
 
-    def on(node: dict) -> int:  # replicas that fit on this node
-        n = count
-        for need, have in ((num_gpus, node.get("GPU", 0.0)), (num_cpus, node.get("CPU", 0.0))):
-            if need > 0:
-                n = min(n, int(have // need + 1e-9))
+    def on(node: dict) -> int:  # replicas that fit on this node, counted as Ray places them:
+        n = count  # in units of 1e-4, and a GPU fraction inside one GPU (0.6 fits once on each)
+        if num_gpus > 0:
+            gpus, need = int(node.get("GPU", 0.0) + 1e-9), _units(num_gpus)
+            n = min(n, gpus * (_units(1) // need) if need < _units(1) else gpus // round(num_gpus))
+        if num_cpus > 0:
+            n = min(n, _units(node.get("CPU", 0.0)) // _units(num_cpus))
         return n
 
     fits = min(count, sum(on(n) for n in nodes))
@@ -145,6 +147,11 @@ def check_resources(nodes: list[dict], count: int, num_gpus: float, num_cpus: fl
         print(f"note: the cluster fits {fits} of the {count} replicas asked for "
               f"({gpus:g} GPUs, {cpus:g} CPUs in all); running {fits}", file=sys.stderr)
     return fits
+
+
+def _units(x: float) -> int:
+    """A resource quantity in Ray's units of 1e-4 (its fractions are exact only there)."""
+    return round(x * 10_000)
 
 
 def node_resources(ray) -> list[dict]:

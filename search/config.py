@@ -179,6 +179,10 @@ def validate(cfg: RunConfig) -> None:
                             "or a .json file")
     if se.storage:
         _check_storage_url(se.storage)
+    g = cfg.workers.num_gpus
+    if g > 1 and g != int(g):  # Ray shares one GPU between actors, never more than one
+        raise UserError(f"workers.num_gpus = {g}: above 1 it must be a whole number of GPUs "
+                        "(Ray fits fractions only inside one GPU)")
 
 
 def _check_storage_url(url: str) -> None:

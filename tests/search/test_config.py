@@ -65,6 +65,8 @@ def test_example_equals_defaults_and_round_trips():
         ("[space]\nmscale = 'search'\nmscale_step = 5.0", "space.mscale_step = 5.0 exceeds the grid's span"),
         # a run without a long stage finished and could never be exported
         ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
+        # Ray's ValueError escaped as a traceback once the workers started
+        ("[workers]\nnum_gpus = 1.5", "workers.num_gpus = 1.5: above 1 it must be a whole number"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):

@@ -306,6 +306,16 @@ def test_a_replica_must_fit_on_one_node(capsys):
     assert check_resources([{"CPU": 3.0}, {"CPU": 1.0}], 2, 0.0, 2.0) == 1
 
 
+@pytest.mark.parametrize("gpus, count, need, fits", [
+    (2.0, 3, 0.6, 2),  # a fraction fits inside one GPU: 0.6 once on each (2 // 0.6 = 3 hung the driver)
+    (8.0, 20, 0.4, 16),  # twice on each of 8, not 20
+    (1.0, 10, 0.1, 10),  # ten on one (1 // 0.1 = 9 in floating point)
+    (4.0, 4, 2.0, 2),
+])
+def test_gpu_fractions_are_counted_as_ray_places_them(gpus, count, need, fits):
+    assert check_resources([{"CPU": 64.0, "GPU": gpus}], count, need, 0.5) == fits
+
+
 def test_other_samplers_run_on_the_same_budget(tmp_path):
     for name in ("cmaes", "tpe", "random"):
         run, _ = run_small(tmp_path, name=name, sampler=name)
