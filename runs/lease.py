@@ -217,7 +217,7 @@ class Lease:
 
     def ticket(self) -> Ticket:
         """What work running elsewhere (a fine-tune on a Ray node) needs to check this lease."""
-        return Ticket(str(self.path), self.me["token"])
+        return Ticket(str(self.path.absolute()), self.me["token"])  # a node's folder is not ours
 
     def check(self) -> None:
         """Raise LeaseLost when another driver holds the run now (this one was taken over while it

@@ -60,7 +60,7 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     best = run.best("long", length)
     if best is None:
         raise UserError(f"finetune after long-{length}: the stage has no best factors to train with")
-    work = run.finetune_dir(length)
+    work = run.finetune_dir(length).absolute()  # a Ray node resolves a relative path in its own folder
     work.mkdir(parents=True, exist_ok=True)
     resumed = (work / CHECKPOINT).exists()
     s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
@@ -68,8 +68,9 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     run.event(f"finetune-{length}: {how} on {spec.model.path}, "
               f"{ft.steps} steps, LoRA r={ft.lora_rank}, S2-Attn {s2}")
     args = (spec, ft, best.factors, length, work, work / "merged")
-    record = (_on_ray(workers, *args, check=check, home=run.path) if workers.backend == "ray" else
-              _here(*args, progress=progress, check=check, home=run.path))
+    home = run.path.absolute()
+    record = (_on_ray(workers, *args, check=check, home=home) if workers.backend == "ray" else
+              _here(*args, progress=progress, check=check, home=home))
     if check is not None:
         check()
     patch = work / "factors.json"  # the stage's factors in export form, for the merged config

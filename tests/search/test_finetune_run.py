@@ -370,3 +370,32 @@ def test_a_finetune_trained_with_factors_its_stage_has_since_improved_on_is_said
         (run.model_dir(256) / "config.json").write_text(json.dumps({"rope_scaling": {"long_factor": trained}}))
         finetune_stage(run, None, None, None, 256)
         assert ("was fine-tuned with the factors long-256 had then" in capsys.readouterr().err) == said
+
+
+def test_a_ray_finetune_of_a_relative_run_dir_gets_absolute_paths(tmp_path, monkeypatch):
+    """`--run-dir runs/x` (the README's form) on a cluster: the task resolved its checkpoint folder,
+    merged model and lock file in its node's own folder, found no lock there and the driver
+    stopped with "taken over while this driver was unresponsive"."""
+    from types import SimpleNamespace
+
+    from search_helpers import run_small
+
+    from longrope.objectives.specs import FinetuneSpec
+    from longrope.runs.lease import Lease
+    from longrope.search import finetuning
+    from longrope.search.schema import WorkersConfig
+
+    run, _ = run_small(tmp_path)
+    monkeypatch.chdir(tmp_path)
+    rel = Run.open(os.path.relpath(run.path, tmp_path))
+    got = {}
+
+    def on_ray(workers, spec, ft, factors, length, work, merged, check=None, home=None):
+        got.update(work=work, merged=merged, home=home, ticket=check.path)
+        raise KeyboardInterrupt  # what it trained is not the point
+
+    monkeypatch.setattr(finetuning, "_on_ray", on_ray)
+    with Lease(rel.path / "run.lock") as lease, pytest.raises(KeyboardInterrupt):
+        finetuning.finetune_stage(rel, SimpleNamespace(model=SimpleNamespace(path="m")), FinetuneSpec(),
+                                  WorkersConfig(backend="ray"), 256, check=lease.ticket())
+    assert all(os.path.isabs(p) for p in got.values()), got
