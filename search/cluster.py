@@ -60,7 +60,7 @@ def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
     from urllib.parse import urlsplit
 
     hostport = addr.split("://", 1)[1] if addr.startswith("ray://") else addr
-    if "://" in hostport or hostport.count(":") != 1:
+    if "://" in hostport or ":" not in hostport:  # "auto", "local"; [::1]:6379 is probed too
         return
     try:
         url = urlsplit(f"//{hostport}")
@@ -75,6 +75,34 @@ def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
         why = f"no answer in {timeout:g} s" if isinstance(e, TimeoutError) else (e.strerror or str(e))
         raise UserError(f"cannot join Ray at {addr}: nothing answers there ({why}); check the head's "
                         "address and port (`ray start --head` prints them)") from None
+    if not _speaks_grpc(hostport, timeout):  # another service (the dashboard's 8265): ray.init would retry on
+        raise UserError(f"cannot join Ray at {addr}: something answers there, but not Ray (no gRPC); the "
+                        "head's port is 6379 unless `ray start --head --port` said otherwise (8265 is the "
+                        "dashboard's, for `ray job submit`; ray:// takes the client port, 10001)")
+
+
+def _speaks_grpc(hostport: str, timeout: float) -> bool:
+    """Whether a gRPC server answers at HOST:PORT, as Ray's head (GCS) and its client server do.
+    True when grpcio (ray[default] and ray[client] bring it) is not installed: unchecked then."""
+    try:
+        import grpc
+    except ImportError:
+        return True
+    seen: list = []
+    answered = threading.Event()
+
+    def state(s) -> None:  # an HTTP/1 server fails the handshake at once: no need to wait it out
+        if s in (grpc.ChannelConnectivity.READY, grpc.ChannelConnectivity.TRANSIENT_FAILURE):
+            seen.append(s)
+            answered.set()
+
+    channel = grpc.insecure_channel(hostport)
+    try:
+        channel.subscribe(state, try_to_connect=True)
+        answered.wait(timeout)
+        return seen[:1] == [grpc.ChannelConnectivity.READY]
+    finally:
+        channel.close()
 
 
 def ray_get(ref):

@@ -249,3 +249,22 @@ def test_an_address_where_nothing_answers_is_one_line_not_a_long_wait(tmp_path):
         assert p.returncode == 2 and f"cannot join Ray at 127.0.0.1:{port}: nothing answers there" in err, err
         assert "Traceback" not in err
     assert not (tmp_path / "run").exists()
+
+
+def test_an_address_where_another_service_answers_is_one_line(tmp_path):
+    """The dashboard's port (8265, the one `ray job submit` takes) given as --address: the TCP
+    probe passed and ray.init retried for minutes; IPv6 addresses were not probed at all."""
+    import http.server
+    import threading
+
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        p = cli("check", "--json", "--address", f"127.0.0.1:{server.server_port}")
+        _, err = p.communicate(timeout=60)
+    finally:
+        server.shutdown()
+    assert p.returncode == 2 and "something answers there, but not Ray" in err and "Traceback" not in err, err
+    p = cli("check", "--json", "--address", f"[::1]:{free_port()}")
+    _, err = p.communicate(timeout=60)
+    assert p.returncode == 2 and "cannot join Ray at [::1]:" in err and "Traceback" not in err, err
