@@ -319,10 +319,13 @@ class Ticket:
 
 
 def _lost(path: Path, other: dict | None) -> str:
-    who = f"pid {other.get('pid')} on {other.get('host')}" if other else "nobody (the lock file is gone)"
-    return (f"{path.parent}: this driver's lock is now held by {who}: it was taken over while this "
-            "driver was unresponsive; stopping without writing to the run again (the driver holding "
-            "it continues the search)")
+    if not other:  # removed by hand (or by a cleanup script): nobody continues the run
+        return (f"{path.parent}: this driver's lock {path.name} was removed while it ran; stopping "
+                "without writing to the run again (nobody holds it now: `longrope resume "
+                f"{path.parent}` continues the search)")
+    return (f"{path.parent}: this driver's lock is now held by pid {other.get('pid')} on "
+            f"{other.get('host')}: it was taken over while this driver was unresponsive; stopping "
+            "without writing to the run again (the driver holding it continues the search)")
 
 
 def _same_file(path: Path, st: os.stat_result) -> bool:

@@ -54,6 +54,11 @@ class Run:
             raise UserError(f"{p} exists and is not a directory; choose a new --run-dir")
         if p.exists() and any(p.iterdir()):
             raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
+        parent = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
+        if not parent.is_dir():  # before the workers load the model, not after
+            raise UserError(f"cannot create run directory {p}: {parent} is a file")
+        if not os.access(parent, os.W_OK):
+            raise UserError(f"cannot create run directory {p}: {parent} is not writable")
 
     @classmethod
     def create(cls, path: str | Path, config_text: str) -> Run:
@@ -70,6 +75,8 @@ class Run:
     def open(cls, path: str | Path) -> Run:
         """An existing run; anything else is one clear line and is left untouched."""
         p = Path(path)
+        if p.exists() and not p.is_dir():
+            raise UserError(f"{p} is a file, not a run directory")
         if not p.is_dir():
             raise UserError(f"{p} is not a run directory (it does not exist)")
         if not (p / CONFIG).is_file():

@@ -152,7 +152,8 @@ def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
     if driver["state"] == "gone":
         return f"driver: {who} is gone (its lock remains; a resume takes it at once)"
     if driver["state"] == "silent":
-        return (f"driver: {who} silent for {age:.0f} s (> its --lock-timeout {driver['timeout']:g} s: dead "
+        silent = f"silent for {age:.0f} s" if age is not None else "silent (its lock has no heartbeat)"
+        return (f"driver: {who} {silent} (> its --lock-timeout {driver['timeout']:g} s: dead "
                 "or hung; a resume takes it over)")
     late = f" (late: renewed every {HEARTBEAT:g} s; stopped or stalled?)" if age > 3 * HEARTBEAT else ""
     return f"driver: {who}, heartbeat {age:.0f} s ago{late}"

@@ -130,6 +130,10 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
         try:
             return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
         except (KeyboardInterrupt, Exception) as e:
+            if lease.lost and lease.mine() is False and not isinstance(e, (KeyboardInterrupt, LeaseLost)):
+                # taken over while it hung: what failed on waking (Optuna's journal lock, which the
+                # new holder cleared) is that, not a bug to show as a traceback
+                raise LeaseLost(lease.why_lost()) from None
             # A signal's KeyboardInterrupt can strike inside a library's cleanup and come out as
             # another error (Optuna's journal lock: its release retried, FileNotFoundError): after a
             # signal that is the interruption too, unless the disk is full (run_search words it)

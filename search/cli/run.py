@@ -67,6 +67,7 @@ def cmd_resume(args: argparse.Namespace) -> int:
 
     run = Run.open(args.run_dir)
     if args.repair:
+        run.check_writable()  # a read-only run: one line, not the lock guard's OSError
         with run.lock(args.lock_timeout):
             note = run.drop_unreadable_lines()
         if note:

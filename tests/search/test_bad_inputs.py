@@ -219,6 +219,11 @@ RUN_CASES = {
                                    "write lm_infinite or lm_infinite:global=G,local=W"),
     "eval stride above a length": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256,128",
                                                       "--stride", "200"], "--stride must be between 1 and"),
+    # a file as the run: "(it does not exist)" it said; under a file: said only once the model had loaded
+    "resume a file": (lambda run, f, t: ["resume", str(f / "export.json")], "is a file, not a run directory"),
+    "status a file": (lambda run, f, t: ["status", str(f / "export.json")], "is a file, not a run directory"),
+    "search --run-dir under a file": (lambda run, f, t: ["search", cfg_file(t, SYN), "--run-dir",
+                                                         str(f / "export.json" / "run")], "export.json is a file"),
     "eval stride with passkey": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256",
                                                     "--stride", "64", "--task", "passkey"],
                                  "--stride goes with --task ppl"),
