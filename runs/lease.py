@@ -283,7 +283,8 @@ class Lease:
             self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Lease:
-        self.acquire()
+        if self._thread is None:  # not acquired yet (a caller may take it first, to word its signals)
+            self.acquire()
         return self
 
     def __exit__(self, *exc) -> None:

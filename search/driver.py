@@ -118,8 +118,12 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
 def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lease: Lease,
            seen: list[int]) -> dict[str, RescaleFactors | None]:
     """run_search once its workers are up: the run made (or opened) and searched under its lease."""
-    run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
-    with lease:  # run_search's, prechecked before the workers started
+    try:  # a stale lock is watched for two heartbeats first: a signal may come meanwhile
+        run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
+        lease.acquire()
+    except KeyboardInterrupt:
+        raise interrupted(seen, " while taking the run's lock; nothing was searched") from None
+    with lease:  # run_search's, prechecked before the workers started; taken just above
         if run.clear_stale_journal_lock():
             run.event("cleared a journal lock left by a killed driver")
         run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
