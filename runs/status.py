@@ -13,7 +13,7 @@ from .lease import HEARTBEAT, holder
 from .optuna_io import study_system_attrs
 from .report import report_path
 from .rundir import LOCK, Run
-from .vocab import DOC_NLL, DTYPE, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
+from .vocab import DOC_NLL, DTYPE, HELDOUT, REQUEUED, SECONDS, SLOT, STAGE, STOPPED, TOKENS
 
 if TYPE_CHECKING:
     import optuna
@@ -94,7 +94,11 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
         gens = [t.system_attrs[SLOT][0] for t in trials if SLOT in t.system_attrs]
         stopped = study_system_attrs(study).get(STOPPED)
         budget = info.get("budget", 0)
-        finished = bool(stopped) or (budget and done >= budget)
+        searched = bool(stopped) or (budget and done >= budget)
+        cached = study.user_attrs.get(HELDOUT) or {}  # the best's held-out score, the stage's last work
+        scored = not info.get("heldout") or best is None or any(
+            t.number == cached.get("trial") and t.value == best for t in complete)
+        finished = searched and scored
         out.append({
             "name": study.study_name, "kind": info.get("kind"), "target": info.get("length"),
             "evals": done, "budget": budget, "best_ppl": best,
@@ -106,7 +110,8 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "critical_dim": info.get("critical_dim"), "below_critical": info.get("below_critical", "ntk"),
             "mscale": info.get("mscale"), "dtype": study.user_attrs.get(DTYPE),
             "done": bool(finished), "early_stopped_at": stopped,
-            "eta_seconds": None if finished else eta_seconds(trials, max(budget - done, 0)),
+            "heldout_pending": bool(searched and not scored),
+            "eta_seconds": None if searched else eta_seconds(trials, max(budget - done, 0)),
             "evals_per_second": pace(trials),
         })
     order = {"long": 0, "short": 1}
@@ -174,7 +179,9 @@ def render_status(run: Run, as_json: bool) -> str:
     for s in stages:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         how = "at the measured pace" if s["evals_per_second"] else "one worker"
-        eta = "done" if s["done"] else (f"ETA {s['eta_seconds'] / 60:.1f} min ({how}){stopped}"
+        eta = "done" if s["done"] else (f"searched, its best's held-out score to come{stopped}"
+                                         if s.get("heldout_pending") else
+                                         f"ETA {s['eta_seconds'] / 60:.1f} min ({how}){stopped}"
                                          if s["eta_seconds"] is not None else "ETA -")
         saved = f" (early abort saved {_count(s['tokens_saved'])})" if s["tokens_saved"] else ""
         crit = "off" if s["critical_dim"] is None else s["critical_dim"]

@@ -272,7 +272,9 @@ class Driver:
                                           "budget": stage.budget, "sampler": self.cfg.search.sampler,
                                           "critical_dim": sp.critical_dim,
                                           "below_critical": "search" if sp.search_below else "ntk",
-                                          "mscale": "search" if sp.searches_mscale else sp.mscale})
+                                          "mscale": "search" if sp.searches_mscale else sp.mscale,
+                                          "heldout": bool(self.cfg.data.heldout_docs)})  # status: done
+                                          # only once its best's held-out score is cached
         check_samples(self.backend, self.cfg, stage, study)
         check_precision(self.backend, self.cfg, self.run, stage, study)
         self.active = (study, proposer)

@@ -534,3 +534,23 @@ def test_sigterm_while_a_resume_watches_a_stale_lock_exits_143(tmp_path, monkeyp
             signal.signal(s, h)
     assert stopped.value.code == 143 and "interrupted (SIGTERM) while taking the run's lock" in capsys.readouterr().err
     assert json.loads((run_dir / "run.lock").read_text())["host"] == "node-c"  # not taken
+
+
+def test_status_calls_a_run_finished_only_once_its_held_out_score_is_in(tmp_path, monkeypatch, capsys):
+    """Interrupted while it scored the best on held-out text (minutes to hours at long L), or with
+    that scoring failed, the run read "finished" in `status`; a resume does that work."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg()[1])
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(Driver, "evaluate_heldout", lambda self, stage, factors: None)  # failed
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "an unfinished run continues with: longrope resume" in out and "held-out score to come" in out, out
+    monkeypatch.undo()
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    capsys.readouterr()
+    assert main(["status", str(run_dir)]) == 0
+    out = capsys.readouterr().out
+    assert "(the run is finished)" in out and "12/12 evals" in out and out.count(", done") == 1, out
