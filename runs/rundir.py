@@ -165,12 +165,14 @@ class Run:
 
     def drop_unreadable_lines(self) -> str | None:
         """`resume --repair`: a backup of the journal, then the journal without its unreadable
-        lines. Lost results are re-run on resume (their trials are left RUNNING and re-queued)."""
+        lines. Lost results are re-run on resume (their trials are left RUNNING and re-queued); a
+        line that may have held part of a trial finished after it is refused instead."""
         bad = self.unreadable_lines()
         if not bad:
             return None
         data = self.journal.read_bytes()
         _refuse_renumbering(bad, data.split(b"\n"))
+        _refuse_lost_records(bad, data.split(b"\n"))
         backup = self.journal.with_name(f"{JOURNAL}.bak-{time.strftime('%Y%m%d-%H%M%S')}")
         shutil.copy2(self.journal, backup)
         drop = set(bad)
@@ -318,6 +320,67 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
                             f"{ident} before the journal creates it, so that line created a {kind}, and "
                             "without it every later one would take another's results; restore the journal "
                             "from a copy or start a new --run-dir (nothing was changed)")
+
+
+def _refuse_lost_records(bad: list[int], lines: list[bytes]) -> None:
+    """A dropped line that was a trial's result leaves it RUNNING, re-run on resume; one that was
+    a parameter, its slot or a score it recorded (doc_nll) leaves a finished trial without it: a
+    KeyError on every resume, or a search that silently differs. So each finished trial whose
+    records span a dropped line must still have what its finished siblings have (a stray line
+    written into the journal is dropped; a record torn out of it is refused)."""
+    import tempfile
+
+    import optuna
+
+    created, finished = {}, {}  # trial id -> line of its creation, of its end
+    trials = 0
+    for n, line in enumerate(lines, start=1):
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("op_code") == 4:  # CREATE_TRIAL: ids in creation order (_refuse_renumbering)
+            created[trials], trials = n, trials + 1
+        elif rec.get("op_code") == 6 and rec.get("state") in (1, 2, 3):  # COMPLETE, PRUNED, FAIL
+            finished.setdefault(rec.get("trial_id"), n)
+    spanning = {t for t, c in created.items() if any(c < b < finished.get(t, 0) for b in bad)}
+    if not spanning:
+        return
+    drop = set(bad)
+    with tempfile.TemporaryDirectory() as tmp:  # the journal as it would be, replayed by Optuna
+        kept = Path(tmp) / JOURNAL
+        kept.write_bytes(b"\n".join(ln for n, ln in enumerate(lines, start=1) if n not in drop))
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(kept)))
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+            for t in done:
+                if t._trial_id not in spanning:
+                    continue
+                lacks = _lacks(t, [u for u in done if u is not t])
+                if lacks:
+                    line = min(b for b in bad if created[t._trial_id] < b < finished[t._trial_id])
+                    raise UserError(f"journal line {line} lies among the records of trial {t.number} of "
+                                    f"{summary.study_name}, finished after it, which lacks {lacks} without "
+                                    "it: dropping it would change that result without a word; restore the "
+                                    "journal from a copy or start a new --run-dir (nothing was changed)")
+
+
+def _lacks(trial, others: list) -> str | None:
+    """What `trial` lacks that every other finished trial of its state has: a parameter (the stage
+    searches the same ones in each), a user or system attribute."""
+    params = set().union(*(u.params for u in others)) - set(trial.params)
+    if params:
+        return f"parameter {sorted(params)[0]}"
+    same = [u for u in others if u.state == trial.state]
+    for what, get in (("attribute", lambda u: u.user_attrs), ("system attribute", lambda u: u.system_attrs)):
+        if same:
+            missing = set.intersection(*(set(get(u)) for u in same)) - set(get(trial))
+            if missing:
+                return f"{what} {sorted(missing)[0]}"
+    return None
 
 
 def _claim(path: Path, text: str) -> None:

@@ -2,6 +2,7 @@
 Each refusal is one line through the CLI (exit 2) and changes nothing."""
 
 import json
+import shutil
 
 import pytest
 from search_helpers import SMALL, small_cfg, trajectory
@@ -60,6 +61,36 @@ def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_
     assert "dropped 1 unreadable journal line" in capsys.readouterr().err
     assert list(run_dir.glob("journal.log.bak-*"))  # the damaged journal is kept
     assert trajectory(Run.open(run_dir)) == reference  # the lost result was re-run, the same
+
+
+def test_a_damaged_record_of_a_finished_trial_is_refused_and_a_stray_line_dropped(tmp_path, cfg_file, capsys,
+                                                                                   reference):
+    """--repair dropped any unreadable line; one that had been a finished trial's parameter, slot or
+    doc_nll left it finished without it: a KeyError on every resume, a run that read done short
+    of its budget, or a resumed search unlike the uninterrupted one."""
+    base = tmp_path / "base"
+    assert main(["search", str(cfg_file), "--run-dir", str(base), "--quiet", "--max-evals", "24"]) == 0
+    records = [json.loads(ln) for ln in (base / "journal.log").read_text().splitlines()]
+    for op, lacks in ((5, "parameter lambda_"), (9, "system attribute longrope_slot"), (8, "attribute doc_nll")):
+        run_dir = tmp_path / f"op{op}"
+        shutil.copytree(base, run_dir)
+        lines = (run_dir / "journal.log").read_text().splitlines()
+        hit = next(i for i, r in enumerate(records) if r["op_code"] == op and r.get("trial_id") == 5
+                   and (op != 8 or "doc_nll" in r["user_attr"]))
+        lines[hit] = lines[hit][:40] + "\x00\x00"  # torn in place: the record is gone
+        (run_dir / "journal.log").write_text("\n".join(lines) + "\n")
+        before = snapshot(run_dir)
+        one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair", "--max-evals", "36"]),
+                 f"journal line {hit + 1} lies among the records of trial 5 of long-256, finished after "
+                 f"it, which lacks {lacks}")
+        assert snapshot(run_dir) == before
+    run_dir = tmp_path / "stray"  # a line written into the journal, inside trial 5's records
+    shutil.copytree(base, run_dir)
+    lines = (run_dir / "journal.log").read_text().splitlines()
+    at = next(i for i, r in enumerate(records) if r["op_code"] == 5 and r.get("trial_id") == 5)
+    (run_dir / "journal.log").write_text("\n".join(lines[:at] + ["\x00garbage\x00"] + lines[at:]) + "\n")
+    assert main(["resume", str(run_dir), "--quiet", "--repair", "--max-evals", "36"]) == 0
+    assert trajectory(Run.open(run_dir)) == reference
 
 
 def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys, monkeypatch):
