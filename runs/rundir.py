@@ -332,6 +332,8 @@ def _refuse_lost_records(bad: list[int], lines: list[bytes]) -> None:
 
     import optuna
 
+    from .optuna_io import trial_id
+
     created, finished = {}, {}  # trial id -> line of its creation, of its end
     trials = 0
     for n, line in enumerate(lines, start=1):
@@ -357,11 +359,11 @@ def _refuse_lost_records(bad: list[int], lines: list[bytes]) -> None:
             study = optuna.load_study(study_name=summary.study_name, storage=storage)
             done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
             for t in done:
-                if t._trial_id not in spanning:
+                if trial_id(t) not in spanning:
                     continue
                 lacks = _lacks(t, [u for u in done if u is not t])
                 if lacks:
-                    line = min(b for b in bad if created[t._trial_id] < b < finished[t._trial_id])
+                    line = min(b for b in bad if created[trial_id(t)] < b < finished[trial_id(t)])
                     raise UserError(f"journal line {line} lies among the records of trial {t.number} of "
                                     f"{summary.study_name}, finished after it, which lacks {lacks} without "
                                     "it: dropping it would change that result without a word; restore the "
