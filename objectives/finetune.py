@@ -92,6 +92,14 @@ def check_targets(spec: ObjectiveSpec, ft: FinetuneSpec) -> None:
     if missing:
         raise UserError(f"finetune.lora_targets: {', '.join(missing)} name no linear layer of "
                         f"{spec.model.path} ({config.model_type}); its linear layers: {', '.join(linear)}")
+    head = model.get_output_embeddings()
+    tied = head is not None and head.weight is model.get_input_embeddings().weight
+    names = {name.rsplit(".", 1)[-1] for name, module in model.named_modules() if module is head}
+    if tied and names & set(ft.lora_targets):  # merged, the adapter would change the input embeddings too
+        raise UserError(f"finetune.lora_targets: {', '.join(sorted(names & set(ft.lora_targets)))} shares "
+                        f"its weight with the input embeddings in {spec.model.path} (tie_word_embeddings): "
+                        "the merged model would not be the one trained; leave it out (the embeddings "
+                        "train with train_embeddings_norms)")
 
 
 def windows(docs: list[np.ndarray], length: int, count: int, seed: int, step: int) -> np.ndarray:
@@ -246,6 +254,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                dynamic_ncols=True)
     for step in range(start, ft.steps):
         t0 = time.perf_counter()
+        torch.manual_seed(ft.seed * 1_000_003 + step)  # dropout's masks: a resumed step draws the same
         for g in opt.param_groups:  # linear warm-up, then constant (LongLoRA's schedule)
             g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
         short = is_short_step(ft.seed, step, ft.short_mix)

@@ -117,8 +117,9 @@ class FinetuneSpec:
     s2_group: NonNegInt = 0  # S2-Attn group size G; 0 = L/4 (LongLoRA's 1/4)
     checkpoint_every: PosInt = 50  # steps between checkpoints (a killed fine-tune resumes from the last)
     seed: Seed = 0  # seeds the LoRA init and every step's windows
-    # fraction of training windows turned into pass-key samples (a key hidden in the window's
-    # text, asked for at its end; their answer's loss is added): LongLoRA trains on plain text
+    # fraction of the long (length-L) training windows turned into pass-key samples (a key hidden
+    # in the window's text, asked for at its end; their answer's loss is added; short_mix's L0
+    # windows stay plain text): LongLoRA trains on plain text
     passkey_mix: Probability = 0.0
     # fraction of steps trained on windows of the model's trained length L0 with its own rotary and
     # full attention (LongRoPE2's mixed context window training, section 3.3): keeps short context

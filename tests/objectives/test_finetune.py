@@ -74,8 +74,17 @@ def test_training_windows_come_from_the_search_pool_only(tiny_model_dir, text_co
         assert any(row.tobytes() in d.tobytes() for d in docs)
 
 
-@pytest.mark.parametrize("dtype", ["float32", "bfloat16"])  # bfloat16: float32 masters in the checkpoint
-def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch, dtype):
+# bfloat16: float32 masters in the checkpoint; dropout: its masks drawn again alike in a resumed step
+@pytest.mark.parametrize("dtype, dropout", [("float32", 0.0), ("bfloat16", 0.0), ("float32", 0.1)])
+def test_resume_from_checkpoint_equals_uninterrupted(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch, dtype,
+                                                     dropout):
+    if dropout:
+        import shutil
+
+        shutil.copytree(tiny_model_dir, tmp_path / "model")
+        config = json.loads((tmp_path / "model" / "config.json").read_text())
+        (tmp_path / "model" / "config.json").write_text(json.dumps({**config, "attention_dropout": dropout}))
+        tiny_model_dir = tmp_path / "model"
     spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), dtype=dtype)
     ft = FinetuneSpec(steps=6, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
     ref = finetune(spec, ft, FACTORS, 64, tmp_path / "ref", tmp_path / "ref-model", progress=False)
@@ -266,3 +275,11 @@ def test_lora_targets_that_name_no_linear_layer_are_refused_before_the_search(ti
                                         r"\(phi3\); its linear layers: .*o_proj, qkv_proj"):
         check_targets(phi3, FinetuneSpec())
     check_targets(phi3, FinetuneSpec(lora_targets=["qkv_proj", "o_proj"]))
+    # a head tied to the input embeddings (tiny-sotu, SmolLM2): its merged adapter changed them too,
+    # and the saved model was not the one trained
+    with pytest.raises(UserError, match="lm_head shares its weight with the input embeddings"):
+        check_targets(ObjectiveSpec.of(str(tiny_model_dir)), FinetuneSpec(lora_targets=["q_proj", "lm_head"]))
+    untied = json.loads((tiny_model_dir / "config.json").read_text())
+    (tmp_path / "untied").mkdir()
+    (tmp_path / "untied" / "config.json").write_text(json.dumps({**untied, "tie_word_embeddings": False}))
+    check_targets(ObjectiveSpec.of(str(tmp_path / "untied")), FinetuneSpec(lora_targets=["q_proj", "lm_head"]))
