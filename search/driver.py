@@ -12,7 +12,6 @@ same candidates in the same generations as an uninterrupted one.
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import sys
@@ -26,35 +25,16 @@ from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import frozen_trial, study_system_attrs
 from longrope.runs.rundir import STORAGE_ERRORS, rdb_storage
-from longrope.spaces import RescaleFactors, RopeGeometry, UserError
+from longrope.spaces import RescaleFactors, UserError
 
 from .backends import Job
 from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stagecheck import bred_from, cached_heldout, check_precision, check_samples, heldout_text
+from .stagecheck import best_record, bred_from, cached_heldout, check_precision, check_samples, heldout_text
 from .stages import Stage, initial_factors
 from .stopping import how_stopped, interrupted, requeue_running, signals_as_interrupt
-
-
-def config_hash(run: Run) -> str:
-    return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
-
-
-def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
-                factors: RescaleFactors, heldout: float | None, model: str) -> BestRecord:
-    """The stage's best file; `model`: the one it was searched on (cfg's, or a fine-tune's)."""
-    return BestRecord(
-        kind=stage.kind, target_length=stage.length, original_length=g.original_length,
-        lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
-        search_ppl=trial.value, heldout_ppl=heldout,
-        evals=sum(1 for t in study.get_trials(deepcopy=False)
-                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
-        trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
-        config_hash=config_hash(run), model=model, data=cfg.data.path,
-        sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
-    )
 
 
 def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,

@@ -2,7 +2,8 @@
 needle samples), the dtype its candidates are scored in, and the previous stage's best its
 seeds began with. Each is a pure function of the
 config on the machine it ran on; data edited under the run, or a resume on another kind of
-machine, would otherwise rank new scores against old ones without a word."""
+machine, would otherwise rank new scores against old ones without a word. And what a stage
+writes of its result: its best file (best_record), with the held-out score it cached."""
 
 from __future__ import annotations
 
@@ -11,9 +12,10 @@ import json
 import sys
 
 import optuna
+from optuna.trial import TrialState
 
-from longrope.runs import Run, vocab
-from longrope.spaces import RescaleFactors, UserError
+from longrope.runs import BestRecord, Run, vocab
+from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .config import RunConfig
 from .stages import Stage
@@ -102,3 +104,22 @@ def bred_from(run: Run, stage: Stage, study: optuna.Study,
         run.event(note)
         print(f"note: {note}", file=sys.stderr)
     return was
+
+
+def config_hash(run: Run) -> str:
+    return hashlib.sha256(run.config_text().encode()).hexdigest()[:16]
+
+
+def best_record(cfg: RunConfig, run: Run, stage: Stage, g: RopeGeometry, study, trial,
+                factors: RescaleFactors, heldout: float | None, model: str) -> BestRecord:
+    """The stage's best file; `model`: the one it was searched on (cfg's, or a fine-tune's)."""
+    return BestRecord(
+        kind=stage.kind, target_length=stage.length, original_length=g.original_length,
+        lambdas=factors.lambdas, n_hat=factors.n_hat, mscale=factors.mscale,
+        search_ppl=trial.value, heldout_ppl=heldout,
+        evals=sum(1 for t in study.get_trials(deepcopy=False)
+                  if t.state in (TrialState.COMPLETE, TrialState.PRUNED)),
+        trial=trial.number, slot=trial.system_attrs.get(vocab.SLOT),
+        config_hash=config_hash(run), model=model, data=cfg.data.path,
+        sampler=cfg.search.sampler, seed=cfg.search.seed, rotary_dim=g.rotary_dim, base=g.base,
+    )

@@ -1,0 +1,116 @@
+"""`resume --repair`: which unreadable journal lines can be dropped without a word. Optuna's
+journal is an append-only log of operations; a line dropped from it must neither renumber the
+studies and trials after it nor strip a finished trial of one of its records."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from longrope.spaces import UserError
+
+from .optuna_io import trial_id
+
+
+def refuse_unsafe_drop(bad: list[int], lines: list[bytes]) -> None:
+    """Raise UserError (nothing changed) when dropping the 1-based lines `bad` would change what
+    the rest of the journal means."""
+    _refuse_renumbering(bad, lines)
+    _refuse_lost_records(bad, lines)
+
+
+def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> None:
+    """Optuna's journal numbers studies and trials by their creation records (JournalStorage's
+    _apply_create_trial: trial_id = trials so far); every other record names its id. Dropping a
+    line that created one would renumber the rest: each later trial would take its
+    predecessor's parameters and results. Such a line shows as a record, after it, that names
+    an id not created yet; then nothing is dropped."""
+    live: dict[str, int] = {}  # study name -> id, as _apply_create_study / _apply_delete_study keep them
+    studies = trials = 0
+    drop = set(bad)
+    for n, line in enumerate(lines, start=1):
+        if n in drop or not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue  # a torn last line: repair_journal's
+        op, study, trial = rec.get("op_code"), rec.get("study_id"), rec.get("trial_id")
+        if op == 0:  # CREATE_STUDY: a live name created again is the same study
+            if rec.get("study_name") not in live:
+                live[rec.get("study_name")], studies = studies, studies + 1
+            continue
+        if op == 1:  # DELETE_STUDY: its name may be created afresh, under a new id
+            live = {k: v for k, v in live.items() if v != study}
+        if op == 4 and isinstance(study, int) and study in live.values():  # CREATE_TRIAL
+            trials += 1
+            continue
+        kind, ident, known = (("trial", trial, trials) if isinstance(trial, int)
+                              else ("study", study, studies))
+        if isinstance(ident, int) and ident >= known:
+            lost = max(b for b in bad if b < n) if any(b < n for b in bad) else bad[0]
+            raise UserError(f"journal line {lost} cannot be dropped: the records after it name {kind} "
+                            f"{ident} before the journal creates it, so that line created a {kind}, and "
+                            "without it every later one would take another's results; restore the journal "
+                            "from a copy or start a new --run-dir (nothing was changed)")
+
+
+def _refuse_lost_records(bad: list[int], lines: list[bytes]) -> None:
+    """A dropped line that was a trial's result leaves it RUNNING, re-run on resume; one that was
+    a parameter, its slot or a score it recorded (doc_nll) leaves a finished trial without it: a
+    KeyError on every resume, or a search that silently differs. So each finished trial whose
+    records span a dropped line must still have what its finished siblings have (a stray line
+    written into the journal is dropped; a record torn out of it is refused)."""
+    import tempfile
+
+    import optuna
+
+    created, finished = {}, {}  # trial id -> line of its creation, of its end
+    trials = 0
+    for n, line in enumerate(lines, start=1):
+        try:
+            rec = json.loads(line)
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            continue
+        if not isinstance(rec, dict):
+            continue
+        if rec.get("op_code") == 4:  # CREATE_TRIAL: ids in creation order (_refuse_renumbering)
+            created[trials], trials = n, trials + 1
+        elif rec.get("op_code") == 6 and rec.get("state") in (1, 2, 3):  # COMPLETE, PRUNED, FAIL
+            finished.setdefault(rec.get("trial_id"), n)
+    spanning = {t for t, c in created.items() if any(c < b < finished.get(t, 0) for b in bad)}
+    if not spanning:
+        return
+    drop = set(bad)
+    with tempfile.TemporaryDirectory() as tmp:  # the journal as it would be, replayed by Optuna
+        kept = Path(tmp) / "journal.log"
+        kept.write_bytes(b"\n".join(ln for n, ln in enumerate(lines, start=1) if n not in drop))
+        storage = optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(kept)))
+        for summary in optuna.get_all_study_summaries(storage, include_best_trial=False):
+            study = optuna.load_study(study_name=summary.study_name, storage=storage)
+            done = [t for t in study.get_trials(deepcopy=False) if t.state.is_finished()]
+            for t in done:
+                if trial_id(t) not in spanning:
+                    continue
+                lacks = _lacks(t, [u for u in done if u is not t])
+                if lacks:
+                    line = min(b for b in bad if created[trial_id(t)] < b < finished[trial_id(t)])
+                    raise UserError(f"journal line {line} lies among the records of trial {t.number} of "
+                                    f"{summary.study_name}, finished after it, which lacks {lacks} without "
+                                    "it: dropping it would change that result without a word; restore the "
+                                    "journal from a copy or start a new --run-dir (nothing was changed)")
+
+
+def _lacks(trial, others: list) -> str | None:
+    """What `trial` lacks that every other finished trial of its state has: a parameter (the stage
+    searches the same ones in each), a user or system attribute."""
+    params = set().union(*(u.params for u in others)) - set(trial.params)
+    if params:
+        return f"parameter {sorted(params)[0]}"
+    same = [u for u in others if u.state == trial.state]
+    for what, get in (("attribute", lambda u: u.user_attrs), ("system attribute", lambda u: u.system_attrs)):
+        if same:
+            missing = set.intersection(*(set(get(u)) for u in same)) - set(get(trial))
+            if missing:
+                return f"{what} {sorted(missing)[0]}"
+    return None
