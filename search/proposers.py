@@ -153,6 +153,11 @@ class GAProposer:
             set_study_system_attr(study, STOPPED, None)
 
     def requeue_params(self, trial) -> dict | None:
+        """A dead driver's trial, to re-queue with its slot; None for one killed inside its ask
+        before the sampler gave it a slot: it held no candidate yet, and a slotless copy in the
+        queue would take the slot of another re-queued copy (scored twice, the next never)."""
+        if SLOT not in trial.system_attrs and SLOT not in trial.user_attrs:
+            return None
         return trial.params or {}
 
 

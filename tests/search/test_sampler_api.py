@@ -175,3 +175,54 @@ def test_the_comparison_samplers_enqueue_each_seed_exactly(d, base, L0, s):
         np.testing.assert_allclose(param.factors(p).lambdas, f.lambdas, rtol=0, atol=1e-9)
     bare = StepParametrisation(space)  # the default ranges alone: YaRN's ramp does not fit
     assert np.abs(np.subtract(bare.factors(bare.params(seeds[2])).lambdas, seeds[2].lambdas)).max() > 0.1
+
+
+def test_a_trial_killed_inside_its_ask_before_its_slot_is_not_requeued():
+    """Two candidates in flight; the driver dies inside the ask of a fresh trial (Optuna made it
+    RUNNING, the sampler had not given it a slot). Its slotless copy was queued beside the other
+    candidate's copy; a resume with one worker popped that copy and died scoring it; the next
+    resume's slotless copy then took that slot: one slot scored twice, the next never."""
+    from types import SimpleNamespace
+
+    from longrope.runs.vocab import SLOT
+    from longrope.search.proposers import GAProposer
+    from longrope.search.stopping import requeue_running
+
+    n, die = 20, [False]
+
+    class Sampler(LongRoPESampler):
+        def before_trial(self, study, trial):
+            if die[0] and SLOT not in trial.user_attrs:
+                die[0] = False
+                raise _Killed
+            super().before_trial(study, trial)
+
+    def process(storage, resumed=True):
+        sampler = Sampler(SPACE, seed=0, **SHAPE)
+        study = optuna.create_study(storage=storage, study_name="s", sampler=sampler, load_if_exists=True)
+        if resumed:  # the driver's own re-queue, with the proposer's rule
+            requeue_running(study, SimpleNamespace(requeue_params=lambda t: GAProposer.requeue_params(None, t)))
+        return sampler, study
+
+    def score(sampler, t):
+        return sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas) + 0.01 * sampler.factors(t).n_hat
+
+    def finish(sampler, study):
+        while len(sampler.owned(study)) < n and sampler.ready(study):
+            t = study.ask()
+            study.tell(t, score(sampler, t))
+        return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
+
+    reference = finish(*process(optuna.storages.InMemoryStorage(), resumed=False))
+    storage = optuna.storages.InMemoryStorage()
+    sampler, study = process(storage, resumed=False)
+    for _ in range(10):  # generation 0, then (1, 0) and (1, 1)
+        t = study.ask()
+        study.tell(t, score(sampler, t))
+    sampler.factors(study.ask())  # (1, 2) in flight on one worker
+    die[0] = True
+    with pytest.raises(_Killed):
+        study.ask()  # the other worker's ask, killed before its slot was written
+    sampler, study = process(storage)  # a resume with one worker: pops (1, 2)'s copy, killed scoring it
+    sampler.factors(study.ask())
+    assert finish(*process(storage)) == reference
