@@ -68,7 +68,7 @@ def test_a_non_run_is_refused_before_the_backend_starts_and_left_as_is(tmp_path,
     with pytest.raises(UserError, match=message):
         run_search(cfg, str(junk), resume=resume, progress=False, backend=backend)
     assert backend.checks == 0 and snapshot(junk) == before
-    with pytest.raises(UserError, match="is not a run directory" if resume else "is not a directory"):
+    with pytest.raises(UserError, match="is a file, not a run directory" if resume else "is not a directory"):
         run_search(cfg, str(junk / "notes.txt"), resume=resume, progress=False, backend=backend)
     if resume:
         with pytest.raises(UserError, match="does not exist"):
