@@ -83,7 +83,10 @@ def probe_address(addr: str, timeout: float = PROBE_SECONDS) -> None:
 
 def _speaks_grpc(hostport: str, timeout: float) -> bool:
     """Whether a gRPC server answers at HOST:PORT, as Ray's head (GCS) and its client server do.
-    True when grpcio (ray[default] and ray[client] bring it) is not installed: unchecked then."""
+    True when grpcio (ray[default] and ray[client] bring it) is not installed, or the cluster
+    uses TLS (RAY_USE_TLS): unchecked then."""
+    if os.environ.get("RAY_USE_TLS", "0").lower() in ("1", "true"):  # a plaintext handshake would fail
+        return True
     try:
         import grpc
     except ImportError:
