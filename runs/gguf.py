@@ -98,9 +98,8 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
         # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
         # context_length as the extended 131072, with no trained length beside it
         warnings.insert(0, f"{src.name} has rope factors of its own ({own}) and does not state the "
-                        f"length it was trained at (its context_length {context} is the extended "
-                        "one), so the "
-                        f"factors' L0 = {L0} is not checked against it; they replace its {own}")
+                        f"length it was trained at (its context_length {context} is the extended one), "
+                        f"so the factors' L0 = {L0} is not checked against it; they replace its {own}")
 
     # the new metadata: our keys replace every rope.scaling.* key and the context length
     keys: dict[str, tuple[Any, Any]] = {

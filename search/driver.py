@@ -253,8 +253,8 @@ class Driver:
                                           "critical_dim": sp.critical_dim,
                                           "below_critical": "search" if sp.search_below else "ntk",
                                           "mscale": "search" if sp.searches_mscale else sp.mscale,
-                                          "heldout": bool(self.cfg.data.heldout_docs)})  # status: done
-                                          # only once its best's held-out score is cached
+                                          # status calls it done once its best's held-out score is cached
+                                          "heldout": bool(self.cfg.data.heldout_docs)})
         check_samples(self.backend, self.cfg, stage, study)
         check_precision(self.backend, self.cfg, self.run, stage, study)
         self.active = (study, proposer)
@@ -353,11 +353,8 @@ class Driver:
             written = None
         if written is not None and written.trial == best.number:
             return
-        ppl = None
-        if (study.user_attrs.get(vocab.HELDOUT) or {}).get("trial") == best.number:  # else none to hash for
-            text = heldout_text(self.backend, stage) if self.cfg.data.heldout_docs else None
-            ppl = cached_heldout(study, best.number, text)
-        self.write_best(stage, study, best, ppl, proposer)
+        text = heldout_text(self.backend, stage) if self.cfg.data.heldout_docs else None
+        self.write_best(stage, study, best, cached_heldout(study, best.number, text), proposer)
 
     def score_heldout(self, stage: Stage, study, best, factors: RescaleFactors, proposer: Proposer) -> None:
         self.check_lease()
