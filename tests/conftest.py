@@ -5,10 +5,19 @@ from pathlib import Path
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+# The suite runs on two pytest-xdist workers (pyproject's addopts), each with torch's OpenMP
+# threads: spinning ones (libgomp's default) burn the core the other worker needs. Read when torch
+# loads libgomp, so before any import of torch here and in the processes the tests start.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 sys.path.insert(0, str(Path(__file__).parent))
 
 import pytest  # noqa: E402
+from hypothesis import settings  # noqa: E402
 from tiny_models import make_tiny_model_dir, write_text_corpus  # noqa: E402
+
+# no per-example deadline: beside the other worker's torch, an example can take a slow moment
+settings.register_profile("suite", deadline=None)
+settings.load_profile("suite")
 
 
 @pytest.fixture(scope="session")

@@ -158,10 +158,13 @@ def _kill_the_finetune_task_at(run_dir, step: int, killed: list) -> threading.Th
         end = time.time() + 120
         while _progress(run_dir) < step and time.time() < end:
             time.sleep(0.002)
-        for proc in psutil.process_iter(["cmdline"]):
-            if (proc.info["cmdline"] or [""])[0].startswith("ray::finetune"):
-                proc.kill()
-                killed.append(proc.pid)
+        for proc in psutil.Process().children(recursive=True):  # this session's Ray, not another worker's
+            try:
+                if (proc.cmdline() or [""])[0].startswith("ray::finetune"):
+                    proc.kill()
+                    killed.append(proc.pid)
+            except psutil.NoSuchProcess:
+                pass
 
     t = threading.Thread(target=kill, daemon=True)
     t.start()

@@ -93,10 +93,11 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         have_smol = False
     r.update({"machine": f"{_gpus()}{os.cpu_count()} CPU cores, torch {_torch_version()}", "quick": quick})
     big = "builtin:smollm2-135m" if have_smol and not quick else "builtin:tiny-sotu"
-    budget = 12 if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
-    # the paper's search shape and budget (samplers_paper, pruning_paper); quick: 8 + 3 generations of 4
-    shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=3) if quick else PAPER_SHAPE
-    paper_budget = 20 if quick else PAPER_BUDGET
+    small = 6  # --quick's evaluations per search: the suite checks the tables' shape, not their numbers
+    budget = small if quick else 300  # full: 32 + 17 generations of 16 children (the issue's ~300)
+    # the paper's search shape and budget (samplers_paper, pruning_paper); quick: 8 + 1 generation of 4
+    shape = dict(population=8, parents=4, mutants=2, crossovers=2, iterations=1) if quick else PAPER_SHAPE
+    paper_budget = 12 if quick else PAPER_BUDGET
     samplers = ["longrope", "random"] if quick else ["longrope", "cmaes", "tpe", "random"]
     keys = QUICK_KEYS if quick else SEARCH_KEYS  # pass-key samples per needle-objective evaluation
     r["search_keys"] = keys
@@ -118,7 +119,7 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["early_abort"] = early_abort(work, budget)
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
         # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
-        r["pruning"] = pruning(work, 12 if quick else 160, [0] if quick else [0, 1, 2], 3 if quick else 12)
+        r["pruning"] = pruning(work, small if quick else 160, [0] if quick else [0, 1, 2], 3 if quick else 12)
     if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
         # none and wilcoxon only (exact scores what none does): about 1 h for both here, alone (the
         # none search ran ~40 evaluations a minute); never beside another torch job on 2 cores
@@ -127,24 +128,24 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)
     if "retrieval" in only:  # the needle objective against plain perplexity, LongRoPE2's Table 6
-        r["retrieval_budget"] = 12 if quick else 160
+        r["retrieval_budget"] = small if quick else 160
         # three seeds at 8x (the goals' length), one at 4x and 16x: this machine's time
         seeds = {512: [0]} if quick else {512: [0], 1024: [0, 1, 2], 2048: [0]}
         r["retrieval"] = retrieval(work, seeds, r["retrieval_budget"], keys)
     if "spaces" in only:  # issue 15: LongRoPE's space against LongRoPE2's, equal budget
-        r["spaces_budget"] = 12 if quick else 160
+        r["spaces_budget"] = small if quick else 160
         r["spaces"] = spaces(work, [512] if quick else [512, 1024], [0] if quick else [0, 1, 2],
                              r["spaces_budget"], keys=keys)
     if "compare" in only:  # issue 17: every method and the ALiBi twin on the same text, 1x to 16x
-        r["compare_budget"] = 12 if quick else 160
+        r["compare_budget"] = small if quick else 160
         lengths = [128, 256] if quick else [128, 256, 512, 1024, 2048]
         r["compare"] = compare(work, lengths, r["compare_budget"], keys=keys)
     if "finetune" in only:  # issue 16: the full recipe at 16x against the base model, and its ablations
-        r["finetune_budget"], r["finetune_steps"] = (12, 4) if quick else (64, 300)
+        r["finetune_budget"], r["finetune_steps"] = (small, 4) if quick else (64, 300)
         r["finetune"] = recipe(work, r["finetune_budget"], r["finetune_steps"], (2, 4) if quick else (4, 16),
                                keys=keys)
     if "short_mix" in only:  # issue 16: the short-context goal against finetune.short_mix, and its cost
-        r["short_mix_budget"], r["short_mix_steps"] = (12, 4) if quick else (64, 300)
+        r["short_mix_budget"], r["short_mix_steps"] = (small, 4) if quick else (64, 300)
         r["short_mix"] = short_mix_sweep(work, r["short_mix_budget"], r["short_mix_steps"],
                                          (0.0, 0.5) if quick else (0.0, 0.25, 0.5, 0.75), 2 if quick else 4,
                                          keys=keys)
