@@ -142,3 +142,30 @@ def test_repair_refuses_to_drop_a_line_that_created_a_trial(tmp_path, cfg_file, 
     one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]),
              f"line {hit + 1} cannot be dropped: the records after it name trial 7 before")
     assert snapshot(run_dir) == before
+
+
+def test_repair_counts_trials_as_optuna_does_after_a_deleted_study(tmp_path, cfg_file, capsys):
+    """A CREATE_TRIAL naming a deleted study creates nothing (Optuna's _apply_create_trial skips
+    it), so it takes no trial id. Counted as one, every later trial's records seemed to start at
+    its predecessor's creation, and the refusal named a harmless stray line in trial 4's records
+    instead of the torn one of trial 5."""
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
+    records = [json.loads(ln) for ln in (run_dir / "journal.log").read_text().splitlines()]
+    for r in records:  # a study created and deleted before the run's own: theirs move up one id
+        if "study_id" in r:
+            r["study_id"] += 1
+    w = "another-process"
+    records = [{"op_code": 0, "worker_id": w, "study_name": "scratch", "directions": [1]},
+               {"op_code": 1, "worker_id": w, "study_id": 0},
+               {"op_code": CREATE_TRIAL, "worker_id": w, "study_id": 0, "datetime_start": None}] + records
+    lines = [json.dumps(r) for r in records]
+    stray = next(i for i, r in enumerate(records) if r["op_code"] == 5 and r.get("trial_id") == 4)
+    torn = next(i for i, r in enumerate(records) if r["op_code"] == 5 and r.get("trial_id") == 5)
+    lines[torn] = lines[torn][:40] + "\x00\x00"
+    lines.insert(stray, "\x00garbage\x00")  # before the torn one: its number moves up one
+    (run_dir / "journal.log").write_text("\n".join(lines) + "\n")
+    before = snapshot(run_dir)
+    one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]),
+             f"journal line {torn + 2} lies among the records of trial 5 of long-256")
+    assert snapshot(run_dir) == before
