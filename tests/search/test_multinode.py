@@ -268,3 +268,23 @@ def test_an_address_where_another_service_answers_is_one_line(tmp_path):
     p = cli("check", "--json", "--address", f"[::1]:{free_port()}")
     _, err = p.communicate(timeout=60)
     assert p.returncode == 2 and "cannot join Ray at [::1]:" in err and "Traceback" not in err, err
+
+
+def test_the_grpc_probe_tells_ray_from_another_service_and_stands_aside_under_tls(ray_session, monkeypatch):
+    """Ray's GCS completes a plaintext gRPC handshake, an HTTP server does not; a TLS cluster
+    (RAY_USE_TLS) would fail a plaintext one, so the probe passes it to ray.init unchecked."""
+    import http.server
+    import threading
+
+    from longrope.search.cluster import _speaks_grpc
+
+    pytest.importorskip("grpc")
+    assert _speaks_grpc(ray_session.get_runtime_context().gcs_address, 10)
+    server = http.server.HTTPServer(("127.0.0.1", 0), http.server.BaseHTTPRequestHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        assert not _speaks_grpc(f"127.0.0.1:{server.server_port}", 10)
+        monkeypatch.setenv("RAY_USE_TLS", "1")
+        assert _speaks_grpc(f"127.0.0.1:{server.server_port}", 10)
+    finally:
+        server.shutdown()
