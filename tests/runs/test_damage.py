@@ -169,3 +169,27 @@ def test_repair_counts_trials_as_optuna_does_after_a_deleted_study(tmp_path, cfg
     one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]),
              f"journal line {torn + 2} lies among the records of trial 5 of long-256")
     assert snapshot(run_dir) == before
+
+
+def test_repair_of_a_read_only_run_is_one_line_before_the_lock(tmp_path, cfg_file, capsys, monkeypatch):
+    """On a read-only mount the lock's guard file cannot be created: --repair took the lock
+    before it checked, and ended in that OSError's traceback."""
+    import errno
+    import os
+
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    before = snapshot(run_dir)
+    real_access, real_open = os.access, os.open
+
+    def read_only(path, *a, **kw):  # what a read-only mount answers (root ignores chmod)
+        if str(path).startswith(str(run_dir)):
+            raise OSError(errno.EROFS, os.strerror(errno.EROFS), str(path))
+        return real_open(path, *a, **kw)
+
+    monkeypatch.setattr(os, "access", lambda p, m: False if str(p).startswith(str(run_dir)) and m == os.W_OK
+                        else real_access(p, m))
+    monkeypatch.setattr(os, "open", read_only)
+    one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]), "(permission denied)")
+    monkeypatch.undo()
+    assert snapshot(run_dir) == before
