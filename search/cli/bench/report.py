@@ -134,7 +134,7 @@ def _render_pruning(pr: dict[str, Any]) -> list[str]:
     for p in pr.get("pruners", PRUNERS):
         v = pr[p]
         lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
-                     f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'])} |")
+                     f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'], '{:g}')} |")
     if "cutoff_ceiling" in pr:  # bench.json files from before the ceiling was measured lack it
         lines += ["", f"ceiling for any rule against the parent cut-off (pruner none's children): "
                   f"{_spread(pr['candidates_above_cutoff'], '{:.0%}')} of candidates finished above it; "
