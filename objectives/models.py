@@ -136,14 +136,19 @@ def gguf_scaling(spec: str) -> str | None:
         reader = gguf.GGUFReader(path)
         field = reader.get_field("general.architecture")
         arch = field.contents() if field is not None else ""
-        kind = reader.get_field(f"{arch}.rope.scaling.type")
-        kind = kind.contents() if kind is not None else None
+        kind, factor, linear = (reader.get_field(f"{arch}.rope.{k}")
+                                for k in ("scaling.type", "scaling.factor", "scale_linear"))
+        kind, factor, linear = (f.contents() if f is not None else None for f in (kind, factor, linear))
     except Exception:  # not readable as GGUF here: loading it says why
         return None
     found = [t.name.removesuffix(".weight") for t in reader.tensors
              if t.name.startswith(("rope_freqs", "rope_factors_"))]
     if kind not in (None, "none"):
         found.append(f"rope.scaling.type = {kind}")
+    elif kind is None and factor not in (None, 0, 1):  # llama.cpp's type defaults to linear
+        found.append(f"rope.scaling.factor = {factor:g} (linear)")
+    if kind is None and factor is None and linear not in (None, 0, 1):  # the older key, read without factor
+        found.append(f"rope.scale_linear = {linear:g}")
     return ", ".join(found) or None
 
 

@@ -64,7 +64,7 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
         raise UserError(f"{dst.parent} is not a folder")
     try:
         reader = gguf.GGUFReader(src)
-    except (ValueError, OSError, IndexError) as e:
+    except (ValueError, OSError, IndexError, KeyError) as e:  # KeyError: a key given twice
         raise UserError(f"{src} is not a readable GGUF file: {e}") from None
 
     arch = _value(reader, "general.architecture")
@@ -115,16 +115,12 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     remove_stale_temps(dst.parent, f".{dst.name}.")  # a copy killed mid-write (gigabytes)
     tmp, w = dst.with_name(f".{dst.name}.{os.getpid()}.tmp"), None
     try:
-        w = gguf.GGUFWriter(tmp, arch, endianess=reader.endianess)
+        w = _writer(gguf, tmp, arch, reader.endianess)
         w.data_alignment = reader.alignment
         for name, field in reader.fields.items():
             if name.startswith(dropped) or name in keys:
                 continue
-            vtype = field.types[0]
-            sub = field.types[-1] if vtype == gguf.GGUFValueType.ARRAY else None
-            if vtype == gguf.GGUFValueType.ARRAY and len(field.types) > 2:
-                raise UserError(f"{src}: metadata key {name} is a nested array, which this copy cannot carry")
-            w.add_key_value(name, field.contents(), vtype, sub_type=sub)
+            w.add_key_value(name, *_as_read(src, name, field))
         for name, (value, vtype) in keys.items():
             w.add_key_value(name, value, vtype)
         copied = [t for t in reader.tensors if t.name not in (FREQS, LONG, SHORT)]
@@ -166,6 +162,39 @@ def _load_export(fj: Path) -> tuple[DeployedFactors, dict[str, Any]]:
     if not isinstance(patch.get("max_position_embeddings"), int):
         raise UserError(f"{fj} has no integer max_position_embeddings (the target length)")
     return factors, patch
+
+
+def _writer(gguf, path: Path, arch: str, endianess) -> Any:
+    """gguf-py's writer, but one that writes an empty metadata array: gguf-py refuses one, while
+    GGUF has them (a count of 0 after the item type) and llama.cpp reads them."""
+
+    class Writer(gguf.GGUFWriter):
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):  # gguf-py's one packer of values
+            if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0 and sub_type is not None:
+                return ((self._pack("I", vtype) if add_vtype else b"") + self._pack("I", sub_type)
+                        + self._pack("Q", 0))
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    return Writer(path, arch, endianess=endianess)
+
+
+def _as_read(src: Path, name: str, field) -> tuple[Any, Any, Any]:
+    """(value, type, item type) of a metadata field as the file holds it: strings as their bytes
+    (llama.cpp does not ask for UTF-8, and contents() would decode them), an empty array's item
+    type from its header (the reader lists item types only from the items)."""
+    import gguf
+
+    vtype, STRING, ARRAY = field.types[0], gguf.GGUFValueType.STRING, gguf.GGUFValueType.ARRAY
+    if vtype == ARRAY and len(field.types) > 2:
+        raise UserError(f"{src}: metadata key {name} is a nested array, which this copy cannot carry")
+    if vtype == STRING:
+        return bytes(field.parts[field.data[0]]), vtype, None
+    if vtype != ARRAY:
+        return field.contents(), vtype, None
+    sub = gguf.GGUFValueType(int(field.parts[3][0]))  # [key length, key, type, item type, count, ...]
+    if sub == STRING:
+        return [bytes(field.parts[i]) for i in field.data], vtype, sub
+    return field.contents(), vtype, sub
 
 
 def _value(reader, key: str) -> Any:

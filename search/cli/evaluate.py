@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from longrope.objectives.methods import known_methods, split_methods
@@ -15,6 +16,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     """Perplexity (or needle perplexity, or pass-key accuracy) of each method at each length on the
     search or held-out documents."""
     from longrope.objectives.evaluate import as_json, parse_lengths, plot_depths, render, run_eval
+    from longrope.objectives.models import gguf_scaling
     from longrope.objectives.specs import ObjectiveSpec
 
     lengths = parse_lengths(args.lengths)
@@ -46,6 +48,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if plot.is_dir():
             raise UserError(f"--plot {plot} is a folder; name a file, e.g. {plot / 'depths.png'}")
         make_folder(plot.absolute().parent, "folder for --plot")
+    if (what := gguf_scaling(args.model)) is not None:  # as the search says it (search/plan.py)
+        print(f"note: {args.model} carries rope scaling of its own ({what}), which transformers' GGUF loader "
+              "drops: every method here, native included, runs on the model without it, not as llama.cpp "
+              "runs it; evaluate the original model (its Hugging Face folder; factors as a .json method)",
+              file=sys.stderr)
     results = run_eval(spec, lengths, methods, args.split, progress=not args.json, task=args.task,
                        stride=args.stride)
     by_depth = args.depths is not None

@@ -227,7 +227,7 @@ def test_the_inputs_own_rope_scaling_keys_are_dropped(arch, tmp_path):
     assert value(r, f"{arch}.rope.scaling.type") == ("longrope" if arch == "phi3" else None)
 
 
-def test_a_gguf_with_rope_scaling_of_its_own_is_named(applied, smol, tmp_path):
+def test_a_gguf_with_rope_scaling_of_its_own_is_named(applied, smol, tmp_path, capsys, monkeypatch):
     """transformers' GGUF loader keeps rope.freq_base alone: a GGUF with a rope_freqs tensor
     (Llama-3.1's, or `apply`'s own output) or rope.scaling keys would be searched as plain RoPE,
     which the search says at its start (gguf_scaling names what is dropped)."""
@@ -238,6 +238,28 @@ def test_a_gguf_with_rope_scaling_of_its_own_is_named(applied, smol, tmp_path):
     assert gguf_scaling(str(out)) == "rope_freqs"
     yarn = tiny_gguf(tmp_path / "yarn.gguf", "llama", type="yarn", factor=4.0)
     assert gguf_scaling(str(yarn)) == "rope.scaling.type = yarn"
+    # llama.cpp reads a factor without a type as linear scaling, and the older scale_linear key
+    # when there is no factor; a type "none" turns either off
+    linear = tiny_gguf(tmp_path / "linear.gguf", "llama", factor=4.0)
+    assert gguf_scaling(str(linear)) == "rope.scaling.factor = 4 (linear)"
+    assert gguf_scaling(str(tiny_gguf(tmp_path / "none.gguf", "llama", type="none", factor=4.0))) is None
+    assert gguf_scaling(str(tiny_gguf(tmp_path / "one.gguf", "llama", factor=1.0))) is None
+    w = gguf.GGUFWriter(tmp_path / "old.gguf", "llama")
+    w.add_float32("llama.rope.scale_linear", 2.0)
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    assert gguf_scaling(str(tmp_path / "old.gguf")) == "rope.scale_linear = 2"
+    import longrope.objectives.evaluate as evaluate
+
+    def stop(*a, **kw):  # before the load: this GGUF has no weights (transformers would build a 7B)
+        raise UserError("stopped")
+
+    monkeypatch.setattr(evaluate, "run_eval", stop)
+    assert main(["eval", "--model", str(linear), "--lengths", "16", "--samples", "1"]) == 2  # eval says it too
+    err = capsys.readouterr().err
+    assert "carries rope scaling of its own (rope.scaling.factor = 4 (linear))" in err, err
 
 
 def test_a_gguf_with_its_own_rope_freqs_and_no_trained_length_takes_factors_with_a_warning(tmp_path):
@@ -263,3 +285,40 @@ def test_a_gguf_with_its_own_rope_freqs_and_no_trained_length_takes_factors_with
     plain = tiny_gguf(tmp_path / "plain.gguf", "llama", context=131072)
     with pytest.raises(UserError, match="was trained at 131072"):
         apply_to_gguf(factors, plain, tmp_path / "o2.gguf")
+
+
+def test_metadata_the_gguf_writer_would_refuse_is_copied_as_read(tmp_path, capsys):
+    """An empty array and a string that is not UTF-8 are valid GGUF, read by llama.cpp: both were
+    a traceback (gguf-py's writer refuses an empty array, its reader's contents() decodes strings).
+    A key given twice is not valid GGUF: one line."""
+
+    class Writer(gguf.GGUFWriter):  # gguf-py's writer refuses an empty array; GGUF does not
+        def _pack_val(self, val, vtype, add_vtype, sub_type=None):
+            if vtype == gguf.GGUFValueType.ARRAY and len(val) == 0:
+                return ((self._pack("I", vtype) if add_vtype else b"") + self._pack("I", sub_type)
+                        + self._pack("Q", 0))
+            return super()._pack_val(val, vtype, add_vtype, sub_type)
+
+    src = tmp_path / "odd.gguf"
+    w = Writer(src, "llama")
+    w.add_uint32("llama.rope.dimension_count", 2 * N)
+    w.add_uint32("llama.context_length", L0)
+    w.add_float32("llama.rope.freq_base", 1e5)
+    w.add_key_value("general.tags", [], gguf.GGUFValueType.ARRAY, sub_type=gguf.GGUFValueType.STRING)
+    w.add_key_value("general.name", b"caf\xe9", gguf.GGUFValueType.STRING)  # Latin-1, not UTF-8
+    w.add_key_value("tokenizer.ggml.tokens", [b"a", b"\xe6\x97"], gguf.GGUFValueType.ARRAY,
+                    sub_type=gguf.GGUFValueType.STRING)
+    w.add_string("general.zz12", "x")
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    factors = export_json(tmp_path / "f.json")
+    assert main(["apply", str(factors), str(src), "-o", str(tmp_path / "out.gguf")]) == 0
+    assert_copied(src, tmp_path / "out.gguf", {"rope_freqs.weight"})  # every key's bytes as they were
+    dup = tmp_path / "dup.gguf"
+    dup.write_bytes(src.read_bytes().replace(b"general.zz12", b"general.name"))  # the key twice
+    one_line(capsys, main(["apply", str(factors), str(dup), "-o", str(tmp_path / "dup-out.gguf")]),
+             "is not a readable GGUF file")
+    assert not (tmp_path / "dup-out.gguf").exists()
