@@ -64,6 +64,10 @@ def documents(spec: str, column: str = "text", per_line: bool = False, split: st
             return _text(spec, files, [f.name for f in files], per_line, "train", config, streaming, count)
         if not tables:
             raise UserError(f"data folder {path} has no .txt, .parquet, .jsonl, .json or .csv files")
+        kinds = list(dict.fromkeys(p.suffix for p in tables))
+        if len({DATA_FILES[k] for k in kinds}) > 1:  # datasets would read the larger group, silently
+            raise UserError(f"data folder {path} holds {' and '.join(kinds)} files; point data.path at one "
+                            "file, or at a folder of one kind")
         _no_per_line(per_line, spec)
         return _rows(spec, dict(path=str(path), name=config or None), column, split, streaming, count)
     if path.is_file():
@@ -162,7 +166,10 @@ def _rows(spec: str, kw: dict, column: str, split: str, streaming: bool, count: 
     if not streaming:
         if column not in ds.column_names:
             raise UserError(f"{spec} has no column {column!r}; columns: {', '.join(ds.column_names)}")
-        texts = list(ds[column])
+        try:
+            texts = list(ds[column])
+        except UnicodeDecodeError as e:  # arrow's JSON reader keeps the bytes; they decode here
+            raise UserError(f"{spec} is not UTF-8 text ({_first_line(e)})") from None
         missing = sum(not isinstance(t, str) for t in texts)
         if missing == len(texts):
             raise UserError(f"{spec}: none of its {len(texts)} rows has a text {column!r}")

@@ -264,3 +264,24 @@ def test_a_missing_relative_file_is_not_taken_for_a_hub_id():
     """sub/docs.jsonl is a path (a hub id has no file suffix): before, 'cannot load hub dataset'."""
     with pytest.raises(UserError, match=r"^data path sub/docs.jsonl does not exist$"):
         load_corpus("sub/docs.jsonl")
+
+
+def test_a_folder_of_two_table_kinds_and_a_jsonl_not_in_utf8_are_one_line(tmp_path):
+    """datasets read the larger group of a folder of .jsonl and .csv files and dropped the other
+    without a word; a .jsonl in Latin-1 loaded, then failed in a traceback where its column was read."""
+    mixed = tmp_path / "mixed"
+    mixed.mkdir()
+    write_jsonl(mixed / "a.jsonl", ["from a jsonl"])
+    for name in ("c", "d"):
+        (mixed / f"{name}.csv").write_text(f"text\nfrom {name} csv\n")
+    with pytest.raises(UserError, match=r"holds .jsonl and .csv files; point data.path at one file"):
+        load_corpus(str(mixed))
+    both = tmp_path / "json"  # .json and .jsonl: one reader, one corpus
+    both.mkdir()
+    write_jsonl(both / "a.jsonl", ["one"])
+    write_jsonl(both / "b.json", ["two"])
+    assert sorted(load_corpus(str(both)).texts) == ["one", "two"]
+    latin = tmp_path / "latin1.jsonl"
+    latin.write_bytes('{"text": "café"}\n'.encode("latin-1"))
+    with pytest.raises(UserError, match=r"latin1.jsonl is not UTF-8 text"):
+        load_corpus(str(latin))
