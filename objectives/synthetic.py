@@ -43,7 +43,13 @@ class SyntheticEvaluator:
         return self.geometry
 
     def check_pool(self, lengths: list[int], pool: str) -> None:
-        pass
+        self._ppl_only(self.spec.task.kind)
+
+    @staticmethod
+    def _ppl_only(kind: str) -> None:
+        if kind != "ppl":  # its one score would pass for needle perplexity or pass-key accuracy
+            raise UserError("the synthetic objective has no text to hide a pass key in: it scores perplexity "
+                            "only (objective.kind = \"ppl\", eval --task ppl)")
 
     def task_records(self, length: int, pool: str = "search") -> None:
         return None
@@ -66,6 +72,7 @@ class SyntheticEvaluator:
             raise UserError("the synthetic objective scores factors only (no native rotary, no lm_infinite)")
         if stride is not None:
             raise UserError("the synthetic objective has no documents to slide a window over (--stride)")
+        self._ppl_only(kind or self.spec.task.kind)
         t0 = time.perf_counter()
         self.calls += 1
         lam = np.asarray(factors.lambdas)

@@ -27,6 +27,9 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
         from longrope.objectives.synthetic import GEOMETRY, parse_cost
 
         parse_cost(cfg.model.path)
+        if cfg.objective.kind != "ppl":  # refused before the run folder is made (its evaluate refuses too)
+            raise UserError(f"objective.kind = {cfg.objective.kind!r} needs text to hide a pass key in; the "
+                            "synthetic objective scores perplexity only")
         return GEOMETRY
     from longrope.objectives.models import gguf_scaling, read_config, resolve
 

@@ -81,6 +81,7 @@ CONFIG_CASES = {
     # issue 13: refused before the run directory exists, naming the key
     "sigma nan": (SYN + "sigma = nan\n", "search.sigma must be a finite number, got nan"),
     "mscale inf": (SYN.replace("[search]", "mscale = inf\n[search]"), "space.mscale must be a finite number"),
+    "needle on synthetic": (SYN + '[objective]\nkind = "needle"\n', "the synthetic objective scores perplexity only"),
     "unknown storage url": (SYN + "storage = 'nosuchdb://x/y'\n", "search.storage = 'nosuchdb://x/y' is not"),
     # a known database whose file cannot be made: opened before the run directory is
     "storage that cannot open": (SYN + "storage = 'sqlite:////no/such/dir/x.db'\n", "cannot open storage"),
@@ -195,6 +196,10 @@ RUN_CASES = {
                               "is a file"),  # was: NotADirectoryError's traceback
     "bench --only empty": (lambda run, f, t: ["bench", "--quick", "--only", " ,", "--out", str(t)],
                            "--only names no section"),  # was: every section, hours of a full bench
+    "eval passkey on synthetic": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
+                                                     "passkey"], "scores perplexity only"),  # was: KeyError
+    "eval needle on synthetic": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
+                                                    "needle"], "scores perplexity only"),  # was: ppl as needle's
     "eval --plot a folder": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
                                                 "passkey", "--plot", str(t)], "is a folder; name a file"),
     "apply to a non-model": (lambda run, f, t: ["apply", str(f / "export.json"), str(f / "nomodel"),
