@@ -20,6 +20,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from shlex import quote
 from typing import Any
 
 from longrope.spaces import (
@@ -116,7 +117,7 @@ def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
         s = stages.get((r.kind, r.target_length))
         if s is not None and not s["done"]:
             out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
-                       f"are its best factors so far; `longrope resume {run.path}` finishes it")
+                       f"are its best factors so far; `longrope resume {quote(str(run.path))}` finishes it")
     return out
 
 

@@ -45,6 +45,7 @@ import uuid
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from shlex import quote
 
 from longrope.spaces import UserError
 from longrope.spaces.files import pid_alive
@@ -237,7 +238,8 @@ class Lease:
         if self.ticket()._holds(other):
             return (f"{self.path.parent}: this driver was unresponsive for longer than --lock-timeout "
                     f"({self.timeout:g} s) and stopped writing to the run, in case another driver took "
-                    f"it over; none did: `longrope resume {self.path.parent}` continues the search")
+                    f"it over; none did: `longrope resume {quote(str(self.path.parent))}` continues the "
+                    "search")
         return _lost(self.path, other)
 
     def _beat(self) -> None:

@@ -15,6 +15,7 @@ import math
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING
 
 from longrope.spaces import METHODS, REFERENCE_METHODS, RescaleFactors, RopeGeometry, UserError, method
@@ -186,10 +187,13 @@ def eval_data_flags(cfg: dict) -> str:
     d, tok = cfg.get("data", {}), cfg.get("model", {}).get("tokenizer")
     flags = [f"--samples {d['heldout_docs']}" if d.get("heldout_docs") else "",
              f"--split-seed {d['split_seed']}" if d.get("split_seed") else "",
-             f"--text-column {d['text_column']}" if d.get("text_column", "text") != "text" else "",
-             f"--data-split {d['split']}" if d.get("split", "train") != "train" else "",
-             f"--data-config {d['config']}" if d.get("config") else "",
-             "--per-line" if d.get("per_line") else "", f"--tokenizer {tok}" if tok else ""]
+             f"--text-column {quote(d['text_column'])}" if d.get("text_column", "text") != "text" else "",
+             f"--data-split {quote(d['split'])}" if d.get("split", "train") != "train" else "",
+             f"--data-config {quote(d['config'])}" if d.get("config") else "",
+             "--per-line" if d.get("per_line") else "", f"--tokenizer {quote(tok)}" if tok else ""]
+    o = cfg.get("objective", {})
+    if o.get("kind", "ppl") == "needle":  # the score the search ranked by (eval's aggregate needs 10 depths)
+        flags.append("--task needle" + (f" --depths {o['depths']}" if o.get("depths", 10) != 10 else ""))
     if d.get("streaming"):
         count = d.get("stream_docs") or 2 * max(d.get("search_docs", 5), d.get("heldout_docs", 5))
         flags.append(f"--streaming --stream-docs {count}")
@@ -216,10 +220,11 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
         model = top.record.model or model  # the model it searched: a fine-tune's, when one ran before it
         lines += ["", "To compare the longest stage's best with the closed-form methods on the held-out "
                   "documents (`eval` prints the table; nothing of it is stored in the run):", "", "```",
-                  f"longrope export {run.path}",
-                  f"longrope eval --model {model} --data {data} --lengths {top.length} --split heldout "
-                  f"{eval_data_flags(cfg)}--methods none,pi,ntk,yarn,"
-                  f"{run.path}/export/longrope-{top.length}.json",
+                  f"longrope export {quote(str(run.path))}",
+                  f"longrope eval --model {quote(str(model))} --data {quote(str(data))} "
+                  f"--lengths {top.length} --split heldout "
+                  f"{eval_data_flags(cfg)}--methods "
+                  + quote(f"none,pi,ntk,yarn,{run.path}/export/longrope-{top.length}.json"),
                   "```"]
     tunes = sorted((run.path / "finetune").glob("ft-*/training.json"))
     if tunes:

@@ -9,6 +9,7 @@ import shutil
 import time
 import tomllib
 from pathlib import Path
+from shlex import quote
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
@@ -108,7 +109,7 @@ class Run:
         that was being created has no journal yet and is started again."""
         if e.errno not in STORAGE_ERRORS:
             return None
-        then = (f"then: longrope resume {self.path}" if self.is_run(self.path) else
+        then = (f"then: longrope resume {quote(str(self.path))}" if self.is_run(self.path) else
                 f"remove {self.path} and start the search again")
         return UserError(f"cannot write {e.filename or self.path}: {e.strerror}; every result told before "
                          f"is kept; free space (or remount it writable), {then}")
@@ -144,8 +145,8 @@ class Run:
         if bad:
             more = f" (and {len(bad) - 1} more)" if len(bad) > 1 else ""
             raise UserError(f"{self.journal} line {bad[0]} is not a journal record{more}; "
-                            f"`longrope resume {self.path} --repair` drops unreadable lines (keeping a "
-                            "backup) and re-runs what they held")
+                            f"`longrope resume {quote(str(self.path))} --repair` drops unreadable lines "
+                            "(keeping a backup) and re-runs what they held")
 
     def unreadable_lines(self) -> list[int]:
         """1-based numbers of the lines that are not JSON objects with an op_code (a torn last

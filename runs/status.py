@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from shlex import quote
 from typing import TYPE_CHECKING, Any
 
 from .lease import HEARTBEAT, holder
@@ -150,7 +151,8 @@ def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
     """One line on the run's driver, from its lease (runs/lease.py holder)."""
     if driver is None:
         return ("driver: none running (the run is finished)" if done else
-                f"driver: none running (an unfinished run continues with: longrope resume {run.path})")
+                "driver: none running (an unfinished run continues with: longrope resume "
+                f"{quote(str(run.path))})")
     if driver["state"] == "unreadable":
         return "driver: run.lock is unreadable; a resume takes it over"
     who, age = f"pid {driver['pid']} on {driver['host']}", driver["heartbeat_age"]
@@ -204,8 +206,8 @@ def render_status(run: Run, as_json: bool) -> str:
         lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}{ckpt}, loss {f['loss']:.4f} "
                      f"(last step), {eta}")
     page = report_path(run)
-    lines.append(f"report: {page} (refresh: longrope report {run.path})" if page else
-                 f"report: longrope report {run.path}")
+    lines.append(f"report: {page} (refresh: longrope report {quote(str(run.path))})" if page else
+                 f"report: longrope report {quote(str(run.path))}")
     return "\n".join(lines)
 
 

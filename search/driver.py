@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from shlex import quote
 from typing import Any
 
 import optuna
@@ -127,13 +128,13 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
             if lease.lost and lease.mine():  # stalled past its timeout, and nobody took over
                 raise interrupted(seen, "; this driver was unresponsive for longer than --lock-timeout "
                                   "and stopped writing to the run, so nothing was re-queued here; resume "
-                                  f"with: longrope resume {run_dir}") from None
+                                  f"with: longrope resume {quote(str(run_dir))}") from None
             if lease.lost:  # abandon_inflight wrote nothing: the run is another driver's now
                 raise interrupted(seen, "; another driver holds the run now (it was taken over while "
                                   "this one hung), so nothing was re-queued here; it continues the search") \
                     from None
             run.event(f"interrupted ({how_stopped(seen)[0]}); running trials re-queued")
-            resume = f"longrope resume {run_dir}"
+            resume = f"longrope resume {quote(str(run_dir))}"
             raise interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
         finally:
             plan.close()  # before the lock is released

@@ -173,3 +173,32 @@ def test_a_report_leaves_the_temp_files_of_one_writing_beside_it(run, tmp_path):
         assert not theirs.exists()
     finally:
         live.kill()
+
+
+def test_the_commands_the_report_and_status_print_can_be_pasted_back(tmp_path):
+    """A run folder with a space in its name: `longrope export /x/run a` took `a` for an unknown
+    argument, and the eval line's --methods split in two; a needle search's eval line scored plain
+    perplexity (no --task needle)."""
+    import shlex
+
+    from search_helpers import small_cfg
+
+    from longrope.runs import Run
+    from longrope.runs.report import eval_data_flags
+    from longrope.search.cli import build_parser
+
+    (tmp_path / "c.toml").write_text(small_cfg(iterations=1)[1])
+    run_dir = tmp_path / "run a"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet", "--max-evals", "4"]) == 0
+    assert main(["report", str(run_dir)]) == 0
+    page = (run_dir / "report" / "report.md").read_text()
+    block = page.split("```\n")[-2].strip().splitlines()  # the export and eval lines
+    export, evaluate = (build_parser().parse_args(shlex.split(line)[1:]) for line in block)
+    assert export.run_dir == str(run_dir)
+    assert evaluate.methods.split(",")[-1] == f"{run_dir}/export/longrope-256.json"
+    status = render_status(Run.open(run_dir), False)
+    line = next(ln for ln in status.splitlines() if ln.startswith("report:"))
+    assert shlex.split(line.split("refresh: ")[1].rstrip(")"))[2] == str(run_dir)
+    needle = build_parser().parse_args(["eval", "--lengths", "256", *shlex.split(
+        eval_data_flags({"data": {}, "objective": {"kind": "needle", "depths": 4}}))])
+    assert (needle.task, needle.depths) == ("needle", 4)
