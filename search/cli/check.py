@@ -16,6 +16,7 @@ import argparse
 import importlib.metadata
 import importlib.util
 import json
+import math
 import platform
 import sys
 from typing import Any
@@ -88,6 +89,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     from longrope.objectives.selfcheck import self_test
 
     model, dtype = args.model or EMBEDDED, args.dtype or "auto"
+    named = "--device"  # where the device came from, for its refusals
     attention, tokenizer = args.attention, args.tokenizer
     if args.config:
         from pathlib import Path
@@ -101,14 +103,16 @@ def cmd_check(args: argparse.Namespace) -> int:
         cfg = load(run_config if run_config.is_file() else args.config)
         model, dtype = args.model or cfg.model.path, args.dtype or cfg.model.dtype  # what was given wins
         attention, tokenizer = attention or cfg.model.attention, tokenizer or cfg.model.tokenizer
+        if not args.device and cfg.model.device != "auto":  # the run's device: a search refuses it too
+            args.device, named = cfg.model.device, "model.device ="
     if args.device and not (args.device == "cpu" or args.device.split(":")[0] == "cuda"):
-        raise UserError(f"--device {args.device!r}: use cpu, cuda or cuda:N")
+        raise UserError(f"{named} {args.device!r}: use cpu, cuda or cuda:N")
     if args.device and args.device.startswith("cuda") and not torch.cuda.is_available():
-        raise UserError(f"--device {args.device}: torch sees no GPU on this machine")
+        raise UserError(f"{named} {args.device}: torch sees no GPU on this machine")
     index = args.device.split(":")[1] if args.device and ":" in args.device else "0"
     if args.device and args.device.startswith("cuda") and not (index.isdigit()
                                                                and int(index) < torch.cuda.device_count()):
-        raise UserError(f"--device {args.device}: torch sees {torch.cuda.device_count()} GPU(s), "
+        raise UserError(f"{named} {args.device}: torch sees {torch.cuda.device_count()} GPU(s), "
                         f"cuda:0 to cuda:{torch.cuda.device_count() - 1}")
     out = environment()
     out["ray_cluster"] = ray_resources(args.address) if args.address else None
@@ -127,8 +131,20 @@ def cmd_check(args: argparse.Namespace) -> int:
             why = (str(e).strip().splitlines() or [""])[0][:300]
             out["self_test"].append({"device": dev, "ok": False, "error": f"{type(e).__name__}: {why}"})
     out["ok"] = all(t["ok"] for t in out["self_test"])
-    print(json.dumps(out, indent=1) if args.json else render(out))
+    print(json.dumps(_finite(out), indent=1, allow_nan=False) if args.json else render(out))
     return 0 if out["ok"] else 1
+
+
+def _finite(x: Any) -> Any:
+    """`x` with inf and NaN as null: JSON has no such numbers (Python's Infinity is not JSON, and a
+    failed check, when the JSON matters most, is where they appear)."""
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, dict):
+        return {k: _finite(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_finite(v) for v in x]
+    return x
 
 
 def render(out: dict[str, Any]) -> str:
@@ -149,8 +165,8 @@ def render(out: dict[str, Any]) -> str:
         lines += ["", f"{t['device']}: {t['name']}, {t['model']} in {t['dtype']}, "
                   f"{t['attention']} attention:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
-                  f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e} (<= {p['tolerance']:g}) "
-                  f"{_ok(p['ok'])}",
+                  f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e}, n̂ = length vs "
+                  f"plain {p['n_hat_max_abs_diff']:.2e} (<= {p['tolerance']:g}) {_ok(p['ok'])}",
                   f"  evaluation at {e['length']}: ppl {e['ppl']:.3f}, {e['seconds']:.2f} s, "
                   f"{e['seconds_per_1k_tokens']:.3f} s per 1k tokens {_ok(e['ok'])}",
                   _render_nll(n)]

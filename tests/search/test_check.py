@@ -2,12 +2,15 @@
 patch makes it fail (exit 1); bf16 ranks the fixed candidates like float32."""
 
 import json
+import math
 
 import pytest
 import torch
 
 from longrope.objectives import headnll, rotary, selfcheck
+from longrope.objectives.specs import ObjectiveSpec
 from longrope.search.cli import main
+from longrope.spaces import RopeGeometry
 
 
 def test_check_json_shape_on_cpu(capsys):
@@ -241,3 +244,58 @@ def test_a_flash_attn_that_does_not_import_is_reported_broken(monkeypatch):
     monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn" else real(name, *a))
     monkeypatch.setitem(sys.modules, "flash_attn", None)  # `import flash_attn` raises ImportError
     assert check.environment()["flash_attn"].startswith("broken: ModuleNotFoundError")
+
+
+def test_checks_that_passed_what_they_should_not(monkeypatch, capsys, tmp_path):
+    """A head that put each NLL on the wrong token kept the mean (only the mean was checked); an n̂
+    kept on the wrong positions passed the parity (it ran with n̂ = 0 only); tied infinite
+    perplexities ranked alike (ρ = 1); --json printed Infinity, which is not JSON; a config's
+    model.device = "cuda" was checked on the CPU, where the search refuses it."""
+    real = headnll.head_nll
+    monkeypatch.setattr(headnll, "_compiled", lambda *a, **kw: real(*a, **kw).flip(0))  # same mean
+    monkeypatch.setattr(headnll, "failures", {})
+    out = selfcheck.nll_check(selfcheck.evaluation("builtin:tiny-sotu", "cpu", "float32", docs=1)[0], 256)
+    assert out["compiled"] and out["mean_rel_diff"] < 1e-4 and not out["ok"], out
+    monkeypatch.undo()
+
+    keep = rotary.CandidateRotary.forward
+
+    def ignored(self, *a, **kw):  # n̂ forgotten: every position stretched
+        n, self.n_hat = self.n_hat, 0
+        try:
+            return keep(self, *a, **kw)
+        finally:
+            self.n_hat = n
+
+    monkeypatch.setattr(rotary.CandidateRotary, "forward", ignored)
+    p = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
+    assert p["identity_bit_exact"] and p["linear_max_abs_diff"] <= p["tolerance"] < p["n_hat_max_abs_diff"], p
+    assert not p["ok"]
+    monkeypatch.undo()
+
+    class Inf:  # every candidate scores inf in both dtypes
+        geometry = RopeGeometry(rotary_dim=16, base=1e4, original_length=64, model_type="llama")
+        spec = ObjectiveSpec.of("m")
+
+        def docs(self, n):
+            return [None]
+
+        def evaluate(self, c, n):
+            return type("E", (), {"ppl": math.inf})()
+
+    import longrope.objectives.workers as workers
+
+    monkeypatch.setattr(workers, "Evaluator", lambda spec: Inf())
+    r = selfcheck.rank_check("m", "cpu", "bfloat16", Inf())
+    assert not r["all_finite"] and not r["ok"], r
+    monkeypatch.undo()
+
+    monkeypatch.setattr(selfcheck, "self_test", lambda *a, **kw: {"ok": False, "evaluation": {"ppl": math.inf},
+                                                               "device": "cpu"})
+    assert main(["check", "--json", "--device", "cpu"]) == 1
+    assert json.loads(capsys.readouterr().out, parse_constant=lambda c: 1 / 0)["self_test"][0]["evaluation"] \
+        == {"ppl": None}
+    monkeypatch.undo()
+    (tmp_path / "cuda.toml").write_text('[model]\npath = "builtin:tiny-sotu"\ndevice = "cuda"\n')
+    assert main(["check", str(tmp_path / "cuda.toml")]) == 2
+    assert "model.device = cuda: torch sees no GPU" in capsys.readouterr().err
