@@ -110,6 +110,8 @@ def _depth_table(method: str, r: dict[int, Any], lengths: list[int], task: str) 
     for d in depths:
         cells = [f"{r[n].extra[key][d]:.2f}" if r[n].ok else "failed" for n in lengths]
         lines.append(f"| {d:.2f} | " + " | ".join(cells) + " |")
+    if not depths:  # every length failed: say why, as the table without --depths does
+        lines.append("| all | " + " | ".join(f"failed ({r[n].reason})" for n in lengths) + " |")
     return "\n".join(lines)
 
 
@@ -131,7 +133,9 @@ def plot_depths(results: dict[str, dict[int, Any]], path: str) -> None:
     import matplotlib.pyplot as plt
 
     lengths = sorted({n for r in results.values() for n in r})
-    methods = list(results)
+    methods = [m for m, r in results.items() if any(e.ok for e in r.values())]  # a failed one has no depths
+    if not methods:
+        raise UserError(f"no plot {path}: every evaluation failed (the table says why)")
     width = 2.2 + 1.6 * len(methods) * max(1, len(lengths) / 3)
     fig, axes = plt.subplots(1, len(methods), figsize=(width, 3.6), squeeze=False)
     for ax, m in zip(axes[0], methods, strict=True):

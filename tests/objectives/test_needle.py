@@ -184,3 +184,20 @@ def test_needle_score_aborts_exactly_like_perplexity(tok, docs):
     cut = score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl ** 0.5)
     assert cut.status == "pruned" and cut.ppl <= full.ppl and len(cut.doc_nll) < 4
     assert score_needle(m, rot, method("none", g, 256), samples, threshold=full.ppl * 1.01).ok
+
+
+def test_a_method_whose_every_evaluation_failed_is_said_in_the_depth_table_and_left_out_of_the_plot(tmp_path):
+    """--depths printed a header with no rows and never the reason; --plot crashed in imshow([])."""
+    from types import SimpleNamespace
+
+    from longrope.objectives.evaluate import plot_depths, render
+
+    ok = SimpleNamespace(ok=True, extra={"by_depth": {0.0: 1.0, 1.0: 0.5}}, reason="")
+    bad = SimpleNamespace(ok=False, extra={}, reason="non-finite NLL")
+    results = {"yarn": {256: ok, 512: ok}, "huge": {256: bad, 512: bad}}
+    table = render(results, False, "passkey", by_depth=True)
+    assert "| all | failed (non-finite NLL) | failed (non-finite NLL) |" in table
+    plot_depths(results, str(tmp_path / "p.png"))
+    assert (tmp_path / "p.png").stat().st_size > 1000
+    with pytest.raises(UserError, match="every evaluation failed"):
+        plot_depths({"huge": results["huge"]}, str(tmp_path / "q.png"))
