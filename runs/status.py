@@ -61,13 +61,22 @@ def tokens_saved(trials: list[FrozenTrial]) -> int | None:
 PACE_WINDOW = 20  # the last evaluations whose completion times give the pace
 
 
+PAUSE = 10  # a gap between completions this many times their median is a pause (killed, then resumed)
+
+
 def pace(trials: list[FrozenTrial]) -> float | None:
     """Evaluations per second over the last PACE_WINDOW completions: what all workers together
-    deliver (two workers complete twice as often as one). None with fewer than three."""
+    deliver (two workers complete twice as often as one). A pause (the run killed, resumed later)
+    counts as one median gap, not its length, or the ETA after a resume would count the hours the
+    run lay idle for PACE_WINDOW evaluations. None with fewer than three."""
     ends = sorted(t.datetime_complete for t in trials if t.state.is_finished() and t.datetime_complete)
     recent = ends[-PACE_WINDOW:]
-    span = (recent[-1] - recent[0]).total_seconds() if len(recent) >= 3 else 0.0
-    return (len(recent) - 1) / span if span > 0 else None
+    gaps = [(b - a).total_seconds() for a, b in zip(recent, recent[1:], strict=False)]
+    if len(gaps) < 2:
+        return None
+    median = sorted(gaps)[len(gaps) // 2]
+    span = sum(g if g <= PAUSE * median else median for g in gaps)
+    return len(gaps) / span if span > 0 else None
 
 
 def eta_seconds(trials: list[FrozenTrial], remaining: int) -> float | None:
@@ -133,8 +142,16 @@ def finetune_summaries(run: Run) -> list[dict[str, Any]]:
                     "steps": d.get("steps"), "loss": d.get("loss"), "done": done,
                     "checkpoint_step": d.get("checkpoint_step"),
                     "eta_seconds": None if done else d.get("eta_seconds"),
+                    "seconds_per_step": _per_step(d),
                     "model": str(run.model_dir(length)) if done else None})
     return sorted(out, key=lambda f: f["target"] or 0)
+
+
+def _per_step(d: dict[str, Any]) -> float | None:
+    """Seconds a step from a progress record: its ETA over the steps it had left."""
+    left = (d.get("steps") or 0) - (d.get("step") or 0)
+    eta = d.get("eta_seconds")
+    return eta / left if isinstance(eta, int | float) and left > 0 else None
 
 
 def finished(run: Run, stages: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> bool:
@@ -199,8 +216,10 @@ def render_status(run: Run, as_json: bool) -> str:
                      f"failed {s['failed']}, tokens {_count(s['tokens'])}{saved}, critical dim {crit}"
                      f"{mscale}, {eta}")
     for f in tunes:
-        eta = f"done, model {f['model']}" if f["done"] else \
-            f"ETA {(f['eta_seconds'] or 0) / 60:.1f} min{stopped}"
+        secs = f["eta_seconds"] or 0
+        if stopped and f["seconds_per_step"] and f["checkpoint_step"] is not None:  # a resume restarts there
+            secs = f["seconds_per_step"] * (f["steps"] - f["checkpoint_step"])
+        eta = f"done, model {f['model']}" if f["done"] else f"ETA {secs / 60:.1f} min{stopped}"
         ckpt = f" (checkpoint at step {f['checkpoint_step']})" if f["checkpoint_step"] is not None and \
             not f["done"] and f["checkpoint_step"] != f["step"] else ""
         lines.append(f"{f['name']:>14}: step {f['step']}/{f['steps']}{ckpt}, loss {f['loss']:.4f} "
