@@ -23,7 +23,7 @@ from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_fo
 
 from .best import BestRecord
 from .rundir import Run
-from .vocab import REQUEUED, STAGE
+from .vocab import BRED_FROM, REQUEUED, STAGE
 
 if TYPE_CHECKING:
     import optuna
@@ -91,8 +91,10 @@ def seed_curves(run: Run, stage: StageView, previous: BestRecord | None) -> dict
     if stage.kind == "short":
         return {"none": method("none", g, stage.length).lambdas}
     out: dict[str, tuple[float, ...]] = {}
-    if previous is not None:
-        out[f"best of {previous.kind}-{previous.target_length}"] = previous.lambdas
+    bred = stage.study.user_attrs.get(BRED_FROM, ...)  # the best as it was when the stage began
+    if previous is not None and bred is not None:  # absent (runs made before it): the best now
+        lambdas = previous.lambdas if bred is ... else tuple(bred["lambdas"])
+        out[f"best of {previous.kind}-{previous.target_length}"] = lambdas
     names = list(run.config().get("search", {}).get("methods", []))
     for name in [*names, *(m for m in REFERENCE_METHODS if m not in names)]:
         if name in METHODS:

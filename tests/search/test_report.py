@@ -202,3 +202,26 @@ def test_the_commands_the_report_and_status_print_can_be_pasted_back(tmp_path):
     needle = build_parser().parse_args(["eval", "--lengths", "256", *shlex.split(
         eval_data_flags({"data": {}, "objective": {"kind": "needle", "depths": 4}}))])
     assert (needle.task, needle.depths) == ("needle", 4)
+
+
+def test_a_long_stage_shows_the_best_it_was_bred_from_after_a_raised_budget(tmp_path):
+    """A resume that raised the budget improved long-256 after long-512 had begun from its old
+    best (kept in the study, stagecheck.bred_from); the report drew long-256's new best as the seed."""
+    from search_helpers import small_cfg
+
+    from longrope.runs import Run
+    from longrope.runs.vocab import BRED_FROM
+
+    (tmp_path / "c.toml").write_text(small_cfg(iterations=2)[1].replace("targets = [256]", "targets = [256, 512]"))
+    run_dir = tmp_path / "r"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run_dir), "--quiet", "--max-evals", "5"]) == 0
+    assert main(["resume", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
+    run = Run.open(run_dir)
+    study = next(s for s in run.studies() if s.study_name == "long-512")
+    bred = tuple(study.user_attrs[BRED_FROM]["lambdas"])
+    assert bred != run.best("long", 256).lambdas  # the raised budget found a better long-256
+    assert main(["report", str(run_dir)]) == 0
+    section = _section((run_dir / "report" / "report.md").read_text(), "long-512")
+    header = next(ln for ln in section.splitlines() if ln.startswith("| i | best |"))
+    col = [c.strip() for c in header.strip("|").split("|")].index("best of long-256")
+    assert tuple(float(r[col]) for r in _rows(section, "| i | best |")) == pytest.approx(bred, abs=5e-3)
