@@ -32,6 +32,8 @@ class Architecture:
     logits_multiplied_by: config attribute the logits are multiplied by (Cohere: logit_scale).
     export_form: "hf" (the full rope_scaling dict) or "phi3" (the three-key form Phi3Config takes).
     default_theta: θ transformers assumes when a config.json declares no rope_theta (None: refuse).
+    default_head_dim: the head dimension its config class assumes when config.json has no head_dim
+        (Qwen3's 128 whatever hidden_size / heads is; None: hidden_size / heads, as Llama's).
     """
 
     model_type: str
@@ -43,6 +45,7 @@ class Architecture:
     logits_multiplied_by: str | None = None
     export_form: str = "hf"
     default_theta: float | None = None
+    default_head_dim: int | None = None
 
     def __post_init__(self) -> None:
         if self.rotary_layout not in ("half", "interleaved"):
@@ -68,7 +71,7 @@ ARCHITECTURES: dict[str, Architecture] = _table(
     Architecture("granite", logits_divided_by="logits_scaling", default_theta=10000.0),
     # Cohere's config default θ differs between transformers 4.57 (10000) and 5.x (500000).
     Architecture("cohere", rotary_layout="interleaved", logits_multiplied_by="logit_scale"),
-    Architecture("qwen3", default_theta=10000.0),
+    Architecture("qwen3", default_theta=10000.0, default_head_dim=128),  # Qwen3Config(head_dim=128)
     Architecture("mixtral", default_theta=1e6),  # its config class's default θ, in 4.57 and 5.x
 )
 

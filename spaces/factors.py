@@ -128,7 +128,12 @@ def original_length(rope: dict[str, Any], config: dict[str, Any]) -> int | None:
     (short factors up to it); None for a bare rope dict that names no length."""
     L0 = (config.get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
           or config.get("max_position_embeddings"))
-    return int(_number(L0, "original_max_position_embeddings")) if L0 else None
+    if not L0:
+        return None
+    L0 = _number(L0, "original_max_position_embeddings")
+    if L0 != int(L0) or L0 < 2:  # ln L0 divides in mscale_su; 0.5 read as 0 turned the checks off
+        raise UserError(f"original_max_position_embeddings must be an integer >= 2, got {L0:g}")
+    return int(L0)
 
 
 def hf_attention_factor(rope: dict[str, Any], config: dict[str, Any]) -> float:
@@ -173,7 +178,8 @@ class DeployedFactors:
     @classmethod
     def from_hf(cls, d: dict[str, Any]) -> DeployedFactors:
         """From a config.json, an export (config patch) or a bare rope_scaling dict."""
-        rope = d.get("rope_scaling", d.get("rope_parameters", d if "long_factor" in d else None))
+        # or, not get's default: a config may hold "rope_scaling": null beside rope_parameters
+        rope = d.get("rope_scaling") or d.get("rope_parameters") or (d if "long_factor" in d else None)
         if not isinstance(rope, dict):
             raise UserError(f"rope_scaling must be an object, got {type(rope).__name__}")
         if "long_factor" not in rope:

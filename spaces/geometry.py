@@ -39,12 +39,12 @@ class RopeGeometry:
     model_type: str = "unknown"
 
     def __post_init__(self) -> None:
-        if self.rotary_dim <= 0 or self.rotary_dim % 2:
-            raise UserError(f"rotary dimension must be a positive even number, got {self.rotary_dim}")
+        if self.rotary_dim < 4 or self.rotary_dim % 2:  # NTK's base change divides by d - 2
+            raise UserError(f"rotary dimension must be an even number >= 4, got {self.rotary_dim}")
         if not self.base > 1:
             raise UserError(f"RoPE base θ must be > 1, got {self.base}")
-        if self.original_length < 1:
-            raise UserError(f"original length L0 must be >= 1, got {self.original_length}")
+        if self.original_length < 2:  # ln L0 divides in mscale_su
+            raise UserError(f"original length L0 must be >= 2, got {self.original_length}")
 
     @property
     def n_freqs(self) -> int:
@@ -101,7 +101,8 @@ class RopeGeometry:
                 )
             theta = arch.default_theta
         heads = get("num_attention_heads")
-        head_dim = get("head_dim") or (get("hidden_size") // heads if heads else None)
+        head_dim = (get("head_dim") or arch.default_head_dim  # Qwen3's class default, not hidden / heads
+                    or (get("hidden_size") // heads if heads else None))
         if not head_dim:
             raise UserError(f"{name} ({model_type}): cannot tell the head dimension from its config")
         partial = rope.get("partial_rotary_factor", get("partial_rotary_factor", 1.0)) or 1.0

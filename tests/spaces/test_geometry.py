@@ -45,3 +45,34 @@ def test_from_folder(tmp_path):
         RopeGeometry.from_pretrained(tmp_path)
     (tmp_path / "config.json").write_text(json.dumps(tiny_config("qwen2").to_dict()))
     assert RopeGeometry.from_pretrained(tmp_path).n_freqs == 8
+
+
+def test_a_config_json_without_head_dim_takes_its_class_default():
+    """Qwen3Config's head_dim defaults to 128 whatever hidden_size / heads is; the dict path took
+    1024 / 16 = 64 where transformers builds 64 frequencies."""
+    d = {"model_type": "qwen3", "hidden_size": 1024, "num_attention_heads": 16, "rope_theta": 1e6,
+         "max_position_embeddings": 32768}
+    built = transformers.Qwen3Config(**{k: v for k, v in d.items() if k != "model_type"})
+    assert RopeGeometry.from_config(d).rotary_dim == RopeGeometry.from_config(built).rotary_dim == 128
+    llama = {**d, "model_type": "llama"}  # Llama's default is hidden / heads
+    assert RopeGeometry.from_config(llama).rotary_dim == transformers.LlamaConfig(hidden_size=1024,
+                                                                                  num_attention_heads=16).head_dim
+
+
+def test_geometry_and_factor_files_refuse_what_would_divide_by_zero():
+    """NTK's base change divides by d - 2 and mscale_su by ln L0: a rotary dimension of 2 and an
+    L0 of 1 crashed (ZeroDivisionError); L0 = 0.5 was read as 0 and turned the L0 checks off."""
+    from longrope.spaces import DeployedFactors
+
+    with pytest.raises(UserError, match="even number >= 4"):
+        RopeGeometry(2, 1e4, 4096)
+    with pytest.raises(UserError, match="L0 must be >= 2"):
+        RopeGeometry(16, 1e4, 1)
+    patch = {"rope_scaling": {"rope_type": "longrope", "long_factor": [1.0] * 8, "short_factor": [1.0] * 8},
+             "max_position_embeddings": 8192}
+    for bad in (1, 0.5, -4096):
+        with pytest.raises(UserError, match="original_max_position_embeddings must be an integer >= 2"):
+            DeployedFactors.from_hf({**patch, "original_max_position_embeddings": bad})
+    both = {**patch, "rope_parameters": patch["rope_scaling"], "rope_scaling": None,
+            "original_max_position_embeddings": 4096}  # an explicit null beside rope_parameters
+    assert DeployedFactors.from_hf(both).long.lambdas == (1.0,) * 8
