@@ -270,3 +270,10 @@ def test_model_folder_without_tokenizer(tmp_path, capsys, tiny_model_dir, text_c
     (bare / "model.safetensors").write_bytes((tiny_model_dir / "model.safetensors").read_bytes())
     assert main(argv + ["--tokenizer", str(tiny_model_dir), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["none"]["32"] > 1
+    tok = tmp_path / "tok"  # a tokenizer's own folder, no config.json: refused as no model folder before
+    tok.mkdir()
+    for f in tiny_model_dir.glob("*"):
+        if f.name.startswith(("tokenizer", "special_tokens", "vocab", "merges")):
+            (tok / f.name).write_bytes(f.read_bytes())
+    assert main(argv + ["--tokenizer", str(tok), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["none"]["32"] > 1

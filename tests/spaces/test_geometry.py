@@ -76,3 +76,12 @@ def test_geometry_and_factor_files_refuse_what_would_divide_by_zero():
     both = {**patch, "rope_parameters": patch["rope_scaling"], "rope_scaling": None,
             "original_max_position_embeddings": 4096}  # an explicit null beside rope_parameters
     assert DeployedFactors.from_hf(both).long.lambdas == (1.0,) * 8
+
+
+@pytest.mark.parametrize("key, value", [("rope_theta", "abc"), ("hidden_size", None),
+                                        ("max_position_embeddings", "64k")])
+def test_a_config_with_a_value_that_is_no_number_is_one_line(key, value):
+    d = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "rope_theta": 1e4,
+         "max_position_embeddings": 4096, key: value}
+    with pytest.raises(UserError, match="must be numbers"):
+        RopeGeometry.from_config(d)
