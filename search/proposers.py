@@ -178,7 +178,9 @@ class OptunaProposer:
         return [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
 
     def ready(self, study) -> bool:
-        return len(self._counted(study)) < self.budget
+        """Below budget in trials started: a queued seed (WAITING) is one asked for, not one scored;
+        counted, a stage with as many seeds as its budget scored nothing and read done."""
+        return sum(t.state != TrialState.WAITING for t in self._counted(study)) < self.budget
 
     def stopped(self, study) -> bool:
         return False
@@ -202,7 +204,7 @@ class OptunaProposer:
         each unless a trial has its parameters: a driver killed while it queued them left the rest
         out for good."""
         resumed = bool(study.get_trials(deepcopy=False))
-        for s in self.seeds:
+        for s in self.seeds[:self.budget]:  # a budget below the seeds scores the first of them
             study.enqueue_trial(self.param.params(s), skip_if_exists=resumed)
         done = sum(t.state != TrialState.WAITING for t in self._counted(study))
         if not done:

@@ -427,3 +427,22 @@ def test_workers_in_two_dtypes_are_refused_and_so_is_a_replacement_in_another(ra
                 backend._step()
     finally:
         backend.close()
+
+
+@pytest.mark.parametrize("budget", [2, 4])
+def test_a_comparison_sampler_scores_its_budget_when_its_seeds_fill_it(tmp_path, budget):
+    """cmaes/tpe/random queue their seeds (the methods, the previous best) as WAITING trials, which
+    counted as evaluations: with no more budget than seeds a stage scored nothing, printed done
+    and exported the shorter target's factors."""
+    from longrope.runs import Run
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    cfg, _ = small_cfg(sampler="cmaes")
+    cfg.space.targets = [256, 512]
+    cfg.search.max_evals = budget  # long-512's seeds: long-256's best and pi, ntk, yarn, dynamic_ntk
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    for name, rows in trajectory(run).items():
+        assert sum(r[2] == "COMPLETE" for r in rows) == budget, (name, rows)
+    assert run.best("long", 512) is not None
