@@ -237,9 +237,8 @@ class Lease:
         other = self.read()
         if self.ticket()._holds(other):
             return (f"{self.path.parent}: this driver was unresponsive for longer than --lock-timeout "
-                    f"({self.timeout:g} s) and stopped writing to the run, in case another driver took "
-                    f"it over; none did: `longrope resume {quote(str(self.path.parent))}` continues the "
-                    "search")
+                    f"({self.timeout:g} s) and stopped writing to the run, in case another driver took it "
+                    f"over; none did: `longrope resume {quote(str(self.path.parent))}` continues the search")
         return _lost(self.path, other)
 
     def _beat(self) -> None:

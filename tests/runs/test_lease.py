@@ -502,8 +502,8 @@ def test_status_says_who_drives_the_run(tmp_path, capsys):
     (run_dir / "finetune" / "ft-64" / "progress.json").write_text(json.dumps(
         {"length": 64, "step": 87, "steps": 200, "loss": 3.0, "checkpoint_step": 80, "eta_seconds": 60}))
     assert main(["status", str(run_dir)]) == 0
-    assert "finetune-64: step 87/200 (checkpoint at step 80), loss 3.0000 (last step), ETA 1.0 min once " \
-        "resumed" in capsys.readouterr().out
+    assert "finetune-64: step 87/200 (checkpoint at step 80), loss 3.0000 (last step), ETA 1.1 min once " \
+        "resumed" in capsys.readouterr().out  # 120 steps from step 80 at 60 s / 113 a step
 
 
 def test_sigterm_while_a_resume_watches_a_stale_lock_exits_143(tmp_path, monkeypatch, capsys):
