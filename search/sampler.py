@@ -178,14 +178,20 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
             if not out:
                 out.append(base[0])
                 seen.add(self.space.key(base[0]))
-            tries = 0
+            tries, bred_on = 0, False
             while len(out) < self.population:
-                child = mutate(base[len(out) % len(base)], rng, self.space, self.p_mut, self.sigma)
+                # the seeds in turn; once their neighbours are all taken (a mutant moves n̂ one step),
+                # any candidate found so far, drawn at random
+                parent = base[int(rng.integers(len(base)))] if bred_on else base[len(out) % len(base)]
+                child = mutate(parent, rng, self.space, self.p_mut, self.sigma)
                 tries += 1
                 if self.space.key(child) not in seen:
                     seen.add(self.space.key(child))
                     out.append(child)
+                    base += [child] if bred_on else []
                     tries = 0
+                elif tries >= MAX_TRIES and not bred_on:
+                    base, tries, bred_on = list(out), 0, True
                 elif tries >= MAX_TRIES:
                     raise UserError(
                         f"generation 0: only {len(out)} distinct candidates of search.population = "

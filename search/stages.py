@@ -102,6 +102,10 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
             if kind == "long" and sp.lambda_max and sp.lambda_max < s:
                 print(f"note: space.lambda_max = {sp.lambda_max:g} is below s = {s:g} at {kind}-{length}: "
                       "every λ stays below PI's, and the seeds are clipped to it", file=sys.stderr)
+            if space.one_point:  # its budget would score the same candidate over and over
+                raise UserError(f"{kind}-{length}: the space holds one candidate (λ {space.lambda_min:g} to "
+                                f"λmax = {space.lambda_max:g}, n̂ in {list(space.n_hats)}): nothing to "
+                                "search; raise space.lambda_max_ratio (or lambda_max), or drop the stage")
             out.append(Stage(kind, length, space, cfg.budget(), len(out)))
     return out
 

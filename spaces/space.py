@@ -139,6 +139,13 @@ class SearchSpace:
     def searches_mscale(self) -> bool:
         return self.mscale_grid is not None
 
+    @property
+    def one_point(self) -> bool:
+        """Whether the space holds a single candidate: every λ at its one grid point, one n̂, mscale
+        fixed (Optuna fills single-valued parameters without asking the sampler)."""
+        fixed_mscale = not self.searches_mscale or self.snap_mscale(math.inf) == self.snap_mscale(0.0)
+        return bool(np.all(self._k_lows() == self._k_hi())) and len(self.n_hats) == 1 and fixed_mscale
+
     def genes(self, f: RescaleFactors) -> np.ndarray:
         """The searched λ of f (from the critical dimension on), float64."""
         return np.asarray(f.lambdas[self.first_searched:], dtype=np.float64)

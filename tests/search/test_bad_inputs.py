@@ -81,6 +81,8 @@ CONFIG_CASES = {
     # issue 13: refused before the run directory exists, naming the key
     "sigma nan": (SYN + "sigma = nan\n", "search.sigma must be a finite number, got nan"),
     "mscale inf": (SYN.replace("[search]", "mscale = inf\n[search]"), "space.mscale must be a finite number"),
+    "one-point short stage": (SYN.replace("targets = [256]", "targets = [256]\nshort = [32]\nlambda_max_ratio = 1.0\n"
+                                          "deployable = true"), "short-32: the space holds one candidate"),
     "needle on synthetic": (SYN + '[objective]\nkind = "needle"\n', "the synthetic objective scores perplexity only"),
     "unknown storage url": (SYN + "storage = 'nosuchdb://x/y'\n", "search.storage = 'nosuchdb://x/y' is not"),
     # a known database whose file cannot be made: opened before the run directory is

@@ -446,3 +446,20 @@ def test_a_comparison_sampler_scores_its_budget_when_its_seeds_fill_it(tmp_path,
     for name, rows in trajectory(run).items():
         assert sum(r[2] == "COMPLETE" for r in rows) == budget, (name, rows)
     assert run.best("long", 512) is not None
+
+
+def test_generation_0_of_a_one_seed_stage_breeds_on_from_its_mutants(tmp_path):
+    """A short stage with λmax = 1 has one seed (λ = 1, n̂ = 0) and 14 candidates (the n̂ set); a
+    mutant moves n̂ one step, so the seed's own mutants reach n̂ 0 and 1 only, and generation 0
+    was refused as "the space is too small" after the long stages had run."""
+    from longrope.runs import Run
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    cfg, _ = small_cfg(short="[32]")
+    cfg.space.lambda_max_ratio = 1.0
+    cfg.search.max_evals = 12
+    run = Run.create(tmp_path / "r", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    rows = trajectory(run)["short-32"]
+    assert len(rows) == 12 and len({str(r[1]) for r in rows}) == 12  # 12 distinct candidates
