@@ -143,7 +143,8 @@ class SearchSpace:
     def one_point(self) -> bool:
         """Whether the space holds a single candidate: every λ at its one grid point, one n̂, mscale
         fixed (Optuna fills single-valued parameters without asking the sampler)."""
-        fixed_mscale = not self.searches_mscale or self.snap_mscale(math.inf) == self.snap_mscale(0.0)
+        lo, hi, st = self.mscale_grid or (1.0, 1.0, 1.0)
+        fixed_mscale = math.floor((hi - lo) / st + _EPS) == 0  # one point on the mscale grid
         return bool(np.all(self._k_lows() == self._k_hi())) and len(self.n_hats) == 1 and fixed_mscale
 
     def genes(self, f: RescaleFactors) -> np.ndarray:
