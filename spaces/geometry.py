@@ -100,22 +100,22 @@ class RopeGeometry:
                     "spaces/architectures.py; add rope_theta to its config.json"
                 )
             theta = arch.default_theta
+        heads = get("num_attention_heads")
+        l0 = get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
+        l0 = l0 or get("max_position_embeddings")
         try:  # transformers keeps what config.json says: "rope_theta": "abc", "hidden_size": null
-            heads = get("num_attention_heads")
             head_dim = (get("head_dim") or arch.default_head_dim  # Qwen3's class default, not hidden / heads
                         or (get("hidden_size") // heads if heads else None))
-            if not head_dim:
-                raise UserError(f"{name} ({model_type}): cannot tell the head dimension from its config")
             partial = rope.get("partial_rotary_factor", get("partial_rotary_factor", 1.0)) or 1.0
-            rotary_dim = int(head_dim * partial)
-            l0 = get("original_max_position_embeddings") or rope.get("original_max_position_embeddings")
-            l0 = l0 or get("max_position_embeddings")
-            if not l0:
-                raise UserError(f"{name} ({model_type}): config has no max_position_embeddings")
-            base, original = float(theta), int(l0)
-        except (TypeError, ValueError) as e:
+            rotary_dim = int(head_dim * partial) if head_dim else None
+            base, original = float(theta), (int(l0) if l0 else None)
+        except (TypeError, ValueError) as e:  # (a UserError is a ValueError: none is raised in here)
             raise UserError(f"{name} ({model_type}): its config's rope_theta, head sizes and lengths must be "
                             f"numbers ({e})") from None
+        if not head_dim:
+            raise UserError(f"{name} ({model_type}): cannot tell the head dimension from its config")
+        if not original:
+            raise UserError(f"{name} ({model_type}): config has no max_position_embeddings")
         return cls(rotary_dim=rotary_dim, base=base, original_length=original, model_type=model_type)
 
     @classmethod

@@ -85,3 +85,15 @@ def test_a_config_with_a_value_that_is_no_number_is_one_line(key, value):
          "max_position_embeddings": 4096, key: value}
     with pytest.raises(UserError, match="must be numbers"):
         RopeGeometry.from_config(d)
+
+
+def test_a_config_without_heads_or_length_says_which():
+    """The numbers check wrapped these UserErrors (a ValueError) into "must be numbers"."""
+    d = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 0, "rope_theta": 1e4,
+         "max_position_embeddings": 4096}
+    for bad, said in ((d, "cannot tell the head dimension from its config"),
+                      ({**d, "num_attention_heads": 4, "max_position_embeddings": None},
+                       "config has no max_position_embeddings")):
+        with pytest.raises(UserError) as e:
+            RopeGeometry.from_config(bad)
+        assert str(e.value) == f"llama (llama): {said}"
