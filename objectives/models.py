@@ -247,8 +247,9 @@ def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
     import transformers
 
     where, kw = (folder, {"gguf_file": gguf} if gguf else {})
-    if path and Path(path).expanduser().is_dir() and not (Path(path).expanduser() / "config.json").is_file():
-        where = Path(path).expanduser()  # a tokenizer's own folder (tokenizer.json, ...): no model config
+    own = Path(path).expanduser() if path else None
+    if own is not None and own.is_dir() and not (own / "config.json").is_file():
+        where = own  # a tokenizer's own folder (tokenizer.json, ...): no model config
     elif path:
         try:  # a GGUF's own tokenizer needs no dequantized weights
             where, kw = resolve(path, convert=False, what="path")

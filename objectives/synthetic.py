@@ -43,11 +43,8 @@ class SyntheticEvaluator:
         return self.geometry
 
     def check_pool(self, lengths: list[int], pool: str) -> None:
-        self._ppl_only(self.spec.task.kind)
-
-    @staticmethod
-    def _ppl_only(kind: str) -> None:
-        if kind != "ppl":  # its one score would pass for needle perplexity or pass-key accuracy
+        """eval's check before it scores (a search is refused sooner, by search/plan.py)."""
+        if self.spec.task.kind != "ppl":  # its one score would pass for needle perplexity or accuracy
             raise UserError("the synthetic objective has no text to hide a pass key in: it scores perplexity "
                             "only (objective.kind = \"ppl\", eval --task ppl)")
 
@@ -72,7 +69,6 @@ class SyntheticEvaluator:
             raise UserError("the synthetic objective scores factors only (no native rotary, no lm_infinite)")
         if stride is not None:
             raise UserError("the synthetic objective has no documents to slide a window over (--stride)")
-        self._ppl_only(kind or self.spec.task.kind)
         t0 = time.perf_counter()
         self.calls += 1
         lam = np.asarray(factors.lambdas)

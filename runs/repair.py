@@ -15,18 +15,19 @@ from .optuna_io import trial_id
 def refuse_unsafe_drop(bad: list[int], lines: list[bytes]) -> None:
     """Raise UserError (nothing changed) when dropping the 1-based lines `bad` would change what
     the rest of the journal means."""
-    _refuse_lost_records(bad, lines, _refuse_renumbering(bad, lines))
+    _refuse_lost_records(bad, lines, *_refuse_renumbering(bad, lines))
 
 
-def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> dict[int, int]:
+def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> tuple[dict[int, int], dict[int, int]]:
     """Optuna's journal numbers studies and trials by their creation records (JournalStorage's
     _apply_create_trial: trial_id = trials so far); every other record names its id. Dropping a
     line that created one would renumber the rest: each later trial would take its
     predecessor's parameters and results. Such a line shows as a record, after it, that names
-    an id not created yet; then nothing is dropped. Returns each trial id's creation line, the
-    ids as Optuna gives them to the journal without the dropped lines."""
+    an id not created yet; then nothing is dropped. Returns each trial id's line of creation and
+    of its end, the ids as Optuna gives them to the journal without the dropped lines."""
     live: dict[str, int] = {}  # study name -> id, as _apply_create_study / _apply_delete_study keep them
     created: dict[int, int] = {}  # trial id -> line of its CREATE_TRIAL
+    finished: dict[int, int] = {}  # trial id -> line of its end (COMPLETE, PRUNED, FAIL)
     studies = trials = 0
     drop = set(bad)
     for n, line in enumerate(lines, start=1):
@@ -47,6 +48,8 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> dict[int, int]:
             if isinstance(study, int) and study in live.values():
                 created[trials], trials = n, trials + 1
             continue
+        if op == 6 and rec.get("state") in (1, 2, 3):  # SET_TRIAL_STATE_VALUES
+            finished.setdefault(trial, n)
         kind, ident, known = (("trial", trial, trials) if isinstance(trial, int)
                               else ("study", study, studies))
         if isinstance(ident, int) and ident >= known:
@@ -55,10 +58,11 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> dict[int, int]:
                             f"{ident} before the journal creates it, so that line created a {kind}, and "
                             "without it every later one would take another's results; restore the journal "
                             "from a copy or start a new --run-dir (nothing was changed)")
-    return created
+    return created, finished
 
 
-def _refuse_lost_records(bad: list[int], lines: list[bytes], created: dict[int, int]) -> None:
+def _refuse_lost_records(bad: list[int], lines: list[bytes], created: dict[int, int],
+                         finished: dict[int, int]) -> None:
     """A dropped line that was a trial's result leaves it RUNNING, re-run on resume; one that was
     a parameter, its slot or a score it recorded (doc_nll) leaves a finished trial without it: a
     KeyError on every resume, or a search that silently differs. So each finished trial whose
@@ -68,14 +72,6 @@ def _refuse_lost_records(bad: list[int], lines: list[bytes], created: dict[int, 
 
     import optuna
 
-    finished: dict[int, int] = {}  # trial id -> line of its end
-    for n, line in enumerate(lines, start=1):
-        try:
-            rec = json.loads(line)
-        except (json.JSONDecodeError, UnicodeDecodeError):
-            continue
-        if isinstance(rec, dict) and rec.get("op_code") == 6 and rec.get("state") in (1, 2, 3):
-            finished.setdefault(rec.get("trial_id"), n)  # COMPLETE, PRUNED, FAIL
     spanning = {t for t, c in created.items() if any(c < b < finished.get(t, 0) for b in bad)}
     if not spanning:
         return

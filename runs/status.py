@@ -59,8 +59,6 @@ def tokens_saved(trials: list[FrozenTrial]) -> int | None:
 
 
 PACE_WINDOW = 20  # the last evaluations whose completion times give the pace
-
-
 PAUSE = 10  # a gap between completions this many times their median is a pause (killed, then resumed)
 
 

@@ -177,10 +177,14 @@ class OptunaProposer:
     def _counted(self, study):
         return [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
 
+    def _started(self, study) -> int:
+        """Trials asked for: a queued seed (WAITING) is not one yet."""
+        return sum(t.state != TrialState.WAITING for t in self._counted(study))
+
     def ready(self, study) -> bool:
-        """Below budget in trials started: a queued seed (WAITING) is one asked for, not one scored;
-        counted, a stage with as many seeds as its budget scored nothing and read done."""
-        return sum(t.state != TrialState.WAITING for t in self._counted(study)) < self.budget
+        """Below budget in trials started: counted with the queued seeds, a stage with as many
+        seeds as its budget scored nothing and read done."""
+        return self._started(study) < self.budget
 
     def stopped(self, study) -> bool:
         return False
@@ -206,7 +210,7 @@ class OptunaProposer:
         resumed = bool(study.get_trials(deepcopy=False))
         for s in self.seeds[:self.budget]:  # a budget below the seeds scores the first of them
             study.enqueue_trial(self.param.params(s), skip_if_exists=resumed)
-        done = sum(t.state != TrialState.WAITING for t in self._counted(study))
+        done = self._started(study)
         if not done:
             return
         seed = int(np.random.SeedSequence([self.seed, done]).generate_state(1)[0])

@@ -188,7 +188,8 @@ class LongRoPESampler(optuna.samplers.BaseSampler):
                 if self.space.key(child) not in seen:
                     seen.add(self.space.key(child))
                     out.append(child)
-                    base += [child] if bred_on else []
+                    if bred_on:
+                        base.append(child)
                     tries = 0
                 elif tries >= MAX_TRIES and not bred_on:
                     base, tries, bred_on = list(out), 0, True
