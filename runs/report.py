@@ -116,13 +116,16 @@ def _png(fig) -> bytes:
 
 
 def _log_y(ax, values: list[float], ratio: float) -> None:
-    """A log y axis, labelled 1, 2, 5, 10, ..., when the values span more than `ratio`."""
-    from matplotlib.ticker import LogLocator, NullFormatter, ScalarFormatter
+    """A log y axis, labelled 1, 2, 5, 10, ... (1, 10, 100, ... past three decades), when the
+    values span more than `ratio`. Labels are `%g` numbers: a ScalarFormatter's shared offset
+    turned 10 .. 1e7 into 0.000 .. 5.000 × 1e7."""
+    from matplotlib.ticker import FuncFormatter, LogLocator, NullFormatter
 
     if min(values) > 0 and max(values) / min(values) > ratio:
         ax.set_yscale("log")
-        ax.yaxis.set_major_locator(LogLocator(subs=(1, 2, 5)))
-        ax.yaxis.set_major_formatter(ScalarFormatter())
+        wide = max(values) / min(values) > 1e3
+        ax.yaxis.set_major_locator(LogLocator(subs=(1,) if wide else (1, 2, 5)))
+        ax.yaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.yaxis.set_minor_formatter(NullFormatter())
 
 
@@ -273,7 +276,7 @@ def render_page(run: Run, views: list[StageView], plots: dict[str, dict[str, str
             lines += [f"![{v.name}: best against evaluations]({plots[v.name]['history']})", ""]
         if v.record is not None:
             r = v.record
-            lines += [f"Best: {_num(r.search_ppl)} (trial {r.trial}, after {r.evals} evaluations), "
+            lines += [f"Best: {_num(r.search_ppl)} (trial {r.trial}, the best of {r.evals} evaluations), "
                       f"n̂ = {r.n_hat}, mscale = {r.mscale:.6g}, {len(r.lambdas)} frequency pairs.", ""]
             if "lambda" in plots.get(v.name, {}):
                 lines += [f"![{v.name}: λ of the best and the seeds]({plots[v.name]['lambda']})", ""]

@@ -76,6 +76,7 @@ def test_report_writes_its_files_for_a_small_run(run, capsys):
         assert [float(r[1]) for r in lam] == pytest.approx(rec.lambdas, rel=1e-5)
         seeds = _rows(section, "| i | best |")[0]
         assert len(seeds) == (6 if name.startswith("long") else 3)  # pi, ntk, yarn, dynamic_ntk | none
+        assert f"(trial {rec.trial}, the best of {rec.evals} evaluations)" in section
     assert rows["long-512"][1:5] == ["0/24", "0", "0", "-"]
     assert "No complete evaluation yet" in _section(page, "long-512")
 
@@ -225,3 +226,25 @@ def test_a_long_stage_shows_the_best_it_was_bred_from_after_a_raised_budget(tmp_
     header = next(ln for ln in section.splitlines() if ln.startswith("| i | best |"))
     col = [c.strip() for c in header.strip("|").split("|")].index("best of long-256")
     assert tuple(float(r[col]) for r in _rows(section, "| i | best |")) == pytest.approx(bred, abs=5e-3)
+
+
+@pytest.mark.parametrize("values, labels", [
+    ((3.2, 40.0), ["5", "10", "20"]),
+    ((12.0, 3e7), ["10", "100", "1000", "10000", "100000", "1e+06", "1e+07"]),
+])
+def test_log_axis_labels_read_as_numbers_at_any_scale(values, labels):
+    """The history's log axis: a shared offset once labelled 10 .. 1e7 as 0.000 .. 5.000 (x 1e7)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots()
+    ax.plot(values)
+    report_mod._log_y(ax, list(values), 10)
+    fig.canvas.draw()
+    lo, hi = ax.get_ylim()
+    shown = [t.get_text() for t, v in zip(ax.get_yticklabels(), ax.get_yticks(), strict=True) if lo <= v <= hi]
+    plt.close(fig)
+    assert ax.get_yscale() == "log" and ax.yaxis.get_offset_text().get_text() == ""
+    assert shown == labels
