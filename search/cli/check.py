@@ -166,7 +166,9 @@ def render(out: dict[str, Any]) -> str:
                   f"{t['attention']} attention:",
                   f"  rotary parity: λ = 1 bit-exact {_yes(p['identity_bit_exact'])}, uniform λ vs "
                   f"transformers' linear max |Δlogit| {p['linear_max_abs_diff']:.2e}, n̂ = length vs "
-                  f"plain {p['n_hat_max_abs_diff']:.2e} (<= {p['tolerance']:g}) {_ok(p['ok'])}",
+                  f"plain {p['n_hat_max_abs_diff']:.2e} (<= {p['tolerance']:g}); rising λ and "
+                  f"mscale vs transformers' longrope: max |Δlogit| / max |logit| "
+                  f"{_diff(p['longrope_max_rel_diff'])} (<= {p['longrope_tolerance']:g}) {_ok(p['ok'])}",
                   f"  evaluation at {e['length']}: ppl {e['ppl']:.3f}, {e['seconds']:.2f} s, "
                   f"{e['seconds_per_1k_tokens']:.3f} s per 1k tokens {_ok(e['ok'])}",
                   _render_nll(n)]
@@ -185,6 +187,10 @@ def _render_nll(n: dict[str, Any]) -> str:
     return (f"{head}, compiled {n['compiled_seconds']:.3f} s, mean NLL rel. diff {n['mean_rel_diff']:.1e} "
             f"(<= {n['tolerance']:g}), max |ΔNLL| {n['max_abs_diff']:.1e} {_ok(n['ok'])}"
             + ("" if n["ok"] else ' (search and eval with [model] nll = "eager" / --nll eager)'))
+
+
+def _diff(d: float | str) -> str:
+    return f"{d:.2e}" if isinstance(d, float) else f"({d})"
 
 
 def _yes(b: bool) -> str:

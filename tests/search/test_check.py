@@ -1,6 +1,7 @@
 """`longrope check`: the environment and the self-test, as JSON and text; a broken rotary
 patch makes it fail (exit 1); bf16 ranks the fixed candidates like float32."""
 
+import dataclasses
 import json
 import math
 
@@ -22,6 +23,7 @@ def test_check_json_shape_on_cpu(capsys):
     assert (t["device"], t["dtype"], t["model"]) == ("cpu", "float32", "builtin:tiny-sotu")
     assert t["rotary_parity"]["identity_bit_exact"] is True
     assert t["rotary_parity"]["linear_max_abs_diff"] <= 1e-4
+    assert 0 <= t["rotary_parity"]["longrope_max_rel_diff"] <= t["rotary_parity"]["longrope_tolerance"]
     ev = t["evaluation"]
     assert ev["length"] == 512 and 1 < ev["ppl"] < 1000 and ev["tokens"] == 5 * 512
     assert ev["seconds_per_1k_tokens"] == pytest.approx(1000 * ev["seconds"] / ev["tokens"])
@@ -193,7 +195,7 @@ def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkey
     assert main(["check", str(tmp_path / "run.toml"), "--json", "--device", "cpu"]) == 0
     [t] = json.loads(capsys.readouterr().out)["self_test"]
     assert t["attention"] == "eager" and t["rotary_parity"]["identity_bit_exact"] and t["ok"]
-    assert len(twins) == 2 and {m.config._attn_implementation for m in twins} == {"eager"}
+    assert len(twins) == 3 and {m.config._attn_implementation for m in twins} == {"eager"}
     assert len(loads) >= 2 and all(a[3] == "eager" and kw.get("tokenizer", a[5:6] and a[5]) == str(src)
                                    for a, kw in loads), loads
     # flash-attn runs on GPUs only: a flash_attention_2 run's CPU self-test is SDPA's, not a failure
@@ -299,3 +301,34 @@ def test_checks_that_passed_what_they_should_not(monkeypatch, capsys, tmp_path):
     (tmp_path / "cuda.toml").write_text('[model]\npath = "builtin:tiny-sotu"\ndevice = "cuda"\n')
     assert main(["check", str(tmp_path / "cuda.toml")]) == 2
     assert "model.device = cuda: torch sees no GPU" in capsys.readouterr().err
+
+
+def test_the_parity_sees_the_order_of_lambda_and_the_attention_factor(monkeypatch, capsys):
+    """Uniform λ and n̂ = length cannot tell λ reversed or an attention factor dropped: the
+    longrope twin (rising λ, mscale 1.2) can. A twin transformers refuses is reported, not failed."""
+    ok = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
+    assert ok["ok"] and isinstance(ok["longrope_max_rel_diff"], float), ok
+    keep = rotary.CandidateRotary.set_factors
+    for bug in (lambda f: dataclasses.replace(f, lambdas=f.lambdas[::-1]),
+                lambda f: dataclasses.replace(f, mscale=1.0)):
+        monkeypatch.setattr(rotary.CandidateRotary, "set_factors",
+                            lambda self, f, bug=bug: keep(self, None if f is None else bug(f)))
+        p = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
+        assert p["identity_bit_exact"] and p["linear_max_abs_diff"] <= p["tolerance"], p
+        assert p["longrope_max_rel_diff"] > 100 * p["longrope_tolerance"] and not p["ok"], p
+    monkeypatch.undo()
+
+    real = selfcheck._twin_logits
+
+    def refuse(model, rope, ids):
+        if rope["rope_type"] == "longrope":
+            raise ValueError("Unrecognized keys in `rope_scaling` for 'rope_type'='longrope': {'attention_factor'}")
+        return real(model, rope, ids)
+
+    monkeypatch.setattr(selfcheck, "_twin_logits", refuse)
+    p = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
+    assert p["ok"] and p["longrope_max_rel_diff"].startswith("not checked: transformers' longrope twin: "), p
+    assert main(["check", "--device", "cpu"]) == 0
+    out = capsys.readouterr().out
+    assert "longrope: max |Δlogit| / max |logit| (not checked: transformers' longrope twin: " in out, out
+    assert "all checks passed" in out
