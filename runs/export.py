@@ -288,7 +288,9 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         print(f"note: {arch.model_type} rotates interleaved pairs; vLLM's LongRoPE rotary takes only the "
               "neox layout, so this folder loads in transformers (and llama.cpp), not in vLLM",
               file=sys.stderr)
-    if patch.get("longrope_search", {}).get("n_hat") and not quiet:
+    # the short factors' n̂ too, as export and the GGUF path read both (DeployedFactors also
+    # takes a "longrope_search": null, which patch.get(..., {}) did not)
+    if any(f.n_hat for f in (factors.long, factors.short) if f is not None) and not quiet:
         print("warning: n̂ > 0 is not applied by transformers; use longrope.objectives.rotary."
               "apply_factors on the loaded model to evaluate with it", file=sys.stderr)
     return out

@@ -243,3 +243,19 @@ def test_apply_links_a_subfolder_file_by_file_and_refuses_an_output_inside_the_m
     (tmp_path / "here").mkdir()
     monkeypatch.chdir(tmp_path / "here")
     one_line(capsys, main(["apply", good, str(src), "-o", "."]), "is the folder you are in")
+
+
+@pytest.mark.parametrize("search, warned", [
+    ({"n_hat": 0, "short_n_hat": 4}, True),  # only the short stage kept positions: read once the long's alone
+    ({"n_hat": 3, "short_n_hat": 0}, True),
+    ({"n_hat": 0, "short_n_hat": 0}, False),
+    (None, False),  # "longrope_search": null, which load_export takes: an AttributeError once the folder was made
+])
+def test_apply_warns_of_any_n_hat_and_takes_a_null_longrope_search(search, warned, tmp_path, capsys,
+                                                                   tiny_model_dir):
+    f = tmp_path / "f.json"
+    f.write_text(json.dumps({**GOOD, "longrope_search": search}))
+    assert main(["apply", str(f), str(tiny_model_dir), "-o", str(tmp_path / "out")]) == 0
+    err = capsys.readouterr().err
+    assert ("n̂ > 0 is not applied by transformers" in err) == warned, err
+    assert json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["attention_factor"] == 1.2
