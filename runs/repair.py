@@ -86,25 +86,28 @@ def _refuse_lost_records(bad: list[int], lines: list[bytes], created: dict[int, 
             for t in done:
                 if trial_id(t) not in spanning:
                     continue
-                lacks = _lacks(t, [u for u in done if u is not t])
-                if lacks:
+                why = _lacks(t, [u for u in done if u is not t])
+                if why:
                     line = min(b for b in bad if created[trial_id(t)] < b < finished[trial_id(t)])
                     raise UserError(f"journal line {line} lies among the records of trial {t.number} of "
-                                    f"{summary.study_name}, finished after it, which lacks {lacks} without "
-                                    "it: dropping it would change that result without a word; restore the "
-                                    "journal from a copy or start a new --run-dir (nothing was changed)")
+                                    f"{summary.study_name}, finished after it, {why}: dropping it could "
+                                    "change that result without a word; restore the journal from a copy or "
+                                    "start a new --run-dir (nothing was changed)")
 
 
 def _lacks(trial, others: list) -> str | None:
-    """What `trial` lacks that every other finished trial of its state has: a parameter (the stage
-    searches the same ones in each), a user or system attribute."""
+    """Why `trial` may have lost a record: a parameter the stage's other finished trials have (it
+    searches the same ones in each), a user or system attribute every other finished trial of its
+    state has; or no other trial of its state to compare with (an interruption leaves one re-queued
+    FAIL, and its re-queue mark could not be missed)."""
     params = set().union(*(u.params for u in others)) - set(trial.params)
     if params:
-        return f"parameter {sorted(params)[0]}"
+        return f"which lacks parameter {sorted(params)[0]} without it"
     same = [u for u in others if u.state == trial.state]
+    if not same:
+        return f"the only {trial.state.name} trial of its study, with no other to check its records against"
     for what, get in (("attribute", lambda u: u.user_attrs), ("system attribute", lambda u: u.system_attrs)):
-        if same:
-            missing = set.intersection(*(set(get(u)) for u in same)) - set(get(trial))
-            if missing:
-                return f"{what} {sorted(missing)[0]}"
+        missing = set.intersection(*(set(get(u)) for u in same)) - set(get(trial))
+        if missing:
+            return f"which lacks {what} {sorted(missing)[0]} without it"
     return None

@@ -93,6 +93,38 @@ def test_a_damaged_record_of_a_finished_trial_is_refused_and_a_stray_line_droppe
     assert trajectory(Run.open(run_dir)) == reference
 
 
+def test_the_re_queue_mark_of_the_only_failed_trial_is_not_dropped(tmp_path, cfg_file, capsys, monkeypatch):
+    """One Ctrl-C leaves one re-queued FAIL trial. A torn line among its records was dropped
+    unchecked (there was no other FAIL trial to compare it with): without its re-queue mark it
+    kept its slot beside its copy, and the run read done at 30 of 36 with another best."""
+    from longrope.search.backends import InProcessBackend
+
+    wait, told = InProcessBackend.wait, []
+
+    def ctrl_c_after_14(self):
+        if len(told) == 14:
+            raise KeyboardInterrupt
+        told.append(1)
+        return wait(self)
+
+    monkeypatch.setattr(InProcessBackend, "wait", ctrl_c_after_14)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit) as stop:
+        main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet"])
+    assert stop.value.code == 130
+    monkeypatch.undo()
+    lines = (run_dir / "journal.log").read_text().splitlines()
+    [hit] = [i for i, ln in enumerate(lines) if "longrope_requeued" in ln]
+    lines[hit] = "\x00\x00\x00 a damaged sector"
+    (run_dir / "journal.log").write_text("\n".join(lines) + "\n")
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]),
+             f"journal line {hit + 1} lies among the records of trial 14 of long-256, finished after it, "
+             "the only FAIL trial of its study")
+    assert snapshot(run_dir) == before
+
+
 def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys, monkeypatch):
     monkeypatch.setattr("longrope.runs.lease.HEARTBEAT", 0.2)  # the unreadable lock is watched 0.4 s
     run_dir = tmp_path / "run"
