@@ -284,6 +284,8 @@ class Driver:
                 self.inflight[trial.number] = (study, trial, proposer)
                 self.backend.submit(job)
             if not self.backend.busy():
+                if self.requeue_strays(stage, study, proposer):
+                    continue
                 break
             key, ev = self.backend.wait()
             _, trial, _ = self.inflight.pop(key)
@@ -298,6 +300,10 @@ class Driver:
             if g is not None:
                 self.log_generation(stage, study, g, proposer)
         bar.close()
+        if (why := proposer.stalled(study)) is not None:
+            raise UserError(f"{stage.name} cannot go on short of its {stage.budget} evaluations: {why} (a "
+                            "journal that lost records); the best so far is in best/; restore the journal "
+                            "from a copy or start a new --run-dir")
         if best is None:
             self.run.event(f"{stage.name}: no complete evaluation")
             return None
@@ -307,6 +313,17 @@ class Driver:
             if proposer.stopped(study) else "budget reached"
         self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
         return factors
+
+    def requeue_strays(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> int:
+        """Trials RUNNING while none is in flight here: written by a driver that stalled inside
+        study.ask, past its lease check, and woke after this one took the run over. Re-queued as
+        at a resume (the search would otherwise wait on them, or count them as done)."""
+        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+            return 0
+        self.check_lease()
+        n = requeue_running(study, proposer)
+        self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by a driver that had lost the run")
+        return n
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
         self.check_lease()

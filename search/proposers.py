@@ -79,6 +79,11 @@ class Proposer(Protocol):
         """The parameters to re-queue for a trial a dead driver left RUNNING; None: do not."""
         ...
 
+    def stalled(self, study: optuna.Study) -> str | None:
+        """Why the stage cannot go on short of its budget when nothing is ready and nothing is in
+        flight (a journal whose generations do not add up); None: it ended as it should."""
+        ...
+
 
 class GAProposer:
     def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
@@ -100,6 +105,14 @@ class GAProposer:
 
     def stopped(self, study: optuna.Study) -> bool:
         return bool(study_system_attrs(study).get(STOPPED))
+
+    def stalled(self, study: optuna.Study) -> str | None:
+        g, j = self.sampler.next_slot(study)
+        if self.stopped(study) or self._index((g, j)) >= self.budget or self.sampler.ready(study):
+            return None
+        held = sum(1 for t in self.sampler.owned(study) if t.system_attrs[SLOT][0] < g)
+        return (f"generation {g} waits on generations before it, whose {self.sampler.slots_before(g)} "
+                f"slots are held by {held} trials")
 
     def _should_stop(self, study: optuna.Study, g: int) -> bool:
         """Best improved by less than min_improvement over the last `patience` generations
@@ -188,6 +201,9 @@ class OptunaProposer:
 
     def stopped(self, study) -> bool:
         return False
+
+    def stalled(self, study) -> str | None:
+        return None  # ready() reads the budget alone
 
     def threshold(self, study, trial) -> Cutoff | None:
         return None

@@ -225,3 +225,47 @@ def test_torn_last_journal_line_still_resumes(tmp_path, torn):
     Driver(cfg, run, progress=False).run_all()
     assert trajectory(run) == ref
     assert "torn" in (run.path / "events.log").read_text()
+
+
+def test_a_trial_written_by_a_driver_that_lost_the_run_is_re_queued(tmp_path, monkeypatch, capsys):
+    """A driver frozen inside study.ask, past its lease check, wakes after another took the run
+    over and writes one RUNNING trial into its journal. The new holder waited on it forever:
+    its stage read done at half its budget, with another best. It is re-queued, and the search
+    equals the uninterrupted one; a generation that cannot be completed is an error, not done."""
+    from longrope.search.cli import main
+
+    ref = tmp_path / "ref"
+    ref.mkdir()
+    _, want, _ = reference_run(ref)
+    tells, keep = [], Driver.tell
+
+    def stray_after_15(self, study, trial, ev):
+        keep(self, study, trial, ev)
+        tells.append(1)
+        if len(tells) == 15:  # the woken driver's ask: the next slot, with nothing in flight for it here
+            st, proposer = self.active
+            st.ask(proposer.distributions())
+
+    monkeypatch.setattr(Driver, "tell", stray_after_15)
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    assert trajectory(run) == want
+    assert "re-queued 1 trial(s) left running by a driver that had lost the run" in \
+        (run.path / "events.log").read_text()
+
+    # a journal that lost a finished trial's slot (as a bad repair left it): an error, not done
+    run2 = tmp_path / "run2"
+    monkeypatch.undo()
+    (tmp_path / "c.toml").write_text(small_cfg()[1])
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run2), "--quiet", "--max-evals", "15"]) == 0
+    lines = (run2 / "journal.log").read_text().splitlines()
+    [slot] = [i for i, ln in enumerate(lines) if (r := json.loads(ln))["op_code"] == 9 and r["trial_id"] == 3
+              and "longrope_slot" in ln]
+    (run2 / "journal.log").write_text("\n".join(lines[:slot] + lines[slot + 1:]) + "\n")
+    capsys.readouterr()
+    assert main(["resume", str(run2), "--quiet", "--max-evals", "24"]) == 2
+    err = capsys.readouterr().err
+    assert "error: long-256 cannot go on short of its 24 evaluations: generation 1 waits on generations before it, " \
+           "whose 12 slots are held by 11 trials" in err, err
+    assert (run2 / "events.log").read_text().count("long-256: done") == 1  # the 15 of the first command
