@@ -246,7 +246,9 @@ class Lease:
             if self._stalled():  # silent past the timeout: a take-over may be under way
                 return
             held = self.mine()
-            if held is None:  # unreadable just now: look again at the next beat
+            if held is None:  # emptied, or a flaky read: rewritten as a watch expects of a live
+                held = self._rewrite_unreadable()  # holder, in the guard (no take-over overwritten)
+            if held is None:
                 continue
             if not held:
                 self.lost = True
@@ -261,6 +263,15 @@ class Lease:
             if self._stalled():  # the write itself hung past the timeout: it may have replaced the
                 return  # lease of a driver that took over meanwhile, whose next beat then stops it
             self._beaten = time.monotonic()
+
+    def _rewrite_unreadable(self) -> bool | None:
+        try:
+            with self._guarded():
+                if self.read() == {}:
+                    self._write()
+        except (UserError, OSError):  # an acquirer in the guard, or a flaky disk: the next beat
+            return None
+        return self.mine()
 
     def _stalled(self) -> bool:
         """True (and the lease lost) when this driver's last refresh is older than the timeout by
@@ -356,26 +367,10 @@ def read_lease(path: Path) -> dict | None:
 
 def lease_age(other: dict) -> float:
     """Seconds since `other` last beat, by this host's clock (a lock from before heartbeats: since
-    it started)."""
+    it started). A heartbeat ahead of this clock counts as old by as much: a dead holder whose
+    clock ran ahead is then taken over once a watch sees it unchanged, as a live one would not be."""
     beat = other.get("heartbeat", other.get("started"))
-    return time.time() - beat if isinstance(beat, (int, float)) else float("inf")
-
-
-def holder(path: Path) -> dict | None:
-    """Who drives the run, for `longrope status`: None when nobody holds its lock, else host, pid,
-    heartbeat age (this host's clock), the holder's --lock-timeout and state: live; silent (older
-    than that timeout: a resume with it takes it over after watching it); gone (its process no
-    longer runs on this host: taken at once); unreadable."""
-    other = read_lease(path)
-    if other is None:
-        return None
-    if not other:
-        return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None, "timeout": None}
-    timeout = recorded_timeout(other) or LOCK_TIMEOUT  # a lease from before it was recorded: the default
-    age = lease_age(other)
-    state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
-    return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
-            "heartbeat_age": round(age, 1) if age != float("inf") else None, "timeout": timeout}
+    return abs(time.time() - beat) if isinstance(beat, (int, float)) else float("inf")
 
 
 def recorded_timeout(other: dict) -> float | None:

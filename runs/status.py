@@ -7,10 +7,11 @@ from __future__ import annotations
 import json
 import math
 import time
+from pathlib import Path
 from shlex import quote
 from typing import TYPE_CHECKING, Any
 
-from .lease import HEARTBEAT, holder
+from .lease import HEARTBEAT, LOCK_TIMEOUT, Lease, lease_age, read_lease, recorded_timeout
 from .optuna_io import study_system_attrs
 from .report import report_path
 from .rundir import LOCK, Run
@@ -19,6 +20,23 @@ from .vocab import DOC_NLL, DTYPE, HELDOUT, REQUEUED, SECONDS, SLOT, STAGE, STOP
 if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
+
+
+def holder(path: Path) -> dict | None:
+    """Who drives the run, for `longrope status`: None when nobody holds its lock, else host, pid,
+    heartbeat age (this host's clock), the holder's --lock-timeout and state: live; silent (older
+    than that timeout: a resume with it takes it over after watching it); gone (its process no
+    longer runs on this host: taken at once); unreadable."""
+    other = read_lease(path)
+    if other is None:
+        return None
+    if not other:
+        return {"state": "unreadable", "host": None, "pid": None, "heartbeat_age": None, "timeout": None}
+    timeout = recorded_timeout(other) or LOCK_TIMEOUT  # a lease from before it was recorded: the default
+    age = lease_age(other)
+    state = "gone" if Lease.dead_here(other) else "silent" if age > timeout else "live"
+    return {"state": state, "host": other.get("host"), "pid": other.get("pid"),
+            "heartbeat_age": round(age, 1) if age != float("inf") else None, "timeout": timeout}
 
 
 def counted_trials(study: optuna.Study) -> list[FrozenTrial]:

@@ -251,7 +251,7 @@ def test_a_holder_is_judged_by_its_own_longer_timeout(tmp_path, capsys):
     """A driver started with --lock-timeout 600 (a slow shared file system) keeps writing through
     600 s of silence; a resume with the default 60 s took it over after 61 s while `status` still
     called it live. The longer of the two timeouts decides."""
-    from longrope.runs.lease import holder
+    from longrope.runs.status import holder
 
     lock = tmp_path / "run.lock"
     forge(lock, age=61, timeout=600.0)
@@ -554,3 +554,28 @@ def test_status_calls_a_run_finished_only_once_its_held_out_score_is_in(tmp_path
     assert main(["status", str(run_dir)]) == 0
     out = capsys.readouterr().out
     assert "(the run is finished)" in out and "12/12 evals" in out and out.count(", done") == 1, out
+
+
+def test_a_dead_holder_whose_clock_ran_ahead_is_taken_over_after_a_watch(tmp_path, capsys):
+    """A heartbeat 1 h in the future read as -3586 s old: never stale, the run blocked for the
+    clock difference plus the timeout. It is old by as much, and taken once seen unchanged."""
+    lock = tmp_path / "run.lock"
+    forge(lock, age=-3600)
+    with Lease(lock, timeout=60, interval=0.05) as lease:
+        assert json.loads(lock.read_text())["token"] == lease.me["token"]
+    assert "taking over the lock of pid 4242 on node-b: no heartbeat for 3600 s" in capsys.readouterr().err
+
+
+def test_a_live_holder_rewrites_an_emptied_lock_and_keeps_the_run(tmp_path, capsys):
+    """An emptied run.lock (a stray write, a truncating tool) was left empty by its live holder,
+    whose beat skipped unreadable locks: a resume watched it stay empty, took the run over, and
+    the healthy driver stopped saying it had been unresponsive."""
+    lock = tmp_path / "run.lock"
+    with Lease(lock, timeout=1.0, interval=0.1) as lease:
+        lock.write_text("")
+        time.sleep(0.35)
+        assert json.loads(lock.read_text())["token"] == lease.me["token"]
+        with pytest.raises(UserError, match="is in use by pid"):
+            Lease(lock, timeout=1.0, interval=0.1).acquire()
+        lease.check()
+        assert not lease.lost
