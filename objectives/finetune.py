@@ -259,7 +259,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
             g["lr"] = ft.lr * min(1.0, (step + 1) / ft.warmup) if ft.warmup else ft.lr
         short = is_short_step(ft.seed, step, ft.short_mix)
         if short:  # mixed context windows: L0 tokens, the original rotary, full attention
-            ids, answer = training_batch(docs, L0, max(1, ft.batch_tokens // L0), ft.seed, step)
+            ids, answer = training_batch(docs, L0, max(1, (ft.batch_tokens or length) // L0), ft.seed, step)
         else:
             ids, answer = training_batch(docs, length, batch, ft.seed, step, builder, ft.passkey_mix)
         ids, answer = torch.from_numpy(ids).to(loaded.device), torch.from_numpy(answer).to(loaded.device)

@@ -21,12 +21,14 @@ from pathlib import Path
 
 from longrope.objectives.finetune import CHECKPOINT, PROGRESS, check_targets, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
-from longrope.runs import Run
+from longrope.runs import BestRecord, Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
 from longrope.spaces import UserError
 from longrope.spaces.files import atomic_write_text
 
 from .schema import WorkersConfig
+
+TRAINED_WITH = "trained_with.json"  # the best record a fine-tune started with (finetune/ft-<L>/)
 
 RETRIES = 3  # times Ray re-runs a fine-tune whose worker was lost (each from its checkpoint)
 CANCEL_WAIT = 30.0  # seconds an interrupted driver waits for its cancelled fine-tune task to end
@@ -63,6 +65,7 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     work = run.finetune_dir(length).absolute()  # a Ray node resolves a relative path in its own folder
     work.mkdir(parents=True, exist_ok=True)
     resumed = (work / CHECKPOINT).exists()
+    best = _trained_with(run, work, best, resumed, length)
     s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
     how = f"resume{_from_step(work)}" if resumed else "start"
     run.event(f"finetune-{length}: {how} on {spec.model.path}, "
@@ -84,6 +87,24 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     run.event(f"finetune-{length}: done, loss {record['final_loss']:.4f} (last 10 steps), "
               f"{record['train_seconds']:.0f} s training; model {final}")
     return str(final)
+
+
+def _trained_with(run: Run, work: Path, best: BestRecord, resumed: bool, length: int) -> BestRecord:
+    """The best record the fine-tune trains with, kept beside its checkpoint: a resume with a
+    larger budget may have moved long-`length`'s best meanwhile, and the checkpoint (trained with
+    the old factors) was then refused as another fine-tune's. It goes on with the factors it
+    started with, saying so, as a finished fine-tune keeps its model (_warn_if_outdated)."""
+    path = work / TRAINED_WITH
+    if resumed and path.is_file():
+        kept = BestRecord.load(path)
+        if (kept.lambdas, kept.n_hat, kept.mscale) != (best.lambdas, best.n_hat, best.mscale):
+            print(f"warning: finetune-{length} goes on with the factors it started with; long-{length}'s "
+                  "best has changed since (a resume with a larger budget?), and the later stages search "
+                  f"the model trained with the old ones; to train with the new best, delete {work}",
+                  file=sys.stderr)
+        return kept
+    atomic_write_text(path, best.to_json())
+    return best
 
 
 def _from_step(work: Path) -> str:

@@ -189,10 +189,14 @@ def test_short_mix_draws_steps_from_its_own_stream():
     assert not any(is_short_step(0, k, 0.0) for k in range(400)) and all(is_short_step(0, k, 1.0) for k in range(9))
 
 
-def test_short_steps_train_at_l0_with_the_original_rotary_and_full_attention(text_corpus_dir, tmp_path):
+@pytest.mark.parametrize("batch_tokens, long_windows", [(512, 2), (0, 1)])
+def test_short_steps_train_at_l0_with_the_original_rotary_and_full_attention(batch_tokens, long_windows,
+                                                                             text_corpus_dir, tmp_path):
     """Seed 0 with short_mix 0.5 draws step 0 short and step 1 long. At a learning rate too small to
     move the weights, each step's loss is the untrained model's on that step's windows: at L0 with
-    the original rotary (θ, λ = 1) and full attention, then at L with the factors and S2-Attn (switched back)."""
+    the original rotary (θ, λ = 1) and full attention, then at L with the factors and S2-Attn (switched back).
+    A short step holds L/L0 times the long step's windows, as many tokens: with batch_tokens = 0
+    (one window of L) it held one window of L0."""
     from longrope.objectives.attention import set_attention
     from longrope.objectives.finetune import is_short_step, training_batch
     from longrope.objectives.rotary import apply_factors
@@ -201,17 +205,17 @@ def test_short_steps_train_at_l0_with_the_original_rotary_and_full_attention(tex
     assert [is_short_step(0, k, 0.5) for k in (0, 1)] == [True, False]
     spec = ObjectiveSpec.of("builtin:tiny-sotu", str(text_corpus_dir))
     factors = RescaleFactors.uniform(4.0, 32)
-    ft = FinetuneSpec(steps=2, batch_tokens=512, s2_group=32, short_mix=0.5, lr=1e-12, warmup=0)
+    ft = FinetuneSpec(steps=2, batch_tokens=batch_tokens, s2_group=32, short_mix=0.5, lr=1e-12, warmup=0)
     rec = finetune(spec, ft, factors, 256, tmp_path / "w", tmp_path / "m", progress=False)
     assert rec["short_steps"] == 1
     loaded = load_model("builtin:tiny-sotu")
     docs = training_docs(spec, loaded.tokenizer, 256)
     with torch.no_grad():
-        short = torch.from_numpy(training_batch(docs, 128, 4, 0, 0)[0])
+        short = torch.from_numpy(training_batch(docs, 128, 2 * long_windows, 0, 0)[0])
         want_short = loaded.model(input_ids=short, labels=short).loss.item()
         apply_factors(loaded.model, factors)
         set_attention(loaded.model, register(32))
-        long = torch.from_numpy(training_batch(docs, 256, 2, 0, 1)[0])
+        long = torch.from_numpy(training_batch(docs, 256, long_windows, 0, 1)[0])
         want_long = loaded.model(input_ids=long, labels=long).loss.item()
     assert rec["losses"] == pytest.approx([want_short, want_long], rel=1e-5)
     assert abs(want_short - want_long) > 0.01  # the two kinds of step are told apart

@@ -402,3 +402,46 @@ def test_a_ray_finetune_of_a_relative_run_dir_gets_absolute_paths(tmp_path, monk
         finetuning.finetune_stage(rel, SimpleNamespace(model=SimpleNamespace(path="m")), FinetuneSpec(),
                                   WorkersConfig(backend="ray"), 256, check=lease.ticket())
     assert all(os.path.isabs(p) for p in got.values()), got
+
+
+def test_a_finetune_resumed_after_its_stage_improved_goes_on_with_its_own_factors(tmp_path, capsys, monkeypatch):
+    """A driver killed mid fine-tune, resumed with a larger budget: the stage's best moved, and the
+    checkpoint (trained with the old factors) was refused as another fine-tune's on every resume.
+    It goes on with the factors it started with, saying so; a fresh start takes the stage's best."""
+    import dataclasses
+    from types import SimpleNamespace
+
+    from search_helpers import run_small
+
+    from longrope.objectives.finetune import CHECKPOINT
+    from longrope.objectives.specs import FinetuneSpec
+    from longrope.search import finetuning
+
+    run, _ = run_small(tmp_path)
+    best, spec = run.best("long", 256), SimpleNamespace(model=SimpleNamespace(path="m"))
+    trained = []
+
+    class Stop(Exception):
+        pass
+
+    def here(spec, ft, factors, *a, **kw):
+        trained.append(factors)
+        raise Stop
+
+    monkeypatch.setattr(finetuning, "_here", here)
+    with pytest.raises(Stop):  # a first start: the stage's best, kept beside the checkpoint
+        finetuning.finetune_stage(run, spec, FinetuneSpec(), config.WorkersConfig(), 256)
+    work = run.finetune_dir(256)
+    assert trained.pop() == best.factors
+    assert finetuning.BestRecord.load(work / finetuning.TRAINED_WITH) == best
+    (work / CHECKPOINT).write_bytes(b"")  # it trained, then was killed
+    newer = dataclasses.replace(best, lambdas=tuple(x + 0.01 for x in best.lambdas), evals=best.evals + 12)
+    run.write_best(newer)  # a resume with a larger budget found a better one
+    with pytest.raises(Stop):
+        finetuning.finetune_stage(run, spec, FinetuneSpec(), config.WorkersConfig(), 256)
+    assert trained.pop() == best.factors
+    assert "finetune-256 goes on with the factors it started with" in capsys.readouterr().err
+    (work / CHECKPOINT).unlink()  # killed before its first checkpoint: nothing trained to keep
+    with pytest.raises(Stop):
+        finetuning.finetune_stage(run, spec, FinetuneSpec(), config.WorkersConfig(), 256)
+    assert trained.pop() == newer.factors and "goes on with" not in capsys.readouterr().err
