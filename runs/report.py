@@ -231,7 +231,8 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
                   f"{eval_data_flags(cfg)}--methods "
                   + quote(f"none,pi,ntk,yarn,{run.path}/export/longrope-{top.length}.json"),
                   "```"]
-    tunes = sorted((run.path / "finetune").glob("ft-*/training.json"))
+    tunes = sorted((run.path / "finetune").glob("ft-*/training.json"),  # by length: ft-64 before ft-128
+                   key=lambda p: (len(p.parent.name), p.parent.name))
     if tunes:
         import json
 

@@ -248,3 +248,13 @@ def test_log_axis_labels_read_as_numbers_at_any_scale(values, labels):
     plt.close(fig)
     assert ax.get_yscale() == "log" and ax.yaxis.get_offset_text().get_text() == ""
     assert shown == labels
+
+
+def test_fine_tunes_are_listed_by_length(run):
+    """ft-128 was listed above ft-64 (the names sorted as strings)."""
+    for n in (1024, 64, 128):
+        (run.path / "finetune" / f"ft-{n}").mkdir(parents=True)
+        (run.path / "finetune" / f"ft-{n}" / "training.json").write_text(
+            json.dumps({"length": n, "steps": 10, "final_loss": 1.5}))
+    page = "\n".join(report_mod._heldout(run, []))
+    assert [r[0] for r in _rows(page, "| fine-tune | steps")] == ["ft-64", "ft-128", "ft-1024"]
