@@ -186,6 +186,11 @@ class DeployedFactors:
             raise UserError("rope_scaling has no long_factor (not LongRoPE factors); "
                             f"its keys: {', '.join(rope) or 'none'}")
         extra = d.get("longrope_search") or {}
+        if not isinstance(extra, dict):
+            raise UserError(f"longrope_search must be an object, got {type(extra).__name__}")
+        top = d.get("max_position_embeddings")  # apply writes it into the model's config
+        if top is not None and (isinstance(top, bool) or not isinstance(top, int) or top < 1):
+            raise UserError(f"max_position_embeddings must be a positive integer, got {top!r}")
         mscale = hf_attention_factor(rope, d)
         long = RescaleFactors(_numbers(rope["long_factor"], "long_factor"),
                               n_hat=_n_hat(extra.get("n_hat", 0), "n_hat"), mscale=mscale)
@@ -198,7 +203,11 @@ class DeployedFactors:
                                 f"{len(long.lambdas)}")
         base = d.get("rope_theta", rope.get("rope_theta"))  # an export's (a config.json's: 4.57's, 5.x's)
         base = float(base) if isinstance(base, (int, float)) and math.isfinite(base) and base > 0 else None
-        return cls(long, short, original_length(rope, d), base)
+        L0 = original_length(rope, d)
+        if top is not None and L0 and top < L0:
+            raise UserError(f"max_position_embeddings = {top} is below the original length {L0}: the "
+                            "factors stretch a window that is longer, not shorter")
+        return cls(long, short, L0, base)
 
 
 def check_trained_length(f: DeployedFactors, original_length: int | None, base: float | None, name: str,

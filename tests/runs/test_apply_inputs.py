@@ -27,6 +27,11 @@ FACTORS = {
     "negative attention factor": (patched(attention_factor=-1.0), "attention_factor = -1.0 must be positive"),
     "rope_scaling not an object": ({**GOOD, "rope_scaling": [1, 2]}, "rope_scaling must be an object"),
     "no long_factor": ({**GOOD, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "has no long_factor"),
+    "longrope_search a string": ({**GOOD, "longrope_search": "x"}, "longrope_search must be an object, got str"),
+    "max_position_embeddings a string": ({**GOOD, "max_position_embeddings": "abc"},
+                                         "max_position_embeddings must be a positive integer, got 'abc'"),
+    "max_position_embeddings below L0": ({**GOOD, "max_position_embeddings": 16},
+                                         "max_position_embeddings = 16 is below the original length 32"),
 }
 
 
