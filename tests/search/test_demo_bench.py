@@ -6,7 +6,15 @@ import math
 import pytest
 
 from longrope.search.cli import main
-from longrope.search.cli.bench import GOALS, exact_ceiling, finite_figures, render, run_bench, summarize
+from longrope.search.cli.bench import (
+    GOALS,
+    SECTIONS,
+    exact_ceiling,
+    finite_figures,
+    render,
+    run_bench,
+    summarize,
+)
 from longrope.search.cli.bench.quality import cutoff_ceiling
 from longrope.spaces import UserError
 
@@ -103,6 +111,20 @@ def test_bench_quick_table_shape(tmp_path, monkeypatch):
     assert not (tmp_path / "empty").exists()
     with pytest.raises(UserError, match="was a quick bench"):
         run_bench(quick=False, out_dir=tmp_path, only=["speed"])
+
+
+def test_a_damaged_bench_json_or_an_out_that_is_a_file_is_one_line(tmp_path):
+    """Tracebacks before: JSONDecodeError, AttributeError on a list, FileExistsError, NotADirectoryError."""
+    for text, why in (("{bad", "cannot be read"), ("[1]", "is not a bench's results"),
+                      ("{}", "is not a bench's results")):
+        (tmp_path / "damaged").mkdir(exist_ok=True)
+        (tmp_path / "damaged" / "bench.json").write_text(text)
+        with pytest.raises(UserError, match=f"--only keeps the other sections from .*bench.json, .*{why}"):
+            run_bench(quick=True, out_dir=tmp_path / "damaged", only=["speed"])
+    (tmp_path / "afile").write_text("x")
+    for out in ("afile", "afile/sub"):
+        with pytest.raises(UserError, match=f"cannot create bench folder {tmp_path / out}: a file is in the way"):
+            run_bench(quick=True, out_dir=tmp_path / out, only=list(SECTIONS))
 
 
 def test_summary_compares_at_the_longest_target_even_from_json():

@@ -45,6 +45,7 @@ SECTIONS = ("speed", "memory", "quality", "samplers_paper", "early_abort", "prun
 def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict[str, Any]:
     """Run every section (or `only` these, keeping the others from out_dir/bench.json)."""
     from longrope.spaces import UserError
+    from longrope.spaces.files import make_folder
 
     only = list(dict.fromkeys(only or SECTIONS))  # a name given twice is one section
     bad = [x for x in only if x not in SECTIONS]
@@ -55,11 +56,18 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
         old = out_dir / "bench.json"
         if not old.exists():
             raise UserError(f"--only needs an earlier full bench in {out_dir} (no bench.json there)")
-        r = json.loads(old.read_text())
-        if r.get("quick") != quick:
-            raise UserError(f"{old} was a {'quick' if r.get('quick') else 'full'} bench; "
+        try:
+            r = json.loads(old.read_text())
+        except (OSError, UnicodeDecodeError, ValueError) as e:
+            raise UserError(f"--only keeps the other sections from {old}, which cannot be read ({e}); "
+                            "rerun the whole bench") from None
+        if not isinstance(r, dict) or not isinstance(r.get("quick"), bool):
+            raise UserError(f"--only keeps the other sections from {old}, which is not a bench's "
+                            "results; rerun the whole bench")
+        if r["quick"] != quick:
+            raise UserError(f"{old} was a {'quick' if r['quick'] else 'full'} bench; "
                             "rerun the same mode or the whole bench")
-    out_dir.mkdir(parents=True, exist_ok=True)  # after the checks: a refused call writes nothing
+    make_folder(out_dir, "bench folder")  # after the checks: a refused call writes nothing
     with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
         partial = len(only) < len(SECTIONS)  # a rerun of some (hours here): each kept once measured,
         for section in [s for s in SECTIONS if s in only]:  # so a killed bench loses only the one under way
