@@ -127,10 +127,16 @@ class Run:
         atomic_write_text(self.path / CONFIG, config_text)
 
     def config(self) -> dict[str, Any]:
+        """The run's frozen config. A run writes it whole when it starts, every section resolved:
+        an empty one is damage, not "all defaults" (a resume searched a new default stage)."""
         try:
-            return tomllib.loads(self.config_text())
+            cfg = tomllib.loads(self.config_text())
         except (OSError, tomllib.TOMLDecodeError) as e:
             raise UserError(f"{self.path / CONFIG} is unreadable: {e}") from None
+        if not cfg:
+            raise UserError(f"{self.path / CONFIG} is empty; a run writes its whole config when it "
+                            "starts: restore it from a copy (the run's own), or start a new --run-dir")
+        return cfg
 
     # -- journal ---------------------------------------------------------------------
     @property

@@ -225,3 +225,17 @@ def test_repair_of_a_read_only_run_is_one_line_before_the_lock(tmp_path, cfg_fil
     one_line(capsys, main(["resume", str(run_dir), "--quiet", "--repair"]), "(permission denied)")
     monkeypatch.undo()
     assert snapshot(run_dir) == before
+
+
+def test_an_emptied_run_config_is_refused_not_read_as_defaults(tmp_path, cfg_file, capsys):
+    """A run's config.toml emptied (a truncating tool, a full disk) resumed as all defaults: a new
+    default stage searched into the run, and status, export and report took it without a word."""
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    (run_dir / "config.toml").write_text("\n")
+    before = snapshot(run_dir)
+    capsys.readouterr()
+    for argv in (["resume", str(run_dir), "--quiet", "--max-evals", "13"], ["status", str(run_dir)],
+                 ["export", str(run_dir)], ["report", str(run_dir)]):
+        one_line(capsys, main(argv), "config.toml is empty; a run writes its whole config when it starts")
+    assert snapshot(run_dir) == before

@@ -143,7 +143,7 @@ def test_exact_ceiling_by_hand(tmp_path):
 
     from longrope.runs import Run
 
-    run = Run.create(tmp_path / "r", "")
+    run = Run.create(tmp_path / "r", "[search]\n")
     study = optuna.create_study(study_name="long-64", storage=run.storage())
     for v in (10.0, 20.0, 5.0, 40.0):
         study.add_trial(optuna.trial.create_trial(value=v))
@@ -160,7 +160,7 @@ def test_cutoff_ceiling_by_hand(tmp_path):
     from longrope.runs import Run
     from longrope.runs.vocab import DOC_NLL, SLOT
 
-    run = Run.create(tmp_path / "r", "")
+    run = Run.create(tmp_path / "r", "[search]\n")
     study = optuna.create_study(study_name="long-64", storage=run.storage())
     # generation 0: 10, 20, 30 (parents = 2: generation 1's cut-off is 20, the 2nd best before it);
     # generation 1: 25 and 40 finish above it, 15 below; generation 2's cut-off is 15
