@@ -112,6 +112,10 @@ def _depth_table(method: str, r: dict[int, Any], lengths: list[int], task: str) 
         lines.append(f"| {d:.2f} | " + " | ".join(cells) + " |")
     if not depths:  # every length failed: say why, as the table without --depths does
         lines.append("| all | " + " | ".join(f"failed ({r[n].reason})" for n in lengths) + " |")
+    else:  # the aggregate a search ranks by, over every depth
+        value = (lambda e: e.extra["passkey"]) if task == "passkey" else (lambda e: e.ppl)
+        lines.append("| all | " + " | ".join(f"{value(r[n]):.2f}" if r[n].ok else "failed" for n in lengths)
+                     + " |")
     return "\n".join(lines)
 
 

@@ -197,8 +197,10 @@ def eval_data_flags(cfg: dict) -> str:
              f"--data-config {quote(d['config'])}" if d.get("config") else "",
              "--per-line" if d.get("per_line") else "", f"--tokenizer {quote(tok)}" if tok else ""]
     o = cfg.get("objective", {})
-    if o.get("kind", "ppl") == "needle":  # the score the search ranked by (eval's aggregate needs 10 depths)
-        flags.append("--task needle" + (f" --depths {o['depths']}" if o.get("depths", 10) != 10 else ""))
+    if o.get("kind", "ppl") == "needle":  # the score the search ranked by, on the run's own samples
+        flags.append("--task needle" + (f" --depths {o['depths']}" if o.get("depths", 10) != 10 else "")
+                     + f" --per-depth {o.get('per_depth', 1)}"
+                     + (f" --key-seed {o['seed']}" if o.get("seed") else ""))
     if d.get("streaming"):
         count = d.get("stream_docs") or 2 * max(d.get("search_docs", 5), d.get("heldout_docs", 5))
         flags.append(f"--streaming --stream-docs {count}")

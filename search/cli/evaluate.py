@@ -33,13 +33,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise UserError("--tail (last-quarter perplexity) goes with --task ppl")
     if args.depths is not None and args.depths < 1:
         raise UserError(f"--depths must be >= 1, got {args.depths}")
+    if args.task == "ppl" and (args.per_depth is not None or args.key_seed):
+        raise UserError("--per-depth and --key-seed go with --task needle or passkey")
+    if args.per_depth is not None and args.per_depth < 1:
+        raise UserError(f"--per-depth must be >= 1, got {args.per_depth}")
     spec = ObjectiveSpec.of(args.model, args.data, tokenizer=args.tokenizer, text_column=args.text_column,
                             split=args.data_split, config=args.data_config, per_line=args.per_line,
                             streaming=args.streaming, stream_docs=args.stream_docs,
                             dtype=args.dtype, device=args.device, threads=args.threads, nll=args.nll,
                             search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed,
                             kind="ppl" if args.task == "ppl" else "needle", depths=args.depths or 10,
-                            per_depth=args.samples)
+                            per_depth=args.per_depth or args.samples, seed=args.key_seed)
     spec.model.validate("model")  # the validators the run config uses
     spec.data.validate("data")
     spec.task.validate("objective")
@@ -77,7 +81,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
     e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
                    "without one (default: the model's own)")
-    e.add_argument("--data", default="builtin:sotu", help="builtin:sotu, .txt folder/file, .jsonl, .parquet")
+    e.add_argument("--data", default="builtin:sotu",
+                   help="builtin:sotu, a folder of .txt files, a .txt/.jsonl/.json/.csv/.parquet file or "
+                   "a folder of them, or a hub dataset id")
     e.add_argument("--text-column", default="text", help="text column for jsonl/parquet/hub data")
     # the [data] keys a run's documents depend on, so a run's held-out scores can be re-scored here
     e.add_argument("--data-split", default="train", metavar="NAME",
@@ -97,8 +103,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--split", choices=["heldout", "search"], default="heldout", help="document pool")
     e.add_argument("--samples", type=int, default=5, help="documents per length (default 5)")
     e.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
-    e.add_argument("--dtype", default="auto", choices=DTYPES)
-    e.add_argument("--device", default="auto", choices=DEVICES)
+    e.add_argument("--dtype", default="auto", choices=DTYPES,
+                   help="the model's dtype (auto: float32 on a CPU, bfloat16 on a GPU that computes in "
+                   "it, else float16)")
+    e.add_argument("--device", default="auto", choices=DEVICES,
+                   help="where the model runs (auto: cuda if a GPU is seen)")
     e.add_argument("--threads", type=int, default=0, help="torch CPU threads (0 = default)")
     e.add_argument("--nll", default="auto", choices=NLLS,
                    help="the head's float32 log-softmax: auto (torch.compile on GPU, eager on CPU), eager or "
@@ -110,6 +119,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--depths", type=int, help="needle/passkey: report a depth x length table per method "
                    "(needle perplexity or pass-key accuracy), with this many depths (default: 10 depths, "
                    "aggregated); --samples documents per depth")
+    e.add_argument("--per-depth", type=int, metavar="N",
+                   help="needle/passkey: samples per depth, each from the next document (a run's "
+                   "objective.per_depth; default: --samples)")
+    e.add_argument("--key-seed", type=int, default=0, metavar="S",
+                   help="needle/passkey: the seed of the hidden keys (a run's objective.seed; default 0)")
     e.add_argument("--plot", metavar="FILE",
                    help="passkey: heatmap PNG of accuracy by depth and length")
     e.add_argument("--stride", type=int, metavar="S",

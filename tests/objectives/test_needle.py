@@ -192,11 +192,15 @@ def test_a_method_whose_every_evaluation_failed_is_said_in_the_depth_table_and_l
 
     from longrope.objectives.evaluate import plot_depths, render
 
-    ok = SimpleNamespace(ok=True, extra={"by_depth": {0.0: 1.0, 1.0: 0.5}}, reason="")
+    ok = SimpleNamespace(ok=True, extra={"by_depth": {0.0: 1.0, 1.0: 0.5}, "passkey": 0.75}, reason="")
     bad = SimpleNamespace(ok=False, extra={}, reason="non-finite NLL")
     results = {"yarn": {256: ok, 512: ok}, "huge": {256: bad, 512: bad}}
     table = render(results, False, "passkey", by_depth=True)
     assert "| all | failed (non-finite NLL) | failed (non-finite NLL) |" in table
+    # and the aggregate over the depths, what a search ranks by
+    assert "| 1.00 | 0.50 | 0.50 |\n| all | 0.75 | 0.75 |" in render(results, False, "passkey", by_depth=True)
+    needle = SimpleNamespace(ok=True, ppl=2.5, extra={"ppl_by_depth": {0.0: 3.0, 1.0: 2.0}}, reason="")
+    assert "| all | 2.50 |" in render({"yarn": {256: needle}}, False, "needle", by_depth=True)
     plot_depths(results, str(tmp_path / "p.png"))
     assert (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(UserError, match="every evaluation failed"):

@@ -258,3 +258,28 @@ def test_fine_tunes_are_listed_by_length(run):
             json.dumps({"length": n, "steps": 10, "final_loss": 1.5}))
     page = "\n".join(report_mod._heldout(run, []))
     assert [r[0] for r in _rows(page, "| fine-tune | steps")] == ["ft-64", "ft-128", "ft-1024"]
+
+
+@pytest.mark.parametrize("objective", [{"kind": "needle", "depths": 4, "per_depth": 1, "seed": 7},
+                                       {"kind": "needle", "per_depth": 3}, {"kind": "needle"}])
+def test_the_reports_eval_line_samples_a_needle_run_as_it_did(objective, monkeypatch):
+    """eval drew --samples samples per depth with key seed 0, whatever the run's objective.per_depth
+    and objective.seed: the printed command scored other samples (1.1625 for a held-out 1.2069)."""
+    import shlex
+
+    from longrope.objectives import evaluate
+    from longrope.objectives.specs import TaskSpec
+    from longrope.runs.report import eval_data_flags
+
+    class Seen(Exception):
+        pass
+
+    def capture(spec, *a, **kw):
+        raise Seen(spec)
+
+    monkeypatch.setattr(evaluate, "run_eval", capture)
+    flags = shlex.split(eval_data_flags({"data": {"heldout_docs": 2}, "objective": objective}))
+    with pytest.raises(Seen) as seen:
+        main(["eval", "--model", "synthetic", "--lengths", "256", *flags])
+    spec = seen.value.args[0]
+    assert spec.task == TaskSpec(**objective) and spec.data.heldout_docs == 2
