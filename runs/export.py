@@ -33,6 +33,7 @@ from longrope.spaces import (
     check_usable,
     hf_attention_factor,
     is_alibi,
+    need_file,
     read_text,
     refuse_csv,
 )
@@ -192,9 +193,7 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     (finite, non-decreasing, >= 1, a positive attention factor), the model as a RoPE
     architecture the engine admits, the output as a new or empty folder."""
     src, out = Path(model_dir), Path(out_dir)
-    fj = Path(factors_json)
-    if not fj.is_file():
-        raise UserError(f"factors file {fj} does not exist")
+    fj = need_file(factors_json, "factors file")
     if not (src / "config.json").is_file():
         raise UserError(f"{src} is not a model folder (no config.json)")
     factors, patch = load_export(fj)
@@ -335,9 +334,7 @@ def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
 def load_export(path: str | Path) -> tuple[DeployedFactors, dict[str, Any]]:
     """An export's factors and its JSON, checked as eval checks factors (finite, non-decreasing,
     >= 1, a positive attention factor): what `apply` writes into a model folder or a GGUF."""
-    fj = Path(path)
-    if not fj.is_file():
-        raise UserError(f"factors file {fj} does not exist")
+    fj = need_file(path, "factors file")
     refuse_csv(fj)
     patch = _read_json(fj, "factors file")
     if not isinstance(patch, dict):

@@ -206,7 +206,7 @@ def load(path: str | Path) -> RunConfig:
     if p.is_dir():
         inside = " (a run directory: config.toml inside)" if (p / "config.toml").is_file() else ""
         raise UserError(f"config file {p} is a folder" + inside)
-    if not p.is_file():
+    if not p.exists():  # a pipe (<(...)) is read as a file
         raise UserError(f"config file {p} does not exist")
     try:
         data = tomllib.loads(read_text(p, "config file").removeprefix("\ufeff"))  # a BOM some editors write

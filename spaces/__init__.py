@@ -13,7 +13,7 @@ from .architectures import (
     architecture_of,
     is_alibi,
 )
-from .errors import UserError, read_text
+from .errors import UserError, need_file, read_text
 from .factors import (
     MSCALE_POLICIES,
     DeployedFactors,
@@ -55,6 +55,7 @@ __all__ = [
     "load_factors",
     "mscale_su",
     "mscale_yarn",
+    "need_file",
     "own_scaling",
     "read_text",
     "refuse_csv",

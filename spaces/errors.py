@@ -21,3 +21,14 @@ def read_text(path: Path, what: str) -> str:
         raise UserError(f"{what} {path} is not UTF-8 text (byte {e.start})") from None
     except OSError as e:
         raise UserError(f"cannot read {what} {path}: {e.strerror or e}") from None
+
+
+def need_file(path: str | Path, what: str) -> Path:
+    """`path` as a file to read, or one line: missing, or a folder. A pipe (a shell's <(...)) is
+    read as a file, not called missing as is_file() had it."""
+    p = Path(path)
+    if p.is_dir():
+        raise UserError(f"{what} {p} is a folder, not a file")
+    if not p.exists():
+        raise UserError(f"{what} {p} does not exist")
+    return p

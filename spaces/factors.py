@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from .errors import UserError, read_text
+from .errors import UserError, need_file, read_text
 from .geometry import RopeGeometry
 
 
@@ -95,9 +95,7 @@ class RescaleFactors:
 
     @classmethod
     def load(cls, path: str | Path) -> RescaleFactors:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"factors file {p} does not exist")
+        p = need_file(path, "factors file")
         try:
             return cls.from_json(read_text(p, "factors file"))
         except UserError as e:
@@ -248,9 +246,7 @@ def refuse_csv(p: Path) -> None:
 def load_factors(path: str | Path) -> RescaleFactors | DeployedFactors:
     """A factors file as the model it describes would apply it: our own form (one set at every
     length), or an HF config / export (short up to L0, long beyond)."""
-    p = Path(path)
-    if not p.is_file():
-        raise UserError(f"factors file {p} does not exist")
+    p = need_file(path, "factors file")
     refuse_csv(p)
     try:
         d = json.loads(read_text(p, "factors file"))

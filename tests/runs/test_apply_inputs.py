@@ -264,3 +264,30 @@ def test_apply_warns_of_any_n_hat_and_takes_a_null_longrope_search(search, warne
     err = capsys.readouterr().err
     assert ("n̂ > 0 is not applied by transformers" in err) == warned, err
     assert json.loads((tmp_path / "out" / "config.json").read_text())["rope_scaling"]["attention_factor"] == 1.2
+
+
+def test_a_folder_given_as_the_factors_file_is_called_a_folder(tmp_path, capsys, tiny_model_dir):
+    """'factors file d does not exist' for a folder that did."""
+    (tmp_path / "d.json").mkdir()
+    message = f"factors file {tmp_path / 'd.json'} is a folder, not a file"
+    one_line(capsys, main(["apply", str(tmp_path / "d.json"), str(tiny_model_dir), "-o", str(tmp_path / "o")]),
+             message)
+    one_line(capsys, main(["eval", "--model", "synthetic", "--lengths", "64", "--methods", str(tmp_path / "d.json")]),
+             message)
+    one_line(capsys, main(["eval", "--model", "synthetic", "--lengths", "64", "--methods", str(tmp_path / "no.json")]),
+             f"factors file {tmp_path / 'no.json'} does not exist")
+
+
+def test_a_config_from_a_pipe_is_read(tmp_path, capsys):
+    """`longrope config <(...)`: a FIFO is no regular file, and was called missing."""
+    import os
+    import threading
+
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text('[search]\npopulation = 8\nparents = 4\n'
+                                                             'mutants = 2\ncrossovers = 2\n'))
+    writer.start()
+    assert main(["config", str(fifo)]) == 0
+    writer.join()
+    assert "population = 8" in capsys.readouterr().out
