@@ -90,4 +90,5 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
             tmp.unlink()
         except OSError:
             pass
-        raise UserError(f"cannot write {path}: {e.strerror or e}; the previous version is intact") from None
+        kept = "; the previous version is intact" if path.is_file() else ""  # a folder, nothing yet
+        raise UserError(f"cannot write {path}: {e.strerror or e}{kept}") from None

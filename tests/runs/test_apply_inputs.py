@@ -291,3 +291,25 @@ def test_a_config_from_a_pipe_is_read(tmp_path, capsys):
     assert main(["config", str(fifo)]) == 0
     writer.join()
     assert "population = 8" in capsys.readouterr().out
+
+
+def test_a_failed_write_says_the_previous_version_is_intact_only_where_there_was_one(tmp_path, monkeypatch):
+    """export -o naming a folder said 'the previous version is intact' of a file that never was."""
+    import os
+
+    from longrope.spaces import UserError
+    from longrope.spaces.files import atomic_write_text
+
+    (tmp_path / "d").mkdir()
+    with pytest.raises(UserError, match=r"cannot write .*/d: Is a directory$"):
+        atomic_write_text(tmp_path / "d", "x")
+    (tmp_path / "f").write_text("old")
+
+    def full(*a):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(os, "replace", full)
+    with pytest.raises(UserError, match=r"cannot write .*/f: No space left on device; the previous version"):
+        atomic_write_text(tmp_path / "f", "new")
+    monkeypatch.undo()
+    assert (tmp_path / "f").read_text() == "old"
