@@ -44,9 +44,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
                             search_docs=args.samples, heldout_docs=args.samples, split_seed=args.split_seed,
                             kind="ppl" if args.task == "ppl" else "needle", depths=args.depths or 10,
                             per_depth=args.per_depth or args.samples, seed=args.key_seed)
-    spec.model.validate("model")  # the validators the run config uses
-    spec.data.validate("data")
-    spec.task.validate("objective")
+    try:  # the validators the run config uses, their messages in the flags typed here
+        spec.model.validate("model")
+        spec.data.validate("data")
+        spec.task.validate("objective")
+    except UserError as e:
+        raise UserError(_as_flags(str(e))) from None
     if args.plot:  # its folder before the evaluation: a bad --plot must not cost the numbers
         plot = Path(args.plot)
         if plot.is_dir():
@@ -65,6 +68,20 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.plot:  # after the table: a write that fails now still leaves the numbers printed
         plot_depths(results, args.plot)
     return 0
+
+
+FLAGS = {"data.stream_docs": "--stream-docs", "data.streaming": "--streaming",
+         "data.split_seed": "--split-seed", "data.heldout_docs": "--samples", "data.search_docs": "--samples",
+         "data.text_column": "--text-column", "model.threads": "--threads",
+         "objective.per_depth": "--per-depth", "objective.seed": "--key-seed", "objective.depths": "--depths"}
+
+
+def _as_flags(message: str) -> str:
+    """A config validator's message with its keys named as eval's flags (data.stream_docs = 5 ->
+    --stream-docs 5)."""
+    for key, flag in FLAGS.items():
+        message = message.replace(f"{key} = ", f"{flag} ").replace(key, flag)
+    return message.replace("--streaming true", "--streaming")
 
 
 def register(sub: argparse._SubParsersAction) -> None:
