@@ -35,7 +35,7 @@ from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
 from .stagecheck import best_record, bred_from, cached_heldout, check_precision, check_samples, heldout_text
 from .stages import Stage, initial_factors
-from .stopping import how_stopped, interrupted, requeue_running, signals_as_interrupt
+from .stopping import how_stopped, interrupted, requeue_running, requeue_strays, signals_as_interrupt
 
 
 def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,
@@ -284,7 +284,9 @@ class Driver:
                 self.inflight[trial.number] = (study, trial, proposer)
                 self.backend.submit(job)
             if not self.backend.busy():
-                if self.requeue_strays(stage, study, proposer):
+                if n := requeue_strays(study, proposer, self.check_lease):
+                    self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by a driver that had "
+                                   "lost the run")
                     continue
                 break
             key, ev = self.backend.wait()
@@ -313,17 +315,6 @@ class Driver:
             if proposer.stopped(study) else "budget reached"
         self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
         return factors
-
-    def requeue_strays(self, stage: Stage, study: optuna.Study, proposer: Proposer) -> int:
-        """Trials RUNNING while none is in flight here: written by a driver that stalled inside
-        study.ask, past its lease check, and woke after this one took the run over. Re-queued as
-        at a resume (the search would otherwise wait on them, or count them as done)."""
-        if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
-            return 0
-        self.check_lease()
-        n = requeue_running(study, proposer)
-        self.run.event(f"{stage.name}: re-queued {n} trial(s) left running by a driver that had lost the run")
-        return n
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
         self.check_lease()

@@ -9,6 +9,7 @@ import os
 import signal
 import sys
 import threading
+from collections.abc import Callable
 from contextlib import contextmanager
 from typing import TYPE_CHECKING
 
@@ -89,3 +90,13 @@ def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
         fail_trial(study, t)
         n += 1
     return n
+
+
+def requeue_strays(study: optuna.Study, proposer: Proposer, check: Callable[[], None]) -> int:
+    """Re-queue trials RUNNING while the driver has none in flight: written by a driver that
+    stalled inside study.ask, past its lease check, and woke after this one took the run over.
+    The search would otherwise wait on them, or count them as done. `check`: the lease's, first."""
+    if not study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        return 0
+    check()
+    return requeue_running(study, proposer)
