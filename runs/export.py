@@ -143,7 +143,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
                             "longrope.objectives.rotary.apply_factors on a loaded model, applies it; or "
                             "search with space.deployable = true")
     short_mscale = sh.mscale if sh is not None else 1.0
-    if long.mscale != short_mscale:  # what lengths up to L0 were scored with
+    if long.mscale != short_mscale and fmt != "csv":  # lengths up to L0 were scored with; a CSV loads nowhere
         warnings.append(f"transformers applies attention_factor {long.mscale:g} at every length, short ones "
                         "included; " + (f"the short factors were searched with mscale {sh.mscale:g}" if sh
                                         else "lengths up to L0 were scored without it (no short stage)"))

@@ -80,7 +80,8 @@ def register(sub: argparse._SubParsersAction) -> None:
                         "tensors copied as they are (quantized stays quantized), the factors as llama.cpp's "
                         "rope_freqs (llama) or rope_factors_long/short (phi3) tensors, and the context "
                         "length, L0 and attention factor in its metadata; llama.cpp has no n̂.")
-    ap.add_argument("factors", help="a JSON written by `longrope export`")
+    ap.add_argument("factors", help="a JSON written by `longrope export`, or a config.json with LongRoPE "
+                    "rope_scaling (only its rope settings are taken)")
     ap.add_argument("model_dir", metavar="MODEL",
                     help="the Hugging Face model folder to extend, a .gguf file, or builtin:NAME")
     ap.add_argument("-o", "--output", required=True, help="new model folder (new .gguf file for a GGUF)")

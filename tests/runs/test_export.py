@@ -186,9 +186,13 @@ def test_an_applied_mixtral_without_head_dim_loads(tiny_run, tmp_path):
 
 
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
-    path, _ = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
+    path, said = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
     best = json.loads(tiny_run.best_path("long", 128).read_text())
     assert [float(x) for x in path.read_text().split()] == best["lambdas"]
+    # a table to read loads nowhere: transformers' attention factor is the JSON's warning alone
+    assert not any("attention_factor" in w for w in said)
+    assert any("attention_factor" in w for w in export(tiny_run, out=str(tmp_path / "f.json"))[1]), \
+        "the run's long and short mscale no longer differ: pick a case where they do"
     with pytest.raises(UserError, match="no long result for length 4096 \\(it has: 128\\)"):
         export(tiny_run, target=4096)
 
