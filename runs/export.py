@@ -265,6 +265,12 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         for item in src.iterdir():
             if item.name == "config.json":
                 continue
+            if item.name == "params.json":  # Mistral's own config, beside consolidated*.safetensors:
+                # vLLM then reads it instead of config.json, and serves without the factors
+                if not quiet:
+                    print(f"note: {item} (Mistral's native config, without the factors) is left out: "
+                          "vLLM would read it instead of config.json", file=sys.stderr)
+                continue
             target = tmp / item.name
             if item.name == "tokenizer_config.json" and (tok := _tokenizer_config(item, config, quiet)):
                 atomic_write_text(target, tok)

@@ -313,3 +313,18 @@ def test_a_failed_write_says_the_previous_version_is_intact_only_where_there_was
         atomic_write_text(tmp_path / "f", "new")
     monkeypatch.undo()
     assert (tmp_path / "f").read_text() == "old"
+
+
+def test_apply_leaves_out_mistrals_native_params_json(tmp_path, capsys, tiny_model_dir):
+    """vLLM reads params.json over config.json where consolidated*.safetensors sit beside it (a
+    Mistral hub snapshot ships both): the applied folder served plain RoPE there, without a word."""
+    import shutil
+
+    src = tmp_path / "mistral"
+    shutil.copytree(tiny_model_dir, src)
+    (src / "params.json").write_text('{"dim": 256, "rope_theta": 10000.0}')
+    (src / "consolidated.safetensors").write_bytes(b"")
+    (tmp_path / "f.json").write_text(json.dumps(GOOD))
+    assert main(["apply", str(tmp_path / "f.json"), str(src), "-o", str(tmp_path / "out")]) == 0
+    assert "params.json (Mistral's native config, without the factors) is left out" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "params.json").exists() and (tmp_path / "out" / "config.json").is_file()
