@@ -239,7 +239,8 @@ def _heldout(run: Run, views: list[StageView]) -> list[str]:
         import json
 
         lines += ["", "Fine-tunes (training loss, not a held-out score):", "",
-                  "| fine-tune | steps | final loss (mean of the last 10 steps) | model |",
+                  "| fine-tune | steps | final loss (mean of the last 10 steps at L, short ones aside) "
+                  "| model |",
                   "|---|---|---|---|"]
         for p in tunes:
             try:

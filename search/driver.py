@@ -276,8 +276,8 @@ class Driver:
         if best is not None:
             bar.set_postfix_str(f"best ppl {best.value:.4f}")
         while True:
-            while self.backend.free() > 0 and proposer.ready(study):
-                self.check_lease()
+            # the lease before ready(), which may write the early stop into the journal
+            while self.backend.free() > 0 and self.check_lease() is None and proposer.ready(study):
                 trial = study.ask(proposer.distributions())
                 job = Job(trial.number, proposer.factors(trial), stage.length,
                           proposer.threshold(study, frozen_trial(study, trial)))

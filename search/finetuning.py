@@ -84,7 +84,7 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     apply_to_folder(patch, work / "merged", tmp, copy=True, quiet=True)
     tmp.rename(final)  # last: the folder exists only whole
     shutil.rmtree(work / "merged")
-    run.event(f"finetune-{length}: done, loss {record['final_loss']:.4f} (last 10 steps), "
+    run.event(f"finetune-{length}: done, loss {record['final_loss']:.4f} (last 10 steps at L), "
               f"{record['train_seconds']:.0f} s training; model {final}")
     return str(final)
 
