@@ -65,6 +65,8 @@ def finetune_stage(run: Run, spec: ObjectiveSpec, ft: FinetuneSpec, workers: Wor
     work = run.finetune_dir(length).absolute()  # a Ray node resolves a relative path in its own folder
     work.mkdir(parents=True, exist_ok=True)
     resumed = (work / CHECKPOINT).exists()
+    if check is not None:  # before the first write to the run
+        check()
     best = _trained_with(run, work, best, resumed, length)
     s2 = f"G={ft.group(length)}" if ft.s2_attn else "off"
     how = f"resume{_from_step(work)}" if resumed else "start"

@@ -337,8 +337,9 @@ def test_a_driver_taken_over_while_it_trains_writes_no_checkpoint(tiny_model_dir
     monkeypatch.setattr(finetune, "step_loss", step_then_taken_over)
     with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
         run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
-    work = Run.open(run_dir).finetune_dir(64)
-    assert sorted(p.name for p in work.iterdir()) == [] and not Run.open(run_dir).model_dir(64).exists()
+    work = Run.open(run_dir).finetune_dir(64)  # what it trains with, written while it held the run
+    assert sorted(p.name for p in work.iterdir()) == ["trained_with.json"]
+    assert not Run.open(run_dir).model_dir(64).exists()
 
 
 def test_a_finished_finetune_removes_the_merge_a_kill_left_behind(tmp_path):
