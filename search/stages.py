@@ -114,7 +114,7 @@ def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
                     previous: RescaleFactors | None) -> list[RescaleFactors]:
     """The exact factors that start a stage's population (mscale set to the stage's policy, or
     to the su value snapped onto the grid when it is searched; n̂ = 0): the previous stage's
-    best first, then search.methods."""
+    best first, then search.methods, then with a critical dimension LongRoPE2's anchored seeds."""
     if stage.kind == "short":
         return [method("none", g, stage.length).replace(mscale=stage.space.mscale)]
     out = [previous.replace(mscale=stage.space.mscale)] if previous is not None else []
@@ -128,4 +128,4 @@ def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
             out.append(f.replace(mscale=stage.space.mscale))
         else:
             out.append(method(name, g, stage.length).replace(mscale=stage.space.mscale))
-    return out
+    return out + stage.space.anchored_seeds()  # a critical dimension's own (PI/NTK/YaRN clip to one)

@@ -250,6 +250,19 @@ class SearchSpace:
         mscale = self.snap_mscale(f.mscale) if self.searches_mscale else self.mscale
         return RescaleFactors(tuple(lam.tolist()), n_hat=n_hat, mscale=mscale)
 
+    def anchored_seeds(self, n: int = 8) -> list[RescaleFactors]:
+        """LongRoPE2's starting points for a critical-dimension space (its genetic_base): λ_c from
+        s upward, rising 0.1 a pair above c, NTK-ruled below c; here λ_c spread over [s, λmax]
+        (the paper's bound, not its code's 1 + s). PI, NTK and YaRN lie below s from c on, so
+        the floor clips all three onto one candidate: without these, generation 0 held two seeds."""
+        c, lo = self.critical_dim, self.gene_min
+        if c is None or self.search_below:
+            return []
+        rise = 0.1 * np.arange(self.n_freqs - c)
+        genes = [np.minimum(lam + rise, self.lambda_max) for lam in np.linspace(lo, self.lambda_max, n)]
+        return [self.repair(RescaleFactors(tuple(self.expand(x).tolist()), n_hat=0, mscale=self.mscale))
+                for x in genes]  # repair: on the grid
+
     def clip(self, f: RescaleFactors) -> RescaleFactors:
         """Bounds, monotonicity and the critical-dimension rule only, no grid: keeps an exact
         seed exact when it already lies inside the space."""

@@ -4,6 +4,7 @@ import sys
 import tomllib
 from importlib.resources import files
 
+import numpy as np
 import pytest
 
 from longrope.search import config
@@ -126,6 +127,14 @@ def test_critical_dim_and_searched_mscale_per_stage():
     assert not short.space.searches_mscale and short.space.mscale == 1.0
     seeds = initial_factors(cfg, long, GEOMETRY, None)
     assert {f.mscale for f in seeds} == {long.space.mscale}
+    # PI, NTK and YaRN all clip onto λ = s from c on: generation 0 held two distinct seeds. LongRoPE2's
+    # anchored ones (λ_c over [s, λmax], +0.1 a pair) follow, each in the space and distinct
+    keys = {long.space.key(long.space.clip(f)) for f in seeds}
+    assert len(keys) == len(cfg.search.methods) - 2 + 8, [f.lambdas for f in seeds]
+    anchored = seeds[len(cfg.search.methods):]
+    assert all(long.space.contains(f) for f in anchored)
+    assert [f.lambdas[2] for f in anchored] == pytest.approx(np.linspace(4.0, 10.0, 8), abs=0.005)
+    assert anchored[0].lambdas[2:] == pytest.approx([4.0 + 0.1 * i for i in range(6)])
     assert config.from_dict({"space": {"critical_dim": 5}}).space.critical_dim == 5
     off = make_stages(config.from_dict({"space": {"targets": [256]}}), GEOMETRY)[0].space
     assert off.critical_dim is None and not off.searches_mscale
