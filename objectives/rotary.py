@@ -123,7 +123,8 @@ def patch_model(model: nn.Module, geometry: RopeGeometry | None = None) -> Candi
     """Replace the model's rotary module with a CandidateRotary (idempotent).
 
     The original frequencies are the model's own default inv_freq when its
-    config is unscaled (so λ = 1 is bit-identical), else θ from the geometry.
+    config is unscaled and it is float32 (so λ = 1 is bit-identical), else θ
+    from the geometry (a scaled config, or buffers a cast rounded).
     """
     parent, name = find_rotary(model)
     current = getattr(parent, name)
@@ -135,6 +136,8 @@ def patch_model(model: nn.Module, geometry: RopeGeometry | None = None) -> Candi
         original = getattr(current, "original_inv_freq", None)
         if original is None:
             original = getattr(current, "inv_freq", None)
+        if original is not None and original.dtype != torch.float32:  # a model cast by .to(bf16): 5.x's
+            original = None  # buffers are θ rounded by 0.4%, which misplaces every long position
     patched = CandidateRotary(geometry, original, architecture_of(model.config).rotary_layout, current)
     buf = next((b for b in current.buffers()), None)
     if buf is not None:

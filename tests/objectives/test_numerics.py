@@ -26,6 +26,21 @@ def test_rotary_tables_stay_float32_when_the_model_is_cast(tiny_model_dir):
     assert set_again is None and rot.lambdas.dtype == torch.float32 and float(rot.lambdas[0]) == 2.0
 
 
+def test_a_model_cast_before_it_is_patched_keeps_float32_theta(tiny_model_dir):
+    """Cast, then patched: transformers 5's inv_freq buffers were cast with the weights, and the
+    patch built every candidate from θ rounded to bf16 (0.4% off: at 32k tokens the low pairs'
+    angles are noise). The order of cast and patch must not matter."""
+    from longrope.objectives.rotary import base_inv_freq
+
+    first = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval()
+    patched_first = patch_model(first)
+    cast = transformers.AutoModelForCausalLM.from_pretrained(tiny_model_dir).eval().to(torch.bfloat16)
+    patched_after = patch_model(cast)
+    assert patched_after.original_inv_freq.dtype == torch.float32
+    assert torch.equal(patched_after.original_inv_freq, patched_first.original_inv_freq)
+    assert torch.equal(patched_after.original_inv_freq, base_inv_freq(patched_after.geometry))
+
+
 def test_log_softmax_runs_in_float32_for_a_bf16_model(tiny_model_dir):
     from longrope.objectives.perplexity import token_nll
 
