@@ -41,6 +41,8 @@ NEEDLE = " The pass key is {key}. Remember it. {key} is the pass key."
 QUESTION = " What is the pass key? The pass key is"
 KEY_DIGITS = 5
 DIGITS = "0123456789"
+SENTENCE_ENDS = (".", "!", "?", "。", "！", "？")  # a needle goes in after one of these, near its depth
+SNAP_WINDOW = 256  # tokens (or 5% of the text, if more) to look for one before inserting at the depth
 
 
 @dataclass(frozen=True)
@@ -92,10 +94,11 @@ class NeedleBuilder:
         return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
 
     def sentence_ends(self) -> set[int]:
-        """Token ids whose text ends a sentence ('.', '!' or '?', maybe before whitespace)."""
+        """Token ids whose text ends a sentence ('.', '!', '?' or their full-width forms, maybe
+        before whitespace)."""
         if self._ends is None:
             vocab = self.tokenizer.get_vocab().values()
-            self._ends = {i for i in vocab if self.tokenizer.decode([i]).rstrip().endswith((".", "!", "?"))}
+            self._ends = {i for i in vocab if self.tokenizer.decode([i]).rstrip().endswith(SENTENCE_ENDS)}
         return self._ends
 
     def key(self, rng: np.random.Generator) -> str:
@@ -130,10 +133,13 @@ class NeedleBuilder:
 
     def snap(self, filler: list[int], target: int) -> int:
         """The insertion point nearest `target` that follows a sentence end (or is an end of
-        the text); ties go to the earlier point."""
+        the text); ties go to the earlier point. None within SNAP_WINDOW (text without sentence
+        ends: a transcript, Chinese without 。 in its vocabulary): `target` itself, or every depth
+        became 0 or 1. The window keeps builtin:sotu's samples (its widest gap: 217 tokens)."""
         ends = self.sentence_ends()
         cuts = [0] + [j + 1 for j, t in enumerate(filler) if t in ends] + [len(filler)]
-        return min(cuts, key=lambda c: (abs(c - target), c))
+        best = min(cuts, key=lambda c: (abs(c - target), c))
+        return best if abs(best - target) <= max(SNAP_WINDOW, len(filler) // 20) else target
 
 
 def depths(count: int) -> list[float]:

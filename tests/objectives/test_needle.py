@@ -49,6 +49,17 @@ def test_depth_is_where_it_claims(tok, docs, depth):
     assert abs((s.needle_at - 1) - depth * room) == pytest.approx(nearest, abs=0.5)
 
 
+@pytest.mark.parametrize("depth", [0.25, 0.5, 0.75])
+def test_text_without_sentence_ends_takes_the_needle_at_its_depth(tok, docs, depth):
+    """Cuts only at 0 and the end (a transcript without . ! ?): every depth below 0.5 went to the
+    start and every one above to the end, while the tables named the depth asked for."""
+    b = NeedleBuilder(tok)
+    plain = np.array([t for t in docs[2] if t not in b.sentence_ends()])
+    s = b.build(plain, 2048, depth, "12345")
+    room = 2048 - 1 - len(b.needle_ids("12345")) - len(b.question) - len(b.answer_ids("12345"))
+    assert s.needle_at - 1 == round(depth * room)
+
+
 def test_keys_use_single_token_digits_and_samples_are_deterministic(tok, docs):
     b = NeedleBuilder(tok)
     assert "0" not in b.digits and len(b.digits) >= 4  # ' 0' is two tokens in this BPE
