@@ -18,6 +18,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -67,9 +68,19 @@ def load_data(d: DataSpec) -> Corpus:
 
 
 def _corpus(spec: str, ids: list[str], texts: list) -> Corpus:
-    pairs = [(i, t) for i, t in zip(ids, texts, strict=True) if isinstance(t, str) and t.strip()]
+    """The non-empty documents, each text once: the split deals documents, and a copy of one
+    would land in the other pool (a held-out score on text the search chose its factors on)."""
+    pairs, seen = [], set()
+    for i, t in zip(ids, texts, strict=True):
+        if isinstance(t, str) and t.strip() and t not in seen:
+            seen.add(t)
+            pairs.append((i, t))
     if not pairs:
         raise UserError(f"data {spec} holds no non-empty documents")
+    dropped = sum(isinstance(t, str) and bool(t.strip()) for t in texts) - len(pairs)
+    if dropped:
+        print(f"note: data {spec}: {dropped} document(s) repeat an earlier one and are left out, so that "
+              "no text is in both the search and the held-out pool", file=sys.stderr)
     return Corpus(spec, tuple(i for i, _ in pairs), tuple(t for _, t in pairs))
 
 

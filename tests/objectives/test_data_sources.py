@@ -285,3 +285,18 @@ def test_a_folder_of_two_table_kinds_and_a_jsonl_not_in_utf8_are_one_line(tmp_pa
     latin.write_bytes('{"text": "café"}\n'.encode("latin-1"))
     with pytest.raises(UserError, match=r"latin1.jsonl is not UTF-8 text"):
         load_corpus(str(latin))
+
+
+def test_a_document_given_twice_is_read_once(tmp_path, capsys):
+    """Scraped corpora repeat rows: the split dealt the copies apart, and the held-out score was
+    taken on text the search had chosen its factors on."""
+    from longrope.objectives.data import Split
+
+    rows = [f"document number {k}: " + "words " * (20 + k) for k in range(6)]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows + rows[:3]))
+    corpus = load_corpus(str(tmp_path / "d.jsonl"))
+    assert corpus.texts == tuple(rows)
+    assert "3 document(s) repeat an earlier one and are left out" in capsys.readouterr().err
+    for seed in range(4):
+        split = Split.make(len(corpus.texts), seed)
+        assert not {corpus.texts[i] for i in split.search} & {corpus.texts[i] for i in split.heldout}
