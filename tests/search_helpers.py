@@ -81,3 +81,18 @@ def trajectory(run: Run) -> dict[str, list]:
             rows.append((slot, tuple(sorted(t.params.items())), t.state.name, value))
         out[study.study_name] = sorted(rows)
     return out
+
+
+def ctrl_c_after(monkeypatch, n: int) -> None:
+    """An in-process search interrupted as by Ctrl-C once `n` evaluations were waited for."""
+    from longrope.search.backends import InProcessBackend
+
+    wait, told = InProcessBackend.wait, []
+
+    def interrupt(self):
+        if len(told) == n:
+            raise KeyboardInterrupt
+        told.append(1)
+        return wait(self)
+
+    monkeypatch.setattr(InProcessBackend, "wait", interrupt)

@@ -95,20 +95,10 @@ def test_export_skips_nothing_silently_and_cleans_its_temp_files(tmp_path, capsy
 def test_export_of_an_unfinished_stage_says_so(tmp_path, capsys, monkeypatch):
     """An interrupted run's best file holds the best so far: the export works and warns, naming the
     stage's count; once resumed to the end it does not."""
-    from search_helpers import small_cfg
-
-    from longrope.search.backends import InProcessBackend
+    from search_helpers import ctrl_c_after, small_cfg
 
     (tmp_path / "c.toml").write_text(small_cfg(iterations=2)[1])  # 12 + 2 x 6 = 24 evaluations
-    wait, told = InProcessBackend.wait, []
-
-    def ctrl_c_after_14(self):
-        if len(told) == 14:
-            raise KeyboardInterrupt
-        told.append(1)
-        return wait(self)
-
-    monkeypatch.setattr(InProcessBackend, "wait", ctrl_c_after_14)
+    ctrl_c_after(monkeypatch, 14)
     run = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:  # the driver's own exit, as Ctrl-C gives it
         main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run), "--quiet"])

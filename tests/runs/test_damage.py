@@ -5,7 +5,7 @@ import json
 import shutil
 
 import pytest
-from search_helpers import SMALL, small_cfg, trajectory
+from search_helpers import SMALL, ctrl_c_after, small_cfg, trajectory
 
 from longrope.runs import Run
 from longrope.search.cli import main
@@ -97,17 +97,7 @@ def test_the_re_queue_mark_of_the_only_failed_trial_is_not_dropped(tmp_path, cfg
     """One Ctrl-C leaves one re-queued FAIL trial. A torn line among its records was dropped
     unchecked (there was no other FAIL trial to compare it with): without its re-queue mark it
     kept its slot beside its copy, and the run read done at 30 of 36 with another best."""
-    from longrope.search.backends import InProcessBackend
-
-    wait, told = InProcessBackend.wait, []
-
-    def ctrl_c_after_14(self):
-        if len(told) == 14:
-            raise KeyboardInterrupt
-        told.append(1)
-        return wait(self)
-
-    monkeypatch.setattr(InProcessBackend, "wait", ctrl_c_after_14)
+    ctrl_c_after(monkeypatch, 14)
     run_dir = tmp_path / "run"
     with pytest.raises(SystemExit) as stop:
         main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet"])
