@@ -70,14 +70,17 @@ def load_data(d: DataSpec) -> Corpus:
 def _corpus(spec: str, ids: list[str], texts: list) -> Corpus:
     """The non-empty documents, each text once: the split deals documents, and a copy of one
     would land in the other pool (a held-out score on text the search chose its factors on)."""
-    pairs, seen = [], set()
+    pairs, seen, dropped = [], set(), 0
     for i, t in zip(ids, texts, strict=True):
-        if isinstance(t, str) and t.strip() and t not in seen:
-            seen.add(t)
-            pairs.append((i, t))
+        if not (isinstance(t, str) and t.strip()):
+            continue
+        if t in seen:
+            dropped += 1
+            continue
+        seen.add(t)
+        pairs.append((i, t))
     if not pairs:
         raise UserError(f"data {spec} holds no non-empty documents")
-    dropped = sum(isinstance(t, str) and bool(t.strip()) for t in texts) - len(pairs)
     if dropped:
         print(f"note: data {spec}: {dropped} document(s) repeat an earlier one and are left out, so that "
               "no text is in both the search and the held-out pool", file=sys.stderr)

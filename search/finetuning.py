@@ -99,7 +99,7 @@ def _trained_with(run: Run, work: Path, best: BestRecord, resumed: bool, length:
     path = work / TRAINED_WITH
     if resumed and path.is_file():
         kept = BestRecord.load(path)
-        if (kept.lambdas, kept.n_hat, kept.mscale) != (best.lambdas, best.n_hat, best.mscale):
+        if kept.factors != best.factors:  # RescaleFactors' exact equality: λ, n̂ and mscale
             print(f"warning: finetune-{length} goes on with the factors it started with; long-{length}'s "
                   "best has changed since (a resume with a larger budget?), and the later stages search "
                   f"the model trained with the old ones; to train with the new best, delete {work}",

@@ -96,8 +96,7 @@ def bred_from(run: Run, stage: Stage, study: optuna.Study,
         return previous
     kept = study.user_attrs[vocab.BRED_FROM]
     was = None if kept is None else RescaleFactors.from_dict(kept)
-    if previous is not None and (was is None or (was.lambdas, was.n_hat, was.mscale) !=
-                                 (previous.lambdas, previous.n_hat, previous.mscale)):
+    if previous is not None and was != previous:  # RescaleFactors' exact equality: λ, n̂ and mscale
         note = (f"{stage.name}: bred from the previous stage's best as it was when this stage "
                 "started; that best has changed since (a raised budget): start a new run to breed "
                 "from the new one")
