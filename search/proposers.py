@@ -164,6 +164,24 @@ class GAProposer:
         g = study_system_attrs(study).get(STOPPED)
         if g and not self._should_stop(study, g):
             set_study_system_attr(study, STOPPED, None)
+        self.requeue_lost(study)
+
+    def requeue_lost(self, study: optuna.Study) -> int:
+        """Queue again the slot of a re-queued trial whose copy is gone. A re-queue writes the
+        copy before the mark, so a marked trial whose slot no other trial holds lost its copy's
+        one journal line (a WAITING CREATE_TRIAL, which no later record names: `--repair` drops
+        it torn without a word). Unqueued, that slot would never be scored, and a fresh ask
+        would take another's."""
+        slotted = [(t, tuple(s)) for t in study.get_trials(deepcopy=False)
+                   if (s := t.system_attrs.get(SLOT) or t.user_attrs.get(SLOT))]
+        held = {s for t, s in slotted if not t.system_attrs.get(REQUEUED)}
+        n = 0
+        for t, s in slotted:
+            if t.system_attrs.get(REQUEUED) and s not in held:
+                study.enqueue_trial(t.params, user_attrs={SLOT: list(s)}, skip_if_exists=False)
+                held.add(s)
+                n += 1
+        return n
 
     def requeue_params(self, trial) -> dict | None:
         """A dead driver's trial, to re-queue with its slot; None for one killed inside its ask

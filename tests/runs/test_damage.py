@@ -115,6 +115,33 @@ def test_the_re_queue_mark_of_the_only_failed_trial_is_not_dropped(tmp_path, cfg
     assert snapshot(run_dir) == before
 
 
+def test_a_lost_queued_copy_is_queued_again(tmp_path, cfg_file, capsys, monkeypatch, reference):
+    """A Ctrl-C with two candidates in flight re-queues each as one journal line (a WAITING
+    CREATE_TRIAL) that no later record names: --repair dropped the first torn without a word,
+    and the resumed search scored the other's slot twice and that one never. It is queued again."""
+    from longrope.search.backends import InProcessBackend
+
+    init = InProcessBackend.__init__
+
+    def two_at_once(self, spec):
+        init(self, spec)
+        self.capacity = 2  # scored one after the other, told as two workers would
+
+    monkeypatch.setattr(InProcessBackend, "__init__", two_at_once)
+    ctrl_c_after(monkeypatch, 14)
+    run_dir = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet"])
+    monkeypatch.undo()
+    lines = (run_dir / "journal.log").read_text().splitlines()
+    first = [i for i, ln in enumerate(lines) if (r := json.loads(ln))["op_code"] == CREATE_TRIAL
+             and "longrope_slot" in r.get("user_attrs", {})][0]
+    lines[first] = lines[first][:30] + "\x00\x00"
+    (run_dir / "journal.log").write_text("\n".join(lines) + "\n")
+    assert main(["resume", str(run_dir), "--quiet", "--repair"]) == 0
+    assert trajectory(Run.open(run_dir)) == reference
+
+
 def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys, monkeypatch):
     monkeypatch.setattr("longrope.runs.lease.HEARTBEAT", 0.2)  # the unreadable lock is watched 0.4 s
     run_dir = tmp_path / "run"

@@ -269,3 +269,37 @@ def test_a_trial_written_by_a_driver_that_lost_the_run_is_re_queued(tmp_path, mo
     assert "error: long-256 cannot go on short of its 24 evaluations: generation 1 waits on generations before it, " \
            "whose 12 slots are held by 11 trials" in err, err
     assert (run2 / "events.log").read_text().count("long-256: done") == 1  # the 15 of the first command
+
+
+def test_a_driver_that_lost_the_run_asks_its_sampler_nothing_more(tmp_path, monkeypatch):
+    """`ready()` may write the early stop into the journal: a driver whose run was taken over
+    checks its lease first, and stops without asking."""
+    from longrope.runs.lease import LeaseLost
+    from longrope.search.proposers import GAProposer
+
+    lost, late, tells = [], [], []
+    check, ready, tell = Driver.check_lease, GAProposer.ready, Driver.tell
+
+    def checked(self):
+        if lost:
+            raise LeaseLost("taken over by node-c")
+        check(self)
+
+    def asked(self, study):
+        late.extend(lost)
+        return ready(self, study)
+
+    def told(self, study, trial, ev):
+        tell(self, study, trial, ev)
+        tells.append(1)
+        if len(tells) == 5:
+            lost.append(1)  # node-c took the run over here
+
+    monkeypatch.setattr(Driver, "check_lease", checked)
+    monkeypatch.setattr(GAProposer, "ready", asked)
+    monkeypatch.setattr(Driver, "tell", told)
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    with pytest.raises(LeaseLost):
+        Driver(cfg, run, progress=False).run_all()
+    assert lost and not late

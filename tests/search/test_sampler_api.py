@@ -2,6 +2,8 @@
 an objective needs no suggest calls, the result is a pure function of the seed, and asking a
 generation before the last one is told is refused instead of breeding from whatever finished."""
 
+import json
+
 import numpy as np
 import optuna
 import pytest
@@ -226,3 +228,55 @@ def test_a_trial_killed_inside_its_ask_before_its_slot_is_not_requeued():
     sampler, study = process(storage)  # a resume with one worker: pops (1, 2)'s copy, killed scoring it
     sampler.factors(study.ask())
     assert finish(*process(storage)) == reference
+
+
+def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
+    """Two candidates in flight when the driver dies; the resume queues a copy of each, one
+    journal line apiece. `--repair` may drop the first torn (no later record names it): (1, 2)
+    then never ran and the next fresh ask took (1, 3) again, a search unlike the uninterrupted
+    one without a word. The lost slot is queued again."""
+    from types import SimpleNamespace
+
+    from longrope.runs.vocab import SLOT
+    from longrope.search.proposers import GAProposer
+    from longrope.search.stopping import requeue_running
+
+    n, path = 20, tmp_path / "journal.log"
+    proposer = SimpleNamespace(requeue_params=lambda t: GAProposer.requeue_params(None, t))
+
+    def process(storage):
+        sampler = LongRoPESampler(SPACE, seed=0, **SHAPE)
+        return sampler, optuna.create_study(storage=storage, study_name="s", sampler=sampler,
+                                            load_if_exists=True)
+
+    def score(sampler, t):
+        return sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas) + 0.01 * sampler.factors(t).n_hat
+
+    def finish(sampler, study):
+        while len(sampler.owned(study)) < n and sampler.ready(study):
+            t = study.ask()
+            study.tell(t, score(sampler, t))
+        return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
+
+    def journal():
+        return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
+
+    reference = finish(*process(optuna.storages.InMemoryStorage()))
+    sampler, study = process(journal())
+    for _ in range(10):
+        t = study.ask()
+        study.tell(t, score(sampler, t))
+    for _ in range(2):  # (1, 2) and (1, 3) in flight when the driver dies
+        sampler.factors(study.ask())
+    requeue_running(process(journal())[1], proposer)
+    lines = path.read_bytes().splitlines(keepends=True)
+    [first, _] = [i for i, ln in enumerate(lines) if (r := json.loads(ln))["op_code"] == 4
+                  and SLOT in r.get("user_attrs", {})]
+    path.write_bytes(b"".join(lines[:first] + lines[first + 1:]))  # as --repair drops it
+    damaged = path.read_bytes()
+    slots = [slot for slot, _ in finish(*process(journal()))]
+    assert (1, 2) not in slots and slots.count((1, 3)) == 2
+    path.write_bytes(damaged)
+    sampler, study = process(journal())
+    assert GAProposer.requeue_lost(None, study) == 1 and GAProposer.requeue_lost(None, study) == 0
+    assert finish(sampler, study) == reference
