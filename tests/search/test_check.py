@@ -153,16 +153,19 @@ def test_parity_holds_for_a_model_whose_config_has_its_own_scaling(rope, tmp_pat
     assert r["identity_bit_exact"] and r["linear_max_abs_diff"] <= r["tolerance"] and r["ok"], r
 
 
-def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys):
+def test_check_takes_a_run_directory_for_its_config(tmp_path, capsys, monkeypatch):
     """`check RUN` checks the run's model in its dtype (before: 'config file RUN does not exist')."""
     (tmp_path / "run").mkdir()
     (tmp_path / "run" / "config.toml").write_text('[model]\npath = "builtin:tiny-sotu"\ndtype = "bfloat16"\n')
+    # what the self-test is given (the self-test itself, in bfloat16 too: the tests above)
+    monkeypatch.setattr(selfcheck, "self_test", lambda model, device, dtype, **kw: {
+        "ok": True, "model": model, "device": device, "dtype": dtype})
     assert main(["check", str(tmp_path / "run"), "--json", "--device", "cpu"]) == 0
     [t] = json.loads(capsys.readouterr().out)["self_test"]
-    assert (t["model"], t["dtype"]) == ("builtin:tiny-sotu", "bfloat16") and t["rank_check"]["ok"]
+    assert (t["model"], t["device"], t["dtype"]) == ("builtin:tiny-sotu", "cpu", "bfloat16")
     # a flag given wins over the config's, its default's value too (auto was taken as not given)
     assert main(["check", str(tmp_path / "run"), "--json", "--device", "cpu", "--dtype", "auto"]) == 0
-    assert json.loads(capsys.readouterr().out)["self_test"][0]["dtype"] == "float32"
+    assert json.loads(capsys.readouterr().out)["self_test"][0]["dtype"] == "auto"
     (tmp_path / "model").mkdir()  # a model folder given where a run or config goes: say so
     (tmp_path / "model" / "config.json").write_text("{}")
     assert main(["check", str(tmp_path / "model"), "--json"]) == 2

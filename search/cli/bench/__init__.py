@@ -27,6 +27,7 @@ from .quality import (
     exact_ceiling,
     plot_pruning,
     pruning,
+    quick_documents,
     scale_out,
     search_quality,
 )
@@ -70,10 +71,11 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
     make_folder(out_dir, "bench folder")  # after the checks: a refused call writes nothing
     with tempfile.TemporaryDirectory(prefix="longrope-bench-") as tmp:  # the searches' run folders
         partial = len(only) < len(SECTIONS)  # a rerun of some (hours here): each kept once measured,
-        for section in [s for s in SECTIONS if s in only]:  # so a killed bench loses only the one under way
-            _run_sections(r, [section], quick, Path(tmp))
-            if partial:
-                _save(r, out_dir)
+        with quick_documents(quick):  # so a killed bench loses only the one under way
+            for section in [s for s in SECTIONS if s in only]:
+                _run_sections(r, [section], quick, Path(tmp))
+                if partial:
+                    _save(r, out_dir)
     if not partial:  # the summary needs every section
         _save(r, out_dir)
     plot(r, out_dir / "bench.png")
@@ -127,11 +129,11 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
         r["early_abort"] = early_abort(work, budget)
     if "pruning" in only:  # issue 15: quality per token of pruners none / exact / wilcoxon
         # three seeds x three pruners: nine searches of ~4 min (12 documents of 1024 tokens)
-        r["pruning"] = pruning(work, small if quick else 160, [0] if quick else [0, 1, 2], 3 if quick else 12)
+        r["pruning"] = pruning(work, small if quick else 160, [0] if quick else [0, 1, 2], 2 if quick else 12)
     if "pruning_paper" in only:  # issue 15: the same at the paper's search shape and budget, one seed
         # none and wilcoxon only (exact scores what none does): about 1 h for both here, alone (the
         # none search ran ~40 evaluations a minute); never beside another torch job on 2 cores
-        r["pruning_paper"] = pruning(work, paper_budget, [0], 3 if quick else 12,
+        r["pruning_paper"] = pruning(work, paper_budget, [0], 2 if quick else 12,
                                      ("none", "wilcoxon"), **shape)
     if "scale" in only:
         r["scale"] = scale_out(work, 6 if quick else 40, real=not quick)

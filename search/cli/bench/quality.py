@@ -12,8 +12,25 @@ import math
 import statistics
 import time
 import tomllib
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+DOCS = {"search_docs": 5, "heldout_docs": 10}  # per search, and held out where the sections score ppl
+QUICK_DOCS = {"search_docs": 2, "heldout_docs": 3}  # --quick checks the tables' shape, not their numbers
+
+
+@contextmanager
+def quick_documents(quick: bool) -> Iterator[None]:
+    """The sections' searches and held-out scorers take QUICK_DOCS within (when `quick`)."""
+    kept = dict(DOCS)
+    if quick:
+        DOCS.update(QUICK_DOCS)
+    try:
+        yield
+    finally:
+        DOCS.update(kept)
 
 
 def _search(workdir: Path, name: str, toml: str, progress: bool = False):
@@ -45,7 +62,7 @@ path = "builtin:tiny-sotu"
 threads = {threads}
 [data]
 search_docs = {search_docs}
-heldout_docs = 10
+heldout_docs = {heldout_docs}
 [space]
 targets = [{target}]
 {space}
@@ -68,8 +85,8 @@ count = {count}
 
 def _toml(**kw) -> str:
     base = dict(threads=2, sampler="longrope", seed=0, iterations=100, budget=300, pruner="exact",
-                backend="inprocess", count=1, target=1024, search_docs=5, space="",
-                population=32, parents=16, mutants=8, crossovers=8, search_keys="")
+                backend="inprocess", count=1, target=1024, space="",
+                population=32, parents=16, mutants=8, crossovers=8, search_keys="", **DOCS)
     base.update(kw)
     return SEARCH_TOML.format(**base)
 
@@ -84,7 +101,7 @@ def search_quality(workdir: Path, targets: list[int], budget: int, seeds: list[i
     from longrope.objectives.workers import Evaluator
     from longrope.spaces import REFERENCE_METHODS
 
-    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, search_docs=5, heldout_docs=10))
+    ev = Evaluator(ObjectiveSpec.of("builtin:tiny-sotu", threads=2, **DOCS))
     out: dict[str, Any] = {}
     for target in targets:
         row: dict[str, Any] = {}
