@@ -74,10 +74,11 @@ def nodes_with_workers(c) -> set[str]:
     for name, node in nodes:
         for p in psutil.Process(node.all_processes["raylet"][0].process.pid).children():
             try:
-                if p.cmdline()[:1] and p.cmdline()[0].startswith("ray::_Worker"):
-                    found.add(name)
+                cmd = p.cmdline()  # once: a process that exits between two reads has none the second time
             except psutil.Error:
-                pass
+                continue
+            if cmd[:1] and cmd[0].startswith("ray::_Worker"):
+                found.add(name)
     return found
 
 
