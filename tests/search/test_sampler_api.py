@@ -179,6 +179,20 @@ def test_the_comparison_samplers_enqueue_each_seed_exactly(d, base, L0, s):
     assert np.abs(np.subtract(bare.factors(bare.params(seeds[2])).lambdas, seeds[2].lambdas)).max() > 0.1
 
 
+def _score(sampler, t) -> float:
+    return sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas) + 0.01 * sampler.factors(t).n_hat
+
+
+def _finish(sampler, study, n: int) -> list[tuple]:
+    """Ask and tell until `n` slots are owned or the sampler waits; (slot, value) by slot."""
+    from longrope.runs.vocab import SLOT
+
+    while len(sampler.owned(study)) < n and sampler.ready(study):
+        t = study.ask()
+        study.tell(t, _score(sampler, t))
+    return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
+
+
 def test_a_trial_killed_inside_its_ask_before_its_slot_is_not_requeued():
     """Two candidates in flight; the driver dies inside the ask of a fresh trial (Optuna made it
     RUNNING, the sampler had not given it a slot). Its slotless copy was queued beside the other
@@ -206,28 +220,19 @@ def test_a_trial_killed_inside_its_ask_before_its_slot_is_not_requeued():
             requeue_running(study, SimpleNamespace(requeue_params=lambda t: GAProposer.requeue_params(None, t)))
         return sampler, study
 
-    def score(sampler, t):
-        return sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas) + 0.01 * sampler.factors(t).n_hat
-
-    def finish(sampler, study):
-        while len(sampler.owned(study)) < n and sampler.ready(study):
-            t = study.ask()
-            study.tell(t, score(sampler, t))
-        return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
-
-    reference = finish(*process(optuna.storages.InMemoryStorage(), resumed=False))
+    reference = _finish(*process(optuna.storages.InMemoryStorage(), resumed=False), n)
     storage = optuna.storages.InMemoryStorage()
     sampler, study = process(storage, resumed=False)
     for _ in range(10):  # generation 0, then (1, 0) and (1, 1)
         t = study.ask()
-        study.tell(t, score(sampler, t))
+        study.tell(t, _score(sampler, t))
     sampler.factors(study.ask())  # (1, 2) in flight on one worker
     die[0] = True
     with pytest.raises(_Killed):
         study.ask()  # the other worker's ask, killed before its slot was written
     sampler, study = process(storage)  # a resume with one worker: pops (1, 2)'s copy, killed scoring it
     sampler.factors(study.ask())
-    assert finish(*process(storage)) == reference
+    assert _finish(*process(storage), n) == reference
 
 
 def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
@@ -249,23 +254,14 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
         return sampler, optuna.create_study(storage=storage, study_name="s", sampler=sampler,
                                             load_if_exists=True)
 
-    def score(sampler, t):
-        return sum((x - 2.5) ** 2 for x in sampler.factors(t).lambdas) + 0.01 * sampler.factors(t).n_hat
-
-    def finish(sampler, study):
-        while len(sampler.owned(study)) < n and sampler.ready(study):
-            t = study.ask()
-            study.tell(t, score(sampler, t))
-        return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
-
     def journal():
         return optuna.storages.JournalStorage(optuna.storages.journal.JournalFileBackend(str(path)))
 
-    reference = finish(*process(optuna.storages.InMemoryStorage()))
+    reference = _finish(*process(optuna.storages.InMemoryStorage()), n)
     sampler, study = process(journal())
     for _ in range(10):
         t = study.ask()
-        study.tell(t, score(sampler, t))
+        study.tell(t, _score(sampler, t))
     for _ in range(2):  # (1, 2) and (1, 3) in flight when the driver dies
         sampler.factors(study.ask())
     requeue_running(process(journal())[1], proposer)
@@ -274,9 +270,9 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
                   and SLOT in r.get("user_attrs", {})]
     path.write_bytes(b"".join(lines[:first] + lines[first + 1:]))  # as --repair drops it
     damaged = path.read_bytes()
-    slots = [slot for slot, _ in finish(*process(journal()))]
+    slots = [slot for slot, _ in _finish(*process(journal()), n)]
     assert (1, 2) not in slots and slots.count((1, 3)) == 2
     path.write_bytes(damaged)
     sampler, study = process(journal())
     assert GAProposer.requeue_lost(None, study) == 1 and GAProposer.requeue_lost(None, study) == 0
-    assert finish(sampler, study) == reference
+    assert _finish(sampler, study, n) == reference
