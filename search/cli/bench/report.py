@@ -74,8 +74,8 @@ def render(r: dict[str, Any]) -> str:
     ea = r["early_abort"]
     lines.append(f"early abort: {ea['tokens_with']} vs {ea['tokens_without']} tokens, "
                  f"same best: {ea['same_best']}; {ea.get('above_cutoff', float('nan')):.0%} of candidates "
-                 f"scored above the parent cut-off, at most {ea.get('exact_ceiling', float('nan')):.1%} "
-                 "could be saved by any exact abort")
+                 "scored above the running cut-off (the parents-th best before them), at most "
+                 f"{ea.get('exact_ceiling', float('nan')):.1%} could be saved by any exact abort")
     for key in ("pruning", "pruning_paper"):
         if key in r:
             lines += _render_pruning(r[key])
@@ -136,7 +136,8 @@ def _render_pruning(pr: dict[str, Any]) -> list[str]:
         lines.append(f"| {p} | {statistics.mean(v['tokens']):,.0f} | {v['tokens_ratio']:.3f} | "
                      f"{_spread(v['heldout'])} | {v['heldout_ratio']:.4f} | {_spread(v['pruned'], '{:g}')} |")
     if "cutoff_ceiling" in pr:  # bench.json files from before the ceiling was measured lack it
-        lines += ["", f"ceiling for any rule against the parent cut-off (pruner none's children): "
+        lines += ["", "ceiling for any rule against the parent cut-off (pruner none's candidates, "
+                  "generation 0 included): "
                   f"{_spread(pr['candidates_above_cutoff'], '{:.0%}')} of candidates finished above it; "
                   f"stopping each of them after one document would score "
                   f"{_spread(pr['cutoff_ceiling'], '{:.3f}')}x the tokens"]
