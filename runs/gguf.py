@@ -42,6 +42,7 @@ FREQS, LONG, SHORT = "rope_freqs.weight", "rope_factors_long.weight", "rope_fact
 # GGUF architecture -> the form its llama.cpp loader reads: "freqs" (one rope_freqs tensor,
 # the long factors at every length) or "switch" (long/short pair, chosen by -c against L0)
 FORMS = {"llama": "freqs", "phi3": "switch"}
+LLAMA_CPP_THETA = 10000.0  # llama.cpp's RoPE base where {arch}.rope.freq_base is absent
 
 
 def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
@@ -90,9 +91,11 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     own = trained is None and _own_factors(reader)
     if trained is None and not own:
         trained = context
+    # θ: llama.cpp's default where the key is absent (llama-model.cpp, rope_freq_base_train = 10000)
+    base = _value(reader, f"{arch}.rope.freq_base")
     check_trained_length(factors, None if trained is None else int(trained),
-                         _value(reader, f"{arch}.rope.freq_base"), str(fj), src.name)
-    short = factors.short.lambdas if factors.short else (1.0,) * len(long.lambdas)
+                         LLAMA_CPP_THETA if base is None else base, str(fj), src.name)
+    short = _short(factors)
     warnings = _warnings(arch, form, factors, L0)
     if own:
         # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
@@ -140,10 +143,15 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
         with open(tmp, "rb") as f:
             os.fsync(f.fileno())
         os.replace(tmp, dst)
-    except BaseException:
+    except BaseException as e:
         if w is not None:
-            w.close()
+            try:
+                w.close()
+            except OSError:
+                pass
         tmp.unlink(missing_ok=True)
+        if isinstance(e, OSError):  # a full disk, no permission: one line, as `apply` to a folder
+            raise UserError(f"cannot write {dst}: {e.strerror or e}") from None
         raise
     return dst, warnings
 
@@ -220,14 +228,20 @@ def _n_rot(reader, arch: str) -> int | None:
     return int(n) if n else None
 
 
+def _short(factors: DeployedFactors) -> tuple[float, ...]:
+    """The factors up to L0: an export without short ones applies its long ones there, as `eval`
+    scores it (DeployedFactors.at) and `apply` to a folder writes it (short_factor = long_factor);
+    ones (plain RoPE under the long attention factor) were scored nowhere."""
+    return tuple(factors.short.lambdas if factors.short else factors.long.lambdas)
+
+
 def _warnings(arch: str, form: str, factors: DeployedFactors, L0: int) -> list[str]:
     out = []
     n_hats = [f.n_hat for f in (factors.long, factors.short) if f is not None]
     if any(n_hats):
         out.append(f"n̂ = {max(n_hats)}: llama.cpp has no n̂ (every position is rescaled); the GGUF "
                    "behaves as the factors with n̂ = 0")
-    short = factors.short.lambdas if factors.short else (1.0,) * len(factors.long.lambdas)
-    if form == "freqs" and short != factors.long.lambdas:
+    if form == "freqs" and _short(factors) != factors.long.lambdas:
         out.append(f"llama.cpp reads one rope_freqs tensor for {arch}, with no short/long switch: the "
                    "long factors apply at every context length, short ones "
                    "included; --gguf-switch writes the long/short pair for recent llama.cpp builds")

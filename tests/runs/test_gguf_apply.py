@@ -143,14 +143,16 @@ def one_line(capsys, rc, message):
     assert rc == 2 and len(lines) == 1 and message in lines[0] and "Traceback" not in err, err
 
 
-def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, **keys) -> Path:
+def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, base: float | None = 1e5,
+              **keys) -> Path:
     """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
-    rope_freqs tensor when given."""
+    rope_freqs tensor when given; θ = `base` beside a context length."""
     w = gguf.GGUFWriter(path, arch)
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
     if context is not None:
         w.add_uint32(f"{arch}.context_length", context)
-        w.add_float32(f"{arch}.rope.freq_base", 1e5)
+    if context is not None and base is not None:
+        w.add_float32(f"{arch}.rope.freq_base", base)
     for k, v in keys.items():
         (w.add_string if isinstance(v, str) else w.add_float32)(f"{arch}.rope.scaling.{k}", v)
     w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
@@ -209,6 +211,51 @@ def test_missing_gguf_package_and_a_crash_mid_copy(tmp_path, monkeypatch):
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)
     with pytest.raises(UserError, match="pip install"):
         mod.apply_to_gguf(good, model, tmp_path / "o.gguf")
+
+
+@pytest.mark.parametrize("arch", ["llama", "phi3"])
+def test_an_export_without_short_factors_applies_its_long_ones_below_l0(arch, tmp_path, capsys):
+    """As `eval` scores it and `apply` to a folder writes it; the pair held ones as the short
+    factors (plain RoPE under the long attention factor, scored nowhere), and the one-tensor form
+    warned that the long factors replace short ones the export does not have."""
+    d = json.loads(export_json(tmp_path / "f.json").read_text())
+    del d["rope_scaling"]["short_factor"]
+    (tmp_path / "long-only.json").write_text(json.dumps(d))
+    src = tiny_gguf(tmp_path / "t.gguf", arch, context=L0)
+    for switch in ([], ["--gguf-switch"]) if arch == "llama" else ([],):
+        out = tmp_path / f"o{len(switch)}.gguf"
+        assert main(["apply", str(tmp_path / "long-only.json"), str(src), "-o", str(out), *switch]) == 0
+        assert "short ones included" not in capsys.readouterr().err
+        r = gguf.GGUFReader(out)
+        for name in ("rope_factors_short.weight", "rope_factors_long.weight", "rope_freqs.weight"):
+            if name in {t.name for t in r.tensors}:
+                np.testing.assert_array_equal(tensor(r, name), np.float32(d["rope_scaling"]["long_factor"]))
+
+
+def test_a_gguf_without_rope_freq_base_has_llama_cpps_default_theta(tmp_path, capsys):
+    """llama.cpp takes θ = 10000 where the key is absent: factors searched at θ = 1e5 were
+    accepted there (an explicit 1e4 was refused)."""
+    factors = export_json(tmp_path / "f.json")  # θ = 1e5
+    for base in (1e4, None):
+        src = tiny_gguf(tmp_path / f"t-{base}.gguf", "llama", context=L0, base=base)
+        one_line(capsys, main(["apply", str(factors), str(src), "-o", str(tmp_path / "o.gguf")]),
+                 f"holds factors searched with RoPE θ = 100000, but t-{base}.gguf has θ = 10000")
+    assert not (tmp_path / "o.gguf").exists()
+
+
+def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
+    """A full disk or a folder without write permission ended in a traceback (exit 1)."""
+    import errno
+
+    good, model = export_json(tmp_path / "good.json"), tiny_gguf(tmp_path / "t.gguf", "llama", context=L0)
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(gguf.GGUFWriter, "write_tensor_data", full)
+    one_line(capsys, main(["apply", str(good), str(model), "-o", str(tmp_path / "o.gguf")]),
+             f"cannot write {tmp_path / 'o.gguf'}: No space left on device")
+    assert not (tmp_path / "o.gguf").exists() and list(tmp_path.glob(".*.tmp")) == []
 
 
 @pytest.mark.parametrize("arch", ["llama", "phi3"])
