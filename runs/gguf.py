@@ -97,6 +97,12 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
                          LLAMA_CPP_THETA if base is None else base, str(fj), src.name)
     short = _short(factors)
     warnings = _warnings(arch, form, factors, L0)
+    if arch == "phi3" and context == 4096 and _value(reader, "phi3.block_count") in (32, 40) \
+            and _value(reader, "phi3.attention.sliding_window") is None:
+        # llama-model.cpp's load_hparams, Aug 2024 - May 2025 (PRs #8931 to #13676): Phi-3-4k's window
+        warnings.append(f"{src.name} states no phi3.attention.sliding_window: llama.cpp builds from Aug 2024 "
+                        "to May 2025 derived Phi-3's (2047) from context_length 4096, which this copy sets "
+                        f"to {L}, and refuse the copy; recent builds load it")
     if own:
         # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
         # context_length as the extended 131072, with no trained length beside it

@@ -144,11 +144,13 @@ def one_line(capsys, rc, message):
 
 
 def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, base: float | None = 1e5,
-              **keys) -> Path:
+              layers: int | None = None, **keys) -> Path:
     """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
     rope_freqs tensor when given; θ = `base` beside a context length."""
     w = gguf.GGUFWriter(path, arch)
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
+    if layers is not None:
+        w.add_uint32(f"{arch}.block_count", layers)
     if context is not None:
         w.add_uint32(f"{arch}.context_length", context)
     if context is not None and base is not None:
@@ -241,6 +243,21 @@ def test_a_gguf_without_rope_freq_base_has_llama_cpps_default_theta(tmp_path, ca
         one_line(capsys, main(["apply", str(factors), str(src), "-o", str(tmp_path / "o.gguf")]),
                  f"holds factors searched with RoPE θ = 100000, but t-{base}.gguf has θ = 10000")
     assert not (tmp_path / "o.gguf").exists()
+
+
+def test_a_phi3_4k_without_its_window_is_warned_of(tmp_path):
+    """llama.cpp builds of Aug 2024 - May 2025 derived Phi-3-4k's sliding window from a context
+    length of 4096 (32 or 40 layers, no window key) and refuse the copy, whose length is L."""
+    from longrope.runs.gguf import apply_to_gguf
+
+    factors = export_json(tmp_path / "f.json")
+    d = json.loads(factors.read_text())  # Phi-3-mini-4k: L0 = 4096
+    d["original_max_position_embeddings"] = d["rope_scaling"]["original_max_position_embeddings"] = 4096
+    factors.write_text(json.dumps(d))
+    for layers, warned in ((32, True), (24, False)):
+        src = tiny_gguf(tmp_path / f"phi3-{layers}.gguf", "phi3", context=4096, layers=layers)
+        _, warnings = apply_to_gguf(factors, src, tmp_path / f"o-{layers}.gguf")
+        assert any("derived Phi-3's (2047) from context_length 4096" in w for w in warnings) == warned
 
 
 def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
