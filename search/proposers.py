@@ -18,7 +18,13 @@ import optuna
 from optuna.trial import FrozenTrial, TrialState
 
 from longrope.objectives.pruning import Cutoff
-from longrope.runs.optuna_io import frozen_trial, set_study_system_attr, study_system_attrs
+from longrope.runs.optuna_io import (
+    fail_trial,
+    frozen_trial,
+    set_study_system_attr,
+    set_trial_system_attr,
+    study_system_attrs,
+)
 from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
@@ -171,17 +177,26 @@ class GAProposer:
         copy before the mark, so a marked trial whose slot no other trial holds lost its copy's
         one journal line (a WAITING CREATE_TRIAL, which no later record names: `--repair` drops
         it torn without a word). Unqueued, that slot would never be scored, and a fresh ask
-        would take another's."""
+        would take another's. The queue stays in slot order (the sampler reads the next slot off
+        its front: the budget and the early stop), so the copies waiting behind a lost slot are
+        failed and queued again after it. A journal resumed before this existed filled the gap
+        with a second copy of another slot: nothing is queued there (it would overfill a
+        generation)."""
         slotted = [(t, tuple(s)) for t in study.get_trials(deepcopy=False)
                    if (s := t.system_attrs.get(SLOT) or t.user_attrs.get(SLOT))]
-        held = {s for t, s in slotted if not t.system_attrs.get(REQUEUED)}
-        n = 0
+        live = [s for t, s in slotted if not t.system_attrs.get(REQUEUED)]
+        lost = {s: t.params for t, s in slotted if t.system_attrs.get(REQUEUED) and s not in live}
+        if not lost or len(live) != len(set(live)):
+            return 0
+        first = min(lost)
         for t, s in slotted:
-            if t.system_attrs.get(REQUEUED) and s not in held:
-                study.enqueue_trial(t.params, user_attrs={SLOT: list(s)}, skip_if_exists=False)
-                held.add(s)
-                n += 1
-        return n
+            if t.state == TrialState.WAITING and s > first and not t.system_attrs.get(REQUEUED):
+                lost[s] = t.system_attrs.get("fixed_params", {})  # the candidate it was queued with
+                set_trial_system_attr(study, t, REQUEUED, True)
+                fail_trial(study, t)
+        for s in sorted(lost):
+            study.enqueue_trial(lost[s], user_attrs={SLOT: list(s)}, skip_if_exists=False)
+        return len([s for s in lost if s not in live])
 
     def requeue_params(self, trial) -> dict | None:
         """A dead driver's trial, to re-queue with its slot; None for one killed inside its ask

@@ -184,10 +184,11 @@ def _score(sampler, t) -> float:
 
 
 def _finish(sampler, study, n: int) -> list[tuple]:
-    """Ask and tell until `n` slots are owned or the sampler waits; (slot, value) by slot."""
+    """Ask and tell while the next slot is within a budget of `n` (GAProposer.ready's rule) and
+    the sampler does not wait; (slot, value) by slot."""
     from longrope.runs.vocab import SLOT
 
-    while len(sampler.owned(study)) < n and sampler.ready(study):
+    while sampler.slots_before((slot := sampler.next_slot(study))[0]) + slot[1] < n and sampler.ready(study):
         t = study.ask()
         study.tell(t, _score(sampler, t))
     return sorted((tuple(t.system_attrs[SLOT]), t.value) for t in sampler.owned(study))
@@ -239,7 +240,10 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
     """Two candidates in flight when the driver dies; the resume queues a copy of each, one
     journal line apiece. `--repair` may drop the first torn (no later record names it): (1, 2)
     then never ran and the next fresh ask took (1, 3) again, a search unlike the uninterrupted
-    one without a word. The lost slot is queued again."""
+    one without a word. The lost slot is queued again, ahead of (1, 3)'s copy (a budget lowered
+    to 11 on resume ended the stage at (1, 3), at 10, with (1, 2) queued behind it); a journal an
+    older resume filled with that second (1, 3) gets nothing more (it would overfill generation
+    1: the stage could never go on)."""
     from types import SimpleNamespace
 
     from longrope.runs.vocab import SLOT
@@ -276,3 +280,11 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
     sampler, study = process(journal())
     assert GAProposer.requeue_lost(None, study) == 1 and GAProposer.requeue_lost(None, study) == 0
     assert _finish(sampler, study, n) == reference
+    path.write_bytes(damaged)
+    sampler, study = process(journal())
+    GAProposer.requeue_lost(None, study)
+    assert _finish(sampler, study, 11) == reference[:11]
+    path.write_bytes(damaged)  # resumed by the old code (no requeue_lost) for 4 evaluations, then by this
+    _finish(*process(journal()), 14)
+    sampler, study = process(journal())
+    assert GAProposer.requeue_lost(None, study) == 0 and len(_finish(sampler, study, n)) == n
