@@ -140,6 +140,9 @@ def test_a_lost_queued_copy_is_queued_again(tmp_path, cfg_file, capsys, monkeypa
     (run_dir / "journal.log").write_text("\n".join(lines) + "\n")
     assert main(["resume", str(run_dir), "--quiet", "--repair"]) == 0
     assert trajectory(Run.open(run_dir)) == reference
+    # the copy waiting behind the lost slot was failed and queued again: status and report read it
+    assert main(["status", str(run_dir)]) == 0 and main(["report", str(run_dir)]) == 0
+    assert "36/36" in capsys.readouterr().out
 
 
 def test_stale_journal_lock_and_empty_run_lock_are_taken_over(tmp_path, cfg_file, capsys, monkeypatch):
