@@ -185,15 +185,20 @@ class GAProposer:
         slotted = [(t, tuple(s)) for t in study.get_trials(deepcopy=False)
                    if (s := t.system_attrs.get(SLOT) or t.user_attrs.get(SLOT))]
         live = [s for t, s in slotted if not t.system_attrs.get(REQUEUED)]
-        lost = {s: t.params for t, s in slotted if t.system_attrs.get(REQUEUED) and s not in live}
+        lost: dict[tuple, dict] = {}  # slot -> its candidate, as it ran or was queued
+        for t, s in slotted:
+            if t.system_attrs.get(REQUEUED) and s not in live:
+                lost[s] = lost.get(s) or t.params or t.system_attrs.get("fixed_params", {})
         if not lost or len(live) != len(set(live)):
             return 0
         first = min(lost)
         for t, s in slotted:
-            if t.state == TrialState.WAITING and s > first and not t.system_attrs.get(REQUEUED):
+            if t.state != TrialState.WAITING or (s < first and not t.system_attrs.get(REQUEUED)):
+                continue
+            if not t.system_attrs.get(REQUEUED):  # (marked and still waiting: killed right here before)
                 lost[s] = t.system_attrs.get("fixed_params", {})  # the candidate it was queued with
                 set_trial_system_attr(study, t, REQUEUED, True)
-                fail_trial(study, t)
+            fail_trial(study, t)
         for s in sorted(lost):
             study.enqueue_trial(lost[s], user_attrs={SLOT: list(s)}, skip_if_exists=False)
         return len([s for s in lost if s not in live])

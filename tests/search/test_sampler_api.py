@@ -284,6 +284,13 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
     sampler, study = process(journal())
     GAProposer.requeue_lost(None, study)
     assert _finish(sampler, study, 11) == reference[:11]
+    path.write_bytes(damaged)  # killed after marking (1, 3)'s waiting copy, before failing it
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("longrope.search.proposers.fail_trial", lambda *a: (_ for _ in ()).throw(KeyboardInterrupt))
+        with pytest.raises(KeyboardInterrupt):
+            GAProposer.requeue_lost(None, process(journal())[1])
+    sampler, study = process(journal())
+    assert GAProposer.requeue_lost(None, study) == 2 and _finish(sampler, study, 11) == reference[:11]
     path.write_bytes(damaged)  # resumed by the old code (no requeue_lost) for 4 evaluations, then by this
     _finish(*process(journal()), 14)
     sampler, study = process(journal())
