@@ -146,14 +146,14 @@ def one_line(capsys, rc, message):
 def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, base: float | None = 1e5,
               layers: int | None = None, **keys) -> Path:
     """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
-    rope_freqs tensor when given; θ = `base` beside a context length."""
+    rope_freqs tensor when given; θ = `base` (None: no such key, llama.cpp's default)."""
     w = gguf.GGUFWriter(path, arch)
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
     if layers is not None:
         w.add_uint32(f"{arch}.block_count", layers)
     if context is not None:
         w.add_uint32(f"{arch}.context_length", context)
-    if context is not None and base is not None:
+    if base is not None:
         w.add_float32(f"{arch}.rope.freq_base", base)
     for k, v in keys.items():
         (w.add_string if isinstance(v, str) else w.add_float32)(f"{arch}.rope.scaling.{k}", v)
