@@ -54,7 +54,8 @@ def frozen_trial(study: optuna.Study, trial: Trial) -> FrozenTrial:
 
 
 def fail_trial(study: optuna.Study, trial: Trial) -> None:
-    """Mark a RUNNING trial FAIL, also one asked by another (dead) process."""
+    """Mark a RUNNING trial FAIL, also one asked by another (dead) process, or a WAITING one
+    taken out of the queue."""
     from optuna.trial import TrialState
 
     study._storage.set_trial_state_values(trial_id(trial), TrialState.FAIL)

@@ -29,7 +29,7 @@ from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import StepParametrisation, make_sampler
-from .sampler import LongRoPESampler, to_params
+from .sampler import LongRoPESampler, slot_of, to_params
 
 if TYPE_CHECKING:
     from optuna.distributions import BaseDistribution
@@ -182,26 +182,29 @@ class GAProposer:
         failed and queued again after it. A journal resumed before this existed filled the gap
         with a second copy of another slot: nothing is queued there (it would overfill a
         generation)."""
-        slotted = [(t, tuple(s)) for t in study.get_trials(deepcopy=False)
-                   if (s := t.system_attrs.get(SLOT) or t.user_attrs.get(SLOT))]
+        slotted = [(t, s) for t in study.get_trials(deepcopy=False) if (s := slot_of(t)) is not None]
         live = [s for t, s in slotted if not t.system_attrs.get(REQUEUED)]
+        held = set(live)
         lost: dict[tuple, dict] = {}  # slot -> its candidate, as it ran or was queued
         for t, s in slotted:
-            if t.system_attrs.get(REQUEUED) and s not in live:
+            if t.system_attrs.get(REQUEUED) and s not in held:
                 lost[s] = lost.get(s) or t.params or t.system_attrs.get("fixed_params", {})
-        if not lost or len(live) != len(set(live)):
+        if not lost or len(live) != len(held):  # a slot held twice: an older resume filled the gap
             return 0
-        first = min(lost)
+        gone, first = len(lost), min(lost)
         for t, s in slotted:
-            if t.state != TrialState.WAITING or (s < first and not t.system_attrs.get(REQUEUED)):
+            if t.state != TrialState.WAITING:
                 continue
-            if not t.system_attrs.get(REQUEUED):  # (marked and still waiting: killed right here before)
+            marked = t.system_attrs.get(REQUEUED)  # marked and still waiting: killed here before
+            if not marked and s < first:
+                continue  # ahead of the gap: stays where it is in the queue
+            if not marked:  # behind the gap: queued again after it
                 lost[s] = t.system_attrs.get("fixed_params", {})  # the candidate it was queued with
                 set_trial_system_attr(study, t, REQUEUED, True)
             fail_trial(study, t)
         for s in sorted(lost):
             study.enqueue_trial(lost[s], user_attrs={SLOT: list(s)}, skip_if_exists=False)
-        return len([s for s in lost if s not in live])
+        return gone
 
     def requeue_params(self, trial) -> dict | None:
         """A dead driver's trial, to re-queue with its slot; None for one killed inside its ask

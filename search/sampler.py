@@ -61,6 +61,13 @@ def from_params(params: dict, space: SearchSpace) -> RescaleFactors:
     return RescaleFactors(tuple(space.expand(genes).tolist()), n_hat=int(params["n_hat"]), mscale=mscale)
 
 
+def slot_of(t: FrozenTrial) -> tuple[int, int] | None:
+    """The slot a trial holds or was queued for: the sampler's copy (before_trial), else the
+    queue's (a re-queued copy killed before before_trial ran has only that one)."""
+    slot = t.system_attrs.get(SLOT) or t.user_attrs.get(SLOT)
+    return None if slot is None else tuple(slot)
+
+
 def owns_slot(t: FrozenTrial) -> bool:
     """A trial abandoned by a crash gave its slot to its re-queued copy."""
     return SLOT in t.system_attrs and not t.system_attrs.get(REQUEUED)

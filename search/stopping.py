@@ -19,6 +19,8 @@ from optuna.trial import TrialState
 from longrope.runs import vocab
 from longrope.runs.optuna_io import fail_trial, set_trial_system_attr
 
+from .sampler import slot_of
+
 if TYPE_CHECKING:
     from .proposers import Proposer
 
@@ -79,13 +81,13 @@ def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
-        slot = t.system_attrs.get(vocab.SLOT) or t.user_attrs.get(vocab.SLOT)
+        slot = slot_of(t)
         params = proposer.requeue_params(t)
-        if params is not None and (slot is None or tuple(slot) not in queued):
-            attrs = {vocab.SLOT: slot} if slot is not None else {}
+        if params is not None and (slot is None or slot not in queued):
+            attrs = {vocab.SLOT: list(slot)} if slot is not None else {}
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             if slot is not None:
-                queued.add(tuple(slot))
+                queued.add(slot)
         set_trial_system_attr(study, t, vocab.REQUEUED, True)
         fail_trial(study, t)
         n += 1
