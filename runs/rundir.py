@@ -226,11 +226,10 @@ class Run:
 
         if url:
             return rdb_storage(url)
-        from optuna.storages.journal import JournalFileBackend, JournalFileOpenLock
+        from .journal import Journal
 
         self.check_journal()
-        backend = JournalFileBackend(str(self.journal), lock_obj=JournalFileOpenLock(str(self.journal)))
-        return optuna.storages.JournalStorage(backend)
+        return optuna.storages.JournalStorage(Journal(str(self.journal)))
 
     # -- lock and events -------------------------------------------------------------
     def lock(self, timeout: float = LOCK_TIMEOUT) -> Lease:

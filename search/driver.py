@@ -120,8 +120,8 @@ def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: b
                 # new holder cleared) is that, not a bug to show as a traceback
                 raise LeaseLost(lease.why_lost()) from None
             # A signal's KeyboardInterrupt can strike inside a library's cleanup and come out as
-            # another error (Optuna's journal lock: its release retried, FileNotFoundError): after a
-            # signal that is the interruption too, unless the disk is full (run_search words it)
+            # another error (a journal append is shielded: runs/journal.py): after a signal that is
+            # the interruption too, unless the disk is full (run_search words it)
             if not isinstance(e, KeyboardInterrupt) and (
                     not seen or isinstance(e, OSError) and e.errno in STORAGE_ERRORS):
                 raise

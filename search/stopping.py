@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 import optuna
 from optuna.trial import TrialState
 
-from longrope.runs import vocab
+from longrope.runs import journal, vocab
 from longrope.runs.optuna_io import fail_trial, set_trial_system_attr
 
 from .sampler import slot_of
@@ -56,6 +56,11 @@ def signals_as_interrupt():
                   "once, and a resume re-queues what was running", file=sys.stderr)
             return
         seen.append(signum)
+        if journal.hold(stop):  # inside a journal append: raised once its lock file is removed
+            return
+        stop()
+
+    def stop():
         raise KeyboardInterrupt()  # SIGTERM unwinds exactly as Ctrl-C; `seen` tells them apart
 
     previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
