@@ -16,6 +16,7 @@ worst surviving parent. A stopped candidate is recorded as pruned.
 
 from __future__ import annotations
 
+import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -94,6 +95,9 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
     except torch.cuda.OutOfMemoryError:
         if len(docs) == 1:
             raise
+        rows = None  # retried below: in here the error's traceback holds the failed forward's tensors
+    if rows is None:
+        gc.collect()  # what the failed forward allocated is freed before the smaller one runs
         torch.cuda.empty_cache()
         setattr(model, OOM_AT, {**failed, length: len(docs)})  # below any size that failed before
         return batch_nll(model, docs, chunk)  # halved, now that this size is known not to fit
