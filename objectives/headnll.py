@@ -107,6 +107,9 @@ def chunk_nll(model: Any, arch: Architecture) -> Callable[[Any, Any], Any]:
         except torch.cuda.OutOfMemoryError:
             raise  # batch_nll halves the batch on it
         except Exception as e:  # no C++ compiler, no triton, an op inductor refuses: score eagerly
+            oom = _out_of_memory(e)
+            if oom is not None:  # out of memory while compiling: a smaller batch, not the eager head
+                raise oom from None
             setattr(model, ATTR, "eager")
             _warn_once(h.device.type, e)
             return eager(h, t)
@@ -128,6 +131,21 @@ def warm_up(model: Any, arch: Architecture, chunk: int = 1024) -> None:
         for n in (chunk, chunk - 1):
             run(torch.zeros(n, w.shape[1], dtype=w.dtype, device=w.device),
                 torch.zeros(n, dtype=torch.long, device=w.device))
+
+
+def _out_of_memory(e: BaseException | None) -> BaseException | None:
+    """The CUDA out-of-memory error behind a compile failure, if one is: Dynamo re-raises what
+    its backend raised (inductor benchmarks kernels on the GPU) as BackendCompilerFailed, holding
+    it as `inner_exception`, or in the exception's cause or context."""
+    import torch
+
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, torch.cuda.OutOfMemoryError):
+            return e
+        seen.add(id(e))
+        e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
+    return None
 
 
 def _warn_once(device: str, e: BaseException) -> None:

@@ -107,6 +107,26 @@ def test_out_of_memory_is_not_a_compile_failure(model, fresh, monkeypatch):
     assert getattr(model, headnll.ATTR) == "compiled" and not headnll.failures
 
 
+def test_out_of_memory_while_compiling_is_not_a_compile_failure(model, fresh, monkeypatch):
+    """Inductor runs kernels while it compiles; Dynamo re-raises their error wrapped, as it does
+    any backend's, in BackendCompilerFailed (raised `from None`, the error held as inner_exception)."""
+    from torch._dynamo.exc import BackendCompilerFailed
+
+    def compile_oom(fn):
+        def run(*a):
+            try:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+            except torch.cuda.OutOfMemoryError as e:
+                raise BackendCompilerFailed(compile_oom, e, None) from None
+        return run
+
+    monkeypatch.setattr(torch, "compile", compile_oom)
+    headnll.set_kind(model, "compiled")
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        token_nll(model, ids(model, 100))
+    assert getattr(model, headnll.ATTR) == "compiled" and not headnll.failures  # compiled next time
+
+
 def test_auto_is_compiled_on_cuda_only(model):
     assert headnll.resolve("auto", "cuda:1") == "compiled" and headnll.resolve("auto", "cpu") == "eager"
     assert headnll.resolve("eager", "cuda") == "eager" and headnll.resolve("compiled", "cpu") == "compiled"
