@@ -214,7 +214,8 @@ def render_status(run: Run, as_json: bool) -> str:
     for s in stages:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         how = "at the measured pace" if s["evals_per_second"] else "one worker"
-        eta = "done" if s["done"] else (f"searched, its best's held-out score to come{stopped}"
+        early = f" (stopped early at generation {s['early_stopped_at']})" if s["early_stopped_at"] else ""
+        eta = f"done{early}" if s["done"] else (f"searched, its best's held-out score to come{stopped}"
                                          if s.get("heldout_pending") else
                                          f"ETA {s['eta_seconds'] / 60:.1f} min ({how}){stopped}"
                                          if s["eta_seconds"] is not None else "ETA -")

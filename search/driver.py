@@ -24,7 +24,7 @@ from optuna.trial import TrialState
 from longrope.objectives.perplexity import COMPLETE, PRUNED
 from longrope.runs import BestRecord, Run, vocab
 from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
-from longrope.runs.optuna_io import frozen_trial, study_system_attrs
+from longrope.runs.optuna_io import frozen_trial
 from longrope.runs.rundir import STORAGE_ERRORS, rdb_storage
 from longrope.spaces import RescaleFactors, UserError
 
@@ -311,9 +311,8 @@ class Driver:
             return None
         factors = proposer.factors(best)
         self.score_heldout(stage, study, best, factors, proposer)
-        why = f"early stop at generation {study_system_attrs(study).get(vocab.STOPPED)}" \
-            if proposer.stopped(study) else "budget reached"
-        self.run.event(f"{stage.name}: done ({why}), best ppl {best.value:.4f} (trial {best.number})")
+        self.run.event(f"{stage.name}: done ({proposer.stop_reason(study)}), best ppl {best.value:.4f} "
+                       f"(trial {best.number})")
         return factors
 
     def tell(self, study: optuna.Study, trial, ev) -> None:

@@ -77,6 +77,11 @@ def crossover(a: RescaleFactors, b: RescaleFactors, rng, space: SearchSpace,
 MAX_TRIES = 200
 
 
+class SpaceExhausted(RuntimeError):
+    """No child unlike every candidate scored so far turned up in MAX_TRIES draws: the evolution
+    ends its stage there (GAProposer), as an early stop."""
+
+
 def next_generation(
     parents: Sequence[RescaleFactors],
     rng,
@@ -107,8 +112,8 @@ def next_generation(
             if attempt >= MAX_TRIES // 2:
                 scale *= 2
         else:
-            raise RuntimeError(f"could not find a new candidate after {MAX_TRIES} tries; the space is "
-                               "nearly exhausted (widen lambda_max or refine the grid)")
+            raise SpaceExhausted(f"no candidate not already scored in {MAX_TRIES} tries: the space is "
+                                 "nearly exhausted (a coarse space.step, a short stage, deployable)")
         seen.add(space.key(child))
         children.append(child)
     return children

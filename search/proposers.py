@@ -29,6 +29,7 @@ from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import StepParametrisation, make_sampler
+from .operators import SpaceExhausted
 from .sampler import LongRoPESampler, slot_of, to_params
 
 if TYPE_CHECKING:
@@ -62,6 +63,10 @@ class Proposer(Protocol):
 
     def stopped(self, study: optuna.Study) -> bool:
         """Did the stage stop early (before its budget)?"""
+        ...
+
+    def stop_reason(self, study: optuna.Study) -> str:
+        """How the stage ended, for the events log: the budget, or why it stopped early."""
         ...
 
     def threshold(self, study: optuna.Study, trial: FrozenTrial) -> Cutoff | None:
@@ -112,6 +117,24 @@ class GAProposer:
     def stopped(self, study: optuna.Study) -> bool:
         return bool(study_system_attrs(study).get(STOPPED))
 
+    def stop_reason(self, study: optuna.Study) -> str:
+        g = study_system_attrs(study).get(STOPPED)
+        if not g:
+            return "budget reached"
+        if self._exhausted(study, g):
+            return f"stopped at generation {g}, which has no candidate not already scored: the space is " \
+                   "nearly exhausted (a coarse space.step, a short stage, deployable)"
+        return f"early stop at generation {g}"
+
+    def _exhausted(self, study: optuna.Study, g: int) -> bool:
+        """Can generation g not be bred (every child drawn was scored before)? A function of the
+        generations before it, so a resume finds the same."""
+        try:
+            self.sampler.generation(study, g)
+        except SpaceExhausted:
+            return True
+        return False
+
     def stalled(self, study: optuna.Study) -> str | None:
         g, j = self.sampler.next_slot(study)
         if self.stopped(study) or self._index((g, j)) >= self.budget or self.sampler.ready(study):
@@ -135,8 +158,9 @@ class GAProposer:
         slot = self.sampler.next_slot(study)
         if self._index(slot) >= self.budget or self.stopped(study) or not self.sampler.ready(study):
             return False
-        if slot[1] == 0 and slot[0] > 0 and self._should_stop(study, slot[0]):
-            set_study_system_attr(study, STOPPED, slot[0])
+        g = slot[0]
+        if slot[1] == 0 and g > 0 and (self._should_stop(study, g) or self._exhausted(study, g)):
+            set_study_system_attr(study, STOPPED, g)
             return False
         return True
 
@@ -168,7 +192,7 @@ class GAProposer:
         it ran with; patience and min_improvement may change in a run, so a resume asks the rule
         again and goes on when it would no longer stop (unchanged, it still does: exact resume)."""
         g = study_system_attrs(study).get(STOPPED)
-        if g and not self._should_stop(study, g):
+        if g and not self._should_stop(study, g):  # an exhausted space: ready() stops it again
             set_study_system_attr(study, STOPPED, None)
         self.requeue_lost(study)
 
@@ -242,6 +266,9 @@ class OptunaProposer:
 
     def stopped(self, study) -> bool:
         return False
+
+    def stop_reason(self, study) -> str:
+        return "budget reached"
 
     def stalled(self, study) -> str | None:
         return None  # ready() reads the budget alone

@@ -9,6 +9,7 @@ from search_helpers import small_cfg, trajectory
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run
 from longrope.runs.lease import Lease
+from longrope.runs.status import render_status
 from longrope.search import config, plan
 from longrope.search.backends import InProcessBackend
 from longrope.search.driver import Driver, run_search
@@ -341,3 +342,26 @@ def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tm
     stages = {s["name"]: s for s in json.loads(capsys.readouterr().out)["stages"]}
     assert stages["long-512"]["budget"] == two_stages(3).budget() > stages["long-512"]["evals"]
     assert not stages["long-512"]["done"]
+
+
+def test_a_space_with_no_new_candidate_left_ends_its_stage_and_resumes_to_the_same_end(tmp_path):
+    """A generation that cannot be bred (every child drawn was scored before: a step of 0.5 and
+    5 searched pairs) ended the search in a RuntimeError traceback. Now the stage stops there
+    like an early stop, says why, and a run that reaches it through a raised budget on resume
+    (a function of the generations before it) ends where an uninterrupted run does."""
+    space = "critical_dim = 7\nstep = 0.5"
+    cfg = small_cfg(space=space, iterations=6)[0]
+    ref = Run.create(tmp_path / "ref", config.dumps(cfg))
+    assert Driver(cfg, ref, progress=False).run_all()["long-256"] is not None
+    assert "long-256: done (stopped at generation 2, which has no candidate not already scored: the space " \
+           "is nearly exhausted" in (ref.path / "events.log").read_text()
+    assert len(trajectory(ref)["long-256"]) == 12 + 6 < cfg.budget()
+    short = small_cfg(space=space, iterations=1)[0]
+    run_search(short, str(tmp_path / "run"), progress=False)
+    run_search(cfg, str(tmp_path / "run"), resume=True, progress=False)
+    run = Run.open(tmp_path / "run")
+    assert trajectory(run) == trajectory(ref)
+    assert "stopped at generation 2" in (run.path / "events.log").read_text()
+    status = json.loads(render_status(run, as_json=True))
+    assert status["stages"][0]["done"] and status["stages"][0]["early_stopped_at"] == 2
+    assert render_status(run, as_json=False).splitlines()[2].endswith(", done (stopped early at generation 2)")
