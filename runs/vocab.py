@@ -32,6 +32,8 @@ DOCUMENTS = "documents"  # ppl objective: [{tokens, sha256 of the token ids}, ..
 #                          documents (checked on resume; runs made before it record them on resume)
 BRED_FROM = "bred_from"  # {lambdas, n_hat, mscale} | null: the previous stage's best this long stage's
 #                         seeds began with (kept on resume; absent in runs made before it: recorded then)
+CONFIG = "config"  # the run config (RunConfig.to_dict()) as the stage started under it: a resume's
+#                    search-defining keys are checked against it too, since config.toml can be edited
 DTYPE = "dtype"  # "float32" | "bfloat16" | "float16": what the stage's candidates are scored in (model.dtype,
 #                  auto resolved on the workers' device; checked on resume, recorded then by older runs)
 

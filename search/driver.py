@@ -33,7 +33,7 @@ from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stagecheck import best_record, bred_from, cached_heldout, check_precision, check_samples, heldout_text
+from .stagecheck import best_record, bred_from, cached_heldout, check_stage, heldout_text, recorded_diff
 from .stages import Stage, initial_factors
 from .stopping import how_stopped, interrupted, requeue_running, requeue_strays, signals_as_interrupt
 
@@ -53,7 +53,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     existing = Run.is_run(run_dir)
     if existing:
         run = Run.open(run_dir)
-        diff = defining_diff(run.config(), cfg.to_dict())
+        diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg)
         if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
             raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                             "would start the search over; give the run's own (a database that moved: "
@@ -256,8 +256,7 @@ class Driver:
                                           "mscale": "search" if sp.searches_mscale else sp.mscale,
                                           # status calls it done once its best's held-out score is cached
                                           "heldout": bool(self.cfg.data.heldout_docs)})
-        check_samples(self.backend, self.cfg, stage, study)
-        check_precision(self.backend, self.cfg, self.run, stage, study)
+        check_stage(self.backend, self.cfg, self.run, stage, study)
         self.active = (study, proposer)
         n = requeue_running(study, proposer)
         if n:

@@ -17,7 +17,7 @@ from optuna.trial import TrialState
 from longrope.runs import BestRecord, Run, vocab
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
-from .config import RunConfig
+from .config import RunConfig, defining_diff
 from .stages import Stage
 
 
@@ -44,6 +44,30 @@ def check_samples(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) ->
         raise UserError(f"{stage.name}: the {what} differ from the ones this run scored (an edited "
                         "data file, a new dataset revision, another tokenizer?); resume with the same "
                         "model and data, or start a new --run-dir")
+
+
+def check_stage(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.Study) -> None:
+    """As a stage starts or resumes: what it scores and the dtype it scores in are checked (or
+    recorded), and the config it starts under is kept (runs made before that: on resume)."""
+    check_samples(backend, cfg, stage, study)
+    check_precision(backend, cfg, run, stage, study)
+    if vocab.CONFIG not in study.user_attrs:
+        study.set_user_attr(vocab.CONFIG, cfg.to_dict())
+
+
+def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
+    """Search-defining keys of `cfg` unlike those a stage of `run` recorded as it started. The
+    run's config.toml is checked first, but it is a file a user edits (model.dtype, a moved
+    search.storage): a step or a seed changed there was taken as the run's own, and the resumed
+    search mixed two grids or two random streams without a word. search.storage may move."""
+    for study in run.studies():
+        stored = study.user_attrs.get(vocab.CONFIG)
+        diff = [] if stored is None else [d for d in defining_diff(stored, cfg.to_dict())
+                                          if not d.startswith("search.storage:")]
+        if diff:
+            return [f"{diff[0]} (as {study.study_name} recorded it in the journal; was "
+                    f"{run.path / 'config.toml'} edited?)"]
+    return []
 
 
 def heldout_text(backend, stage: Stage) -> str | None:

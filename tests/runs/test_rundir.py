@@ -11,6 +11,7 @@ import pytest
 from search_helpers import run_small, small_cfg
 
 from longrope.runs import Run
+from longrope.search import config
 from longrope.spaces import UserError
 
 
@@ -73,6 +74,31 @@ def test_changed_search_defining_key_is_refused_naming_it(tmp_path):
     assert "config: search.iterations: 1 -> 2" in (run.path / "events.log").read_text()
     r = longrope("resume", str(run.path), "--quiet", "--workers", "1")  # unchanged: nothing rewritten
     assert r.returncode == 0 and (run.path / "events.log").read_text().count("config: ") == 1
+
+
+def test_a_defining_key_edited_in_the_runs_config_toml_is_refused_on_resume(tmp_path):
+    """README: edit model.dtype in RUN/config.toml to resume elsewhere. A step or a seed edited
+    there was taken as the run's own (resume compared the file with itself): the resumed search
+    mixed two grids. The stages' journal record is checked too; what may change still can."""
+    run, _ = run_small(tmp_path, iterations=1)
+    original = (run.path / "config.toml").read_text()
+    for edit, said in (({"space": "step = 0.3"}, "space.step: 0.01 -> 0.3"),
+                       ({"search": "seed = 7"}, "search.seed: 0 -> 7")):
+        data = tomllib.loads(original)
+        for section, line in edit.items():
+            key, value = line.split(" = ")
+            data[section][key] = tomllib.loads(line)[key]
+        (run.path / "config.toml").write_text(config.dumps(config.from_dict(data)))
+        before = (run.path / "journal.log").read_bytes()
+        r = longrope("resume", str(run.path), "--quiet")
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert f"was searched with another {said} (as long-256 recorded it in the journal; was " in r.stderr
+        assert (run.path / "journal.log").read_bytes() == before
+    data = tomllib.loads(original)
+    data["search"]["iterations"], data["model"]["dtype"] = 2, "float32"  # the budget and dtype may change
+    (run.path / "config.toml").write_text(config.dumps(config.from_dict(data)))
+    r = longrope("resume", str(run.path), "--quiet")
+    assert r.returncode == 0, r.stderr
 
 
 def test_not_a_run_directory_is_one_line_and_untouched(tmp_path):
