@@ -158,7 +158,7 @@ def validate(cfg: RunConfig) -> None:
         raise UserError(f"space.mscale = {sp.mscale} must be positive")
     if sp.mscale_min > sp.mscale_max:
         raise UserError(f"space.mscale_min = {sp.mscale_min} exceeds space.mscale_max = {sp.mscale_max}")
-    if sp.mscale == "search" and sp.mscale_step > sp.mscale_max - sp.mscale_min > 0:
+    if sp.mscale == "search" and sp.mscale_step > sp.mscale_max - sp.mscale_min:  # a span of 0 too
         raise UserError(f"space.mscale_step = {sp.mscale_step} exceeds the grid's span {sp.mscale_min} to "
                         f"{sp.mscale_max}: the searched mscale would have one value")
     if isinstance(sp.critical_dim, str) and sp.critical_dim not in ("off", "auto"):
