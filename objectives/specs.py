@@ -82,6 +82,11 @@ class DataSpec:
             raise UserError(f"{where}.split is empty (a file's one split is train)")
         if self.stream_docs and not self.streaming:
             raise UserError(f"{where}.stream_docs = {self.stream_docs} needs {where}.streaming = true")
+        need = 2 * max(self.search_docs, self.heldout_docs)
+        if self.stream_docs and self.stream_docs < need:  # else: "only 1 of the 1 search documents ..."
+            raise UserError(f"{where}.stream_docs = {self.stream_docs} cannot fill both pools: the split "
+                            "deals the documents read alternately into the search and held-out ones, so it "
+                            f"needs at least twice the larger pool's documents ({need})")
 
     def stream_count(self) -> int:
         """Documents a streamed source yields: the split deals them alternately into the two

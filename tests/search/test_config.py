@@ -65,6 +65,8 @@ def test_example_equals_defaults_and_round_trips():
         ("[space]\ntargets = [256]\nn_hat = [300]", r"space.n_hat = \[300\]: none is below the target 256"),
         ("[space]\nmscale = 'search'\nmscale_step = 5.0", "space.mscale_step = 5.0 exceeds the grid's span"),
         ("[space]\nmscale = 'search'\nmscale_min = 1.2\nmscale_max = 1.2", "exceeds the grid's span 1.2 to 1.2"),
+        ("[data]\nstreaming = true\nstream_docs = 1\nsearch_docs = 2",
+         r"data.stream_docs = 1 cannot fill both pools: .* at least twice the larger pool's documents \(10\)"),
         # a run without a long stage finished and could never be exported
         ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
         # Ray's ValueError escaped as a traceback once the workers started
