@@ -69,21 +69,23 @@ def load_data(d: DataSpec) -> Corpus:
 
 def _corpus(spec: str, ids: list[str], texts: list) -> Corpus:
     """The non-empty documents, each text once: the split deals documents, and a copy of one
-    would land in the other pool (a held-out score on text the search chose its factors on)."""
+    would land in the other pool (a held-out score on text the search chose its factors on). A
+    copy is the same words: one saved with CRLF line ends or a trailing newline is one too."""
     pairs, seen, dropped = [], set(), 0
     for i, t in zip(ids, texts, strict=True):
         if not (isinstance(t, str) and t.strip()):
             continue
-        if t in seen:
+        words = " ".join(t.split())
+        if words in seen:
             dropped += 1
             continue
-        seen.add(t)
+        seen.add(words)
         pairs.append((i, t))
     if not pairs:
         raise UserError(f"data {spec} holds no non-empty documents")
     if dropped:
-        print(f"note: data {spec}: {dropped} document(s) repeat an earlier one and are left out, so that "
-              "no text is in both the search and the held-out pool", file=sys.stderr)
+        print(f"note: data {spec}: {dropped} document(s) repeat an earlier one (whitespace aside) and are "
+              "left out, so that no text is in both the search and the held-out pool", file=sys.stderr)
     return Corpus(spec, tuple(i for i, _ in pairs), tuple(t for _, t in pairs))
 
 

@@ -292,11 +292,13 @@ def test_a_document_given_twice_is_read_once(tmp_path, capsys):
     taken on text the search had chosen its factors on."""
     from longrope.objectives.data import Split
 
-    rows = [f"document number {k}: " + "words " * (20 + k) for k in range(6)]
-    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows + rows[:3]))
+    rows = [f"document number {k}:\n" + "words " * (20 + k) for k in range(6)]
+    # copies: as they were, saved with CRLF line ends, with a trailing newline
+    copies = [rows[0], rows[1].replace("\n", "\r\n"), rows[2] + "\n"]
+    (tmp_path / "d.jsonl").write_text("".join(json.dumps({"text": t}) + "\n" for t in rows + copies))
     corpus = load_corpus(str(tmp_path / "d.jsonl"))
     assert corpus.texts == tuple(rows)
-    assert "3 document(s) repeat an earlier one and are left out" in capsys.readouterr().err
+    assert "3 document(s) repeat an earlier one (whitespace aside) and are left out" in capsys.readouterr().err
     for seed in range(4):
         split = Split.make(len(corpus.texts), seed)
         assert not {corpus.texts[i] for i in split.search} & {corpus.texts[i] for i in split.heldout}
