@@ -48,7 +48,7 @@ from pathlib import Path
 from shlex import quote
 
 from longrope.spaces import UserError
-from longrope.spaces.files import pid_alive
+from longrope.spaces.files import pid_alive, uninterrupted
 
 LOCK_TIMEOUT = 60.0  # seconds without a heartbeat after which a lease may be taken over
 HEARTBEAT = 5.0  # seconds between the holder's refreshes
@@ -134,7 +134,7 @@ class Lease:
 
     def acquire(self) -> None:
         watched = self.watch()  # outside the guard: other acquirers are not kept waiting
-        with self._guarded():
+        with uninterrupted(), self._guarded():  # a signal inside left the guard, or a lease unbeaten
             other = self.read()
             if other is not None:
                 why = self.stale(other, watched)
@@ -144,9 +144,9 @@ class Lease:
                     raise self._in_use(other)
                 print(f"warning: {why}", file=sys.stderr)
             self._write()
-        self._beaten = time.monotonic()  # the last refresh that landed (_stalled)
-        self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
-        self._thread.start()
+            self._beaten = time.monotonic()  # the last refresh that landed (_stalled)
+            self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
+            self._thread.start()
 
     def _in_use(self, other: dict) -> RunBusy:
         age, limit = lease_age(other), self.limit(other)
@@ -288,11 +288,12 @@ class Lease:
         return True
 
     def release(self) -> None:
-        self._stop.set()
-        if self._thread is not None:
-            self._thread.join()
-        if self.mine():
-            self.path.unlink(missing_ok=True)
+        with uninterrupted():  # a signal inside left run.lock for the next driver to take over
+            self._stop.set()
+            if self._thread is not None:
+                self._thread.join()
+            if self.mine():
+                self.path.unlink(missing_ok=True)
 
     def __enter__(self) -> Lease:
         if self._thread is None:  # not acquired yet (a caller may take it first, to word its signals)

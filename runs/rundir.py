@@ -13,7 +13,7 @@ from shlex import quote
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
-from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder
+from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder, uninterrupted
 
 from .best import BestRecord
 from .lease import LOCK_TIMEOUT, Lease
@@ -66,11 +66,12 @@ class Run:
     def create(cls, path: str | Path, config_text: str) -> Run:
         p = Path(path)
         cls.check_new(p)
-        make_folder(p / "best", "run directory")  # and the run directory with it
-        make_folder(p / "export", "run directory")
-        _claim(p / CONFIG, config_text)
-        (p / JOURNAL).touch()
-        (p / EVENTS).touch()
+        with uninterrupted():  # a signal half way left a folder neither `search` nor `resume` took
+            make_folder(p / "best", "run directory")  # and the run directory with it
+            make_folder(p / "export", "run directory")
+            _claim(p / CONFIG, config_text)
+            (p / JOURNAL).touch()
+            (p / EVENTS).touch()
         return cls(p)
 
     @classmethod

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from shlex import quote
 from typing import Any
 
 import optuna
@@ -27,6 +26,7 @@ from longrope.runs.lease import LOCK_TIMEOUT, Lease, LeaseLost
 from longrope.runs.optuna_io import frozen_trial
 from longrope.runs.rundir import STORAGE_ERRORS, rdb_storage
 from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces.files import uninterrupted
 
 from .backends import Job
 from .config import RunConfig, defining_diff, dumps
@@ -35,7 +35,7 @@ from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
 from .stagecheck import best_record, bred_from, cached_heldout, check_stage, heldout_text, recorded_diff
 from .stages import Stage, initial_factors
-from .stopping import how_stopped, interrupted, requeue_running, requeue_strays, signals_as_interrupt
+from .stopping import interrupted, interruption, requeue_running, requeue_strays, signals_as_interrupt
 
 
 def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: bool = True,
@@ -99,45 +99,40 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
 def _drive(cfg: RunConfig, run_dir: str, existing: bool, plan: Plan, progress: bool, lease: Lease,
            seen: list[int]) -> dict[str, RescaleFactors | None]:
     """run_search once its workers are up: the run made (or opened) and searched under its lease."""
+    results = None
     try:  # a stale lock is watched for two heartbeats first: a signal may come meanwhile
         run = Run.open(run_dir) if existing else Run.create(run_dir, dumps(cfg))
         lease.acquire()
-    except KeyboardInterrupt:
-        raise interrupted(seen, " while taking the run's lock; nothing was searched") from None
-    with lease:  # run_search's, prechecked before the workers started; taken just above
-        if run.clear_stale_journal_lock():
-            run.event("cleared a journal lock left by a killed driver")
-        run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
-        changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
-        if changed:  # the budget or workers this driver runs with: a later resume's and status's too
-            run.set_config(dumps(cfg))
-            run.event(f"config: {'; '.join(changed)}")
-        try:
-            return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
-        except (KeyboardInterrupt, Exception) as e:
-            if lease.lost and lease.mine() is False and not isinstance(e, (KeyboardInterrupt, LeaseLost)):
-                # taken over while it hung: what failed on waking (Optuna's journal lock, which the
-                # new holder cleared) is that, not a bug to show as a traceback
-                raise LeaseLost(lease.why_lost()) from None
-            # A signal's KeyboardInterrupt can strike inside a library's cleanup and come out as
-            # another error (a journal append is shielded: runs/journal.py): after a signal that is
-            # the interruption too, unless the disk is full (run_search words it)
-            if not isinstance(e, KeyboardInterrupt) and (
-                    not seen or isinstance(e, OSError) and e.errno in STORAGE_ERRORS):
-                raise
-            if lease.lost and lease.mine():  # stalled past its timeout, and nobody took over
-                raise interrupted(seen, "; this driver was unresponsive for longer than --lock-timeout "
-                                  "and stopped writing to the run, so nothing was re-queued here; resume "
-                                  f"with: longrope resume {quote(str(run_dir))}") from None
-            if lease.lost:  # abandon_inflight wrote nothing: the run is another driver's now
-                raise interrupted(seen, "; another driver holds the run now (it was taken over while "
-                                  "this one hung), so nothing was re-queued here; it continues the search") \
-                    from None
-            run.event(f"interrupted ({how_stopped(seen)[0]}); running trials re-queued")
-            resume = f"longrope resume {quote(str(run_dir))}"
-            raise interrupted(seen, f"; running trials were re-queued. Resume with: {resume}") from None
-        finally:
-            plan.close()  # before the lock is released
+        with lease:  # run_search's, prechecked before the workers started; taken just above
+            try:
+                results = _search(cfg, run, run_dir, existing, plan, progress, lease, seen)
+            finally:
+                plan.close()  # before the lock is released
+        return results
+    except KeyboardInterrupt:  # not inside _search's own handling: before it, or once it ended
+        lease.release()  # one the signal caught as acquire ended (released already: nothing to do)
+        raise interrupted(seen, " after the search ended" if results is not None else
+                          " while taking the run's lock; nothing was searched") from None
+
+
+def _search(cfg: RunConfig, run: Run, run_dir: str, existing: bool, plan: Plan, progress: bool,
+            lease: Lease, seen: list[int]) -> dict[str, RescaleFactors | None]:
+    """_drive's search, under the lease: a signal re-queues what ran, and says how to resume."""
+    try:
+        with uninterrupted():  # the start's writes; a signal among them is raised here, once done
+            if run.clear_stale_journal_lock():
+                run.event("cleared a journal lock left by a killed driver")
+            run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
+            changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
+            if changed:  # the budget or workers this driver runs with: a later resume's and status's too
+                run.set_config(dumps(cfg))
+                run.event(f"config: {'; '.join(changed)}")
+        return Driver(cfg, run, progress=progress, plan=plan, lease=lease).run_all()
+    except (KeyboardInterrupt, Exception) as e:
+        stop = interruption(e, seen, lease, run, run_dir)
+        if stop is None:
+            raise
+        raise stop from None
 
 
 class Driver:

@@ -11,13 +11,17 @@ import sys
 import threading
 from collections.abc import Callable
 from contextlib import contextmanager
+from shlex import quote
 from typing import TYPE_CHECKING
 
 import optuna
 from optuna.trial import TrialState
 
-from longrope.runs import journal, vocab
+from longrope.runs import Run, vocab
+from longrope.runs.lease import Lease, LeaseLost
 from longrope.runs.optuna_io import fail_trial, set_trial_system_attr
+from longrope.runs.rundir import STORAGE_ERRORS
+from longrope.spaces.files import hold_signal
 
 from .sampler import slot_of
 
@@ -38,6 +42,32 @@ def interrupted(seen: list[int], what: str) -> SystemExit:
     return SystemExit(code)
 
 
+def interruption(e: BaseException, seen: list[int], lease: Lease, run: Run,
+                 run_dir: str) -> BaseException | None:
+    """What a driver raises when its search stops on `e` (a signal's KeyboardInterrupt, or an
+    error); None: `e` itself (a bug's traceback, or a full disk, which run_search words)."""
+    if lease.lost and lease.mine() is False and not isinstance(e, (KeyboardInterrupt, LeaseLost)):
+        # taken over while it hung: what failed on waking (Optuna's journal lock, which the
+        # new holder cleared) is that, not a bug to show as a traceback
+        return LeaseLost(lease.why_lost())
+    # A signal's KeyboardInterrupt can strike inside a library's cleanup and come out as
+    # another error (a journal append is shielded: runs/journal.py): after a signal that is
+    # the interruption too, unless the disk is full
+    if not isinstance(e, KeyboardInterrupt) and (
+            not seen or isinstance(e, OSError) and e.errno in STORAGE_ERRORS):
+        return None
+    resume = f"longrope resume {quote(str(run_dir))}"
+    if lease.lost and lease.mine():  # stalled past its timeout, and nobody took over
+        return interrupted(seen, "; this driver was unresponsive for longer than --lock-timeout and "
+                           "stopped writing to the run, so nothing was re-queued here; resume with: "
+                           f"{resume}")
+    if lease.lost:  # abandon_inflight wrote nothing: the run is another driver's now
+        return interrupted(seen, "; another driver holds the run now (it was taken over while this one "
+                           "hung), so nothing was re-queued here; it continues the search")
+    run.event(f"interrupted ({how_stopped(seen)[0]}); running trials re-queued")
+    return interrupted(seen, f"; running trials were re-queued. Resume with: {resume}")
+
+
 @contextmanager
 def signals_as_interrupt():
     """While a driver runs, SIGTERM re-queues and releases like Ctrl-C (main thread only), and
@@ -56,16 +86,22 @@ def signals_as_interrupt():
                   "once, and a resume re-queues what was running", file=sys.stderr)
             return
         seen.append(signum)
-        if journal.hold(stop):  # inside a journal append: raised once its lock file is removed
+        if hold_signal(stop):  # in an uninterrupted section (a journal append, run.lock): once it ends
             return
         stop()
 
     def stop():
         raise KeyboardInterrupt()  # SIGTERM unwinds exactly as Ctrl-C; `seen` tells them apart
 
-    previous = {sig: signal.signal(sig, handler) for sig in (signal.SIGINT, signal.SIGTERM)}
-    try:
+    previous = {}
+    try:  # installed inside: one signal between the two left neither restored
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            previous[sig] = signal.signal(sig, handler)
         yield seen
+    except KeyboardInterrupt:  # where the driver does not word it (a gap between its sections):
+        if not seen:  # the interruption's line and code all the same
+            raise
+        raise interrupted(seen, "") from None
     finally:
         # On the way out after a signal, the rest (Ray's shutdown at exit) is not broken into either
         for sig, old in previous.items():

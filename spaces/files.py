@@ -2,14 +2,49 @@
 
 Run folders, exports, reports and the fine-tune's progress and checkpoints all write through
 here (a reader such as `longrope status` may look at any moment, and kill -9 may come at any).
+And the sections a driver's Ctrl-C or SIGTERM waits for (`uninterrupted`).
 """
 
 import os
 import shutil
+import threading
 import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from .errors import UserError
+
+_held = threading.local()  # per thread: the handler runs in the main thread, and breaks into its work
+
+
+@contextmanager
+def uninterrupted() -> Iterator[None]:
+    """A section a driver's signal waits for: the handler (search/stopping.py) raises its
+    KeyboardInterrupt wherever the main thread is, and raised between a file's creation and the
+    `try` that removes it, it leaves the file (Optuna's journal lock, run.lock's guard, a temp
+    file, a run folder without its journal). Sections nest; a signal is raised once the outermost
+    has ended, unless it ended in an error (that error is the one to see; the handler recorded
+    the signal). Only for short work: the signal waits for all of it."""
+    _held.depth = getattr(_held, "depth", 0) + 1
+    try:
+        yield
+    finally:
+        _held.depth -= 1
+        pending = None
+        if _held.depth == 0:
+            pending, _held.pending = getattr(_held, "pending", None), None
+    if pending is not None:
+        pending()
+
+
+def hold_signal(stop: Callable[[], None]) -> bool:
+    """For a signal handler: inside an `uninterrupted` section of this thread, call `stop` (which
+    raises) when it ends and return True; outside one, return False (raise now)."""
+    if getattr(_held, "depth", 0) == 0:
+        return False
+    _held.pending = stop
+    return True
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -77,7 +112,11 @@ def make_folder(path: Path, what: str = "folder") -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
-    path = Path(path)
+    with uninterrupted():  # a signal between the temp file's creation and its rename left it
+        _atomic_write_bytes(Path(path), data)
+
+
+def _atomic_write_bytes(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         with open(tmp, "wb") as f:

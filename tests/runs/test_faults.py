@@ -196,3 +196,83 @@ def test_a_sigterm_inside_optunas_journal_lock_is_the_interruption_without_a_sta
     monkeypatch.setattr(JournalFileOpenLock, "acquire", real)
     run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
     assert trajectory(Run.open(tmp_path / "r")) == trajectory(ref)
+
+
+def _strike_after(monkeypatch, owner, name, when=lambda *a: True):
+    """The driver's SIGTERM handler called as `owner.name` returns (the first time `when` holds
+    for its arguments), as Python would call it there between two bytecodes."""
+    import signal
+
+    real, struck = getattr(owner, name), []
+
+    def wrapped(*a, **kw):
+        out = real(*a, **kw)
+        if not struck and when(*a):
+            struck.append(1)
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+        return out
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return struck
+
+
+@pytest.mark.parametrize("where, said", [
+    ("create", " while taking the run's lock; nothing was searched"),  # Run.create, half way
+    ("guard", " while taking the run's lock; nothing was searched"),  # run.lock.guard made, no try yet
+    ("lease", " while taking the run's lock; nothing was searched"),  # run.lock written, guard held
+    ("start", "; running trials were re-queued. Resume with: longrope resume"),  # the start's lines
+    ("end", " after the search ended"),  # the workers stopping once the search is done
+])
+def test_a_sigterm_outside_the_search_loop_leaves_a_run_that_resumes(tmp_path, monkeypatch, capsys,
+                                                                    own_handlers, where, said):
+    """A signal at start-up or on the way out: found by calling the handler at each line of a
+    run (session 32). Inside Run.create it left a folder neither `search` nor `resume` took (no
+    journal); inside run.lock's acquisition, the guard (resume refused for --lock-timeout) or
+    the lease itself; after the start's writes or the end, a bare KeyboardInterrupt (exit 130
+    for a SIGTERM, no line). Now each is the interruption's line and code, nothing is left
+    behind, and a resume ends where an uninterrupted run does."""
+    from longrope.runs import lease, rundir
+    from longrope.search.plan import Plan
+
+    class LeasesOs:  # lease.py's view of `os`, to strike as its guard's os.fstat returns
+        fstat = os.fstat
+
+        def __getattr__(self, name):
+            return getattr(os, name)
+
+    monkeypatch.setattr(lease, "os", LeasesOs())
+    ref, _ = run_small(tmp_path, name="ref")
+    cfg, _ = small_cfg()
+    owner, name, when = {"create": (rundir, "_claim", lambda *a: True),
+                         "guard": (lease.os, "fstat", lambda *a: True),
+                         "lease": (lease.Lease, "_write", lambda *a: True),
+                         "start": (Run, "event", lambda run, msg: msg.startswith("driver start")),
+                         "end": (Plan, "close", lambda *a: True)}[where]
+    struck = _strike_after(monkeypatch, owner, name, when)
+    d = tmp_path / "r"
+    with pytest.raises(SystemExit) as stopped:
+        run_search(cfg, str(d), progress=False)
+    err = capsys.readouterr().err
+    assert struck and stopped.value.code == 143, err
+    assert f"interrupted (SIGTERM){said}" in err and "Traceback" not in err, err
+    assert sorted(p.name for p in d.iterdir()) == ["best", "config.toml", "events.log", "export", "journal.log"]
+    assert not [p for p in d.rglob(".*")], "a temp file, guard or lock left behind"
+    monkeypatch.undo()
+    run_search(cfg, str(d), resume=True, progress=False)
+    assert "taking over" not in capsys.readouterr().err  # run.lock was released, not left to take over
+    assert trajectory(Run.open(d)) == trajectory(ref)
+
+
+def test_a_signal_no_driver_section_words_is_still_the_interruptions_line_and_code(capsys, own_handlers):
+    """Between the driver's sections (its handler just installed, or run_search's last cleanup)
+    a SIGTERM's KeyboardInterrupt came out of run_search bare: the CLI said "interrupted" and
+    exited 130, where a scheduler that sent SIGTERM reads 143."""
+    import signal
+
+    from longrope.search.stopping import signals_as_interrupt
+
+    with pytest.raises(SystemExit) as stopped, signals_as_interrupt():
+        signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+    assert stopped.value.code == 143 and capsys.readouterr().err == "interrupted (SIGTERM)\n"
+    with pytest.raises(KeyboardInterrupt), signals_as_interrupt():  # not a signal's: left as it is
+        raise KeyboardInterrupt
