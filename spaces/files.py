@@ -112,8 +112,22 @@ def make_folder(path: Path, what: str = "folder") -> Path:
 
 
 def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """A symlink's target is written (the link stays), and a path that is no regular file (a
+    FIFO, /dev/stdout: `export -o /dev/stdout`) is written through: os.replace put a regular
+    file in its place (as root, /dev/stdout itself)."""
+    path = Path(path)
+    if path.is_symlink() or (path.exists() and not path.is_file()):
+        target = Path(os.path.realpath(path))
+        if not target.is_file():
+            try:
+                with open(path, "wb") as f:
+                    f.write(data)
+            except OSError as e:
+                raise UserError(f"cannot write {path}: {e.strerror or e}") from None
+            return
+        path = target
     with uninterrupted():  # a signal between the temp file's creation and its rename left it
-        _atomic_write_bytes(Path(path), data)
+        _atomic_write_bytes(path, data)
 
 
 def _atomic_write_bytes(path: Path, data: bytes) -> None:

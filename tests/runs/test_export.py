@@ -197,6 +197,29 @@ def test_export_csv_and_unknown_target(tiny_run, tmp_path):
         export(tiny_run, target=4096)
 
 
+def test_export_to_a_symlink_or_a_fifo_writes_through_it(tiny_run, tmp_path):
+    """`export -o` replaced whatever was at the path with a regular file (os.replace): a symlink
+    lost its link and its target kept the old text, a FIFO stopped being one, and as root
+    `-o /dev/stdout` replaced /dev/stdout itself. Now a link's target is written (atomically, the
+    link kept) and a FIFO (as /dev/stdout) is written through."""
+    import os
+    import stat
+    import threading
+
+    real, link = tmp_path / "real.json", tmp_path / "link.json"
+    real.write_text("old")
+    link.symlink_to(real)
+    export(tiny_run, out=str(link))
+    assert link.is_symlink() and json.loads(real.read_text())["rope_scaling"]["rope_type"] == "longrope"
+    fifo, got = tmp_path / "pipe", []
+    os.mkfifo(fifo)
+    reader = threading.Thread(target=lambda: got.append(fifo.read_text()), daemon=True)
+    reader.start()
+    export(tiny_run, out=str(fifo))
+    reader.join(10)
+    assert stat.S_ISFIFO(fifo.lstat().st_mode) and json.loads(got[0]) == json.loads(real.read_text())
+
+
 def test_apply_output_loads_and_equals_the_patched_evaluator(tiny_run, tiny_model_dir, tmp_path,
                                                               text_corpus_dir):
     path, _ = export(tiny_run)
