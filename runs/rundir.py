@@ -25,6 +25,14 @@ if TYPE_CHECKING:
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 # a write to the run failing for its storage, not for a bug: the disk or quota full, a read-only remount
 STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# The keys Optuna's journal replay reads from a record of each op_code whatever it holds (optuna/
+# storages/journal/_storage.py, JournalOperation 0-9): a line that lacks one is as damaged as one
+# that is not JSON (a bit flipped in a key: KeyError or "Should not reach" from inside Optuna).
+RECORD_KEYS = {0: ("study_name", "directions"), 1: ("study_id",), 2: ("study_id", "user_attr"),
+               3: ("study_id", "system_attr"), 4: ("study_id", "datetime_start"),
+               5: ("trial_id", "param_name", "param_value_internal", "distribution"),
+               6: ("trial_id", "state", "values"), 7: ("trial_id", "step", "intermediate_value"),
+               8: ("trial_id", "user_attr"), 9: ("trial_id", "system_attr")}
 
 
 def rdb_storage(url: str):
@@ -156,8 +164,9 @@ class Run:
                             "(keeping a backup) and re-runs what they held")
 
     def unreadable_lines(self) -> list[int]:
-        """1-based numbers of the lines that are not JSON objects with an op_code (a torn last
-        line, which repair_journal drops, is not counted)."""
+        """1-based numbers of the lines that are not journal records: JSON objects with an
+        op_code and its keys (RECORD_KEYS); a torn last line, which repair_journal drops, is not
+        counted."""
         bad = []
         with open(self.journal, "rb") as f:
             lines = f.read().split(b"\n")
@@ -165,7 +174,9 @@ class Run:
         for n, line in enumerate(lines[:last], start=1):
             try:
                 rec = json.loads(line)
-                ok = isinstance(rec, dict) and "op_code" in rec
+                op = rec.get("op_code") if isinstance(rec, dict) else None
+                keys = RECORD_KEYS.get(op) if type(op) is int else None
+                ok = keys is not None and all(k in rec for k in ("worker_id", *keys))
             except (json.JSONDecodeError, UnicodeDecodeError):
                 ok = n == last  # a torn last line is repair_journal's
             if not ok:

@@ -63,6 +63,22 @@ def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_
     assert trajectory(Run.open(run_dir)) == reference  # the lost result was re-run, the same
 
 
+@pytest.mark.parametrize("record", ['{"op_code": 99, "worker_id": "x"}', '{"op_code": 4, "worker_id": "x"}',
+                                    '{"op_code": 6, "worker_id": "x", "trial_id": 3, "state": 1, "valuez": null}'])
+def test_a_json_line_that_is_no_journal_record_is_refused_in_one_line(tmp_path, cfg_file, capsys, record):
+    """Valid JSON with an op_code, but not a record Optuna can replay (an unknown op_code, a key
+    with a flipped bit): status and export ended in Optuna's AssertionError or a KeyError."""
+    run_dir = tmp_path / "run"
+    assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 0
+    journal = run_dir / "journal.log"
+    lines = journal.read_text().splitlines()
+    at = len(lines) // 2
+    lines.insert(at, record)
+    journal.write_text("\n".join(lines) + "\n")
+    for argv in (["status", str(run_dir)], ["export", str(run_dir)]):
+        one_line(capsys, main(argv), f"line {at + 1} is not a journal record")
+
+
 def test_a_damaged_record_of_a_finished_trial_is_refused_and_a_stray_line_dropped(tmp_path, cfg_file, capsys,
                                                                                    reference):
     """--repair dropped any unreadable line; one that had been a finished trial's parameter, slot or
