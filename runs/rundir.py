@@ -95,7 +95,10 @@ class Run:
         if not (p / JOURNAL).is_file():
             raise UserError(f"{p} is not a run directory: no {JOURNAL}")
         run = cls(p)
-        run.config()  # parses, or says why not
+        cfg = run.config()  # parses, or says why not
+        if not all(isinstance(v, dict) for v in cfg.values()) or "targets" not in cfg.get("space", {}):
+            # another tool's config.toml beside an empty journal.log: status called it a finished run
+            raise UserError(f"{p} is not a run directory: its {CONFIG} is not a run's (no [space] targets)")
         try:
             with open(p / JOURNAL, "rb") as f:
                 f.read(1)

@@ -193,6 +193,16 @@ def test_bad_run_directories(tmp_path, cfg_file, capsys, monkeypatch):
     (run_dir / "config.toml").write_bytes(SMALL.encode()[:20] + b"\xff\xfe\n")
     for argv in (["status", str(run_dir)], ["resume", str(run_dir)], ["export", str(run_dir)]):
         one_line(capsys, main(argv), "is not UTF-8 text")
+    # another tool's config.toml beside a journal.log: status called it a finished run and report
+    # wrote into it; a top-level key that is no table was a traceback
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "journal.log").touch()
+    for text in ('[tool]\nname = "x"\n', "search = 1\n"):
+        (other / "config.toml").write_text(text)
+        for argv in (["status", str(other)], ["report", str(other)], ["resume", str(other)]):
+            one_line(capsys, main(argv), "is not a run directory: its config.toml is not a run's")
+    assert sorted(p.name for p in other.iterdir()) == ["config.toml", "journal.log"]
 
 
 def test_repair_refuses_to_drop_a_line_that_created_a_trial(tmp_path, cfg_file, capsys):
