@@ -101,7 +101,7 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
     searched = patch["rope_scaling"].get("attention_factor")
     rope = {k: v for k, v in patch["rope_scaling"].items() if k not in ("attention_factor", "factor")}
     derived = hf_attention_factor(rope, patch)  # what transformers will use for the three-key form
-    if searched is None or abs(searched - derived) <= 1e-9 * derived:
+    if searched is None or abs(searched - derived) < 5e-5:  # the searched grid's rounding (its step 1e-4)
         return None
     return (f"the Phi-3 rope_scaling form has no attention_factor: transformers will use {derived:.6f} "
             f"(sqrt(1 + ln s / ln L0)), not the searched mscale {searched:.6f}")
@@ -109,16 +109,27 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
 
 def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
     """A warning for each record whose stage is still short of its budget: an interrupted run's
-    best file holds the best so far (generation 0's at first), not the search's result."""
+    best file holds the best so far (generation 0's at first), not the search's result. And for
+    a short stage begun with no result yet: the export has none of its factors."""
     from .status import stage_summaries
 
-    stages = {(s["kind"], s["target"]): s for s in stage_summaries(run)}
+    summaries = stage_summaries(run)
+    stages = {(s["kind"], s["target"]): s for s in summaries}
+    resume = f"`longrope resume {quote(str(run.path))}`"
     out = []
     for r in records:
         s = stages.get((r.kind, r.target_length))
-        if s is not None and not s["done"]:
+        if s is not None and s.get("heldout_pending"):
+            out.append(f"stage {s['name']} is searched but its best's held-out score is still to come: "
+                       f"these factors are its result; {resume} scores it")
+        elif s is not None and not s["done"]:
             out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
-                       f"are its best factors so far; `longrope resume {quote(str(run.path))}` finishes it")
+                       f"are its best factors so far; {resume} finishes it")
+    if not any(r.kind == "short" for r in records):
+        for s in summaries:
+            if s["kind"] == "short" and s["target"] and not run.best_path("short", s["target"]).exists():
+                out.append(f"stage {s['name']} has no result yet ({s['evals']}/{s['budget']} evaluations): "
+                           f"the export has no short factors (λ = 1 up to L0); {resume} searches them")
     return out
 
 
@@ -136,7 +147,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
         warnings.append(f"long-{long.target_length} was searched on {long.model} and "
                         f"short-{sh.target_length} on {sh.model}: one model gets both, so one set runs "
                         "on a model it was not searched on (--short picks another short stage)")
-    for r in (long, sh):
+    for r in (long,) if fmt == "csv" else (long, sh):  # a CSV holds the long factors alone
         if r is not None and r.n_hat > 0:
             warnings.append(f"n̂ = {r.n_hat} ({r.kind}-{r.target_length}): transformers and vLLM ignore n̂ "
                             "(kept in longrope_search); `longrope eval --methods` this export, or "
@@ -146,7 +157,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     if long.mscale != short_mscale and fmt != "csv":  # lengths up to L0 were scored with; a CSV loads nowhere
         warnings.append(f"transformers applies attention_factor {long.mscale:g} at every length, short ones "
                         "included; " + (f"the short factors were searched with mscale {sh.mscale:g}" if sh
-                                        else "lengths up to L0 were scored without it (no short stage)"))
+                                        else "lengths up to L0 were scored without it (no short result)"))
     if fmt not in FORMATS:
         raise UserError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     suffix, _ = FORMATS[fmt]

@@ -114,6 +114,28 @@ def test_export_of_an_unfinished_stage_says_so(tmp_path, capsys, monkeypatch):
     assert "unfinished" not in capsys.readouterr().err
 
 
+def test_export_of_a_run_whose_short_stage_has_no_result_yet_says_so(tmp_path, capsys, monkeypatch):
+    """Interrupted as its short stage began: the export has λ = 1 up to L0, and its one warning
+    said the lengths up to L0 were scored "(no short stage)". Now it names the stage."""
+    from search_helpers import ctrl_c_after, small_cfg
+
+    (tmp_path / "c.toml").write_text(small_cfg(iterations=2, short="[32]")[1])
+    ctrl_c_after(monkeypatch, 24)  # long-256's 24 evaluations, then short-32's first
+    run = tmp_path / "run"
+    with pytest.raises(SystemExit):
+        main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run), "--quiet"])
+    monkeypatch.undo()
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 0
+    err = capsys.readouterr().err
+    assert "warning: stage short-32 has no result yet (0/24 evaluations): the export has no short factors" \
+        in err and "no short stage" not in err, err
+    assert main(["resume", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 0
+    assert "no result yet" not in capsys.readouterr().err
+
+
 def test_apply_takes_an_embedded_model_by_its_builtin_name(tmp_path, capsys):
     """`apply EXPORT builtin:tiny-sotu`, as `eval --model` and the config name it (before: 'not a
     model folder (no config.json)')."""

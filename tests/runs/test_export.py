@@ -121,6 +121,11 @@ def test_apply_to_a_phi3_folder_uses_the_form_phi3_accepts(tiny_run, tiny_model_
     (tmp_path / "odd.json").write_text(json.dumps(patch))
     apply_to_folder(tmp_path / "odd.json", src, tmp_path / "phi3-odd")
     assert "not the searched mscale 1.500000" in capsys.readouterr().err
+    # one on the searched grid (step 1e-4) beside the derived value is that value, not a warning
+    patch["rope_scaling"]["attention_factor"] = round(att, 4) + (4e-5 if round(att, 4) < att else -4e-5)
+    (tmp_path / "grid.json").write_text(json.dumps(patch))
+    apply_to_folder(tmp_path / "grid.json", src, tmp_path / "phi3-grid")
+    assert "warning" not in capsys.readouterr().err
 
 
 def test_apply_writes_theta_at_the_top_and_switches_a_sliding_window_off(tiny_run, tiny_model_dir, tmp_path,
@@ -150,7 +155,7 @@ def test_export_warns_of_the_attention_factor_where_lengths_up_to_l0_were_scored
     copy = Run.create(tmp_path / "copy", (tiny_run.path / "config.toml").read_text())
     copy.write_best(dataclasses.replace(long, mscale=1.2))
     _, warnings = export(copy)
-    assert any("attention_factor 1.2 at every length" in w and "no short stage" in w for w in warnings)
+    assert any("attention_factor 1.2 at every length" in w and "no short result" in w for w in warnings)
     copy.write_best(dataclasses.replace(long, mscale=1.0))
     assert not any("attention_factor" in w for w in export(copy)[1])
 
@@ -185,6 +190,22 @@ def test_an_applied_mixtral_without_head_dim_loads(tiny_run, tmp_path):
     assert transformers.AutoConfig.from_pretrained(out).max_position_embeddings == 128
 
 
+def test_export_of_a_searched_stage_whose_heldout_score_is_to_come_calls_its_factors_its_result(tmp_path):
+    """Killed as it wrote the best's held-out score (the journal's last line): the stage is searched
+    and its factors are final; the export called it unfinished at 36/36 evaluations."""
+    from search_helpers import run_small
+
+    run, _ = run_small(tmp_path)
+    last = run.journal.read_bytes().rstrip(b"\n").rsplit(b"\n", 1)[1]
+    assert b'"heldout"' in last  # the stage's last write
+    with open(run.journal, "r+b") as f:
+        f.truncate(run.journal.stat().st_size - 10)
+    _, said = export(Run.open(run.path))
+    assert [w for w in said if "long-256" in w] == [
+        "stage long-256 is searched but its best's held-out score is still to come: these factors are its "
+        f"result; `longrope resume {run.path}` scores it"]
+
+
 def test_export_csv_and_unknown_target(tiny_run, tmp_path):
     path, said = export(tiny_run, fmt="csv", out=str(tmp_path / "f.csv"))
     best = json.loads(tiny_run.best_path("long", 128).read_text())
@@ -195,6 +216,13 @@ def test_export_csv_and_unknown_target(tiny_run, tmp_path):
         "the run's long and short mscale no longer differ: pick a case where they do"
     with pytest.raises(UserError, match="no long result for length 4096 \\(it has: 128\\)"):
         export(tiny_run, target=4096)
+    # a short stage's n̂ is the JSON's warning alone: the CSV holds the long factors
+    copy = Run.create(tmp_path / "copy", (tiny_run.path / "config.toml").read_text())
+    long = tiny_run.best("long", 128)
+    copy.write_best(dataclasses.replace(long, n_hat=0))
+    copy.write_best(dataclasses.replace(long, kind="short", target_length=32, n_hat=1))
+    assert not any("n̂" in w for w in export(copy, fmt="csv", out=str(tmp_path / "c.csv"))[1])
+    assert any("n̂ = 1 (short-32)" in w for w in export(copy, out=str(tmp_path / "c.json"))[1])
 
 
 def test_export_to_a_symlink_or_a_fifo_writes_through_it(tiny_run, tmp_path):
