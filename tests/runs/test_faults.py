@@ -276,3 +276,21 @@ def test_a_signal_no_driver_section_words_is_still_the_interruptions_line_and_co
     assert stopped.value.code == 143 and capsys.readouterr().err == "interrupted (SIGTERM)\n"
     with pytest.raises(KeyboardInterrupt), signals_as_interrupt():  # not a signal's: left as it is
         raise KeyboardInterrupt
+
+
+def test_a_second_signal_while_the_first_is_held_is_answered_with_a_line(capsys, own_handlers):
+    """README: a second press while the driver stops is answered with a line, not obeyed; the
+    exit code is the first signal's."""
+    import signal
+
+    from longrope.search.stopping import signals_as_interrupt
+    from longrope.spaces.files import uninterrupted
+
+    with pytest.raises(SystemExit) as stopped, signals_as_interrupt():
+        with uninterrupted():  # a journal append, say: the first signal is held until it ends
+            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
+            signal.getsignal(signal.SIGINT)(signal.SIGINT, None)
+    err = capsys.readouterr().err
+    assert stopped.value.code == 143, err
+    assert err.startswith(f"already stopping (re-queueing, stopping the workers); kill -9 {os.getpid()} stops "
+                          "at once") and err.endswith("interrupted (SIGTERM)\n"), err

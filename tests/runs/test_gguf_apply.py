@@ -210,6 +210,12 @@ def test_missing_gguf_package_and_a_crash_mid_copy(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         mod.apply_to_gguf(good, model, tmp_path / "o.gguf")
     assert not (tmp_path / "o.gguf").exists() and list(tmp_path.glob(".*.tmp")) == []
+    # what a kill -9 leaves (its writer's pid runs no more) goes with the next apply; another's stays
+    (tmp_path / ".o.gguf.99999999.tmp").write_bytes(b"half a model")
+    (tmp_path / ".notes.tmp").write_text("not ours")
+    monkeypatch.undo()
+    mod.apply_to_gguf(good, model, tmp_path / "o.gguf")
+    assert (tmp_path / "o.gguf").is_file() and [p.name for p in tmp_path.glob(".*.tmp")] == [".notes.tmp"]
     monkeypatch.setitem(__import__("sys").modules, "gguf", None)
     with pytest.raises(UserError, match="pip install"):
         mod.apply_to_gguf(good, model, tmp_path / "o.gguf")

@@ -225,10 +225,12 @@ def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("sampler, cut", [("random", 20), ("tpe", 6)])
+@pytest.mark.parametrize("sampler, cut", [("random", 20), ("tpe", 6), ("cmaes", 10)])
 def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_path, sampler, cut):
     """Optuna's samplers keep their random stream in the process: made afresh on resume, random
-    search scored its first candidates again (and TPE its start-up ones: 10 random draws)."""
+    search scored its first candidates again (and TPE its start-up ones: 10 random draws). CMA-ES
+    restores its own state from the study (it draws nothing twice without the re-seed too): it is
+    here for README's claim on all three."""
     from longrope.runs.vocab import REQUEUED
 
     cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 3 seeds, then draws
