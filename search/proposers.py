@@ -121,10 +121,10 @@ class GAProposer:
         g = study_system_attrs(study).get(STOPPED)
         if not g:
             return "budget reached"
-        if self._exhausted(study, g):
-            return f"stopped at generation {g}, which has no candidate not already scored: the space is " \
-                   "nearly exhausted (a coarse space.step, a short stage, deployable)"
-        return f"early stop at generation {g}"
+        if self._should_stop(study, g):  # else ready() found generation g could not be bred
+            return f"early stop at generation {g}"
+        return f"stopped at generation {g}, which has no candidate not already scored: the space is " \
+               "nearly exhausted (a coarse space.step, a short stage, deployable)"
 
     def _exhausted(self, study: optuna.Study, g: int) -> bool:
         """Can generation g not be bred (every child drawn was scored before)? A function of the
