@@ -21,7 +21,7 @@ def parse_lengths(text: str) -> list[int]:
         raise UserError(f"--lengths must be comma-separated integers, got {text!r}") from None
     if not lengths or any(n < 2 for n in lengths):
         raise UserError(f"--lengths must be integers >= 2, got {text!r}")
-    return lengths
+    return sorted(set(lengths))  # a length given twice is scored once (its column is one)
 
 
 TASKS = ("ppl", "needle", "passkey")

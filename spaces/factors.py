@@ -20,6 +20,8 @@ import numpy as np
 from .errors import UserError, need_file, read_text
 from .geometry import RopeGeometry
 
+N_HAT_MAX = 2**31 - 1  # n̂ is compared with int64 position ids: a larger one overflowed in the rotary
+
 
 @dataclass(frozen=True)
 class RescaleFactors:
@@ -38,8 +40,8 @@ class RescaleFactors:
         for i, x in enumerate(lambdas):
             if not math.isfinite(x) or x <= 0:
                 raise UserError(f"λ[{i}] = {x} is not a positive finite number")
-        if int(self.n_hat) != self.n_hat or self.n_hat < 0:
-            raise UserError(f"n_hat must be a non-negative integer, got {self.n_hat}")
+        if int(self.n_hat) != self.n_hat or not 0 <= self.n_hat <= N_HAT_MAX:
+            raise UserError(f"n_hat must be an integer from 0 to {N_HAT_MAX}, got {self.n_hat}")
         object.__setattr__(self, "n_hat", int(self.n_hat))
         if not (math.isfinite(self.mscale) and self.mscale > 0):
             raise UserError(f"mscale must be a positive finite number, got {self.mscale}")
@@ -115,8 +117,8 @@ def _numbers(xs: Any, key: str) -> tuple[float, ...]:
 
 
 def _n_hat(x: Any, key: str) -> int:
-    if isinstance(x, bool) or not isinstance(x, int) or x < 0:
-        raise UserError(f"factors JSON: {key} must be a non-negative integer, got {x!r}")
+    if isinstance(x, bool) or not isinstance(x, int) or not 0 <= x <= N_HAT_MAX:
+        raise UserError(f"factors JSON: {key} must be an integer from 0 to {N_HAT_MAX}, got {x!r}")
     return x
 
 

@@ -52,6 +52,14 @@ def test_method_list_keeps_parameters_together():
     assert split_methods("none,lm_infinite:global=4,local=128,yarn") == \
         ["none", "lm_infinite:global=4,local=128", "yarn"]
     assert split_methods("lm_infinite,lm_infinite:local=5,pi,") == ["lm_infinite", "lm_infinite:local=5", "pi"]
+    # named twice: scored twice for one column before
+    assert split_methods("none,yarn,none,yarn") == ["none", "yarn"]
+
+
+def test_lengths_given_twice_are_scored_once():
+    from longrope.objectives.evaluate import parse_lengths
+
+    assert parse_lengths("512,128,512") == [128, 512]
 
 
 def test_method_factors_resolves_defaults_from_the_geometry():

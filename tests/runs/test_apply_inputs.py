@@ -28,6 +28,9 @@ FACTORS = {
     "rope_scaling not an object": ({**GOOD, "rope_scaling": [1, 2]}, "rope_scaling must be an object"),
     "no long_factor": ({**GOOD, "rope_scaling": {"rope_type": "linear", "factor": 4.0}}, "has no long_factor"),
     "longrope_search a string": ({**GOOD, "longrope_search": "x"}, "longrope_search must be an object, got str"),
+    # compared with int64 position ids in the rotary: OverflowError, a traceback from eval
+    "n_hat past int32": ({**GOOD, "longrope_search": {"n_hat": 10**20}},
+                         "factors JSON: n_hat must be an integer from 0 to 2147483647, got 100000000000000000000"),
     "max_position_embeddings a string": ({**GOOD, "max_position_embeddings": "abc"},
                                          "max_position_embeddings must be a positive integer, got 'abc'"),
     "max_position_embeddings below L0": ({**GOOD, "max_position_embeddings": 16},
