@@ -121,14 +121,32 @@ def test_a_generation_where_everything_failed_is_one_line(tmp_path):
         Driver(cfg, run, progress=False, backend=AllFailBackend(ObjectiveSpec.of("synthetic"))).run_all()
 
 
+def _strike_after(monkeypatch, owner, name, when=lambda *a: True, sig=None):
+    """The driver's handler for `sig` (SIGTERM by default) called as `owner.name` returns (the
+    first time `when` holds for its arguments), as Python would call it there between two
+    bytecodes."""
+    import signal
+
+    sig = signal.SIGTERM if sig is None else sig
+    real, struck = getattr(owner, name), []
+
+    def wrapped(*a, **kw):
+        out = real(*a, **kw)
+        if not struck and when(*a):
+            struck.append(1)
+            signal.getsignal(sig)(sig, None)
+        return out
+
+    monkeypatch.setattr(owner, name, wrapped)
+    return struck
+
+
 def _signal_once_the_lock_is_taken(monkeypatch, sig, when=1):
     """Optuna's journal lock with the signal landing just after its lock file is created (on the
     `when`-th append): the driver's handler called there, as Python would call it between two
     bytecodes. Before runs/journal.py held it, its KeyboardInterrupt came out of acquire() ahead of
     get_lock_file's `try`, and the lock file stayed. Returns Optuna's acquire and the list of the
     appends that found a lock file (and waited for it)."""
-    import signal
-
     from optuna.storages.journal import JournalFileOpenLock
 
     real, calls, waited = JournalFileOpenLock.acquire, [], []
@@ -136,13 +154,11 @@ def _signal_once_the_lock_is_taken(monkeypatch, sig, when=1):
     def acquire(self):
         if os.path.exists(self._lock_file):  # the driver is the only writer: a lock file is a leak
             waited.append(len(calls))
-        taken = real(self)
         calls.append(1)
-        if len(calls) == when:
-            signal.getsignal(sig)(sig, None)
-        return taken
+        return real(self)
 
     monkeypatch.setattr(JournalFileOpenLock, "acquire", acquire)
+    _strike_after(monkeypatch, JournalFileOpenLock, "acquire", lambda *a: len(calls) == when, sig)
     return real, waited
 
 
@@ -198,22 +214,6 @@ def test_a_sigterm_inside_optunas_journal_lock_is_the_interruption_without_a_sta
     assert trajectory(Run.open(tmp_path / "r")) == trajectory(ref)
 
 
-def _strike_after(monkeypatch, owner, name, when=lambda *a: True):
-    """The driver's SIGTERM handler called as `owner.name` returns (the first time `when` holds
-    for its arguments), as Python would call it there between two bytecodes."""
-    import signal
-
-    real, struck = getattr(owner, name), []
-
-    def wrapped(*a, **kw):
-        out = real(*a, **kw)
-        if not struck and when(*a):
-            struck.append(1)
-            signal.getsignal(signal.SIGTERM)(signal.SIGTERM, None)
-        return out
-
-    monkeypatch.setattr(owner, name, wrapped)
-    return struck
 
 
 @pytest.mark.parametrize("where, said", [
