@@ -62,7 +62,7 @@ class Run:
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise UserError(f"{p} exists and is not a directory; choose a new --run-dir")
-        if p.exists() and any(p.iterdir()):
+        if p.exists() and any(p.iterdir()) and not _cut_off(p):
             raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
         parent = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
         if not parent.is_dir():  # before the workers load the model, not after
@@ -77,10 +77,10 @@ class Run:
         with uninterrupted():  # a signal half way left a folder neither `search` nor `resume` took
             make_folder(p / "best", "run directory")  # and the run directory with it
             make_folder(p / "export", "run directory")
-            _claim(p / CONFIG, config_text)
             (p / JOURNAL).touch()
             (p / EVENTS).touch()
-        return cls(p)
+            _claim(p / CONFIG, config_text)  # last: a folder with a config.toml is a whole run, and
+        return cls(p)  # one a kill -9 left without it is taken by the next search (_cut_off)
 
     @classmethod
     def open(cls, path: str | Path) -> Run:
@@ -91,7 +91,9 @@ class Run:
         if not p.is_dir():
             raise UserError(f"{p} is not a run directory (it does not exist)")
         if not (p / CONFIG).is_file():
-            raise UserError(f"{p} is not a run directory: no {CONFIG}")
+            why = (" (its creation was cut off before the search started: start the search again with "
+                   "this --run-dir)") if any(p.iterdir()) and _cut_off(p) else ""
+            raise UserError(f"{p} is not a run directory: no {CONFIG}{why}")
         if not (p / JOURNAL).is_file():
             raise UserError(f"{p} is not a run directory: no {JOURNAL}")
         run = cls(p)
@@ -305,6 +307,21 @@ class Run:
             have = ", ".join(str(n) for n in found) or "none"
             raise UserError(f"the run has no {kind} result for length {length} (it has: {have})")
         return BestRecord.load(found[length])
+
+
+def _cut_off(p: Path) -> bool:
+    """`p` holds only what Run.create writes before config.toml, empty: a creation killed (kill -9,
+    power loss) half way. A new search takes such a folder; nothing of a search is lost with it."""
+    for q in p.iterdir():
+        if q.name in ("best", "export"):
+            if not q.is_dir() or q.is_symlink() or any(q.iterdir()):
+                return False
+        elif q.name in (JOURNAL, EVENTS):
+            if not q.is_file() or q.is_symlink() or q.stat().st_size:
+                return False
+        elif not q.name.lstrip(".").startswith(f"{CONFIG}."):  # _claim's temp files
+            return False
+    return True
 
 
 def _claim(path: Path, text: str) -> None:

@@ -140,3 +140,44 @@ def test_two_drivers_creating_one_run_at_once_do_not_both_write_its_config(tmp_p
         Run.create(tmp_path / "r", "second = 2\n")
     assert (tmp_path / "r" / "config.toml").read_text() == "first = 1\n"
     assert not list((tmp_path / "r").glob(".*claim*"))
+
+
+KILL_AT = """
+import builtins, os, signal, sys
+from longrope.runs import Run
+k, calls = int(sys.argv[2]), [0]
+def counted(f):
+    def g(*a, **kw):
+        calls[0] += 1
+        if calls[0] == k:
+            os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no handler, no finally runs
+        return f(*a, **kw)
+    return g
+for name in ("mkdir", "open", "link", "replace", "unlink", "fsync", "rename"):
+    setattr(os, name, counted(getattr(os, name)))
+builtins.open = counted(builtins.open)
+Run.create(sys.argv[1], "[space]\\ntargets = [256]\\n")
+"""
+
+
+def test_a_run_creation_killed_at_any_file_operation_is_whole_or_taken_by_the_next_search(tmp_path):
+    """config.toml is written last: a folder that has one is a whole run (resume opens it), and one
+    a kill -9 left without it is taken by the next search on that --run-dir (it was refused: 'exists
+    and is not empty', and resume said 'no config.toml', so only a manual rm got the user going)."""
+    config_text, k = "[space]\ntargets = [256]\n", 0
+    while True:
+        k += 1
+        p = tmp_path / f"r{k}"
+        r = subprocess.run([sys.executable, "-c", KILL_AT, str(p), str(k)], capture_output=True, text=True)
+        if r.returncode == 0:
+            break
+        assert r.returncode == -9, r.stderr
+        if (p / "config.toml").exists():
+            assert Run.open(p).config_text() == config_text
+            continue
+        if p.exists() and any(p.iterdir()):
+            r = longrope("resume", str(p))
+            assert r.returncode == 2 and "creation was cut off" in r.stderr and r.stderr.count("\n") == 1
+        Run.create(p, config_text)  # the next search takes the folder
+        assert Run.open(p).config_text() == config_text
+    assert k > 6  # every operation of the creation was a kill point (folders, files, the claim)
