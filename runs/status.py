@@ -212,6 +212,10 @@ def render_status(run: Run, as_json: bool) -> str:
     if not stages:
         lines.append("no stage started yet")
     for s in stages:
+        if s["kind"] is None and not s["evals"] + s["running"] + s["waiting"]:
+            # a driver stopped between the stage's study and its first record: "0/0 evals ... ETA -"
+            lines.append(f"{s['name']:>14}: not started yet (no evaluation), starts{stopped or ' soon'}")
+            continue
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         how = "at the measured pace" if s["evals_per_second"] else "one worker"
         early = f" (stopped early at generation {s['early_stopped_at']})" if s["early_stopped_at"] else ""

@@ -31,3 +31,17 @@ def test_status_of_a_sampler_without_generations_prints_a_dash(tmp_path):
     run, _ = run_small(tmp_path, sampler="tpe", iterations=0)
     line = render_status(run, False).splitlines()[2]
     assert "long-256: 12/12 evals" in line and "generation -," in line, line
+
+
+def test_status_of_a_stage_created_but_not_started_says_so(tmp_path):
+    """A driver stopped between a stage's study and its first record (its STAGE attribute, its
+    budget): status said '0/0 evals, ..., ETA -' for it."""
+    import optuna
+
+    from longrope.runs.status import render_status
+
+    run, _ = run_small(tmp_path, iterations=0)
+    optuna.create_study(study_name="short-32", storage=run.storage())
+    lines = render_status(run, False).splitlines()
+    assert "long-256: 12/12 evals" in lines[2], lines
+    assert lines[3].strip() == "short-32: not started yet (no evaluation), starts once resumed", lines
