@@ -152,5 +152,6 @@ def register(sub: argparse._SubParsersAction) -> None:
                    "is exactly the default (first L tokens, one pass; the default has no stride)")
     e.add_argument("--tail", action="store_true", help="also report last-quarter perplexity")
     e.add_argument("--json", action="store_true", help='print {"method": {"length": value}} only (value: '
-                   'ppl, needle ppl or accuracy; with --depths {"method": {"length": {"depth": value}}})')
+                   'ppl, needle ppl or accuracy; with --tail {"ppl": ppl, "tail": ppl}; with --depths '
+                   '{"method": {"length": {"depth": value}}}; null: that evaluation failed)')
     e.set_defaults(func=cmd_eval)

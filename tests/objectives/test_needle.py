@@ -216,3 +216,21 @@ def test_a_method_whose_every_evaluation_failed_is_said_in_the_depth_table_and_l
     assert (tmp_path / "p.png").stat().st_size > 1000
     with pytest.raises(UserError, match="every evaluation failed"):
         plot_depths({"huge": results["huge"]}, str(tmp_path / "q.png"))
+
+
+def test_eval_json_has_the_shapes_its_help_names():
+    """`eval --json`: {"method": {"length": value}}, value {"ppl", "tail"} with --tail, a depth table
+    with --depths, null for a failed evaluation (what `longrope eval --help` promises)."""
+    from types import SimpleNamespace
+
+    from longrope.objectives.evaluate import as_json
+
+    ok = SimpleNamespace(ok=True, ppl=2.5, extra={"tail_ppl": 3.0, "passkey": 0.5,
+                                                   "by_depth": {0.0: 1.0, 1.0: 0.0}}, reason="")
+    bad = SimpleNamespace(ok=False, extra={}, reason="non-finite NLL")
+    results = {"yarn": {256: ok, 512: bad}}
+    assert json.loads(as_json(results, False)) == {"yarn": {"256": 2.5, "512": None}}
+    assert json.loads(as_json(results, True)) == {"yarn": {"256": {"ppl": 2.5, "tail": 3.0}, "512": None}}
+    assert json.loads(as_json(results, False, "passkey")) == {"yarn": {"256": 0.5, "512": None}}
+    assert json.loads(as_json(results, False, "passkey", by_depth=True)) == \
+        {"yarn": {"256": {"0.0": 1.0, "1.0": 0.0}, "512": None}}
