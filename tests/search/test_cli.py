@@ -54,3 +54,34 @@ def test_ray_address_beats_the_address_a_runs_config_froze(tmp_path, monkeypatch
     monkeypatch.delenv("RAY_ADDRESS")
     assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0
     assert seen == ["10.1.1.1:6379", "10.2.2.2:6379", "10.9.9.9:6379"]
+
+
+def test_the_gpu_trip_scripts_use_names_and_options_that_exist():
+    """search/results/gpu/ waits for the next lent GPU, and a trip costs minutes of a 15-minute
+    budget: an import renamed or an option dropped since the scripts were written must fail here,
+    not there."""
+    import argparse
+    import importlib
+    import re
+    from pathlib import Path
+
+    from longrope.search.cli import build_parser
+
+    verbs = next(a for a in build_parser()._actions if isinstance(a, argparse._SubParsersAction)).choices
+    scripts = sorted(Path(__file__).parents[2].joinpath("search/results/gpu").glob("*.[ps][yh]"))
+    checked = 0
+    for f in scripts:
+        text = f.read_text()
+        for mod, names in re.findall(r"^\s*from (longrope\.[\w.]+) import ([\w, ]+?)(?: as \w+)?\s*$", text, re.M):
+            module = importlib.import_module(mod)
+            for name in (n.strip() for n in names.split(",")):
+                assert hasattr(module, name), f"{f.name}: {mod} has no {name}"
+                checked += 1
+        for verb, rest in re.findall(r"\blongrope (\w+)((?: [^;|&>\n]*)?)", text):
+            if verb not in verbs:
+                continue  # prose ("longrope check on $DEV")
+            known = {o for a in verbs[verb]._actions for o in a.option_strings}
+            for option in re.findall(r"(?<!\S)(--[\w-]+)", rest):
+                assert option in known, f"{f.name}: longrope {verb} has no {option}"
+                checked += 1
+    assert checked > 40
