@@ -85,3 +85,27 @@ def test_the_gpu_trip_scripts_use_names_and_options_that_exist():
                 assert option in known, f"{f.name}: longrope {verb} has no {option}"
                 checked += 1
     assert checked > 40
+
+
+def test_the_gpu_trip_scripts_configs_are_valid_configs():
+    """The TOML each trip script writes (a heredoc with shell variables) must still load: a key
+    renamed since is an error on the GPU, minutes into a trip."""
+    import re
+    import tomllib
+    from pathlib import Path
+
+    from longrope.search import config
+
+    given = {"DEV": "cuda", "L1": "16384", "L2": "32768", "L": "16384", "N": "10"}  # set by each script
+    seen = 0
+    for f in sorted(Path(__file__).parents[2].joinpath("search/results/gpu").glob("*.sh")):
+        text = f.read_text()
+        values = {**given, **dict(re.findall(r"\b(\w+)=\$\{\w+:-([^}]*)\}", text))}  # X=${X:-default}
+        bodies = re.findall(r"cat > \S+\.toml <<T\n(.*?)\nT\n", text, re.S)
+        bodies += [b.encode().decode("unicode_escape") for b in re.findall(r"printf '([^']*)' > \S+\.toml", text)]
+        for body in bodies:
+            body = re.sub(r"\$\{(\w+):-([^}]*)\}", lambda m: m.group(2), body)
+            body = re.sub(r"\$(\w+)", lambda m, v=values: v[m.group(1)], body)
+            config.validate(config.from_dict(tomllib.loads(body)))
+            seen += 1
+    assert seen >= 5
