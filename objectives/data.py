@@ -8,7 +8,10 @@ dataset id (``data.split``, ``data.config``). With ``data.streaming`` only the
 first ``data.stream_docs`` documents are read. Each document is tokenised with
 the model's tokenizer (BOS prepended when it has one, whichever token that is:
 SmolLM2's GGUF names <|im_start|>; lm-evaluation-harness's rolling loglikelihood
-prefixes the same bos_token_id) and its first L tokens are scored. The split is
+prefixes the same bos_token_id) and its first L tokens are scored. A special
+token's text inside a document ("<s>", "<|endoftext|>") is tokenised as text, as
+tiktoken refuses to do otherwise by default: a document that begins with the BOS
+text got BOS twice, and one that quotes "</s>" an end of text mid-document. The split is
 by document: a seeded permutation deals documents alternately into a search
 pool and a held-out pool, so the two are disjoint at every length.
 """
@@ -100,8 +103,8 @@ def tokenize(corpus: Corpus, tokenizer, cache_dir: str | Path | None = None) -> 
     """Token ids per document, BOS first when the tokenizer has one. Cached on
     disk keyed by (tokenizer, corpus) fingerprints: a hit returns identical ids."""
     path = None
-    if cache_dir is not None:
-        key = f"{tokenizer_fingerprint(tokenizer)}-{corpus.fingerprint}"
+    if cache_dir is not None:  # "t": special tokens' text as text (files cached before read it as tokens)
+        key = f"{tokenizer_fingerprint(tokenizer)}-{corpus.fingerprint}-t"
         path = Path(cache_dir) / "tokens" / f"{key}.npz"
         if path.is_file():
             with np.load(path) as z:
@@ -110,7 +113,7 @@ def tokenize(corpus: Corpus, tokenizer, cache_dir: str | Path | None = None) -> 
     bos = tokenizer.bos_token_id
     out = []
     for text in corpus.texts:
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        ids = tokenizer(text, add_special_tokens=False, split_special_tokens=True)["input_ids"]
         out.append(np.asarray(([bos] if bos is not None else []) + list(ids), dtype=np.int64))
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)

@@ -234,3 +234,18 @@ def test_eval_json_has_the_shapes_its_help_names():
     assert json.loads(as_json(results, False, "passkey")) == {"yarn": {"256": 0.5, "512": None}}
     assert json.loads(as_json(results, False, "passkey", by_depth=True)) == \
         {"yarn": {"256": {"0.0": 1.0, "1.0": 0.0}, "512": None}}
+
+
+def test_a_special_tokens_text_in_a_document_is_text_and_bos_comes_once(tok, tmp_path):
+    """A document that begins with the BOS text ('<s>') was [BOS, BOS, ...] for perplexity and its
+    needle sample kept one of them past the front; a quoted '</s>' mid-document was an end of text."""
+    from longrope.objectives.data import Corpus
+
+    texts = ("<s> We meet again. " * 120, "Words. </s> More words, and <s> here. " * 60)
+    corpus = Corpus("test:special", ("a", "b"), texts)
+    for ids in (tokenize(corpus, tok), tokenize(corpus, tok, tmp_path), tokenize(corpus, tok, tmp_path)):
+        for d in ids:
+            assert d[0] == tok.bos_token_id and not set(d[1:].tolist()) & set(tok.all_special_ids)
+    s = NeedleBuilder(tok).build(ids[0], 512, 0.5, "41193")
+    assert s.ids.count(tok.bos_token_id) == 1 and s.ids[0] == tok.bos_token_id
+    assert tok.decode(ids[1][1:40]).startswith("Words. </s> More words, and <s> here.")
