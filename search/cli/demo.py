@@ -40,11 +40,7 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
             raise UserError(f"--max-evals must be >= 1, got {max_evals}")
         cfg.search.max_evals = max_evals
     run_dir = run_dir or tempfile.mkdtemp(prefix="longrope-demo-")
-    if Path(run_dir).exists() and not Path(run_dir).is_dir():
-        raise UserError(f"--run-dir {run_dir} is a file; choose another --run-dir")
-    if Path(run_dir).exists() and any(Path(run_dir).iterdir()) and not Run.is_run(run_dir):
-        raise UserError(f"{run_dir} exists and is not a run directory; choose another --run-dir")
-    run_search(cfg, run_dir, resume=False, progress=not as_json)
+    run_search(cfg, run_dir, resume=False, progress=not as_json)  # a run is resumed; see Run.check_new
     run = Run.open(run_dir)
     target = cfg.space.targets[-1]
     searched = run.best("long", target).factors

@@ -195,7 +195,9 @@ RUN_CASES = {
     "demo --max-evals negative": (lambda run, f, t: ["demo", "--max-evals", "-1", "--run-dir", str(t / "d")],
                                   "--max-evals must be >= 1, got -1"),  # was: a run no resume could read
     "demo --run-dir a file": (lambda run, f, t: ["demo", "--run-dir", str(f / "export.json")],
-                              "is a file"),  # was: NotADirectoryError's traceback
+                              "exists and is not a directory"),  # was: NotADirectoryError's traceback
+    "demo --run-dir a folder of other files": (lambda run, f, t: ["demo", "--run-dir", str(f)],
+                                               "exists and is not empty"),
     "bench --only empty": (lambda run, f, t: ["bench", "--quick", "--only", " ,", "--out", str(t)],
                            "--only names no section"),  # was: every section, hours of a full bench
     "eval passkey on synthetic": (lambda run, f, t: ["eval", "--model", "synthetic", "--lengths", "256", "--task",
