@@ -48,7 +48,7 @@ from pathlib import Path
 from shlex import quote
 
 from longrope.spaces import UserError
-from longrope.spaces.files import pid_alive, uninterrupted
+from longrope.spaces.files import pid_alive, pid_space, uninterrupted
 
 LOCK_TIMEOUT = 60.0  # seconds without a heartbeat after which a lease may be taken over
 HEARTBEAT = 5.0  # seconds between the holder's refreshes
@@ -144,6 +144,9 @@ class Lease:
                     raise self._in_use(other)
                 print(f"warning: {why}", file=sys.stderr)
             self._write()
+            for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a killed holder's half write
+                if self.me["token"] not in tmp.name:
+                    tmp.unlink(missing_ok=True)
             self._beaten = time.monotonic()  # the last refresh that landed (_stalled)
             self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
             self._thread.start()
@@ -167,25 +170,29 @@ class Lease:
 
     @contextmanager
     def _guarded(self):
-        """Hold run.lock.guard (O_EXCL) for one acquisition; an acquirer killed inside it leaves
-        a guard older than the timeout, which is removed."""
+        """Hold run.lock.guard (O_EXCL, naming its acquirer) for one acquisition; a guard left by
+        an acquirer killed inside it is removed once older than the timeout, or at once on its host."""
         deadline = time.time() + GUARD_WAIT
         while True:
             try:
                 fd = os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+                os.write(fd, json.dumps({k: self.me[k] for k in ("host", "pid", "pid_space")}).encode())
                 made = os.fstat(fd)
                 os.close(fd)
                 break
             except FileExistsError:
                 try:
-                    seen = self.guard.stat()
-                    if time.time() - seen.st_mtime > self.timeout:
+                    seen = self.guard.stat()  # a killed acquirer's: old, or its pid gone here
+                    gone = self.dead_here(read_lease(self.guard) or {})
+                    if time.time() - seen.st_mtime > self.timeout or gone:
                         self._remove_stale_guard(seen)
                         continue
                 except FileNotFoundError:
                     continue
                 if time.time() > deadline:
-                    raise RunBusy(f"another driver is acquiring {self.path} right now "
+                    who = read_lease(self.guard) or {}
+                    who = f" (pid {who['pid']} on {who['host']})" if who else ""
+                    raise RunBusy(f"another driver{who} is acquiring {self.path} right now "
                                   f"({self.guard} exists); try again") from None
                 time.sleep(0.05)
         try:
@@ -379,18 +386,3 @@ def recorded_timeout(other: dict) -> float | None:
     was recorded."""
     timeout = other.get("timeout")
     return float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout < math.inf else None
-
-
-def pid_space() -> str:
-    """Where this process's pid means something: the boot and the pid namespace. Containers on
-    one host (Docker with --network host, a pod rescheduled under its old name) share a hostname,
-    not their pids: a holder's pid absent here is not a dead holder there."""
-    parts = []
-    for path, read in (("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()),
-                       ("/proc/self/ns/pid", os.readlink)):
-        try:
-            parts.append(read(path))
-        except OSError:
-            parts.append("")
-    return ":".join(parts)
-

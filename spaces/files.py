@@ -83,6 +83,20 @@ def remove_stale_temps(folder: Path, *prefixes: str) -> None:
             stale.unlink(missing_ok=True)
 
 
+def pid_space() -> str:
+    """Where this process's pid means something: the boot and the pid namespace. Containers on
+    one host (Docker with --network host, a pod rescheduled under its old name) share a hostname,
+    not their pids: a holder's pid absent here is not a dead holder there."""
+    parts = []
+    for path, read in (("/proc/sys/kernel/random/boot_id", lambda p: Path(p).read_text().strip()),
+                       ("/proc/self/ns/pid", os.readlink)):
+        try:
+            parts.append(read(path))
+        except OSError:
+            parts.append("")
+    return ":".join(parts)
+
+
 def pid_alive(pid: object) -> bool:
     """Whether a process `pid` runs on this host (in this pid namespace); no pid, or none that
     could be one, is not alive."""

@@ -579,3 +579,26 @@ def test_a_live_holder_rewrites_an_emptied_lock_and_keeps_the_run(tmp_path, caps
             Lease(lock, timeout=1.0, interval=0.1).acquire()
         lease.check()
         assert not lease.lost
+
+
+def test_a_guard_left_by_an_acquirer_killed_on_this_host_is_taken_at_once(tmp_path, monkeypatch):
+    """A kill -9 inside an acquisition left run.lock.guard, empty: every resume and search said
+    'another driver is acquiring ... right now' (exit 75) for --lock-timeout (60 s), while status
+    said no driver ran. The guard names its acquirer now, and a dead one's goes at once."""
+    from longrope.runs.lease import RunBusy, pid_space
+
+    lock, guard = tmp_path / "run.lock", tmp_path / "run.lock.guard"
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    guard.write_text(json.dumps({"host": socket.gethostname(), "pid": int(dead), "pid_space": pid_space()}))
+    (tmp_path / ".run.lock.0f0f.tmp").write_text("{")  # a killed holder's half-written lease goes too
+    monkeypatch.setattr("longrope.runs.lease.GUARD_WAIT", 0.2)
+    start = time.monotonic()
+    lease = Lease(lock, timeout=60)
+    lease.acquire()
+    assert time.monotonic() - start < 1 and json.loads(lock.read_text())["pid"] == os.getpid()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run.lock"]
+    with pytest.raises(RunBusy, match=rf"another driver \(pid {os.getpid()} on {socket.gethostname()}\) is "):
+        with Lease(tmp_path / "other.lock", timeout=60)._guarded():  # a live acquirer's guard stands,
+            with Lease(tmp_path / "other.lock", timeout=60)._guarded():  # named
+                pass
+    lease.release()
