@@ -13,7 +13,14 @@ from shlex import quote
 from typing import TYPE_CHECKING, Any
 
 from longrope.spaces import UserError, read_text
-from longrope.spaces.files import atomic_write_bytes, atomic_write_text, make_folder, uninterrupted
+from longrope.spaces.files import (
+    atomic_write_bytes,
+    atomic_write_text,
+    make_folder,
+    pid_alive,
+    remove_stale_temps,
+    uninterrupted,
+)
 
 from .best import BestRecord
 from .lease import LOCK_TIMEOUT, Lease
@@ -208,7 +215,17 @@ class Run:
     def clear_stale_journal_lock(self) -> bool:
         """Optuna's journal lock file left by a killed driver. Only a driver holding run.lock calls
         this, so no other writer can hold the journal lock: clearing it is safe, and spares the
-        next resume a 30-second stall and four warnings."""
+        next resume a 30-second stall and four warnings. What else a kill -9 leaves goes too: the
+        lock's release halfway (journal.log.lock<id>.rename), temp files of best/ and config.toml
+        writes, a creation's claim; a resumed run's folder is then an uninterrupted one's."""
+        for half in self.path.glob(f"{JOURNAL}.lock*.rename"):
+            half.unlink(missing_ok=True)
+        remove_stale_temps(self.path / "best", ".")
+        remove_stale_temps(self.path, f".{CONFIG}.", f"..{CONFIG}.")  # set_config's, _claim's
+        for claim in self.path.glob(f".{CONFIG}.*.claim"):
+            pid = claim.name.split(".")[-2]
+            if not pid_alive(int(pid) if pid.isdigit() else None):
+                claim.unlink(missing_ok=True)
         stale = self.journal.with_name(JOURNAL + ".lock")
         if stale.exists():
             stale.unlink(missing_ok=True)

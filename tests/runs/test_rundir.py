@@ -181,3 +181,21 @@ def test_a_run_creation_killed_at_any_file_operation_is_whole_or_taken_by_the_ne
         Run.create(p, config_text)  # the next search takes the folder
         assert Run.open(p).config_text() == config_text
     assert k > 6  # every operation of the creation was a kill point (folders, files, the claim)
+
+
+def test_a_resume_clears_what_kill_9s_left_in_the_run_folder(tmp_path):
+    """Temp files of best/ and config.toml writes, half a release of Optuna's journal lock, and a
+    creation's claim, each left by a driver killed mid-write, stayed after the resume (and piled up
+    over preemptions); a live writer's temp file stays."""
+    run, _ = run_small(tmp_path)
+    before = tree(run.path)
+    dead = subprocess.run(["sh", "-c", "echo $$"], capture_output=True, text=True).stdout.strip()
+    left = [f"best/.long-256.json.{dead}.tmp", "journal.log.lock5a1f0c.rename", f".config.toml.{dead}.tmp",
+            f".config.toml.{dead}.claim", f"..config.toml.{dead}.claim.{dead}.tmp"]
+    for name in left:
+        (run.path / name).write_text("x")
+    live = run.path / "best" / f".long-256.json.{os.getpid()}.tmp"  # a writer that still runs
+    live.write_text("x")
+    r = longrope("resume", str(run.path), "--quiet")
+    assert r.returncode == 0, r.stderr
+    assert tree(run.path) == sorted([*before, str(live.relative_to(run.path))])
