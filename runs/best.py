@@ -26,8 +26,8 @@ class BestRecord:
     search_ppl: float  # perplexity on the search documents
     heldout_ppl: float | None  # on the held-out documents; None until scored (or none configured)
     evals: int  # complete + pruned evaluations of the stage when written
-    trial: int  # the Optuna trial number in the stage's study
-    slot: tuple[int, int] | None  # (generation, child) of the evolution; None for other samplers
+    trial: int  # the Optuna trial number in the stage's study (a resume's re-queued copies shift it)
+    slot: tuple[int, int] | None  # (generation, child) of the evolution, its stable name; None for others
     config_hash: str  # sha256 prefix of the run's config.toml
     model: str
     data: str

@@ -68,7 +68,10 @@ def hf_config_patch(long: BestRecord, short: BestRecord | None) -> dict[str, Any
             "n_hat": long.n_hat, "target_length": L, "ppl": long.search_ppl,
             "heldout_ppl": long.heldout_ppl, "short_length": short.target_length if short else None,
             "short_n_hat": short.n_hat if short else 0,
-            "trial": long.trial, "evals": long.evals, "config_hash": long.config_hash,
+            # the slot (generation, child), not the Optuna trial number: a resume's re-queued copies
+            # shift the numbers, and the export of a resumed run equals an uninterrupted one's
+            "slot": None if long.slot is None else list(long.slot), "evals": long.evals,
+            "config_hash": long.config_hash,
             "model": long.model, "data": long.data, "sampler": long.sampler,
         },
     }

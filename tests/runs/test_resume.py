@@ -88,6 +88,12 @@ def test_repeated_kill_9_resume_equals_uninterrupted(tmp_path):
         assert len(slots) == len(set(slots))
     best = json.loads(run.best_path("long", 256).read_text())
     assert best["lambdas"] == ref_best["lambdas"] and best["n_hat"] == ref_best["n_hat"]
+    # the whole best file but the Optuna trial number (re-queued copies shift it), and the export
+    assert {**best, "trial": None} == {**ref_best, "trial": None}
+    from longrope.runs.export import export
+
+    reference = Run.open(tmp_path / "reference")
+    assert export(run)[0].read_text() == export(reference)[0].read_text()
     assert "re-queued" in (run.path / "events.log").read_text()
     assert not (run.path / "run.lock").exists()
 
