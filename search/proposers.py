@@ -144,15 +144,17 @@ class GAProposer:
                 f"slots are held by {held} trials")
 
     def _should_stop(self, study: optuna.Study, g: int) -> bool:
-        """Best improved by less than min_improvement over the last `patience` generations
-        (patience 0: never; it compared a generation's parents with themselves)."""
+        """Best improved by less than min_improvement over the last `patience` generations, or
+        not at all (min_improvement 0: any gain resets patience; a flat best ran on for ever) (patience
+        0: never; it compared a generation's parents with themselves)."""
         if not self.patience or g <= self.patience:
             return False
         now = self.sampler.parents(study, g)
         before = self.sampler.parents(study, g - self.patience)
         if not now or not before:
             return False
-        return (before[0].value - now[0].value) / before[0].value < self.min_improvement
+        gain = (before[0].value - now[0].value) / before[0].value
+        return gain <= 0 or gain < self.min_improvement
 
     def ready(self, study: optuna.Study) -> bool:
         slot = self.sampler.next_slot(study)

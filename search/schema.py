@@ -70,7 +70,7 @@ class SearchConfig:
     # methods (spaces.METHODS) or factors .json files whose exact factors start the population
     methods: list[str] = field(default_factory=lambda: ["pi", "ntk", "yarn", "dynamic_ntk"])
     patience: NonNegInt = 20  # early stop: iterations without min_improvement; 0 = never stop early
-    min_improvement: NonNegFloat = 0.001  # relative best-ppl improvement that resets patience (0.1%)
+    min_improvement: NonNegFloat = 0.001  # relative best-ppl gain that resets patience (0.1%; 0: any gain)
     max_evals: NonNegInt = 0  # cap on evaluations per stage; 0 = population + iterations·children
     # stop scoring a candidate that cannot become a parent (objectives/pruning.py): none |
     # exact (a bound; never changes the result) | wilcoxon (exact + a paired signed-rank test;

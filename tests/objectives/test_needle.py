@@ -249,3 +249,14 @@ def test_a_special_tokens_text_in_a_document_is_text_and_bos_comes_once(tok, tmp
     s = NeedleBuilder(tok).build(ids[0], 512, 0.5, "41193")
     assert s.ids.count(tok.bos_token_id) == 1 and s.ids[0] == tok.bos_token_id
     assert tok.decode(ids[1][1:40]).startswith("Words. </s> More words, and <s> here.")
+
+
+def test_snap_ties_go_to_the_earlier_sentence_end_and_samples_cycle_through_the_documents():
+    from types import SimpleNamespace
+
+    b = NeedleBuilder.__new__(NeedleBuilder)
+    b._ends = {9}
+    assert b.snap([1, 9, 1, 9, 1, 1, 1, 1, 1, 1], 3) == 2  # cuts 0, 2, 4, 10: 2 and 4 tie, as documented
+    builder = SimpleNamespace(key=lambda rng: "12345", build=lambda ids, length, depth, key, doc: doc)
+    # per_depth 2 over 3 documents: document k mod 3 for sample k (all of one depth took one document)
+    assert make_samples(builder, [[0], [1], [2]], 64, count=2, seed=0, per_depth=2) == [0, 1, 2, 0]

@@ -72,3 +72,16 @@ def test_the_tail_of_a_span_under_four_tokens_is_its_last_token():
     nll = torch.tensor([1.0, 2.0, 4.0])
     assert mean_and_tail(nll) == (pytest.approx(7 / 3), 4.0)
     assert mean_and_tail(torch.arange(8.0)) == (3.5, 6.5)  # 4 and more: the last quarter, as before
+
+
+def test_an_infinite_nll_fails_the_candidate():
+    """answer_scores turns a NaN needle NLL into inf on purpose: only this check makes such a
+    candidate FAILED (with a reason) instead of a complete trial of ppl inf."""
+    import math
+    from types import SimpleNamespace
+
+    from longrope.objectives.perplexity import FAILED, score_items
+
+    rot = SimpleNamespace(set_factors=lambda f: None)
+    out = score_items(rot, None, [0, 1], 64, None, "samples", lambda items: [(math.inf, False, 64) for _ in items])
+    assert out.status == FAILED and out.ppl == math.inf

@@ -106,3 +106,15 @@ def test_a_wrong_type_is_named(tmp_path, field, value):
     path = tmp_path / "best.json"
     path.write_text(json.dumps(d))
     one_line_error(path, f"field {field} must be")
+
+
+def test_a_boolean_is_not_a_number_in_a_best_record():
+    from longrope.runs.best import BestRecord
+    from longrope.spaces import UserError
+
+    good = dict(kind="long", target_length=256, original_length=64, lambdas=[1.0] * 4, n_hat=0, mscale=1.1,
+                search_ppl=3.0, heldout_ppl=None, evals=1, trial=0, slot=[0, 0], config_hash="x", model="m",
+                data="d", sampler="longrope", seed=0, rotary_dim=8, base=1e4)
+    BestRecord.from_dict(good)
+    with pytest.raises(UserError, match="field mscale must be a number"):
+        BestRecord.from_dict({**good, "mscale": True})

@@ -305,3 +305,16 @@ def test_apply_raises_the_tokenizers_model_max_length_to_the_new_length(tiny_run
     assert "model_max_length 32 is raised to 128" in capsys.readouterr().err
     loaded = transformers.AutoTokenizer.from_pretrained(out)
     assert len(loaded("word " * 100, truncation=True)["input_ids"]) > 32
+
+
+def test_phi3_warns_of_a_searched_mscale_a_thousandth_off_the_derived_one():
+    from longrope.runs.export import phi3_mscale_warning
+    from longrope.spaces import mscale_su
+
+    derived = mscale_su(4.0, 64)
+    patch = {"max_position_embeddings": 256, "original_max_position_embeddings": 64,
+             "rope_scaling": {"long_factor": [1.0] * 4, "short_factor": [1.0] * 4, "factor": 4.0,
+                              "original_max_position_embeddings": 64, "attention_factor": derived + 1e-3}}
+    assert phi3_mscale_warning(patch) is not None
+    patch["rope_scaling"]["attention_factor"] = derived
+    assert phi3_mscale_warning(patch) is None

@@ -243,3 +243,18 @@ def test_a_config_written_with_a_byte_order_mark_loads(tmp_path):
     """Some Windows editors start UTF-8 files with a BOM, which tomllib calls 'Invalid statement'."""
     (tmp_path / "c.toml").write_text("\ufeff[search]\npopulation = 8\nparents = 4\n", encoding="utf-8")
     assert config.load(tmp_path / "c.toml").search.population == 8
+
+
+def test_a_short_stage_at_the_trained_length_is_a_stage_and_a_seeded_best_takes_its_mscale():
+    """A short stage at L0 (Phi-3's 4k) was caught only by the 158-s bench; with mscale searched,
+    the previous stage's best is seeded with this stage's starting mscale, not its own."""
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.stages import initial_factors, make_stages
+    from longrope.spaces import RescaleFactors
+
+    cfg = config.from_dict({"model": {"path": "synthetic"}, "space": {"targets": [256], "short": [64]}})
+    assert [s.name for s in make_stages(cfg, GEOMETRY)] == ["long-256", "short-64"]
+    cfg = config.from_dict({"model": {"path": "synthetic"}, "space": {"targets": [256, 512], "mscale": "search"}})
+    stage = make_stages(cfg, GEOMETRY)[1]
+    prev = RescaleFactors.uniform(4.0, 8, mscale=1.3)
+    assert initial_factors(cfg, stage, GEOMETRY, prev)[0].mscale == stage.space.mscale != 1.3

@@ -169,3 +169,15 @@ def test_params_are_the_genes_and_round_trip():
     assert from_params(params, CRIT) == f and from_params(params, CRIT).mscale == 1.3333
     assert list(to_params(f, SPACE.__class__(n_freqs=6, lambda_max=5.0))) == [
         *(f"lambda_{i:03d}" for i in range(6)), "n_hat"]
+
+
+def test_the_children_of_one_generation_are_distinct_in_a_small_space():
+    """Caught before only through a frozen trajectory's digest."""
+    from longrope.search.operators import next_generation
+    from longrope.spaces import RescaleFactors, SearchSpace
+
+    space = SearchSpace(n_freqs=2, lambda_max=1.2, n_hats=(0,))  # 21 grid points per gene
+    parent = space.repair(RescaleFactors.uniform(1.1, 2))
+    for seed in range(5):
+        kids = next_generation([parent], np.random.default_rng(seed), space, 8, 0, seen={space.key(parent)})
+        assert len({space.key(k) for k in kids}) == 8

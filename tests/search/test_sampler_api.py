@@ -9,7 +9,7 @@ import optuna
 import pytest
 
 from longrope.search.sampler import LongRoPESampler
-from longrope.spaces import SearchSpace, UserError
+from longrope.spaces import RescaleFactors, SearchSpace, UserError
 
 SPACE = SearchSpace.for_target(8, 4.0)
 SHAPE = dict(population=8, parents=4, mutants=2, crossovers=2)
@@ -295,3 +295,93 @@ def test_a_re_queued_slot_whose_copy_the_journal_lost_is_queued_again(tmp_path):
     _finish(*process(journal()), 14)
     sampler, study = process(journal())
     assert GAProposer.requeue_lost(None, study) == 0 and len(_finish(sampler, study, n)) == n
+
+
+def _run_generation_0(sampler, values):
+    study = optuna.create_study(sampler=sampler)
+
+    def objective(trial):
+        sampler.factors(trial)
+        return values[trial.number]
+
+    study.optimize(objective, n_trials=len(values))
+    return study
+
+
+def test_no_pruning_cut_off_while_fewer_children_completed_than_there_are_parents():
+    """A failed child of generation 0 leaves 3 complete of 4 parents: each is a parent, and the
+    next generation was pruned against the worst of those few."""
+    from longrope.search.sampler import LongRoPESampler
+
+    s = LongRoPESampler(SearchSpace(n_freqs=4, lambda_max=4.0), population=4, parents=4, mutants=2, crossovers=2)
+    study = _run_generation_0(s, [float("nan"), 2.0, 3.0, 4.0])
+    assert s.cutoff_parent(study, 1) is None
+
+
+def test_each_genes_distribution_starts_at_its_own_floor():
+    from longrope.search.sampler import LongRoPESampler
+
+    space = SearchSpace.for_target(6, 2.0, ratio=2.5, critical_dim=2, search_below=True)
+    d = LongRoPESampler(space).distributions()
+    assert d["lambda_000"].low == 1.0 and d["lambda_002"].low == 2.0
+
+
+def _ga_proposer(budget, patience=0, min_improvement=0.001):
+    from types import SimpleNamespace
+
+    from longrope.search.proposers import GAProposer
+
+    se = SimpleNamespace(seed=0, population=2, parents=2, mutants=1, crossovers=1, mutation_prob=0.3,
+                         crossover_prob=0.3, sigma=0.1, patience=patience, min_improvement=min_improvement,
+                         pruner="none", pruner_p=0.1, pruner_startup=1)
+    stage = SimpleNamespace(space=SearchSpace(n_freqs=4, lambda_max=4.0), budget=budget, length=256)
+    return GAProposer(SimpleNamespace(search=se), stage, [])
+
+
+def _drive(proposer, value):
+    study, done = optuna.create_study(sampler=proposer.sampler), []
+    while proposer.ready(study):
+        t = study.ask(proposer.distributions())
+        proposer.factors(study._storage.get_trial(t._trial_id))
+        study.tell(t, value)
+        done.append(proposer.generation_done(study, t))
+    return study, done
+
+
+def test_min_improvement_0_stops_a_flat_best_after_patience_generations():
+    """0 read as 'any gain resets patience': a best that did not move at all ran to the budget."""
+    p = _ga_proposer(budget=12, patience=2, min_improvement=0.0)
+    study, _ = _drive(p, 1.0)
+    assert p.stopped(study) and len(study.trials) == 6  # generations 0-2, stopped at 3
+    p = _ga_proposer(budget=12, patience=0, min_improvement=0.0)
+    assert len(_drive(p, 1.0)[0].trials) == 12  # patience 0: never
+
+
+def test_a_generation_the_budget_cuts_short_is_reported_done():
+    _, done = _drive(_ga_proposer(budget=3), 1.0)  # generation 1 gets 1 of its 2 slots
+    assert done == [None, 0, 1]
+
+
+def _optuna_proposer(seeds, budget, length=256):
+    from types import SimpleNamespace
+
+    from longrope.search.proposers import OptunaProposer
+
+    cfg = SimpleNamespace(search=SimpleNamespace(sampler="random", seed=0))
+    stage = SimpleNamespace(space=SearchSpace(n_freqs=4, lambda_max=4.0), budget=budget, length=length)
+    return OptunaProposer(cfg, stage, seeds)
+
+
+def test_a_comparison_sampler_queues_only_the_seeds_its_budget_holds_and_draws_per_stage():
+    p = _optuna_proposer([RescaleFactors.uniform(x, 4) for x in (1.0, 2.0, 3.0)], budget=2)
+    study = optuna.create_study(sampler=p.sampler)
+    p.start(study)
+    assert len(study.trials) == 2  # a third stayed WAITING in the journal
+
+    def first(length):
+        p = _optuna_proposer([], budget=1, length=length)
+        study = optuna.create_study(sampler=p.sampler)
+        p.start(study)
+        return study.ask(p.distributions()).params
+
+    assert first(256) != first(512)  # every stage drew the same stream

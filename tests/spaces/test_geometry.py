@@ -97,3 +97,14 @@ def test_a_config_without_heads_or_length_says_which():
         with pytest.raises(UserError) as e:
             RopeGeometry.from_config(bad)
         assert str(e.value) == f"llama (llama): {said}"
+
+
+def test_critical_dim_is_never_negative_and_partial_rotary_is_read_from_rope_parameters():
+    from longrope.spaces import RopeGeometry
+
+    assert RopeGeometry(rotary_dim=8, base=10000.0, original_length=4).critical_dim() == 0  # L0 < 2π
+    g = RopeGeometry.from_config({"model_type": "phi3", "hidden_size": 64, "num_attention_heads": 4,
+                                  "max_position_embeddings": 4096,
+                                  "rope_parameters": {"rope_type": "default", "rope_theta": 1e4,
+                                                      "partial_rotary_factor": 0.5}})
+    assert g.rotary_dim == 8  # 5.x keeps it there: twice the frequencies otherwise

@@ -92,3 +92,39 @@ def test_mscale_policies():
     assert resolve_mscale("su", 0.5, 4096) == 1.0
     with pytest.raises(UserError, match="unknown mscale policy"):
         resolve_mscale("sue", 8, 4096)
+
+
+def test_a_drop_from_pair_0_to_pair_1_is_refused_by_eval_apply_and_the_space():
+    """Every non-monotone case tested dropped at λ[2]: a check that skipped pair 1 passed."""
+    from longrope.spaces import RescaleFactors, SearchSpace, UserError, check_usable
+
+    bad = RescaleFactors((2.0, 1.5, 3.0, 3.0))
+    with pytest.raises(UserError, match=r"λ\[1\] = 1.5 is below λ\[0\] = 2.0"):
+        check_usable(bad, "f.json")
+    assert any("λ[1] = 1.5 is below λ[0]" in v for v in SearchSpace(n_freqs=4, lambda_max=4.0).violations(bad))
+
+
+def test_a_5x_configs_theta_is_read_from_rope_parameters():
+    """A config saved by transformers 5.x keeps θ only there: unread, the θ check was skipped and
+    factors searched at θ = 5e5 went onto a θ = 1e4 model without a word."""
+    from longrope.spaces import DeployedFactors
+
+    d = {"rope_parameters": {"rope_type": "longrope", "long_factor": [1.0] * 4, "short_factor": [1.0] * 4,
+                             "factor": 2.0, "original_max_position_embeddings": 64, "rope_theta": 5e5}}
+    assert DeployedFactors.from_hf(d).base == 5e5
+
+
+def test_a_zero_lambda_is_refused_and_the_largest_n_hat_taken():
+    from longrope.spaces import RescaleFactors, UserError
+    from longrope.spaces.factors import N_HAT_MAX
+
+    with pytest.raises(UserError, match="positive finite"):
+        RescaleFactors((0.0, 1.0))  # θ/0 in apply_factors
+    assert RescaleFactors.from_dict({"lambdas": [1.0], "n_hat": N_HAT_MAX}).n_hat == N_HAT_MAX
+
+
+def test_clip_takes_an_n_hat_outside_the_choices_to_the_smallest():
+    from longrope.spaces import RescaleFactors, SearchSpace
+
+    space = SearchSpace(n_freqs=4, lambda_max=4.0, n_hats=(4, 8, 256))  # no 0: the seeds' n̂ is 4, not 256
+    assert space.clip(RescaleFactors.uniform(1.0, 4)).n_hat == 4
