@@ -144,9 +144,9 @@ class GAProposer:
                 f"slots are held by {held} trials")
 
     def _should_stop(self, study: optuna.Study, g: int) -> bool:
-        """Best improved by less than min_improvement over the last `patience` generations, or
-        not at all (min_improvement 0: any gain resets patience; a flat best ran on for ever) (patience
-        0: never; it compared a generation's parents with themselves)."""
+        """Best improved by less than min_improvement over the last `patience` generations, or not
+        at all: with min_improvement 0 any gain resets patience and a flat best stops (it ran on to
+        the budget). Patience 0: never (it compared a generation's parents with themselves)."""
         if not self.patience or g <= self.patience:
             return False
         now = self.sampler.parents(study, g)
