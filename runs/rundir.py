@@ -69,7 +69,7 @@ class Run:
         p = Path(path)
         if p.exists() and not p.is_dir():
             raise UserError(f"{p} exists and is not a directory; choose a new --run-dir")
-        if p.exists() and any(p.iterdir()) and not _cut_off(p):
+        if p.exists() and not _cut_off(p):  # empty, or the skeleton a killed creation left
             raise UserError(f"{p} exists and is not empty; choose a new --run-dir or resume a run")
         parent = next(q for q in (p.absolute(), *p.absolute().parents) if q.exists())
         if not parent.is_dir():  # before the workers load the model, not after
@@ -99,7 +99,7 @@ class Run:
             raise UserError(f"{p} is not a run directory (it does not exist)")
         if not (p / CONFIG).is_file():
             why = (" (its creation was cut off before the search started: start the search again with "
-                   "this --run-dir)") if any(p.iterdir()) and _cut_off(p) else ""
+                   "this --run-dir)") if _cut_off(p, empty=False) else ""
             raise UserError(f"{p} is not a run directory: no {CONFIG}{why}")
         if not (p / JOURNAL).is_file():
             raise UserError(f"{p} is not a run directory: no {JOURNAL}")
@@ -326,10 +326,17 @@ class Run:
         return BestRecord.load(found[length])
 
 
-def _cut_off(p: Path) -> bool:
+def _cut_off(p: Path, empty: bool = True) -> bool:
     """`p` holds only what Run.create writes before config.toml, empty: a creation killed (kill -9,
-    power loss) half way. A new search takes such a folder; nothing of a search is lost with it."""
-    for q in p.iterdir():
+    power loss) half way. A new search takes such a folder; nothing of a search is lost with it.
+    `empty`: whether an empty folder counts; one that cannot be listed does not."""
+    try:
+        entries = list(p.iterdir())
+    except OSError:
+        return False
+    if not entries:
+        return empty
+    for q in entries:
         if q.name in ("best", "export"):
             if not q.is_dir() or q.is_symlink() or any(q.iterdir()):
                 return False
