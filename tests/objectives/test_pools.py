@@ -9,7 +9,7 @@ import pytest
 from longrope.spaces import UserError
 
 
-def test_data5_the_token_cache_key_changes_with_the_bos_token():
+def test_the_token_cache_key_changes_with_the_bos_token():
     """Same vocabulary, another BOS (a GGUF that names <|im_start|>): the cached ids carry the
     old BOS, so the fingerprint must differ."""
     from longrope.objectives.data import tokenizer_fingerprint
@@ -24,9 +24,6 @@ def test_data5_the_token_cache_key_changes_with_the_bos_token():
     assert tokenizer_fingerprint(Tok(1)) != tokenizer_fingerprint(Tok(2))
 
 
-
-
-# --- objectives/workers.py -----------------------------------------------------------------
 def _evaluator(search_docs, heldout_docs, short_heldout=False):
     """An Evaluator without a model: only its document bookkeeping."""
     from longrope.objectives.data import Split
@@ -45,7 +42,7 @@ def _evaluator(search_docs, heldout_docs, short_heldout=False):
     return ev
 
 
-def test_workers1_the_heldout_pool_is_not_served_from_the_search_pools_cache():
+def test_the_heldout_pool_is_not_served_from_the_search_pools_cache():
     """search_docs == heldout_docs (both 5 by default): the held-out score must not reuse the
     search documents cached for the same length."""
     ev = _evaluator(3, 3)
@@ -54,12 +51,12 @@ def test_workers1_the_heldout_pool_is_not_served_from_the_search_pools_cache():
     assert len(search) == len(heldout) == 3 and not search & heldout
 
 
-def test_workers3_the_heldout_pool_has_heldout_docs_documents():
+def test_the_heldout_pool_has_heldout_docs_documents():
     ev = _evaluator(2, 4)
     assert len(ev.docs(50, "search")) == 2 and len(ev.docs(50, "heldout")) == 4
 
 
-def test_workers2_check_refuses_a_heldout_pool_too_short_before_the_run():
+def test_check_refuses_a_heldout_pool_too_short_before_the_run():
     ev = _evaluator(2, 2, short_heldout=True)
     with pytest.raises(UserError, match="heldout documents reach 50 tokens"):
         ev.check([50])

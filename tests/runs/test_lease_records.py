@@ -1,5 +1,5 @@
 """run.lock records a lease may meet: an infinite recorded timeout, no host or pid, a holder's longer
-timeout, an unreadable lock at release (mutants that survived the suite, session 33)."""
+timeout, an unreadable lock at release: cases no test held."""
 
 import json
 import time
@@ -12,9 +12,7 @@ def _forge(path, age, **extra):
                                 "started": time.time() - 3600, "token": "theirs", **extra}))
 
 
-
-
-def test_lease8_a_lock_recording_an_infinite_timeout_is_still_taken_over(tmp_path):
+def test_a_lock_recording_an_infinite_timeout_is_still_taken_over(tmp_path):
     """A lease whose recorded timeout is inf (json writes Infinity) must not make it immortal."""
     from longrope.runs.lease import Lease, read_lease, recorded_timeout
 
@@ -25,7 +23,7 @@ def test_lease8_a_lock_recording_an_infinite_timeout_is_still_taken_over(tmp_pat
     assert Lease(lock, timeout=60).stale(other, watched=dict(other)) is not None
 
 
-def test_lease10_a_lock_without_host_or_pid_is_unreadable_not_a_lease(tmp_path):
+def test_a_lock_without_host_or_pid_is_unreadable_not_a_lease(tmp_path):
     from longrope.runs.lease import Ticket, read_lease
 
     lock = tmp_path / "run.lock"
@@ -34,7 +32,7 @@ def test_lease10_a_lock_without_host_or_pid_is_unreadable_not_a_lease(tmp_path):
     assert Ticket(str(lock), "mine").held() is None
 
 
-def test_lease11_precheck_honours_the_holders_longer_timeout(tmp_path):
+def test_precheck_honours_the_holders_longer_timeout(tmp_path):
     """A holder with --lock-timeout 300, silent 90 s, is live: precheck must refuse before the
     model is loaded (acquire would refuse later anyway)."""
     from longrope.runs.lease import Lease, RunBusy
@@ -45,7 +43,7 @@ def test_lease11_precheck_honours_the_holders_longer_timeout(tmp_path):
         Lease(lock, timeout=60).precheck()
 
 
-def test_lease6_release_leaves_a_lock_it_cannot_read(tmp_path):
+def test_release_leaves_a_lock_it_cannot_read(tmp_path):
     from longrope.runs.lease import Lease
 
     lock = tmp_path / "run.lock"

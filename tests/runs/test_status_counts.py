@@ -17,7 +17,7 @@ def _trial(state, end, **system_attrs):
     return t
 
 
-def test_status4_pace_is_measured_over_the_last_window():
+def test_pace_is_measured_over_the_last_window():
     from longrope.runs.status import PACE_WINDOW, pace
 
     C = optuna.trial.TrialState.COMPLETE
@@ -41,7 +41,7 @@ def _study(name, kind, length, budget, trials):
     return s
 
 
-def test_status5_failed_evaluations_count_towards_the_budget():
+def test_failed_evaluations_count_towards_the_budget():
     from longrope.runs.status import stage_summaries
 
     C, F = optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.FAIL
@@ -50,7 +50,7 @@ def test_status5_failed_evaluations_count_towards_the_budget():
     assert s["evals"] == 3 and s["failed"] == 1 and s["done"]
 
 
-def test_status6_requeued_trials_are_not_counted():
+def test_requeued_trials_are_not_counted():
     from longrope.runs.status import stage_summaries
     from longrope.runs.vocab import REQUEUED
 
@@ -60,7 +60,7 @@ def test_status6_requeued_trials_are_not_counted():
     assert s["evals"] == 2 and s["failed"] == 0 and not s["done"]
 
 
-def test_status9_stages_are_listed_long_first_then_by_length():
+def test_stages_are_listed_long_first_then_by_length():
     from longrope.runs.status import stage_summaries
 
     C = optuna.trial.TrialState.COMPLETE

@@ -13,22 +13,22 @@ def _from_dict(d):
     return from_dict(d)
 
 
-def test_config2_an_n_hat_equal_to_the_first_target_is_refused():
+def test_an_n_hat_equal_to_the_first_target_is_refused():
     with pytest.raises(UserError, match="none is below the target 1024"):
         _from_dict({"space": {"targets": [1024], "n_hat": [1024]}})
 
 
-def test_config4_parents_one_more_than_the_population_is_refused():
+def test_parents_one_more_than_the_population_is_refused():
     with pytest.raises(UserError, match="search.parents = 5 exceeds search.population = 4"):
         _from_dict({"search": {"population": 4, "parents": 5}})
 
 
-def test_config9_a_negative_short_length_is_refused():
+def test_a_negative_short_length_is_refused():
     with pytest.raises(UserError, match="must be positive lengths"):
         _from_dict({"space": {"targets": [1024], "short": [-512]}})
 
 
-def test_config10_a_sqlite_uri_filename_is_left_as_it_is(tmp_path):
+def test_a_sqlite_uri_filename_is_left_as_it_is(tmp_path):
     from longrope.search.config import _anchor_sqlite
 
     url = "sqlite:///file:runs.db?mode=rwc&uri=true"

@@ -17,7 +17,7 @@ def _waiting(study):
     return [t for t in study.get_trials() if t.state == optuna.trial.TrialState.WAITING]
 
 
-def test_stop2_a_slot_already_waiting_is_not_queued_again():
+def test_a_slot_already_waiting_is_not_queued_again():
     from longrope.runs.vocab import SLOT
     from longrope.search.stopping import requeue_running
 
@@ -29,7 +29,7 @@ def test_stop2_a_slot_already_waiting_is_not_queued_again():
     assert len(_waiting(study)) == 1
 
 
-def test_stop1_two_running_trials_of_one_slot_queue_one_copy():
+def test_two_running_trials_of_one_slot_queue_one_copy():
     from longrope.runs.vocab import SLOT
     from longrope.search.stopping import requeue_running
 
@@ -41,7 +41,7 @@ def test_stop1_two_running_trials_of_one_slot_queue_one_copy():
     assert len(_waiting(study)) == 1
 
 
-def test_stop7_requeue_strays_checks_the_lease_before_it_writes():
+def test_requeue_strays_checks_the_lease_before_it_writes():
     from longrope.runs.lease import LeaseLost
     from longrope.search.stopping import requeue_strays
 
@@ -57,7 +57,7 @@ def test_stop7_requeue_strays_checks_the_lease_before_it_writes():
     assert not _waiting(study)
 
 
-def test_stop4_a_full_disk_after_a_signal_is_left_to_run_search(tmp_path):
+def test_a_full_disk_after_a_signal_is_left_to_run_search(tmp_path):
     import errno
     import signal
 
@@ -68,7 +68,7 @@ def test_stop4_a_full_disk_after_a_signal_is_left_to_run_search(tmp_path):
     assert interruption(e, [signal.SIGTERM], lease, SimpleNamespace(event=lambda m: None), str(tmp_path)) is None
 
 
-def test_stop5_a_stalled_driver_nobody_took_over_says_resume(tmp_path, capsys):
+def test_a_stalled_driver_nobody_took_over_says_resume(tmp_path, capsys):
     import signal
 
     from longrope.search.stopping import interruption
@@ -80,7 +80,7 @@ def test_stop5_a_stalled_driver_nobody_took_over_says_resume(tmp_path, capsys):
     assert "unresponsive for longer than --lock-timeout" in capsys.readouterr().err
 
 
-def test_stop6_after_a_signal_the_handlers_ignore_a_second_one():
+def test_after_a_signal_the_handlers_ignore_a_second_one():
     import signal
 
     from longrope.search.stopping import signals_as_interrupt
@@ -98,7 +98,7 @@ def test_stop6_after_a_signal_the_handlers_ignore_a_second_one():
             signal.signal(s, h)
 
 
-def test_headnll1_the_heads_bias_is_part_of_the_score():
+def test_the_heads_bias_is_part_of_the_score():
     """Latent: no admitted architecture has an lm_head bias today; a future one (or a fine-tuned
     head) would be scored without it."""
     import torch

@@ -4,7 +4,7 @@
 import numpy as np
 
 
-def test_methods8_yarn_equals_hf_when_the_correction_range_reaches_past_half_the_dim():
+def test_yarn_equals_hf_when_the_correction_range_reaches_past_half_the_dim():
     """Small base, 4k L0: correction_dim(beta_slow) > d/2 - 1; HF clamps high at d - 1."""
     import torch
     from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
