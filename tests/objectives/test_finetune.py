@@ -287,3 +287,24 @@ def test_lora_targets_that_name_no_linear_layer_are_refused_before_the_search(ti
     (tmp_path / "untied").mkdir()
     (tmp_path / "untied" / "config.json").write_text(json.dumps({**untied, "tie_word_embeddings": False}))
     check_targets(ObjectiveSpec.of(str(tmp_path / "untied")), FinetuneSpec(lora_targets=["q_proj", "lm_head"]))
+
+
+def test_the_warm_up_is_linear_from_its_first_step_and_s2_attn_needs_two_groups(tiny_model_dir, text_corpus_dir,
+                                                                               tmp_path, monkeypatch):
+    """LongLoRA's schedule: step k (from 0) trains at lr·min(1, (k+1)/warmup), so step 0 is not at
+    lr 0; and S2-attn over one group (group = length) is full attention: not registered."""
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
+    seen, registered = [], []
+    step = torch.optim.AdamW.step
+
+    def recording(self, *a, **kw):
+        seen.append(self.param_groups[0]["lr"])
+        return step(self, *a, **kw)
+
+    monkeypatch.setattr(torch.optim.AdamW, "step", recording)
+    monkeypatch.setattr("longrope.objectives.s2attn.register", lambda group: registered.append(group))
+    ft = FinetuneSpec(steps=3, warmup=2, lr=1e-3, batch_tokens=64, s2_attn=True, short_mix=0.0)
+    monkeypatch.setattr(FinetuneSpec, "group", lambda self, length: length)
+    finetune(spec, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
+    assert seen == pytest.approx([5e-4, 1e-3, 1e-3])
+    assert registered == []
