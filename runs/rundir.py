@@ -17,7 +17,6 @@ from longrope.spaces.files import (
     atomic_write_bytes,
     atomic_write_text,
     make_folder,
-    pid_alive,
     remove_stale_temps,
     uninterrupted,
 )
@@ -212,20 +211,21 @@ class Run:
         lines = ", ".join(map(str, bad[:10]))
         return f"dropped {len(bad)} unreadable journal line(s) ({lines}); backup {backup.name}"
 
-    def clear_stale_journal_lock(self) -> bool:
-        """Optuna's journal lock file left by a killed driver. Only a driver holding run.lock calls
-        this, so no other writer can hold the journal lock: clearing it is safe, and spares the
-        next resume a 30-second stall and four warnings. What else a kill -9 leaves goes too: the
-        lock's release halfway (journal.log.lock<id>.rename), temp files of best/ and config.toml
-        writes, a creation's claim; a resumed run's folder is then an uninterrupted one's."""
+    def clear_leftovers(self) -> None:
+        """What else a kill -9 leaves in the run folder: half a release of Optuna's journal lock
+        (journal.log.lock<id>.rename), temp files of best/ and config.toml writes, a creation's
+        claim; a resumed run's folder is then an uninterrupted one's. Only a driver holding
+        run.lock calls this (as clear_stale_journal_lock), so no writer of these runs but dead ones."""
         for half in self.path.glob(f"{JOURNAL}.lock*.rename"):
             half.unlink(missing_ok=True)
         remove_stale_temps(self.path / "best", ".")
         remove_stale_temps(self.path, f".{CONFIG}.", f"..{CONFIG}.")  # set_config's, _claim's
-        for claim in self.path.glob(f".{CONFIG}.*.claim"):
-            pid = claim.name.split(".")[-2]
-            if not pid_alive(int(pid) if pid.isdigit() else None):
-                claim.unlink(missing_ok=True)
+        remove_stale_temps(self.path, f".{CONFIG}.", suffix=".claim")  # _claim's own, of a dead creator
+
+    def clear_stale_journal_lock(self) -> bool:
+        """Optuna's journal lock file left by a killed driver. Only a driver holding run.lock calls
+        this, so no other writer can hold the journal lock: clearing it is safe, and spares the
+        next resume a 30-second stall and four warnings."""
         stale = self.journal.with_name(JOURNAL + ".lock")
         if stale.exists():
             stale.unlink(missing_ok=True)

@@ -122,6 +122,7 @@ def _search(cfg: RunConfig, run: Run, run_dir: str, existing: bool, plan: Plan, 
         with uninterrupted():  # the start's writes; a signal among them is raised here, once done
             if run.clear_stale_journal_lock():
                 run.event("cleared a journal lock left by a killed driver")
+            run.clear_leftovers()
             run.event(f"driver start (pid {os.getpid()}, {'resume' if existing else 'new run'})")
             changed = defining_diff(run.config(), cfg.to_dict(), every=True) if existing else []
             if changed:  # the budget or workers this driver runs with: a later resume's and status's too

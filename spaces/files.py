@@ -53,12 +53,13 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
-def stale_temp_files(folder: Path) -> list[Path]:
+def stale_temp_files(folder: Path, suffix: str = ".tmp") -> list[Path]:
     """Temp files of atomic writes whose writer died (kill -9 between write and rename): the pid
-    in the name (atomic_write_bytes') runs no more here, or the file is an hour old (a writer on
-    another host). A live writer's, another report's or export's running beside this one, stays."""
+    in the name (atomic_write_bytes' ".NAME.PID.tmp", or another `suffix`) runs no more here, or
+    the file is an hour old (a writer on another host). A live writer's, another report's or
+    export's running beside this one, stays."""
     out = []
-    for p in Path(folder).glob(".*.tmp"):
+    for p in Path(folder).glob(f".*{suffix}"):
         pid = p.name.rsplit(".", 2)[-2]
         try:
             old = time.time() - p.stat().st_mtime > 3600
@@ -69,12 +70,12 @@ def stale_temp_files(folder: Path) -> list[Path]:
     return out
 
 
-def remove_stale_temps(folder: Path, *prefixes: str) -> None:
+def remove_stale_temps(folder: Path, *prefixes: str, suffix: str = ".tmp") -> None:
     """Remove what writers killed mid-write left in `folder` (stale_temp_files) under a name that
     starts with one of `prefixes` (".NAME." for writes to NAME): ours only, since an output folder
     given with -o may hold other programs' temp files. A folder (a model copy built beside its
     output) goes whole."""
-    for stale in stale_temp_files(folder):
+    for stale in stale_temp_files(folder, suffix):
         if not stale.name.startswith(prefixes):
             continue
         if stale.is_dir():
