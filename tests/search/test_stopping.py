@@ -96,17 +96,3 @@ def test_after_a_signal_the_handlers_ignore_a_second_one():
     finally:
         for s, h in saved.items():
             signal.signal(s, h)
-
-
-def test_the_heads_bias_is_part_of_the_score():
-    """Latent: no admitted architecture has an lm_head bias today; a future one (or a fine-tuned
-    head) would be scored without it."""
-    import torch
-
-    from longrope.objectives.headnll import head_nll
-
-    g = torch.Generator().manual_seed(0)
-    h, w = torch.randn(5, 8, generator=g), torch.randn(11, 8, generator=g)
-    b, t = torch.randn(11, generator=g), torch.tensor([0, 3, 10, 2, 7])
-    want = -torch.log_softmax(h @ w.T + b, -1).gather(1, t[:, None])[:, 0]
-    torch.testing.assert_close(head_nll(h, t, w, b, 1.0, 1.0), want)
