@@ -85,6 +85,8 @@ class Run:
             make_folder(p / "export", "run directory")
             (p / JOURNAL).touch()
             (p / EVENTS).touch()
+            if (p / CONFIG).is_file() and not (p / CONFIG).stat().st_size:  # a claim cut off (no links)
+                (p / CONFIG).unlink()
             _claim(p / CONFIG, config_text)  # last: a folder with a config.toml is a whole run, and
         return cls(p)  # one a kill -9 left without it is taken by the next search (_cut_off)
 
@@ -96,10 +98,11 @@ class Run:
             raise UserError(f"{p} is a file, not a run directory")
         if not p.is_dir():
             raise UserError(f"{p} is not a run directory (it does not exist)")
-        if not (p / CONFIG).is_file():
+        if not (p / CONFIG).is_file() or _cut_off(p, empty=False):
             why = (" (its creation was cut off before the search started: start the search again with "
                    "this --run-dir)") if _cut_off(p, empty=False) else ""
-            raise UserError(f"{p} is not a run directory: no {CONFIG}{why}")
+            what = f"an empty {CONFIG}" if (p / CONFIG).is_file() else f"no {CONFIG}"
+            raise UserError(f"{p} is not a run directory: {what}{why}")
         if not (p / JOURNAL).is_file():
             raise UserError(f"{p} is not a run directory: no {JOURNAL}")
         run = cls(p)
@@ -340,7 +343,7 @@ def _cut_off(p: Path, empty: bool = True) -> bool:
         if q.name in ("best", "export"):
             if not q.is_dir() or q.is_symlink() or any(q.iterdir()):
                 return False
-        elif q.name in (JOURNAL, EVENTS):
+        elif q.name in (JOURNAL, EVENTS, CONFIG):  # an empty config.toml: a claim without links
             if not q.is_file() or q.is_symlink() or q.stat().st_size:
                 return False
         elif not q.name.lstrip(".").startswith(f"{CONFIG}."):  # _claim's temp files
@@ -359,7 +362,12 @@ def _claim(path: Path, text: str) -> None:
     except FileExistsError:
         raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
                         "a new --run-dir") from None
-    except OSError:  # a file system without hard links: the plain atomic write, unguarded
-        atomic_write_text(path, text)
+    except OSError:  # a file system without hard links: claim the name by an exclusive create,
+        try:         # then put the whole text in place (a kill in between leaves it empty)
+            os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+        except FileExistsError:
+            raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or "
+                            "choose a new --run-dir") from None
+        os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

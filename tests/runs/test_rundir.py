@@ -1,5 +1,6 @@
 """The run directory: its tree, the lock, damage, changed configs, the dashboard."""
 
+import errno
 import json
 import os
 import subprocess
@@ -131,10 +132,17 @@ def test_status_json_has_the_stages(tmp_path):
     assert "tokens 46.1k, critical dim off" in text
 
 
-def test_two_drivers_creating_one_run_at_once_do_not_both_write_its_config(tmp_path, monkeypatch):
+@pytest.mark.parametrize("links", [True, False], ids=["hard-links", "no-hard-links"])
+def test_two_drivers_creating_one_run_at_once_do_not_both_write_its_config(tmp_path, monkeypatch, links):
     """Both pass check_new (the folder is empty for both); the second's config must not replace the
-    first's, or the first would search with a config its run folder does not record."""
+    first's, or the first would search with a config its run folder does not record. On a file
+    system without hard links (os.link: EPERM) the claim fell back to a plain, unguarded write."""
+    if not links:
+        def no_link(*a, **kw):
+            raise PermissionError(errno.EPERM, "Operation not permitted")
+        monkeypatch.setattr(os, "link", no_link)
     Run.create(tmp_path / "r", "first = 1\n")
+    assert (tmp_path / "r" / "config.toml").read_text() == "first = 1\n"
     monkeypatch.setattr(Run, "check_new", staticmethod(lambda path: None))  # it looked before the first wrote
     with pytest.raises(UserError, match="was made a run by another driver just now"):
         Run.create(tmp_path / "r", "second = 2\n")
@@ -153,6 +161,10 @@ def counted(f):
             os.kill(os.getpid(), signal.SIGKILL)  # kill -9: no handler, no finally runs
         return f(*a, **kw)
     return g
+def no_link(*a, **kw):
+    raise PermissionError(1, "Operation not permitted")
+if sys.argv[3] == "no-hard-links":
+    os.link = no_link
 for name in ("mkdir", "open", "link", "replace", "unlink", "fsync", "rename"):
     setattr(os, name, counted(getattr(os, name)))
 builtins.open = counted(builtins.open)
@@ -160,19 +172,21 @@ Run.create(sys.argv[1], "[space]\\ntargets = [256]\\n")
 """
 
 
-def test_a_run_creation_killed_at_any_file_operation_is_whole_or_taken_by_the_next_search(tmp_path):
+@pytest.mark.parametrize("links", ["hard-links", "no-hard-links"])
+def test_a_run_creation_killed_at_any_file_operation_is_whole_or_taken_by_the_next_search(tmp_path, links):
     """config.toml is written last: a folder that has one is a whole run (resume opens it), and one
     a kill -9 left without it is taken by the next search on that --run-dir (it was refused: 'exists
-    and is not empty', and resume said 'no config.toml', so only a manual rm got the user going)."""
+    and is not empty', and resume said 'no config.toml', so only a manual rm got the user going).
+    Without hard links the claim is an empty config.toml for a moment: taken the same way."""
     config_text, k = "[space]\ntargets = [256]\n", 0
     while True:
         k += 1
         p = tmp_path / f"r{k}"
-        r = subprocess.run([sys.executable, "-c", KILL_AT, str(p), str(k)], capture_output=True, text=True)
+        r = subprocess.run([sys.executable, "-c", KILL_AT, str(p), str(k), links], capture_output=True, text=True)
         if r.returncode == 0:
             break
         assert r.returncode == -9, r.stderr
-        if (p / "config.toml").exists():
+        if (p / "config.toml").exists() and (p / "config.toml").stat().st_size:
             assert Run.open(p).config_text() == config_text
             continue
         if p.exists() and any(p.iterdir()):
