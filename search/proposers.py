@@ -292,10 +292,10 @@ class OptunaProposer:
         so an uninterrupted search is unchanged. (Not the uninterrupted run's draws: for those
         the stream would have to be stored with the study.) The seeds are queued on resume too,
         each unless a trial has its parameters: a driver killed while it queued them left the rest
-        out for good."""
-        resumed = bool(study.get_trials(deepcopy=False))
+        out for good. Seeds alike (two methods clipped to one λmax) are queued once, as the
+        evolution scores them once: a resume could not tell the second from the first."""
         for s in self.seeds[:self.budget]:  # a budget below the seeds scores the first of them
-            study.enqueue_trial(self.param.params(s), skip_if_exists=resumed)
+            study.enqueue_trial(self.param.params(s), skip_if_exists=True)
         done = self._started(study)
         if not done:
             return

@@ -25,6 +25,14 @@ def test_example_equals_defaults_and_round_trips():
     assert cfg.budget() == 64 + 40 * 32
 
 
+@pytest.mark.parametrize("max_evals, budget", [(0, 6), (5, 5), (6, 6), (100, 6)])
+def test_max_evals_caps_the_budget_and_never_raises_it(max_evals, budget):
+    """max_evals above population + iterations × children would run the search past its iterations."""
+    cfg = config.from_dict({"search": {"population": 4, "parents": 2, "iterations": 1, "mutants": 1,
+                                       "crossovers": 1, "max_evals": max_evals}})
+    assert cfg.budget() == budget
+
+
 @pytest.mark.parametrize(
     "text, message",
     [
@@ -228,6 +236,29 @@ def test_a_relative_sqlite_storage_is_the_same_database_from_any_directory(tmp_p
     assert main(["status", str(tmp_path / "run")]) == 0
     assert "long-256: 12/12 evals" in capsys.readouterr().out
     assert not (tmp_path / "b" / "x.db").exists()
+
+
+def test_a_moved_rdb_storage_resumes_once_config_toml_names_it(tmp_path, capsys):
+    """search.storage may move (a database copied to another server): the stages' recorded
+    configs are checked against the edited config.toml for every search-defining key but that."""
+    from search_helpers import small_cfg
+
+    from longrope.search.cli import main
+
+    text = small_cfg(iterations=0)[1].replace("[search]\n", f"[search]\nstorage = 'sqlite:///{tmp_path}/a.db'\n")
+    (tmp_path / "c.toml").write_text(text)
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "run"), "--quiet"]) == 0
+    (tmp_path / "a.db").rename(tmp_path / "b.db")
+    toml = tmp_path / "run" / "config.toml"
+    toml.write_text(toml.read_text().replace(f"{tmp_path}/a.db", f"{tmp_path}/b.db"))
+    capsys.readouterr()
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 0, capsys.readouterr().err
+    assert main(["status", str(tmp_path / "run")]) == 0 and "long-256: 12/12 evals" in capsys.readouterr().out
+    edited = config.from_dict(tomllib.loads(toml.read_text()))
+    edited.search.seed = 1
+    toml.write_text(config.dumps(edited))  # the other keys are still checked
+    assert main(["resume", str(tmp_path / "run"), "--quiet"]) == 2
+    assert "searched with another search.seed" in capsys.readouterr().err
 
 
 def test_a_run_frozen_before_pruner_startup_existed_resumes_with_the_3_it_used():

@@ -304,6 +304,8 @@ def test_a_replica_must_fit_on_one_node(capsys):
     assert check_resources(two, 3, 1.0, 1.0) == 2 and "fits 2 of the 3 replicas" in capsys.readouterr().err
     # 3 CPUs on one node and 1 on another: replicas of 2 CPUs fit once, not twice (4 // 2)
     assert check_resources([{"CPU": 3.0}, {"CPU": 1.0}], 2, 0.0, 2.0) == 1
+    # room for more on several nodes: the count asked for, not every replica that would fit
+    assert check_resources([{"CPU": 2.0}, {"CPU": 2.0}], 2, 0.0, 1.0) == 2
 
 
 @pytest.mark.parametrize("gpus, count, need, fits", [

@@ -50,6 +50,11 @@ def test_early_abort_prunes_but_changes_no_parent_and_no_best(tmp_path):
     assert parents_by_generation(on) == parents_by_generation(off) and len(parents_by_generation(on)) == 6
     best = [json.loads(r.best_path("long", 256).read_text()) for r in (on, off)]
     assert best[0]["lambdas"] == best[1]["lambdas"] and best[0]["search_ppl"] == best[1]["search_ppl"]
+    assert best[0]["evals"] == best[1]["evals"]  # a pruned candidate is an evaluation done too
+    pruned = [t for t in optuna.load_study(study_name="long-256", storage=on.storage()).get_trials(deepcopy=False)
+              if t.state == optuna.trial.TrialState.PRUNED]  # what Optuna's tools show of it
+    assert pruned and all(list(t.intermediate_values) == [len(t.user_attrs["doc_nll"])] and
+                          t.intermediate_values[len(t.user_attrs["doc_nll"])] > 1 for t in pruned)
     tokens = [sum(t.user_attrs["tokens"] for t in optuna.load_study(study_name="long-256", storage=r.storage())
                   .get_trials(deepcopy=False) if "tokens" in t.user_attrs) for r in (on, off)]
     assert tokens[0] < tokens[1]

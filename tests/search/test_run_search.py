@@ -146,6 +146,21 @@ def test_a_failed_heldout_score_is_said_not_kept_as_inf_and_tried_again_on_resum
     assert ppl is not None and ppl < float("inf")
 
 
+def test_a_heldout_score_cached_before_its_text_was_recorded_is_kept():
+    """An older run's cache has no text hash: re-scoring it would cost hours at long lengths. One
+    with a hash is kept for that text and that trial only."""
+    import optuna
+
+    from longrope.runs import vocab
+    from longrope.search.stagecheck import cached_heldout
+
+    study = optuna.create_study()
+    study.set_user_attr(vocab.HELDOUT, {"trial": 3, "ppl": 5.0})
+    assert cached_heldout(study, 3, "abc") == 5.0 and cached_heldout(study, 4, "abc") is None
+    study.set_user_attr(vocab.HELDOUT, {"trial": 3, "ppl": 5.0, "text": "abc"})
+    assert cached_heldout(study, 3, "abc") == 5.0 and cached_heldout(study, 3, "edited") is None
+
+
 def test_a_model_that_already_scales_its_rotary_is_said_before_the_search(tiny_model_dir, tmp_path, capsys):
     """Llama-3.1's llama3 scaling (or an applied longrope) is not what candidates are scored
     against: plain θ at L0 is. The search says so: the factors it finds replace that scaling."""
@@ -291,6 +306,21 @@ def two_stages(iterations: int):
     cfg, _ = small_cfg(iterations=iterations)
     cfg.space.targets = [256, 512]
     return cfg
+
+
+def test_a_long_stage_is_seeded_first_with_the_previous_long_stages_best():
+    """Progressive extension (LongRoPE section 3.3): the 512 search starts from the 256 search's
+    best; dropped, every later stage silently started from the closed-form methods alone."""
+    from longrope.objectives.methods import method_factors
+    from longrope.objectives.synthetic import GEOMETRY
+
+    cfg = two_stages(1)
+    first, second = make_stages(cfg, GEOMETRY)
+    previous = method_factors("yarn", GEOMETRY, first.length)  # 256's YaRN: no seed of 512
+    seeds = initial_factors(cfg, second, GEOMETRY, previous)
+    assert seeds[0] == previous.replace(mscale=second.space.mscale)
+    assert len(seeds) == len(initial_factors(cfg, second, GEOMETRY, None)) + 1
+    assert seeds[0] not in seeds[1:]
 
 
 def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, capsys):

@@ -177,6 +177,16 @@ def test_the_comparison_samplers_enqueue_each_seed_exactly(d, base, L0, s):
         np.testing.assert_allclose(param.factors(p).lambdas, f.lambdas, rtol=0, atol=1e-9)
     bare = StepParametrisation(space)  # the default ranges alone: YaRN's ramp does not fit
     assert np.abs(np.subtract(bare.factors(bare.params(seeds[2])).lambdas, seeds[2].lambdas)).max() > 0.1
+    n, span = d // 2, space.lambda_max - space.gene_min  # the documented ranges: the whole span,
+    highs = [dist.high for k, dist in bare.distributions().items() if k.startswith("step_")]
+    np.testing.assert_allclose(highs, [span] + [4 * span / n] * (n - 1))  # then 4·span/n a step
+
+
+def test_tpe_is_multivariate():
+    """Independent TPE ignores how the λ steps work together (a monotone ramp is one shape)."""
+    from longrope.search.alternatives import make_sampler
+
+    assert make_sampler("tpe", 0)._multivariate is True
 
 
 def _score(sampler, t) -> float:
@@ -377,6 +387,10 @@ def test_a_comparison_sampler_queues_only_the_seeds_its_budget_holds_and_draws_p
     study = optuna.create_study(sampler=p.sampler)
     p.start(study)
     assert len(study.trials) == 2  # a third stayed WAITING in the journal
+    p = _optuna_proposer([RescaleFactors.uniform(x, 4) for x in (2.0, 2.0, 3.0)], budget=3)
+    study = optuna.create_study(sampler=p.sampler)
+    p.start(study)
+    assert len(study.trials) == 2  # seeds alike are scored once, as on resume (and as the evolution does)
 
     def first(length):
         p = _optuna_proposer([], budget=1, length=length)
