@@ -352,6 +352,35 @@ def test_a_raised_budget_keeps_the_breed_of_a_stage_already_under_way(tmp_path, 
         capsys.readouterr().err
 
 
+def test_a_resumes_start_line_counts_evaluations_not_the_copies_it_re_queued(tmp_path):
+    """The re-queued copies an interruption failed are not evaluations: events.log's start line
+    (and the progress bar's start) counted them, so a resume began past where the run was."""
+    import optuna
+
+    from longrope.runs import vocab
+
+    cfg, _ = small_cfg()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+    submit, submitted = backend.submit, []
+
+    def interrupted(job):
+        submitted.append(job.key)
+        if len(submitted) > 20:
+            raise KeyboardInterrupt
+        submit(job)
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False, backend=backend).run_all()
+    trials = optuna.load_study(study_name="long-256", storage=run.storage()).get_trials(deepcopy=False)
+    copies = sum(1 for t in trials if t.system_attrs.get(vocab.REQUEUED))
+    done = sum(1 for t in trials if t.state.is_finished() and not t.system_attrs.get(vocab.REQUEUED))
+    assert copies and done == 20
+    Driver(cfg, run, progress=False).run_all()
+    assert f"long-256: start, {done}/{cfg.budget()} evaluations done" in (run.path / "events.log").read_text()
+
+
 def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tmp_path, capsys):
     """A resume with more iterations, interrupted in the first stage: `status` read the later
     stage's budget from when it ran, and called it done."""
