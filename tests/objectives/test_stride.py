@@ -83,3 +83,25 @@ def test_eval_stride_L_equals_the_default_and_a_smaller_stride_differs(spec):
 def test_bad_strides(spec, stride, task, message):
     with pytest.raises(UserError, match=message.replace("(", r"\(").replace(")", r"\)")):
         run_eval(spec, [24, 48], ["none"], "heldout", progress=False, task=task, stride=stride)
+
+
+def test_stride_checks_the_documents_reach_what_its_windows_cover_before_scoring(spec, monkeypatch):
+    """Windows of L advancing by S cover 2L - S tokens: a pool checked at L alone let earlier
+    (method, length) cells score, for minutes on a real model, before a short document failed."""
+    from longrope.objectives.workers import Evaluator
+
+    seen, check = [], Evaluator.check_pool
+    monkeypatch.setattr(Evaluator, "check_pool", lambda self, lengths, pool: (seen.append(lengths),
+                                                                              check(self, lengths, pool)))
+    run_eval(spec, [24, 48], ["none"], "heldout", progress=False, stride=16)
+    assert seen == [[stride_span(24, 16), stride_span(48, 16)]] == [[32, 80]]
+
+
+@pytest.mark.parametrize("text", ["1,256", "0", "", "256,-4"])
+def test_lengths_below_two_tokens_are_refused(text):
+    """A window of one token predicts nothing."""
+    from longrope.objectives.evaluate import parse_lengths
+
+    with pytest.raises(UserError, match="integers >= 2"):
+        parse_lengths(text)
+    assert parse_lengths("2,256") == [2, 256]

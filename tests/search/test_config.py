@@ -75,6 +75,7 @@ def test_max_evals_caps_the_budget_and_never_raises_it(max_evals, budget):
         ("[space]\nmscale = 'search'\nmscale_min = 1.2\nmscale_max = 1.2", "exceeds the grid's span 1.2 to 1.2"),
         ("[data]\nstreaming = true\nstream_docs = 1\nsearch_docs = 2",
          r"data.stream_docs = 1 cannot fill both pools: .* at least twice the larger pool's documents \(10\)"),
+        ("[finetune]\nafter = [1024, 1024]", r"finetune.after must be ascending without repeats"),
         # a run without a long stage finished and could never be exported
         ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
         # Ray's ValueError escaped as a traceback once the workers started
@@ -85,6 +86,13 @@ def test_each_bad_value_has_its_message(tmp_path, text, message):
     with pytest.raises(UserError, match=message) as e:
         load_text(tmp_path, text)
     assert "\n" not in str(e.value)
+
+
+def test_the_documented_minimums_and_defaults_of_data_and_finetune_hold(tmp_path):
+    """stream_docs at exactly twice the larger pool fills both; S2-Attn's group is L/4 (LongLoRA's)."""
+    cfg = load_text(tmp_path, "[data]\nstreaming = true\nstream_docs = 20\nsearch_docs = 10\nheldout_docs = 4")
+    assert cfg.data.stream_docs == 20
+    assert cfg.finetune.group(1024) == 256 and cfg.finetune.s2_group == 0
 
 
 def test_floats_accept_ints_and_mscale_accepts_number(tmp_path):
