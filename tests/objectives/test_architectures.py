@@ -147,3 +147,21 @@ def test_a_qwen2_with_its_sliding_window_on_scores_the_whole_context(tmp_path, t
     out = apply_to_folder(tmp_path / "f.json", tmp_path / "qwen2", tmp_path / "applied", quiet=True)
     deployed = transformers.AutoConfig.from_pretrained(out)
     assert not deployed.use_sliding_window and "sliding_attention" not in (deployed.layer_types or [])
+
+
+def test_a_mistral_with_a_sliding_window_is_scored_over_its_whole_context(tmp_path, tiny_model_dir):
+    """Mistral's sliding_window (no use_sliding_window flag, no layer_types) would score a long
+    document through a window of it: the loaded model has none, and scores as a model without."""
+    import shutil
+
+    for name, window in (("windowed", 8), ("full", None)):
+        torch.manual_seed(0)
+        transformers.MistralForCausalLM(tiny_config("mistral", sliding_window=window)).save_pretrained(tmp_path / name)
+        for f in tiny_model_dir.glob("tokenizer*"):
+            shutil.copy(f, tmp_path / name)
+    windowed, full = (load_model(str(tmp_path / n), attention="eager") for n in ("windowed", "full"))
+    assert windowed.model.config.sliding_window is None
+    ids = torch.arange(32)[None] + 3  # four times the window
+    with torch.no_grad():
+        torch.testing.assert_close(windowed.model(input_ids=ids).logits, full.model(input_ids=ids).logits,
+                                   rtol=0, atol=0)

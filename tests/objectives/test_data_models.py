@@ -137,3 +137,21 @@ def test_loading_an_export_is_quiet_about_vllms_keys_but_not_others(tiny_model_d
             assert any("Unrecognized keys" in m for m in seen) == loud, seen  # kept when bogus_key is named
     finally:
         logger.removeHandler(handler)
+
+
+def test_a_gguf_file_edited_in_place_converts_afresh(tmp_path, monkeypatch):
+    """The dequantized folder is keyed by path, size and mtime: an edit of one metadata value
+    keeps the size, and reused the old conversion (the old θ or L0) when only size was keyed."""
+    import os
+
+    from longrope.objectives.models import gguf_cache
+
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path / "cache"))
+    p = tmp_path / "m.gguf"
+    p.write_bytes(b"GGUF" + bytes(60))
+    os.utime(p, ns=(1_000_000_000, 1_000_000_000))
+    first = gguf_cache(p)
+    assert gguf_cache(p) == first  # the same file: the same folder
+    p.write_bytes(b"GGUF" + bytes(59) + b"\x01")  # same size, new bytes
+    os.utime(p, ns=(2_000_000_000, 2_000_000_000))
+    assert gguf_cache(p) != first
