@@ -237,6 +237,38 @@ def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monk
                                                                    ("float32", "sdpa")]
 
 
+def test_a_dtype_that_picks_another_best_fails_the_rank_check_however_close_its_ranking(monkeypatch):
+    """A search in bf16 would return another winner than in float32: that is what the check is
+    for, whatever Spearman's ρ over the other candidates says."""
+    from longrope.objectives import workers
+    from longrope.objectives.specs import ObjectiveSpec
+    from longrope.spaces import RopeGeometry
+
+    class Scorer:
+        geometry = RopeGeometry(rotary_dim=64, base=10000.0, original_length=128, model_type="llama")
+
+        def __init__(self, spec):
+            self.spec = spec
+
+        def docs(self, length):
+            return [[0] * length]
+
+        def evaluate(self, c, length):
+            ppl = 2.0 + sum(c.lambdas) / 1000 + c.n_hat / 1e5
+            return type("E", (), {"ppl": ppl})()
+
+    monkeypatch.setattr(workers, "Evaluator", Scorer)
+    ev = Scorer(ObjectiveSpec.of("m", dtype="bfloat16"))
+    assert selfcheck.rank_check("m", "cpu", "bfloat16", ev)["ok"]
+    cands = selfcheck.candidates(ev.geometry, selfcheck.scoring_length(ev))
+    fp32 = [ev.evaluate(c, 0).ppl for c in cands]
+    first, second = sorted(range(len(cands)), key=fp32.__getitem__)[:2]
+    swapped = {first: fp32[second], second: fp32[first]}  # bf16 ranks the two best the other way
+    ev.evaluate = lambda c, length: type("E", (), {"ppl": swapped.get(cands.index(c), fp32[cands.index(c)])})()
+    r = selfcheck.rank_check("m", "cpu", "bfloat16", ev)
+    assert r["spearman"] >= r["min_spearman"] and not r["same_best"] and not r["ok"], r
+
+
 def test_a_flash_attn_that_does_not_import_is_reported_broken(monkeypatch):
     """An install whose CUDA extension fails to import (built against another torch) was reported
     by its version, as if usable, while every worker asked for flash_attention_2 would fail."""
