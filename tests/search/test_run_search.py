@@ -377,6 +377,10 @@ def test_a_resumes_start_line_counts_evaluations_not_the_copies_it_re_queued(tmp
     copies = sum(1 for t in trials if t.system_attrs.get(vocab.REQUEUED))
     done = sum(1 for t in trials if t.state.is_finished() and not t.system_attrs.get(vocab.REQUEUED))
     assert copies and done == 20
+    from longrope.runs.report import stage_views
+
+    (view,) = stage_views(run)  # the report counts them alike: no failure, 20 evaluations
+    assert (view.failed, len(view.values) + view.pruned) == (0, 20)
     Driver(cfg, run, progress=False).run_all()
     assert f"long-256: start, {done}/{cfg.budget()} evaluations done" in (run.path / "events.log").read_text()
 
