@@ -285,3 +285,32 @@ def test_an_emptied_run_config_is_refused_not_read_as_defaults(tmp_path, cfg_fil
                  ["export", str(run_dir)], ["report", str(run_dir)]):
         one_line(capsys, main(argv), "config.toml is empty; a run writes its whole config when it starts")
     assert snapshot(run_dir) == before
+
+
+def _journal(*records):
+    return [json.dumps(r).encode() if isinstance(r, dict) else r for r in records]
+
+
+def test_repair_names_the_dropped_line_that_created_what_later_records_name():
+    """With two bad lines before a record naming a trial not yet created, the line to restore is
+    the later one (the CREATE_TRIAL), not the garbage before it."""
+    from longrope.runs.repair import refuse_unsafe_drop
+    from longrope.spaces import UserError
+
+    lines = _journal({"op_code": 0, "study_name": "long-256", "directions": [1]}, b"\x00garbage\x00",
+                     b'{"op_code": 4, "study_id": 0, "dat\x00', {"op_code": 5, "trial_id": 0, "param_name": "x"})
+    with pytest.raises(UserError, match="^journal line 3 cannot be dropped: the records after it name trial 0"):
+        refuse_unsafe_drop([2, 3], lines)
+
+
+def test_repair_counts_a_study_created_again_under_its_name_once():
+    """Optuna writes CREATE_STUDY again for every create_study(load_if_exists=True) of a live name,
+    which creates nothing: counted as new studies, a dropped line that did create one passed."""
+    from longrope.runs.repair import refuse_unsafe_drop
+    from longrope.spaces import UserError
+
+    lines = _journal({"op_code": 0, "study_name": "long-256"}, {"op_code": 0, "study_name": "long-256"},
+                     b'{"op_code": 0, "study_name": "sho\x00', {"op_code": 2, "study_id": 1, "user_attr": {}})
+    with pytest.raises(UserError, match="^journal line 3 cannot be dropped: the records after it name study 1"):
+        refuse_unsafe_drop([3], lines)
+    refuse_unsafe_drop([3], lines[:3])  # nothing names it: dropped without a word
