@@ -392,3 +392,31 @@ def test_metadata_the_gguf_writer_would_refuse_is_copied_as_read(tmp_path, capsy
     one_line(capsys, main(["apply", str(factors), str(dup), "-o", str(tmp_path / "dup-out.gguf")]),
              "is not a readable GGUF file")
     assert not (tmp_path / "dup-out.gguf").exists()
+
+
+def test_partial_rotary_legacy_linear_scale_and_custom_alignment_are_kept_right(tmp_path):
+    """rope.dimension_count (what llama.cpp rotates) is read before the head size, which is larger
+    with partial rotary; an old rope.scale_linear would scale every frequency again on top of our
+    factors; a general.alignment of the source must pad the copy's tensors as it says."""
+    path = tmp_path / "t.gguf"
+    w = gguf.GGUFWriter(path, "llama")
+    w.add_uint32("llama.rope.dimension_count", 2 * N)
+    w.add_uint32("llama.attention.key_length", 4 * N)  # partial rotary: half the head rotates
+    w.add_uint32("llama.context_length", L0)
+    w.add_float32("llama.rope.freq_base", 1e5)
+    w.add_float32("llama.rope.scale_linear", 4.0)
+    w.add_custom_alignment(64)
+    w.add_tensor("token_embd.weight", np.arange(20, dtype=np.float32).reshape(4, 5))
+    w.add_tensor("output_norm.weight", np.arange(3, dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "o.gguf"
+    assert main(["apply", str(export_json(tmp_path / "f.json")), str(path), "-o", str(out)]) == 0
+    a, b = gguf.GGUFReader(path), gguf.GGUFReader(out)
+    assert b.alignment == 64 and value(b, "llama.rope.scale_linear") is None
+    for name in ("token_embd.weight", "output_norm.weight"):
+        src = next(t for t in a.tensors if t.name == name)
+        copy = next(t for t in b.tensors if t.name == name)
+        assert copy.data.tobytes() == src.data.tobytes() and copy.data_offset % 64 == 0
