@@ -101,7 +101,7 @@ def pid_space() -> str:
 def pid_alive(pid: object) -> bool:
     """Whether a process `pid` runs on this host (in this pid namespace); no pid, or none that
     could be one, is not alive."""
-    if not isinstance(pid, int) or pid <= 0:
+    if not isinstance(pid, int) or isinstance(pid, bool) or pid <= 0:  # JSON's true is no pid 1
         return False
     try:
         os.kill(pid, 0)

@@ -101,6 +101,21 @@ def test_per_layer_type_rope_is_refused():
     assert "differs per layer" in msg and "gemma3_text" in msg
 
 
+def test_any_admitted_type_flagged_alibi_or_with_per_layer_rope_keys_is_refused():
+    """Flags a config of an admitted type may carry: run as RoPE with one patch, they would
+    search factors that change nothing or are wrong for some layers."""
+    base = {"model_type": "llama", "hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64}
+    assert "uses ALiBi" in one_line_error({**base, "position_embedding_type": "alibi"})
+    assert "differs per layer (no_rope_layers)" in one_line_error({**base, "no_rope_layers": [1, 0]})
+
+
+def test_a_mixtral_config_without_its_theta_has_the_config_class_default():
+    """MixtralConfig's θ is 1e6 (10000 for Llama): a config.json that leaves it out means that."""
+    base = {"hidden_size": 64, "num_attention_heads": 4, "max_position_embeddings": 64}
+    assert RopeGeometry.from_config({**base, "model_type": "mixtral"}).base == 1e6
+    assert RopeGeometry.from_config({**base, "model_type": "llama"}).base == 1e4
+
+
 def test_lookup_by_type():
     assert architecture("granite").logits_divided_by == "logits_scaling"
     assert architecture("cohere").logits_multiplied_by == "logit_scale"

@@ -602,3 +602,13 @@ def test_a_guard_left_by_an_acquirer_killed_on_this_host_is_taken_at_once(tmp_pa
             with Lease(tmp_path / "other.lock", timeout=60)._guarded():  # named
                 pass
     lease.release()
+
+
+@pytest.mark.parametrize("pid", [0, -1, None, "123", True])
+def test_no_pid_that_could_not_be_a_process_reads_alive(pid):
+    """os.kill(0, 0) signals the caller's own process group and succeeds: a lock or temp file
+    naming pid 0 (a torn or hand-made one) read as held by a live process, never taken over."""
+    from longrope.spaces.files import pid_alive
+
+    assert pid_alive(pid) is False
+    assert pid_alive(os.getpid()) is True
