@@ -4,6 +4,7 @@ short lengths, an sqlite URI filename."""
 
 import pytest
 
+from longrope.search import config
 from longrope.spaces import UserError
 
 
@@ -33,3 +34,15 @@ def test_a_sqlite_uri_filename_is_left_as_it_is(tmp_path):
 
     url = "sqlite:///file:runs.db?mode=rwc&uri=true"
     assert _anchor_sqlite(url, tmp_path) == url
+
+
+def test_a_spec_handed_out_does_not_change_with_the_config_it_came_from():
+    """Workers keep the spec they were started with: a later edit of the run's config (a
+    fine-tune switching model.path, say) must not reach them behind the driver's back."""
+    from longrope.objectives.specs import ObjectiveSpec
+
+    cfg = config.RunConfig()
+    spec = ObjectiveSpec.from_config(cfg)
+    cfg.model.path, cfg.data.path, cfg.objective.kind = "other", "other-data", "needle"
+    assert (spec.model.path, spec.data.path, spec.task.kind) == (config.RunConfig().model.path,
+                                                                 config.RunConfig().data.path, "ppl")
