@@ -401,6 +401,35 @@ def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(t
     assert "worker died 2 times while scoring it" in (run.path / "events.log").read_text()
 
 
+def test_replacements_lost_with_their_nodes_do_not_count_as_failing_to_start(ray_session, monkeypatch):
+    """Three replacement workers in a row that die before they start stop the run (a model that
+    cannot load); replacements that went down with their node (preemption) say nothing of that,
+    and three of them in a row aborted a run on a cluster losing spot nodes."""
+    from longrope.objectives.perplexity import COMPLETE
+
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=1)
+    real, lost = backend._get, []
+
+    def preempted(ref):  # each replacement's first call: its node goes down under it
+        if len(lost) < 4:
+            e = ray_session.exceptions.RayActorError(preempted=True)
+            lost.append(e)
+            raise e
+        return real(ref)
+
+    try:
+        backend._replace(backend.actors[0], RuntimeError("its node died"))
+        monkeypatch.setattr(backend, "_get", preempted)
+        while backend.starting:
+            backend._step()
+        assert len(lost) == 4 and backend.replaced == 5 and backend.start_failures == 0
+        backend.submit(_job(0))
+        key, ev = backend.wait()
+        assert key == 0 and ev.status == COMPLETE
+    finally:
+        backend.close()
+
+
 def test_workers_in_two_dtypes_are_refused_and_so_is_a_replacement_in_another(ray_session):
     """model.dtype = auto over GPUs of two generations loads bf16 on some workers and fp16 on
     others (here a third worker is forced to bf16 by its spec): one line, not a mixed ranking.
