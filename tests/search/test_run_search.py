@@ -385,6 +385,30 @@ def test_a_resumes_start_line_counts_evaluations_not_the_copies_it_re_queued(tmp
     assert f"long-256: start, {done}/{cfg.budget()} evaluations done" in (run.path / "events.log").read_text()
 
 
+def test_a_long_stage_with_no_result_leaves_the_next_one_bred_from_the_last_that_had_one(tmp_path):
+    """Every candidate of long-512 failed (a comparison sampler goes on where the evolution has
+    no parents): long-1024 is bred from long-256's best, not from nothing."""
+    from longrope.objectives.perplexity import FAILED, Evaluation
+    from longrope.runs import vocab
+    from longrope.runs.best import BestRecord
+
+    class FailsAt512(InProcessBackend):
+        def submit(self, job):
+            if job.length != 512:
+                return super().submit(job)
+            self._done.append((job.key, Evaluation(job.factors, job.length, FAILED, float("inf"),
+                                                   reason="NLL is nan on document 0")))
+
+    cfg, _ = small_cfg(sampler="random", iterations=0)
+    cfg.space.targets = [256, 512, 1024]
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    results = Driver(cfg, run, progress=False, backend=FailsAt512(ObjectiveSpec.of("synthetic"))).run_all()
+    assert results["long-512"] is None and results["long-1024"] is not None
+    bred = {s.study_name: s.user_attrs[vocab.BRED_FROM] for s in run.studies()}
+    first = BestRecord.load(run.best_path("long", 256))
+    assert bred["long-1024"]["lambdas"] == list(first.lambdas) and bred["long-512"] == bred["long-1024"]
+
+
 def test_status_shows_a_resumes_new_budget_for_a_stage_it_has_not_reached_yet(tmp_path, capsys):
     """A resume with more iterations, interrupted in the first stage: `status` read the later
     stage's budget from when it ran, and called it done."""
