@@ -308,6 +308,17 @@ def test_a_replica_must_fit_on_one_node(capsys):
     assert check_resources([{"CPU": 2.0}, {"CPU": 2.0}], 2, 0.0, 1.0) == 2
 
 
+def test_a_workers_death_is_told_by_the_line_that_says_why():
+    """Ray's first line says only that the actor died; the note and the refusal quote the cause."""
+    from longrope.search.cluster import death_reason
+
+    ray_text = ("The actor died unexpectedly before finishing this task.\n\tclass_name: _Worker\n"
+                "\tactor_id: 1f2e\nThe actor died because its node has died. Node Id: 9c1d\n")
+    assert death_reason(RuntimeError(ray_text)) == "The actor died because its node has died. Node Id: 9c1d"
+    assert death_reason(RuntimeError(ray_text.split("\n")[0])) == ray_text.split("\n")[0]  # nothing better
+    assert death_reason(RuntimeError("")) == "RuntimeError"
+
+
 @pytest.mark.parametrize("gpus, count, need, fits", [
     (2.0, 3, 0.6, 2),  # a fraction fits inside one GPU: 0.6 once on each (2 // 0.6 = 3 hung the driver)
     (8.0, 20, 0.4, 16),  # twice on each of 8, not 20
