@@ -2,6 +2,7 @@
 the samplers' table is the config's choice list."""
 
 import json
+import re
 
 import pytest
 from search_helpers import small_cfg, trajectory
@@ -382,7 +383,10 @@ def test_a_resumes_start_line_counts_evaluations_not_the_copies_it_re_queued(tmp
     (view,) = stage_views(run)  # the report counts them alike: no failure, 20 evaluations
     assert (view.failed, len(view.values) + view.pruned) == (0, 20)
     Driver(cfg, run, progress=False).run_all()
-    assert f"long-256: start, {done}/{cfg.budget()} evaluations done" in (run.path / "events.log").read_text()
+    events = (run.path / "events.log").read_text()
+    assert f"long-256: start, {done}/{cfg.budget()} evaluations done" in events
+    gens = re.findall(r"long-256 gen \d+: (\d+) evaluated, \d+ pruned, (\d+) failed", events)
+    assert len(gens) >= 3 and [(int(n), int(f)) for n, f in gens] == [(12, 0)] + [(6, 0)] * (len(gens) - 1)
 
 
 def test_a_long_stage_with_no_result_leaves_the_next_one_bred_from_the_last_that_had_one(tmp_path):
