@@ -77,9 +77,12 @@ def test_kill_9_mid_finetune_resumes_to_the_uninterrupted_run(tiny_model_dir, te
     at_kill = _progress(killed)
     assert 30 <= at_kill < 150 and (killed / "finetune" / "ft-64" / "checkpoint.pt").exists()
     assert not (killed / "models" / "ft-64").exists()
+    (killed / "models" / "ft-64.tmp").mkdir(parents=True)  # and the half copy a later kill would leave:
+    (killed / "models" / "ft-64.tmp" / "config.json").write_text("{")  # apply refused a non-empty -o
     r = cli("resume", str(killed), "--quiet")
     _, err = r.communicate(timeout=300)
     assert r.returncode == 0, err
+    assert not (killed / "models" / "ft-64.tmp").exists()
     a, b = Run.open(tmp_path / "ref"), Run.open(killed)
     # it continued from the last checkpoint (every 20 steps), and events.log says which
     assert f"finetune-64: resume from step {at_kill - at_kill % 20} on" in (killed / "events.log").read_text()
