@@ -98,9 +98,10 @@ class Run:
             raise UserError(f"{p} is a file, not a run directory")
         if not p.is_dir():
             raise UserError(f"{p} is not a run directory (it does not exist)")
-        if not (p / CONFIG).is_file() or _cut_off(p, empty=False):
+        cut = _cut_off(p, empty=False)
+        if cut or not (p / CONFIG).is_file():
             why = (" (its creation was cut off before the search started: start the search again with "
-                   "this --run-dir)") if _cut_off(p, empty=False) else ""
+                   "this --run-dir)") if cut else ""
             what = f"an empty {CONFIG}" if (p / CONFIG).is_file() else f"no {CONFIG}"
             raise UserError(f"{p} is not a run directory: {what}{why}")
         if not (p / JOURNAL).is_file():
@@ -356,18 +357,18 @@ def _claim(path: Path, text: str) -> None:
     (two jobs started at once on one --run-dir both pass check_new): os.link fails on an existing
     name, where os.replace would let the second config overwrite the first's."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
+    taken = UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
+                      "a new --run-dir")
     atomic_write_text(tmp, text)
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
-                        "a new --run-dir") from None
+        raise taken from None
     except OSError:  # a file system without hard links: claim the name by an exclusive create,
         try:         # then put the whole text in place (a kill in between leaves it empty)
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
-            raise UserError(f"{path.parent} was made a run by another driver just now; resume it, or "
-                            "choose a new --run-dir") from None
+            raise taken from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
