@@ -19,15 +19,12 @@ import json
 import statistics
 import sys
 import time
-import tomllib
 from pathlib import Path
 
 from longrope.objectives.methods import method_factors
 from longrope.runs import Run
-from longrope.search import config
-from longrope.search.cli.bench.quality import _toml
+from longrope.search.cli.bench.quality import _search, _toml
 from longrope.search.cli.bench.retrieval import BASELINES, heldout_evaluator, measure, objective
-from longrope.search.driver import run_search
 
 SEEDS, BUDGET, TARGET = (0, 1, 2), 160, 1024
 HERE = Path(__file__).parent
@@ -37,10 +34,9 @@ def search(workdir: Path, kind: str, seed: int, progressive: bool = True) -> Run
     """The bench's retrieval search on `kind`, with a 4x stage before the 8x one (or, the
     control, one 8x stage of both stages' evaluations)."""
     target, budget, name = (f"512, {TARGET}", BUDGET, "p") if progressive else (TARGET, 2 * BUDGET, "one")
-    cfg = config.from_dict(tomllib.loads(_toml(seed=seed, target=target, budget=budget) + objective(kind)))
-    path = workdir / f"{name}-{kind}-{seed}"
-    run_search(cfg, str(path), resume=path.exists(), progress=False)
-    return Run.open(path)
+    name = f"{name}-{kind}-{seed}"
+    toml = _toml(seed=seed, target=target, budget=budget) + objective(kind)
+    return _search(workdir, name, toml, resume=(workdir / name).exists())[0]
 
 
 def main() -> None:

@@ -33,15 +33,16 @@ def quick_documents(quick: bool) -> Iterator[None]:
         DOCS.update(kept)
 
 
-def _search(workdir: Path, name: str, toml: str, progress: bool = False):
-    """One search through `run_search`, as `longrope search` runs it; end-to-end seconds."""
+def _search(workdir: Path, name: str, toml: str, progress: bool = False, resume: bool = False):
+    """One search through `run_search`, as `longrope search` runs it (`resume`: as `longrope
+    resume` does an existing one); end-to-end seconds."""
     from longrope.runs import Run
     from longrope.search import config
     from longrope.search.driver import run_search
 
     cfg = config.from_dict(tomllib.loads(toml))
     t0 = time.perf_counter()
-    run_search(cfg, str(workdir / name), progress=progress)
+    run_search(cfg, str(workdir / name), resume=resume, progress=progress)
     return Run.open(workdir / name), time.perf_counter() - t0
 
 
