@@ -79,7 +79,8 @@ class SearchConfig:
     # wilcoxon: prune when p < this, after at least pruner_startup documents. After k documents the
     # one-sided test's smallest p is 2^-k, so 0.3 and 2 may prune a candidate worse than the cut-off
     # parent on its first two (Optuna's defaults 0.1 and 2 could not before the 4th). The bench at the
-    # paper's budget: 0.57x the tokens of no pruning, held-out 1.0005x (0.1 and 3: 0.75x, 0.997x)
+    # paper's budget: 0.515x the tokens of no pruning, held-out 1.0000x (pruning_p.py before the
+    # generation-0 fix: 0.573x, 1.0005x; with 0.1 and 3: 0.754x, 0.997x)
     pruner_p: Fraction = 0.3
     pruner_startup: Annotated[int, Ge(2)] = 2
     storage: str = ""  # "" = RUN_DIR/journal.log (Optuna journal); or an RDB URL, e.g. sqlite:///x.db
