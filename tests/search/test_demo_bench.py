@@ -34,8 +34,12 @@ def test_demo_beats_every_baseline_on_heldout(tmp_path, capsys):
     assert (tmp_path / "demo" / "export" / "demo-ppl.png").stat().st_size > 1000
 
 
-def test_bench_quick_table_shape(tmp_path, monkeypatch):
+def test_bench_quick_table_shape(tmp_path, monkeypatch, capsys):
     r = run_bench(quick=True, out_dir=tmp_path)
+    log = capsys.readouterr().err  # a line as each section starts and ends, and one per search
+    for section in SECTIONS:
+        assert f" {section} ...\n" in log and f" {section} done in " in log
+    assert "  search r-needle-512-0: " in log
     assert set(r["summary"]) == set(GOALS) - {"scale_out_real"}
     assert finite_figures(r) and all(v >= 0 for v in r["summary"].values())
     assert 0 <= r["early_abort"]["early_abort_saved"] < 1 and r["speed"]["overhead"] > 0

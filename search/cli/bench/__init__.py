@@ -14,6 +14,7 @@ import argparse
 import json
 import os
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +26,7 @@ from .quality import (
     PAPER_SHAPE,
     early_abort,
     exact_ceiling,
+    note,
     plot_pruning,
     pruning,
     quick_documents,
@@ -73,7 +75,10 @@ def run_bench(quick: bool, out_dir: Path, only: list[str] | None = None) -> dict
         partial = len(only) < len(SECTIONS)  # a rerun of some (hours here): each kept once measured,
         with quick_documents(quick):  # so a killed bench loses only the one under way
             for section in [s for s in SECTIONS if s in only]:
+                t0 = time.perf_counter()
+                note(f"{section} ...")
                 _run_sections(r, [section], quick, Path(tmp))
+                note(f"{section} done in {time.perf_counter() - t0:.0f} s")
                 if partial:
                     _save(r, out_dir)
     if not partial:  # the summary needs every section

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 import time
 import tomllib
 from collections.abc import Iterator
@@ -43,7 +44,15 @@ def _search(workdir: Path, name: str, toml: str, progress: bool = False, resume:
     cfg = config.from_dict(tomllib.loads(toml))
     t0 = time.perf_counter()
     run_search(cfg, str(workdir / name), resume=resume, progress=progress)
-    return Run.open(workdir / name), time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    note(f"  search {name}: {seconds:.0f} s")
+    return Run.open(workdir / name), seconds
+
+
+def note(line: str) -> None:
+    """One progress line on stderr: a full bench runs for hours, mostly into a log file, where a
+    line per search and per section says how far it is (a tqdm bar there is one long line)."""
+    print(f"bench {time.strftime('%H:%M:%S')} {line}", file=sys.stderr, flush=True)
 
 
 def _stages(run) -> list[list[Any]]:
