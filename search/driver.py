@@ -266,8 +266,29 @@ class Driver:
                        f"mscale {'searched from ' if sp.searches_mscale else ''}{sp.mscale:.4f}")
         best = best_trial(study)
         self.refresh_best(stage, study, best, proposer)
-        bar = tqdm(total=stage.budget, initial=min(done, stage.budget), desc=stage.name, unit="eval",
-                   disable=not self.progress, file=sys.stderr, dynamic_ncols=True)
+        with tqdm(total=stage.budget, initial=min(done, stage.budget), desc=stage.name, unit="eval",
+                  disable=not self.progress, file=sys.stderr, dynamic_ncols=True) as bar:
+            # closed on the way out too, so a Ctrl-C's line starts a line of its own
+            best = self.evaluate_stage(stage, study, proposer, bar, best)
+            if (why := proposer.stalled(study)) is not None:
+                raise UserError(f"{stage.name} cannot go on short of its {stage.budget} evaluations: {why} "
+                                "(a journal that lost records); the best so far is in best/; restore the "
+                                "journal from a copy or start a new --run-dir")
+            if best is None:
+                self.run.event(f"{stage.name}: no complete evaluation")
+                return None
+            factors = proposer.factors(best)
+            if self.cfg.data.heldout_docs:  # minutes to hours at long L: the bar says what it waits for
+                bar.set_postfix_str(f"best ppl {best.value:.4f}; scoring it on the held-out documents")
+            self.score_heldout(stage, study, best, factors, proposer)
+            bar.set_postfix_str(f"best ppl {best.value:.4f}")
+        self.run.event(f"{stage.name}: done ({proposer.stop_reason(study)}), best ppl {best.value:.4f} "
+                       f"(trial {best.number})")
+        return factors
+
+    def evaluate_stage(self, stage: Stage, study: optuna.Study, proposer: Proposer, bar, best):
+        """Ask, dispatch and tell until the proposer has nothing more to ask and no job is out;
+        the stage's best trial at the end (`best`: at the start)."""
         if best is not None:
             bar.set_postfix_str(f"best ppl {best.value:.4f}")
         while True:
@@ -296,19 +317,7 @@ class Driver:
             g = proposer.generation_done(study, trial)
             if g is not None:
                 self.log_generation(stage, study, g, proposer)
-        bar.close()
-        if (why := proposer.stalled(study)) is not None:
-            raise UserError(f"{stage.name} cannot go on short of its {stage.budget} evaluations: {why} (a "
-                            "journal that lost records); the best so far is in best/; restore the journal "
-                            "from a copy or start a new --run-dir")
-        if best is None:
-            self.run.event(f"{stage.name}: no complete evaluation")
-            return None
-        factors = proposer.factors(best)
-        self.score_heldout(stage, study, best, factors, proposer)
-        self.run.event(f"{stage.name}: done ({proposer.stop_reason(study)}), best ppl {best.value:.4f} "
-                       f"(trial {best.number})")
-        return factors
+        return best
 
     def tell(self, study: optuna.Study, trial, ev) -> None:
         self.check_lease()
