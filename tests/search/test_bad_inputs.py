@@ -165,6 +165,17 @@ def test_cli_flags_budget_and_workers(tmp_path, capsys):
         assert not (tmp_path / "r").exists()
 
 
+def test_max_evals_above_the_budget_says_it_only_caps(tmp_path, capsys):
+    """A cap that looks like a raise (a finished run resumed with --max-evals 48, where a stage
+    runs 6) ran nothing more and said only "done": it now says why and what raises the budget."""
+    run = str(tmp_path / "r")
+    assert main(["search", cfg_file(tmp_path, SYN), "--run-dir", run, "--quiet", "--max-evals", "6"]) == 0
+    assert "note:" not in capsys.readouterr().err  # 6 = population 4 + 1 iteration x 2 children
+    assert main(["resume", run, "--quiet", "--max-evals", "7"]) == 0
+    assert "--max-evals 7 only caps a stage's evaluations, here population + iterations x children = 6; " \
+           "to run more, raise search.iterations" in capsys.readouterr().err
+
+
 RUN_CASES = {
     "resume a non-run": (lambda run, f, t: ["resume", str(t)], "is not a run directory"),
     "resume --run-dir a non-run": (lambda run, f, t: ["resume", "--run-dir", str(t)], "is not a run directory"),
