@@ -54,11 +54,22 @@ def run_demo(run_dir: str | None, as_json: bool, max_evals: int | None = None) -
     methods["searched"] = searched
     lengths = sorted({g.original_length, *cfg.space.targets, 2 * g.original_length})
     table: dict[str, dict[int, float]] = {m: {} for m in methods}
+    from tqdm import tqdm
+
+    # the comparison takes minutes on a laptop's CPU (more than the search on a shared one)
+    bar = tqdm(total=len(methods) * (len(lengths) + 1), desc="held-out", unit="run", disable=as_json,
+               file=sys.stderr, dynamic_ncols=True)
     for m, f in methods.items():
         for n in lengths:
+            bar.set_postfix_str(f"{m} @ {n}")
             table[m][n] = ev.evaluate(f, n, pool="heldout", kind="ppl").ppl
-    # retrieval at the target: the same needle samples for every method
-    needle = {m: ev.evaluate(f, target, pool="heldout", kind="needle") for m, f in methods.items()}
+            bar.update()
+    needle = {}  # retrieval at the target: the same needle samples for every method
+    for m, f in methods.items():
+        bar.set_postfix_str(f"{m} @ {target}, pass keys")
+        needle[m] = ev.evaluate(f, target, pool="heldout", kind="needle")
+        bar.update()
+    bar.close()
     path, warnings = export(run)
     plot = run.path / "export" / "demo-ppl.png"
     plot_table(table, g.original_length, plot)
