@@ -1,6 +1,9 @@
 """Run.studies(): the run's studies from its own storage (journal or the config's RDB URL)."""
 
-from search_helpers import run_small, small_cfg
+import json
+
+import pytest
+from search_helpers import ctrl_c_after, run_small, small_cfg
 
 from longrope.runs import Run
 from longrope.runs.status import counted_trials, evaluations, stage_summaries
@@ -45,3 +48,20 @@ def test_status_of_a_stage_created_but_not_started_says_so(tmp_path):
     lines = render_status(run, False).splitlines()
     assert "long-256: 12/12 evals" in lines[2], lines
     assert lines[3].strip() == "short-32: not started yet (no evaluation), starts once resumed", lines
+
+
+def test_status_lists_the_stages_the_config_plans_but_no_driver_started(tmp_path, monkeypatch):
+    """A run cut off in its first stage: status showed that stage alone, as if it were the run."""
+    from longrope.runs.status import render_status
+
+    ctrl_c_after(monkeypatch, 5)
+    with pytest.raises(KeyboardInterrupt):
+        run_small(tmp_path, short="[32]", iterations=0)
+    run = Run.open(tmp_path / "run")
+    lines = render_status(run, False).splitlines()
+    assert "long-256: 5/12 evals" in lines[2] and lines[3].strip() == "short-32: not started yet (starts once " \
+        "resumed)", lines
+    shown = json.loads(render_status(run, True))
+    assert [s["name"] for s in shown["stages"]] == ["long-256"] and shown["not_started"] == ["short-32"]
+    monkeypatch.undo()  # the same run uninterrupted: every planned stage has its line, none "not started"
+    assert "not started" not in render_status(run_small(tmp_path, "whole", short="[32]", iterations=0)[0], False)
