@@ -182,6 +182,10 @@ def _lambda_table(stage: StageView, seeds: dict[str, tuple[float, ...]]) -> list
     lines = ["| i | best | " + " | ".join(names) + " |", "|---" * (len(names) + 2) + "|"]
     for i, lam in enumerate(rec.lambdas):
         lines.append(f"| {i} | {lam:.6g} | " + " | ".join(f"{seeds[n][i]:.4g}" for n in names) + " |")
+    if stage.kind == "long":  # what a reader compares the best with: the seeds as computed, not as seeded
+        lines += ["", "The seeds' columns are the methods' own λ; generation 0 holds each snapped to the "
+                  "λ grid and clipped into the stage's bounds ([1, λmax], λmax = 1.25 s by default), so "
+                  "a value above λmax (dynamic_ntk's lowest frequencies) was seeded at λmax."]
     return lines
 
 
