@@ -170,18 +170,18 @@ def _per_step(d: dict[str, Any]) -> float | None:
     return eta / left if isinstance(eta, int | float) and left > 0 else None
 
 
-def planned(run: Run) -> list[str]:
-    """The stages the run's config asks for, in the order the driver runs them (search/stages.py:
-    long ones ascending, then short ones)."""
-    space = run.config().get("space", {})
+def planned(cfg: dict[str, Any]) -> list[str]:
+    """The stages a run's config (Run.config) asks for, in the order the driver runs them
+    (search/stages.py: long ones ascending, then short ones)."""
+    space = cfg.get("space", {})
     return [f"long-{t}" for t in space.get("targets", [])] + [f"short-{t}" for t in space.get("short", [])]
 
 
-def finished(run: Run, stages: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> bool:
-    """Every stage of the run's config done, and every fine-tune merged."""
-    after = set((run.config().get("finetune") or {}).get("after", []))
+def finished(cfg: dict[str, Any], stages: list[dict[str, Any]], tunes: list[dict[str, Any]]) -> bool:
+    """Every stage of the run's config (Run.config) done, and every fine-tune merged."""
+    after = set((cfg.get("finetune") or {}).get("after", []))
     merged = {f["target"] for f in tunes if f["done"]}
-    return set(planned(run)) <= {s["name"] for s in stages if s["done"]} and after <= merged
+    return set(planned(cfg)) <= {s["name"] for s in stages if s["done"]} and after <= merged
 
 
 def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
@@ -205,14 +205,15 @@ def driver_line(run: Run, driver: dict | None, done: bool = False) -> str:
 
 def render_status(run: Run, as_json: bool) -> str:
     stages, tunes = stage_summaries(run), finetune_summaries(run)
-    not_started = [n for n in planned(run) if n not in {s["name"] for s in stages}]  # no study yet
+    cfg, started = run.config(), {s["name"] for s in stages}
+    not_started = [n for n in planned(cfg) if n not in started]  # no study yet
     driver = holder(run.path / LOCK)
     if as_json:
         page = report_path(run)
         return json.dumps({"run": str(run.path), "stages": stages, "not_started": not_started,
                            "finetunes": tunes, "time": time.time(), "driver": driver,
                            "report": None if page is None else str(page)})
-    lines = [f"run {run.path}", driver_line(run, driver, finished(run, stages, tunes))]
+    lines = [f"run {run.path}", driver_line(run, driver, finished(cfg, stages, tunes))]
     # no live driver: the ETAs are for a resume, and a fine-tune goes on from its checkpoint
     stopped = "" if driver is not None and driver["state"] == "live" else " once resumed"
     if not stages and not not_started:

@@ -113,7 +113,11 @@ class RunConfig:
     def children(self) -> int:
         return self.search.mutants + self.search.crossovers
 
+    def full_budget(self) -> int:
+        """Evaluations per stage before max_evals: population + iterations × children."""
+        return self.search.population + self.search.iterations * self.children
+
     def budget(self) -> int:
-        """Evaluations per stage: population + iterations × children, capped by max_evals."""
-        full = self.search.population + self.search.iterations * self.children
+        """Evaluations per stage: full_budget, capped by max_evals."""
+        full = self.full_budget()
         return min(full, self.search.max_evals) if self.search.max_evals else full

@@ -43,7 +43,7 @@ def _overrides(cfg, args: argparse.Namespace):
         if args.max_evals < 1:
             raise UserError(f"--max-evals must be >= 1, got {args.max_evals}")
         cfg.search.max_evals = args.max_evals
-        full = cfg.search.population + cfg.search.iterations * cfg.children
+        full = cfg.full_budget()
         if args.max_evals > full:  # a cap that looks like a raise: say why nothing more runs
             print(f"note: --max-evals {args.max_evals} only caps a stage's evaluations, here population + "
                   f"iterations x children = {full}; to run more, raise search.iterations (for a resume, in "
