@@ -52,7 +52,10 @@ def cmd_apply(args: argparse.Namespace) -> int:
         from longrope.objectives.models import resolve
 
         model = resolve(model)[0]
-    print(apply_to_folder(args.factors, model, args.output, copy=args.copy))
+    try:
+        print(apply_to_folder(args.factors, model, args.output, copy=args.copy))
+    except UserError as e:  # a builtin is named as given, not by its folder inside the install
+        raise UserError(str(e).replace(str(model), args.model_dir)) from None
     if fits:  # after the folder is written: a refused apply has no warning to add
         print(f"warning: {fits}", file=sys.stderr)
     return 0

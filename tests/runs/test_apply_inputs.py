@@ -151,6 +151,9 @@ def test_apply_takes_an_embedded_model_by_its_builtin_name(tmp_path, capsys):
     assert written["max_position_embeddings"] == 512 and (tmp_path / "m" / "model.safetensors").exists()
     one_line(capsys, main(["apply", str(tmp_path / "f.json"), "builtin:nope", "-o", str(tmp_path / "n")]),
              "unknown builtin model 'builtin:nope'")
+    # refused by the model's own check: named as given, not by its folder inside the install
+    one_line(capsys, main(["apply", str(tmp_path / "f.json"), "builtin:tiny-sotu-alibi", "-o", str(tmp_path / "a")]),
+             "error: builtin:tiny-sotu-alibi is an ALiBi model (no rotary embeddings)")
 
 
 def test_factors_of_another_model_are_refused_by_apply_and_eval(tmp_path, capsys):
