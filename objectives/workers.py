@@ -168,13 +168,33 @@ def make_evaluator(spec: ObjectiveSpec):
     return Evaluator(spec)
 
 
+def on_ray_worker(spec: ObjectiveSpec, gpu_ids: list | None = None) -> ObjectiveSpec:
+    """The spec a Ray actor or task given no GPU runs: on the CPU. Ray (since 2.48,
+    ray-project/ray#54868) leaves CUDA_VISIBLE_DEVICES as it is for one given none, so it sees
+    every GPU of its node: model.device = "auto" would load every such replica onto GPU 0,
+    uncounted beside the replicas that hold it, and leave the node's other GPUs idle.
+    `gpu_ids`: ray.get_gpu_ids() (given by tests)."""
+    import dataclasses
+
+    if gpu_ids is None:
+        import ray
+
+        gpu_ids = ray.get_gpu_ids()
+    if gpu_ids or spec.model.device == "cpu":
+        return spec
+    if spec.model.device == "cuda":
+        raise UserError('model.device = "cuda" but this Ray worker holds no GPU: set workers.num_gpus '
+                        '(1, or 0.25 for four replicas a GPU)')
+    return dataclasses.replace(spec, model=dataclasses.replace(spec.model, device="cpu"))
+
+
 class _Worker:
     """Ray actor body: builds its evaluator in the constructor (weights load once)."""
 
     def __init__(self, spec: ObjectiveSpec):
         import os
 
-        self.ev = make_evaluator(spec)
+        self.ev = make_evaluator(on_ray_worker(spec))
         self._pid = os.getpid()
 
     def check(self, lengths: list[int]) -> RopeGeometry:

@@ -106,6 +106,9 @@ class RayBackend:
                  address: str = ""):
         import ray
 
+        if num_gpus == 0 and spec.model.device == "cuda":  # refused before Ray starts (workers.py)
+            raise UserError('model.device = "cuda" with workers.num_gpus = 0: the replicas would hold no '
+                            'GPU; set workers.num_gpus (1, or 0.25 for four replicas a GPU)')
         init_ray(address)
         self.ray = ray
         self.spec, self.count, self.num_gpus, self.num_cpus = spec, count, num_gpus, num_cpus

@@ -21,6 +21,7 @@ from pathlib import Path
 
 from longrope.objectives.finetune import CHECKPOINT, PROGRESS, check_targets, finetune
 from longrope.objectives.specs import FinetuneSpec, ObjectiveSpec
+from longrope.objectives.workers import on_ray_worker
 from longrope.runs import BestRecord, Run
 from longrope.runs.export import apply_to_folder, hf_config_patch
 from longrope.spaces import UserError
@@ -118,6 +119,11 @@ def _from_step(work: Path) -> str:
     return f" from step {step}" if isinstance(step, int) else ""
 
 
+def _ray_task(spec: ObjectiveSpec, *args, **kw):
+    """finetune as a Ray task: on the CPU when it holds no GPU (workers.on_ray_worker says why)."""
+    return finetune(on_ray_worker(spec), *args, **kw)
+
+
 def _here(*args, progress: bool, check=None, home=None):
     return finetune(*args, progress=progress, check=check, home=home)
 
@@ -134,7 +140,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     init_ray(workers.address)
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
             ray.exceptions.ObjectLostError)  # what Ray raises for a lost worker, not for a bug
-    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(finetune)
+    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(_ray_task)
     ref = task.remote(*args, progress=False, check=check, home=home)
     try:
         return ray_get(ref)

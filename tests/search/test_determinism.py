@@ -293,6 +293,33 @@ def test_gpus_on_a_cluster_without_gpus_is_an_error():
     assert check_resources([{"CPU": 8.0, "GPU": 2.0}], 4, 0.5, 1.0) == 4
 
 
+def test_a_replica_or_fine_tune_given_no_gpu_runs_on_the_cpu(monkeypatch):
+    """Ray 2.60 leaves CUDA_VISIBLE_DEVICES alone for an actor or task given no GPU, which then
+    sees its node's GPUs: model.device = "auto" goes to the CPU there, not to GPU 0 uncounted;
+    "cuda" is refused (before Ray starts, by the backend)."""
+    import ray
+
+    from longrope.objectives import workers
+    from longrope.search import finetuning
+    from longrope.search.backends import RayBackend
+
+    auto, cuda = ObjectiveSpec.of("synthetic"), ObjectiveSpec.of("synthetic", device="cuda")
+    assert workers.on_ray_worker(auto, []).model.device == "cpu"
+    assert workers.on_ray_worker(auto, [0]) is auto  # a GPU of its own: "auto" finds it
+    assert workers.on_ray_worker(cuda, ["1"]) is cuda
+    with pytest.raises(UserError, match='model.device = "cuda" but this Ray worker holds no GPU'):
+        workers.on_ray_worker(cuda, [])
+    seen = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
+    monkeypatch.setattr(workers, "make_evaluator", lambda spec: seen.append(spec.model.device))
+    monkeypatch.setattr(finetuning, "finetune", lambda spec, *a, **kw: seen.append(spec.model.device))
+    workers._Worker(auto)
+    finetuning._ray_task(auto, None, None, 256, "w", "o", progress=False)
+    assert seen == ["cpu", "cpu"]
+    with pytest.raises(UserError, match='model.device = "cuda" with workers.num_gpus = 0'):
+        RayBackend(cuda, 1, num_gpus=0.0)
+
+
 def test_a_replica_must_fit_on_one_node(capsys):
     """Two nodes of one GPU (one CPU) each hold 2 GPUs (CPUs) in all, but never a replica of 2:
     refused, not a hang; replicas that fit are counted node by node."""
