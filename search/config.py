@@ -180,9 +180,10 @@ def validate(cfg: RunConfig) -> None:
     if se.storage:
         _check_storage_url(se.storage)
     g = cfg.workers.num_gpus
-    if g > 1 and g != int(g):  # Ray shares one GPU between actors, never more than one
-        raise UserError(f"workers.num_gpus = {g}: above 1 it must be a whole number of GPUs "
-                        "(Ray fits fractions only inside one GPU)")
+    if g > 1:  # a replica (or a fine-tune) loads its model whole onto its first GPU: no device_map
+        raise UserError(f"workers.num_gpus = {g:g}: a replica runs on one GPU or a share of one (it "
+                        "loads its model onto its first GPU, so more would sit idle); a model too big "
+                        "for one GPU is not supported yet")
 
 
 def _check_storage_url(url: str) -> None:

@@ -90,7 +90,7 @@ class SearchConfig:
 class WorkersConfig:
     backend: Backend = "inprocess"  # inprocess | ray
     count: PosInt = 1  # model replicas (Ray actors)
-    num_gpus: NonNegFloat = 0.0  # GPUs per replica (0 on CPU; >1 for big models)
+    num_gpus: NonNegFloat = 0.0  # GPUs per replica: 0 (CPU), 1, or a share (0.25: four a GPU)
     num_cpus: NonNegFloat = 1.0  # CPUs per replica
     address: str = ""  # existing Ray cluster ("auto", "ray://..."); "" = RAY_ADDRESS or local
     batch_docs: PosInt = 1  # documents per forward when scoring perplexity (halved on GPU OOM)

@@ -79,7 +79,8 @@ def test_max_evals_caps_the_budget_and_never_raises_it(max_evals, budget):
         # a run without a long stage finished and could never be exported
         ("[space]\ntargets = []\nshort = [64]", "space.targets is empty: a search needs a long target"),
         # Ray's ValueError escaped as a traceback once the workers started
-        ("[workers]\nnum_gpus = 1.5", "workers.num_gpus = 1.5: above 1 it must be a whole number"),
+        ("[workers]\nnum_gpus = 1.5", "workers.num_gpus = 1.5: a replica runs on one GPU or a share of one"),
+        ("[workers]\nnum_gpus = 2", "workers.num_gpus = 2: a replica runs on one GPU or a share of one"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):
