@@ -27,7 +27,8 @@ def main(spec: str, length: int) -> tuple[float, int, str]:
     warm_up(m.model, architecture_of(m.model.config))  # a compiled head (nll auto on CUDA): as a worker does
     gen = torch.Generator().manual_seed(0)
     ids = torch.randint(0, m.model.config.vocab_size, (length,), generator=gen).numpy()  # cpu: numpy ids
-    if is_cuda(m.device):
+    if is_cuda(m.device):  # one untimed forward first: the first pays CUDA's kernel loads and its
+        document_nll(m.model, ids)  # allocator's growth (a CPU's first costs no more; skipped: 75 s at 16k)
         torch.cuda.reset_peak_memory_stats(m.device)
     sync(m.device)
     t = time.perf_counter()
