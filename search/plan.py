@@ -47,6 +47,19 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
     return geometry
 
 
+def release_memory() -> None:
+    """Free what a dropped model held: its modules' reference cycles (gc), then the CUDA cache."""
+    import gc
+
+    gc.collect()
+    try:
+        import torch
+    except ImportError:
+        return
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 class Plan:
     """What a search will do, checked before its run directory is written: the model's geometry,
     the stages, their seed files, the objective, and (once started) the checked backend."""
@@ -79,11 +92,14 @@ class Plan:
     def use_model(self, make: Callable[[], str]) -> None:
         """Score the stages to come on the model whose path `make()` returns (a fine-tune, run
         here): the workers stop first, since on Ray they may hold the GPUs or CPUs the fine-tune
-        needs, and the next `start_backend` (the next stage's) makes new ones; none after the last."""
+        needs, and the next `start_backend` (the next stage's) makes new ones; none after the last.
+        In-process, the scoring model is let go first too: on a GPU it would sit beside the
+        fine-tune's own copy (a 7B model's 14 GB in bf16)."""
         self.close()
+        self.backend, self.checked = None, False
+        release_memory()
         path = make()
         self.spec = dataclasses.replace(self.spec, model=dataclasses.replace(self.spec.model, path=path))
-        self.backend, self.checked = None, False
 
     def close(self) -> None:
         """Close the backend this plan made, once; a given one is left to its owner."""

@@ -146,6 +146,19 @@ def test_bad_finetune_sections_are_refused(extra, message):
         config.from_dict(tomllib.loads(text))
 
 
+def test_an_in_process_finetune_starts_with_the_scoring_model_let_go(tiny_model_dir, text_corpus_dir):
+    """On a GPU the scoring model would sit beside the fine-tune's own copy: it is freed first,
+    and the next stage's workers load the fine-tuned model."""
+    import weakref
+
+    plan = Plan(config.from_dict(tomllib.loads(_text(tiny_model_dir, text_corpus_dir))))
+    plan.start_backend()
+    model = weakref.ref(plan.backend.evaluator.loaded.model)
+    alive: list[bool] = []
+    plan.use_model(lambda: alive.append(model() is not None) or str(tiny_model_dir / "ft"))
+    assert alive == [False] and plan.backend is None and plan.spec.model.path == str(tiny_model_dir / "ft")
+
+
 def test_the_synthetic_objective_cannot_finetune():
     cfg = config.from_dict(tomllib.loads('[model]\npath = "synthetic"\n[space]\ntargets = [256]\n'
                                          '[finetune]\nafter = [256]\n'))
