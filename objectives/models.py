@@ -219,6 +219,9 @@ def load_model(
 
         if importlib.util.find_spec("flash_attn") is None:
             raise UserError("attention = 'flash_attention_2' but flash-attn is not installed")
+        if dtype == "float32":  # transformers only warns; every forward would then raise
+            raise UserError(f"attention = 'flash_attention_2' runs in bfloat16 or float16, not float32 "
+                            f"(on {device}); set model.dtype = 'bfloat16', or attention = 'sdpa'")
     if getattr(config, "sliding_window", None):
         config.sliding_window = None  # score the whole context, not a window
     full_attention(config)

@@ -55,6 +55,9 @@ class ModelSpec:
         check(self, where)
         if not self.path:
             raise UserError(f"{where}.path is empty")
+        if self.attention == "flash_attention_2" and self.dtype == "float32":  # transformers only warns
+            raise UserError(f"{where}.attention = 'flash_attention_2' runs in bfloat16 or float16, not "
+                            f"float32; set {where}.dtype = 'bfloat16' (or 'auto'), or attention = 'sdpa'")
 
 
 @dataclass

@@ -155,3 +155,15 @@ def test_a_gguf_file_edited_in_place_converts_afresh(tmp_path, monkeypatch):
     p.write_bytes(b"GGUF" + bytes(59) + b"\x01")  # same size, new bytes
     os.utime(p, ns=(2_000_000_000, 2_000_000_000))
     assert gguf_cache(p) != first
+
+
+def test_flash_attention_in_float32_is_refused_at_load(tiny_model_dir, monkeypatch):
+    """dtype auto resolves to float32 on a CPU (and for "float32" anywhere): transformers only
+    warns, and flash-attn raised at every forward; refused in one line before the weights load."""
+    import importlib.util
+
+    find = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: object() if name == "flash_attn"
+                        else find(name, *a))
+    with pytest.raises(UserError, match=r"runs in bfloat16 or float16, not float32 \(on cpu\)"):
+        load_model(str(tiny_model_dir), "auto", "cpu", "flash_attention_2")

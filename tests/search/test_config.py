@@ -81,6 +81,9 @@ def test_max_evals_caps_the_budget_and_never_raises_it(max_evals, budget):
         # Ray's ValueError escaped as a traceback once the workers started
         ("[workers]\nnum_gpus = 1.5", "workers.num_gpus = 1.5: a replica runs on one GPU or a share of one"),
         ("[workers]\nnum_gpus = 2", "workers.num_gpus = 2: a replica runs on one GPU or a share of one"),
+        # transformers only warns at load; every forward then raised
+        ("[model]\nattention = 'flash_attention_2'\ndtype = 'float32'",
+         "model.attention = 'flash_attention_2' runs in bfloat16 or float16, not float32"),
     ],
 )
 def test_each_bad_value_has_its_message(tmp_path, text, message):
