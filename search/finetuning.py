@@ -141,6 +141,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
             ray.exceptions.ObjectLostError)  # what Ray raises for a lost worker, not for a bug
     task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(_ray_task)
+    task = task.options(name="finetune")  # its name in `ray list tasks` and its worker's ray::finetune
     ref = task.remote(*args, progress=False, check=check, home=home)
     try:
         return ray_get(ref)
