@@ -169,7 +169,7 @@ def make_evaluator(spec: ObjectiveSpec):
 
 
 def on_ray_worker(spec: ObjectiveSpec, gpu_ids: list | None = None) -> ObjectiveSpec:
-    """The spec a Ray actor or task given no GPU runs: on the CPU. Ray (since 2.48,
+    """The spec a Ray actor or task given no GPU runs: on the CPU. Ray (2.60 here; the change is
     ray-project/ray#54868) leaves CUDA_VISIBLE_DEVICES as it is for one given none, so it sees
     every GPU of its node: model.device = "auto" would load every such replica onto GPU 0,
     uncounted beside the replicas that hold it, and leave the node's other GPUs idle.
