@@ -122,6 +122,8 @@ def cmd_check(args: argparse.Namespace) -> int:
     for dev in devices:
         if not args.json:
             print(f"self-test on {dev} ...", file=sys.stderr)
+        if dev.startswith("cuda"):  # each GPU and dtype compiles the head anew (headnll.py): past
+            torch._dynamo.reset()  # dynamo's 8 recompiles it would run eagerly, timed as compiled
         try:
             out["self_test"].append(self_test(model, dev, dtype, attention=attention or "sdpa",
                                               tokenizer=tokenizer))
