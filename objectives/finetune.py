@@ -195,7 +195,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     from tqdm.auto import tqdm
 
     from .attention import set_attention
-    from .models import load_model, training_dtype
+    from .models import load_model, training_attention, training_dtype
     from .rotary import patch_model
     from .s2attn import register
 
@@ -203,7 +203,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     work.mkdir(parents=True, exist_ok=True)
     m = spec.model
     dtype = training_dtype(m.dtype, m.device)
-    loaded = load_model(m.path, dtype, m.device, m.attention, m.threads, m.tokenizer)
+    attention = training_attention(m.attention, dtype)
+    loaded = load_model(m.path, dtype, m.device, attention, m.threads, m.tokenizer)
     if loaded.alibi:
         raise UserError(f"{m.path} uses ALiBi: there are no rotary factors to fine-tune with")
     docs = training_docs(spec, loaded.tokenizer, length)

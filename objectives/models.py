@@ -186,6 +186,12 @@ def training_dtype(dtype: str, device: str) -> str:
     return "float32" if resolved == "float16" else resolved
 
 
+def training_attention(attention: str, dtype: str) -> str:
+    """The attention a fine-tune loads with: the scoring one, but SDPA where training_dtype made
+    it float32 and flash-attn would refuse it (a float16 run scored with flash_attention_2)."""
+    return "sdpa" if attention == "flash_attention_2" and dtype == "float32" else attention
+
+
 def load_model(
     spec: str,
     dtype: str = "auto",

@@ -157,6 +157,10 @@ def check_resources(nodes: list[dict], count: int, num_gpus: float, num_cpus: fl
     if num_gpus > 0 and gpus <= 0:
         raise UserError(f"workers.num_gpus = {num_gpus} but the Ray cluster has no GPUs; "
                         "set workers.num_gpus = 0 to run on CPU, or join a GPU cluster (--address)")
+    if num_gpus == 0 and gpus > 0:  # `--workers N` alone, on a GPU machine: a slow run, said
+        print(f"note: the Ray cluster has {gpus:g} GPUs but workers.num_gpus = 0: the replicas run on "
+              f"the CPU; set workers.num_gpus = 1, or a share of one ({1 / count:g} for {count} a GPU)",
+              file=sys.stderr)
 
     def on(node: dict) -> int:  # replicas that fit on this node, counted as Ray places them:
         n = count  # in units of 1e-4, and a GPU fraction inside one GPU (0.6 fits once on each)

@@ -182,7 +182,8 @@ def validate(cfg: RunConfig) -> None:
     g = cfg.workers.num_gpus
     if g > 1:  # a replica (or a fine-tune) loads its model whole onto its first GPU: no device_map
         raise UserError(f"workers.num_gpus = {g:g}: a replica runs on one GPU or a share of one (it "
-                        "loads its model onto its first GPU, so more would sit idle); a model too big "
+                        "loads its model onto its first GPU, so more would sit idle); set it to 1 (for "
+                        "a run, in its config.toml: [workers] may change in a run); a model too big "
                         "for one GPU is not supported yet")
 
 

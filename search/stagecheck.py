@@ -103,8 +103,11 @@ def check_precision(backend, cfg: RunConfig, run: Run, stage: Stage, study: optu
     elif stored != got:
         dtype = cfg.model.dtype
         why = "model.dtype = 'auto' on their device" if dtype == "auto" else f"model.dtype = '{dtype}'"
+        w = cfg.workers
+        cpu = (" (on the CPU: workers.num_gpus = 0 on Ray; set it to 1, or a share of one, if the stage "
+               "ran on GPUs)") if w.backend == "ray" and w.num_gpus == 0 and got == "float32" else ""
         raise UserError(f"{stage.name} was scored in {stored} so far, but these workers load the model "
-                        f"in {got} ({why}): set dtype = '{stored}' under [model] in "
+                        f"in {got} ({why}){cpu}: set dtype = '{stored}' under [model] in "
                         f"{run.path / 'config.toml'} and resume, so that its candidates are scored "
                         "alike (or start a new --run-dir)")
 

@@ -110,21 +110,24 @@ def test_auto_dtype_is_bfloat16_only_where_the_gpu_computes_in_it(monkeypatch, c
                                                          ((7, 0), "bfloat16", "bfloat16")])
 def test_a_finetune_never_backpropagates_in_float16(monkeypatch, tmp_path, capability, dtype, expected):
     """float16 gradients underflow without a loss scale: where scoring runs float16 (auto on a
-    V100, or asked for), the fine-tune loads float32; bfloat16 trains as it is."""
+    V100, or asked for), the fine-tune loads float32; bfloat16 trains as it is. flash-attn refuses
+    float32: such a fine-tune trains with SDPA."""
     from longrope.objectives import finetune, models
 
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: capability)
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert models.training_dtype(dtype, "cuda") == expected and models.training_dtype("auto", "cpu") == "float32"
-    loads: list[str] = []
+    loads: list[tuple[str, str]] = []
 
-    def load_model(path, dtype, *a):
-        loads.append(dtype)
+    def load_model(path, dtype, device, attention, *a):
+        loads.append((dtype, attention))
         raise UserError("loaded")
 
     monkeypatch.setattr(models, "load_model", load_model)
-    spec = ObjectiveSpec.of("builtin:tiny-sotu", dtype=dtype, device="cuda")
-    with pytest.raises(UserError, match="loaded"):
-        finetune.finetune(spec, finetune.FinetuneSpec(), RescaleFactors.uniform(2.0, 32), 256, tmp_path / "w",
-                          tmp_path / "out")
-    assert loads == [expected]
+    for attention in ("sdpa", "flash_attention_2"):
+        spec = ObjectiveSpec.of("builtin:tiny-sotu", dtype=dtype, device="cuda", attention=attention)
+        with pytest.raises(UserError, match="loaded"):
+            finetune.finetune(spec, finetune.FinetuneSpec(), RescaleFactors.uniform(2.0, 32), 256, tmp_path / "w",
+                              tmp_path / "out")
+    flash = "sdpa" if expected == "float32" else "flash_attention_2"
+    assert loads == [(expected, "sdpa"), (expected, flash)]

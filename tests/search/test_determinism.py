@@ -320,6 +320,14 @@ def test_a_replica_or_fine_tune_given_no_gpu_runs_on_the_cpu(monkeypatch):
         RayBackend(cuda, 1, num_gpus=0.0)
 
 
+def test_replicas_asking_no_gpu_on_a_cluster_of_gpus_are_told_they_run_on_the_cpu(capsys):
+    """`--workers 4` alone switches to Ray with num_gpus = 0: on a GPU machine a slow run, said."""
+    assert check_resources([{"CPU": 8.0, "GPU": 2.0}], 4, 0.0, 1.0) == 4
+    assert "note: the Ray cluster has 2 GPUs but workers.num_gpus = 0: the replicas run on the CPU; set " \
+           "workers.num_gpus = 1, or a share of one (0.25 for 4 a GPU)" in capsys.readouterr().err
+    assert check_resources([{"CPU": 8.0}], 4, 0.0, 1.0) == 4 and capsys.readouterr().err == ""
+
+
 def test_a_replica_must_fit_on_one_node(capsys):
     """Two nodes of one GPU (one CPU) each hold 2 GPUs (CPUs) in all, but never a replica of 2:
     refused, not a hang; replicas that fit are counted node by node."""

@@ -5,6 +5,7 @@ checks it scores the same ones, and refuses when they changed."""
 import json
 
 import optuna
+import pytest
 
 from longrope.runs import Run, vocab
 from longrope.runs.status import render_status
@@ -141,6 +142,21 @@ def test_a_stage_records_the_dtype_it_scores_in_and_resume_refuses_another(tmp_p
     err = capsys.readouterr().err
     assert "long-256 was scored in bfloat16 so far, but these workers load the model in float32 " \
            "(model.dtype = 'auto' on their device): set dtype = 'bfloat16' under [model]" in err
+    # resumed on Ray with --workers N and no GPUs asked for, on the GPU machine the stage ran on:
+    # the replicas run on the CPU (workers.on_ray_worker), and bf16 on a CPU is not the way out
+    from types import SimpleNamespace
+
+    from longrope.search import config as configs
+    from longrope.search.stagecheck import check_precision
+    from longrope.spaces import UserError
+
+    cfg = configs.load(config)
+    cfg.workers.backend = "ray"
+    backend = type("B", (), {"precision": lambda self: "float32"})()
+    study = optuna.load_study(study_name="long-256", storage=run.storage())
+    with pytest.raises(UserError, match=r"\(model.dtype = 'auto' on their device\) \(on the CPU: workers.num_gpus "
+                                        r"= 0 on Ray; set it to 1, or a share of one, if the stage ran on GPUs\)"):
+        check_precision(backend, cfg, run, SimpleNamespace(name="long-256"), study)
     config.write_text(auto.replace('dtype = "auto"', 'dtype = "bfloat16"'))  # the advice, taken
     assert main(["resume", str(run_dir), "--quiet"]) == 0
 

@@ -77,7 +77,8 @@ def main() -> None:
             out["compiled_1024"] = {"seconds": median_seconds(run_compiled, REPS, dev),
                                     "max_abs_diff": float((nll - ref).abs().max())}
         except Exception as e:  # noqa: BLE001 (any compile failure is a figure, not the end)
-            out["compiled_1024"] = {"error": f"{type(e).__name__}: {str(e).strip().splitlines()[0][:300]}"}
+            why = (str(e).strip().splitlines() or [""])[0][:300]  # an empty message: no line
+            out["compiled_1024"] = {"error": f"{type(e).__name__}: {why}"}
         for chunk in (1024, 4096):
             for fused in (False, True):
                 name = f"{'cross_entropy' if fused else 'logsumexp'}_{chunk}"
