@@ -312,9 +312,8 @@ def test_a_replica_or_fine_tune_given_no_gpu_runs_on_the_cpu(monkeypatch):
     seen = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
     monkeypatch.setattr(workers, "make_evaluator", lambda spec: seen.append(spec.model.device))
-    monkeypatch.setattr(finetuning, "finetune", lambda spec, *a, **kw: seen.append(spec.model.device))
     workers._Worker(auto)
-    finetuning._ray_task(auto, None, None, 256, "w", "o", progress=False)
+    finetuning._ray_task(lambda spec, *a, **kw: seen.append(spec.model.device))(auto, None, None, 256, "w", "o")
     assert seen == ["cpu", "cpu"]
     with pytest.raises(UserError, match='model.device = "cuda" with workers.num_gpus = 0'):
         RayBackend(cuda, 1, num_gpus=0.0)

@@ -15,6 +15,7 @@ import torch
 from safetensors.torch import load_file
 from search_helpers import cli, trajectory
 
+from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run
 from longrope.search import config
 from longrope.search.driver import run_search
@@ -171,7 +172,7 @@ def _kill_the_finetune_task_at(run_dir, step: int, killed: list) -> threading.Th
     node does) once run_dir's fine-tune has passed `step`; the pid goes into `killed`."""
 
     def kill():
-        end = time.time() + 120
+        end = time.time() + 600  # a step a second beside a bench and another suite on 2 cores
         while _progress(run_dir) < step and time.time() < end:
             time.sleep(0.002)
         for proc in psutil.Process().children(recursive=True):  # this session's Ray, not another worker's
@@ -288,7 +289,7 @@ def test_an_interrupted_driver_waits_until_its_cancelled_finetune_task_has_ended
     monkeypatch.setattr(finetuning, "finetune", trains)
     monkeypatch.setattr(cluster, "ray_get", interrupted_once_it_trains)
     with pytest.raises(KeyboardInterrupt):
-        finetuning._on_ray(WorkersConfig(backend="ray", num_cpus=1))
+        finetuning._on_ray(WorkersConfig(backend="ray", num_cpus=1), ObjectiveSpec.of("synthetic"))
     # Ray had seen the task end (its worker's exit) when the driver went on: without the wait, it
     # had not yet. The process itself may take a moment more to be gone on a loaded machine (once
     # in CI it was still there when looked at), but it was killed, not left training.
