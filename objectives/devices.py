@@ -36,6 +36,18 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(torch.device(device))
 
 
+def release_memory() -> None:
+    """Free what dropped tensors held: their reference cycles (gc), then the CUDA cache, so the
+    next allocation (a smaller batch, another model) finds it."""
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
 def median_seconds(fn, reps: int, device: Any = "cpu") -> float:
     """Median wall time of `fn()` over `reps` calls, each ended by a device synchronisation."""
     times = []

@@ -16,7 +16,6 @@ worst surviving parent. A stopped candidate is recorded as pruned.
 
 from __future__ import annotations
 
-import gc
 import math
 import time
 from dataclasses import dataclass, field
@@ -26,6 +25,7 @@ import numpy as np
 
 from longrope.spaces import RescaleFactors, architecture_of
 
+from .devices import release_memory
 from .headnll import chunk_nll
 from .pruning import Cutoff, as_cutoff
 
@@ -97,8 +97,7 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
             raise
         rows = None  # retried below: in here the error's traceback holds the failed forward's tensors
     if rows is None:
-        gc.collect()  # what the failed forward allocated is freed before the smaller one runs
-        torch.cuda.empty_cache()
+        release_memory()  # what the failed forward allocated is freed before the smaller one runs
         setattr(model, OOM_AT, {**failed, length: len(docs)})  # below any size that failed before
         return batch_nll(model, docs, chunk)  # halved, now that this size is known not to fit
     return [(*mean_and_tail(row), len(d)) for row, d in zip(rows, docs, strict=True)]

@@ -79,7 +79,7 @@ class InProcessBackend:
         return bool(self._done)
 
     def close(self) -> None:
-        self.evaluator = None  # its model's memory goes back (plan.release_memory)
+        self.evaluator = None  # its model's memory goes back (devices.release_memory)
 
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed

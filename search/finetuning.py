@@ -119,11 +119,10 @@ def _from_step(work: Path) -> str:
     return f" from step {step}" if isinstance(step, int) else ""
 
 
-def _ray_task(train=None):
-    """finetune (or `train`) as a Ray task's body: on the CPU when it holds no GPU
+def _ray_task(train):
+    """`train` (finetune) as a Ray task's body: on the CPU when it holds no GPU
     (workers.on_ray_worker says why). A closure, so Ray ships the function it holds by value
     where it is no module's (a test's stand-in), and by reference where it is finetune."""
-    train = train or finetune
 
     def task(spec: ObjectiveSpec, *args, **kw):
         return train(on_ray_worker(spec), *args, **kw)
@@ -147,8 +146,8 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     init_ray(workers.address)
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
             ray.exceptions.ObjectLostError)  # what Ray raises for a lost worker, not for a bug
-    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(_ray_task())
-    task = task.options(name="finetune")  # its name in `ray list tasks` and its worker's ray::finetune
+    task = ray.remote(num_gpus=workers.num_gpus, num_cpus=workers.num_cpus, max_retries=RETRIES)(
+        _ray_task(finetune)).options(name="finetune")  # its name in `ray list tasks`: ray::finetune
     ref = task.remote(*args, progress=False, check=check, home=home)
     try:
         return ray_get(ref)

@@ -12,6 +12,7 @@ import dataclasses
 import sys
 from collections.abc import Callable
 
+from longrope.objectives.devices import release_memory
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.spaces import RopeGeometry, UserError, own_scaling
 
@@ -45,19 +46,6 @@ def preflight_geometry(cfg: RunConfig) -> RopeGeometry:
               f"plain θ = {geometry.base:g} at L0 = {geometry.original_length}, so the factors found replace "
               f"that scaling when applied (lengths up to L0 too, without a short stage)", file=sys.stderr)
     return geometry
-
-
-def release_memory() -> None:
-    """Free what a dropped model held: its modules' reference cycles (gc), then the CUDA cache."""
-    import gc
-
-    gc.collect()
-    try:
-        import torch
-    except ImportError:
-        return
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 class Plan:
