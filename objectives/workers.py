@@ -31,6 +31,7 @@ class Evaluator:
         from .rotary import patch_model
 
         self.spec = spec
+        self.gpu_share: float | None = None  # the memory cap of a replica given a share of one GPU
         m, d = spec.model, spec.data
         self.corpus = load_data(d)  # cheap errors first
         self.loaded = load_model(m.path, m.dtype, m.device, m.attention, m.threads, m.tokenizer, m.nll)
@@ -126,8 +127,10 @@ class Evaluator:
             return self._evaluate(factors, length, threshold, pool, kind, stride)
         except torch.cuda.OutOfMemoryError as e:
             torch.cuda.empty_cache()
-            m = self.spec.model
-            raise UserError(f"out of GPU memory scoring {length} tokens ({str(e).splitlines()[0][:160]}); "
+            m, share = self.spec.model, self.gpu_share
+            cap = f" (this replica may use {share:g} of the GPU's memory: workers.num_gpus)" if share else ""
+            first = str(e).splitlines()[0][:160]
+            raise UserError(f"out of GPU memory scoring {length} tokens ({first}){cap}; "
                             f"every candidate at this length needs as much. With dtype {m.dtype} and "
                             f"attention {m.attention}: try [model] dtype = \"bfloat16\", attention = "
                             "\"flash_attention_2\", fewer replicas per GPU (workers.num_gpus = 1), or a "
@@ -188,14 +191,45 @@ def on_ray_worker(spec: ObjectiveSpec, gpu_ids: list | None = None) -> Objective
     return dataclasses.replace(spec, model=dataclasses.replace(spec.model, device="cpu"))
 
 
+def cap_gpu_share(device: str, share: float) -> float | None:
+    """Keep a replica given a share of one GPU (workers.num_gpus = 0.25: four on a card) to that
+    share of the card's memory; return the share capped, None where there is nothing to cap.
+
+    Ray counts the shares and leaves their memory to the user. Without a cap PyTorch's caching
+    allocator keeps what a replica's largest forward took, and the replicas beside it run out of
+    memory in theirs, whichever asks last; with it, a replica past its share first frees its own
+    cache and retries (and a batch halves, perplexity.batch_nll), and otherwise fails alone, its
+    out-of-memory line naming the share. Non-PyTorch memory (each process's CUDA context) is
+    outside the cap."""
+    import torch
+
+    if not 0 < share < 1 or not str(device).startswith("cuda"):
+        return None
+    index = torch.device(device).index
+    torch.cuda.set_per_process_memory_fraction(float(share), torch.cuda.current_device() if index is None
+                                               else index)
+    return share
+
+
 class _Worker:
     """Ray actor body: builds its evaluator in the constructor (weights load once)."""
 
-    def __init__(self, spec: ObjectiveSpec):
+    def __init__(self, spec: ObjectiveSpec, share: float | None = None):
         import os
 
+        import ray
+
         self.ev = make_evaluator(on_ray_worker(spec))
+        if share is None:  # the GPU share Ray gave this actor (given by tests)
+            share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
+        loaded = getattr(self.ev, "loaded", None)  # the synthetic objective holds no model
+        self.share = share
+        self.ev.gpu_share = cap_gpu_share(loaded.device if loaded else "cpu", share)
         self._pid = os.getpid()
+
+    def gpu_share(self) -> tuple[float, float | None]:
+        """(the GPU share Ray gave this replica, the share its memory is capped at)."""
+        return self.share, self.ev.gpu_share
 
     def check(self, lengths: list[int]) -> RopeGeometry:
         return self.ev.check(lengths)

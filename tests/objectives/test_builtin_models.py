@@ -37,6 +37,10 @@ def test_out_of_gpu_memory_on_a_document_is_one_line_naming_the_remedies(monkeyp
     with pytest.raises(UserError, match=r"out of GPU memory scoring 256 tokens \(CUDA out of memory. Tried "
                        r"to allocate 20.00 GiB\).*dtype = \"bfloat16\", attention = \"flash_attention_2\""):
         ev.evaluate(method("yarn", ev.geometry, 256), 256)
+    ev.gpu_share = 0.25  # a replica of 4 on its GPU (workers.cap_gpu_share): its line names the cap
+    with pytest.raises(UserError, match=r"20.00 GiB\) \(this replica may use 0.25 of the GPU's memory: "
+                       r"workers.num_gpus\); every candidate"):
+        ev.evaluate(method("yarn", ev.geometry, 256), 256)
 
 
 def test_smollm2_missing_distribution_gives_install_line(monkeypatch):

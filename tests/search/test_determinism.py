@@ -5,6 +5,7 @@ import json
 import os
 import signal
 import threading
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -311,12 +312,45 @@ def test_a_replica_or_fine_tune_given_no_gpu_runs_on_the_cpu(monkeypatch):
         workers.on_ray_worker(cuda, [])
     seen = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [])
-    monkeypatch.setattr(workers, "make_evaluator", lambda spec: seen.append(spec.model.device))
-    workers._Worker(auto)
+    monkeypatch.setattr(workers, "make_evaluator", lambda spec: seen.append(spec.model.device) or SimpleNamespace())
+    workers._Worker(auto, share=0.0)
     finetuning._ray_task(lambda spec, *a, **kw: seen.append(spec.model.device))(auto, None, None, 256, "w", "o")
     assert seen == ["cpu", "cpu"]
     with pytest.raises(UserError, match='model.device = "cuda" with workers.num_gpus = 0'):
         RayBackend(cuda, 1, num_gpus=0.0)
+
+
+def test_a_replica_given_a_share_of_a_gpu_keeps_its_memory_to_that_share(monkeypatch):
+    """4 replicas of 0.25 GPU: each caps its allocator at a quarter of the card (a neighbour's
+    cached memory would otherwise run the others out); a whole GPU or the CPU is not capped."""
+    import ray
+    import torch
+
+    from longrope.objectives import workers
+
+    calls = []
+    monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
+    monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    assert workers.cap_gpu_share("cuda", 0.25) == 0.25 and workers.cap_gpu_share("cuda:1", 0.5) == 0.5
+    assert calls == [(0.25, 3), (0.5, 1)]
+    for device, share in (("cuda", 1.0), ("cuda:0", 0.0), ("cpu", 0.25)):
+        assert workers.cap_gpu_share(device, share) is None
+    assert calls == [(0.25, 3), (0.5, 1)]
+    seen = []
+    monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
+    monkeypatch.setattr(workers, "cap_gpu_share", lambda device, share: seen.append((device, share)) or share)
+    monkeypatch.setattr(workers, "make_evaluator", lambda spec: SimpleNamespace(loaded=SimpleNamespace(device="cuda")))
+    w = workers._Worker(ObjectiveSpec.of("synthetic", device="cuda"), share=0.25)
+    assert seen == [("cuda", 0.25)] and w.gpu_share() == (0.25, 0.25)
+
+
+def test_ray_replicas_read_their_gpu_share(ray_session):
+    """What Ray gave each actor reaches the cap (on this CPU nothing is capped: no model on CUDA)."""
+    backend = RayBackend(ObjectiveSpec.of("synthetic"), count=2, num_gpus=0.5)
+    try:
+        assert [backend._get(a.gpu_share.remote()) for a in backend.actors] == [(0.5, None)] * 2
+    finally:
+        backend.close()
 
 
 def test_replicas_asking_no_gpu_on_a_cluster_of_gpus_are_told_they_run_on_the_cpu(capsys):
