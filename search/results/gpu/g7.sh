@@ -8,7 +8,8 @@
 # bf16: agreement and the time of each form, and the rank check). The model for (1) and (2) is
 # SmolLM2-135M's shape with random weights (its config travels, its 93 MB of weights need not:
 # speed depends on the shape alone); M=builtin:smollm2-135m uses the real one on trip 3 of the
-# three-trip recipe (.gpu-smol-a in /tmp/stash, then carry .gpu-smol-b .gpu-s).
+# three-trip recipe (.gpu-smol-a in /tmp/stash, then carry .gpu-smol-b .gpu-s). (4, session 37) 4 Ray
+# replicas of 0.25 GPU: each reports (0.25, 0.25), Ray's share and its allocator's cap, and they score.
 # DEV=cpu L=256 for a dry run here.
 t0=$(date +%s); DEV=${DEV:-cuda}; L=${L:-16384}; R=$(pwd)
 . .gpu-s/setup.sh || exit 1
@@ -42,4 +43,22 @@ step "longrope check on $DEV with the embedded model"
 D=$DEV; [ "$D" = cuda ] && D=cuda:0
 timeout ${T3:-150} longrope check --device $D --json > $OUT/check7.json; echo "rc $?"
 python3 -c "import json,sys; t=json.load(open(sys.argv[1]))['self_test'][0]; print(json.dumps({k: t[k] for k in ('name', 'dtype', 'evaluation', 'nll', 'rank_check', 'ok')}, indent=1))" $OUT/check7.json
+step "4 Ray replicas x 0.25 GPU of the embedded model on $DEV: each caps its memory at its share (session 37)"
+timeout ${T4:-120} python3 - $DEV > $OUT/share7.json <<'PY'
+import json, sys, time
+import torch
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.search.backends import RayBackend
+from longrope.search.cluster import init_ray
+from longrope.objectives.methods import method_factors
+dev = sys.argv[1]
+init_ray(num_cpus=8, num_gpus=max(torch.cuda.device_count(), 1))  # on a CPU dry run: 1 GPU declared
+b = RayBackend(ObjectiveSpec.of("builtin:tiny-sotu", device=dev, heldout_docs=4), count=4, num_gpus=0.25, num_cpus=2)
+g = b.check([1024]); t = time.perf_counter()
+ppl = [b.evaluate_pool(method_factors(m, g, 1024), 1024, "heldout").ppl for m in ("pi", "ntk", "yarn")]
+print(json.dumps({"shares": [b._get(a.gpu_share.remote()) for a in b.actors], "ppl_pi_ntk_yarn_1024": ppl,
+                  "seconds": time.perf_counter() - t}, indent=1))
+b.close()
+PY
+echo "rc $?"; cat $OUT/share7.json
 echo "total $(( $(date +%s)-t0 ))s"
