@@ -121,8 +121,9 @@ def initial_factors(cfg: RunConfig, stage: Stage, g: RopeGeometry,
     for name in cfg.search.methods:
         if name.endswith(".json"):  # a user's factors: must lie in the space (n̂ included)
             f = RescaleFactors.load(name)
-            try:
-                stage.space.validate(f.replace(mscale=stage.space.mscale))  # its own mscale is replaced
+            try:  # its own mscale is replaced; off the grid it stays exact like the methods' seeds (an
+                # earlier run's best is often one of them: a λ of 4/3 from YaRN)
+                stage.space.validate(f.replace(mscale=stage.space.mscale), grid=False)
             except UserError as e:
                 raise UserError(f"factors file {name} in search.methods, at {stage.name}: {e}") from None
             out.append(f.replace(mscale=stage.space.mscale))

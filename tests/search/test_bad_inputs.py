@@ -40,7 +40,6 @@ def files(tmp_path_factory, tiny_model_dir):
     (d / "short" / "a.txt").write_text("just a few words")
     (d / "d.jsonl").write_text(json.dumps({"body": "hello"}) + "\n")
     (d / "nonmono.json").write_text(json.dumps({"lambdas": [1, 2, 1.5, 3] + [3] * 28}))
-    (d / "offgrid.json").write_text(json.dumps({"lambdas": [1.0, 1.234] + [2.0] * 6}))
     (d / "nhat.json").write_text(json.dumps({"lambdas": [1.0] * 8, "n_hat": 3}))
     (d / "broken.json").write_text("{nope")
     (d / "f.csv").write_text("i,long_factor,short_factor\n0,1.0,1.0\n")  # what export --format csv writes
@@ -124,7 +123,6 @@ def model_case(files, tiny, corpus, key):
         "no document reaches target": (f'"{tiny}"', f'"{files / "short"}"', "documents reach 256 tokens"),
         "text column missing": (f'"{tiny}"', f'"{files / "d.jsonl"}"', "has no column 'text'"),
         "non-monotone factors file": (f'"{tiny}"', f'"{corpus}"', "below λ[1]"),
-        "off-grid factors file": (f'"{tiny}"', f'"{corpus}"', "is not on the 0.01 grid"),
         "n_hat outside the set": (f'"{tiny}"', f'"{corpus}"', "n_hat = 3 is not one of"),
         "data of random bytes": (f'"{tiny}"', f'"{files / "binary"}"', "is not UTF-8 text"),
         "jsonl that is not JSON": (f'"{tiny}"', f'"{files / "notjson.jsonl"}"', "JSON parse error"),
@@ -133,14 +131,13 @@ def model_case(files, tiny, corpus, key):
     }[key]
 
 
-FACTOR_FILES = {"non-monotone factors file": "nonmono8.json", "off-grid factors file": "offgrid.json",
-              "n_hat outside the set": "nhat.json"}
+FACTOR_FILES = {"non-monotone factors file": "nonmono8.json", "n_hat outside the set": "nhat.json"}
 
 
 @pytest.mark.parametrize("case", ["model folder without config.json", "model without rope",
                                   "gguf that is not a model", "data path missing", "empty corpus",
                                   "no document reaches target", "text column missing",
-                                  "non-monotone factors file", "off-grid factors file", "n_hat outside the set",
+                                  "non-monotone factors file", "n_hat outside the set",
                                   "data of random bytes", "jsonl that is not JSON", "corrupt parquet",
                                   "unreachable hub dataset"])
 def test_bad_model_or_data(case, tmp_path, capsys, files, tiny_model_dir, text_corpus_dir):

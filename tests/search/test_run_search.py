@@ -15,6 +15,7 @@ from longrope.search import config, plan
 from longrope.search.backends import InProcessBackend
 from longrope.search.driver import Driver, run_search
 from longrope.search.proposers import SAMPLERS, GAProposer, OptunaProposer, make_proposer
+from longrope.search.sampler import from_params
 from longrope.search.stages import initial_factors, make_stages
 from longrope.spaces import UserError
 
@@ -218,6 +219,27 @@ def test_an_exported_factors_file_seeds_a_search_of_the_attention_factor(tmp_pat
     (stage,) = make_stages(cfg, GEOMETRY)
     (f,) = initial_factors(cfg, stage, GEOMETRY, None)
     assert f.lambdas == (1.0, 1.2, 1.5, 2.0, 2.5, 3.0, 3.5, 4.0) and f.mscale == stage.space.mscale
+
+
+def test_an_earlier_runs_best_off_the_grid_seeds_a_search_exactly(tmp_path):
+    """A stage's best is often one of generation 0's exact seeds (YaRN's λ = 4/3 is on no 0.01
+    grid): its file seeds the next run's search as it is, like the seed it was, where it was
+    refused as off the grid. Out of bounds or decreasing is still refused (test_bad_inputs)."""
+    from longrope.objectives.methods import method_factors
+    from longrope.objectives.synthetic import GEOMETRY
+
+    cfg, _ = small_cfg(iterations=1)
+    (stage,) = make_stages(cfg, GEOMETRY)
+    yarn = method_factors("yarn", GEOMETRY, stage.length).replace(mscale=stage.space.mscale)
+    assert stage.space.violations(yarn) and not stage.space.violations(yarn, grid=False)  # off the grid
+    (tmp_path / "best.json").write_text(yarn.to_json())
+    cfg.search.methods = [str(tmp_path / "best.json"), "pi"]
+    seeded = initial_factors(cfg, stage, GEOMETRY, None)
+    assert seeded[0].lambdas == yarn.lambdas
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    Driver(cfg, run, progress=False).run_all()
+    first = min(run.studies()[0].get_trials(), key=lambda t: t.number)  # scored as it is
+    assert from_params(first.params, stage.space).lambdas == yarn.lambdas
 
 
 def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
