@@ -40,6 +40,8 @@ class SpaceConfig:
     short: list[int] = field(default_factory=list)  # short-context lengths, each <= L0
     lambda_max_ratio: Annotated[float, Ge(1)] = 1.25  # λmax = ratio·s (paper 1.25)
     lambda_max: float = 0.0  # fixed λmax of the long stages instead of ratio·s; 0 = use the ratio
+    # fixed λmax of the short stages instead of ratio·1 (Phi-3.5's released short factors reach 2.03)
+    short_lambda_max: float = 0.0
     step: Annotated[float, Interval(gt=0, le=1)] = 0.01  # λ grid (paper 0.01)
     n_hat: list[int] = field(default_factory=lambda: list(N_HAT_PAPER))  # allowed n̂
     mscale: str | float = "su"  # su | yarn | none | search (one more gene, below) | a fixed float

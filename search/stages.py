@@ -86,18 +86,19 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
     n_hats = (0,) if sp.deployable else tuple(sp.n_hat)
     out = []
     for kind, lengths in (("long", sp.targets), ("short", sp.short)):
+        fixed = "lambda_max" if kind == "long" else "short_lambda_max"  # the stage's fixed λmax key
         for length in lengths:
             s = g.scale(length)
             try:
                 space = SearchSpace.for_target(
                     g.n_freqs, s, ratio=sp.lambda_max_ratio,
-                    lambda_max=(sp.lambda_max or None) if kind == "long" else None,  # short: ratio · 1
+                    lambda_max=getattr(sp, fixed) or None,  # 0: ratio·s (short stages: ratio·1)
                     step=sp.step, n_hats=n_hats, critical_dim=c,
                     search_below=c is not None and sp.below_critical == "search",
                     **stage_mscale(cfg, kind, s, g.original_length),
                 )
             except UserError as e:  # the bounds leave no searched λ: λmax below s with a critical_dim
-                key = "space.lambda_max" if sp.lambda_max else "space.lambda_max_ratio"
+                key = f"space.{fixed}" if getattr(sp, fixed) else "space.lambda_max_ratio"
                 raise UserError(f"{key} at {kind}-{length} (s = {s:g}): {e}") from None
             if kind == "long" and sp.lambda_max and sp.lambda_max < s:
                 print(f"note: space.lambda_max = {sp.lambda_max:g} is below s = {s:g} at {kind}-{length}: "
@@ -105,7 +106,7 @@ def make_stages(cfg: RunConfig, g: RopeGeometry) -> list[Stage]:
             if space.one_point:  # its budget would score the same candidate over and over
                 raise UserError(f"{kind}-{length}: the space holds one candidate (λ {space.lambda_min:g} to "
                                 f"λmax = {space.lambda_max:g}, n̂ in {list(space.n_hats)}): nothing to "
-                                "search; raise space.lambda_max_ratio (or lambda_max), or drop the stage")
+                                f"search; raise space.lambda_max_ratio (or {fixed}), or drop the stage")
             out.append(Stage(kind, length, space, cfg.budget(), len(out)))
     return out
 

@@ -43,6 +43,7 @@ def test_max_evals_caps_the_budget_and_never_raises_it(max_evals, budget):
         ("[search]\npopulation = true", "search.population must be int"),
         ("[space]\ntargets = [1024, '2k']", "space.targets must be list of int"),
         ("[space]\nlambda_max = 0.5", "space.lambda_max = 0.5 must be >= 1"),
+        ("[space]\nshort_lambda_max = 0.9", "space.short_lambda_max = 0.9 must be >= 1"),
         ("[space]\ntargets = [2048, 1024]", "ascending"),
         ("[space]\nmscale = 'sue'", "space.mscale = 'sue'"),
         ("[search]\nmax_evals = -1", "search.max_evals = -1 must be >= 0"),
@@ -132,6 +133,25 @@ def test_cli_bad_config_is_one_line_exit_2(tmp_path):
     assert r.returncode == 2
     assert r.stderr.count("\n") == 1 and r.stderr.startswith("error: ")
     assert "search.seed must be int" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_short_stages_take_their_own_fixed_lambda_max():
+    """Short stages search λ in [1, ratio·1] (1.25): Phi-3.5's released short factors reach 2.03,
+    out of reach unless lambda_max_ratio widened every long stage too. short_lambda_max sets the
+    short bound alone, as lambda_max does the long one; 0 keeps the ratio."""
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.stages import make_stages
+
+    def bounds(**space):
+        cfg = config.from_dict({"model": {"path": "synthetic"}, "space": {"targets": [256], "short": [32], **space}})
+        return [st.space.lambda_max for st in make_stages(cfg, GEOMETRY)]
+
+    assert bounds() == [5.0, 1.25]  # s = 4: 1.25·4; short: 1.25·1
+    assert bounds(short_lambda_max=2.5) == [5.0, 2.5]
+    assert bounds(lambda_max=6.0) == [6.0, 1.25]
+    with pytest.raises(UserError, match=r"short-32: the space holds one candidate .* raise "
+                                        r"space.lambda_max_ratio \(or short_lambda_max\)"):
+        bounds(short_lambda_max=1.0, n_hat=[0])
 
 
 def test_critical_dim_and_searched_mscale_per_stage():
