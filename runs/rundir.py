@@ -22,7 +22,7 @@ from longrope.spaces.files import (
 )
 
 from .best import BestRecord
-from .lease import LOCK_TIMEOUT, Lease
+from .lease import LOCK_TIMEOUT, Lease, RunBusy
 from .repair import refuse_unsafe_drop
 
 if TYPE_CHECKING:
@@ -78,7 +78,11 @@ class Run:
 
     @classmethod
     def create(cls, path: str | Path, config_text: str) -> Run:
+        """A new run at `path`, which the caller found no run when it started (check_new); one
+        made there since, by a driver started beside this one, is that driver's (RunBusy)."""
         p = Path(path)
+        if (p / CONFIG).is_file() and (p / CONFIG).stat().st_size:
+            raise _taken(p)
         cls.check_new(p)
         with uninterrupted():  # a signal half way left a folder neither `search` nor `resume` took
             make_folder(p / "best", "run directory")  # and the run directory with it
@@ -352,23 +356,29 @@ def _cut_off(p: Path, empty: bool = True) -> bool:
     return True
 
 
+def _taken(p: Path) -> RunBusy:
+    """Two drivers started at once on one new --run-dir: the one second to create it is busy, not
+    wrong (exit 75, like any second driver of a run; a requeue loop's retry resumes the run)."""
+    return RunBusy(f"{p} was made a run by another driver just now, while this one started; it is in "
+                   f"use: `longrope resume {quote(str(p))}` (or the same search) continues it once that "
+                   "driver stops, or choose a new --run-dir")
+
+
 def _claim(path: Path, text: str) -> None:
     """Write a new run's config.toml whole, and only if no other driver made the run meanwhile
     (two jobs started at once on one --run-dir both pass check_new): os.link fails on an existing
     name, where os.replace would let the second config overwrite the first's."""
     tmp = path.with_name(f".{path.name}.{os.getpid()}.claim")
-    taken = UserError(f"{path.parent} was made a run by another driver just now; resume it, or choose "
-                      "a new --run-dir")
     atomic_write_text(tmp, text)
     try:
         os.link(tmp, path)
     except FileExistsError:
-        raise taken from None
+        raise _taken(path.parent) from None
     except OSError:  # a file system without hard links: claim the name by an exclusive create,
         try:         # then put the whole text in place (a kill in between leaves it empty)
             os.close(os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
         except FileExistsError:
-            raise taken from None
+            raise _taken(path.parent) from None
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)

@@ -12,6 +12,7 @@ import pytest
 from search_helpers import run_small, small_cfg
 
 from longrope.runs import Run
+from longrope.runs.lease import RunBusy
 from longrope.search import config
 from longrope.spaces import UserError
 
@@ -141,13 +142,28 @@ def test_two_drivers_creating_one_run_at_once_do_not_both_write_its_config(tmp_p
         def no_link(*a, **kw):
             raise PermissionError(errno.EPERM, "Operation not permitted")
         monkeypatch.setattr(os, "link", no_link)
+    from longrope.runs import rundir
+
     Run.create(tmp_path / "r", "first = 1\n")
     assert (tmp_path / "r" / "config.toml").read_text() == "first = 1\n"
-    monkeypatch.setattr(Run, "check_new", staticmethod(lambda path: None))  # it looked before the first wrote
-    with pytest.raises(UserError, match="was made a run by another driver just now"):
+    # the second found no run when it started (run_search's check) and the first made it since: busy
+    # (exit 75, like any second driver of a run), not "exists and is not empty" (exit 2, which a
+    # requeue loop takes for a bad config and gives up on)
+    with pytest.raises(RunBusy, match="was made a run by another driver just now, while this one started"):
         Run.create(tmp_path / "r", "second = 2\n")
-    assert (tmp_path / "r" / "config.toml").read_text() == "first = 1\n"
-    assert not list((tmp_path / "r").glob(".*claim*"))
+    real = rundir.make_folder
+
+    def first_claims_meanwhile(path, what):  # after the second's own checks, before its claim
+        real(path, what)
+        if not (tmp_path / "r2" / "config.toml").exists():
+            (tmp_path / "r2" / "config.toml").write_text("first = 1\n")
+
+    monkeypatch.setattr(rundir, "make_folder", first_claims_meanwhile)
+    with pytest.raises(RunBusy, match="was made a run by another driver just now"):
+        Run.create(tmp_path / "r2", "second = 2\n")
+    for r in ("r", "r2"):
+        assert (tmp_path / r / "config.toml").read_text() == "first = 1\n"
+    assert not list(tmp_path.glob("r*/.*claim*"))
 
 
 KILL_AT = """

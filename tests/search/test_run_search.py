@@ -480,3 +480,24 @@ def test_a_space_with_no_new_candidate_left_ends_its_stage_and_resumes_to_the_sa
     status = json.loads(render_status(run, as_json=True))
     assert status["stages"][0]["done"] and status["stages"][0]["early_stopped_at"] == 2
     assert render_status(run, as_json=False).splitlines()[2].endswith(", done (stopped early at generation 2)")
+
+
+def test_a_search_started_beside_another_on_one_new_run_dir_is_busy(tmp_path, monkeypatch, capsys):
+    """Two jobs on one new --run-dir: the one whose workers come up second finds the run made by
+    the other. It exits 75 (busy: a requeue loop tries again and resumes the run), not 2 with
+    "exists and is not empty; ... resume a run" (a bad config to such a loop, and wrong)."""
+    from longrope.search.cli import main
+
+    cfg, text = small_cfg()
+    (tmp_path / "c.toml").write_text(text)
+    real = plan.Plan.start_backend
+
+    def the_other_makes_it(self):  # while this driver's workers load
+        real(self)
+        Run.create(tmp_path / "r", config.dumps(cfg))
+
+    monkeypatch.setattr(plan.Plan, "start_backend", the_other_makes_it)
+    rc = main(["search", str(tmp_path / "c.toml"), "--run-dir", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err
+    assert rc == 75 and "was made a run by another driver just now, while this one started" in err, err
+    assert Run.open(tmp_path / "r").studies() == []  # the other's run, untouched
