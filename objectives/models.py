@@ -23,7 +23,7 @@ from importlib.resources import files
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import RopeGeometry, UserError, architecture_of, is_alibi
+from longrope.spaces import RopeGeometry, UserError, architecture_of, is_alibi, reraise_interrupt
 
 from .alibi import convert
 from .cache import cache_root
@@ -109,6 +109,7 @@ def from_gguf(path: Path, convert: bool = True) -> tuple[Path, str | None]:
     except UserError:
         raise
     except Exception as e:
+        reraise_interrupt(e)  # a Ctrl-C inside an extension's import
         raise UserError(f"cannot convert the GGUF file {path}: {_first_line(e)}") from None
 
 
@@ -159,6 +160,7 @@ def read_config(folder: Path, gguf: str | None) -> Any:
         return transformers.AutoConfig.from_pretrained(str(folder), gguf_file=gguf) if gguf else \
             transformers.AutoConfig.from_pretrained(str(folder))
     except Exception as e:  # transformers raises ValueError/KeyError/OSError variously
+        reraise_interrupt(e)  # a Ctrl-C inside an extension's import
         what = f"GGUF file {folder / gguf}" if gguf else f"model folder {folder}"
         raise UserError(f"cannot read the {what} as a transformers model: {_first_line(e)}") from None
 
@@ -241,6 +243,7 @@ def load_model(
     except UserError:
         raise
     except Exception as e:
+        reraise_interrupt(e)  # a Ctrl-C inside an extension's import
         raise UserError(f"cannot load model {spec}: {_first_line(e)}") from None
     alibi = is_alibi(config)
     if alibi:
@@ -268,6 +271,7 @@ def load_tokenizer(path: str, folder: Path, gguf: str | None) -> Any:
     try:
         return transformers.AutoTokenizer.from_pretrained(str(where), **kw)
     except Exception as e:
+        reraise_interrupt(e)  # a Ctrl-C inside an extension's import
         hint = "" if path else "; give one with --tokenizer (eval) or model.tokenizer (config)"
         raise UserError(f"cannot load a tokenizer from {where}: {_first_line(e)[:160]}{hint}") from None
 

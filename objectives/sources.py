@@ -24,7 +24,7 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
-from longrope.spaces import UserError
+from longrope.spaces import UserError, reraise_interrupt
 
 SOTU = ("builtin:sotu", "builtin:sotu-train")
 DATA_FILES = {".parquet": "parquet", ".jsonl": "json", ".json": "json", ".csv": "csv"}
@@ -218,6 +218,7 @@ def _load(spec: str, kw: dict, split: str, streaming: bool) -> Any:
     try:
         return datasets.load_dataset(**kw, split=split, streaming=streaming)
     except Exception as e:
+        reraise_interrupt(e)  # a Ctrl-C inside an extension's import
         text = str(e)
         if isinstance(e, ValueError) and text.startswith(("Unknown split", "Bad split")):
             try:

@@ -13,7 +13,7 @@ from .architectures import (
     architecture_of,
     is_alibi,
 )
-from .errors import UserError, need_file, read_text
+from .errors import UserError, need_file, read_text, reraise_interrupt
 from .factors import (
     MSCALE_POLICIES,
     DeployedFactors,
@@ -58,6 +58,7 @@ __all__ = [
     "need_file",
     "own_scaling",
     "read_text",
+    "reraise_interrupt",
     "refuse_csv",
     "resolve_mscale",
     "method",

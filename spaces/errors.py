@@ -12,6 +12,19 @@ class UserError(ValueError):
     """Bad input that the user can fix; the message says what and how."""
 
 
+def reraise_interrupt(e: BaseException) -> None:
+    """Raise KeyboardInterrupt if `e` came of one. A Ctrl-C (or the driver's SIGTERM, raised as
+    one) that lands inside a C extension's import comes out as that import's error, pybind11's
+    ImportError "initialization failed" raised from it: a handler that turns a failed model or
+    dataset load into one line would call the model broken and exit 2 instead of 130."""
+    seen: set[int] = set()
+    while e is not None and id(e) not in seen:
+        if isinstance(e, KeyboardInterrupt):
+            raise KeyboardInterrupt from None
+        seen.add(id(e))
+        e = e.__cause__ or e.__context__
+
+
 def read_text(path: Path, what: str) -> str:
     """A text file's contents, or one line saying why not (missing, unreadable, not UTF-8).
     Every user-supplied file (configs, factors, a run's frozen config) is read through this."""

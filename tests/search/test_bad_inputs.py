@@ -298,3 +298,36 @@ def test_model_folder_without_tokenizer(tmp_path, capsys, tiny_model_dir, text_c
             (tok / f.name).write_bytes(f.read_bytes())
     assert main(argv + ["--tokenizer", str(tok), "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["none"]["32"] > 1
+
+
+def test_a_ctrl_c_inside_an_extensions_import_while_the_model_loads_is_an_interrupt(monkeypatch, capsys):
+    """A Ctrl-C landing in a C extension's import comes out as pybind11's ImportError("initialization
+    failed") raised from the KeyboardInterrupt: it was "error: cannot load model ...", exit 2 (seen
+    once in ~30 Ctrl-Cs during a load). Now it is the interrupt (130); a real ImportError stays 2."""
+    import transformers
+
+    from longrope.spaces import reraise_interrupt
+
+    def failed_import(interrupt: bool):
+        def from_pretrained(*a, **kw):
+            try:
+                raise KeyboardInterrupt if interrupt else OSError("libfoo.so: cannot open")
+            except BaseException as e:
+                raise ImportError("initialization failed") from e
+        return from_pretrained
+
+    argv = ["eval", "--lengths", "256", "--samples", "1", "--methods", "none"]
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", failed_import(True))
+    assert main(argv) == 130
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
+    monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", failed_import(False))
+    assert_one_line_error(main(argv), capsys.readouterr().err, "cannot load model builtin:tiny-sotu: "
+                                                               "ImportError: initialization failed")
+    looped = ValueError("a")  # an exception chain with a cycle ends
+    looped.__context__ = ImportError("b")
+    looped.__context__.__context__ = looped
+    assert reraise_interrupt(looped) is None
+    outer, inner = RuntimeError("outer"), ValueError("inner")
+    outer.__cause__, inner.__context__ = inner, KeyboardInterrupt()  # raised while handling an interrupt
+    with pytest.raises(KeyboardInterrupt):
+        reraise_interrupt(outer)
