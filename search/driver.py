@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 import sys
+from pathlib import Path
 from typing import Any
 
 import optuna
@@ -58,11 +59,19 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
             raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                             "would start the search over; give the run's own (a database that moved: "
                             f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
+        moved = ", or, if the model only moved, link it at its old path (ln -s NEW OLD) and put that path " \
+            "back in config.toml" if diff and diff[0].startswith("model.path:") else ""
         if diff:
             raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
                             "(search.iterations, max_evals, patience, min_improvement), [workers] and "
                             "model.device, dtype, threads, nll or data.cache_dir may change in a run: "
-                            "start a new --run-dir")
+                            f"start a new --run-dir{moved}")
+        model = cfg.model.path  # in-process the driver loads it (Ray workers may see paths it does not)
+        if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
+                and not Path(model).expanduser().exists():
+            raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
+                            f"run keeps its model; put it back there, or link it there (ln -s NEW {model}), "
+                            "and resume")
         run.check_writable()
         run.check_journal()
     elif resume:

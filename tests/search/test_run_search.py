@@ -501,3 +501,22 @@ def test_a_search_started_beside_another_on_one_new_run_dir_is_busy(tmp_path, mo
     err = capsys.readouterr().err
     assert rc == 75 and "was made a run by another driver just now, while this one started" in err, err
     assert Run.open(tmp_path / "r").studies() == []  # the other's run, untouched
+
+
+def test_a_run_whose_model_folder_moved_says_how_to_resume_it(tmp_path, tiny_model_dir):
+    """The model folder of an interrupted run moved (a tidied folder, another mount point): resume
+    said "model path ... does not exist", and once config.toml was edited, "start a new --run-dir",
+    which throws every evaluation away. Both now name the way that keeps them: a link at the old path."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    cfg, _ = small_cfg(model=str(tmp_path / "m"))
+    Run.create(tmp_path / "r", config.dumps(cfg))
+    (tmp_path / "m").rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=rf"was searched with model.path {tmp_path / 'm'}, which does not exist "
+                                        rf"now: .* link it there \(ln -s NEW {tmp_path / 'm'}\), and resume"):
+        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+    cfg.model.path = str(tmp_path / "moved")  # config.toml edited to the new place
+    with pytest.raises(UserError, match=r"another model.path: .*start a new --run-dir, or, if the model only "
+                                        r"moved, link it at its old path \(ln -s NEW OLD\)"):
+        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
