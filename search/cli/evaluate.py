@@ -67,6 +67,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
           else render(results, args.tail, args.task, by_depth), flush=True)
     if args.plot:  # after the table: a write that fails now still leaves the numbers printed
         plot_depths(results, args.plot)
+        print(f"wrote {args.plot}", file=sys.stderr)
     return 0
 
 
@@ -95,12 +96,14 @@ def register(sub: argparse._SubParsersAction) -> None:
         "lm_infinite:global=G,local=W sets them (defaults G = 10, W = L0); it equals none up to W tokens. "
         "Each document's first L tokens are scored in one forward pass, or, with --stride S, by "
         "sliding windows.")
-    e.add_argument("--model", default="builtin:tiny-sotu", help="HF folder, .gguf, or builtin:NAME")
+    e.add_argument("--model", default="builtin:tiny-sotu",
+                   help="HF folder, .gguf, or builtin:NAME (default: %(default)s, the embedded model)")
     e.add_argument("--tokenizer", default="", help="a folder holding the tokenizer, for a model folder "
                    "without one (default: the model's own)")
     e.add_argument("--data", default="builtin:sotu",
                    help="builtin:sotu, a folder of .txt files, a .txt/.jsonl/.json/.csv/.parquet file or "
-                   "a folder of them, or a hub dataset id")
+                   "a folder of them, or a hub dataset id (default: %(default)s, State of the Union "
+                   "addresses; give your own to score your model on its text)")
     e.add_argument("--text-column", default="text", help="text column for jsonl/parquet/hub data")
     # the [data] keys a run's documents depend on, so a run's held-out scores can be re-scored here
     e.add_argument("--data-split", default="train", metavar="NAME",
@@ -117,7 +120,8 @@ def register(sub: argparse._SubParsersAction) -> None:
     e.add_argument("--methods", default="none,pi,ntk,yarn",
                    help="comma-separated methods, e.g. none,yarn,lm_infinite:global=4,local=128 (a key=value "
                    "item continues the method before it; default: %(default)s)")
-    e.add_argument("--split", choices=["heldout", "search"], default="heldout", help="document pool")
+    e.add_argument("--split", choices=["heldout", "search"], default="heldout",
+                   help="document pool of the split a run makes (default: %(default)s)")
     e.add_argument("--samples", type=int, default=5, help="documents per length (default 5)")
     e.add_argument("--split-seed", type=int, default=0, help="seed of the document split")
     e.add_argument("--dtype", default="auto", choices=DTYPES,

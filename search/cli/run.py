@@ -123,7 +123,9 @@ def register(sub: argparse._SubParsersAction) -> None:
         p.add_argument("--address", help="join this Ray cluster (auto: the one `ray start` made on this "
                        "machine); else RAY_ADDRESS, else workers.address of the config (a resume: the "
                        "run's, as last driven), else a local Ray of its own")
-        p.add_argument("--max-evals", type=int, help="cap on evaluations per stage")
+        p.add_argument("--max-evals", type=int, help="cap on evaluations per stage; kept in the run's "
+                       "config.toml, so a later plain resume stops there too (resume --max-evals N "
+                       "raises it)")
         p.add_argument("--quiet", action="store_true", help="no progress bar")
         p.add_argument("--lock-timeout", type=float, default=LOCK_TIMEOUT, metavar="SECONDS",
                        help="take over the run's lock when its holder (on any host) has not renewed "

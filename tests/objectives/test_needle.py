@@ -161,8 +161,10 @@ def test_eval_task_json_shapes(tmp_path, capsys):
     assert out["needle"] != out["ppl"]  # the answer tokens only, not the documents
     png = tmp_path / "heat.png"
     assert main(base + ["--task", "passkey", "--depths", "3", "--plot", str(png)]) == 0
-    by_depth = json.loads(capsys.readouterr().out)
+    out_err = capsys.readouterr()
+    by_depth = json.loads(out_err.out)
     assert set(by_depth["yarn"]["256"]) == {"0.0", "0.5", "1.0"} and png.stat().st_size > 1000
+    assert f"wrote {png}" in out_err.err  # where the heatmap went
     assert main(base + ["--task", "needle", "--depths", "3"]) == 0  # needle: perplexity per depth
     needle = json.loads(capsys.readouterr().out)
     assert set(needle["yarn"]["256"]) == {"0.0", "0.5", "1.0"} and min(needle["yarn"]["256"].values()) > 1
