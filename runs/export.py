@@ -113,7 +113,7 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
 def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
     """A warning for each record whose stage is still short of its budget: an interrupted run's
     best file holds the best so far (generation 0's at first), not the search's result. And for
-    a short stage begun with no result yet: the export has none of its factors."""
+    a longer long stage or a short stage begun with no result yet: the export has none of its factors."""
     from .status import stage_summaries
 
     summaries = stage_summaries(run)
@@ -128,6 +128,13 @@ def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
         elif s is not None and not s["done"]:
             out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
                        f"are its best factors so far; {resume} finishes it")
+    longest = max((r.target_length for r in records if r.kind == "long"), default=None)
+    for t in run.config().get("space", {}).get("targets", []):  # a longer target, not searched yet
+        if longest and isinstance(t, int) and t > longest and not run.best_path("long", t).exists():
+            s = stages.get(("long", t))
+            done = f"{s['evals']}/{s['budget']} evaluations" if s else "not started"
+            out.append(f"stage long-{t} has no result yet ({done}): this export reaches {longest} tokens, "
+                       f"not {t}; {resume} searches it")
     if not any(r.kind == "short" for r in records):
         for s in summaries:
             if s["kind"] == "short" and s["target"] and not run.best_path("short", s["target"]).exists():

@@ -117,6 +117,30 @@ def test_export_of_an_unfinished_stage_says_so(tmp_path, capsys, monkeypatch):
     assert "unfinished" not in capsys.readouterr().err
 
 
+def test_export_of_a_run_whose_longer_target_has_no_result_yet_says_so(tmp_path, capsys, monkeypatch):
+    """targets [256, 512], interrupted in long-256: the export is long-256's, and it warned of that
+    stage alone, not that the run's 512 target has nothing yet (a user exports, deploys at 512)."""
+    from search_helpers import ctrl_c_after, small_cfg
+
+    (tmp_path / "c.toml").write_text(small_cfg(iterations=2)[1].replace("targets = [256]", "targets = [256, 512]"))
+    run = tmp_path / "run"
+    for evals, state in ((20, "not started"), (4, "0/24 evaluations")):  # in long-256, then as long-512 began
+        ctrl_c_after(monkeypatch, evals)
+        with pytest.raises(SystemExit):
+            main(["search" if evals == 20 else "resume", *([str(tmp_path / "c.toml"), "--run-dir"]
+                                                             if evals == 20 else []), str(run), "--quiet"])
+        monkeypatch.undo()
+        capsys.readouterr()
+        assert main(["export", str(run)]) == 0
+        err = capsys.readouterr().err
+        assert f"warning: stage long-512 has no result yet ({state}): this export reaches 256 tokens, not 512" \
+            in err, err
+    assert main(["resume", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 0
+    assert "no result yet" not in capsys.readouterr().err
+
+
 def test_export_of_a_run_whose_short_stage_has_no_result_yet_says_so(tmp_path, capsys, monkeypatch):
     """Interrupted as its short stage began: the export has λ = 1 up to L0, and its one warning
     said the lengths up to L0 were scored "(no short stage)". Now it names the stage."""
