@@ -318,3 +318,24 @@ def test_phi3_warns_of_a_searched_mscale_a_thousandth_off_the_derived_one():
     assert phi3_mscale_warning(patch) is not None
     patch["rope_scaling"]["attention_factor"] = derived
     assert phi3_mscale_warning(patch) is None
+
+
+def test_export_writes_what_each_record_holds(tiny_run, tmp_path):
+    """The values an export carries, each from its own record: the longest target by default, the
+    short stage's own n̂, the long mscale for lengths up to L0 when there is no short stage (what
+    transformers applies there), the exact λ in a CSV, and L / L0 for a target no multiple of L0."""
+    long = tiny_run.best("long", 128)
+    run = Run.create(tmp_path / "r", (tiny_run.path / "config.toml").read_text())
+    exact = tuple(1.0 + i / 3 for i in range(len(long.lambdas)))  # off any decimal grid
+    for n in (64, 100):
+        run.write_best(dataclasses.replace(long, target_length=n, lambdas=exact if n == 100 else long.lambdas,
+                                           mscale=1.25))
+    assert run.best("long").target_length == 100  # the longest, not the first found
+    path, _ = export(run)
+    patch = json.loads(path.read_text())
+    assert path.name == "longrope-100.json" and patch["rope_scaling"]["factor"] == 100 / 32  # 3.125
+    assert patch["rope_scaling"]["short_mscale"] == patch["rope_scaling"]["long_mscale"] == 1.25
+    csv, _ = export(run, fmt="csv")
+    assert tuple(float(x) for x in csv.read_text().split()) == exact
+    run.write_best(dataclasses.replace(tiny_run.best("short", 16), n_hat=4))
+    assert json.loads(export(run)[0].read_text())["longrope_search"]["short_n_hat"] == 4 != long.n_hat
