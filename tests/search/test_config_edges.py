@@ -46,3 +46,26 @@ def test_a_spec_handed_out_does_not_change_with_the_config_it_came_from():
     cfg.model.path, cfg.data.path, cfg.objective.kind = "other", "other-data", "needle"
     assert (spec.model.path, spec.data.path, spec.task.kind) == (config.RunConfig().model.path,
                                                                  config.RunConfig().data.path, "ppl")
+
+
+def test_the_bounds_themselves_are_allowed():
+    """parents = population (every candidate a parent) and λmax = 1 (long or short: no stretch
+    above 1) are the edges of what is allowed, not past them."""
+    cfg = _from_dict({"search": {"population": 4, "parents": 4}, "space": {"lambda_max": 1.0,
+                                                                           "short_lambda_max": 1.0}})
+    assert (cfg.search.parents, cfg.space.lambda_max, cfg.space.short_lambda_max) == (4, 1.0, 1.0)
+
+
+def test_a_config_from_a_pipe_is_read(tmp_path):
+    """`longrope search <(make-config) ...`: a FIFO is no regular file, and was refused as missing."""
+    import os
+    import threading
+
+    fifo = tmp_path / "c.toml"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("[search]\npopulation = 8\nparents = 4\n"), daemon=True)
+    writer.start()
+    try:
+        assert config.load(fifo).search.population == 8
+    finally:
+        writer.join(timeout=10)
