@@ -229,3 +229,48 @@ def test_a_resume_clears_what_kill_9s_left_in_the_run_folder(tmp_path):
     r = longrope("resume", str(run.path), "--quiet")
     assert r.returncode == 0, r.stderr
     assert tree(run.path) == sorted([*before, str(live.relative_to(run.path))])
+
+
+def test_an_intact_journal_is_left_as_it_is_and_a_torn_last_line_dropped(tmp_path):
+    """repair_journal runs on every resume: on a healthy journal it must do nothing (a wrong end
+    truncates a sound run and says it dropped a line); a torn last line goes, whole lines stay."""
+    run = Run.create(tmp_path / "r", "[space]\ntargets = [256]\n")
+    assert run.repair_journal() is None  # empty
+    lines = b'{"op_code": 0, "study_name": "a", "directions": [1]}\n{"op_code": 4, "study_id": 0}\n'
+    run.journal.write_bytes(lines)
+    assert run.repair_journal() is None and run.journal.read_bytes() == lines
+    run.journal.write_bytes(lines + b'{"op_code": 5, "tri')
+    assert run.repair_journal() == "dropped a torn last journal line (19 bytes)"
+    assert run.journal.read_bytes() == lines
+
+
+def test_a_folder_with_results_but_no_config_is_not_taken_for_a_cut_off_creation(tmp_path, capsys):
+    """Only the empty skeleton Run.create writes before config.toml may be taken by a new search;
+    a folder whose best/ or export/ holds files (a run whose config.toml was deleted) is not."""
+    from longrope.search.cli import main
+
+    for sub in ("best", "export"):
+        p = tmp_path / sub
+        Run.create(p, "[space]\ntargets = [256]\n")
+        (p / "config.toml").unlink()
+        (p / sub / "long-256.json").write_text("{}")
+        with pytest.raises(UserError, match="exists and is not empty"):
+            Run.check_new(p)
+        assert main(["status", str(p)]) == 2
+        assert "is not a run directory: no config.toml" in capsys.readouterr().err
+        assert main(["resume", str(p)]) == 2
+        assert "creation was cut off" not in capsys.readouterr().err
+
+
+def test_a_stray_best_file_is_ignored(tmp_path):
+    """best/long-1024-old.json (a user's copy) beside the run's own: bests(), best(), status and
+    export read the records named by a length only, not a ValueError traceback."""
+    from longrope.runs.best import BestRecord
+    from longrope.search.cli import main
+
+    run, _ = run_small(tmp_path)
+    record = run.best("long")
+    (run.path / "best" / "long-256-old.json").write_text(record.to_json())
+    assert list(run.bests("long")) == [256] and run.best("long") == record
+    assert isinstance(BestRecord.load(run.best_path("long", 256)), BestRecord)
+    assert main(["status", str(run.path)]) == 0 and main(["export", str(run.path)]) == 0
