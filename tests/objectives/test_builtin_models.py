@@ -135,3 +135,11 @@ def test_a_finetune_never_backpropagates_in_float16(monkeypatch, tmp_path, capab
                               tmp_path / "out")
     flash = "sdpa" if expected == "float32" else "flash_attention_2"
     assert loads == [(expected, "sdpa"), (expected, flash)]
+
+
+def test_cuda_on_a_machine_without_a_gpu_is_one_line(monkeypatch):
+    """model.device = "cuda" (search, eval) where torch sees no GPU: one line, not torch's own
+    traceback from the first tensor moved there."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    with pytest.raises(UserError, match="model.device = 'cuda' but torch sees no GPU on this machine"):
+        load_model("builtin:tiny-sotu", device="cuda")

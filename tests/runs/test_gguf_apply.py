@@ -144,10 +144,13 @@ def one_line(capsys, rc, message):
 
 
 def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, base: float | None = 1e5,
-              layers: int | None = None, **keys) -> Path:
+              layers: int | None = None, shards: int | None = None, **keys) -> Path:
     """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
-    rope_freqs tensor when given; θ = `base` (None: no such key, llama.cpp's default)."""
+    rope_freqs tensor when given; θ = `base` (None: no such key, llama.cpp's default); `shards`:
+    split.count, as llama-gguf-split writes it in each shard."""
     w = gguf.GGUFWriter(path, arch)
+    if shards is not None:
+        w.add_uint16("split.count", shards)
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
     if layers is not None:
         w.add_uint32(f"{arch}.block_count", layers)
@@ -183,6 +186,8 @@ def test_refusals_are_one_line_and_write_nothing(applied, smol, tmp_path, capsys
         (good, out, out, "is the input model"),
         (good, smol, tmp_path / "taken.gguf", "exists"),
         (good, tiny_gguf(tmp_path / "g2.gguf", "gpt2"), tmp_path / "o.gguf", "architecture is 'gpt2'"),
+        (good, tiny_gguf(tmp_path / "s.gguf", "llama", shards=2), tmp_path / "o.gguf",
+         "s.gguf is one shard of a split GGUF; merge it first (llama-gguf-split --merge)"),
         (good, tmp_path / "text.gguf", tmp_path / "o.gguf", "is not a readable GGUF file"),
         (tmp_path / "raw.json", smol, tmp_path / "o.gguf", "holds raw factors (32 λ), not an export"),
         (tmp_path / "other-l0.json", smol, tmp_path / "o.gguf",
