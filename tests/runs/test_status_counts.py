@@ -68,3 +68,16 @@ def test_stages_are_listed_long_first_then_by_length():
                _study("long-4096", "long", 4096, 1, [_trial(C, 1)]),
                _study("long-2048", "long", 2048, 1, [_trial(C, 1)])]
     assert [s["name"] for s in stage_summaries(_run_of(*studies))] == ["long-2048", "long-4096", "short-512"]
+
+
+def test_a_run_whose_finetune_is_still_to_merge_is_not_finished():
+    """Every stage done but the fine-tune after long-64 not merged yet: status said "none running
+    (the run is finished)" instead of naming the resume that trains it."""
+    from longrope.runs.status import finished
+
+    cfg = {"space": {"targets": [64, 128]}, "finetune": {"after": [64]}}
+    stages = [{"name": "long-64", "done": True}, {"name": "long-128", "done": True}]
+    assert not finished(cfg, stages, [])
+    assert not finished(cfg, stages, [{"target": 64, "done": False}])
+    assert finished(cfg, stages, [{"target": 64, "done": True}])
+    assert not finished(cfg, stages[:1], [{"target": 64, "done": True}])  # long-128 not done

@@ -348,6 +348,30 @@ def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir,
     assert not run.model_dir(64).exists() and [s.study_name for s in run.studies()] == ["long-64"]
 
 
+def test_a_driver_taken_over_as_its_finetune_begins_writes_nothing_of_it(tiny_model_dir, text_corpus_dir,
+                                                                         tmp_path, monkeypatch):
+    """Taken over between the stage's end and the fine-tune's start: the lease is looked at before
+    the fine-tune's first write, so neither trained_with.json (which the new holder's fine-tune
+    would then keep, with factors it may not have) nor an event line lands in the run."""
+    from longrope.search import driver, finetuning
+
+    text = _text(tiny_model_dir, text_corpus_dir, steps=2).replace("short = [16]", "short = []")
+    run_dir = tmp_path / "r"
+    real = driver.finetune_stage
+
+    def taken_over_then_finetune(*args, **kw):
+        (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
+                                                      "started": time.time(), "token": "theirs"}))
+        return real(*args, **kw)
+
+    monkeypatch.setattr(driver, "finetune_stage", taken_over_then_finetune)
+    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+    run = Run.open(run_dir)
+    assert not (run.finetune_dir(64) / finetuning.TRAINED_WITH).exists()
+    assert "finetune-64" not in (run_dir / "events.log").read_text()
+
+
 def test_a_driver_taken_over_while_it_trains_writes_no_checkpoint(tiny_model_dir, text_corpus_dir, tmp_path,
                                                                   monkeypatch):
     """The lease is looked at before each training step's writes: a driver taken over during a
