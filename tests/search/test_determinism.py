@@ -509,6 +509,42 @@ def test_replacements_lost_with_their_nodes_do_not_count_as_failing_to_start(ray
         backend.close()
 
 
+def test_a_candidate_whose_workers_went_down_with_their_nodes_is_rerun_not_failed(ray_session, monkeypatch):
+    """A spot cluster losing nodes: the candidate on each lost node is re-run, however often, since
+    a node's loss says nothing against it (not MAX_DEATHS deaths and FAILED, as a candidate that
+    kills its workers is). While a replacement starts, the job waiting for it leaves nothing free."""
+    from longrope.objectives.perplexity import COMPLETE
+    from longrope.search.backends import MAX_DEATHS
+
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=1)
+    real_get, real_submit, evals, lost = backend._get, backend.submit, set(), []
+
+    def submit(job, actor=None):
+        real_submit(job, actor)
+        evals.update(backend.inflight)
+
+    def node_lost(ref):  # the evaluation's node goes down under it, MAX_DEATHS + 1 times
+        if ref in evals and len(lost) <= MAX_DEATHS:
+            evals.discard(ref)
+            lost.append(ref)
+            raise ray_session.exceptions.RayActorError(preempted=True)
+        return real_get(ref)
+
+    monkeypatch.setattr(backend, "submit", submit)
+    monkeypatch.setattr(backend, "_get", node_lost)
+    try:
+        backend.submit(_job(0))
+        key, ev = backend.wait()
+        assert key == 0 and ev.status == COMPLETE and len(lost) == MAX_DEATHS + 1
+        backend._replace(backend.actors[0], RuntimeError("its node died"))
+        assert backend.free() == 1  # the replacement's, before anything waits for it
+        backend.submit(_job(1))
+        assert list(backend.queue) and backend.free() == 0
+        assert backend.wait()[0] == 1
+    finally:
+        backend.close()
+
+
 def test_workers_in_two_dtypes_are_refused_and_so_is_a_replacement_in_another(ray_session):
     """model.dtype = auto over GPUs of two generations loads bf16 on some workers and fp16 on
     others (here a third worker is forced to bf16 by its spec): one line, not a mixed ranking.
