@@ -367,3 +367,42 @@ def test_the_parity_sees_the_order_of_lambda_and_the_attention_factor(monkeypatc
     out = capsys.readouterr().out
     assert "longrope: max |Δlogit| / max |logit| (not checked: transformers' longrope twin: " in out, out
     assert "all checks passed" in out
+
+
+def test_flags_win_over_the_configs_keys_and_every_device_must_pass(tmp_path, capsys, monkeypatch):
+    """`check RUN --model/--dtype/--attention/--tokenizer/--device`: each flag given is what is
+    self-tested, the config filling in the rest (a run set to cuda checked on the CPU with --device
+    cpu). Over several devices one failing fails the check; a model that cannot load is the one
+    line and exit 2 of any bad input, not a device's failure; a GPU index past the last is refused."""
+    from longrope.search.cli import check
+    from longrope.spaces import UserError
+
+    seen, fails = [], set()
+
+    def stub(model, dev, dtype, **kw):
+        if model == "missing":
+            raise UserError("model path missing does not exist")
+        seen.append((model, dev, dtype, kw))
+        return {"device": dev, "ok": dev not in fails}
+
+    monkeypatch.setattr(selfcheck, "self_test", stub)
+    (tmp_path / "run.toml").write_text('[model]\npath = "builtin:smollm2-135m"\ndtype = "bfloat16"\n'
+                                       f'attention = "eager"\ntokenizer = "{tmp_path}"\ndevice = "cuda"\n')
+    flags = ["--model", "builtin:tiny-sotu", "--dtype", "float32", "--attention", "sdpa", "--tokenizer", "tok"]
+    assert main(["check", str(tmp_path / "run.toml"), "--json", "--device", "cpu", *flags]) == 0
+    assert seen == [("builtin:tiny-sotu", "cpu", "float32", {"attention": "sdpa", "tokenizer": "tok"})]
+    seen.clear()
+    assert main(["check", str(tmp_path / "run.toml"), "--json", "--device", "cpu"]) == 0  # the config's
+    assert seen == [("builtin:smollm2-135m", "cpu", "bfloat16", {"attention": "eager", "tokenizer": str(tmp_path)})]
+    capsys.readouterr()
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    monkeypatch.setattr(check, "environment", lambda: {"gpus": 2})  # names, memory: no CUDA to ask here
+    fails.add("cuda:1")
+    assert main(["check", "--json"]) == 1  # cpu, cuda:0 pass; cuda:1 fails
+    out = json.loads(capsys.readouterr().out)
+    assert [t["device"] for t in out["self_test"]] == ["cpu", "cuda:0", "cuda:1"] and out["ok"] is False
+    assert main(["check", "--model", "missing", "--device", "cpu"]) == 2
+    assert capsys.readouterr().err.strip().splitlines()[-1] == "error: model path missing does not exist"
+    assert main(["check", "--device", "cuda:2"]) == 2
+    assert "--device cuda:2: torch sees 2 GPU(s), cuda:0 to cuda:1" in capsys.readouterr().err
