@@ -323,6 +323,14 @@ def test_a_ctrl_c_inside_an_extensions_import_while_the_model_loads_is_an_interr
     monkeypatch.setattr(transformers.AutoModelForCausalLM, "from_pretrained", failed_import(False))
     assert_one_line_error(main(argv), capsys.readouterr().err, "cannot load model builtin:tiny-sotu: "
                                                                "ImportError: initialization failed")
+    import datasets
+
+    for owner, name in ((transformers.AutoConfig, "from_pretrained"), (transformers.AutoTokenizer, "from_pretrained"),
+                        (datasets, "load_dataset")):  # the model's config, its tokenizer, the data
+        monkeypatch.undo()
+        monkeypatch.setattr(owner, name, failed_import(True))
+        assert main(argv) == 130, (owner, name)
+        assert capsys.readouterr().err.strip().splitlines()[-1] == "interrupted"
     looped = ValueError("a")  # an exception chain with a cycle ends
     looped.__context__ = ImportError("b")
     looped.__context__.__context__ = looped
