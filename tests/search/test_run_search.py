@@ -520,3 +520,17 @@ def test_a_run_whose_model_folder_moved_says_how_to_resume_it(tmp_path, tiny_mod
     with pytest.raises(UserError, match=r"another model.path: .*start a new --run-dir, or, if the model only "
                                         r"moved, link it at its old path \(ln -s NEW OLD\)"):
         run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+
+
+def test_a_resume_with_a_new_budget_keeps_it_for_the_next(tmp_path):
+    """A resume with more iterations writes them into the run's config.toml (and says so in
+    events.log): a later plain resume, and status, go by the budget the run was last driven with."""
+    import tomllib
+
+    cfg, _ = small_cfg(iterations=2)
+    run_search(cfg, str(tmp_path / "r"), progress=False)
+    cfg.search.iterations = 3
+    run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+    run = Run.open(tmp_path / "r")
+    assert tomllib.loads((run.path / "config.toml").read_text())["search"]["iterations"] == 3
+    assert "config: search.iterations: 2 -> 3" in (run.path / "events.log").read_text()
