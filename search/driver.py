@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 import sys
-from pathlib import Path
 from typing import Any
 
 import optuna
@@ -34,7 +33,7 @@ from .config import RunConfig, defining_diff, dumps
 from .finetuning import finetune_stage
 from .plan import Plan
 from .proposers import Proposer, best_trial, make_proposer
-from .stagecheck import best_record, bred_from, cached_heldout, check_stage, heldout_text, recorded_diff
+from .stagecheck import best_record, bred_from, cached_heldout, check_resumable, check_stage, heldout_text
 from .stages import Stage, initial_factors
 from .stopping import interrupted, interruption, requeue_running, requeue_strays, signals_as_interrupt
 
@@ -54,24 +53,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     existing = Run.is_run(run_dir)
     if existing:
         run = Run.open(run_dir)
-        diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg)
-        if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
-            raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
-                            "would start the search over; give the run's own (a database that moved: "
-                            f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
-        moved = ", or, if the model only moved, link it at its old path (ln -s NEW OLD) and put that path " \
-            "back in config.toml" if diff and diff[0].startswith("model.path:") else ""
-        if diff:
-            raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
-                            "(search.iterations, max_evals, patience, min_improvement), [workers] and "
-                            "model.device, dtype, threads, nll or data.cache_dir may change in a run: "
-                            f"start a new --run-dir{moved}")
-        model = cfg.model.path  # in-process the driver loads it (Ray workers may see paths it does not)
-        if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
-                and not Path(model).expanduser().exists():
-            raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
-                            f"run keeps its model; put it back there, or link it there (ln -s NEW {model}), "
-                            "and resume")
+        check_resumable(run, cfg, run_dir)
         run.check_writable()
         run.check_journal()
     elif resume:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from pathlib import Path
 
 import optuna
 from optuna.trial import TrialState
@@ -68,6 +69,30 @@ def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
             return [f"{diff[0]} (as {study.study_name} recorded it in the journal; was "
                     f"{run.path / 'config.toml'} edited?)"]
     return []
+
+
+def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
+    """A resume's config against the run's (its config.toml, then what each stage recorded): only
+    the budget, [workers] and how the model runs may change; a moved storage or model is told
+    how to come back rather than only to start over."""
+    diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg)
+    if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
+        raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
+                        "would start the search over; give the run's own (a database that moved: "
+                        f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
+    moved = ", or, if the model only moved, link it at its old path (ln -s NEW OLD) and put that path " \
+        "back in config.toml" if diff and diff[0].startswith("model.path:") else ""
+    if diff:
+        raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
+                        "(search.iterations, max_evals, patience, min_improvement), [workers] and "
+                        "model.device, dtype, threads, nll or data.cache_dir may change in a run: "
+                        f"start a new --run-dir{moved}")
+    model = cfg.model.path  # in-process the driver loads it (Ray workers may see paths it does not)
+    if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
+            and not Path(model).expanduser().exists():
+        raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
+                        f"run keeps its model; put it back there, or link it there (ln -s NEW {model}), "
+                        "and resume")
 
 
 def heldout_text(backend, stage: Stage) -> str | None:
