@@ -324,6 +324,26 @@ def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_pa
         ray_get(task.remote(errno.ENOENT))
 
 
+def node_c_takes_over(run_dir) -> None:
+    """Another driver's live lease in run.lock: node-c resumed the run."""
+    (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
+                                                  "started": time.time(), "token": "theirs"}))
+
+
+def search_taken_over_at(monkeypatch, owner, name: str, text: str, run_dir) -> None:
+    """The search of `text`, node-c taking the run over each time owner.name is called: this
+    driver stops in one line naming node-c."""
+    real = getattr(owner, name)
+
+    def taken_over_then(*args, **kw):
+        node_c_takes_over(run_dir)
+        return real(*args, **kw)
+
+    monkeypatch.setattr(owner, name, taken_over_then)
+    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
+        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+
+
 def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir, text_corpus_dir, tmp_path,
                                                                 monkeypatch):
     """The lease is looked at when the fine-tune returns: a driver taken over while it trained
@@ -336,9 +356,7 @@ def test_a_driver_taken_over_during_the_finetune_writes_no_model(tiny_model_dir,
 
     def here_then_taken_over(*args, **kw):
         record = real(*args, **kw)
-        lock = run_dir / "run.lock"
-        lock.write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
-                                    "started": time.time(), "token": "theirs"}))
+        node_c_takes_over(run_dir)
         return record
 
     monkeypatch.setattr(finetuning, "_here", here_then_taken_over)
@@ -357,16 +375,7 @@ def test_a_driver_taken_over_as_its_finetune_begins_writes_nothing_of_it(tiny_mo
 
     text = _text(tiny_model_dir, text_corpus_dir, steps=2).replace("short = [16]", "short = []")
     run_dir = tmp_path / "r"
-    real = driver.finetune_stage
-
-    def taken_over_then_finetune(*args, **kw):
-        (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
-                                                      "started": time.time(), "token": "theirs"}))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(driver, "finetune_stage", taken_over_then_finetune)
-    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
-        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+    search_taken_over_at(monkeypatch, driver, "finetune_stage", text, run_dir)
     run = Run.open(run_dir)
     assert not (run.finetune_dir(64) / finetuning.TRAINED_WITH).exists()
     assert "finetune-64" not in (run_dir / "events.log").read_text()
@@ -382,16 +391,7 @@ def test_a_driver_taken_over_while_it_trains_writes_no_checkpoint(tiny_model_dir
     text = _text(tiny_model_dir, text_corpus_dir, steps=2).replace("short = [16]", "short = []")
     text = text.replace("checkpoint_every = 20", "checkpoint_every = 1")
     run_dir = tmp_path / "r"
-    real = finetune.step_loss
-
-    def step_then_taken_over(*args, **kw):
-        (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
-                                                      "started": time.time(), "token": "theirs"}))
-        return real(*args, **kw)
-
-    monkeypatch.setattr(finetune, "step_loss", step_then_taken_over)
-    with pytest.raises(UserError, match="now held by pid 4242 on node-c"):
-        run_search(config.from_dict(tomllib.loads(text)), str(run_dir), progress=False)
+    search_taken_over_at(monkeypatch, finetune, "step_loss", text, run_dir)
     work = Run.open(run_dir).finetune_dir(64)  # what it trains with, written while it held the run
     assert sorted(p.name for p in work.iterdir()) == ["trained_with.json"]
     assert not Run.open(run_dir).model_dir(64).exists()
