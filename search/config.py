@@ -145,9 +145,9 @@ def validate(cfg: RunConfig) -> None:
         lengths = getattr(sp, key)
         if lengths != sorted(set(lengths)):
             raise UserError(f"space.{key} must be ascending without repeats, got {lengths}")
-    for key in ("lambda_max", "short_lambda_max"):
-        if getattr(sp, key) and getattr(sp, key) < 1:
-            raise UserError(f"space.{key} = {getattr(sp, key)} must be >= 1 (λ < 1 compresses positions)")
+    for key, bound in (("lambda_max", sp.lambda_max), ("short_lambda_max", sp.short_lambda_max)):
+        if bound and bound < 1:
+            raise UserError(f"space.{key} = {bound} must be >= 1 (λ < 1 compresses positions)")
     if not sp.n_hat or any(n < 0 for n in sp.n_hat):
         raise UserError(f"space.n_hat must be non-empty, non-negative integers, got {sp.n_hat}")
     if min(sp.n_hat) >= sp.targets[0]:
