@@ -10,6 +10,7 @@ SLOT = "longrope_slot"  # [g, j]: generation g, child j of the evolution; also a
 #                         re-queued trial, so its copy takes the same slot
 REQUEUED = "longrope_requeued"  # True on a trial abandoned by a dead driver (its copy was re-queued);
 #                                 such a trial counts for nothing
+DRAW = "longrope_draw"  # k: the k-th fresh candidate of cmaes/tpe/random, drawn with the seed (seed, k)
 
 # -- study system attrs --------------------------------------------------------------------------
 STOPPED = "longrope_stopped"  # generation at which the early stop fired (absent: not stopped)

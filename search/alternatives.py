@@ -18,7 +18,10 @@ from collections.abc import Sequence
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
+from optuna.trial import FrozenTrial
 
+from longrope.runs.optuna_io import set_trial_system_attr, trial_id
+from longrope.runs.vocab import DRAW
 from longrope.spaces import RescaleFactors, SearchSpace
 
 
@@ -75,3 +78,58 @@ def make_sampler(name: str, seed: int) -> optuna.samplers.BaseSampler:
     if name == "random":
         return optuna.samplers.RandomSampler(seed=seed)
     raise ValueError(f"unknown sampler {name!r}")
+
+
+def draw_seed(seed: int, k: int) -> int:
+    return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
+
+
+class DrawSeeded(optuna.samplers.BaseSampler):
+    """`make_sampler(name, ·)` with its random stream a function of the draw, not of the process.
+
+    Optuna's samplers keep their stream in the process: one made afresh on resume draws again
+    what it drew before the interruption, and one re-seeded there draws what an uninterrupted
+    run never drew. Here the k-th fresh candidate of the stage (queued ones, seeds and re-queued
+    copies, take no draw) is sampled by a sampler seeded with (seed, k), and k is the smallest
+    draw no trial holds with its parameters complete (a trial killed inside its ask, before its
+    last parameter, gives its draw back). Random search is then a function of (seed, k) alone:
+    resumed after any interruption, or scored by any number of workers, it scores the same
+    candidates and finds the same best. TPE and CMA-ES also read the history at each ask, which
+    an interruption (or workers finishing in another order) changes: theirs differ, but a
+    resumed one draws nothing it drew before.
+    """
+
+    def __init__(self, name: str, seed: int, n_params: int):
+        self.name, self.seed, self.n_params = name, seed, n_params
+        self.queued = make_sampler(name, seed)  # for queued trials: their parameters are fixed
+        self._of: dict[int, optuna.samplers.BaseSampler] = {}  # trial id -> its draw's sampler
+
+    def draw(self, study: optuna.Study) -> int:
+        held = {t.system_attrs[DRAW] for t in study.get_trials(deepcopy=False)
+                if DRAW in t.system_attrs and len(t.params) == self.n_params}
+        return next(k for k in range(len(held) + 1) if k not in held)
+
+    def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
+        sampler = self.queued
+        if "fixed_params" not in trial.system_attrs:
+            k = self.draw(study)
+            set_trial_system_attr(study, trial, DRAW, k)
+            trial.system_attrs[DRAW] = k
+            sampler = make_sampler(self.name, draw_seed(self.seed, k))
+        self._of[trial_id(trial)] = sampler
+        sampler.before_trial(study, trial)
+
+    def _sampler(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
+        return self._of.get(trial_id(trial), self.queued)
+
+    def infer_relative_search_space(self, study, trial):
+        return self._sampler(trial).infer_relative_search_space(study, trial)
+
+    def sample_relative(self, study, trial, search_space):
+        return self._sampler(trial).sample_relative(study, trial, search_space)
+
+    def sample_independent(self, study, trial, param_name, param_distribution):
+        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+
+    def after_trial(self, study, trial, state, values) -> None:
+        self._of.pop(trial_id(trial), self.queued).after_trial(study, trial, state, values)

@@ -13,7 +13,6 @@ import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
-import numpy as np
 import optuna
 from optuna.trial import FrozenTrial, TrialState
 
@@ -28,7 +27,7 @@ from longrope.runs.optuna_io import (
 from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
-from .alternatives import StepParametrisation, make_sampler
+from .alternatives import DrawSeeded, StepParametrisation
 from .operators import SpaceExhausted
 from .sampler import LongRoPESampler, slot_of, to_params
 
@@ -247,7 +246,7 @@ class OptunaProposer:
     def __init__(self, cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]):
         self.param = StepParametrisation(stage.space, seeds)
         self.name, self.seed = cfg.search.sampler, cfg.search.seed + stage.length
-        self.sampler = make_sampler(self.name, self.seed)
+        self.sampler = DrawSeeded(self.name, self.seed, len(self.param.distributions()))
         self.budget = stage.budget
         self.seeds = seeds
 
@@ -285,25 +284,17 @@ class OptunaProposer:
         return None
 
     def start(self, study: optuna.Study) -> None:
-        """Optuna's samplers keep their random stream in the process, not in the study: one made
-        afresh on resume would draw what it drew before the interruption (random search would
-        score its first candidates again, and TPE its start-up ones). A resumed stage draws from
-        the stream of (seed, evaluations done) instead; a stage that starts keeps the seed's own,
-        so an uninterrupted search is unchanged. (Not the uninterrupted run's draws: for those
-        the stream would have to be stored with the study.) The seeds are queued on resume too,
-        each unless a trial has its parameters: a driver killed while it queued them left the rest
-        out for good. Seeds alike (two methods clipped to one λmax) are queued once, as the
-        evolution scores them once: a resume could not tell the second from the first."""
+        """Queue the seeds, also on resume, each unless a trial has its parameters: a driver
+        killed while it queued them left the rest out for good. Seeds alike (two methods clipped
+        to one λmax) are queued once, as the evolution scores them once: a resume could not tell
+        the second from the first. (The sampler's stream needs nothing here: DrawSeeded.)"""
         for s in self.seeds[:self.budget]:  # a budget below the seeds scores the first of them
             study.enqueue_trial(self.param.params(s), skip_if_exists=True)
-        done = self._started(study)
-        if not done:
-            return
-        seed = int(np.random.SeedSequence([self.seed, done]).generate_state(1)[0])
-        self.sampler = study.sampler = make_sampler(self.name, seed)
 
     def requeue_params(self, trial) -> dict | None:
-        return trial.params or None
+        """A trial killed inside its ask, before its last parameter, is not queued again: its
+        draw is free, and drawn again it is the same candidate (DrawSeeded)."""
+        return trial.params if len(trial.params) == self.sampler.n_params else None
 
 
 # search.sampler -> (proposer factory, one line for help and docs). The config's choices are its keys.

@@ -116,6 +116,29 @@ def test_kill_9_with_ray_backend_resumes_exactly(tmp_path):
     assert kills == 1 and trajectory(run) == ref
 
 
+def scored(run) -> list:
+    """Per stage, the candidates scored and their results, in no order (trial numbers and draws
+    aside: a re-queued copy takes a new number)."""
+    from longrope.runs.vocab import REQUEUED
+
+    return [sorted((tuple(sorted(t.params.items())), t.state.name, t.value) for t in study.get_trials()
+                   if not t.system_attrs.get(REQUEUED)) for study in run.studies()]
+
+
+def test_random_search_killed_and_resumed_on_two_ray_workers_equals_uninterrupted_in_process(tmp_path):
+    """Random search draws its k-th candidate with the seed (seed, k) (DrawSeeded): kill -9 at
+    random points and Ray's workers finishing in any order change nothing it scores. Before,
+    each resume re-seeded the stream with (seed, evaluations done): another search."""
+    text, _, ref_best = reference_run(tmp_path, model="synthetic:0.004", sampler="random", iterations=4)
+    reference = Run.open(tmp_path / "reference")
+    run, kills = kill_and_resume(tmp_path, text, kills=3, after_lines=(5, 60), extra=("--workers", "2"),
+                                 seed=1)
+    assert kills >= 2
+    assert scored(run) == scored(reference) and len(scored(run)[0]) == 36  # 12 + 4 × 6
+    best = json.loads(run.best_path("long", 256).read_text())  # the config differs in [workers] alone
+    assert {**best, "trial": None, "config_hash": None} == {**ref_best, "trial": None, "config_hash": None}
+
+
 def in_flight(run_dir) -> bool:
     """A trial has been created and not finished (journal ops 4 and 6 with a finished state)."""
     created = finished = 0

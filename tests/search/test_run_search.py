@@ -266,9 +266,9 @@ def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
 @pytest.mark.parametrize("sampler, cut", [("random", 20), ("tpe", 6), ("cmaes", 10)])
 def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_path, sampler, cut):
     """Optuna's samplers keep their random stream in the process: made afresh on resume, random
-    search scored its first candidates again (and TPE its start-up ones: 10 random draws). CMA-ES
-    restores its own state from the study (it draws nothing twice without the re-seed too): it is
-    here for README's claim on all three."""
+    search scored its first candidates again (and TPE its start-up ones: 10 random draws); drawn
+    with the seed (seed, k) they do not. CMA-ES restores its own state from the study (it draws
+    nothing twice without that too): it is here for README's claim on all three."""
     from longrope.runs.vocab import REQUEUED
 
     cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 3 seeds, then draws
@@ -289,6 +289,48 @@ def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_p
     (study,) = run.studies()
     drawn = [tuple(sorted(t.params.items())) for t in study.get_trials() if not t.system_attrs.get(REQUEUED)]
     assert len(drawn) == 24 and len(set(drawn)) == 24
+
+
+@pytest.mark.parametrize("cut, written", [(15 * 9 + 4, False), (20 * 9 + 9, True)])
+def test_random_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                                    cut, written):
+    """Interrupted between two parameters of a draw (or after its last, before the driver holds
+    the trial): the resume fails that trial and draws it again, or re-queues it whole; either way
+    the same candidates are scored as uninterrupted. A half-drawn trial queued with its
+    parameters, or holding its draw, would score another candidate (or skip one)."""
+    import optuna
+
+    from longrope.runs.vocab import DRAW, REQUEUED
+
+    def scored(run):
+        (study,) = run.studies()
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+                      if not t.system_attrs.get(REQUEUED))
+
+    cfg, _ = small_cfg(sampler="random", iterations=2)  # 24 evaluations: 4 seeds, then 20 draws (9 params)
+    reference = Run.create(tmp_path / "reference", config.dumps(cfg))
+    Driver(cfg, reference, progress=False).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    storage = type(run.storage())
+    set_param, calls = storage.set_trial_param, []
+
+    def interrupted(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == cut and written:
+            set_param(self, *args, **kw)
+        if len(calls) == cut:
+            raise KeyboardInterrupt
+        return set_param(self, *args, **kw)
+
+    monkeypatch.setattr(storage, "set_trial_param", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False).run_all()
+    monkeypatch.setattr(storage, "set_trial_param", set_param)
+    Driver(cfg, run, progress=False).run_all()
+    assert scored(run) == scored(reference) and len(scored(run)) == 24
+    (study,) = run.studies()
+    (cut_off,) = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert DRAW in cut_off.system_attrs and len(cut_off.params) == (9 if written else 3)
 
 
 def test_a_comparison_sampler_killed_while_it_queues_its_seeds_queues_the_rest_on_resume(tmp_path, monkeypatch):
