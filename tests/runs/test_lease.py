@@ -393,6 +393,27 @@ def test_a_driver_taken_over_while_it_scores_held_out_text_writes_nothing_after(
     assert {p.name: p.read_bytes() for p in (run_dir / "best").glob("*.json")} == seen["best"]
 
 
+def test_a_driver_taken_over_while_its_workers_start_writes_nothing_after(tmp_path, monkeypatch, capsys):
+    """Each stage starts the workers (again, once a fine-tune switched the model: minutes to load
+    a large one); a driver taken over meanwhile used to create the next stage's study anyway."""
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(small_cfg(short="[32]")[1])
+    run_dir, seen = tmp_path / "run", {}
+    real = Driver.start_backend
+
+    def start_backend(self):
+        real(self)
+        if self.run.studies():  # the second stage's: taken over while the workers (re)started
+            forge(run_dir / "run.lock", host="node-c", age=0)
+            seen["journal"] = (run_dir / "journal.log").read_bytes()
+
+    monkeypatch.setattr(Driver, "start_backend", start_backend)
+    capsys.readouterr()
+    assert main(["search", str(cfg), "--run-dir", str(run_dir), "--quiet", "--max-evals", "12"]) == 2
+    assert "now held by pid 4242 on node-c" in capsys.readouterr().err
+    assert (run_dir / "journal.log").read_bytes() == seen["journal"] and len(Run.open(run_dir).studies()) == 1
+
+
 def test_a_driver_taken_over_then_interrupted_hands_nothing_back(tmp_path, monkeypatch, capsys, quick_heartbeat):
     """Taken over while it hung, then Ctrl-C before its next write: the trials in flight are the
     new holder's to re-queue, not this driver's (failing them would crash the new holder's tells)."""

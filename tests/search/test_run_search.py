@@ -5,7 +5,7 @@ import json
 import re
 
 import pytest
-from search_helpers import small_cfg, trajectory
+from search_helpers import run_small, small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.runs import Run
@@ -576,3 +576,27 @@ def test_a_resume_with_a_new_budget_keeps_it_for_the_next(tmp_path):
     run = Run.open(tmp_path / "r")
     assert tomllib.loads((run.path / "config.toml").read_text())["search"]["iterations"] == 3
     assert "config: search.iterations: 2 -> 3" in (run.path / "events.log").read_text()
+
+
+def test_each_scored_candidate_keeps_its_documents_tokens_time_and_tail_in_the_journal(tmp_path):
+    """What a user reads back from the journal (runs/vocab.py): each trial's per-document NLL,
+    tokens and seconds; a complete one its last-quarter perplexity too (the synthetic model's
+    tail is exp(base), its documents base × 0.9, 0.95, ...)."""
+    import math
+
+    from optuna.trial import TrialState
+
+    from longrope.runs.vocab import DOC_NLL, SECONDS, TAIL_PPL, TOKENS
+
+    run, _ = run_small(tmp_path, iterations=1)
+    (study,) = run.studies()
+    trials = [t for t in study.get_trials() if t.state in (TrialState.COMPLETE, TrialState.PRUNED)]
+    assert len(trials) == 18
+    for t in trials:
+        nll = t.user_attrs[DOC_NLL]
+        assert t.user_attrs[TOKENS] == 256 * len(nll) and t.user_attrs[SECONDS] >= 0
+        if t.state == TrialState.COMPLETE:
+            assert t.value == pytest.approx(math.exp(sum(nll) / len(nll)))
+            assert t.user_attrs[TAIL_PPL] == pytest.approx(math.exp(nll[0] / 0.9))
+        else:
+            assert TAIL_PPL not in t.user_attrs
