@@ -600,3 +600,25 @@ def test_each_scored_candidate_keeps_its_documents_tokens_time_and_tail_in_the_j
             assert t.user_attrs[TAIL_PPL] == pytest.approx(math.exp(nll[0] / 0.9))
         else:
             assert TAIL_PPL not in t.user_attrs
+
+
+def test_events_log_names_each_generation_its_counts_best_and_next_parent_cut_off(tmp_path):
+    """`events.log` is what a user tails on a cluster: per generation g its evaluations, the
+    best so far and the cut-off generation g + 1 is scored against (its `parents`-th best of
+    generations 0..g, the worst parent: a child that finishes above it breeds nothing)."""
+    import re
+
+    from optuna.trial import TrialState
+
+    from longrope.runs.vocab import SLOT
+
+    run, _ = run_small(tmp_path, iterations=2, pruner="none")
+    (study,) = run.studies()
+    lines = re.findall(r"long-256 gen (\d+): (\d+) evaluated, 0 pruned, 0 failed; best ([\d.]+), "
+                       r"parent cut-off ([\d.]+)", (run.path / "events.log").read_text())
+    assert [int(g) for g, *_ in lines] == [0, 1, 2]
+    for g, n, best, cut in lines:
+        done = sorted(t.value for t in study.get_trials() if t.state == TrialState.COMPLETE
+                      and t.system_attrs[SLOT][0] <= int(g))
+        assert int(n) == (12 if g == "0" else 6)
+        assert (best, cut) == (f"{done[0]:.4f}", f"{done[6 - 1]:.4f}")  # parents = 6
