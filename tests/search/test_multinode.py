@@ -7,6 +7,7 @@ The drivers are subprocesses (a process joins one Ray at most, and this one may 
 """
 
 import importlib.util
+import json
 import os
 import shutil
 import socket
@@ -149,6 +150,14 @@ def test_losing_a_node_mid_run_changes_nothing(tmp_path, cluster, reference):
         (victim,) = cluster.worker_nodes
         cluster.remove_node(victim)  # its raylet and the replica on it are killed
         err = finish(p)
+        # `longrope check --address` counts the live node alone (Ray lists the dead one too)
+        probe = ("import json; from longrope.search.cli.check import ray_resources; "
+                 f"print(json.dumps(ray_resources({cluster.address!r})))")
+        env = dict(os.environ, RAY_AUTH_MODE="disabled")
+        got = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True, timeout=120)
+        assert got.returncode == 0, got.stderr[-2000:]
+        r = json.loads(got.stdout.strip().splitlines()[-1])
+        assert (r["nodes"], r["CPU"], [n["CPU"] for n in r["per_node"]]) == (1, 1, [1])
     finally:
         if p.poll() is None:
             p.kill()
