@@ -425,3 +425,27 @@ def test_partial_rotary_legacy_linear_scale_and_custom_alignment_are_kept_right(
         src = next(t for t in a.tensors if t.name == name)
         copy = next(t for t in b.tensors if t.name == name)
         assert copy.data.tobytes() == src.data.tobytes() and copy.data_offset % 64 == 0
+
+
+def test_a_ctrl_c_inside_the_gguf_conversion_is_an_interrupt_and_a_failure_one_line(smol, tmp_path, monkeypatch):
+    """The conversion (minutes for a large GGUF) imports gguf's extensions: a Ctrl-C landing in
+    one comes out as an ImportError raised from the KeyboardInterrupt, taken for the interrupt it
+    is; a conversion that fails is one line naming the file."""
+    from longrope.objectives import models
+
+    monkeypatch.setenv("LONGROPE_CACHE", str(tmp_path))  # nothing converted yet
+
+    def failing(cause: BaseException):
+        def dequantize(path, out):
+            try:
+                raise cause
+            except BaseException as e:
+                raise ImportError("initialization failed") from e
+        return dequantize
+
+    monkeypatch.setattr(models, "dequantize", failing(KeyboardInterrupt()))
+    with pytest.raises(KeyboardInterrupt):
+        models.from_gguf(smol)
+    monkeypatch.setattr(models, "dequantize", failing(OSError("disk full")))
+    with pytest.raises(UserError, match=rf"^cannot convert the GGUF file {smol}: ImportError: initialization failed$"):
+        models.from_gguf(smol)
