@@ -45,7 +45,13 @@ def completed_state_lines(journal):
     return [i for i, ln in enumerate(lines) if (r := json.loads(ln))["op_code"] == SET_STATE and r["state"] == 1]
 
 
-def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_file, capsys, reference):
+def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_file, capsys, reference,
+                                                                  monkeypatch):
+    """Refused before the workers load the model (minutes on a cluster, for a one-line refusal)."""
+    from longrope.search.plan import Plan
+
+    started, start = [], Plan.start_backend
+    monkeypatch.setattr(Plan, "start_backend", lambda self: started.append(1) or start(self))
     run_dir = tmp_path / "run"
     assert main(["search", str(cfg_file), "--run-dir", str(run_dir), "--quiet", "--max-evals", "24"]) == 0
     journal = run_dir / "journal.log"
@@ -54,9 +60,10 @@ def test_garbage_line_is_refused_then_repaired_to_the_same_result(tmp_path, cfg_
     lines[hit] = '{"op_code": 6, "worker_id": "x", "trial_id": 3, "state": 1, "val\x00\x00ues": [1.2'
     journal.write_text("\n".join(lines) + "\n")
     before = snapshot(run_dir)
+    started.clear()
     for argv in (["status", str(run_dir)], ["resume", str(run_dir), "--quiet"]):
         one_line(capsys, main(argv), f"line {hit + 1} is not a journal record")
-    assert snapshot(run_dir) == before
+    assert snapshot(run_dir) == before and not started
     assert main(["resume", str(run_dir), "--quiet", "--repair", "--max-evals", "36"]) == 0
     assert "dropped 1 unreadable journal line" in capsys.readouterr().err
     assert list(run_dir.glob("journal.log.bak-*"))  # the damaged journal is kept
