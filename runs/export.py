@@ -134,18 +134,31 @@ def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
             s = stages.get(("long", t))
             done = f"{s['evals']}/{s['budget']} evaluations" if s else "not started"
             out.append(f"stage long-{t} has no result yet ({done}): this export reaches {longest} tokens, "
-                       f"not {t}; {resume} searches it")
+                       f"not {t}; {resume} searches it" if not (s and s["best_file_missing"]) else
+                       f"stage long-{t}'s best file is missing (deleted?): this export reaches {longest} "
+                       f"tokens, not {t}; {resume} writes it again")
     if not any(r.kind == "short" for r in records):
         for s in summaries:
             if s["kind"] == "short" and s["target"] and not run.best_path("short", s["target"]).exists():
                 out.append(f"stage {s['name']} has no result yet ({s['evals']}/{s['budget']} evaluations): "
-                           f"the export has no short factors (λ = 1 up to L0); {resume} searches them")
+                           f"the export has no short factors (λ = 1 up to L0); {resume} searches them"
+                           if not s["best_file_missing"] else
+                           f"stage {s['name']}'s best file is missing (deleted?): the export has no short "
+                           f"factors (λ = 1 up to L0); {resume} writes it again")
     return out
 
 
 def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
            fmt: str = "json") -> tuple[Path, list[str]]:
     """Write the export; returns (path, warnings)."""
+    from .status import stage_summaries
+
+    searched = {s["target"]: s for s in stage_summaries(run)
+                if s["kind"] == "long" and s["best_ppl"] is not None}
+    want = target if target is not None else max(searched, default=None)
+    if want in searched and searched[want]["best_file_missing"]:
+        raise UserError(f"{run.best_path('long', want)} is missing (deleted?), though the journal holds "
+                        f"that stage's results: `longrope resume {quote(str(run.path))}` writes it again")
     long = run.best("long", target)
     if long is None:
         raise UserError(f"{run.path} has no long-context result yet; run or resume the search first")

@@ -137,6 +137,9 @@ def stage_summaries(run: Run) -> list[dict[str, Any]]:
             "mscale": info.get("mscale"), "dtype": study.user_attrs.get(DTYPE),
             "done": bool(finished), "early_stopped_at": stopped,
             "heldout_pending": bool(searched and not scored),
+            # the journal holds a best whose file is gone (deleted by hand): resume writes it again
+            "best_file_missing": best is not None and info.get("kind") in ("long", "short")
+            and not run.best_path(info["kind"], info["length"]).exists(),
             "eta_seconds": None if searched else eta_seconds(trials, max(budget - done, 0)),
             "evals_per_second": pace(trials),
         })
@@ -226,7 +229,9 @@ def render_status(run: Run, as_json: bool) -> str:
         best = f"{s['best_ppl']:.4f}" if s["best_ppl"] is not None else "-"
         how = "at the measured pace" if s["evals_per_second"] else "one worker"
         early = f" (stopped early at generation {s['early_stopped_at']})" if s["early_stopped_at"] else ""
-        eta = f"done{early}" if s["done"] else (f"searched, its best's held-out score to come{stopped}"
+        gone = f", its best file best/{s['name']}.json is missing (resume writes it again)" \
+            if s["best_file_missing"] else ""
+        eta = f"done{early}{gone}" if s["done"] else (f"searched, its best's held-out score to come{stopped}"
                                          if s.get("heldout_pending") else
                                          f"ETA {s['eta_seconds'] / 60:.1f} min ({how}){stopped}"
                                          if s["eta_seconds"] is not None else "ETA -")

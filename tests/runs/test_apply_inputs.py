@@ -371,3 +371,41 @@ def test_apply_leaves_out_mistrals_native_params_json(tmp_path, capsys, tiny_mod
     assert main(["apply", str(tmp_path / "f.json"), str(src), "-o", str(tmp_path / "out")]) == 0
     assert "params.json (Mistral's native config, without the factors) is left out" in capsys.readouterr().err
     assert not (tmp_path / "out" / "params.json").exists() and (tmp_path / "out" / "config.json").is_file()
+
+
+def test_a_best_file_deleted_by_hand_is_named_by_status_and_export_and_written_again_by_resume(tmp_path, capsys):
+    """best/ deleted under a finished run (a tidied folder): status called the run done, export
+    said it had "no long-context result yet; run or resume the search first" (or, for a longer or
+    the short stage, "no result yet (24/24 evaluations)"), which reads as a run to search again."""
+    from search_helpers import small_cfg
+
+    (tmp_path / "c.toml").write_text(small_cfg(iterations=1, short="[32]")[1].replace("targets = [256]",
+                                                                                      "targets = [128, 256]"))
+    run = tmp_path / "run"
+    assert main(["search", str(tmp_path / "c.toml"), "--run-dir", str(run), "--quiet"]) == 0
+    kept = {p.name: p.read_bytes() for p in (run / "best").iterdir()}
+    (run / "best" / "long-256.json").unlink()
+    capsys.readouterr()
+    assert main(["status", str(run)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert [ln.split(": ")[0].strip() for ln in lines if "best file" in ln] == ["long-256"]
+    assert "done, its best file best/long-256.json is missing (resume writes it again)" in "".join(lines)
+    for target in ([], ["--target", "256"]):
+        assert main(["export", str(run), *target]) == 2
+        assert capsys.readouterr().err.strip() == (
+            f"error: {run / 'best' / 'long-256.json'} is missing (deleted?), though the journal holds that "
+            f"stage's results: `longrope resume {run}` writes it again")
+    assert main(["export", str(run), "--target", "128"]) == 0  # the shorter stage's file is there
+    assert "stage long-256's best file is missing (deleted?): this export reaches 128 tokens, not 256" \
+        in capsys.readouterr().err
+    (run / "best" / "short-32.json").unlink()
+    assert main(["resume", str(run), "--quiet"]) == 0
+    assert {p.name: p.read_bytes() for p in (run / "best").iterdir()} == kept
+    (run / "best" / "short-32.json").unlink()
+    capsys.readouterr()
+    assert main(["export", str(run)]) == 0
+    assert "warning: stage short-32's best file is missing (deleted?): the export has no short factors" \
+        in capsys.readouterr().err
+    assert main(["status", str(run), "--json"]) == 0
+    missing = {s["name"]: s["best_file_missing"] for s in json.loads(capsys.readouterr().out)["stages"]}
+    assert missing == {"long-128": False, "long-256": False, "short-32": True}

@@ -28,7 +28,9 @@ def test_pace_is_measured_over_the_last_window():
 
 
 def _run_of(*studies):
-    return SimpleNamespace(studies=lambda: list(studies))
+    """A run of these studies, whose best files are all there."""
+    return SimpleNamespace(studies=lambda: list(studies),
+                           best_path=lambda kind, length: SimpleNamespace(exists=lambda: True))
 
 
 def _study(name, kind, length, budget, trials):
