@@ -292,8 +292,12 @@ class OptunaProposer:
             study.enqueue_trial(self.param.params(s), skip_if_exists=True)
 
     def requeue_params(self, trial) -> dict | None:
-        """A trial killed inside its ask, before its last parameter, is not queued again: its
-        draw is free, and drawn again it is the same candidate (DrawSeeded)."""
+        """A queued trial (a seed, a re-queued copy) is queued again with its own parameters, also
+        when killed before they were all written (start() would take its half-written copy for
+        the seed and skip it: lost). A drawn one killed inside its ask, before its last parameter,
+        is not: its draw is free, and drawn again it is the same candidate (DrawSeeded)."""
+        if "fixed_params" in trial.system_attrs:
+            return trial.system_attrs["fixed_params"]
         return trial.params if len(trial.params) == self.sampler.n_params else None
 
 

@@ -291,13 +291,15 @@ def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_p
     assert len(drawn) == 24 and len(set(drawn)) == 24
 
 
-@pytest.mark.parametrize("cut, written", [(15 * 9 + 4, False), (20 * 9 + 9, True)])
+@pytest.mark.parametrize("cut, written", [(15 * 9 + 4, False), (20 * 9 + 9, True), (1 * 9 + 3, False)])
 def test_random_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
                                                                                     cut, written):
     """Interrupted between two parameters of a draw (or after its last, before the driver holds
     the trial): the resume fails that trial and draws it again, or re-queues it whole; either way
     the same candidates are scored as uninterrupted. A half-drawn trial queued with its
-    parameters, or holding its draw, would score another candidate (or skip one)."""
+    parameters, or holding its draw, would score another candidate (or skip one). A seed (the
+    second trial) cut off half-written is queued again whole: it was lost, its half-written copy
+    taken for it when the seeds were queued again."""
     import optuna
 
     from longrope.runs.vocab import DRAW, REQUEUED
@@ -332,7 +334,8 @@ def test_random_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_re
     assert scored(run) == scored(reference) and len(scored(run)) == 24
     (study,) = run.studies()
     (cut_off,) = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
-    assert DRAW in cut_off.system_attrs and len(cut_off.params) == (9 if written else 3)
+    assert len(cut_off.params) == (cut - 1) % 9 + written  # the parameters written before the cut
+    assert (DRAW in cut_off.system_attrs) == (cut > 4 * 9)  # a seed's trial takes no draw
 
 
 def test_a_comparison_sampler_killed_while_it_queues_its_seeds_queues_the_rest_on_resume(tmp_path, monkeypatch):
