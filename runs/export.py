@@ -110,48 +110,10 @@ def phi3_mscale_warning(patch: dict[str, Any]) -> str | None:
             f"(sqrt(1 + ln s / ln L0)), not the searched mscale {searched:.6f}")
 
 
-def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
-    """A warning for each record whose stage is still short of its budget: an interrupted run's
-    best file holds the best so far (generation 0's at first), not the search's result. And for
-    a longer long stage or a short stage begun with no result yet: the export has none of its factors."""
-    from .status import stage_summaries
-
-    summaries = stage_summaries(run)
-    stages = {(s["kind"], s["target"]): s for s in summaries}
-    resume = f"`longrope resume {quote(str(run.path))}`"
-    out = []
-    for r in records:
-        s = stages.get((r.kind, r.target_length))
-        if s is not None and s.get("heldout_pending"):
-            out.append(f"stage {s['name']} is searched but its best's held-out score is still to come: "
-                       f"these factors are its result; {resume} scores it")
-        elif s is not None and not s["done"]:
-            out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
-                       f"are its best factors so far; {resume} finishes it")
-    longest = max((r.target_length for r in records if r.kind == "long"), default=None)
-    for t in run.config().get("space", {}).get("targets", []):  # a longer target, not searched yet
-        if longest and isinstance(t, int) and t > longest and not run.best_path("long", t).exists():
-            s = stages.get(("long", t))
-            done = f"{s['evals']}/{s['budget']} evaluations" if s else "not started"
-            out.append(f"stage long-{t} has no result yet ({done}): this export reaches {longest} tokens, "
-                       f"not {t}; {resume} searches it" if not (s and s["best_file_missing"]) else
-                       f"stage long-{t}'s best file is missing (deleted?): this export reaches {longest} "
-                       f"tokens, not {t}; {resume} writes it again")
-    if not any(r.kind == "short" for r in records):
-        for s in summaries:
-            if s["kind"] == "short" and s["target"] and not run.best_path("short", s["target"]).exists():
-                out.append(f"stage {s['name']} has no result yet ({s['evals']}/{s['budget']} evaluations): "
-                           f"the export has no short factors (λ = 1 up to L0); {resume} searches them"
-                           if not s["best_file_missing"] else
-                           f"stage {s['name']}'s best file is missing (deleted?): the export has no short "
-                           f"factors (λ = 1 up to L0); {resume} writes it again")
-    return out
-
-
 def export(run: Run, target: int | None = None, short: int | None = None, out: str | None = None,
            fmt: str = "json") -> tuple[Path, list[str]]:
     """Write the export; returns (path, warnings)."""
-    from .status import stage_summaries
+    from .status import stage_summaries, unfinished
 
     searched = {s["target"]: s for s in stage_summaries(run)
                 if s["kind"] == "long" and s["best_ppl"] is not None}

@@ -21,6 +21,8 @@ if TYPE_CHECKING:
     import optuna
     from optuna.trial import FrozenTrial
 
+    from .best import BestRecord
+
 
 def holder(path: Path) -> dict | None:
     """Who drives the run, for `longrope status`: None when nobody holds its lock, else host, pid,
@@ -271,3 +273,39 @@ def _count(n: int) -> str:
         if n >= size:
             return f"{n / size:.1f}{unit}"
     return str(n)
+
+
+def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
+    """A warning for each record whose stage is still short of its budget: an interrupted run's
+    best file holds the best so far (generation 0's at first), not the search's result. And for
+    a longer long stage or a short stage begun with no result yet: the export has none of its factors."""
+    summaries = stage_summaries(run)
+    stages = {(s["kind"], s["target"]): s for s in summaries}
+    resume = f"`longrope resume {quote(str(run.path))}`"
+
+    def no_result(name: str, s: dict[str, Any] | None, lost: str, does: str) -> str:
+        if s and s["best_file_missing"]:
+            return f"stage {name}'s best file is missing (deleted?): {lost}; {resume} writes it again"
+        done = f"{s['evals']}/{s['budget']} evaluations" if s else "not started"
+        return f"stage {name} has no result yet ({done}): {lost}; {resume} {does}"
+
+    out = []
+    for r in records:
+        s = stages.get((r.kind, r.target_length))
+        if s is not None and s.get("heldout_pending"):
+            out.append(f"stage {s['name']} is searched but its best's held-out score is still to come: "
+                       f"these factors are its result; {resume} scores it")
+        elif s is not None and not s["done"]:
+            out.append(f"stage {s['name']} is unfinished ({s['evals']}/{s['budget']} evaluations): these "
+                       f"are its best factors so far; {resume} finishes it")
+    longest = max((r.target_length for r in records if r.kind == "long"), default=None)
+    for t in run.config().get("space", {}).get("targets", []):  # a longer target, not searched yet
+        if longest and isinstance(t, int) and t > longest and not run.best_path("long", t).exists():
+            out.append(no_result(f"long-{t}", stages.get(("long", t)),
+                                 f"this export reaches {longest} tokens, not {t}", "searches it"))
+    if not any(r.kind == "short" for r in records):
+        for s in summaries:
+            if s["kind"] == "short" and s["target"] and not run.best_path("short", s["target"]).exists():
+                out.append(no_result(s["name"], s, "the export has no short factors (λ = 1 up to L0)",
+                                     "searches them"))
+    return out
