@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import warnings
 from collections.abc import Sequence
+from copy import copy as copy_of
 
 import numpy as np
 import optuna
@@ -95,11 +96,13 @@ class DrawSeeded(optuna.samplers.BaseSampler):
     run never drew. Here the k-th fresh candidate of the stage (queued ones, seeds and re-queued
     copies, take no draw) is sampled by a sampler seeded with (seed, k), and k is the smallest
     draw no trial holds with its parameters complete (a trial killed inside its ask, before its
-    last parameter, gives its draw back). Random search is then a function of (seed, k) alone:
-    resumed after any interruption, or scored by any number of workers, it scores the same
-    candidates and finds the same best. TPE and CMA-ES also read the history at each ask, which
-    an interruption (or workers finishing in another order) changes: theirs differ, but a
-    resumed one draws nothing it drew before.
+    last parameter, gives its draw back). A re-queued copy of a drawn candidate is asked by its
+    draw's sampler too, and CMA-ES sees the draw k where it reads trial.number (its ask's seed).
+    Random search is then a function of (seed, k) alone: resumed after any interruption, or
+    scored by any number of workers, it scores the same candidates. TPE and CMA-ES also read the
+    scores at each ask: in-process (one candidate in flight) a resumed run holds the same scores
+    at each ask and equals an uninterrupted one; on several workers the order results arrive in
+    steers them, in any run, and a resumed one only draws nothing it drew before.
     """
 
     def __init__(self, name: str, seed: int, n_params: int):
@@ -114,13 +117,17 @@ class DrawSeeded(optuna.samplers.BaseSampler):
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         sampler = self.queued
-        if "fixed_params" not in trial.system_attrs:
-            k = self.draw(study)
+        copy = "fixed_params" in trial.system_attrs and DRAW in trial.user_attrs
+        if "fixed_params" not in trial.system_attrs or copy:  # a fresh draw or a re-queued copy of one
+            k = trial.user_attrs[DRAW] if copy else self.draw(study)
             set_trial_system_attr(study, trial, DRAW, k)
             trial.system_attrs[DRAW] = k
             sampler = make_sampler(self.name, draw_seed(self.seed, k))
         self._of[trial_id(trial)] = sampler
         sampler.before_trial(study, trial)
+        if copy:  # asked as its original was, whose parameters it holds: CMA-ES counts a candidate
+            # toward its generation when it asks for it, and Optuna asks for no fixed parameter
+            self.sample_relative(study, trial, sampler.infer_relative_search_space(study, trial))
 
     def _sampler(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         return self._of.get(trial_id(trial), self.queued)
@@ -129,6 +136,11 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         return self._sampler(trial).infer_relative_search_space(study, trial)
 
     def sample_relative(self, study, trial, search_space):
+        if self.name == "cmaes" and DRAW in trial.system_attrs:
+            # CMA-ES seeds its ask with a draw of its stream + trial.number, which a resume shifts
+            # (the killed trial and its re-queued copy take numbers): the draw k stands in for it
+            trial = copy_of(trial)
+            trial.number = trial.system_attrs[DRAW]
         return self._sampler(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):

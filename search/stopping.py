@@ -126,6 +126,8 @@ def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
         params = proposer.requeue_params(t)
         if params is not None and (slot is None or slot not in queued):
             attrs = {vocab.SLOT: list(slot)} if slot is not None else {}
+            if vocab.DRAW in t.system_attrs:  # cmaes/tpe/random: asked as its draw was (DrawSeeded)
+                attrs[vocab.DRAW] = t.system_attrs[vocab.DRAW]
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)
             if slot is not None:
                 queued.add(slot)

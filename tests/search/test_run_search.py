@@ -263,37 +263,52 @@ def test_ray_only_worker_keys_with_the_in_process_backend_are_said(capsys):
     assert capsys.readouterr().err == ""
 
 
-@pytest.mark.parametrize("sampler, cut", [("random", 20), ("tpe", 6), ("cmaes", 10)])
-def test_a_resumed_optuna_sampler_does_not_draw_its_first_candidates_again(tmp_path, sampler, cut):
-    """Optuna's samplers keep their random stream in the process: made afresh on resume, random
-    search scored its first candidates again (and TPE its start-up ones: 10 random draws); drawn
-    with the seed (seed, k) they do not. CMA-ES restores its own state from the study (it draws
-    nothing twice without that too): it is here for README's claim on all three."""
+def _scored(run: Run) -> list:
+    """The stage's scored candidates in the order they were asked for (re-queued originals left out)."""
     from longrope.runs.vocab import REQUEUED
 
-    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 3 seeds, then draws
-    run = Run.create(tmp_path / "run", config.dumps(cfg))
-    backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
-    submit, submitted = backend.submit, []
-
-    def interrupted(job):
-        submitted.append(job.key)
-        if len(submitted) > cut:
-            raise KeyboardInterrupt
-        submit(job)
-
-    backend.submit = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        Driver(cfg, run, progress=False, backend=backend).run_all()
-    Driver(cfg, run, progress=False, backend=InProcessBackend(ObjectiveSpec.of("synthetic"))).run_all()
     (study,) = run.studies()
-    drawn = [tuple(sorted(t.params.items())) for t in study.get_trials() if not t.system_attrs.get(REQUEUED)]
-    assert len(drawn) == 24 and len(set(drawn)) == 24
+    return [(tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+            if not t.system_attrs.get(REQUEUED) and t.value is not None]
 
 
-@pytest.mark.parametrize("cut, written", [(15 * 9 + 4, False), (20 * 9 + 9, True), (1 * 9 + 3, False)])
-def test_random_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
-                                                                                    cut, written):
+@pytest.mark.parametrize("sampler, cuts", [("random", (20, 0)), ("tpe", (6, 3)), ("tpe", (15, 0)),
+                                           ("cmaes", (10, 0)), ("cmaes", (5, 6))])
+def test_an_optuna_sampler_killed_and_resumed_in_process_scores_what_an_uninterrupted_one_does(
+        tmp_path, sampler, cuts):
+    """Killed between evaluations (a cut of 0: the re-queued copy itself, as the resume asks it),
+    then resumed: the same candidates in the same order as uninterrupted. Optuna's samplers keep
+    their random stream in the process (made afresh on resume, random search scored its first
+    candidates again, TPE its start-up ones); CMA-ES seeds each ask with trial.number, which the
+    killed trial and its copy shift, and counts only the candidates it asked for toward a
+    generation, not a queued copy: each of these made the resumed run another search."""
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then draws
+    reference = Run.create(tmp_path / "reference", config.dumps(cfg))
+    Driver(cfg, reference, progress=False).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    for cut in cuts:
+        backend = InProcessBackend(ObjectiveSpec.of("synthetic"))
+        submit, submitted = backend.submit, []
+
+        def interrupted(job, submit=submit, submitted=submitted, cut=cut):
+            submitted.append(job.key)
+            if len(submitted) > cut:
+                raise KeyboardInterrupt
+            submit(job)
+
+        backend.submit = interrupted
+        with pytest.raises(KeyboardInterrupt):
+            Driver(cfg, run, progress=False, backend=backend).run_all()
+    Driver(cfg, run, progress=False, backend=InProcessBackend(ObjectiveSpec.of("synthetic"))).run_all()
+    assert _scored(run) == _scored(reference) and len(_scored(run)) == 24
+    assert len(set(_scored(run))) == 24  # nothing drawn twice
+
+
+@pytest.mark.parametrize("sampler, cut, written", [("random", 15 * 9 + 4, False), ("random", 20 * 9 + 9, True),
+                                                   ("random", 1 * 9 + 3, False), ("cmaes", 14 * 9 + 5, False),
+                                                   ("cmaes", 13 * 9 + 9, True), ("tpe", 16 * 9 + 2, False)])
+def test_an_optuna_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_result(tmp_path, monkeypatch,
+                                                                                       sampler, cut, written):
     """Interrupted between two parameters of a draw (or after its last, before the driver holds
     the trial): the resume fails that trial and draws it again, or re-queues it whole; either way
     the same candidates are scored as uninterrupted. A half-drawn trial queued with its
@@ -309,7 +324,7 @@ def test_random_search_interrupted_inside_an_ask_resumes_to_the_uninterrupted_re
         return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
                       if not t.system_attrs.get(REQUEUED))
 
-    cfg, _ = small_cfg(sampler="random", iterations=2)  # 24 evaluations: 4 seeds, then 20 draws (9 params)
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then 20 draws (9 params)
     reference = Run.create(tmp_path / "reference", config.dumps(cfg))
     Driver(cfg, reference, progress=False).run_all()
     run = Run.create(tmp_path / "run", config.dumps(cfg))
