@@ -87,6 +87,32 @@ def resolve(spec: str, convert: bool = True, what: str = "model path") -> tuple[
     return path, None
 
 
+WEIGHTS = ("config.json", "*.safetensors", "*.bin", "*.gguf", "*.pt", "*.pth")
+
+
+def fingerprint(spec: str, chunk: int = 1 << 20) -> str | None:
+    """What a model folder (or GGUF file) is known by when it moves: its config.json and each
+    weight file's name, size and first and last MiB (a safetensors file begins with every
+    tensor's name, dtype, shape and offset; a GGUF file with its metadata). Hashing the whole
+    weights would take minutes for a large model at each resume; a copy that differs only inside
+    a tensor's middle passes, which is what a copy of the same model looks like.
+    None for a builtin, the synthetic objective, or a path this machine does not see."""
+    path = Path(spec).expanduser()
+    if spec.startswith(("builtin:", "synthetic")) or not path.exists():
+        return None
+    files_ = [path] if path.is_file() else sorted({f for g in WEIGHTS for f in path.glob(g) if f.is_file()})
+    h = hashlib.sha256()
+    for f in files_:
+        size = f.stat().st_size
+        with open(f, "rb") as fh:
+            head = fh.read(chunk)
+            fh.seek(max(size - chunk, 0))
+            tail = fh.read(chunk)
+        name = "" if path.is_file() else str(f.relative_to(path))  # a GGUF file may be renamed
+        h.update(f"{name}|{size}|".encode() + hashlib.sha256(head + tail).digest())
+    return h.hexdigest()[:32]
+
+
 def gguf_cache(path: Path) -> Path:
     """Where a GGUF file's dequantized folder lives: keyed by its absolute path, size and mtime,
     so an edited or replaced file converts afresh."""

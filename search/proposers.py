@@ -308,7 +308,7 @@ SAMPLERS: dict[str, tuple[Callable[[RunConfig, Stage, list[RescaleFactors]], Pro
     "cmaes": (OptunaProposer, "Optuna's CMA-ES over monotone steps of λ"),
     "tpe": (OptunaProposer, "Optuna's multivariate TPE over monotone steps of λ"),
     "random": (OptunaProposer, "Optuna's random search over monotone steps of λ (its k-th draw a "
-                               "function of (seed, k): resumed exactly)"),
+                               "function of (seed, k): the same on any number of workers)"),
 }
 
 

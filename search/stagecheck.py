@@ -15,6 +15,7 @@ from pathlib import Path
 import optuna
 from optuna.trial import TrialState
 
+from longrope.objectives.models import fingerprint
 from longrope.runs import BestRecord, Run, vocab
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
@@ -54,6 +55,8 @@ def check_stage(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.S
     check_precision(backend, cfg, run, stage, study)
     if vocab.CONFIG not in study.user_attrs:
         study.set_user_attr(vocab.CONFIG, cfg.to_dict())
+    if vocab.MODEL not in study.user_attrs and (fp := fingerprint(cfg.model.path)):
+        study.set_user_attr(vocab.MODEL, fp)
 
 
 def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
@@ -71,17 +74,42 @@ def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
     return []
 
 
+def moved_model(run: Run, cfg: RunConfig) -> str | None:
+    """The run's model.path when `cfg` names a moved copy of it: model.path (and a tokenizer at
+    the model's path) is all that differs from what the run recorded, and the new path holds
+    the weights whose fingerprint its stages recorded as they started. None otherwise."""
+    studies = run.studies()
+    recorded = {s.user_attrs[vocab.MODEL] for s in studies if vocab.MODEL in s.user_attrs}
+    olds = [run.config()] + [s.user_attrs[vocab.CONFIG] for s in studies if vocab.CONFIG in s.user_attrs]
+    old = next((p for o in olds if (p := (o.get("model") or {}).get("path")) != cfg.model.path), None)
+    moves = ("model.path:", "model.tokenizer:")
+    if not recorded or old is None or any(
+            not d.startswith(moves) for o in olds for d in defining_diff(o, cfg.to_dict())):
+        return None
+    got = fingerprint(cfg.model.path)
+    if got is not None and recorded != {got}:
+        raise UserError(f"model.path {cfg.model.path} holds other weights than the run's model {old} "
+                        "(config.json, or a weight file's name, size or ends, differ): a run keeps its "
+                        "model; give a copy of it, or start a new --run-dir")
+    return old if got is not None else None
+
+
 def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
     """A resume's config against the run's (its config.toml, then what each stage recorded): only
     the budget, [workers] and how the model runs may change; a moved storage or model is told
-    how to come back rather than only to start over."""
+    how to come back rather than only to start over, and a moved copy of the model's weights
+    (its fingerprint as recorded) is taken."""
+    if (old := moved_model(run, cfg)) is not None:
+        print(f"note: model.path {old} -> {cfg.model.path}: the same weights (config.json, and each "
+              "weight file's size and ends), the run goes on with them", file=sys.stderr)
+        return
     diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg)
     if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                         "would start the search over; give the run's own (a database that moved: "
                         f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
-    moved = ", or, if the model only moved, link it at its old path (ln -s NEW OLD) and put that path " \
-        "back in config.toml" if diff and diff[0].startswith("model.path:") else ""
+    moved = ", or, if the model only moved, resume with --model NEW (or link it at its old path: ln -s " \
+        "NEW OLD)" if diff and diff[0].startswith("model.path:") else ""
     if diff:
         raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
                         "(search.iterations, max_evals, patience, min_improvement), [workers] and "
@@ -91,8 +119,8 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
     if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
             and not Path(model).expanduser().exists():
         raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
-                        f"run keeps its model; put it back there, or link it there (ln -s NEW {model}), "
-                        "and resume")
+                        f"run keeps its model; moved, resume with --model NEW (or link it there: ln -s "
+                        f"NEW {model})")
 
 
 def heldout_text(backend, stage: Stage) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from pathlib import Path
 
 from longrope.runs.lease import LOCK_TIMEOUT
 from longrope.spaces import UserError
@@ -65,7 +66,7 @@ def cmd_search(args: argparse.Namespace) -> int:
 
 def cmd_resume(args: argparse.Namespace) -> int:
     """Continue an interrupted search from its journal; the result equals an uninterrupted run
-    (search.sampler = "longrope"; cmaes, tpe and random go on with another random stream)."""
+    (cmaes and tpe: in-process; on several Ray workers they follow the order results arrive in)."""
     from longrope.runs import Run
     from longrope.search import config
     from longrope.search.driver import run_search
@@ -83,6 +84,11 @@ def cmd_resume(args: argparse.Namespace) -> int:
     except UserError as e:
         raise UserError(f"{run.path / 'config.toml'}: {e}") from None
     cfg = _overrides(cfg, args)
+    if args.model:  # a moved copy of the run's model: checked against its recorded fingerprint
+        if not Path(args.model).expanduser().exists():
+            raise UserError(f"--model {args.model} does not exist")
+        old, cfg.model.path = cfg.model.path, str(Path(args.model).expanduser().absolute())
+        cfg.model.tokenizer = cfg.model.path if cfg.model.tokenizer == old else cfg.model.tokenizer
     results = run_search(cfg, args.run_dir, resume=True, progress=not args.quiet,
                          lock_timeout=args.lock_timeout)
     print(f"done: {', '.join(results)} in {args.run_dir}; export with: longrope export {args.run_dir}")
@@ -115,6 +121,9 @@ def register(sub: argparse._SubParsersAction) -> None:
             add_run_dir(p)
             p.add_argument("--repair", action="store_true", help="drop journal lines that cannot be read "
                            "(a backup is kept); the results they held are re-run")
+            p.add_argument("--model", metavar="PATH", help="the run's model at a new path (a moved "
+                           "folder, another node's mount): taken when it holds the weights the run "
+                           "recorded (config.json, each weight file's size and ends); kept in config.toml")
         else:
             p.add_argument("config", help="TOML run config (see `longrope config`)")
             p.add_argument("--run-dir", required=True, help="where the run lives; an existing run "

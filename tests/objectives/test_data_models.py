@@ -167,3 +167,26 @@ def test_flash_attention_in_float32_is_refused_at_load(tiny_model_dir, monkeypat
                         else find(name, *a))
     with pytest.raises(UserError, match=r"runs in bfloat16 or float16, not float32 \(on cpu\)"):
         load_model(str(tiny_model_dir), "auto", "cpu", "flash_attention_2")
+
+
+def test_a_model_fingerprint_knows_a_copy_and_tells_other_weights_apart(tmp_path, tiny_model_dir):
+    """What `resume --model NEW` takes a moved model by: a copy reads the same; a byte changed at
+    a weight file's end (its last tensor), or config.json edited, reads otherwise."""
+    import shutil
+
+    from longrope.objectives.models import fingerprint
+
+    shutil.copytree(tiny_model_dir, tmp_path / "copy")
+    fp = fingerprint(str(tiny_model_dir))
+    assert fp is not None and fingerprint(str(tmp_path / "copy")) == fp
+    (weights,) = (tmp_path / "copy").glob("*.safetensors")
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    assert fingerprint(str(tmp_path / "copy")) != fp
+    shutil.copytree(tiny_model_dir, tmp_path / "edited")
+    cfg = tmp_path / "edited" / "config.json"
+    cfg.write_text(cfg.read_text().replace('"rope_theta": 10000.0', '"rope_theta": 20000.0'))
+    assert cfg.read_text() != (tiny_model_dir / "config.json").read_text()
+    assert fingerprint(str(tmp_path / "edited")) != fp
+    assert fingerprint("builtin:tiny-sotu") is None and fingerprint(str(tmp_path / "nowhere")) is None
