@@ -128,7 +128,8 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     if sh is not None and len(sh.lambdas) != len(long.lambdas):
         raise UserError("short and long factors have different lengths")
     warnings = unfinished(run, [r for r in (long, sh) if r is not None])
-    if sh is not None and sh.model != long.model:  # a fine-tune between the two stages
+    if sh is not None and sh.model != long.model and any(map(fine_tuned, (sh.model, long.model))):
+        # a fine-tune between the two stages (not a model moved between them: resume --model)
         warnings.append(f"long-{long.target_length} was searched on {long.model} and "
                         f"short-{sh.target_length} on {sh.model}: one model gets both, so one set runs "
                         "on a model it was not searched on (--short picks another short stage)")
@@ -318,6 +319,12 @@ def _tokenizer_config(path: Path, config: dict[str, Any], quiet: bool) -> str | 
     return json.dumps({**tok, "model_max_length": L}, indent=2, ensure_ascii=False) + "\n"
 
 
+def fine_tuned(model: str) -> bool:
+    """`model` is a run's fine-tuned model, RUN/models/ft-<L>."""
+    p = Path(model)
+    return p.parent.name == "models" and p.name.startswith("ft-") and Run.is_run(p.parent.parent)
+
+
 def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
     """A warning when an export's factors were searched on a run's fine-tuned model
     (RUN/models/ft-<L>, the model of every stage after a fine-tune) and `model` is another one:
@@ -325,7 +332,7 @@ def searched_on_warning(patch: dict[str, Any], model: str) -> str | None:
     info = patch.get("longrope_search")
     searched = str(info.get("model") or "") if isinstance(info, dict) else ""
     p = Path(searched)
-    if not (p.parent.name == "models" and p.name.startswith("ft-") and Run.is_run(p.parent.parent)):
+    if not fine_tuned(searched):
         return None
     if not model.startswith("builtin:") and Path(model).resolve() == p.resolve():
         return None

@@ -339,3 +339,22 @@ def test_export_writes_what_each_record_holds(tiny_run, tmp_path):
     assert tuple(float(x) for x in csv.read_text().split()) == exact
     run.write_best(dataclasses.replace(tiny_run.best("short", 16), n_hat=4))
     assert json.loads(export(run)[0].read_text())["longrope_search"]["short_n_hat"] == 4 != long.n_hat
+
+
+def test_stages_searched_before_and_after_a_moved_model_export_without_a_fine_tune_warning(tmp_path):
+    """Their best files name two paths of one model (`resume --model NEW` between the stages):
+    export warned "one set runs on a model it was not searched on", meant for a fine-tune
+    between the stages (RUN/models/ft-<L>), which it still names."""
+    from search_helpers import run_small
+
+    run, _ = run_small(tmp_path, short="[32]")
+    for kind, target, model in (("long", 256, "/old/m"), ("short", 32, "/new/m")):
+        path = run.best_path(kind, target)
+        path.write_text(json.dumps({**json.loads(path.read_text()), "model": model}))
+    _, warnings = export(run)
+    assert not [w for w in warnings if "was searched on" in w], warnings
+    path = run.best_path("short", 32)
+    (run.path / "models" / "ft-256").mkdir(parents=True)
+    path.write_text(json.dumps({**json.loads(path.read_text()), "model": str(run.path / "models" / "ft-256")}))
+    _, warnings = export(run)
+    assert [w for w in warnings if "long-256 was searched on /old/m and short-32 on" in w], warnings
