@@ -108,8 +108,12 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                         "would start the search over; give the run's own (a database that moved: "
                         f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
-    moved = ", or, if the model only moved, resume with --model NEW (or link it at its old path: ln -s " \
-        "NEW OLD)" if diff and diff[0].startswith("model.path:") else ""
+    # a copy is checked against the fingerprint its stages recorded: none where the driver could not
+    # see the path (Ray workers only), or in a run made before session 39 that has not resumed since
+    known = any(vocab.MODEL in s.user_attrs for s in run.studies())
+    way = "resume with --model NEW (or link it at its old path: ln -s NEW OLD)" if known else \
+        "link it at its old path (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
+    moved = f", or, if the model only moved, {way}" if diff and diff[0].startswith("model.path:") else ""
     if diff:
         raise UserError(f"{run_dir} was searched with another {diff[0]}; only the budget "
                         "(search.iterations, max_evals, patience, min_improvement), [workers] and "
@@ -118,9 +122,10 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
     model = cfg.model.path  # in-process the driver loads it (Ray workers may see paths it does not)
     if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
             and not Path(model).expanduser().exists():
+        way = "resume with --model NEW (or link it there: ln -s NEW OLD)" if known else \
+            "link it there (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
         raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
-                        f"run keeps its model; moved, resume with --model NEW (or link it there: ln -s "
-                        f"NEW {model})")
+                        f"run keeps its model; moved, {way.replace('OLD', model)}")
 
 
 def heldout_text(backend, stage: Stage) -> str | None:

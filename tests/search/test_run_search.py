@@ -606,6 +606,24 @@ def test_a_run_whose_model_folder_moved_resumes_with_model_new(tmp_path, tiny_mo
     assert main(["resume", str(run.path), "--quiet"]) == 0
 
 
+def test_a_moved_model_of_a_run_that_recorded_no_fingerprint_is_linked_back(tmp_path, tiny_model_dir):
+    """A run whose stages recorded no fingerprint (none started, its driver could not see the path,
+    or made before they did) has nothing to check a copy against: both refusals name the link."""
+    import shutil
+
+    shutil.copytree(tiny_model_dir, tmp_path / "m")
+    cfg, _ = small_cfg(model=str(tmp_path / "m"))
+    Run.create(tmp_path / "r", config.dumps(cfg))
+    (tmp_path / "m").rename(tmp_path / "moved")
+    with pytest.raises(UserError, match=rf"which does not exist now: a run keeps its model; moved, link it there "
+                                        rf"\(ln -s NEW {tmp_path / 'm'}; the run recorded no fingerprint"):
+        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+    cfg.model.path = str(tmp_path / "moved")  # config.toml edited to the new place
+    with pytest.raises(UserError, match=r"another model.path: .*start a new --run-dir, or, if the model only "
+                                        r"moved, link it at its old path \(ln -s NEW OLD; the run recorded no"):
+        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
+
+
 def test_a_resume_with_a_new_budget_keeps_it_for_the_next(tmp_path):
     """A resume with more iterations writes them into the run's config.toml (and says so in
     events.log): a later plain resume, and status, go by the budget the run was last driven with."""
