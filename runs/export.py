@@ -115,8 +115,8 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     """Write the export; returns (path, warnings)."""
     from .status import stage_summaries, unfinished
 
-    searched = {s["target"]: s for s in stage_summaries(run)
-                if s["kind"] == "long" and s["best_ppl"] is not None}
+    summaries = stage_summaries(run)  # reads every stage's trials: once
+    searched = {s["target"]: s for s in summaries if s["kind"] == "long" and s["best_ppl"] is not None}
     want = target if target is not None else max(searched, default=None)
     if want in searched and searched[want]["best_file_missing"]:
         raise UserError(f"{run.best_path('long', want)} is missing (deleted?), though the journal holds "
@@ -127,7 +127,7 @@ def export(run: Run, target: int | None = None, short: int | None = None, out: s
     sh = run.best("short", short)
     if sh is not None and len(sh.lambdas) != len(long.lambdas):
         raise UserError("short and long factors have different lengths")
-    warnings = unfinished(run, [r for r in (long, sh) if r is not None])
+    warnings = unfinished(run, [r for r in (long, sh) if r is not None], summaries)
     if sh is not None and sh.model != long.model and any(map(fine_tuned, (sh.model, long.model))):
         # a fine-tune between the two stages (not a model moved between them: resume --model)
         warnings.append(f"long-{long.target_length} was searched on {long.model} and "

@@ -275,11 +275,11 @@ def _count(n: int) -> str:
     return str(n)
 
 
-def unfinished(run: Run, records: list[BestRecord]) -> list[str]:
+def unfinished(run: Run, records: list[BestRecord], summaries: list[dict[str, Any]]) -> list[str]:
     """A warning for each record whose stage is still short of its budget: an interrupted run's
     best file holds the best so far (generation 0's at first), not the search's result. And for
-    a longer long stage or a short stage begun with no result yet: the export has none of its factors."""
-    summaries = stage_summaries(run)
+    a longer long stage or a short stage begun with no result yet: the export has none of its
+    factors. `summaries`: stage_summaries(run), which the caller has read already."""
     stages = {(s["kind"], s["target"]): s for s in summaries}
     resume = f"`longrope resume {quote(str(run.path))}`"
 

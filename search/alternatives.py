@@ -138,7 +138,8 @@ class DrawSeeded(optuna.samplers.BaseSampler):
     def sample_relative(self, study, trial, search_space):
         if self.name == "cmaes" and DRAW in trial.system_attrs:
             # CMA-ES seeds its ask with a draw of its stream + trial.number, which a resume shifts
-            # (the killed trial and its re-queued copy take numbers): the draw k stands in for it
+            # (the killed trial and its re-queued copy take numbers): the draw k stands in for it.
+            # Not for TPE, which reads trial.number to leave the trial itself out of its history
             trial = copy_of(trial)
             trial.number = trial.system_attrs[DRAW]
         return self._sampler(trial).sample_relative(study, trial, search_space)

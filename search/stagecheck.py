@@ -59,12 +59,12 @@ def check_stage(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.S
         study.set_user_attr(vocab.MODEL, fp)
 
 
-def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
+def recorded_diff(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> list[str]:
     """Search-defining keys of `cfg` unlike those a stage of `run` recorded as it started. The
     run's config.toml is checked first, but it is a file a user edits (model.dtype, a moved
     search.storage): a step or a seed changed there was taken as the run's own, and the resumed
     search mixed two grids or two random streams without a word. search.storage may move."""
-    for study in run.studies():
+    for study in studies:
         stored = study.user_attrs.get(vocab.CONFIG)
         diff = [] if stored is None else [d for d in defining_diff(stored, cfg.to_dict())
                                           if not d.startswith("search.storage:")]
@@ -74,11 +74,10 @@ def recorded_diff(run: Run, cfg: RunConfig) -> list[str]:
     return []
 
 
-def moved_model(run: Run, cfg: RunConfig) -> str | None:
+def moved_model(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> str | None:
     """The run's model.path when `cfg` names a moved copy of it: model.path (and a tokenizer at
     the model's path) is all that differs from what the run recorded, and the new path holds
     the weights whose fingerprint its stages recorded as they started. None otherwise."""
-    studies = run.studies()
     recorded = {s.user_attrs[vocab.MODEL] for s in studies if vocab.MODEL in s.user_attrs}
     olds = [run.config()] + [s.user_attrs[vocab.CONFIG] for s in studies if vocab.CONFIG in s.user_attrs]
     old = next((p for o in olds if (p := (o.get("model") or {}).get("path")) != cfg.model.path), None)
@@ -99,18 +98,19 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
     the budget, [workers] and how the model runs may change; a moved storage or model is told
     how to come back rather than only to start over, and a moved copy of the model's weights
     (its fingerprint as recorded) is taken."""
-    if (old := moved_model(run, cfg)) is not None:
+    studies = run.studies()  # each call replays the journal: once here
+    if (old := moved_model(run, cfg, studies)) is not None:
         print(f"note: model.path {old} -> {cfg.model.path}: the same weights (config.json, and each "
               "weight file's size and ends), the run goes on with them", file=sys.stderr)
         return
-    diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg)
+    diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg, studies)
     if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                         "would start the search over; give the run's own (a database that moved: "
                         f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
     # a copy is checked against the fingerprint its stages recorded: none where the driver could not
     # see the path (Ray workers only), or in a run made before session 39 that has not resumed since
-    known = any(vocab.MODEL in s.user_attrs for s in run.studies())
+    known = any(vocab.MODEL in s.user_attrs for s in studies)
     way = "resume with --model NEW (or link it at its old path: ln -s NEW OLD)" if known else \
         "link it at its old path (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
     moved = f", or, if the model only moved, {way}" if diff and diff[0].startswith("model.path:") else ""
