@@ -1,8 +1,8 @@
 """Where a model runs, measured the same way on every device.
 
 Peak memory is the allocator's own peak on CUDA (``torch.cuda.max_memory_allocated``) and
-the resident set on a CPU (sampled from a thread: no allocator counter covers every CPU
-allocation); timings synchronise CUDA first, since its kernels return before they finish.
+the resident set on a CPU (the kernel's high-water mark, reset on entry; no allocator counter
+covers every CPU allocation); timings synchronise CUDA first, since its kernels return before they finish.
 The bench and ``longrope check`` report through these, naming the device each figure is of.
 """
 
@@ -79,8 +79,11 @@ def _rss() -> int:
 class PeakMemory:
     """``with PeakMemory(device) as m: ...`` then ``m.bytes``: peak growth during the block.
 
-    CUDA: the allocator's peak minus what was allocated on entry. CPU: the RSS sampled every
-    0.5 ms minus the RSS on entry, after malloc_trim so the baseline is what is live."""
+    CUDA: the allocator's peak minus what was allocated on entry. CPU: the kernel's resident-set
+    high-water mark (VmHWM, reset on entry by writing 5 to /proc/self/clear_refs) minus the RSS
+    on entry, after malloc_trim so the baseline is what is live. Where the mark cannot be reset
+    (not Linux, or an old kernel) a thread samples the RSS instead; that can miss a peak held
+    only inside one C call, since the sampler needs the GIL to look."""
 
     def __init__(self, device: Any):
         self.device, self.bytes = device, 0
@@ -97,9 +100,10 @@ class PeakMemory:
             ctypes.CDLL("libc.so.6").malloc_trim(0)
         except OSError:  # not glibc: the baseline includes freed heap, the peak is still a peak
             pass
-        self._base, self._peak, self._done = _rss(), 0, threading.Event()
-        self._thread = threading.Thread(target=self._sample, daemon=True)
-        self._thread.start()
+        self._base, self._peak, self._done, self._thread = _rss(), 0, threading.Event(), None
+        if not _reset_high_water_mark():
+            self._thread = threading.Thread(target=self._sample, daemon=True)
+            self._thread.start()
         return self
 
     def _sample(self) -> None:
@@ -114,6 +118,27 @@ class PeakMemory:
             sync(self.device)
             self.bytes = torch.cuda.max_memory_allocated(self.device) - self._base
             return
-        self._done.set()
-        self._thread.join()
+        if self._thread is None:
+            self._peak = _high_water_mark()
+        else:
+            self._done.set()
+            self._thread.join()
         self.bytes = max(self._peak, _rss()) - self._base
+
+
+def _reset_high_water_mark() -> bool:
+    """Set VmHWM to the current RSS (Linux >= 4.0, proc(5) clear_refs); False where it cannot."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return _high_water_mark() > 0
+    except (OSError, ValueError):
+        return False
+
+
+def _high_water_mark() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024  # kB
+    raise ValueError("no VmHWM in /proc/self/status")
