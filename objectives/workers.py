@@ -247,6 +247,13 @@ class _Worker:
     def pid(self) -> int:
         return self._pid
 
+    def fingerprint(self, path: str) -> str | None:
+        """models.fingerprint(path) as this node sees it: a driver that does not see the model's
+        path (a cluster's head node) records and checks the workers' view instead."""
+        from .models import fingerprint
+
+        return fingerprint(path)
+
 
 def ray_worker_class():
     """The worker as a Ray actor class (imported lazily: Ray is optional in-process)."""

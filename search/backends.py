@@ -173,14 +173,21 @@ class RayBackend:
         return ours[1]
 
     def task_records(self, length: int, pool: str = "search") -> list[dict] | None:
-        """Every replica builds the same samples (a pure function of seed, length, documents):
-        asked of a worker that is up, one found dead on the way replaced."""
+        """Every replica builds the same samples (a pure function of seed, length, documents)."""
+        return self._ask_one("task_records", length, pool)
+
+    def fingerprint(self, path: str) -> str | None:
+        """The model's fingerprint where the workers run (the driver may not see the path)."""
+        return self._ask_one("fingerprint", path)
+
+    def _ask_one(self, method: str, *args: Any) -> Any:
+        """`method(*args)` of a worker that is up, one found dead on the way replaced."""
         while True:
             while not self.idle:
                 self._step()
             actor = self.idle[0]
             try:
-                return self._get(actor.task_records.remote(length, pool))
+                return self._get(getattr(actor, method).remote(*args))
             except self.died as e:
                 self._replace(actor, e)
 

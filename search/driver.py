@@ -50,10 +50,10 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
     (once) and left open for its owner. The run's lock is a lease (runs/lease.py): a driver
     preempted elsewhere is taken over once its heartbeat is `lock_timeout` seconds old.
     """
-    existing = Run.is_run(run_dir)
+    existing, on_workers = Run.is_run(run_dir), None
     if existing:
         run = Run.open(run_dir)
-        check_resumable(run, cfg, run_dir)
+        on_workers = check_resumable(run, cfg, run_dir)
         run.check_writable()
         run.check_journal()
     elif resume:
@@ -77,6 +77,8 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
             except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
                 raise interrupted(seen, " while the workers started; nothing of the run was written") \
                     from None
+            if on_workers is not None:  # a moved model only the workers see: before config.toml names it
+                on_workers(plan.backend)
             return _drive(cfg, run_dir, existing, plan, progress, lease, seen)
         except OSError as e:  # the journal, the lease or the events log on a full disk
             failed = Run(run_dir).write_failed(e)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import hashlib
 import json
 import sys
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import optuna
 from optuna.trial import TrialState
@@ -55,8 +57,35 @@ def check_stage(backend, cfg: RunConfig, run: Run, stage: Stage, study: optuna.S
     check_precision(backend, cfg, run, stage, study)
     if vocab.CONFIG not in study.user_attrs:
         study.set_user_attr(vocab.CONFIG, cfg.to_dict())
-    if vocab.MODEL not in study.user_attrs and (fp := fingerprint(cfg.model.path)):
+    check_weights(backend, cfg, stage, study)
+
+
+def check_weights(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) -> None:
+    """Record the fingerprint of model.path's weights, or check a resumed stage's are the same
+    (weights replaced under the run's path). Taken where the driver sees the path, else from a
+    Ray worker (a head node that mounts no model); nothing where neither sees it."""
+    path = cfg.model.path
+    fp = fingerprint(path)
+    if fp is None and hasattr(backend, "fingerprint") and not path.startswith(("builtin:", "synthetic")):
+        fp = backend.fingerprint(path)
+    stored = study.user_attrs.get(vocab.MODEL)
+    if fp is not None and stored is None:
         study.set_user_attr(vocab.MODEL, fp)
+    elif fp is not None and fp != stored:
+        raise UserError(other_weights(path, stage.name))
+
+
+def other_weights(path: str, searched_on: str) -> str:
+    return (f"model.path {path} holds other weights than {searched_on} was searched on (config.json, "
+            "or a weight file's name, size or ends, differ): a run keeps its model; give a copy of "
+            "it, or start a new --run-dir")
+
+
+def on_workers(backend, path: str, recorded: set[str], old: str) -> None:
+    """A moved model the driver does not see, checked where the workers load it."""
+    got = backend.fingerprint(path) if hasattr(backend, "fingerprint") else None
+    if got is not None and recorded != {got}:
+        raise UserError(other_weights(path, f"the run's model {old}"))
 
 
 def recorded_diff(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> list[str]:
@@ -74,35 +103,42 @@ def recorded_diff(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> list
     return []
 
 
-def moved_model(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> str | None:
+def moved_model(run: Run, cfg: RunConfig, studies: list[optuna.Study], recorded: set[str],
+                got: str | None) -> str | None:
     """The run's model.path when `cfg` names a moved copy of it: model.path (and a tokenizer at
     the model's path) is all that differs from what the run recorded, and the new path holds
-    the weights whose fingerprint its stages recorded as they started. None otherwise."""
-    recorded = {s.user_attrs[vocab.MODEL] for s in studies if vocab.MODEL in s.user_attrs}
+    the weights whose fingerprint (`recorded`) its stages recorded as they started; `got` is the
+    new path's, None where the driver does not see it (then Ray workers check it). None otherwise."""
     olds = [run.config()] + [s.user_attrs[vocab.CONFIG] for s in studies if vocab.CONFIG in s.user_attrs]
     old = next((p for o in olds if (p := (o.get("model") or {}).get("path")) != cfg.model.path), None)
     moves = ("model.path:", "model.tokenizer:")
     if not recorded or old is None or any(
             not d.startswith(moves) for o in olds for d in defining_diff(o, cfg.to_dict())):
         return None
-    got = fingerprint(cfg.model.path)
     if got is not None and recorded != {got}:
-        raise UserError(f"model.path {cfg.model.path} holds other weights than the run's model {old} "
-                        "(config.json, or a weight file's name, size or ends, differ): a run keeps its "
-                        "model; give a copy of it, or start a new --run-dir")
-    return old if got is not None else None
+        raise UserError(other_weights(cfg.model.path, f"the run's model {old}"))
+    if got is None and cfg.workers.backend != "ray":
+        return None  # refused below: the path does not exist for the driver that loads it
+    return old
 
 
-def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
+def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> Callable[[Any], None] | None:
     """A resume's config against the run's (its config.toml, then what each stage recorded): only
     the budget, [workers] and how the model runs may change; a moved storage or model is told
     how to come back rather than only to start over, and a moved copy of the model's weights
-    (its fingerprint as recorded) is taken."""
+    (its fingerprint as recorded) is taken. A copy the driver does not see is checked on a Ray
+    worker: the check returned is run on the backend once it is up, before the run is changed."""
     studies = run.studies()  # each call replays the journal: once here
-    if (old := moved_model(run, cfg, studies)) is not None:
-        print(f"note: model.path {old} -> {cfg.model.path}: the same weights (config.json, and each "
-              "weight file's size and ends), the run goes on with them", file=sys.stderr)
-        return
+    recorded = {s.user_attrs[vocab.MODEL] for s in studies if vocab.MODEL in s.user_attrs}
+    got = fingerprint(cfg.model.path)
+    if (old := moved_model(run, cfg, studies, recorded, got)) is not None:
+        same = ("the same weights (config.json, and each weight file's size and ends)" if got else
+                "not seen here: a Ray worker checks its weights as they load")
+        print(f"note: model.path {old} -> {cfg.model.path}: {same}, the run goes on with them",
+              file=sys.stderr)
+        return None if got else lambda backend: on_workers(backend, cfg.model.path, recorded, old)
+    if recorded and got is not None and recorded != {got}:  # replaced under the same path
+        raise UserError(other_weights(cfg.model.path, run_dir))
     diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg, studies)
     if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
@@ -110,7 +146,7 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> None:
                         f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
     # a copy is checked against the fingerprint its stages recorded: none where the driver could not
     # see the path (Ray workers only), or in a run made before session 39 that has not resumed since
-    known = any(vocab.MODEL in s.user_attrs for s in studies)
+    known = bool(recorded)
     way = "resume with --model NEW (or link it at its old path: ln -s NEW OLD)" if known else \
         "link it at its old path (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
     moved = f", or, if the model only moved, {way}" if diff and diff[0].startswith("model.path:") else ""

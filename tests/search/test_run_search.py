@@ -565,65 +565,6 @@ def test_a_search_started_beside_another_on_one_new_run_dir_is_busy(tmp_path, mo
     assert Run.open(tmp_path / "r").studies() == []  # the other's run, untouched
 
 
-def test_a_run_whose_model_folder_moved_resumes_with_model_new(tmp_path, tiny_model_dir, capsys):
-    """The model folder of an interrupted run moved (a tidied folder, another node's mount): resume
-    said "model path ... does not exist", and once config.toml was edited, "start a new --run-dir",
-    which threw every evaluation away. `resume --model NEW` takes a copy holding the weights whose
-    fingerprint the run recorded, and the finished run equals one never moved; other weights at
-    NEW are refused, and so is an edited config.toml naming them."""
-    import shutil
-    import tomllib
-
-    from tiny_models import make_tiny_model_dir
-
-    from longrope.search.cli import main
-
-    shutil.copytree(tiny_model_dir, tmp_path / "m")
-    reference, _ = run_small(tmp_path, "reference", model=str(tmp_path / "m"), iterations=1)
-    cfg, _ = small_cfg(model=str(tmp_path / "m"), iterations=1)
-    cfg.search.max_evals = 7  # stopped part-way, as by an interruption
-    run = Run.create(tmp_path / "r", config.dumps(cfg))
-    Driver(cfg, run, progress=False).run_all()
-    (tmp_path / "m").rename(tmp_path / "moved")
-    cfg.search.max_evals = None
-    with pytest.raises(UserError, match=rf"was searched with model.path {tmp_path / 'm'}, which does not exist "
-                                        r"now: .* moved, resume with --model NEW \(or link it there"):
-        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
-    make_tiny_model_dir(tmp_path / "other", seed=1)  # the same architecture, other weights
-    assert main(["resume", str(run.path), "--model", str(tmp_path / "other"), "--quiet"]) == 2
-    assert f"model.path {tmp_path / 'other'} holds other weights than the run's model" in capsys.readouterr().err
-    cfg.model.path = str(tmp_path / "other")  # config.toml edited to it: the same refusal
-    with pytest.raises(UserError, match="holds other weights than the run's model"):
-        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
-
-    assert main(["resume", str(run.path), "--model", str(tmp_path / "moved"), "--max-evals", "1000",
-                 "--quiet"]) == 0
-    err = capsys.readouterr().err
-    assert f"note: model.path {tmp_path / 'm'} -> {tmp_path / 'moved'}: the same weights" in err, err
-    assert trajectory(run) == trajectory(reference)
-    frozen = tomllib.loads((run.path / "config.toml").read_text())
-    assert frozen["model"]["path"] == str(tmp_path / "moved")  # a plain resume goes on with it
-    assert main(["resume", str(run.path), "--quiet"]) == 0
-
-
-def test_a_moved_model_of_a_run_that_recorded_no_fingerprint_is_linked_back(tmp_path, tiny_model_dir):
-    """A run whose stages recorded no fingerprint (none started, its driver could not see the path,
-    or made before they did) has nothing to check a copy against: both refusals name the link."""
-    import shutil
-
-    shutil.copytree(tiny_model_dir, tmp_path / "m")
-    cfg, _ = small_cfg(model=str(tmp_path / "m"))
-    Run.create(tmp_path / "r", config.dumps(cfg))
-    (tmp_path / "m").rename(tmp_path / "moved")
-    with pytest.raises(UserError, match=rf"which does not exist now: a run keeps its model; moved, link it there "
-                                        rf"\(ln -s NEW {tmp_path / 'm'}; the run recorded no fingerprint"):
-        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
-    cfg.model.path = str(tmp_path / "moved")  # config.toml edited to the new place
-    with pytest.raises(UserError, match=r"another model.path: .*start a new --run-dir, or, if the model only "
-                                        r"moved, link it at its old path \(ln -s NEW OLD; the run recorded no"):
-        run_search(cfg, str(tmp_path / "r"), resume=True, progress=False)
-
-
 def test_a_resume_with_a_new_budget_keeps_it_for_the_next(tmp_path):
     """A resume with more iterations writes them into the run's config.toml (and says so in
     events.log): a later plain resume, and status, go by the budget the run was last driven with."""

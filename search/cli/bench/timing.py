@@ -71,8 +71,8 @@ def forward_flops(model: Any, length: int) -> int:
 
 
 def memory(model_spec: str, length: int) -> dict[str, Any]:
-    """Peak RSS growth while scoring one document (sampled every 0.5 ms from a thread),
-    each path in a fresh process."""
+    """Peak memory growth while scoring one document (devices.PeakMemory: on a CPU the kernel's
+    resident-set high-water mark), each path in a fresh process."""
     out = {}
     for path in ("chunked", "labels"):
         r = subprocess.run([sys.executable, "-m", f"{PROBES}.probe_memory", model_spec, str(length), path],
