@@ -144,8 +144,8 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> Callable[[Any], N
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
                         "would start the search over; give the run's own (a database that moved: "
                         f"edit search.storage in {run.path / 'config.toml'}) or a new --run-dir")
-    # a copy is checked against the fingerprint its stages recorded: none where the driver could not
-    # see the path (Ray workers only), or in a run made before session 39 that has not resumed since
+    # a copy is checked against the fingerprint its stages recorded (the driver's, or a Ray worker's):
+    # none in a run made before session 39 that has not resumed since
     known = bool(recorded)
     way = "resume with --model NEW (or link it at its old path: ln -s NEW OLD)" if known else \
         "link it at its old path (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
