@@ -203,3 +203,21 @@ def test_forward_flops_equals_torch_count(tied):
     counts = {str(k): v for k, v in fc.get_flop_counts()["Global"].items()}
     norms = sum(p.numel() for n, p in model.named_parameters() if "norm" in n)
     assert forward_flops(model, L) == counts["aten.mm"] + counts["aten.bmm"] // 2 + 2 * L * norms
+
+
+def test_the_memory_figure_is_the_median_of_fresh_processes_per_path(monkeypatch):
+    """The chunked path's peak varies with the allocator from one process to the next: one
+    high run must not set the figure (nor one low run)."""
+    import subprocess
+    import types
+
+    from longrope.search.cli.bench import timing
+
+    peaks = {"chunked": iter([900, 560, 630]), "labels": iter([3000, 3001, 2999])}
+    monkeypatch.setattr(timing, "_cpu_name", lambda: "CPU, 2 cores")
+    monkeypatch.setattr(subprocess, "run", lambda cmd, **kw: types.SimpleNamespace(
+        returncode=0, stdout=f"{next(peaks[cmd[-1]]) * 2**20}\tCPU, 2 cores\n"))
+    m = timing.memory("builtin:x", 64)
+    assert (m["peak_chunked"], m["peak_labels"]) == (630 * 2**20, 3000 * 2**20)
+    assert m["memory"] == pytest.approx(630 / 3000) and m["measure"] == "RSS"
+    assert m["runs"]["chunked"] == [900 * 2**20, 560 * 2**20, 630 * 2**20]
