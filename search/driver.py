@@ -77,7 +77,7 @@ def run_search(cfg: RunConfig, run_dir: str, resume: bool = False, progress: boo
             except KeyboardInterrupt:  # while Ray starts or the workers load: nothing written yet
                 raise interrupted(seen, " while the workers started; nothing of the run was written") \
                     from None
-            if on_workers is not None:  # a moved model only the workers see: before config.toml names it
+            if on_workers is not None:  # weights only the workers see: checked before the run changes
                 on_workers(plan.backend)
             return _drive(cfg, run_dir, existing, plan, progress, lease, seen)
         except OSError as e:  # the journal, the lease or the events log on a full disk

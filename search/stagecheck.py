@@ -64,28 +64,28 @@ def check_weights(backend, cfg: RunConfig, stage: Stage, study: optuna.Study) ->
     """Record the fingerprint of model.path's weights, or check a resumed stage's are the same
     (weights replaced under the run's path). Taken where the driver sees the path, else from a
     Ray worker (a head node that mounts no model); nothing where neither sees it."""
-    path = cfg.model.path
-    fp = fingerprint(path)
-    if fp is None and hasattr(backend, "fingerprint") and not path.startswith(("builtin:", "synthetic")):
-        fp = backend.fingerprint(path)
+    fp = weights_fingerprint(backend, cfg.model.path)
     stored = study.user_attrs.get(vocab.MODEL)
     if fp is not None and stored is None:
         study.set_user_attr(vocab.MODEL, fp)
-    elif fp is not None and fp != stored:
-        raise UserError(other_weights(path, stage.name))
+    same_weights(cfg.model.path, fp, {stored} - {None}, stage.name)
 
 
-def other_weights(path: str, searched_on: str) -> str:
-    return (f"model.path {path} holds other weights than {searched_on} was searched on (config.json, "
-            "or a weight file's name, size or ends, differ): a run keeps its model; give a copy of "
-            "it, or start a new --run-dir")
+def weights_fingerprint(backend, path: str) -> str | None:
+    """models.fingerprint(path) where the driver sees the path, else a Ray worker's."""
+    fp = fingerprint(path)
+    if fp is None and hasattr(backend, "fingerprint") and not path.startswith(("builtin:", "synthetic")):
+        fp = backend.fingerprint(path)
+    return fp
 
 
-def on_workers(backend, path: str, recorded: set[str], old: str) -> None:
-    """A moved model the driver does not see, checked where the workers load it."""
-    got = backend.fingerprint(path) if hasattr(backend, "fingerprint") else None
-    if got is not None and recorded != {got}:
-        raise UserError(other_weights(path, f"the run's model {old}"))
+def same_weights(path: str, got: str | None, recorded: set[str], searched_on: str) -> None:
+    """Refuse weights at `path` (fingerprint `got`) other than those the run `recorded`; nothing
+    to check where either is unknown."""
+    if got is not None and recorded and recorded != {got}:
+        raise UserError(f"model.path {path} holds other weights than {searched_on} was searched on "
+                        "(config.json, or a weight file's name, size or ends, differ): a run keeps its "
+                        "model; give a copy of it, or start a new --run-dir")
 
 
 def recorded_diff(run: Run, cfg: RunConfig, studies: list[optuna.Study]) -> list[str]:
@@ -115,8 +115,7 @@ def moved_model(run: Run, cfg: RunConfig, studies: list[optuna.Study], recorded:
     if not recorded or old is None or any(
             not d.startswith(moves) for o in olds for d in defining_diff(o, cfg.to_dict())):
         return None
-    if got is not None and recorded != {got}:
-        raise UserError(other_weights(cfg.model.path, f"the run's model {old}"))
+    same_weights(cfg.model.path, got, recorded, f"the run's model {old}")
     if got is None and cfg.workers.backend != "ray":
         return None  # refused below: the path does not exist for the driver that loads it
     return old
@@ -127,18 +126,25 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> Callable[[Any], N
     the budget, [workers] and how the model runs may change; a moved storage or model is told
     how to come back rather than only to start over, and a moved copy of the model's weights
     (its fingerprint as recorded) is taken. A copy the driver does not see is checked on a Ray
-    worker: the check returned is run on the backend once it is up, before the run is changed."""
+    worker, and so are the weights at the run's own path: the check returned is run on the backend
+    once it is up, before the run is changed."""
     studies = run.studies()  # each call replays the journal: once here
     recorded = {s.user_attrs[vocab.MODEL] for s in studies if vocab.MODEL in s.user_attrs}
     got = fingerprint(cfg.model.path)
+    path = cfg.model.path
+
+    def on_workers(searched_on: str) -> Callable[[Any], None] | None:
+        """Where the driver does not see the path, the same check on a worker once they are up."""
+        if got is not None or not recorded or cfg.workers.backend != "ray":
+            return None
+        return lambda backend: same_weights(path, weights_fingerprint(backend, path), recorded, searched_on)
+
     if (old := moved_model(run, cfg, studies, recorded, got)) is not None:
         same = ("the same weights (config.json, and each weight file's size and ends)" if got else
                 "not seen here: a Ray worker checks its weights as they load")
-        print(f"note: model.path {old} -> {cfg.model.path}: {same}, the run goes on with them",
-              file=sys.stderr)
-        return None if got else lambda backend: on_workers(backend, cfg.model.path, recorded, old)
-    if recorded and got is not None and recorded != {got}:  # replaced under the same path
-        raise UserError(other_weights(cfg.model.path, run_dir))
+        print(f"note: model.path {old} -> {path}: {same}, the run goes on with them", file=sys.stderr)
+        return on_workers(f"the run's model {old}")
+    same_weights(path, got, recorded, run_dir)  # weights replaced under the run's own path
     diff = defining_diff(run.config(), cfg.to_dict()) or recorded_diff(run, cfg, studies)
     if diff and diff[0].startswith("search.storage:"):  # another storage holds none of its trials
         raise UserError(f"{run_dir} keeps its evaluations in another storage ({diff[0]}): this one "
@@ -155,13 +161,14 @@ def check_resumable(run: Run, cfg: RunConfig, run_dir: str) -> Callable[[Any], N
                         "(search.iterations, max_evals, patience, min_improvement), [workers] and "
                         "model.device, dtype, threads, nll or data.cache_dir may change in a run: "
                         f"start a new --run-dir{moved}")
-    model = cfg.model.path  # in-process the driver loads it (Ray workers may see paths it does not)
-    if cfg.workers.backend == "inprocess" and not model.startswith(("builtin:", "synthetic")) \
-            and not Path(model).expanduser().exists():
+    # in-process the driver loads it (Ray workers may see paths it does not)
+    if cfg.workers.backend == "inprocess" and not path.startswith(("builtin:", "synthetic")) \
+            and not Path(path).expanduser().exists():
         way = "resume with --model NEW (or link it there: ln -s NEW OLD)" if known else \
             "link it there (ln -s NEW OLD; the run recorded no fingerprint to check a copy against)"
-        raise UserError(f"{run_dir} was searched with model.path {model}, which does not exist now: a "
-                        f"run keeps its model; moved, {way.replace('OLD', model)}")
+        raise UserError(f"{run_dir} was searched with model.path {path}, which does not exist now: a "
+                        f"run keeps its model; moved, {way.replace('OLD', path)}")
+    return on_workers(run_dir)
 
 
 def heldout_text(backend, stage: Stage) -> str | None:

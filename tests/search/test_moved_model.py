@@ -91,8 +91,9 @@ def test_weights_replaced_under_the_runs_model_path_are_refused_on_resume(tmp_pa
 def test_a_ray_run_whose_driver_does_not_see_the_model_records_a_workers_fingerprint(
         tmp_path, tiny_model_dir, ray_session, monkeypatch, capsys):
     """A head node that mounts no model recorded no fingerprint, so a moved model could only be
-    linked back: a worker records it, a moved copy is taken (the workers check it as the stage
-    starts) and finishes as an unmoved run does, and other weights are refused there."""
+    linked back: a worker records it, a moved copy is taken (a worker checks it once the workers
+    are up) and finishes as an unmoved run does, and other weights, at NEW or at the run's own
+    path, are refused there before the run is changed."""
     from longrope.search.cli import main
 
     shutil.copytree(tiny_model_dir, tmp_path / "m")
@@ -109,6 +110,12 @@ def test_a_ray_run_whose_driver_does_not_see_the_model_records_a_workers_fingerp
         in err, err
     assert tomllib.loads((run.path / "config.toml").read_text())["model"]["path"] == str(tmp_path / "m")
     (tmp_path / "m").rename(tmp_path / "moved")
+    shutil.copytree(tmp_path / "other", tmp_path / "m")  # other weights under the run's own path
+    before = (run.path / "config.toml").read_text()
+    assert main(["resume", str(run.path), "--max-evals", "1000", "--quiet"]) == 2
+    err = capsys.readouterr().err
+    assert f"model.path {tmp_path / 'm'} holds other weights than {run.path} was searched on" in err, err
+    assert (run.path / "config.toml").read_text() == before  # refused before the budget is written
     assert main(["resume", str(run.path), "--model", str(tmp_path / "moved"), "--max-evals", "1000",
                  "--quiet"]) == 0
     err = capsys.readouterr().err
