@@ -119,7 +119,7 @@ def _run_sections(r: dict[str, Any], only: list[str], quick: bool, work: Path) -
     if "speed" in only:
         r["speed"] = overhead_and_flops("builtin:tiny-sotu", 512 if quick else 2048, 2 if quick else 7)
     if "memory" in only:
-        r["memory"] = memory(big, 512 if quick else (8192 if have_smol else 4096))
+        r["memory"] = memory(big, 512 if quick else (8192 if have_smol else 4096), 1 if quick else 3)
         r["memory"]["model"] = big
     if "quality" in only:
         r["quality"] = search_quality(work, [512] if quick else [512, 1024], budget,
