@@ -25,6 +25,7 @@ from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worke
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .cluster import (
+    DeviceFault,
     check_resources,
     death_reason,
     init_ray,
@@ -127,8 +128,8 @@ class RayBackend:
         self.capacity = self.count = count
         self.dtype: str | None = None  # what the workers score in, once precision() has asked
         # a worker's death as ray.get reports it: Ray's memory monitor kills with an OutOfMemoryError,
-        # which is no RayActorError
-        self.died = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError)
+        # which is no RayActorError; a worker whose GPU failed under it lives on, useless (DeviceFault)
+        self.died = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError, DeviceFault)
 
     def _new_actor(self):
         return self.actor_cls.options(num_gpus=self.num_gpus, num_cpus=self.num_cpus).remote(self.spec)
@@ -137,23 +138,35 @@ class RayBackend:
         return ray_get(ref)
 
     def check(self, lengths: list[int]) -> RopeGeometry:
-        """Every actor loads its model and documents; a user error inside one is re-raised here.
-        Workers the cluster cannot place yet (its resources held by another job) are waited for
-        with a note, as during the search."""
-        refs = [a.check.remote(lengths) for a in self.actors]
-        pending, waits = refs, 0
-        while pending:
-            _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT_NOTE)
-            waits += bool(pending)
-            if pending and spaced(waits):
-                print(self._waiting(f"waited {waits * WAIT_NOTE:g} s for the workers", len(pending)),
-                      file=sys.stderr)
-        try:
-            geos = [self._get(ref) for ref in refs]
-        except self.died as e:
-            cause = getattr(e, "cause", None) or e
-            last = str(cause).strip().splitlines()[-1][:300]
-            raise UserError(f"a worker failed to start: {last}") from None
+        """Every actor loads its model and documents; a user error inside one is re-raised here,
+        and so is an error its constructor raised (a model it cannot load). Workers the cluster
+        cannot place yet (its resources held by another job) are waited for with a note, as during
+        the search. One that dies while it loads (its node preempted, killed for memory, its GPU
+        failed) is replaced, as during the search: MAX_START_FAILURES in a row that were not lost
+        with their node stop the run."""
+        todo, geos, waits, failures = list(self.actors), [], 0, 0
+        while todo:
+            refs = {a.check.remote(lengths): a for a in todo}
+            pending = list(refs)
+            while pending:
+                _, pending = self.ray.wait(pending, num_returns=len(pending), timeout=WAIT_NOTE)
+                waits += bool(pending)
+                if pending and spaced(waits):
+                    print(self._waiting(f"waited {waits * WAIT_NOTE:g} s for the workers", len(pending)),
+                          file=sys.stderr)
+            todo = []
+            for ref, actor in refs.items():
+                try:
+                    geos.append(self._get(ref))
+                except self.died as e:
+                    failures += 0 if not_its_fault(e) else 1
+                    if getattr(e, "actor_init_failed", False) or failures >= MAX_START_FAILURES:
+                        cause = getattr(e, "cause", None) or e
+                        last = str(cause).strip().splitlines()[-1][:300]
+                        raise UserError(f"a worker failed to start: {last}") from None
+                    fresh = self._swap(actor, e, "a new worker is starting")
+                    self.idle.append(fresh)
+                    todo.append(fresh)
         return geos[0]
 
     def free(self) -> int:
@@ -328,19 +341,25 @@ class RayBackend:
                 "and resume later")
 
     def _replace(self, actor, error: Exception) -> None:
-        """Drop a dead actor and start another; it takes work once its first call answers. The
-        old one is killed too: one Ray could not reach may still live and hold its GPU."""
+        """Drop a dead actor and start another; it takes work once its first call answers."""
+        fresh = self._swap(actor, error)
+        self.starting[fresh.precision.remote()] = fresh
+
+    def _swap(self, actor, error: Exception,
+              then: str = "its candidate goes to the next free worker and a new worker is starting"):
+        """Kill `actor` and start its replacement, saying why. The old one is killed: one Ray could
+        not reach may still live and hold its GPU, and one whose GPU failed lives on useless."""
         self.ray.kill(actor)
         self.actors.remove(actor)
         if actor in self.idle:
             self.idle.remove(actor)
         fresh = self._new_actor()
         self.actors.append(fresh)
-        self.starting[fresh.precision.remote()] = fresh
         self.replaced += 1
-        print(f"note: a worker died{' with its node' if node_lost(error) else ''} "
-              f"({death_reason(error)}); its candidate goes to the next free worker and a new "
-              "worker is starting", file=sys.stderr)
+        what = ("a worker's GPU failed" if isinstance(error, DeviceFault) else
+                f"a worker died{' with its node' if node_lost(error) else ''}")
+        print(f"note: {what} ({death_reason(error)}); {then}", file=sys.stderr)
+        return fresh
 
     def worker_pids(self) -> list[int]:
         return [self.ray.get(a.pid.remote()) for a in self.actors]

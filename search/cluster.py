@@ -108,10 +108,31 @@ def _speaks_grpc(hostport: str, timeout: float) -> bool:
         channel.close()
 
 
+class DeviceFault(Exception):
+    """A worker's accelerator failed under it (a CUDA error: an illegal memory access, an ECC
+    error, a device-side assert). torch raises and the process lives on, its CUDA context broken
+    for every later call, so the backends take it as the worker's death: killed, replaced, its
+    candidate re-run on another worker and counted against it (a kernel it crashes twice)."""
+
+
+# what torch's errors from a broken device say (torch >= 2.8 raises torch.AcceleratorError for them;
+# before, a plain RuntimeError); "CUDA out of memory" is none of these: the scorer halves its batch
+DEVICE_FAULTS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "device-side assert",
+                 "HIP error", "NCCL error")
+
+
+def device_fault(error: BaseException | None) -> bool:
+    """Whether an exception raised inside a worker says its device failed (DeviceFault)."""
+    if type(error).__name__ == "AcceleratorError":
+        return True
+    return isinstance(error, RuntimeError) and any(m in str(error) for m in DEVICE_FAULTS)
+
+
 def ray_get(ref):
-    """ray.get, with a UserError raised inside a task or actor re-raised here as one line, and a
+    """ray.get, with a UserError raised inside a task or actor re-raised here as one line, a
     write the run's storage refused (a fine-tune's checkpoint on a full disk) as that OSError,
-    which the driver turns into its one line (Run.write_failed)."""
+    which the driver turns into its one line (Run.write_failed), and a failed device as a
+    DeviceFault."""
     import ray
 
     try:
@@ -122,7 +143,14 @@ def ray_get(ref):
             raise UserError(str(cause)) from None
         if isinstance(cause, OSError) and cause.errno in STORAGE_ERRORS:
             raise OSError(cause.errno, cause.strerror, cause.filename) from None
+        if device_fault(cause):
+            raise DeviceFault(f"{type(cause).__name__}: {str(cause).strip()}") from None
         raise
+    except ray.exceptions.RuntimeEnvSetupError as e:  # `ray job submit --runtime-env`'s pip, a working_dir
+        lines = [ln.strip() for ln in str(e).splitlines() if ln.strip()]
+        raise UserError(f"Ray could not set up a worker's runtime_env (the job's or the cluster's): "
+                        f"{lines[-1][:300]}; on a cluster whose nodes cannot install it, install "
+                        "longrope-search on every node instead (README, GPU cluster)") from None
 
 
 def node_lost(error: Exception) -> bool:

@@ -1,0 +1,178 @@
+"""Ray workers that fail other than by dying: a GPU that breaks under a worker (a CUDA error,
+which leaves the process alive and useless), a worker lost while it loads, one that cannot load."""
+
+import os
+
+import pytest
+from search_helpers import run_small, trajectory
+
+from longrope.objectives import workers
+from longrope.objectives.perplexity import COMPLETE
+from longrope.objectives.specs import ObjectiveSpec
+from longrope.search.backends import MAX_START_FAILURES, RayBackend
+from longrope.spaces import UserError
+
+ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
+
+
+def job(key=0):
+    from longrope.objectives.synthetic import GEOMETRY
+    from longrope.search.backends import Job
+    from longrope.spaces import RescaleFactors
+
+    return Job(key, RescaleFactors.uniform(2.0, GEOMETRY.n_freqs), 256, None)
+
+
+def backend_of(ray, worker_cls, count=2):
+    class Backend(RayBackend):
+        def _new_actor(self):
+            cls = ray.remote(max_restarts=0)(worker_cls)
+            return cls.options(num_gpus=0, num_cpus=1).remote(self.spec)
+
+    return Backend(ObjectiveSpec.of("synthetic"), count=count)
+
+
+def test_a_gpu_failing_once_under_a_worker_replaces_it_and_changes_nothing(tmp_path, ray_session, capsys):
+    """The first worker to score the PI seed has its GPU fail (the process lives on, its CUDA
+    context broken): it is killed and replaced, the candidate scored on another, and the run ends
+    where one without the fault does. Until session 41 the error stopped the search (a traceback)."""
+    flag, illegal = tmp_path / "faulted", ILLEGAL_ACCESS
+
+    class FlakyGPU(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            if pool == "search" and set(factors.lambdas) == {256 / 64} and not flag.exists():  # PI, s = 4
+                import torch
+
+                flag.touch()  # what torch raises on a kernel that crashed its GPU (AcceleratorError since 2.8)
+                raise torch.AcceleratorError(f"{illegal}\nCUDA kernel errors might be asynchronously reported")
+            return super().evaluate(factors, length, threshold, pool)
+
+    reference, _ = run_small(tmp_path, name="ref")
+    backend = backend_of(ray_session, FlakyGPU)
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend, name="flaky")
+    finally:
+        backend.close()
+    assert flag.exists() and backend.replaced == 1
+    assert trajectory(run) == trajectory(reference)
+    assert f"note: a worker's GPU failed (AcceleratorError: {ILLEGAL_ACCESS})" in capsys.readouterr().err
+
+
+def test_a_candidate_that_breaks_the_gpu_of_two_workers_is_failed(tmp_path, ray_session):
+    """As a candidate that kills two workers: recorded FAILED with the device's error, the run goes on."""
+    illegal = ILLEGAL_ACCESS
+
+    class Poison(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            if pool == "search" and set(factors.lambdas) == {256 / 64}:  # the PI seed at s = 4
+                raise RuntimeError(illegal)  # torch before 2.8: a plain RuntimeError
+            return super().evaluate(factors, length, threshold, pool)
+
+    backend = backend_of(ray_session, Poison)
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend)
+    finally:
+        backend.close()
+    rows = trajectory(run)["long-256"]
+    failed = [r for r in rows if r[2] == "FAIL"]
+    assert len(failed) == 1 and {v for k, v in failed[0][1] if k.startswith("lambda")} == {4.0}
+    assert backend.replaced == 2 and len(rows) == 12 + 4 * 6
+    assert f"worker died 2 times while scoring it (out of memory or a crash?): RuntimeError: {ILLEGAL_ACCESS}" \
+        in (run.path / "events.log").read_text()
+
+
+def test_a_bug_raised_in_a_worker_is_not_taken_for_a_failed_gpu(ray_session):
+    """Any other exception is the code's, not the device's: it stops the run as it is (retrying
+    it on every worker would turn a bug into a search of failed trials)."""
+    class Buggy(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            raise RuntimeError("index 3 is out of bounds")
+
+    backend = backend_of(ray_session, Buggy, count=1)
+    try:
+        backend.submit(job(0))
+        with pytest.raises(ray_session.exceptions.RayTaskError, match="out of bounds"):
+            backend.wait()
+        assert backend.replaced == 0
+    finally:
+        backend.close()
+
+
+@pytest.mark.parametrize("deaths", [1, MAX_START_FAILURES])
+def test_a_worker_lost_while_it_loads_is_replaced(tmp_path, ray_session, capsys, deaths):
+    """A worker that dies while it loads its model (its node preempted, killed for memory) is
+    replaced, as one that dies during the search is; MAX_START_FAILURES in a row stop the run in
+    one line. Until session 41 the first such death stopped it ("a worker failed to start")."""
+    count = tmp_path / "deaths"
+    count.write_text("0")
+
+    class DiesLoading(workers._Worker):
+        def check(self, lengths):
+            n = int(count.read_text())
+            if n < deaths:
+                count.write_text(str(n + 1))
+                os._exit(1)
+            return super().check(lengths)
+
+    backend = backend_of(ray_session, DiesLoading, count=1)
+    try:
+        if deaths >= MAX_START_FAILURES:
+            with pytest.raises(UserError, match="a worker failed to start"):
+                backend.check([256])
+            return
+        backend.check([256])
+        assert backend.replaced == deaths and "a new worker is starting" in capsys.readouterr().err
+        backend.submit(job(0))
+        key, ev = backend.wait()
+        assert key == 0 and ev.status == COMPLETE
+    finally:
+        backend.close()
+
+
+def test_a_worker_whose_constructor_raises_stops_the_run_in_one_line(ray_session):
+    """A model a worker cannot load fails every replacement alike: one line at once, no retries."""
+
+    class CannotLoad(workers._Worker):
+        def __init__(self, spec):
+            raise RuntimeError("cannot read model.safetensors")
+
+    backend = backend_of(ray_session, CannotLoad, count=1)
+    try:
+        with pytest.raises(UserError, match="a worker failed to start: .*cannot read model.safetensors"):
+            backend.check([256])
+        assert backend.replaced == 0
+    finally:
+        backend.close()
+
+
+def test_which_errors_say_the_device_failed():
+    """torch's errors from a broken GPU (AcceleratorError, or the RuntimeError of torch < 2.8 and of
+    cuBLAS/cuDNN), not its out-of-memory error (the scorer halves its batch) nor a bug's."""
+    import torch
+
+    from longrope.search.cluster import device_fault
+
+    assert device_fault(torch.AcceleratorError("CUDA error: misaligned address"))
+    assert device_fault(RuntimeError("CUDA error: device-side assert triggered"))
+    assert device_fault(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( ...)`"))
+    assert not device_fault(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    assert not device_fault(RuntimeError("shape '[2, 3]' is invalid for input of size 7"))
+    assert not device_fault(ValueError("CUDA error: but not from torch"))
+
+
+def test_a_runtime_env_ray_cannot_set_up_is_one_line(monkeypatch):
+    """`ray job submit --runtime-env` whose pip cannot install (a node that reaches no registry):
+    one line naming pip's last word and what to do, not a traceback from inside Ray."""
+    ray = pytest.importorskip("ray")
+    from longrope.search.cluster import ray_get
+
+    def fails(ref):
+        raise ray.exceptions.RuntimeEnvSetupError(
+            "Traceback (most recent call last):\n  File \"runtime_env_agent.py\", line 561\n"
+            "RuntimeError: Failed to install pip requirements:\n"
+            "ERROR: No matching distribution found for longrope-search==9.9\n")
+
+    monkeypatch.setattr(ray, "get", fails)
+    with pytest.raises(UserError, match=r"could not set up a worker's runtime_env .*: ERROR: No matching "
+                                        r"distribution found for longrope-search==9.9; .*install longrope-search"):
+        ray_get(None)
