@@ -30,7 +30,11 @@ if TYPE_CHECKING:
 
 CONFIG, JOURNAL, LOCK, EVENTS = "config.toml", "journal.log", "run.lock", "events.log"
 # a write to the run failing for its storage, not for a bug: the disk or quota full, a read-only remount
-STORAGE_ERRORS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
+# ... and what a network file system says when its server fails or goes away (an NFS soft mount's
+# timeout, a stale handle, a Lustre eviction: EIO) or the run's permissions change under it: each
+# write after such a failure could land after a torn line, damaging the journal inside
+STORAGE_ERRORS = (*FULL_OR_READ_ONLY, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM)
 # The keys Optuna's journal replay reads from a record of each op_code whatever it holds (optuna/
 # storages/journal/_storage.py, JournalOperation 0-9): a line that lacks one is as damaged as one
 # that is not JSON (a bit flipped in a key: KeyError or "Should not reach" from inside Optuna).
@@ -139,8 +143,13 @@ class Run:
             return None
         then = (f"then: longrope resume {quote(str(self.path))}" if self.is_run(self.path) else
                 f"remove {self.path} and start the search again")
-        return UserError(f"cannot write {e.filename or self.path}: {e.strerror}; every result told before "
-                         f"is kept; free space (or remount it writable), {then}")
+        where = e.filename or self.path
+        if e.errno in FULL_OR_READ_ONLY:
+            return UserError(f"cannot write {where}: {e.strerror}; every result told before is kept; free "
+                             f"space (or remount it writable), {then}")
+        return UserError(f"the run's storage failed at {where}: {e.strerror}; every result told before is "
+                         f"kept; once the file system works again (its mount, its server, the run's "
+                         f"permissions), {then}")
 
     @staticmethod
     def is_run(path: str | Path) -> bool:

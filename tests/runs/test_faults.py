@@ -32,11 +32,17 @@ def test_disk_full_while_writing_best_keeps_previous(tmp_path, monkeypatch):
     assert not [p for p in path.parent.iterdir() if p.name.endswith(".tmp")]
 
 
-def test_disk_full_mid_search_is_one_line_and_resume_equals_uninterrupted(tmp_path, monkeypatch):
-    """The journal's 60th append tears (half a line, then ENOSPC, as a full disk does) and the space
-    is back at once (another job freed it): the driver stops in one line and writes nothing more,
-    since a re-queue appended after the torn half would damage a line inside the journal; the
-    resume drops the torn last line and ends where an uninterrupted run does."""
+@pytest.mark.parametrize("code, says", [
+    (errno.ENOSPC, r"cannot write .*: No space left on device; every result told before is kept; .*"),
+    (errno.EIO, r"the run's storage failed at .*: Input/output error; every result told before is kept; .*"),
+    (errno.ESTALE, r"the run's storage failed at .*: Stale file handle; every result told before is kept; .*")])
+def test_disk_full_mid_search_is_one_line_and_resume_equals_uninterrupted(tmp_path, monkeypatch, code, says):
+    """The journal's 60th append tears (half a line, then ENOSPC, as a full disk does; EIO or
+    ESTALE, as an NFS soft mount's timeout or a lost server does) and the storage is back at once:
+    the driver stops in one line and writes nothing more, since a re-queue appended after the torn
+    half would damage a line inside the journal; the resume drops the torn last line and ends
+    where an uninterrupted run does. (Until session 41 only a full or read-only disk was worded:
+    EIO left a traceback and a journal damaged inside.)"""
     from optuna.storages.journal import JournalFileBackend
 
     ref, _ = run_small(tmp_path, name="ref")
@@ -49,11 +55,10 @@ def test_disk_full_mid_search_is_one_line_and_resume_equals_uninterrupted(tmp_pa
             return real(self, logs)
         with open(self._file_path, "ab") as f:
             f.write((json.dumps(logs[0]) + "\n")[:40].encode())
-        raise OSError(errno.ENOSPC, "No space left on device")
+        raise OSError(code, os.strerror(code))
 
     monkeypatch.setattr(JournalFileBackend, "append_logs", tears_once)
-    with pytest.raises(UserError, match=r"cannot write .*: No space left on device; every result "
-                                        r"told before is kept; .* longrope resume "):
+    with pytest.raises(UserError, match=says + " longrope resume "):
         run_search(cfg, str(tmp_path / "r"), progress=False)
     run = Run.open(tmp_path / "r")
     assert len(calls) == 60 and not run.journal.read_bytes().endswith(b"\n")  # nothing after the tear
