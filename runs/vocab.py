@@ -11,6 +11,9 @@ SLOT = "longrope_slot"  # [g, j]: generation g, child j of the evolution; also a
 REQUEUED = "longrope_requeued"  # True on a trial abandoned by a dead driver (its copy was re-queued);
 #                                 such a trial counts for nothing
 DRAW = "longrope_draw"  # k: the k-th fresh candidate of cmaes/tpe/random, drawn with the seed (seed, k)
+COPY_OF = "longrope_copy_of"  # a user attr of a re-queued copy: the number of the trial it stands in for,
+#                               so a resume killed between queueing a copy and failing the original
+#                               does not queue a second (the evolution's copies also carry their SLOT)
 
 # -- study system attrs --------------------------------------------------------------------------
 STOPPED = "longrope_stopped"  # generation at which the early stop fired (absent: not stopped)

@@ -114,18 +114,24 @@ def requeue_running(study: optuna.Study, proposer: Proposer) -> int:
     counts: a re-queued copy that was running when the driver died again is re-queued again.
     A copy popped off the queue is RUNNING one journal write before the sampler copies its slot
     into the system attrs (before_trial): a driver killed in between left it only in the user
-    attrs, and without it the copy took the next fresh slot (the lost one never scored)."""
+    attrs, and without it the copy took the next fresh slot (the lost one never scored). A driver
+    killed between queueing a copy and failing its trial left the trial RUNNING beside its copy:
+    the copy names it (COPY_OF), so the next resume queues no second one (cmaes/tpe/random, whose
+    trials have no slot, scored that candidate twice and never drew their last fresh one)."""
     trials = study.get_trials(deepcopy=False)
-    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in trials
-              if t.state == TrialState.WAITING and vocab.SLOT in t.user_attrs}
+    waiting = [t for t in trials if t.state == TrialState.WAITING]
+    queued = {tuple(t.user_attrs[vocab.SLOT]) for t in waiting if vocab.SLOT in t.user_attrs}
+    copied = {t.user_attrs[vocab.COPY_OF] for t in waiting if vocab.COPY_OF in t.user_attrs}
     n = 0
     for t in trials:
         if t.state != TrialState.RUNNING:
             continue
         slot = slot_of(t)
         params = proposer.requeue_params(t)
-        if params is not None and (slot is None or slot not in queued):
-            attrs = {vocab.SLOT: list(slot)} if slot is not None else {}
+        if params is not None and t.number not in copied and (slot is None or slot not in queued):
+            attrs: dict = {vocab.COPY_OF: t.number}
+            if slot is not None:
+                attrs[vocab.SLOT] = list(slot)
             if vocab.DRAW in t.system_attrs:  # cmaes/tpe/random: asked as its draw was (DrawSeeded)
                 attrs[vocab.DRAW] = t.system_attrs[vocab.DRAW]
             study.enqueue_trial(params, user_attrs=attrs, skip_if_exists=False)

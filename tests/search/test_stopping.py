@@ -41,6 +41,30 @@ def test_two_running_trials_of_one_slot_queue_one_copy():
     assert len(_waiting(study)) == 1
 
 
+def test_a_resume_killed_between_queueing_a_copy_and_failing_its_trial_queues_no_second(monkeypatch):
+    """cmaes/tpe/random trials have no slot: a resume killed after it queued a trial's copy and
+    before it failed the trial left both; the next resume queued another copy, the candidate was
+    scored twice and the last fresh one never drawn (a search unlike the uninterrupted one)."""
+    from longrope.search import stopping
+
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=0))
+    running = [study.ask({"x": optuna.distributions.FloatDistribution(0, 1)}) for _ in range(2)]
+    proposer = SimpleNamespace(requeue_params=lambda t: t.params)
+    fail = stopping.fail_trial
+
+    def killed(*a):
+        raise KeyboardInterrupt  # kill -9, as far as the journal can tell: nothing after the enqueue
+
+    monkeypatch.setattr(stopping, "fail_trial", killed)
+    with pytest.raises(KeyboardInterrupt):
+        stopping.requeue_running(study, proposer)
+    assert len(_waiting(study)) == 1
+    monkeypatch.setattr(stopping, "fail_trial", fail)
+    assert stopping.requeue_running(study, proposer) == 2
+    queued = sorted(t.system_attrs["fixed_params"]["x"] for t in _waiting(study))
+    assert queued == sorted(t.params["x"] for t in running)
+
+
 def test_requeue_strays_checks_the_lease_before_it_writes():
     from longrope.runs.lease import LeaseLost
     from longrope.search.stopping import requeue_strays
