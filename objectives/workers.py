@@ -191,24 +191,32 @@ def on_ray_worker(spec: ObjectiveSpec, gpu_ids: list | None = None) -> Objective
     return dataclasses.replace(spec, model=dataclasses.replace(spec.model, device="cpu"))
 
 
+CONTEXT_RESERVE = 1 << 30  # bytes a replica's CUDA context and kernels take outside its allocator's cap
+
+
 def cap_gpu_share(device: str, share: float) -> float | None:
     """Keep a replica given a share of one GPU (workers.num_gpus = 0.25: four on a card) to that
-    share of the card's memory; return the share capped, None where there is nothing to cap.
+    share of the card's memory; return the fraction its allocator is capped at, None where there
+    is nothing to cap.
 
     Ray counts the shares and leaves their memory to the user. Without a cap PyTorch's caching
     allocator keeps what a replica's largest forward took, and the replicas beside it run out of
     memory in theirs, whichever asks last; with it, a replica past its share first frees its own
     cache and retries (and a batch halves, perplexity.batch_nll), and otherwise fails alone, its
-    out-of-memory line naming the share. Non-PyTorch memory (each process's CUDA context) is
-    outside the cap."""
+    out-of-memory line naming the share. Each process's CUDA context (some 0.3-0.6 GiB) is
+    outside the cap, so the cap is the share less CONTEXT_RESERVE (at most half the share): caps
+    of the whole share added up to more than the card, and the last replica to allocate ran out
+    below its cap."""
     import torch
 
     if not 0 < share < 1 or not str(device).startswith("cuda"):
         return None
     index = torch.device(device).index
-    torch.cuda.set_per_process_memory_fraction(float(share), torch.cuda.current_device() if index is None
-                                               else index)
-    return share
+    index = torch.cuda.current_device() if index is None else index
+    total = torch.cuda.get_device_properties(index).total_memory
+    fraction = max(share - CONTEXT_RESERVE / total, share / 2)
+    torch.cuda.set_per_process_memory_fraction(fraction, index)
+    return fraction
 
 
 class _Worker:

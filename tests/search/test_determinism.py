@@ -321,21 +321,26 @@ def test_a_replica_or_fine_tune_given_no_gpu_runs_on_the_cpu(monkeypatch):
 
 
 def test_a_replica_given_a_share_of_a_gpu_keeps_its_memory_to_that_share(monkeypatch):
-    """4 replicas of 0.25 GPU: each caps its allocator at a quarter of the card (a neighbour's
-    cached memory would otherwise run the others out); a whole GPU or the CPU is not capped."""
+    """4 replicas of 0.25 GPU: each caps its allocator at a quarter of the card less its CUDA
+    context's reserve (a neighbour's cached memory would otherwise run the others out, and caps of
+    a whole quarter each add up to more than the card); a whole GPU or the CPU is not capped."""
     import ray
     import torch
 
     from longrope.objectives import workers
 
-    calls = []
+    calls, gib = [], 1 << 30
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
-    assert workers.cap_gpu_share("cuda", 0.25) == 0.25 and workers.cap_gpu_share("cuda:1", 0.5) == 0.5
-    assert calls == [(0.25, 3), (0.5, 1)]
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda d: SimpleNamespace(total_memory=(80 if d == 3 else 4) * gib))
+    assert workers.cap_gpu_share("cuda", 0.25) == 0.25 - 1 / 80  # 19 GiB + a context's 1 GiB of 80
+    assert workers.cap_gpu_share("cuda:1", 0.5) == 0.25  # of 4 GiB: never below half the share
+    assert calls == [(0.25 - 1 / 80, 3), (0.25, 1)]
+    assert 4 * (0.25 - 1 / 80) * 80 + 4 * 1 <= 80  # four caps and four contexts fit on the card
     for device, share in (("cuda", 1.0), ("cuda:0", 0.0), ("cpu", 0.25)):
         assert workers.cap_gpu_share(device, share) is None
-    assert calls == [(0.25, 3), (0.5, 1)]
+    assert len(calls) == 2
     seen = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
     monkeypatch.setattr(workers, "cap_gpu_share", lambda device, share: seen.append((device, share)) or share)

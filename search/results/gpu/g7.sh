@@ -9,7 +9,7 @@
 # SmolLM2-135M's shape with random weights (its config travels, its 93 MB of weights need not:
 # speed depends on the shape alone); M=builtin:smollm2-135m uses the real one on trip 3 of the
 # three-trip recipe (.gpu-smol-a in /tmp/stash, then carry .gpu-smol-b .gpu-s). (4, session 37) 4 Ray
-# replicas of 0.25 GPU: each reports (0.25, 0.25), Ray's share and its allocator's cap, and they score.
+# replicas of 0.25 GPU: each reports (0.25, cap), Ray's share and its allocator's cap (0.25 less 1 GiB of the card since session 41), and they score.
 # DEV=cpu L=256 for a dry run here.
 t0=$(date +%s); DEV=${DEV:-cuda}; L=${L:-16384}; R=$(pwd)
 . .gpu-s/setup.sh || exit 1
