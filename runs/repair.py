@@ -11,6 +11,47 @@ from longrope.spaces import UserError
 
 from .optuna_io import trial_id
 
+# The keys Optuna's journal replay reads from a record of each op_code whatever it holds (optuna/
+# storages/journal/_storage.py, JournalOperation 0-9): a line that lacks one is as damaged as one
+# that is not JSON (a bit flipped in a key: KeyError or "Should not reach" from inside Optuna).
+RECORD_KEYS = {0: ("study_name", "directions"), 1: ("study_id",), 2: ("study_id", "user_attr"),
+               3: ("study_id", "system_attr"), 4: ("study_id", "datetime_start"),
+               5: ("trial_id", "param_name", "param_value_internal", "distribution"),
+               6: ("trial_id", "state", "values"), 7: ("trial_id", "step", "intermediate_value"),
+               8: ("trial_id", "user_attr"), 9: ("trial_id", "system_attr")}
+# A CREATE_TRIAL from a template (enqueue_trial, add_trial) holds all of these; the replay reads
+# them with defaults (a WAITING trial without its "state" is replayed RUNNING, one without its
+# "user_attrs" without them), so a template record lacking one is damaged too.
+TEMPLATE_KEYS = ("state", "value", "values", "distributions", "params", "user_attrs", "system_attrs",
+                 "intermediate_values")
+RUNNING, WAITING, FINISHED = 0, 4, (1, 2, 3)  # TrialState's values: COMPLETE, PRUNED, FAIL finished
+
+
+def is_record(rec: object) -> bool:
+    """Whether a journal line's JSON holds every key Optuna's replay reads from it: its op_code's
+    (RECORD_KEYS), and those that its content calls for: a trial set RUNNING is read its
+    datetime_start and a finished one its datetime_complete (_apply_set_trial_state_values), a
+    template's finished trial its datetime_complete and each parameter's distribution
+    (_apply_create_trial). A state that is no TrialState is a ValueError there."""
+    op = rec.get("op_code") if isinstance(rec, dict) else None
+    keys = RECORD_KEYS.get(op) if type(op) is int else None
+    if keys is None or not all(k in rec for k in ("worker_id", *keys)):
+        return False
+    template = op == 4 and any(k in rec for k in TEMPLATE_KEYS)
+    if template and not all(k in rec for k in TEMPLATE_KEYS):
+        return False
+    if op != 6 and not template:
+        return True
+    state = rec["state"]
+    if type(state) is not int or not RUNNING <= state <= WAITING:
+        return False
+    if state in FINISHED and "datetime_complete" not in rec:
+        return False
+    if op == 6:
+        return state != RUNNING or "datetime_start" in rec
+    params, dists = rec["params"], rec["distributions"]
+    return isinstance(params, dict) and isinstance(dists, dict) and set(params) <= set(dists)
+
 
 def refuse_unsafe_drop(bad: list[int], lines: list[bytes]) -> None:
     """Raise UserError (nothing changed) when dropping the 1-based lines `bad` would change what
@@ -48,7 +89,7 @@ def _refuse_renumbering(bad: list[int], lines: list[bytes]) -> tuple[dict[int, i
             if isinstance(study, int) and study in live.values():
                 created[trials], trials = n, trials + 1
             continue
-        if op == 6 and rec.get("state") in (1, 2, 3):  # SET_TRIAL_STATE_VALUES
+        if op == 6 and rec.get("state") in FINISHED:  # SET_TRIAL_STATE_VALUES
             finished.setdefault(trial, n)
         kind, ident, known = (("trial", trial, trials) if isinstance(trial, int)
                               else ("study", study, studies))

@@ -23,7 +23,7 @@ from longrope.spaces.files import (
 
 from .best import BestRecord
 from .lease import LOCK_TIMEOUT, Lease, RunBusy
-from .repair import refuse_unsafe_drop
+from .repair import is_record, refuse_unsafe_drop
 
 if TYPE_CHECKING:
     import optuna
@@ -35,14 +35,6 @@ FULL_OR_READ_ONLY = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 # timeout, a stale handle, a Lustre eviction: EIO) or the run's permissions change under it: each
 # write after such a failure could land after a torn line, damaging the journal inside
 STORAGE_ERRORS = (*FULL_OR_READ_ONLY, errno.EIO, errno.ESTALE, errno.ETIMEDOUT, errno.EACCES, errno.EPERM)
-# The keys Optuna's journal replay reads from a record of each op_code whatever it holds (optuna/
-# storages/journal/_storage.py, JournalOperation 0-9): a line that lacks one is as damaged as one
-# that is not JSON (a bit flipped in a key: KeyError or "Should not reach" from inside Optuna).
-RECORD_KEYS = {0: ("study_name", "directions"), 1: ("study_id",), 2: ("study_id", "user_attr"),
-               3: ("study_id", "system_attr"), 4: ("study_id", "datetime_start"),
-               5: ("trial_id", "param_name", "param_value_internal", "distribution"),
-               6: ("trial_id", "state", "values"), 7: ("trial_id", "step", "intermediate_value"),
-               8: ("trial_id", "user_attr"), 9: ("trial_id", "system_attr")}
 
 
 def rdb_storage(url: str):
@@ -193,20 +185,21 @@ class Run:
 
     def unreadable_lines(self) -> list[int]:
         """1-based numbers of the lines that are not journal records: JSON objects with an
-        op_code and its keys (RECORD_KEYS); a torn last line, which repair_journal drops, is not
-        counted."""
+        op_code and every key Optuna's replay reads from it (repair.is_record); a torn last line,
+        which repair_journal drops, is not counted. A whole last line (its newline written) that
+        is not UTF-8 is: Optuna's replay skips a last line that is not JSON, not one it cannot
+        decode (UnicodeDecodeError from inside it), so that is damage, not a torn write."""
         bad = []
         with open(self.journal, "rb") as f:
             lines = f.read().split(b"\n")
         last = len(lines) - 1 if lines and lines[-1] == b"" else len(lines)
         for n, line in enumerate(lines[:last], start=1):
             try:
-                rec = json.loads(line)
-                op = rec.get("op_code") if isinstance(rec, dict) else None
-                keys = RECORD_KEYS.get(op) if type(op) is int else None
-                ok = keys is not None and all(k in rec for k in ("worker_id", *keys))
-            except (json.JSONDecodeError, UnicodeDecodeError):
+                ok = is_record(json.loads(line))
+            except json.JSONDecodeError:
                 ok = n == last  # a torn last line is repair_journal's
+            except UnicodeDecodeError:
+                ok = n == len(lines)  # only torn without its newline, which Optuna does not decode
             if not ok:
                 bad.append(n)
         return bad
@@ -263,6 +256,8 @@ class Run:
                 json.loads(data[last_start:])
             except json.JSONDecodeError:
                 end = last_start
+            except UnicodeDecodeError:  # not a torn write but damage: check_journal refuses it and
+                pass  # `resume --repair` drops it, keeping a backup (unreadable_lines)
         if end == len(data):
             return None
         with open(self.journal, "r+b") as f:
