@@ -34,6 +34,7 @@ from .cluster import (
     not_its_fault,
     ray_get,
 )
+from .stalls import StallWatch, WorkerStalled
 
 
 @dataclass(frozen=True)
@@ -127,6 +128,7 @@ class RayBackend:
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
         self.dtype: str | None = None  # what the workers score in, once precision() has asked
+        self.watch = StallWatch()  # how long each evaluation in flight has run (a hung GPU)
         # a worker's death as ray.get reports it: Ray's memory monitor kills with an OutOfMemoryError,
         # which is no RayActorError; a worker whose GPU failed under it lives on, useless (DeviceFault)
         self.died = (ray.exceptions.RayActorError, ray.exceptions.OutOfMemoryError, DeviceFault)
@@ -239,6 +241,7 @@ class RayBackend:
         actor = actor or self.idle.pop(0)
         ref = actor.evaluate.remote(job.factors, job.length, job.threshold, job.pool)
         self.inflight[ref] = (job, actor)
+        self.watch.start(ref, (job.length, job.pool))
 
     def wait(self) -> tuple[int, Evaluation]:
         while not self.done:
@@ -275,6 +278,9 @@ class RayBackend:
         ready, _ = ray.wait([*self.inflight, *self.starting], num_returns=1, timeout=WAIT_NOTE)
         if not ready:
             self._note_waiting()
+            for ref, e in self.watch.stalled():  # a hung GPU raises nothing (search/stalls.py)
+                self.watch.end(ref, finished=False)
+                self._lost(*self.inflight.pop(ref), e)
             return
         self.waits = 0
         ref = ready[0]
@@ -301,24 +307,29 @@ class RayBackend:
         try:
             result = self._get(ref)
         except self.died as e:
-            # The actor died (OOM, node lost, killed): replace it and re-run its candidate on the
-            # next free worker, unless this candidate has now killed MAX_DEATHS workers.
-            self._replace(actor, e)
-            if not not_its_fault(e):
-                self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
-            if self.deaths.get(job.key, 0) >= MAX_DEATHS:
-                del self.deaths[job.key]  # trial numbers start again at 0 in the next stage
-                self.done.append((job.key, Evaluation(
-                    job.factors, job.length, FAILED, float("inf"),
-                    reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
-                           f"crash?): {death_reason(e)}")))
-            else:
-                self.queue.append(job)
-            self._dispatch()
+            self.watch.end(ref, finished=False)
+            self._lost(job, actor, e)
             return
+        self.watch.end(ref)
         self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))
         self.idle.append(actor)
+        self._dispatch()
+
+    def _lost(self, job: Job, actor, e: Exception) -> None:
+        """The actor died (OOM, node lost, killed) or hung: replace it and re-run its candidate on
+        the next free worker, unless this candidate has now killed MAX_DEATHS workers."""
+        self._replace(actor, e)
+        if not not_its_fault(e):
+            self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
+        if self.deaths.get(job.key, 0) >= MAX_DEATHS:
+            del self.deaths[job.key]  # trial numbers start again at 0 in the next stage
+            self.done.append((job.key, Evaluation(
+                job.factors, job.length, FAILED, float("inf"),
+                reason=f"its worker died {MAX_DEATHS} times while scoring it (out of memory or a "
+                       f"crash?): {death_reason(e)}")))
+        else:
+            self.queue.append(job)
         self._dispatch()
 
     def _note_waiting(self) -> None:
@@ -356,8 +367,9 @@ class RayBackend:
         fresh = self._new_actor()
         self.actors.append(fresh)
         self.replaced += 1
-        what = ("a worker's GPU failed" if isinstance(error, DeviceFault) else
-                f"a worker died{' with its node' if node_lost(error) else ''}")
+        what = f"a worker died{' with its node' if node_lost(error) else ''}"
+        if isinstance(error, (DeviceFault, WorkerStalled)):
+            what = "a worker's GPU failed" if isinstance(error, DeviceFault) else "a worker hung"
         print(f"note: {what} ({death_reason(error)}); {then}", file=sys.stderr)
         return fresh
 

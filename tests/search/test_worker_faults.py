@@ -176,3 +176,61 @@ def test_a_runtime_env_ray_cannot_set_up_is_one_line(monkeypatch):
     with pytest.raises(UserError, match=r"could not set up a worker's runtime_env .*: ERROR: No matching "
                                         r"distribution found for longrope-search==9.9; .*install longrope-search"):
         ray_get(None)
+
+
+def test_a_worker_that_hangs_is_replaced_and_changes_nothing(tmp_path, ray_session, monkeypatch, capsys):
+    """A GPU that hangs raises nothing: the first worker to score the PI seed never returns. Once
+    it has run past its limit (STALL_FACTOR x the median of its kind, at least STALL_SECONDS) the
+    worker is replaced and the candidate scored on another; the run ends where one without the
+    hang does. Until session 41 the search waited on it forever, without a word."""
+    from longrope.search import backends, stalls
+
+    flag = tmp_path / "hang-flag"
+
+    class HangsOnce(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            if pool == "search" and set(factors.lambdas) == {256 / 64} and not flag.exists():  # PI, s = 4
+                import time
+
+                flag.touch()
+                time.sleep(3600)
+            return super().evaluate(factors, length, threshold, pool)
+
+    reference, _ = run_small(tmp_path, name="ref")
+    monkeypatch.setattr(backends, "WAIT_NOTE", 0.2)
+    monkeypatch.setattr(stalls, "STALL_SECONDS", 5.0)  # synthetic evaluations take milliseconds
+    monkeypatch.setattr(stalls, "MIN_SEEN", 1)
+    backend = backend_of(ray_session, HangsOnce)
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend, name="hung")
+    finally:
+        backend.close()
+    assert flag.exists() and backend.replaced >= 1
+    assert trajectory(run) == trajectory(reference)
+    assert "note: a worker hung (its evaluation ran " in capsys.readouterr().err
+
+
+def test_the_stall_limit_is_a_multiple_of_the_median_of_its_kind():
+    """No limit before MIN_SEEN evaluations of a kind (length, pool) have finished; then
+    STALL_FACTOR x their median, at least STALL_SECONDS; a death's time does not count."""
+    from longrope.search import stalls
+
+    now = [0.0]
+    watch = stalls.StallWatch(clock=lambda: now[0])
+    for i, seconds in enumerate((100.0, 80.0, 120.0)):
+        watch.start(i, (1024, "search"))
+        now[0] += seconds
+        watch.end(i)
+    watch.start("died", (1024, "search"))
+    now[0] += 9999.0
+    watch.end("died", finished=False)
+    assert watch.limit((1024, "search")) == 10 * 100.0 and watch.limit((2048, "search")) is None
+    watch.start("a", (1024, "search"))
+    watch.start("b", (2048, "search"))  # no history: never stalled
+    now[0] += 1000.0
+    assert watch.stalled() == []
+    now[0] += 1.0
+    [(ref, e)] = watch.stalled()
+    assert ref == "a" and "ran 1001 s, over 1000 s (10x the median of 3 alike" in str(e)
+    watch.took[(1, "search")] = [1.0] * 3
+    assert watch.limit((1, "search")) == stalls.STALL_SECONDS
