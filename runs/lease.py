@@ -10,30 +10,29 @@ The live driver rewrites the heartbeat every `interval` seconds (5; the issue as
 a daemon thread. A driver that finds the lock
 
 - held by a dead process on its own host: takes it over with a warning;
-- with a heartbeat older than `timeout` (60 s; `--lock-timeout`) by this host's clock, or
-  unreadable: watches it for two heartbeats first, and takes it over only if it did not move
-  (or stayed unreadable). The age compares two hosts' clocks, which can differ by more than the
-  timeout, and a read can fail for a moment on a shared file system; a live holder rewrites its
-  lease within the watch either way;
+- with a heartbeat older than `timeout` (60 s; `--lock-timeout`) by this host's clock, or unreadable:
+  watches it for two heartbeats first, and takes it over only if it did not move (or stayed unreadable). The
+  age compares two hosts' clocks, which can differ by more than the timeout, and a read can fail for a
+  moment on a shared file system; a live holder rewrites its lease within the watch either way;
 - otherwise: refuses in one line, naming the host, the pid and the heartbeat's age.
 
-Every acquisition (create or take over) runs under a second file, ``run.lock.guard``, created
-with O_EXCL: of two resumers that find the same stale lock only the first inside the guard
-writes; the second then reads a fresh lease and refuses. The lease itself is written to a
-temp file and renamed over run.lock (atomic on POSIX and on NFS), so a reader never sees
-half of it. The holder only refreshes or removes a lock that still carries its token: one
-that was taken over while it hung (SIGSTOP, a long GC pause, a stalled file system) is left to
-the new holder, and `lost` says so. The driver calls `check()` before each write to the run,
-so a holder that wakes up after a take-over stops without writing again: two drivers never
-write one journal. Work the driver runs elsewhere (a fine-tune as a Ray task) carries a
-`Ticket`, the lease's path and token, and checks it the same way before each of its writes.
+Every acquisition (create or take over) runs under a second file, ``run.lock.guard``, that names its
+acquirer from the start (a temp file hard-linked to its name, which fails on an existing one): of two
+resumers that find the same stale lock only the first inside the guard writes; the second then reads a fresh
+lease and refuses. The lease itself is written to a temp file and renamed over run.lock (atomic on POSIX and
+on NFS), so a reader never sees half of it. The holder only refreshes or removes a lock that still carries
+its token: one that was taken over while it hung (SIGSTOP, a long GC pause, a stalled file system) is left
+to the new holder, and `lost` says so. The driver calls `check()` before each write to the run, so a holder
+that wakes up after a take-over stops without writing again: two drivers never write one journal. Work the
+driver runs elsewhere (a fine-tune as a Ray task) carries a `Ticket`, the lease's path and token, and checks
+it the same way before each of its writes.
 
-A timeout of two heartbeats or less would let a second driver take a live lease over, so it
-is refused.
+A timeout of two heartbeats or less would let a second driver take a live lease over, so it is refused.
 """
 
 from __future__ import annotations
 
+import errno
 import json
 import math
 import os
@@ -42,13 +41,13 @@ import sys
 import threading
 import time
 import uuid
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from shlex import quote
 
 from longrope.spaces import UserError
-from longrope.spaces.files import pid_alive, pid_space, uninterrupted
+from longrope.spaces.files import pid_alive, pid_space, remove_stale_temps, uninterrupted
 
 LOCK_TIMEOUT = 60.0  # seconds without a heartbeat after which a lease may be taken over
 HEARTBEAT = 5.0  # seconds between the holder's refreshes
@@ -80,6 +79,7 @@ class Lease:
                    "heartbeat": time.time(), "started": time.time(), "token": uuid.uuid4().hex,
                    "timeout": self.timeout}  # status judges the holder by its own
         self.lost = False
+        self._links: bool | None = None  # whether hard links work in the run folder (_make_guard)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
@@ -147,6 +147,7 @@ class Lease:
             for tmp in self.path.parent.glob(f".{self.path.name}.*.tmp"):  # a killed holder's half write
                 if self.me["token"] not in tmp.name:
                     tmp.unlink(missing_ok=True)
+            remove_stale_temps(self.path.parent, f".{self.guard.name}.", suffix=".owner")  # _make_guard's
             self._beaten = time.monotonic()  # the last refresh that landed (_stalled)
             self._thread = threading.Thread(target=self._beat, name="run.lock heartbeat", daemon=True)
             self._thread.start()
@@ -170,36 +171,55 @@ class Lease:
 
     @contextmanager
     def _guarded(self):
-        """Hold run.lock.guard (O_EXCL, naming its acquirer) for one acquisition; a guard left by
-        an acquirer killed inside it is removed once older than the timeout, or at once on its host."""
+        """Hold run.lock.guard (naming its acquirer) for one acquisition. One left by an acquirer killed
+        inside it goes once older than the timeout, or at once on its host; an empty one (a kill inside
+        an exclusive create: an older version's, or one without hard links) at once where links work."""
         deadline = time.time() + GUARD_WAIT
-        while True:
+        while (made := self._make_guard()) is None:
             try:
-                fd = os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
-                os.write(fd, json.dumps({k: self.me[k] for k in ("host", "pid", "pid_space")}).encode())
-                made = os.fstat(fd)
-                os.close(fd)
-                break
-            except FileExistsError:
-                try:
-                    seen = self.guard.stat()  # a killed acquirer's: old, or its pid gone here
-                    gone = self.dead_here(read_lease(self.guard) or {})
-                    if time.time() - seen.st_mtime > self.timeout or gone:
-                        self._remove_stale_guard(seen)
-                        continue
-                except FileNotFoundError:
+                seen = self.guard.stat()  # a killed acquirer's: old, or its pid gone here, or empty
+                gone = self.dead_here(read_lease(self.guard) or {})
+                if time.time() - seen.st_mtime > self.timeout or gone or (self._links and not seen.st_size):
+                    self._remove_stale_guard(seen)
                     continue
-                if time.time() > deadline:
-                    who = read_lease(self.guard) or {}
-                    who = f" (pid {who['pid']} on {who['host']})" if who else ""
-                    raise RunBusy(f"another driver{who} is acquiring {self.path} right now "
-                                  f"({self.guard} exists); try again") from None
-                time.sleep(0.05)
+            except FileNotFoundError:
+                continue
+            if time.time() > deadline:
+                who = f" (pid {w['pid']} on {w['host']})" if (w := read_lease(self.guard)) else ""
+                raise RunBusy(f"another driver{who} is acquiring {self.path} right now "
+                              f"({self.guard} exists); try again") from None
+            time.sleep(0.05)
         try:
             yield
         finally:
             if _same_file(self.guard, made):  # not a guard that replaced it after a (rare) mix-up
                 self.guard.unlink(missing_ok=True)
+
+    def _make_guard(self) -> os.stat_result | None:
+        """The guard made with its owner in it, or None when it exists: a temp file hard-linked to its name
+        (atomic, failing like O_EXCL on an existing name); without links, as rundir._claim does."""
+        tmp = self.guard.with_name(f".{self.guard.name}.{uuid.uuid4().hex[:12]}.{os.getpid()}.owner")
+        fd = os.open(tmp, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        try:
+            os.write(fd, json.dumps({k: self.me[k] for k in ("host", "pid", "pid_space")}).encode())
+            try:
+                os.link(tmp, self.guard)
+            except OSError as e:
+                if e.errno not in (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.ENOSYS):
+                    raise
+                os.close(os.open(self.guard, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644))
+                os.replace(tmp, self.guard)  # a kill before it leaves the guard empty
+            return os.fstat(fd)  # the guard's inode, either way
+        except FileExistsError:
+            if self._links is None:  # where links work, only a kill leaves a guard empty
+                with suppress(OSError):
+                    os.link(tmp, tmp.with_suffix(".link.owner"))
+                self._links = tmp.stat().st_nlink > 1
+            return None
+        finally:
+            os.close(fd)
+            tmp.with_suffix(".link.owner").unlink(missing_ok=True)
+            tmp.unlink(missing_ok=True)
 
     def _remove_stale_guard(self, seen: os.stat_result) -> None:
         """Remove the guard found stale (`seen`), and only that file. Two acquirers can find the
@@ -213,10 +233,8 @@ class Lease:
         except FileNotFoundError:
             return
         if not _same_file(claimed, seen):
-            try:
+            with suppress(FileExistsError):  # a third acquirer made one meanwhile: its guard stands
                 os.link(claimed, self.guard)
-            except FileExistsError:  # a third acquirer made one meanwhile: its guard stands
-                pass
         claimed.unlink(missing_ok=True)
 
     def mine(self) -> bool | None:
@@ -329,9 +347,7 @@ class Ticket:
         return self._holds(read_lease(Path(self.path)))
 
     def _holds(self, other: dict | None) -> bool | None:
-        if other == {}:
-            return None
-        return other is not None and other.get("token") == self.token
+        return None if other == {} else other is not None and other.get("token") == self.token
 
     def __call__(self) -> None:
         other = read_lease(Path(self.path))  # one read: the verdict and the message agree
@@ -361,14 +377,10 @@ def _same_file(path: Path, st: os.stat_result) -> bool:
 def read_lease(path: Path) -> dict | None:
     """The lease at `path`; {} when unreadable (a stray write, a flaky read); None when absent."""
     try:
-        text = Path(path).read_text()
+        other = json.loads(Path(path).read_text() or "{}")
     except FileNotFoundError:
         return None
-    except (OSError, UnicodeDecodeError):
-        return {}
-    try:
-        other = json.loads(text or "{}")
-    except json.JSONDecodeError:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return {}
     return other if isinstance(other, dict) and other.get("host") and other.get("pid") else {}
 
@@ -382,7 +394,6 @@ def lease_age(other: dict) -> float:
 
 
 def recorded_timeout(other: dict) -> float | None:
-    """The --lock-timeout the holder of lease `other` runs with; None in a lease written before it
-    was recorded."""
+    """The --lock-timeout the holder of lease `other` runs with; None in one from before it was kept."""
     timeout = other.get("timeout")
     return float(timeout) if isinstance(timeout, (int, float)) and 0 < timeout < math.inf else None

@@ -2,12 +2,15 @@
 heartbeat is older than --lock-timeout, a live one is refused by name, the heartbeat moves,
 and of concurrent resumers exactly one wins."""
 
+import errno
 import json
 import os
 import pickle
 import re
+import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -625,6 +628,70 @@ def test_a_guard_left_by_an_acquirer_killed_on_this_host_is_taken_at_once(tmp_pa
             with Lease(tmp_path / "other.lock", timeout=60)._guarded():  # named
                 pass
     lease.release()
+
+
+KILLED_WRITING_ITS_GUARD = """
+import json, os, signal, sys
+from pathlib import Path
+from longrope.runs.lease import Lease
+dumps = json.dumps
+def kill(obj, *a, **k):  # kill -9 as the guard's owner is written
+    if isinstance(obj, dict) and set(obj) == {"host", "pid", "pid_space"}:
+        os.kill(os.getpid(), signal.SIGKILL)
+    return dumps(obj, *a, **k)
+json.dumps = kill
+Lease(Path(sys.argv[1]), timeout=60).acquire()
+"""
+
+
+@pytest.mark.parametrize("how", ["killed", "left"])
+def test_an_acquirer_killed_before_its_guard_named_it_does_not_block_the_next(tmp_path, monkeypatch, how):
+    """A kill -9 (or a full disk) between the guard's exclusive create and the write of its owner left
+    run.lock.guard empty: read as nobody's, never as a dead acquirer's, so every driver on the host got
+    RunBusy (exit 75) until it was --lock-timeout old. A guard names its owner from the start now (a
+    temp file linked into place); an empty one, fresh ("left": by an older version), goes at once."""
+    lock, guard = tmp_path / "run.lock", tmp_path / "run.lock.guard"
+    if how == "killed":
+        r = subprocess.run([sys.executable, "-c", KILLED_WRITING_ITS_GUARD, str(lock)], capture_output=True)
+        assert r.returncode == -signal.SIGKILL, r.stderr
+        assert not guard.exists() or guard.read_text()  # never a guard without its owner
+    else:
+        guard.touch()
+    monkeypatch.setattr("longrope.runs.lease.GUARD_WAIT", 0.2)
+    start = time.monotonic()
+    with Lease(lock, timeout=60) as lease:
+        assert time.monotonic() - start < 1 and json.loads(lock.read_text())["token"] == lease.me["token"]
+    assert list(tmp_path.iterdir()) == []  # nor the guard, nor a temp file, stays
+
+
+def test_the_guard_without_hard_links_or_disk_space_excludes_and_leaves_nothing(tmp_path, monkeypatch):
+    """Where os.link fails (EPERM: no hard links) the guard is an exclusive create, still naming its
+    acquirer and still excluding a second; a full disk while the owner is written leaves no guard."""
+    from longrope.runs.lease import RunBusy
+
+    def no_link(src, dst):
+        raise PermissionError(errno.EPERM, "Operation not permitted")
+
+    monkeypatch.setattr(os, "link", no_link)
+    monkeypatch.setattr("longrope.runs.lease.GUARD_WAIT", 0.2)
+    guard = tmp_path / "run.lock.guard"
+    with pytest.raises(RunBusy, match=rf"another driver \(pid {os.getpid()} on {socket.gethostname()}\) is "):
+        with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+            assert json.loads(guard.read_text())["pid"] == os.getpid()
+            with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+                pass
+    assert list(tmp_path.iterdir()) == []
+    monkeypatch.undo()
+    fds = len(os.listdir("/proc/self/fd"))
+
+    def full(self, *a, **k):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(os, "write", full)  # the owner's, into its temp file (before: into the guard)
+    with pytest.raises(OSError, match="No space"):
+        with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+            pass
+    assert list(tmp_path.iterdir()) == [] and len(os.listdir("/proc/self/fd")) == fds
 
 
 @pytest.mark.parametrize("pid", [0, -1, None, "123", True])
