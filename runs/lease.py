@@ -47,7 +47,7 @@ from pathlib import Path
 from shlex import quote
 
 from longrope.spaces import UserError
-from longrope.spaces.files import pid_alive, pid_space, remove_stale_temps, uninterrupted
+from longrope.spaces.files import file_clock, pid_alive, pid_space, remove_stale_temps, uninterrupted
 
 LOCK_TIMEOUT = 60.0  # seconds without a heartbeat after which a lease may be taken over
 HEARTBEAT = 5.0  # seconds between the holder's refreshes
@@ -179,7 +179,8 @@ class Lease:
             try:
                 seen = self.guard.stat()  # a killed acquirer's: old, or its pid gone here, or empty
                 gone = self.dead_here(read_lease(self.guard) or {})
-                if time.time() - seen.st_mtime > self.timeout or gone or (self._links and not seen.st_size):
+                age = file_clock(self.guard.parent, f".{self.guard.name}.clock.", ".owner") - seen.st_mtime
+                if age > self.timeout or gone or (self._links and not seen.st_size):  # server's clock
                     self._remove_stale_guard(seen)
                     continue
             except FileNotFoundError:

@@ -53,6 +53,23 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode())
 
 
+def file_clock(folder: Path, prefix: str, suffix: str = ".tmp") -> float:
+    """Now by the clock that stamps files in `folder`: on NFS the server's, which a client's can run
+    ahead of by more than a timeout, so a file's age is judged on that clock alone (the mtime of a
+    file made just now, named `prefix`PID`suffix` for remove_stale_temps); this host's if none can
+    be made there."""
+    probe = Path(folder) / f"{prefix}{os.getpid()}{suffix}"
+    try:
+        fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o644)
+    except OSError:
+        return time.time()
+    try:
+        return os.fstat(fd).st_mtime
+    finally:
+        os.close(fd)
+        probe.unlink(missing_ok=True)
+
+
 def stale_temp_files(folder: Path, suffix: str = ".tmp") -> list[Path]:
     """Temp files of atomic writes whose writer died (kill -9 between write and rename): the pid
     in the name (atomic_write_bytes' ".NAME.PID.tmp", or another `suffix`) runs no more here, or

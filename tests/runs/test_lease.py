@@ -702,3 +702,22 @@ def test_no_pid_that_could_not_be_a_process_reads_alive(pid):
 
     assert pid_alive(pid) is False
     assert pid_alive(os.getpid()) is True
+
+
+def test_a_client_clock_ahead_of_the_file_server_does_not_take_a_live_guard(tmp_path, monkeypatch):
+    """A guard's age is its mtime, which the file server stamps on NFS: a client whose clock ran ahead
+    of the server's by more than the timeout took a live acquirer's fresh guard for a killed one's,
+    removed it and went in beside it (two drivers writing run.lock). The age is now read on the
+    server's clock (the mtime of a file made just now), and the probe file leaves nothing behind."""
+    from longrope.runs import lease as lease_module
+    from longrope.runs.lease import RunBusy
+
+    monkeypatch.setattr(lease_module, "GUARD_WAIT", 0.2)
+    real = time.time
+    with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+        monkeypatch.setattr(time, "time", lambda: real() + 1000)  # this client, 1000 s ahead
+        with pytest.raises(RunBusy, match="is acquiring"):
+            with Lease(tmp_path / "run.lock", timeout=60)._guarded():
+                pass
+        monkeypatch.undo()
+    assert list(tmp_path.iterdir()) == []
