@@ -458,33 +458,6 @@ def test_a_resume_with_a_patience_that_would_not_stop_goes_on(tmp_path):
     assert len(trajectory(run)["long-256"]) == cfg.budget()
 
 
-def test_a_candidate_that_kills_its_worker_twice_is_failed_not_retried_forever(tmp_path, ray_session):
-    """The PI seed (uniform λ = s) crashes whichever worker scores it; the run goes on."""
-    from longrope.objectives import workers
-
-    class PoisonWorker(workers._Worker):
-        def evaluate(self, factors, length, threshold=None, pool="search"):
-            if pool == "search" and set(factors.lambdas) == {256 / 64}:  # PI at s = 4
-                os._exit(1)  # like an out-of-memory kill in a kernel
-            return super().evaluate(factors, length, threshold, pool)
-
-    class PoisonBackend(RayBackend):
-        def _new_actor(self):
-            cls = ray_session.remote(max_restarts=0)(PoisonWorker)
-            return cls.options(num_gpus=0, num_cpus=1).remote(self.spec)
-
-    backend = PoisonBackend(ObjectiveSpec.of("synthetic"), count=2)
-    try:
-        run, _ = run_small(tmp_path, backend_obj=backend)
-    finally:
-        backend.close()
-    rows = trajectory(run)["long-256"]
-    failed = [r for r in rows if r[2] == "FAIL"]
-    assert len(failed) == 1 and {v for k, v in failed[0][1] if k.startswith("lambda")} == {4.0}
-    assert backend.replaced == 2 and len(rows) == 12 + 4 * 6
-    assert "worker died 2 times while scoring it" in (run.path / "events.log").read_text()
-
-
 def test_replacements_lost_with_their_nodes_do_not_count_as_failing_to_start(ray_session, monkeypatch):
     """Three replacement workers in a row that die before they start stop the run (a model that
     cannot load); replacements that went down with their node (preemption) say nothing of that,

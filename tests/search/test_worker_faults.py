@@ -58,13 +58,17 @@ def test_a_gpu_failing_once_under_a_worker_replaces_it_and_changes_nothing(tmp_p
     assert f"note: a worker's GPU failed (AcceleratorError: {ILLEGAL_ACCESS})" in capsys.readouterr().err
 
 
-def test_a_candidate_that_breaks_the_gpu_of_two_workers_is_failed(tmp_path, ray_session):
-    """As a candidate that kills two workers: recorded FAILED with the device's error, the run goes on."""
+@pytest.mark.parametrize("crash", ["dies", "gpu fails"])
+def test_a_candidate_that_kills_two_workers_is_failed_not_retried_forever(tmp_path, ray_session, crash):
+    """The PI seed (uniform λ = s) kills whichever worker scores it (os._exit, as an out-of-memory
+    kill in a kernel does), or breaks its GPU: recorded FAILED with the reason, the run goes on."""
     illegal = ILLEGAL_ACCESS
 
     class Poison(workers._Worker):
         def evaluate(self, factors, length, threshold=None, pool="search"):
             if pool == "search" and set(factors.lambdas) == {256 / 64}:  # the PI seed at s = 4
+                if crash == "dies":
+                    os._exit(1)
                 raise RuntimeError(illegal)  # torch before 2.8: a plain RuntimeError
             return super().evaluate(factors, length, threshold, pool)
 
@@ -77,8 +81,9 @@ def test_a_candidate_that_breaks_the_gpu_of_two_workers_is_failed(tmp_path, ray_
     failed = [r for r in rows if r[2] == "FAIL"]
     assert len(failed) == 1 and {v for k, v in failed[0][1] if k.startswith("lambda")} == {4.0}
     assert backend.replaced == 2 and len(rows) == 12 + 4 * 6
-    assert f"worker died 2 times while scoring it (out of memory or a crash?): RuntimeError: {ILLEGAL_ACCESS}" \
-        in (run.path / "events.log").read_text()
+    reason = "worker died 2 times while scoring it (out of memory or a crash?): "
+    reason += f"RuntimeError: {ILLEGAL_ACCESS}" if crash == "gpu fails" else ""
+    assert reason in (run.path / "events.log").read_text()
 
 
 def test_a_bug_raised_in_a_worker_is_not_taken_for_a_failed_gpu(ray_session):
