@@ -206,6 +206,10 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
     config = _read_json(src / "config.json", "model config")
     if not isinstance(config, dict):
         raise UserError(f"{src / 'config.json'} is not a JSON object")
+    for key in ("rope_parameters", "rope_scaling"):
+        if config.get(key) is not None and not isinstance(config[key], dict):
+            got = type(config[key]).__name__
+            raise UserError(f"{src / 'config.json'}: {key} must be an object, got {got}")
     if is_alibi(config):
         raise UserError(f"{src} is an ALiBi model (no rotary embeddings): rescale factors do not apply to it")
     arch = architecture_of(config)  # a model without RoPE, or one the engine does not admit
@@ -215,7 +219,6 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         raise UserError(f"the factors have {len(factors.long.lambdas)} values but the "
                         f"model has {geo.n_freqs} rotary frequencies")
     check_trained_length(factors, geo.original_length, geo.base, str(fj))
-    make_folder(out, "model folder")
     rope = {k: v for k, v in patch["rope_scaling"].items() if k in ROPE_KEYS}
     rope.setdefault("short_factor", list(factors.long.lambdas))  # transformers requires it; eval
     # scored a file without one with the long factors at every length, which is what from_hf gives
@@ -243,7 +246,9 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
         config["rope_scaling"] = phi3_rope_scaling(rope)  # 4.57 admits only these keys; 5.x reads them too
         config.pop("rope_parameters", None)
     else:
-        rope.update(base)
+        rope.update(base)  # and L0 inside it, which vLLM reads there (a phi3-form file has none)
+        rope.setdefault("original_max_position_embeddings",
+                        config.get("original_max_position_embeddings") or geo.original_length)
         config["rope_scaling"] = rope
         config["rope_parameters"] = rope
         heads = config.get("num_attention_heads")
@@ -252,6 +257,11 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
             # fall back from (int(None * 1.0)): the folder would not load. The class's own value
             # where it has one (Qwen3: 128, not hidden_size / heads), as the model loads
             config["head_dim"] = getattr(loaded, "head_dim", None) or config["hidden_size"] // heads
+    try:
+        text = json.dumps(config, indent=1, allow_nan=False) + "\n"
+    except ValueError:  # Python's json reads NaN and Infinity; transformers' loader and vLLM's do not
+        raise UserError(f"{src / 'config.json'} holds NaN or Infinity, which JSON cannot carry") from None
+    make_folder(out, "model folder")
     # built beside `out` and renamed over it (empty, made above) once whole: an apply killed while
     # it copies gigabytes leaves `out` empty for the next one, not half a model
     remove_stale_temps(out.parent, f".{out.name}.")
@@ -269,15 +279,15 @@ def apply_to_folder(factors_json: str | Path, model_dir: str | Path, out_dir: st
                           "vLLM would read it instead of config.json", file=sys.stderr)
                 continue
             target = tmp / item.name
-            if item.name == "tokenizer_config.json" and (tok := _tokenizer_config(item, config, quiet)):
-                atomic_write_text(target, tok)
+            if item.name in RAISED and (raised := _raised_length(item, config, quiet)):
+                atomic_write_text(target, raised)
                 continue
             place = shutil.copy2 if copy else _link  # a subfolder (Llama's original/) linked file by file
             if item.is_dir():
                 shutil.copytree(item, target, copy_function=place)
             else:
                 place(item, target)
-        atomic_write_text(tmp / "config.json", json.dumps(config, indent=1, allow_nan=False) + "\n")
+        atomic_write_text(tmp / "config.json", text)
         os.replace(tmp, out)
     except OSError as e:  # a full disk, no permission: one line, and nothing half-written left
         shutil.rmtree(tmp, ignore_errors=True)
@@ -302,21 +312,27 @@ def _link(src: str | Path, dst: str | Path) -> None:
     os.symlink(Path(src).resolve(), dst)
 
 
-def _tokenizer_config(path: Path, config: dict[str, Any], quiet: bool) -> str | None:
-    """tokenizer_config.json with model_max_length raised to the new length, or None to link it as
-    it is: a tokenizer called with truncation=True (pipelines do) would cut every text at L0."""
+# files beside config.json that hold the trained length as a limit: (key, what it is, what it does)
+RAISED = {"tokenizer_config.json": ("model_max_length", "the tokenizer's", "it truncates texts to it"),
+          "generation_config.json": ("max_length", "generation_config.json's",
+                                     "generate() refuses a longer prompt without max_new_tokens")}
+
+
+def _raised_length(path: Path, config: dict[str, Any], quiet: bool) -> str | None:
+    """The file (RAISED) with its length limit raised to the new length, or None to link it as it
+    is: a tokenizer called with truncation=True (pipelines do) would cut every text at L0."""
+    key, whose, why = RAISED[path.name]
     try:
-        tok = json.loads(path.read_text())
+        d = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, json.JSONDecodeError):
         return None
     L = config.get("max_position_embeddings")
-    old = tok.get("model_max_length") if isinstance(tok, dict) else None
+    old = d.get(key) if isinstance(d, dict) else None
     if not isinstance(old, int) or not isinstance(L, int) or old >= L:
         return None
     if not quiet:
-        print(f"note: the tokenizer's model_max_length {old} is raised to {L} (it truncates texts to it)",
-              file=sys.stderr)
-    return json.dumps({**tok, "model_max_length": L}, indent=2, ensure_ascii=False) + "\n"
+        print(f"note: {whose} {key} {old} is raised to {L} ({why})", file=sys.stderr)
+    return json.dumps({**d, key: L}, indent=2, ensure_ascii=False) + "\n"
 
 
 def fine_tuned(model: str) -> bool:

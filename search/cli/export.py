@@ -24,6 +24,29 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 def cmd_apply(args: argparse.Namespace) -> int:
     """Make a model folder whose config.json carries exported factors, or a GGUF copy with them."""
+    import os
+    import tempfile
+
+    from longrope.spaces import UserError
+
+    if os.path.exists(args.factors) and not os.path.isfile(args.factors) and not os.path.isdir(args.factors):
+        # a pipe (`apply <(longrope export ...)`, /dev/stdin) can be read once, and it is read twice:
+        # spooled to a file, named as given in any error
+        from longrope.spaces import read_text
+
+        text = read_text(args.factors, "factors file")
+        with tempfile.TemporaryDirectory() as tmp:
+            given, args.factors = args.factors, os.path.join(tmp, "factors.json")
+            with open(args.factors, "w") as f:
+                f.write(text)
+            try:
+                return _apply(args)
+            except UserError as e:
+                raise UserError(str(e).replace(args.factors, given)) from None
+    return _apply(args)
+
+
+def _apply(args: argparse.Namespace) -> int:
     import json
 
     from longrope.runs.export import searched_on_warning

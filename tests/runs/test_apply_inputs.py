@@ -409,3 +409,74 @@ def test_a_best_file_deleted_by_hand_is_named_by_status_and_export_and_written_a
     assert main(["status", str(run), "--json"]) == 0
     missing = {s["name"]: s["best_file_missing"] for s in json.loads(capsys.readouterr().out)["stages"]}
     assert missing == {"long-128": False, "long-256": False, "short-32": True}
+
+
+def test_apply_reads_its_factors_from_a_pipe(tmp_path, capsys, tiny_model_dir):
+    """`longrope apply <(longrope export ...) MODEL -o OUT`: the file was read twice (the second read
+    of a pipe finds nothing: "is not valid JSON"); a pipe's error names the pipe, not a temp file."""
+    import os
+
+    def piped(text: str) -> str:  # as bash's <(...) gives it: /dev/fd/N, a pipe its writer has closed
+        r, w = os.pipe()
+        os.write(w, text.encode())
+        os.close(w)
+        opened.append(r)
+        return f"/dev/fd/{r}"
+
+    opened: list[int] = []
+    try:
+        fd = piped(json.dumps(GOOD))
+        assert main(["apply", fd, str(tiny_model_dir), "-o", str(tmp_path / "out")]) == 0, capsys.readouterr().err
+        config = json.loads((tmp_path / "out" / "config.json").read_text())
+        assert config["rope_scaling"]["long_factor"] == GOOD["rope_scaling"]["long_factor"]
+        fd = piped("{")
+        one_line(capsys, main(["apply", fd, str(tiny_model_dir), "-o", str(tmp_path / "out2")]),
+                 f"factors file {fd} is not valid JSON")
+        assert not (tmp_path / "out2").exists()
+    finally:
+        for r in opened:
+            os.close(r)
+
+
+@pytest.mark.parametrize("edit, message", [
+    (lambda c: c.update(initializer_range=float("nan")), "holds NaN or Infinity, which JSON cannot carry"),
+    (lambda c: c.update(rope_parameters="default"), "rope_parameters must be an object, got str"),
+])
+def test_apply_refuses_a_model_config_it_cannot_write_back(edit, message, tmp_path, capsys, tiny_model_dir):
+    """A model config.json with NaN (Python's json reads it) or a rope_parameters that is no object:
+    a traceback after the output folder was made (left empty); now one line, nothing made."""
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    config = json.loads((model / "config.json").read_text())
+    edit(config)
+    (model / "config.json").write_text(json.dumps(config))
+    (tmp_path / "f.json").write_text(json.dumps(GOOD))
+    one_line(capsys, main(["apply", str(tmp_path / "f.json"), str(model), "-o", str(tmp_path / "out")]), message)
+    assert not (tmp_path / "out").exists()
+
+
+def test_apply_raises_generation_configs_max_length_and_puts_l0_in_a_phi3_forms_rope(tmp_path, capsys,
+                                                                                     tiny_model_dir):
+    """generation_config.json's max_length of L0 made generate() refuse a long prompt without
+    max_new_tokens (raised now, as the tokenizer's model_max_length is); a phi3-form file applied to
+    a Llama left original_max_position_embeddings out of the rope dict, where vLLM reads it."""
+    import shutil
+
+    from longrope.runs.export import phi3_rope_scaling
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_model_dir, model)
+    (model / "generation_config.json").write_text(json.dumps({"max_length": 32, "do_sample": False}))
+    phi3 = {**GOOD, "rope_scaling": phi3_rope_scaling(GOOD["rope_scaling"])}
+    assert "original_max_position_embeddings" not in phi3["rope_scaling"]
+    (tmp_path / "f.json").write_text(json.dumps(phi3))
+    assert main(["apply", str(tmp_path / "f.json"), str(model), "-o", str(tmp_path / "out")]) == 0
+    out = tmp_path / "out"
+    assert json.loads((out / "generation_config.json").read_text()) == {"max_length": 128, "do_sample": False}
+    assert json.loads((model / "generation_config.json").read_text())["max_length"] == 32  # the source kept
+    assert "generation_config.json's max_length 32 is raised to 128" in capsys.readouterr().err
+    config = json.loads((out / "config.json").read_text())
+    assert config["rope_scaling"]["original_max_position_embeddings"] == 32
+    assert transformers.GenerationConfig.from_pretrained(out).max_length == 128
