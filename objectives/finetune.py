@@ -268,11 +268,21 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
             rot.set_factors(original if short else factors)
             if s2 is not None:
                 set_attention(model, full if short else s2)
-        loss = step_loss(model, ids, answer)
-        opt.zero_grad(set_to_none=True)
+        opt.zero_grad(set_to_none=True)  # before the forward: last step's gradients hold no memory in it
         for p, _ in low:  # not in the optimizer: cleared here
             p.grad = None
-        loss.backward()
+        try:
+            loss = step_loss(model, ids, answer)
+            if not torch.isfinite(loss):  # stepped, NaN would reach every weight, the merge, each later stage
+                raise UserError(f"the fine-tune at {length} diverged: its loss is {float(loss)} at step "
+                                f"{step + 1} (the checkpoint of step {saved} is kept); a lower [finetune] lr "
+                                f"than {ft.lr:g} or more warm-up steps, in a new run")
+            loss.backward()
+        except torch.cuda.OutOfMemoryError:
+            raise UserError(f"out of GPU memory in fine-tune step {step + 1} at {length} tokens (the "
+                            f"checkpoint of step {saved} is kept): try [finetune] batch_tokens = {length} "
+                            f"(one sequence a step; it is {ft.batch_tokens}), [model] dtype = \"bfloat16\", "
+                            "or a shorter target, in a new run") from None
         for p, m in low:
             m.grad = None if p.grad is None else p.grad.float()
         torch.nn.utils.clip_grad_norm_(list(masters.values()), 1.0)

@@ -308,3 +308,33 @@ def test_the_warm_up_is_linear_from_its_first_step_and_s2_attn_needs_two_groups(
     finetune(spec, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
     assert seen == pytest.approx([5e-4, 1e-3, 1e-3])
     assert registered == []
+
+
+@pytest.mark.parametrize("fault, message", [
+    ("nan", r"the fine-tune at 64 diverged: its loss is nan at step 3 \(the checkpoint of step 2 is kept\)"),
+    ("oom", r"out of GPU memory in fine-tune step 3 at 64 tokens \(the checkpoint of step 2 is kept\): try "
+            r"\[finetune\] batch_tokens = 64"),
+])
+def test_a_loss_that_diverges_or_runs_out_of_memory_stops_in_one_line(tiny_model_dir, text_corpus_dir, tmp_path,
+                                                                       monkeypatch, fault, message):
+    """A NaN loss, stepped, put NaN in every weight: merged, saved, and every later stage's candidates
+    failed; out of GPU memory was a traceback. Now one line each, the last checkpoint (finite) kept,
+    no model written."""
+    spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
+    ft = FinetuneSpec(steps=6, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
+    real, calls = ft_mod.step_loss, []
+
+    def faulty(model, ids, answer):
+        calls.append(1)
+        if len(calls) < 3:
+            return real(model, ids, answer)
+        if fault == "oom":
+            raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        return real(model, ids, answer) * float("nan")
+
+    monkeypatch.setattr(ft_mod, "step_loss", faulty)
+    with pytest.raises(UserError, match=message):
+        finetune(spec, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
+    kept = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)
+    assert kept["step"] == 2 and all(torch.isfinite(t).all() for t in kept["params"].values())
+    assert not (tmp_path / "m").exists()

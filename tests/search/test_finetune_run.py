@@ -324,6 +324,21 @@ def test_a_full_disk_inside_a_ray_task_reaches_the_driver_as_its_one_line(tmp_pa
         ray_get(task.remote(errno.ENOENT))
 
 
+def test_a_gpu_failing_under_a_ray_finetune_is_one_line(ray_session, monkeypatch):
+    """A CUDA error inside the fine-tune task (its process lives on, its context broken) was a
+    traceback from Ray; now one line naming it and the resume, as a lost worker is."""
+    from longrope.search import finetuning
+    from longrope.search.schema import WorkersConfig
+
+    def broken(spec, *args, **kw):  # nested: Ray ships it by value
+        raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(finetuning, "finetune", broken)
+    with pytest.raises(UserError, match=r"the fine-tune's GPU failed \(RuntimeError: CUDA error: an illegal "
+                                        r"memory access was encountered\); `longrope resume` continues it"):
+        finetuning._on_ray(WorkersConfig(backend="ray"), ObjectiveSpec.of("synthetic"))
+
+
 def node_c_takes_over(run_dir) -> None:
     """Another driver's live lease in run.lock: node-c resumed the run."""
     (run_dir / "run.lock").write_text(json.dumps({"host": "node-c", "pid": 4242, "heartbeat": time.time(),
