@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from longrope.spaces import RescaleFactors, UserError
+from longrope.spaces import RescaleFactors, UserError, architecture_of
 from longrope.spaces.files import atomic_write_bytes, atomic_write_text
 
 from .specs import FinetuneSpec, ObjectiveSpec
@@ -133,17 +133,40 @@ def is_short_step(seed: int, step: int, mix: float) -> bool:
     return bool(mix) and float(np.random.default_rng([seed, step, 1]).random()) < mix
 
 
-def step_loss(model: Any, ids: Any, answer: Any) -> Any:
-    """The causal LM loss over every token, plus (when the batch has pass-key samples) the mean
-    loss of their answer tokens: a handful of tokens in L would otherwise teach nothing."""
-    import torch
+LOSS_CHUNK = 1024  # positions whose logits exist at once in the loss (forward and backward)
 
-    out = model(input_ids=ids, labels=ids)
-    if not bool(answer.any()):
-        return out.loss
-    at = answer[:, 1:]  # logits at t predict token t + 1
-    picked = out.logits[:, :-1][at].float()
-    return out.loss + torch.nn.functional.cross_entropy(picked, ids[:, 1:][at])
+
+def step_loss(model: Any, ids: Any, answer: Any, chunk: int = LOSS_CHUNK) -> Any:
+    """The causal LM loss over every token, plus (when the batch has pass-key samples) the mean
+    loss of their answer tokens: a handful of tokens in L would otherwise teach nothing.
+
+    The head and its float32 log-softmax run `chunk` positions at a time, each recomputed in the
+    backward (activation checkpointing), as the scorer does: `labels=` held the whole [B, L, V]
+    logits, twice over with their float32 copy, and their gradients (Llama-3's vocabulary at 128k
+    tokens: over 100 GB, more than the model)."""
+    import torch
+    from torch.utils.checkpoint import checkpoint
+
+    from .headnll import logit_scales, nll_of, postprocess
+
+    model = model.get_base_model() if hasattr(model, "get_base_model") else model  # peft's: LoRA inside
+    arch = architecture_of(model.config)
+    head, (divide, multiply) = getattr(model, arch.head), logit_scales(arch, model.config)
+    hidden = getattr(model, arch.decoder)(input_ids=ids, use_cache=False).last_hidden_state
+    hidden = hidden[:, :-1].reshape(-1, hidden.shape[-1])  # position t predicts token t + 1
+    targets, at = ids[:, 1:].reshape(-1), answer[:, 1:].reshape(-1)
+
+    def sums(h: Any, t: Any, a: Any) -> tuple[Any, Any]:  # NLL summed over all, and over answers
+        nll = nll_of(postprocess(head(h).float(), divide, multiply), t)
+        return nll.sum(), (nll * a).sum()
+
+    total = answers = hidden.new_zeros((), dtype=torch.float32)
+    for i in range(0, targets.numel(), chunk):
+        part = (hidden[i : i + chunk], targets[i : i + chunk], at[i : i + chunk])
+        s, a = checkpoint(sums, *part, use_reentrant=False) if torch.is_grad_enabled() else sums(*part)
+        total, answers = total + s, answers + a
+    loss = total / targets.numel()
+    return loss + answers / at.sum() if bool(at.any()) else loss
 
 
 def training_docs(spec: ObjectiveSpec, tokenizer: Any, length: int) -> list[np.ndarray]:

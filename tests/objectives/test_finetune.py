@@ -152,19 +152,26 @@ def test_passkey_mix_turns_windows_into_samples_and_leaves_mix_0_alone(text_corp
     assert np.array_equal(half, training_batch(docs, 96, 16, 0, 7, builder, mix=0.5)[0])
 
 
-def test_step_loss_adds_the_answer_tokens_loss(tiny_model_dir):
+@pytest.mark.parametrize("chunk", [1024, 7])  # one chunk; several, the last one short
+def test_step_loss_adds_the_answer_tokens_loss(tiny_model_dir, chunk):
+    """The loss and its gradients equal transformers' `labels=` loss (plus the answer tokens' mean
+    loss) however the positions are chunked: only `chunk` positions' logits exist at once."""
     from longrope.objectives.finetune import step_loss
 
-    model = _model(tiny_model_dir)
+    model = prepare(_model(tiny_model_dir), FinetuneSpec(), FACTORS)  # the peft model a fine-tune trains
     ids = (torch.arange(2 * 40).view(2, 40) % 50) + 3
     answer = torch.zeros(2, 40, dtype=torch.bool)
-    with torch.no_grad():
-        lm = model(input_ids=ids, labels=ids).loss
-        assert torch.equal(step_loss(model, ids, answer), lm)
-        answer[1, 35:] = True
-        logits = model(input_ids=ids).logits
-        ans = torch.nn.functional.cross_entropy(logits[1, 34:39], ids[1, 35:40])
-        torch.testing.assert_close(step_loss(model, ids, answer), lm + ans)
+    lm = model(input_ids=ids, labels=ids).loss
+    torch.testing.assert_close(step_loss(model, ids, answer, chunk), lm, rtol=1e-6, atol=1e-6)
+    answer[1, 35:] = True
+    logits = model(input_ids=ids).logits
+    ans = torch.nn.functional.cross_entropy(logits[1, 34:39], ids[1, 35:40])
+    params = [p for p in model.parameters() if p.requires_grad]
+    want = torch.autograd.grad(lm + ans, params)
+    got = step_loss(model, ids, answer, chunk)
+    torch.testing.assert_close(got, lm + ans, rtol=1e-6, atol=1e-6)
+    for g, w in zip(torch.autograd.grad(got, params), want, strict=True):
+        torch.testing.assert_close(g, w, rtol=1e-5, atol=1e-6)
 
 
 def test_passkey_mix_reaches_the_training_steps(text_corpus_dir, tmp_path):
