@@ -253,6 +253,11 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         if state["fingerprint"] not in (key, fingerprint(spec, ft, factors, length)):  # or as before `home`
             raise UserError(f"{ckpt} belongs to another fine-tune (model, data, factors or [finetune] "
                             "changed); delete it to start this one afresh")
+        if state.get("dtype", dtype) != dtype:  # (none recorded before session 41) another kind of machine
+            raise UserError(f"{ckpt} trained in {state['dtype']} up to step {state['step']}, and this "
+                            f"machine trains in {dtype} (model.dtype = {m.dtype!r} here): set [model] "
+                            f"dtype = \"{state['dtype']}\" in the run's config.toml and resume, or delete "
+                            "the checkpoint to train afresh")
         with torch.no_grad():
             for n, p in params:
                 masters[n].copy_(state["params"][n])
@@ -319,7 +324,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
         if check is not None:
             check()
         if done % ft.checkpoint_every == 0 or done == ft.steps:
-            state = {"fingerprint": key, "step": done, "losses": losses, "seconds": seconds,
+            state = {"fingerprint": key, "dtype": dtype, "step": done, "losses": losses, "seconds": seconds,
                      "params": {n: m.detach().clone() for n, m in masters.items()},
                      "optimizer": opt.state_dict()}
             buf = io.BytesIO()

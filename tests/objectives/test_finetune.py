@@ -345,3 +345,26 @@ def test_a_loss_that_diverges_or_runs_out_of_memory_stops_in_one_line(tiny_model
     kept = torch.load(tmp_path / "w" / "checkpoint.pt", weights_only=True)
     assert kept["step"] == 2 and all(torch.isfinite(t).all() for t in kept["params"].values())
     assert not (tmp_path / "m").exists()
+
+
+def test_a_checkpoint_resumed_in_another_dtype_is_refused(tiny_model_dir, text_corpus_dir, tmp_path, monkeypatch):
+    """A bf16 GPU's checkpoint resumed where model.dtype = "auto" trains in float32 (a V100, a CPU, a
+    Ray retry on another GPU generation) went on silently in another dtype: a run unlike the
+    uninterrupted one, where the search stages refuse a dtype change. One line now."""
+    ft = FinetuneSpec(steps=4, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
+    write = ft_mod._write_json
+
+    def dies_at_step_3(path, data):
+        write(path, data)
+        if data.get("step") == 3:
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(ft_mod, "_write_json", dies_at_step_3)
+    with pytest.raises(KeyboardInterrupt):
+        finetune(ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), dtype="float32"), ft, FACTORS, 64,
+                 tmp_path / "w", tmp_path / "m", progress=False)
+    monkeypatch.setattr(ft_mod, "_write_json", write)
+    bf16 = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir), dtype="bfloat16")
+    with pytest.raises(UserError, match=r"checkpoint.pt trained in float32 up to step 2, and this machine trains "
+                                        r"in bfloat16 \(model.dtype = 'bfloat16' here\): set \[model\] dtype"):
+        finetune(bf16, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
