@@ -320,7 +320,8 @@ RAISED = {"tokenizer_config.json": ("model_max_length", "the tokenizer's", "it t
 
 def _raised_length(path: Path, config: dict[str, Any], quiet: bool) -> str | None:
     """The file (RAISED) with its length limit raised to the new length, or None to link it as it
-    is: a tokenizer called with truncation=True (pipelines do) would cut every text at L0."""
+    is: left at L0, a tokenizer called with truncation=True (pipelines do) cut every text there,
+    and generate() refused a longer prompt."""
     key, whose, why = RAISED[path.name]
     try:
         d = json.loads(path.read_text())

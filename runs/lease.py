@@ -178,9 +178,9 @@ class Lease:
         while (made := self._make_guard()) is None:
             try:
                 seen = self.guard.stat()  # a killed acquirer's: old, or its pid gone here, or empty
-                gone = self.dead_here(read_lease(self.guard) or {})
-                age = file_clock(self.guard.parent, f".{self.guard.name}.clock.", ".owner") - seen.st_mtime
-                if age > self.timeout or gone or (self._links and not seen.st_size):  # server's clock
+                gone = self.dead_here(read_lease(self.guard) or {}) or (self._links and not seen.st_size)
+                if gone or file_clock(self.guard.parent, f".{self.guard.name}.clock.", ".owner") \
+                        - seen.st_mtime > self.timeout:  # its age on the file server's clock, asked last
                     self._remove_stale_guard(seen)
                     continue
             except FileNotFoundError:

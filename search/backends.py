@@ -367,9 +367,12 @@ class RayBackend:
         fresh = self._new_actor()
         self.actors.append(fresh)
         self.replaced += 1
-        what = f"a worker died{' with its node' if node_lost(error) else ''}"
-        if isinstance(error, (DeviceFault, WorkerStalled)):
-            what = "a worker's GPU failed" if isinstance(error, DeviceFault) else "a worker hung"
+        if isinstance(error, DeviceFault):
+            what = "a worker's GPU failed"
+        elif isinstance(error, WorkerStalled):
+            what = "a worker hung"
+        else:
+            what = f"a worker died{' with its node' if node_lost(error) else ''}"
         print(f"note: {what} ({death_reason(error)}); {then}", file=sys.stderr)
         return fresh
 

@@ -141,7 +141,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
     there. A user error inside is re-raised here; Ctrl-C cancels the task (its checkpoint stays)."""
     import ray
 
-    from .cluster import DeviceFault, init_ray, ray_get
+    from .cluster import DeviceFault, death_reason, init_ray, ray_get
 
     init_ray(workers.address)
     lost = (ray.exceptions.WorkerCrashedError, ray.exceptions.NodeDiedError, ray.exceptions.OutOfMemoryError,
@@ -155,7 +155,7 @@ def _on_ray(workers: WorkersConfig, *args, check=None, home=None):
         _cancel(ray, ref)
         raise
     except DeviceFault as e:  # a CUDA error: the worker's context is broken, the checkpoint on disk is not
-        raise UserError(f"the fine-tune's GPU failed ({str(e).splitlines()[0][:200]}); `longrope resume` "
+        raise UserError(f"the fine-tune's GPU failed ({death_reason(e)}); `longrope resume` "
                         "continues it from its last checkpoint") from None
     except lost as e:
         why = str(e).strip().splitlines()[0][:200]

@@ -59,8 +59,9 @@ def file_clock(folder: Path, prefix: str, suffix: str = ".tmp") -> float:
     file made just now, named `prefix`PID`suffix` for remove_stale_temps); this host's if none can
     be made there."""
     probe = Path(folder) / f"{prefix}{os.getpid()}{suffix}"
-    try:
-        fd = os.open(probe, os.O_CREAT | os.O_WRONLY, 0o644)
+    try:  # made anew: a leftover of this pid's (a killed process's, the pid reused) keeps its old mtime
+        probe.unlink(missing_ok=True)
+        fd = os.open(probe, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
     except OSError:
         return time.time()
     try:
