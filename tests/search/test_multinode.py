@@ -15,6 +15,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import psutil
@@ -35,30 +36,60 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cluster():
-    """A head (1 CPU, the job server) and a worker node (1 CPU): two replicas of one CPU each can
-    only run one on each node, and once the worker node is gone its replica cannot come back.
-    Its own RAY_TMPDIR: a Cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster,
-    where a plain `ray.init()` anywhere on this machine would find and join it. Its own ports: the
-    head's dashboard agent defaults to 52365, which another Ray here may hold."""
-    tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
-    os.makedirs(os.path.join(tmp, "ray"))
-    c = None
-    try:
-        with pytest.MonkeyPatch.context() as mp:
-            mp.setenv("RAY_TMPDIR", tmp)
+class Clusters:
+    """The module's cluster: a head (1 CPU, the job server) and a worker node (1 CPU): two replicas
+    of one CPU each can only run one on each node, and once the worker node is gone its replica
+    cannot come back. Its own RAY_TMPDIR: a Cluster writes its address to
+    <RAY_TMPDIR>/ray/ray_current_cluster, where a plain `ray.init()` anywhere on this machine would
+    find and join it. Its own ports: the head's dashboard agent defaults to 52365, which another Ray
+    here may hold. One whose Ray processes died under a test (a GCS lost in CI, beside the other
+    pytest worker's Rays) is made anew for the next test, and the test that saw it die says so."""
+
+    def __init__(self, mp: pytest.MonkeyPatch):
+        self.mp, self.c, self.tmp = mp, None, ""
+
+    def get(self):
+        if self.c is not None and not intact(self.c):
+            self.close()
+        if self.c is None:
+            self.tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
+            os.makedirs(os.path.join(self.tmp, "ray"))
+            self.mp.setenv("RAY_TMPDIR", self.tmp)
             c = ray_cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
-                "num_cpus": 1, "temp_dir": tmp, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
+                "num_cpus": 1, "temp_dir": self.tmp, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
                 "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
-            c.worker_args = {"num_cpus": 1, "temp_dir": tmp}
-            c.ray_tmpdir = tmp
+            self.c = c
+            c.worker_args = {"num_cpus": 1, "temp_dir": self.tmp}
+            c.ray_tmpdir = self.tmp
             c.add_node(**c.worker_args)
-            yield c
-    finally:
-        if c is not None:
-            c.shutdown()
-        shutil.rmtree(tmp, ignore_errors=True)
+        return self.c
+
+    def close(self) -> None:
+        if self.c is not None:
+            self.c.shutdown()
+            self.c = None
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+
+def intact(c) -> bool:
+    """Every Ray process of the cluster's head and its one worker node still runs."""
+    return c.head_node is not None and len(c.worker_nodes) == 1 and not any(
+        n.dead_processes() for n in [c.head_node, *c.worker_nodes])
+
+
+@pytest.fixture(scope="module")
+def clusters():
+    with pytest.MonkeyPatch.context() as mp:
+        holder = Clusters(mp)
+        try:
+            yield holder
+        finally:
+            holder.close()
+
+
+@pytest.fixture
+def cluster(clusters):
+    return clusters.get()
 
 
 @pytest.fixture(scope="module")
@@ -81,6 +112,24 @@ def nodes_with_workers(c) -> set[str]:
             if cmd[:1] and cmd[0].startswith("ray::_Worker"):
                 found.add(name)
     return found
+
+
+def cluster_report(c) -> str:
+    """What a failed test needs to tell a dead cluster from a bug of ours: each node's dead
+    processes, and the last lines of the head's GCS and raylet logs (the folder is removed after)."""
+    lines = []
+    nodes = [("head", c.head_node)] + [(f"worker-{i}", n) for i, n in enumerate(c.worker_nodes)]
+    for name, node in nodes:
+        if node is None:
+            continue
+        dead = [(kind, proc.returncode) for kind, proc in node.dead_processes()]
+        lines.append(f"{name}: dead processes {dead or 'none'}")
+    if c.head_node is not None:
+        logs = Path(c.head_node.get_logs_dir_path())
+        for f in sorted(logs.glob("gcs_server.*")) + sorted(logs.glob("raylet.*")):
+            tail = f.read_text(errors="replace").splitlines()[-15:]
+            lines += [f"--- {f.name}"] + tail
+    return "\n".join(lines)
 
 
 def write_config(tmp_path) -> Path:
@@ -120,17 +169,28 @@ def test_search_on_two_nodes_equals_in_process(tmp_path, cluster, reference):
     assert trajectory(Run.open(run_dir)) == reference
 
 
-def test_ray_job_submit_runs_a_search(tmp_path, cluster, reference):
-    """No --address: Ray gives a job's driver RAY_ADDRESS."""
+def test_ray_job_submit_runs_a_search(tmp_path, clusters, cluster, reference):
+    """No --address: Ray gives a job's driver RAY_ADDRESS. A cluster whose own processes died
+    under the job (Ray's, not the search's: CI once lost the head's GCS beside the other pytest
+    worker's Rays) is not the search's failure: it is said, and the job runs once more on a new one."""
     if not JOBS:
         pytest.skip("`ray job submit` needs ray[default]: pip install 'longrope-search[cluster]'")
-    run_dir = tmp_path / "run"
     ray = Path(sys.executable).parent / "ray"
-    r = subprocess.run([str(ray), "job", "submit", "--address", f"http://{cluster.webui_url}", "--",
-                        sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
-                        "--run-dir", str(run_dir), "--quiet"],
-                       capture_output=True, text=True, timeout=120)
-    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+
+    def submit(c, run_dir):
+        return subprocess.run([str(ray), "job", "submit", "--address", f"http://{c.webui_url}", "--",
+                               sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
+                               "--run-dir", str(run_dir), "--quiet"],
+                              capture_output=True, text=True, timeout=120)
+
+    run_dir = tmp_path / "run"
+    r = submit(cluster, run_dir)
+    if r.returncode != 0 and not intact(cluster):
+        warnings.warn(f"the cluster's own processes died under `ray job submit`; once more on a new one:\n"
+                      f"{cluster_report(cluster)}\n{r.stderr[-2000:]}", stacklevel=1)
+        cluster, run_dir = clusters.get(), tmp_path / "run-again"
+        r = submit(cluster, run_dir)
+    assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + "\n" + cluster_report(cluster)
     assert "done: long-256" in r.stdout and "succeeded" in r.stdout
     assert trajectory(Run.open(run_dir)) == reference
 
