@@ -7,9 +7,10 @@ next worker free, and starts a replacement that takes work once it is up: the
 run never stops for one worker or one node, and the result cannot change
 (scoring is deterministic). A replacement that cannot be placed (the lost node's
 resources are gone) waits without holding any candidate. A candidate whose
-scoring killed its worker twice (out of memory, a crash in a kernel) is not
-tried a third time: it comes back as a failed evaluation; a lost node does not
-count against the candidate that was running on it.
+scoring killed its worker twice (a crash in a kernel, the system's OOM killer) is
+not tried a third time: it comes back as a failed evaluation; a lost node, or a
+kill by Ray's memory monitor, does not count against the candidate it ran (the
+monitor's kills in a row stop the run: too many replicas for the node).
 """
 
 from __future__ import annotations
@@ -29,6 +30,8 @@ from .cluster import (
     check_resources,
     death_reason,
     init_ray,
+    memory_kill,
+    memory_shortage,
     node_lost,
     node_resources,
     not_its_fault,
@@ -86,6 +89,7 @@ class InProcessBackend:
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
+MAX_MEMORY_KILLS = 3  # memory-monitor kills with no evaluation done between them (and > count): stop
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
 PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as alive
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
@@ -125,6 +129,7 @@ class RayBackend:
         self.replaced = 0
         self.start_failures = 0  # replacements in a row that died before they started
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
+        self.memory_kills = 0  # workers Ray's memory monitor killed since an evaluation last finished
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
         self.dtype: str | None = None  # what the workers score in, once precision() has asked
@@ -140,12 +145,10 @@ class RayBackend:
         return ray_get(ref)
 
     def check(self, lengths: list[int]) -> RopeGeometry:
-        """Every actor loads its model and documents; a user error inside one is re-raised here,
-        and so is an error its constructor raised (a model it cannot load). Workers the cluster
-        cannot place yet (its resources held by another job) are waited for with a note, as during
-        the search. One that dies while it loads (its node preempted, killed for memory, its GPU
-        failed) is replaced, as during the search: MAX_START_FAILURES in a row that were not lost
-        with their node stop the run."""
+        """Every actor loads its model and documents; a user error inside one, or one its constructor
+        raised (a model it cannot load), is re-raised here. Workers the cluster cannot place yet are
+        waited for with a note; one that dies while it loads (its node preempted, killed for memory,
+        its GPU failed) is replaced: MAX_START_FAILURES in a row not lost with their node stop the run."""
         todo, geos, waits, failures = list(self.actors), [], 0, 0
         while todo:
             refs = {a.check.remote(lengths): a for a in todo}
@@ -172,8 +175,8 @@ class RayBackend:
         return geos[0]
 
     def free(self) -> int:
-        """Jobs the driver may still submit: a worker starting counts (its job waits in `queue`
-        for the first worker free or up, which need not be that one: it may never be placed)."""
+        """Jobs the driver may still submit: a worker starting counts (its job waits in `queue` for
+        the first worker free or up, not necessarily that one, which may never be placed)."""
         return max(len(self.actors) - len(self.inflight) - len(self.queue), 0)
 
     def evaluate_pool(self, factors: RescaleFactors, length: int, pool: str) -> Evaluation:
@@ -207,10 +210,9 @@ class RayBackend:
                 self._replace(actor, e)
 
     def precision(self) -> str | None:
-        """The dtype every worker up scores in (the driver records it per stage and a resume must
-        match it). Workers that differ, model.dtype = auto over GPUs of two generations (bf16 on
-        an A100, fp16 on a V100), would mix precisions in one ranking: one line instead. A
-        replacement that comes up in another dtype later is refused in _step."""
+        """The dtype every worker up scores in (recorded per stage; a resume must match it). Workers
+        that differ (model.dtype = auto on an A100 and a V100: bf16, fp16) would mix precisions in one
+        ranking: one line instead. A replacement up later in another dtype is refused in _step."""
         while True:
             while not self.idle:
                 self._step()
@@ -249,10 +251,9 @@ class RayBackend:
         return self.done.popleft()
 
     def _dispatch(self) -> None:
-        """Queued candidates go to idle actors first. A candidate whose worker died goes only to
-        a worker that has just answered: deaths come together (an OOM sweep, a node's processes)
-        and an idle worker may be dead without Ray having said so, since nothing was asked of it;
-        its death would count against the candidate, whose second one records it FAILED."""
+        """Queued candidates go to idle actors; a dead worker's candidate only to one that has just
+        answered: deaths come together (an OOM sweep, a node's processes), an idle worker may be dead
+        unnoticed (nothing asked of it), and its death would count against the candidate (twice: FAILED)."""
         while self.queue and self.idle:
             if self.deaths.get(self.queue[0].key) and not self._alive(self.idle[0]):
                 continue  # replaced; the candidate waits for the next worker
@@ -311,16 +312,21 @@ class RayBackend:
             self._lost(job, actor, e)
             return
         self.watch.end(ref)
+        self.memory_kills = 0
         self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))
         self.idle.append(actor)
         self._dispatch()
 
     def _lost(self, job: Job, actor, e: Exception) -> None:
-        """The actor died (OOM, node lost, killed) or hung: replace it and re-run its candidate on
-        the next free worker, unless this candidate has now killed MAX_DEATHS workers."""
+        """The actor died (OOM, node lost, killed) or hung: replace it, re-run its candidate on the next
+        free worker unless it killed MAX_DEATHS (a memory-monitor kill is the node's: cluster.memory_kill)."""
         self._replace(actor, e)
-        if not not_its_fault(e):
+        if memory_kill(e):
+            self.memory_kills += 1
+            if self.memory_kills >= max(MAX_MEMORY_KILLS, self.count + 1):
+                raise memory_shortage(self.memory_kills, e)
+        elif not not_its_fault(e):
             self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
         if self.deaths.get(job.key, 0) >= MAX_DEATHS:
             del self.deaths[job.key]  # trial numbers start again at 0 in the next stage
@@ -367,12 +373,9 @@ class RayBackend:
         fresh = self._new_actor()
         self.actors.append(fresh)
         self.replaced += 1
-        if isinstance(error, DeviceFault):
-            what = "a worker's GPU failed"
-        elif isinstance(error, WorkerStalled):
-            what = "a worker hung"
-        else:
-            what = f"a worker died{' with its node' if node_lost(error) else ''}"
+        what = {DeviceFault: "a worker's GPU failed", WorkerStalled: "a worker hung"}.get(type(error)) or (
+            "Ray's memory monitor killed a worker" if memory_kill(error)
+            else f"a worker died{' with its node' if node_lost(error) else ''}")
         print(f"note: {what} ({death_reason(error)}); {then}", file=sys.stderr)
         return fresh
 

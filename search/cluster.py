@@ -159,6 +159,24 @@ def node_lost(error: Exception) -> bool:
     return bool(getattr(error, "preempted", False)) or "its node has died" in str(error)
 
 
+def memory_kill(error: Exception) -> bool:
+    """Whether Ray's memory monitor killed the worker, its node short of memory (Ray reports it as
+    an OutOfMemoryError: "1 worker(s) were killed due to the node running low on memory"). The
+    monitor kills the task that started last, and a candidate's λ does not change what scoring it
+    holds in memory: such a kill says nothing against the candidate, and several in a row say the
+    node holds more replicas than its memory does."""
+    import ray
+
+    return isinstance(error, ray.exceptions.OutOfMemoryError)
+
+
+def memory_shortage(kills: int, error: Exception) -> UserError:
+    """The line that stops a search whose workers Ray's memory monitor keeps killing."""
+    return UserError(f"Ray's memory monitor killed {kills} workers with nothing scored between them "
+                     f"({death_reason(error)}): the replicas need more memory than their nodes have free; "
+                     "run fewer on each (a higher workers.num_cpus, or fewer --workers) and resume")
+
+
 def not_its_fault(error: Exception) -> bool:
     """Whether a worker's death says nothing against what it ran: its node died, or Ray could
     not reach it (ActorUnavailableError: no word of its death within a second, as when a node

@@ -23,13 +23,13 @@ def job(key=0):
     return Job(key, RescaleFactors.uniform(2.0, GEOMETRY.n_freqs), 256, None)
 
 
-def backend_of(ray, worker_cls, count=2):
+def backend_of(ray, worker_cls, count=2, num_cpus=1.0):
     class Backend(RayBackend):
         def _new_actor(self):
             cls = ray.remote(max_restarts=0)(worker_cls)
-            return cls.options(num_gpus=0, num_cpus=1).remote(self.spec)
+            return cls.options(num_gpus=0, num_cpus=self.num_cpus).remote(self.spec)
 
-    return Backend(ObjectiveSpec.of("synthetic"), count=count)
+    return Backend(ObjectiveSpec.of("synthetic"), count=count, num_cpus=num_cpus)
 
 
 def test_a_gpu_failing_once_under_a_worker_replaces_it_and_changes_nothing(tmp_path, ray_session, capsys):
@@ -84,6 +84,75 @@ def test_a_candidate_that_kills_two_workers_is_failed_not_retried_forever(tmp_pa
     reason = "worker died 2 times while scoring it (out of memory or a crash?): "
     reason += f"RuntimeError: {ILLEGAL_ACCESS}" if crash == "gpu fails" else ""
     assert reason in (run.path / "events.log").read_text()
+
+
+# what ray.get raises for an actor's call when Ray's memory monitor killed its worker (Ray 2.60,
+# seen with RAY_memory_usage_threshold set just above the node's use and an actor allocating)
+MEMORY_KILL = ("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: "
+               "192.0.2.2, ID: b96c3d9aef2b) was 3.50GB used / 23.54GB limit (0.148639)\nOOM kill reason: "
+               "Memory usage 3734323200B exceeded threshold of 3707177472B (14.7% of 25276182528B limit)")
+
+
+def killed_for_memory(backend, ray):
+    """The backend's workers that die (os._exit) reach it as the memory monitor's kills do."""
+    real = backend._get
+
+    def get(ref):
+        try:
+            return real(ref)
+        except ray.exceptions.RayActorError:
+            raise ray.exceptions.OutOfMemoryError(MEMORY_KILL) from None
+
+    backend._get = get
+    return backend
+
+
+def test_the_memory_monitors_kills_do_not_count_against_the_candidate(tmp_path, ray_session, capsys):
+    """Ray's memory monitor kills the task that started last, whatever it scores (λ does not
+    change what scoring holds in memory): the PI seed's worker killed twice by it does not make
+    it FAILED, and the run ends where one without the kills does. Until session 42 it did."""
+    kills = tmp_path / "kills"
+    kills.write_text("0")
+
+    class KilledForMemory(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            if pool == "search" and set(factors.lambdas) == {256 / 64} and int(kills.read_text()) < 2:
+                kills.write_text(str(int(kills.read_text()) + 1))
+                os._exit(1)
+            return super().evaluate(factors, length, threshold, pool)
+
+    reference, _ = run_small(tmp_path, name="ref")
+    backend = killed_for_memory(backend_of(ray_session, KilledForMemory), ray_session)
+    try:
+        run, _ = run_small(tmp_path, backend_obj=backend, name="oom")
+    finally:
+        backend.close()
+    assert kills.read_text() == "2" and backend.replaced == 2
+    assert trajectory(run) == trajectory(reference)
+    assert ("note: Ray's memory monitor killed a worker (1 worker(s) were killed due to the node running "
+            "low on memory") in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("count", [1, 4])
+def test_the_memory_monitors_kills_in_a_row_stop_the_run_in_one_line(ray_session, count):
+    """Every worker killed for memory as it scores (the replicas need more than the node has): the
+    run stops once the kills with nothing scored between them reach 3, and more than the replicas
+    (a sweep that kills them all at once is not yet a pattern), instead of failing every candidate."""
+    class Starved(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            os._exit(1)
+
+    backend = killed_for_memory(backend_of(ray_session, Starved, count=count, num_cpus=0.5), ray_session)
+    kills = max(3, count + 1)  # 3, and 5 for 4 replicas
+    try:
+        for key in range(count):
+            backend.submit(job(key))
+        with pytest.raises(UserError, match=rf"^Ray's memory monitor killed {kills} workers with nothing scored "
+                                            r"between them \(1 worker\(s\) were killed due to the node running"):
+            backend.wait()
+        assert backend.replaced == kills
+    finally:
+        backend.close()
 
 
 def test_a_bug_raised_in_a_worker_is_not_taken_for_a_failed_gpu(ray_session):
