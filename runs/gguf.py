@@ -42,6 +42,7 @@ FREQS, LONG, SHORT = "rope_freqs.weight", "rope_factors_long.weight", "rope_fact
 # GGUF architecture -> the form its llama.cpp loader reads: "freqs" (one rope_freqs tensor,
 # the long factors at every length) or "switch" (long/short pair, chosen by -c against L0)
 FORMS = {"llama": "freqs", "phi3": "switch"}
+SWA = "phi3.attention.sliding_window"  # Phi-3's attention window (llama.cpp of Aug 2024 - May 2025)
 LLAMA_CPP_THETA = 10000.0  # llama.cpp's RoPE base where {arch}.rope.freq_base is absent
 
 
@@ -97,12 +98,14 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
                          LLAMA_CPP_THETA if base is None else base, str(fj), src.name)
     short = _short(factors)
     warnings = _warnings(arch, form, factors, L0)
-    if arch == "phi3" and context == 4096 and _value(reader, "phi3.block_count") in (32, 40) \
-            and _value(reader, "phi3.attention.sliding_window") is None:
-        # llama-model.cpp's load_hparams, Aug 2024 - May 2025 (PRs #8931 to #13676): Phi-3-4k's window
-        warnings.append(f"{src.name} states no phi3.attention.sliding_window: llama.cpp builds from Aug 2024 "
-                        "to May 2025 derived Phi-3's (2047) from context_length 4096, which this copy sets "
-                        f"to {L}, and refuse the copy; recent builds load it")
+    window = _value(reader, SWA) if arch == "phi3" else None
+    if arch == "phi3" and (window is None or window < L):
+        # llama-model.cpp, Aug 2024 - May 2025 (PRs #8931 to #13676): Phi-3 attends within this window
+        # (2047 where the key is absent and context_length is 4096; with the copy's length, absent,
+        # the file is refused). The factors were scored with no window (apply switches a config's
+        # off): the copy's covers its whole context; later builds read no window for Phi-3
+        warnings.append(f"{SWA} {'(absent)' if window is None else window} -> {L}: llama.cpp builds of Aug "
+                        "2024 - May 2025 attend within that window, and the factors were scored with none")
     if own:
         # llama.cpp's converter writes Llama-3.1's llama3 scaling as a rope_freqs tensor and its
         # context_length as the extended 131072, with no trained length beside it
@@ -118,6 +121,8 @@ def apply_to_gguf(factors_json: str | Path, model: str | Path, out: str | Path,
     }
     if form == "switch":
         keys[gguf.Keys.Rope.SCALING_TYPE.format(arch=arch)] = ("longrope", gguf.GGUFValueType.STRING)
+    if arch == "phi3":
+        keys[SWA] = (max(int(window or 0), L), gguf.GGUFValueType.UINT32)
     dropped = (f"{arch}.rope.scaling.", f"{arch}.rope.scale_linear", "GGUF.", "general.architecture")
     new_tensors = {FREQS: long.lambdas} if form == "freqs" else {LONG: long.lambdas, SHORT: short}
 

@@ -144,7 +144,7 @@ def one_line(capsys, rc, message):
 
 
 def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, base: float | None = 1e5,
-              layers: int | None = None, shards: int | None = None, **keys) -> Path:
+              layers: int | None = None, shards: int | None = None, window: int | None = None, **keys) -> Path:
     """A GGUF with no weights to speak of: metadata, an embedding, and ``freqs`` as its own
     rope_freqs tensor when given; θ = `base` (None: no such key, llama.cpp's default); `shards`:
     split.count, as llama-gguf-split writes it in each shard."""
@@ -154,6 +154,8 @@ def tiny_gguf(path: Path, arch: str, context: int | None = None, freqs=None, bas
     w.add_uint32(f"{arch}.rope.dimension_count", 2 * N)
     if layers is not None:
         w.add_uint32(f"{arch}.block_count", layers)
+    if window is not None:
+        w.add_uint32(f"{arch}.attention.sliding_window", window)
     if context is not None:
         w.add_uint32(f"{arch}.context_length", context)
     if base is not None:
@@ -256,19 +258,29 @@ def test_a_gguf_without_rope_freq_base_has_llama_cpps_default_theta(tmp_path, ca
     assert not (tmp_path / "o.gguf").exists()
 
 
-def test_a_phi3_4k_without_its_window_is_warned_of(tmp_path):
-    """llama.cpp builds of Aug 2024 - May 2025 derived Phi-3-4k's sliding window from a context
-    length of 4096 (32 or 40 layers, no window key) and refuse the copy, whose length is L."""
-    from longrope.runs.gguf import apply_to_gguf
+@pytest.mark.parametrize("window, written", [(None, 2 * 4096), (2047, 2 * 4096), (262144, 262144)])
+def test_a_phi3_copy_attends_over_its_whole_context(tmp_path, window, written):
+    """llama.cpp builds of Aug 2024 - May 2025 attend within phi3.attention.sliding_window (2047
+    where it is absent and context_length is 4096, Phi-3-mini-4k's) and refuse a copy that states
+    none with another length. The factors were scored with no window (`apply` switches a config's
+    off), so the copy's window covers its context L: Phi-3-4k's 2047 ended every prompt's reach
+    there; a wider one (Phi-3-mini-128k's 262144) is kept. Until session 42 only the absent key was
+    warned of."""
+    from longrope.runs.gguf import SWA, apply_to_gguf
 
     factors = export_json(tmp_path / "f.json")
-    d = json.loads(factors.read_text())  # Phi-3-mini-4k: L0 = 4096
+    d = json.loads(factors.read_text())  # Phi-3-mini-4k: L0 = 4096, this export's L = 2 L0
     d["original_max_position_embeddings"] = d["rope_scaling"]["original_max_position_embeddings"] = 4096
+    d["max_position_embeddings"] = 2 * 4096
     factors.write_text(json.dumps(d))
-    for layers, warned in ((32, True), (24, False)):
-        src = tiny_gguf(tmp_path / f"phi3-{layers}.gguf", "phi3", context=4096, layers=layers)
-        _, warnings = apply_to_gguf(factors, src, tmp_path / f"o-{layers}.gguf")
-        assert any("derived Phi-3's (2047) from context_length 4096" in w for w in warnings) == warned
+    src = tiny_gguf(tmp_path / "phi3.gguf", "phi3", context=4096, layers=32, window=window)
+    out, warnings = apply_to_gguf(factors, src, tmp_path / "o.gguf")
+    assert int(gguf.GGUFReader(out).fields[SWA].contents()) == written
+    said = [w for w in warnings if w.startswith(SWA)]
+    assert said == ([] if window == 262144 else [f"{SWA} {window or '(absent)'} -> {written}: llama.cpp builds "
+                                                 "of Aug 2024 - May 2025 attend within that window, and the "
+                                                 "factors were scored with none"])
+    assert all("derived Phi-3's" not in w for w in warnings)
 
 
 def test_a_write_that_fails_is_one_line_and_leaves_nothing(tmp_path, capsys, monkeypatch):
