@@ -136,6 +136,16 @@ def is_short_step(seed: int, step: int, mix: float) -> bool:
 LOSS_CHUNK = 1024  # positions whose logits exist at once in the loss (forward and backward)
 
 
+def checkpoint_activations(model) -> None:
+    """Recompute each layer's activations in the backward pass instead of keeping them (torch's
+    non-reentrant checkpoint). transformers 5.25 renamed the switch and warns at the old name on
+    every fine-tune; 4.57 has only the old one."""
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs={"use_reentrant": False})
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+
+
 def step_loss(model: Any, ids: Any, answer: Any, chunk: int = LOSS_CHUNK) -> Any:
     """The causal LM loss over every token, plus (when the batch has pass-key samples) the mean
     loss of their answer tokens: a handful of tokens in L would otherwise teach nothing.
@@ -276,7 +286,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     # and attention factor: a second fine-tune trains its short steps as the first one did.
     original = RescaleFactors.uniform(1.0, loaded.geometry.n_freqs)
     if loaded.device == "cuda":  # activations of long sequences: recompute instead of keeping
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        checkpoint_activations(model)
     model.train()
     batch = max(1, ft.batch_tokens // length)
     bar = tqdm(total=ft.steps, initial=start, desc=f"finetune-{length}", unit="step", disable=not progress,

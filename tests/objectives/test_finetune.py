@@ -368,3 +368,18 @@ def test_a_checkpoint_resumed_in_another_dtype_is_refused(tiny_model_dir, text_c
     with pytest.raises(UserError, match=r"checkpoint.pt trained in float32 up to step 2, and this machine trains "
                                         r"in bfloat16 \(model.dtype = 'bfloat16' here\): set \[model\] dtype"):
         finetune(bf16, ft, FACTORS, 64, tmp_path / "w", tmp_path / "m", progress=False)
+
+
+def test_activation_checkpointing_is_switched_on_without_a_deprecation_warning(tiny_model_dir):
+    """On a GPU the fine-tune recomputes activations in the backward pass. transformers 5.25
+    renamed the switch and warned (FutureWarning) at gradient_checkpointing_enable on every
+    fine-tune, until session 42; 4.57 has only that name. The LoRA model forwards it to the base."""
+    import warnings
+
+    model = prepare(_model(tiny_model_dir), FinetuneSpec(), FACTORS)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", FutureWarning)
+        ft_mod.checkpoint_activations(model)
+        base = model.get_base_model()
+        on = getattr(base, "is_activation_checkpointing", None)
+        assert on if on is not None else base.is_gradient_checkpointing
