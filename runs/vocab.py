@@ -40,6 +40,8 @@ CONFIG = "config"  # the run config (RunConfig.to_dict()) as the stage started u
 #                    search-defining keys are checked against it too, since config.toml can be edited
 DTYPE = "dtype"  # "float32" | "bfloat16" | "float16": what the stage's candidates are scored in (model.dtype,
 #                  auto resolved on the workers' device; checked on resume, recorded then by older runs)
+LAG = "draw_lag"  # cmaes/tpe: the sampler of draw k reads the draws below k - lag + 1 (the worker count the
+#                  stage began with; 1 in process), so results arriving in any order change nothing
 MODEL = "model_fingerprint"  # model.path's weights as objectives.models.fingerprint reads them (absent
 #                               where the driver cannot see the path): a resume may name a moved copy
 

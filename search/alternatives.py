@@ -20,10 +20,10 @@ from copy import copy as copy_of
 import numpy as np
 import optuna
 from optuna.distributions import BaseDistribution, CategoricalDistribution, FloatDistribution
-from optuna.trial import FrozenTrial
+from optuna.trial import FrozenTrial, TrialState
 
 from longrope.runs.optuna_io import set_trial_system_attr, trial_id
-from longrope.runs.vocab import DRAW
+from longrope.runs.vocab import DRAW, REQUEUED
 from longrope.spaces import RescaleFactors, SearchSpace
 
 
@@ -88,6 +88,31 @@ def draw_seed(seed: int, k: int) -> int:
     return int(np.random.SeedSequence([seed, k]).generate_state(1)[0])
 
 
+def read_by(t: FrozenTrial, below: int) -> bool:
+    """Whether the sampler of a draw whose history ends below draw `below` reads trial t: every
+    trial that is no draw (the seeds, all scored before the first draw) and the draws below."""
+    return DRAW not in t.system_attrs or t.system_attrs[DRAW] < below
+
+
+class History:
+    """The study as the sampler of one draw reads it: the draws below `below` and no others, so
+    that what it reads is the same whatever order the results before it arrived in."""
+
+    def __init__(self, study: optuna.Study, below: int):
+        self._study, self._below = study, below
+
+    def __getattr__(self, name):  # the storage, the direction, ...: the study's own
+        return getattr(self._study, name)
+
+    def _get_trials(self, deepcopy=True, states=None, use_cache=False):
+        return [t for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
+                if read_by(t, self._below)]
+
+    def get_trials(self, deepcopy=True, states=None):
+        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
+                if read_by(t, self._below)]
+
+
 class DrawSeeded(optuna.samplers.BaseSampler):
     """`make_sampler(name, ·)` with its random stream a function of the draw, not of the process.
 
@@ -100,13 +125,15 @@ class DrawSeeded(optuna.samplers.BaseSampler):
     draw's sampler too, and CMA-ES sees the draw k where it reads trial.number (its ask's seed).
     Random search is then a function of (seed, k) alone: resumed after any interruption, or
     scored by any number of workers, it scores the same candidates. TPE and CMA-ES also read the
-    scores at each ask: in-process (one candidate in flight) a resumed run holds the same scores
-    at each ask and equals an uninterrupted one; on several workers the order results arrive in
-    steers them, in any run, and a resumed one only draws nothing it drew before.
+    scores: the sampler of draw k reads the seeds and the draws below k - lag + 1 (History), and
+    draw k is asked only once those are all scored (may_draw), so at most `lag` draws are out at
+    once and what each reads does not depend on the order results arrive in. `lag` is the worker
+    count the stage began with (vocab.LAG; 1 in process: each draw reads every one before it):
+    TPE and CMA-ES are a function of (seed, lag), on any number of workers, resumed or not.
     """
 
-    def __init__(self, name: str, seed: int, n_params: int):
-        self.name, self.seed, self.n_params = name, seed, n_params
+    def __init__(self, name: str, seed: int, n_params: int, lag: int = 1):
+        self.name, self.seed, self.n_params, self.lag = name, seed, n_params, lag
         self.queued = make_sampler(name, seed)  # for queued trials: their parameters are fixed
         self._of: dict[int, optuna.samplers.BaseSampler] = {}  # trial id -> its draw's sampler
 
@@ -114,6 +141,22 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         held = {t.system_attrs[DRAW] for t in study.get_trials(deepcopy=False)
                 if DRAW in t.system_attrs and len(t.params) == self.n_params}
         return next(k for k in range(len(held) + 1) if k not in held)
+
+    def may_draw(self, study: optuna.Study) -> bool:
+        """Whether the next ask may run: for random search, or a queued trial (a seed, a re-queued
+        copy: Optuna asks for those first), always; a fresh draw k once every trial its sampler
+        reads is scored."""
+        if self.name == "random":  # reads no scores
+            return True
+        trials = [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
+        if any(t.state == TrialState.WAITING for t in trials):
+            return True
+        below = self.draw(study) - self.lag + 1
+        return all(t.state.is_finished() for t in trials if read_by(t, below))
+
+    def _history(self, study: optuna.Study, trial: FrozenTrial):
+        k = trial.system_attrs.get(DRAW)
+        return study if k is None else History(study, k - self.lag + 1)
 
     def before_trial(self, study: optuna.Study, trial: FrozenTrial) -> None:
         sampler = self.queued
@@ -127,15 +170,16 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         sampler.before_trial(study, trial)
         if copy:  # asked as its original was, whose parameters it holds: CMA-ES counts a candidate
             # toward its generation when it asks for it, and Optuna asks for no fixed parameter
-            self.sample_relative(study, trial, sampler.infer_relative_search_space(study, trial))
+            self.sample_relative(study, trial, self.infer_relative_search_space(study, trial))
 
     def _sampler(self, trial: FrozenTrial) -> optuna.samplers.BaseSampler:
         return self._of.get(trial_id(trial), self.queued)
 
     def infer_relative_search_space(self, study, trial):
-        return self._sampler(trial).infer_relative_search_space(study, trial)
+        return self._sampler(trial).infer_relative_search_space(self._history(study, trial), trial)
 
     def sample_relative(self, study, trial, search_space):
+        study = self._history(study, trial)
         if self.name == "cmaes" and DRAW in trial.system_attrs:
             # CMA-ES seeds its ask with a draw of its stream + trial.number, which a resume shifts
             # (the killed trial and its re-queued copy take numbers): the draw k stands in for it.
@@ -145,7 +189,8 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         return self._sampler(trial).sample_relative(study, trial, search_space)
 
     def sample_independent(self, study, trial, param_name, param_distribution):
-        return self._sampler(trial).sample_independent(study, trial, param_name, param_distribution)
+        return self._sampler(trial).sample_independent(self._history(study, trial), trial, param_name,
+                                                       param_distribution)
 
     def after_trial(self, study, trial, state, values) -> None:
         self._of.pop(trial_id(trial), self.queued).after_trial(study, trial, state, values)

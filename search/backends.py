@@ -28,16 +28,16 @@ from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 from .cluster import (
     DeviceFault,
     check_resources,
+    death_kind,
     death_reason,
     init_ray,
     memory_kill,
     memory_shortage,
-    node_lost,
     node_resources,
     not_its_fault,
     ray_get,
 )
-from .stalls import StallWatch, WorkerStalled
+from .stalls import StallWatch
 
 
 @dataclass(frozen=True)
@@ -166,6 +166,8 @@ class RayBackend:
                 except self.died as e:
                     failures += 0 if not_its_fault(e) else 1
                     if getattr(e, "actor_init_failed", False) or failures >= MAX_START_FAILURES:
+                        if memory_kill(e):  # the load is where memory peaks
+                            raise memory_shortage(failures, e) from None
                         cause = getattr(e, "cause", None) or e
                         last = str(cause).strip().splitlines()[-1][:300]
                         raise UserError(f"a worker failed to start: {last}") from None
@@ -292,8 +294,9 @@ class RayBackend:
             except self.died as e:
                 self.start_failures += 0 if not_its_fault(e) else 1
                 if self.start_failures >= MAX_START_FAILURES:
-                    raise UserError(f"{MAX_START_FAILURES} replacement workers in a row died before they "
-                                    f"started: {death_reason(e)}") from None
+                    raise memory_shortage(self.start_failures, e) if memory_kill(e) else UserError(
+                        f"{MAX_START_FAILURES} replacement workers in a row died before they started: "
+                        f"{death_reason(e)}") from None
                 self._replace(actor, e)
                 return
             self.start_failures = 0
@@ -373,10 +376,7 @@ class RayBackend:
         fresh = self._new_actor()
         self.actors.append(fresh)
         self.replaced += 1
-        what = {DeviceFault: "a worker's GPU failed", WorkerStalled: "a worker hung"}.get(type(error)) or (
-            "Ray's memory monitor killed a worker" if memory_kill(error)
-            else f"a worker died{' with its node' if node_lost(error) else ''}")
-        print(f"note: {what} ({death_reason(error)}); {then}", file=sys.stderr)
+        print(f"note: {death_kind(error)} ({death_reason(error)}); {then}", file=sys.stderr)
         return fresh
 
     def worker_pids(self) -> list[int]:

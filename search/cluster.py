@@ -13,6 +13,8 @@ import threading
 from longrope.runs.rundir import STORAGE_ERRORS
 from longrope.spaces import UserError
 
+from .stalls import WorkerStalled
+
 
 def init_ray(address: str = "", num_cpus: int | None = None, num_gpus: int | None = None) -> None:
     """Join `address` (or RAY_ADDRESS) when given, else start a local Ray of our own.
@@ -168,6 +170,17 @@ def memory_kill(error: Exception) -> bool:
     import ray
 
     return isinstance(error, ray.exceptions.OutOfMemoryError)
+
+
+def death_kind(error: Exception) -> str:
+    """How a worker's end is named in the note that says it was replaced."""
+    if isinstance(error, DeviceFault):
+        return "a worker's GPU failed"
+    if isinstance(error, WorkerStalled):
+        return "a worker hung"
+    if memory_kill(error):
+        return "Ray's memory monitor killed a worker"
+    return f"a worker died{' with its node' if node_lost(error) else ''}"
 
 
 def memory_shortage(kills: int, error: Exception) -> UserError:

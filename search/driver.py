@@ -184,7 +184,7 @@ class Driver:
                                             load_if_exists=True)
                 prev = bred_from(self.run, stage, study, previous) if stage.kind == "long" else None
                 initial = initial_factors(self.cfg, stage, self.geometry, prev)
-                proposer = make_proposer(self.cfg, stage, initial)
+                proposer = make_proposer(self.cfg, stage, initial, lag=self.backend.capacity)
                 study.sampler = proposer.sampler
                 results[stage.name] = self.run_stage(stage, study, proposer)
                 if stage.kind == "long" and results[stage.name] is not None:

@@ -24,7 +24,7 @@ from longrope.runs.optuna_io import (
     set_trial_system_attr,
     study_system_attrs,
 )
-from longrope.runs.vocab import DOC_NLL, REQUEUED, SLOT, STOPPED
+from longrope.runs.vocab import DOC_NLL, LAG, REQUEUED, SLOT, STOPPED
 from longrope.spaces import RescaleFactors
 
 from .alternatives import DrawSeeded, StepParametrisation
@@ -249,6 +249,7 @@ class OptunaProposer:
         self.sampler = DrawSeeded(self.name, self.seed, len(self.param.distributions()))
         self.budget = stage.budget
         self.seeds = seeds
+        self.lag = 1  # candidates out at once, drawn without each other's scores (make_proposer)
 
     def distributions(self):
         return self.param.distributions()
@@ -261,9 +262,9 @@ class OptunaProposer:
         return sum(t.state != TrialState.WAITING for t in self._counted(study))
 
     def ready(self, study) -> bool:
-        """Below budget in trials started: counted with the queued seeds, a stage with as many
-        seeds as its budget scored nothing and read done."""
-        return self._started(study) < self.budget
+        """Below budget in trials started (counted with the queued seeds, a stage with as many
+        seeds as its budget scored nothing and read done), and the next draw's history scored."""
+        return self._started(study) < self.budget and self.sampler.may_draw(study)
 
     def stopped(self, study) -> bool:
         return False
@@ -272,7 +273,12 @@ class OptunaProposer:
         return "budget reached"
 
     def stalled(self, study) -> str | None:
-        return None  # ready() reads the budget alone
+        """Why the stage stopped short of its budget with nothing running: the next draw waits on
+        trials no driver scores (a journal that lost records)."""
+        if self._started(study) < self.budget and not self.sampler.may_draw(study):
+            return (f"draw {self.sampler.draw(study)} waits on trials before it (lag {self.sampler.lag}) "
+                    "that are neither finished nor running")
+        return None
 
     def threshold(self, study, trial) -> Cutoff | None:
         return None
@@ -290,6 +296,9 @@ class OptunaProposer:
         the second from the first. (The sampler's stream needs nothing here: DrawSeeded.)"""
         for s in self.seeds[:self.budget]:  # a budget below the seeds scores the first of them
             study.enqueue_trial(self.param.params(s), skip_if_exists=True)
+        if LAG not in study.user_attrs:  # the stage keeps its first lag: a resume on other workers too
+            study.set_user_attr(LAG, self.lag)
+        self.sampler.lag = int(study.user_attrs[LAG])
 
     def requeue_params(self, trial) -> dict | None:
         """A queued trial (a seed, a re-queued copy) is queued again with its own parameters, also
@@ -312,9 +321,14 @@ SAMPLERS: dict[str, tuple[Callable[[RunConfig, Stage, list[RescaleFactors]], Pro
 }
 
 
-def make_proposer(cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors]) -> Proposer:
+def make_proposer(cfg: RunConfig, stage: Stage, seeds: list[RescaleFactors], lag: int = 1) -> Proposer:
+    """`lag`: the candidates the backend holds at once (its workers); TPE and CMA-ES draw that many
+    without each other's scores, a stage keeping the lag it began with (DrawSeeded)."""
     factory, _ = SAMPLERS[cfg.search.sampler]
-    return factory(cfg, stage, seeds)
+    proposer = factory(cfg, stage, seeds)
+    if isinstance(proposer, OptunaProposer):
+        proposer.lag = lag
+    return proposer
 
 
 def best_trial(study: optuna.Study):

@@ -411,6 +411,22 @@ def test_other_samplers_run_on_the_same_budget(tmp_path):
     assert cfg.budget() == 36
 
 
+@pytest.mark.parametrize("sampler", ["tpe", "cmaes"])
+def test_tpe_and_cmaes_score_the_same_in_any_arrival_order(tmp_path, sampler):
+    """TPE and CMA-ES read the scores at each ask. Until session 42 they read whatever had
+    arrived, so on several workers the order results came back in steered the search. Now draw k
+    reads the seeds and the draws below k - lag + 1 and is asked once they are scored, lag being
+    the candidates the backend holds (4 here): two arrival orders score the same candidates. The
+    lag is the search's: one candidate at a time (in process) reads more, and scores others."""
+    runs = [run_small(tmp_path, name=f"order-{s}", backend_obj=ShuffledBackend(s), sampler=sampler)[0]
+            for s in (0, 1)]
+    assert trajectory(runs[0]) == trajectory(runs[1])
+    (study,) = runs[0].studies()
+    assert study.user_attrs["draw_lag"] == 4
+    in_process, _ = run_small(tmp_path, name="in-process", sampler=sampler)
+    assert trajectory(in_process) != trajectory(runs[0])
+
+
 def test_early_stop_after_patience_without_improvement(tmp_path):
     from search_helpers import trajectory
 

@@ -52,6 +52,7 @@ class Clusters:
         if self.c is not None and not intact(self.c):
             self.close()
         if self.c is None:
+            shutil.rmtree(self.tmp, ignore_errors=True) if self.tmp else None  # a Cluster() that raised
             self.tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
             os.makedirs(os.path.join(self.tmp, "ray"))
             self.mp.setenv("RAY_TMPDIR", self.tmp)
@@ -65,10 +66,12 @@ class Clusters:
         return self.c
 
     def close(self) -> None:
-        if self.c is not None:
-            self.c.shutdown()
+        try:
+            if self.c is not None:
+                self.c.shutdown()
+        finally:
             self.c = None
-        shutil.rmtree(self.tmp, ignore_errors=True)
+            shutil.rmtree(self.tmp, ignore_errors=True)
 
 
 def intact(c) -> bool:
@@ -178,10 +181,15 @@ def test_ray_job_submit_runs_a_search(tmp_path, clusters, cluster, reference):
     ray = Path(sys.executable).parent / "ray"
 
     def submit(c, run_dir):
-        return subprocess.run([str(ray), "job", "submit", "--address", f"http://{c.webui_url}", "--",
-                               sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
-                               "--run-dir", str(run_dir), "--quiet"],
-                              capture_output=True, text=True, timeout=120)
+        try:
+            return subprocess.run([str(ray), "job", "submit", "--address", f"http://{c.webui_url}", "--",
+                                   sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
+                                   "--run-dir", str(run_dir), "--quiet"],
+                                  capture_output=True, text=True, timeout=120)
+        except subprocess.TimeoutExpired as e:  # a job server that lost its GCS may never answer
+            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
+            return subprocess.CompletedProcess(e.cmd, -9, out, err + "\n(timed out after 120 s)")
 
     run_dir = tmp_path / "run"
     r = submit(cluster, run_dir)

@@ -155,6 +155,47 @@ def test_the_memory_monitors_kills_in_a_row_stop_the_run_in_one_line(ray_session
         backend.close()
 
 
+def test_memory_kills_between_finished_evaluations_do_not_stop_the_run(tmp_path, ray_session):
+    """Only kills with nothing scored between them tell of a node too small: one worker killed
+    for memory on every other evaluation (4 kills, each followed by a finished one) scores all."""
+    n = tmp_path / "evaluations"
+    n.write_text("0")
+
+    class EveryOther(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            k = int(n.read_text())
+            n.write_text(str(k + 1))
+            if k % 2 == 0:
+                os._exit(1)
+            return super().evaluate(factors, length, threshold, pool)
+
+    backend = killed_for_memory(backend_of(ray_session, EveryOther, count=1), ray_session)
+    try:
+        for key in range(4):
+            backend.submit(job(key))
+            got, ev = backend.wait()
+            assert (got, ev.status) == (key, COMPLETE)
+        assert backend.replaced == 4
+    finally:
+        backend.close()
+
+
+def test_workers_the_memory_monitor_kills_as_they_load_stop_the_run_naming_it(ray_session):
+    """Loading is where a replica's memory peaks: kills there stop the run with the memory line
+    (what to do), not "a worker failed to start" with Ray's last line."""
+    class DiesLoading(workers._Worker):
+        def check(self, lengths):
+            os._exit(1)
+
+    backend = killed_for_memory(backend_of(ray_session, DiesLoading, count=1), ray_session)
+    try:
+        with pytest.raises(UserError, match=rf"^Ray's memory monitor killed {MAX_START_FAILURES} workers with "
+                                            r"nothing scored between them \(1 worker\(s\) were killed"):
+            backend.check([256])
+    finally:
+        backend.close()
+
+
 def test_a_bug_raised_in_a_worker_is_not_taken_for_a_failed_gpu(ray_session):
     """Any other exception is the code's, not the device's: it stops the run as it is (retrying
     it on every worker would turn a bug into a search of failed trials)."""
