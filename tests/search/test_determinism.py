@@ -427,6 +427,42 @@ def test_tpe_and_cmaes_score_the_same_in_any_arrival_order(tmp_path, sampler):
     assert trajectory(in_process) != trajectory(runs[0])
 
 
+@pytest.mark.parametrize("sampler, cut", [("tpe", 9), ("tpe", 17), ("cmaes", 14), ("cmaes", 21)])
+def test_tpe_and_cmaes_on_four_workers_interrupted_and_resumed_score_what_an_uninterrupted_run_does(
+        tmp_path, sampler, cut):
+    """Ctrl-C with four candidates out, resumed with results arriving in another order: the
+    candidates an uninterrupted run on four workers scores (the stage keeps its lag; each draw,
+    its copy included, reads what it read)."""
+    from longrope.runs import Run
+    from longrope.runs.vocab import REQUEUED
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    def scored(run):
+        (study,) = run.studies()
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+                      if not t.system_attrs.get(REQUEUED))
+
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then 20 draws
+    reference = Run.create(tmp_path / "reference", config.dumps(cfg))
+    Driver(cfg, reference, progress=False, backend=ShuffledBackend(0)).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    backend, submitted = ShuffledBackend(1), []
+    submit = backend.submit
+
+    def interrupted(job):
+        submitted.append(job.key)
+        if len(submitted) > cut:
+            raise KeyboardInterrupt
+        submit(job)
+
+    backend.submit = interrupted
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False, backend=backend).run_all()
+    Driver(cfg, run, progress=False, backend=ShuffledBackend(2)).run_all()
+    assert scored(run) == scored(reference) and len(scored(run)) == 24
+
+
 def test_early_stop_after_patience_without_improvement(tmp_path):
     from search_helpers import trajectory
 
