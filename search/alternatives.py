@@ -23,7 +23,7 @@ from optuna.distributions import BaseDistribution, CategoricalDistribution, Floa
 from optuna.trial import FrozenTrial, TrialState
 
 from longrope.runs.optuna_io import set_trial_system_attr, trial_id
-from longrope.runs.vocab import DRAW, REQUEUED
+from longrope.runs.vocab import COPY_OF, DRAW, REQUEUED
 from longrope.spaces import RescaleFactors, SearchSpace
 
 
@@ -96,21 +96,57 @@ def read_by(t: FrozenTrial, below: int) -> bool:
 
 class History:
     """The study as the sampler of one draw reads it: the draws below `below` and no others, so
-    that what it reads is the same whatever order the results before it arrived in."""
+    that what it reads is the same whatever order the results before it arrived in; and each
+    trial at the number an uninterrupted run gives it (canonical_numbers), since TPE orders what
+    it reads by number and CMA-ES takes a generation's first popsize trials by number."""
 
     def __init__(self, study: optuna.Study, below: int):
         self._study, self._below = study, below
+        self._numbers = canonical_numbers(study._get_trials(deepcopy=False, use_cache=True))
 
     def __getattr__(self, name):  # the storage, the direction, ...: the study's own
+        if name in ("trials", "best_trial", "best_trials", "best_value"):  # read past the filter: say so
+            raise AttributeError(f"History.{name}: a sampler read the study past its draw's history")
         return getattr(self._study, name)
 
     def _get_trials(self, deepcopy=True, states=None, use_cache=False):
-        return [t for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache)
-                if read_by(t, self._below)]
+        seen = []
+        for t in self._study._get_trials(deepcopy=deepcopy, states=states, use_cache=use_cache):
+            if read_by(t, self._below):
+                t = t if deepcopy else copy_of(t)
+                t.number = self._numbers.get(t.number, t.number)
+                seen.append(t)
+        return sorted(seen, key=lambda t: t.number)
 
     def get_trials(self, deepcopy=True, states=None):
-        return [t for t in self._study.get_trials(deepcopy=deepcopy, states=states)
-                if read_by(t, self._below)]
+        return self._get_trials(deepcopy=deepcopy, states=states)
+
+
+def canonical_numbers(trials: Sequence[FrozenTrial]) -> dict[int, int]:
+    """Each trial's number as an uninterrupted run gives it: the S queued seeds first, in the
+    order they were queued, then draw k at S + k; a re-queued copy takes its original's (COPY_OF).
+    A resume numbers its copies after the trials asked before it, so by number a copy of draw 9
+    came after draw 10. In an uninterrupted run every trial keeps its own number."""
+    by_number = {t.number: t for t in trials}
+
+    def root(t: FrozenTrial) -> FrozenTrial:
+        for _ in range(len(by_number)):  # a chain of copies, each of the one before
+            if t.user_attrs.get(COPY_OF) not in by_number:
+                break
+            t = by_number[t.user_attrs[COPY_OF]]
+        return t
+
+    def draw(t: FrozenTrial) -> int | None:  # a queued copy holds its draw as a user attr until asked
+        return t.system_attrs.get(DRAW, t.user_attrs.get(DRAW))
+
+    seeds = sorted(t.number for t in trials if draw(t) is None and COPY_OF not in t.user_attrs)
+    rank = {n: i for i, n in enumerate(seeds)}
+    out = {}
+    for t in trials:
+        r = root(t)
+        k = draw(t) if draw(t) is not None else draw(r)
+        out[t.number] = len(seeds) + k if k is not None else rank.get(r.number, t.number)
+    return out
 
 
 class DrawSeeded(optuna.samplers.BaseSampler):

@@ -463,6 +463,52 @@ def test_tpe_and_cmaes_on_four_workers_interrupted_and_resumed_score_what_an_uni
     assert scored(run) == scored(reference) and len(scored(run)) == 24
 
 
+class HoldsOneBack(ShuffledBackend):
+    """Results in the order asked, but trial `held`'s only after `after`'s, then a Ctrl-C."""
+
+    def __init__(self, held, after):
+        super().__init__(0)
+        self.held, self.after, self.stop = held, after, False
+
+    def wait(self):
+        if self.stop:
+            raise KeyboardInterrupt
+        job = min((j for j in self.pending if j.key != self.held), key=lambda j: j.key)
+        self.pending.remove(job)
+        self.stop = job.key == self.after
+        return job.key, self.ev.evaluate(job.factors, job.length, job.threshold)
+
+
+@pytest.mark.parametrize("sampler", ["cmaes", "tpe"])
+def test_a_copy_numbered_after_later_draws_is_read_in_its_draws_place(tmp_path, sampler):
+    """Killed while draw 9 (trial 13, after 4 seeds) runs and draw 10 is scored, on four workers:
+    draw 9's copy takes a number after draw 10's. CMA-ES takes a generation's first popsize (10)
+    trials by number, and TPE orders what it reads by number: read in that order, the resumed run
+    scored other candidates (review of session 42). They read every trial at the number an
+    uninterrupted run gives it."""
+    from longrope.runs import Run
+    from longrope.runs.vocab import COPY_OF, REQUEUED
+    from longrope.search import config
+    from longrope.search.driver import Driver
+
+    def scored(run):
+        (study,) = run.studies()
+        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
+                      if not t.system_attrs.get(REQUEUED))
+
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then 20 draws
+    reference = Run.create(tmp_path / "reference", config.dumps(cfg))
+    Driver(cfg, reference, progress=False, backend=ShuffledBackend(0)).run_all()
+    run = Run.create(tmp_path / "run", config.dumps(cfg))
+    with pytest.raises(KeyboardInterrupt):
+        Driver(cfg, run, progress=False, backend=HoldsOneBack(held=13, after=14)).run_all()
+    Driver(cfg, run, progress=False, backend=ShuffledBackend(2)).run_all()
+    (study,) = run.studies()
+    copy = next(t for t in study.get_trials() if t.user_attrs.get(COPY_OF) == 13)
+    assert copy.number > 14 and study.trials[14].state.name == "COMPLETE"  # the order the samplers saw
+    assert scored(run) == scored(reference) and len(scored(run)) == 24
+
+
 def test_early_stop_after_patience_without_improvement(tmp_path):
     from search_helpers import trajectory
 
