@@ -427,40 +427,18 @@ def test_tpe_and_cmaes_score_the_same_in_any_arrival_order(tmp_path, sampler):
     assert trajectory(in_process) != trajectory(runs[0])
 
 
-@pytest.mark.parametrize("sampler, cut", [("tpe", 9), ("tpe", 17), ("cmaes", 14), ("cmaes", 21)])
-def test_tpe_and_cmaes_on_four_workers_interrupted_and_resumed_score_what_an_uninterrupted_run_does(
-        tmp_path, sampler, cut):
-    """Ctrl-C with four candidates out, resumed with results arriving in another order: the
-    candidates an uninterrupted run on four workers scores (the stage keeps its lag; each draw,
-    its copy included, reads what it read)."""
-    from longrope.runs import Run
-    from longrope.runs.vocab import REQUEUED
-    from longrope.search import config
-    from longrope.search.driver import Driver
+class CutAfter(ShuffledBackend):
+    """A shuffled order, and a Ctrl-C as the driver submits the candidate after the `cut`-th."""
 
-    def scored(run):
-        (study,) = run.studies()
-        return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
-                      if not t.system_attrs.get(REQUEUED))
+    def __init__(self, seed, cut):
+        super().__init__(seed)
+        self.cut, self.submitted = cut, 0
 
-    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then 20 draws
-    reference = Run.create(tmp_path / "reference", config.dumps(cfg))
-    Driver(cfg, reference, progress=False, backend=ShuffledBackend(0)).run_all()
-    run = Run.create(tmp_path / "run", config.dumps(cfg))
-    backend, submitted = ShuffledBackend(1), []
-    submit = backend.submit
-
-    def interrupted(job):
-        submitted.append(job.key)
-        if len(submitted) > cut:
+    def submit(self, job):
+        self.submitted += 1
+        if self.submitted > self.cut:
             raise KeyboardInterrupt
-        submit(job)
-
-    backend.submit = interrupted
-    with pytest.raises(KeyboardInterrupt):
-        Driver(cfg, run, progress=False, backend=backend).run_all()
-    Driver(cfg, run, progress=False, backend=ShuffledBackend(2)).run_all()
-    assert scored(run) == scored(reference) and len(scored(run)) == 24
+        super().submit(job)
 
 
 class HoldsOneBack(ShuffledBackend):
@@ -479,15 +457,12 @@ class HoldsOneBack(ShuffledBackend):
         return job.key, self.ev.evaluate(job.factors, job.length, job.threshold)
 
 
-@pytest.mark.parametrize("sampler", ["cmaes", "tpe"])
-def test_a_copy_numbered_after_later_draws_is_read_in_its_draws_place(tmp_path, sampler):
-    """Killed while draw 9 (trial 13, after 4 seeds) runs and draw 10 is scored, on four workers:
-    draw 9's copy takes a number after draw 10's. CMA-ES takes a generation's first popsize (10)
-    trials by number, and TPE orders what it reads by number: read in that order, the resumed run
-    scored other candidates (review of session 42). They read every trial at the number an
-    uninterrupted run gives it."""
+def interrupted_and_resumed(tmp_path, sampler, interrupting):
+    """(run, reference): 24 evaluations (4 seeds, 20 draws) on four workers, the run stopped by
+    the `interrupting` backend's Ctrl-C and resumed in another arrival order; the reference
+    uninterrupted in a third. Each run's scored candidates, sorted (re-queued originals out)."""
     from longrope.runs import Run
-    from longrope.runs.vocab import COPY_OF, REQUEUED
+    from longrope.runs.vocab import REQUEUED
     from longrope.search import config
     from longrope.search.driver import Driver
 
@@ -496,17 +471,40 @@ def test_a_copy_numbered_after_later_draws_is_read_in_its_draws_place(tmp_path, 
         return sorted((tuple(sorted(t.params.items())), t.value) for t in study.get_trials()
                       if not t.system_attrs.get(REQUEUED))
 
-    cfg, _ = small_cfg(sampler=sampler, iterations=2)  # 24 evaluations: 4 seeds, then 20 draws
+    cfg, _ = small_cfg(sampler=sampler, iterations=2)
     reference = Run.create(tmp_path / "reference", config.dumps(cfg))
     Driver(cfg, reference, progress=False, backend=ShuffledBackend(0)).run_all()
     run = Run.create(tmp_path / "run", config.dumps(cfg))
     with pytest.raises(KeyboardInterrupt):
-        Driver(cfg, run, progress=False, backend=HoldsOneBack(held=13, after=14)).run_all()
+        Driver(cfg, run, progress=False, backend=interrupting).run_all()
     Driver(cfg, run, progress=False, backend=ShuffledBackend(2)).run_all()
+    return run, scored(run), scored(reference)
+
+
+@pytest.mark.parametrize("sampler, cut", [("tpe", 9), ("tpe", 17), ("cmaes", 14), ("cmaes", 21)])
+def test_tpe_and_cmaes_on_four_workers_interrupted_and_resumed_score_what_an_uninterrupted_run_does(
+        tmp_path, sampler, cut):
+    """Ctrl-C with four candidates out, resumed with results arriving in another order: the
+    candidates an uninterrupted run on four workers scores (the stage keeps its lag; each draw,
+    its copy included, reads what it read)."""
+    _, got, want = interrupted_and_resumed(tmp_path, sampler, CutAfter(1, cut))
+    assert got == want and len(got) == 24
+
+
+@pytest.mark.parametrize("sampler", ["cmaes", "tpe"])
+def test_a_copy_numbered_after_later_draws_is_read_in_its_draws_place(tmp_path, sampler):
+    """Killed while draw 9 (trial 13, after 4 seeds) runs and draw 10 is scored, on four workers:
+    draw 9's copy takes a number after draw 10's. CMA-ES takes a generation's first popsize (10)
+    trials by number, and TPE orders what it reads by number: read in that order, the resumed run
+    scored other candidates (review of session 42). They read every trial at the number an
+    uninterrupted run gives it."""
+    from longrope.runs.vocab import COPY_OF
+
+    run, got, want = interrupted_and_resumed(tmp_path, sampler, HoldsOneBack(held=13, after=14))
     (study,) = run.studies()
     copy = next(t for t in study.get_trials() if t.user_attrs.get(COPY_OF) == 13)
     assert copy.number > 14 and study.trials[14].state.name == "COMPLETE"  # the order the samplers saw
-    assert scored(run) == scored(reference) and len(scored(run)) == 24
+    assert got == want and len(got) == 24
 
 
 def test_early_stop_after_patience_without_improvement(tmp_path):
