@@ -257,7 +257,7 @@ class RayBackend:
         answered: deaths come together (an OOM sweep, a node's processes), an idle worker may be dead
         unnoticed (nothing asked of it), and its death would count against the candidate (twice: FAILED)."""
         while self.queue and self.idle:
-            if self.deaths.get(self.queue[0].key) and not self._alive(self.idle[0]):
+            if self.queue[0].key in self.deaths and not self._alive(self.idle[0]):
                 continue  # replaced; the candidate waits for the next worker
             self.submit(self.queue.popleft())
 
@@ -329,8 +329,8 @@ class RayBackend:
             self.memory_kills += 1
             if self.memory_kills >= max(MAX_MEMORY_KILLS, self.count + 1):
                 raise memory_shortage(self.memory_kills, e)
-        elif not not_its_fault(e):
-            self.deaths[job.key] = self.deaths.get(job.key, 0) + 1
+        # held at 0 for a death not the candidate's: a re-run all the same, for _dispatch
+        self.deaths[job.key] = self.deaths.get(job.key, 0) + (not memory_kill(e) and not not_its_fault(e))
         if self.deaths.get(job.key, 0) >= MAX_DEATHS:
             del self.deaths[job.key]  # trial numbers start again at 0 in the next stage
             self.done.append((job.key, Evaluation(

@@ -196,6 +196,39 @@ def test_workers_the_memory_monitor_kills_as_they_load_stop_the_run_naming_it(ra
         backend.close()
 
 
+def test_a_candidate_rerun_after_a_memory_kill_goes_only_to_a_worker_that_answers(ray_session, monkeypatch):
+    """Both workers killed together, the busy one by the memory monitor: its candidate, re-run, must
+    not be handed to the idle worker already dead, whose death would count against it (here one
+    counted death fails a candidate). Until session 42 only a counted death made it a re-run."""
+    import signal
+
+    from longrope.search import backends
+
+    monkeypatch.setattr(backends, "MAX_DEATHS", 1)
+    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2)
+    real, seen = backend._get, []
+
+    def get(ref):  # the first death reported is the memory monitor's, any later one a plain one
+        try:
+            return real(ref)
+        except ray_session.exceptions.RayActorError:
+            if seen:
+                raise
+            seen.append(ref)
+            raise ray_session.exceptions.OutOfMemoryError(MEMORY_KILL) from None
+
+    backend._get = get
+    try:
+        busy, idle = backend.worker_pids()
+        backend.submit(job(0))  # to the first worker
+        os.kill(idle, signal.SIGKILL)
+        os.kill(busy, signal.SIGKILL)
+        key, ev = backend.wait()
+        assert key == 0 and ev.status == COMPLETE, ev.reason
+    finally:
+        backend.close()
+
+
 def test_a_bug_raised_in_a_worker_is_not_taken_for_a_failed_gpu(ray_session):
     """Any other exception is the code's, not the device's: it stops the run as it is (retrying
     it on every worker would turn a bug into a search of failed trials)."""
