@@ -16,6 +16,7 @@ from __future__ import annotations
 import warnings
 from collections.abc import Sequence
 from copy import copy as copy_of
+from functools import cached_property
 
 import numpy as np
 import optuna
@@ -102,7 +103,10 @@ class History:
 
     def __init__(self, study: optuna.Study, below: int):
         self._study, self._below = study, below
-        self._numbers = canonical_numbers(study._get_trials(deepcopy=False, use_cache=True))
+
+    @cached_property
+    def _numbers(self) -> dict[int, int]:  # on the first read: many sampler calls read no trial
+        return canonical_numbers(self._study._get_trials(deepcopy=False, use_cache=True))
 
     def __getattr__(self, name):  # the storage, the direction, ...: the study's own
         if name in ("trials", "best_trial", "best_trials", "best_value"):  # read past the filter: say so
@@ -174,7 +178,10 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         self._of: dict[int, optuna.samplers.BaseSampler] = {}  # trial id -> its draw's sampler
 
     def draw(self, study: optuna.Study) -> int:
-        held = {t.system_attrs[DRAW] for t in study.get_trials(deepcopy=False)
+        return self._draw(study.get_trials(deepcopy=False))
+
+    def _draw(self, trials: Sequence[FrozenTrial]) -> int:
+        held = {t.system_attrs[DRAW] for t in trials
                 if DRAW in t.system_attrs and len(t.params) == self.n_params}
         return next(k for k in range(len(held) + 1) if k not in held)
 
@@ -184,11 +191,12 @@ class DrawSeeded(optuna.samplers.BaseSampler):
         reads is scored."""
         if self.name == "random":  # reads no scores
             return True
-        trials = [t for t in study.get_trials(deepcopy=False) if not t.system_attrs.get(REQUEUED)]
-        if any(t.state == TrialState.WAITING for t in trials):
+        trials = study.get_trials(deepcopy=False)
+        live = [t for t in trials if not t.system_attrs.get(REQUEUED)]
+        if any(t.state == TrialState.WAITING for t in live):
             return True
-        below = self.draw(study) - self.lag + 1
-        return all(t.state.is_finished() for t in trials if read_by(t, below))
+        below = self._draw(trials) - self.lag + 1
+        return all(t.state.is_finished() for t in live if read_by(t, below))
 
     def _history(self, study: optuna.Study, trial: FrozenTrial):
         k = trial.system_attrs.get(DRAW)
