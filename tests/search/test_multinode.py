@@ -52,7 +52,8 @@ class Clusters:
         if self.c is not None and not intact(self.c):
             self.close()
         if self.c is None:
-            shutil.rmtree(self.tmp, ignore_errors=True) if self.tmp else None  # a Cluster() that raised
+            if self.tmp:  # a Cluster() that raised left its folder
+                shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
             os.makedirs(os.path.join(self.tmp, "ray"))
             self.mp.setenv("RAY_TMPDIR", self.tmp)

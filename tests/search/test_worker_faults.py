@@ -93,14 +93,18 @@ MEMORY_KILL = ("1 worker(s) were killed due to the node running low on memory. M
                "Memory usage 3734323200B exceeded threshold of 3707177472B (14.7% of 25276182528B limit)")
 
 
-def killed_for_memory(backend, ray):
-    """The backend's workers that die (os._exit) reach it as the memory monitor's kills do."""
-    real = backend._get
+def killed_for_memory(backend, ray, first: int | None = None):
+    """The backend's workers that die (os._exit) reach it as the memory monitor's kills do (the
+    `first` deaths reported only, when given; the later ones as plain deaths)."""
+    real, seen = backend._get, []
 
     def get(ref):
         try:
             return real(ref)
         except ray.exceptions.RayActorError:
+            if first is not None and len(seen) >= first:
+                raise
+            seen.append(ref)
             raise ray.exceptions.OutOfMemoryError(MEMORY_KILL) from None
 
     backend._get = get
@@ -205,19 +209,7 @@ def test_a_candidate_rerun_after_a_memory_kill_goes_only_to_a_worker_that_answer
     from longrope.search import backends
 
     monkeypatch.setattr(backends, "MAX_DEATHS", 1)
-    backend = RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2)
-    real, seen = backend._get, []
-
-    def get(ref):  # the first death reported is the memory monitor's, any later one a plain one
-        try:
-            return real(ref)
-        except ray_session.exceptions.RayActorError:
-            if seen:
-                raise
-            seen.append(ref)
-            raise ray_session.exceptions.OutOfMemoryError(MEMORY_KILL) from None
-
-    backend._get = get
+    backend = killed_for_memory(RayBackend(ObjectiveSpec.of("synthetic:0.3"), count=2), ray_session, first=1)
     try:
         busy, idle = backend.worker_pids()
         backend.submit(job(0))  # to the first worker
