@@ -15,7 +15,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import warnings
 from pathlib import Path
 
 import psutil
@@ -36,64 +35,34 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-class Clusters:
-    """The module's cluster: a head (1 CPU, the job server) and a worker node (1 CPU): two replicas
-    of one CPU each can only run one on each node, and once the worker node is gone its replica
-    cannot come back. Its own RAY_TMPDIR: a Cluster writes its address to
-    <RAY_TMPDIR>/ray/ray_current_cluster, where a plain `ray.init()` anywhere on this machine would
-    find and join it. Its own ports: the head's dashboard agent defaults to 52365, which another Ray
-    here may hold. One whose Ray processes died under a test (a GCS lost in CI, beside the other
-    pytest worker's Rays) is made anew for the next test, and the test that saw it die says so."""
-
-    def __init__(self, mp: pytest.MonkeyPatch):
-        self.mp, self.c, self.tmp = mp, None, ""
-
-    def get(self):
-        if self.c is not None and not intact(self.c):
-            self.close()
-        if self.c is None:
-            if self.tmp:  # a Cluster() that raised left its folder
-                shutil.rmtree(self.tmp, ignore_errors=True)
-            self.tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
-            os.makedirs(os.path.join(self.tmp, "ray"))
-            self.mp.setenv("RAY_TMPDIR", self.tmp)
-            c = ray_cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
-                "num_cpus": 1, "temp_dir": self.tmp, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
-                "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
-            self.c = c
-            c.worker_args = {"num_cpus": 1, "temp_dir": self.tmp}
-            c.ray_tmpdir = self.tmp
-            c.add_node(**c.worker_args)
-        return self.c
-
-    def close(self) -> None:
-        try:
-            if self.c is not None:
-                self.c.shutdown()
-        finally:
-            self.c = None
-            shutil.rmtree(self.tmp, ignore_errors=True)
-
-
-def intact(c) -> bool:
-    """Every Ray process of the cluster's head and its one worker node still runs."""
-    return c.head_node is not None and len(c.worker_nodes) == 1 and not any(
-        n.dead_processes() for n in [c.head_node, *c.worker_nodes])
-
-
 @pytest.fixture(scope="module")
-def clusters():
-    with pytest.MonkeyPatch.context() as mp:
-        holder = Clusters(mp)
-        try:
-            yield holder
-        finally:
-            holder.close()
-
-
-@pytest.fixture
-def cluster(clusters):
-    return clusters.get()
+def cluster():
+    """A head (1 CPU, the job server) and a worker node (1 CPU): two replicas of one CPU each can
+    only run one on each node, and once the worker node is gone its replica cannot come back.
+    Its own RAY_TMPDIR: a Cluster writes its address to <RAY_TMPDIR>/ray/ray_current_cluster,
+    where a plain `ray.init()` anywhere on this machine would find and join it; the nodes' temp_dir
+    is that folder, where a job's supervisor looks for it: with the nodes' files one level up it
+    found none and sent the job's driver to any Ray running here, another pytest worker's cluster
+    in CI, whose node and then GCS that worker's tests removed. Its own ports: the head's
+    dashboard agent defaults to 52365, which another Ray here may hold."""
+    tmp = tempfile.mkdtemp(prefix="lr-ray-", dir="/tmp")  # short: Ray's Unix sockets live under it
+    nodes = os.path.join(tmp, "ray")
+    os.makedirs(nodes)
+    c = None
+    try:
+        with pytest.MonkeyPatch.context() as mp:
+            mp.setenv("RAY_TMPDIR", tmp)
+            c = ray_cluster_utils.Cluster(initialize_head=True, connect=False, head_node_args={
+                "num_cpus": 1, "temp_dir": nodes, "include_dashboard": JOBS, "dashboard_host": "127.0.0.1",
+                "dashboard_port": free_port(), "dashboard_agent_listen_port": free_port()})
+            c.worker_args = {"num_cpus": 1, "temp_dir": nodes}
+            c.ray_tmpdir = tmp
+            c.add_node(**c.worker_args)
+            yield c
+    finally:
+        if c is not None:
+            c.shutdown()
+        shutil.rmtree(tmp, ignore_errors=True)
 
 
 @pytest.fixture(scope="module")
@@ -173,33 +142,23 @@ def test_search_on_two_nodes_equals_in_process(tmp_path, cluster, reference):
     assert trajectory(Run.open(run_dir)) == reference
 
 
-def test_ray_job_submit_runs_a_search(tmp_path, clusters, cluster, reference):
-    """No --address: Ray gives a job's driver RAY_ADDRESS. A cluster whose own processes died
-    under the job (Ray's, not the search's: CI once lost the head's GCS beside the other pytest
-    worker's Rays) is not the search's failure: it is said, and the job runs once more on a new one."""
+def test_ray_job_submit_runs_a_search(tmp_path, cluster, reference):
+    """No --address: Ray gives a job's driver RAY_ADDRESS, the address of the cluster the job was
+    submitted to (until session 42 the fixture's layout made it any Ray on this machine)."""
     if not JOBS:
         pytest.skip("`ray job submit` needs ray[default]: pip install 'longrope-search[cluster]'")
-    ray = Path(sys.executable).parent / "ray"
-
-    def submit(c, run_dir):
-        try:
-            return subprocess.run([str(ray), "job", "submit", "--address", f"http://{c.webui_url}", "--",
-                                   sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
-                                   "--run-dir", str(run_dir), "--quiet"],
-                                  capture_output=True, text=True, timeout=120)
-        except subprocess.TimeoutExpired as e:  # a job server that lost its GCS may never answer
-            out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
-            err = e.stderr.decode(errors="replace") if isinstance(e.stderr, bytes) else e.stderr or ""
-            return subprocess.CompletedProcess(e.cmd, -9, out, err + "\n(timed out after 120 s)")
-
     run_dir = tmp_path / "run"
-    r = submit(cluster, run_dir)
-    if r.returncode != 0 and not intact(cluster):
-        warnings.warn(f"the cluster's own processes died under `ray job submit`; once more on a new one:\n"
-                      f"{cluster_report(cluster)}\n{r.stderr[-2000:]}", stacklevel=1)
-        cluster, run_dir = clusters.get(), tmp_path / "run-again"
-        r = submit(cluster, run_dir)
+    ray = Path(sys.executable).parent / "ray"
+    try:
+        r = subprocess.run([str(ray), "job", "submit", "--address", f"http://{cluster.webui_url}", "--",
+                            sys.executable, "-m", "longrope.search", "search", str(write_config(tmp_path)),
+                            "--run-dir", str(run_dir), "--quiet"],
+                           capture_output=True, text=True, timeout=120)
+    except subprocess.TimeoutExpired as e:
+        out = e.stdout.decode(errors="replace") if isinstance(e.stdout, bytes) else e.stdout or ""
+        raise AssertionError(f"the job ran past 120 s:\n{out[-3000:]}\n{cluster_report(cluster)}") from None
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:] + "\n" + cluster_report(cluster)
+    assert f"Connecting to existing Ray cluster at address: {cluster.address}" in r.stdout, r.stdout[-3000:]
     assert "done: long-256" in r.stdout and "succeeded" in r.stdout
     assert trajectory(Run.open(run_dir)) == reference
 
