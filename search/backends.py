@@ -36,6 +36,7 @@ from .cluster import (
     node_resources,
     not_its_fault,
     ray_get,
+    start_failure,
 )
 from .stalls import StallWatch
 
@@ -166,11 +167,7 @@ class RayBackend:
                 except self.died as e:
                     failures += 0 if not_its_fault(e) else 1
                     if getattr(e, "actor_init_failed", False) or failures >= MAX_START_FAILURES:
-                        if memory_kill(e):  # the load is where memory peaks
-                            raise memory_shortage(failures, e) from None
-                        cause = getattr(e, "cause", None) or e
-                        last = str(cause).strip().splitlines()[-1][:300]
-                        raise UserError(f"a worker failed to start: {last}") from None
+                        raise start_failure(failures, e) from None
                     fresh = self._swap(actor, e, "a new worker is starting")
                     self.idle.append(fresh)
                     todo.append(fresh)
@@ -294,9 +291,7 @@ class RayBackend:
             except self.died as e:
                 self.start_failures += 0 if not_its_fault(e) else 1
                 if self.start_failures >= MAX_START_FAILURES:
-                    raise memory_shortage(self.start_failures, e) if memory_kill(e) else UserError(
-                        f"{MAX_START_FAILURES} replacement workers in a row died before they started: "
-                        f"{death_reason(e)}") from None
+                    raise start_failure(self.start_failures, e) from None
                 self._replace(actor, e)
                 return
             self.start_failures = 0

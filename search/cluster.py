@@ -190,6 +190,18 @@ def memory_shortage(kills: int, error: Exception) -> UserError:
                      "run fewer on each (a higher workers.num_cpus, or fewer --workers) and resume")
 
 
+def start_failure(failures: int, error: Exception) -> UserError:
+    """The line that stops a search whose workers die before they start: a constructor's own error
+    (a model it cannot read) names its cause, Ray's memory monitor's kills say what to do (loading
+    is where memory peaks), other deaths (MAX_START_FAILURES in a row) name Ray's reason."""
+    if memory_kill(error):
+        return memory_shortage(failures, error)
+    if getattr(error, "actor_init_failed", False):
+        cause = getattr(error, "cause", None) or error
+        return UserError(f"a worker failed to start: {str(cause).strip().splitlines()[-1][:300]}")
+    return UserError(f"{failures} workers in a row died before they started: {death_reason(error)}")
+
+
 def not_its_fault(error: Exception) -> bool:
     """Whether a worker's death says nothing against what it ran: its node died, or Ray could
     not reach it (ActorUnavailableError: no word of its death within a second, as when a node

@@ -13,7 +13,7 @@ from search_helpers import LONGROPE2, run_small, small_cfg, trajectory
 
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.objectives.synthetic import SyntheticEvaluator
-from longrope.search.backends import RayBackend
+from longrope.search.backends import MAX_START_FAILURES, RayBackend
 from longrope.search.cluster import check_resources
 from longrope.spaces import UserError
 
@@ -579,6 +579,15 @@ def test_replacements_lost_with_their_nodes_do_not_count_as_failing_to_start(ray
         backend.submit(_job(0))
         key, ev = backend.wait()
         assert key == 0 and ev.status == COMPLETE
+        # deaths that are not their node's: MAX_START_FAILURES in a row stop the run, naming Ray's reason
+        monkeypatch.setattr(backend, "_get", lambda ref: (_ for _ in ()).throw(
+            ray_session.exceptions.RayActorError(error_msg="The actor is dead because its worker exited")))
+        backend._replace(backend.idle.pop(), RuntimeError("it died"))
+        with pytest.raises(UserError, match=rf"^{MAX_START_FAILURES} workers in a row died before they started: "
+                                            "The actor is dead because its worker exited$"):
+            while backend.starting:
+                backend._step()
+        assert backend.start_failures == MAX_START_FAILURES
     finally:
         backend.close()
 
