@@ -335,7 +335,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
             check()
         if done % ft.checkpoint_every == 0 or done == ft.steps:
             state = {"fingerprint": key, "dtype": dtype, "step": done, "losses": losses, "seconds": seconds,
-                     "params": {n: m.detach().clone() for n, m in masters.items()},
+                     # to the host as they are saved: a clone on the GPU held a second copy there
+                     "params": {n: m.detach().cpu() for n, m in masters.items()},
                      "optimizer": opt.state_dict()}
             buf = io.BytesIO()
             torch.save(state, buf)
