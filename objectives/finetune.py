@@ -171,8 +171,8 @@ def step_loss(model: Any, ids: Any, answer: Any, chunk: int = LOSS_CHUNK) -> Any
         return nll.sum(), (nll * a).sum()
 
     total = answers = hidden.new_zeros((), dtype=torch.float32)
-    for i in range(0, targets.numel(), chunk):
-        part = (hidden[i : i + chunk], targets[i : i + chunk], at[i : i + chunk])
+    # split, not slices: each slice's backward wrote a zero tensor of the whole `hidden` (L / chunk of them)
+    for part in zip(hidden.split(chunk), targets.split(chunk), at.split(chunk), strict=True):
         s, a = checkpoint(sums, *part, use_reentrant=False) if torch.is_grad_enabled() else sums(*part)
         total, answers = total + s, answers + a
     loss = total / targets.numel()
@@ -259,7 +259,8 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
     start, losses, seconds = 0, [], 0.0
     ckpt = work / CHECKPOINT
     if ckpt.exists():
-        state = torch.load(ckpt, map_location=loaded.device, weights_only=True)
+        # on the host: copy_ below moves the masters, the optimizer its moments (to their weights' device)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)
         if state["fingerprint"] not in (key, fingerprint(spec, ft, factors, length)):  # or as before `home`
             raise UserError(f"{ckpt} belongs to another fine-tune (model, data, factors or [finetune] "
                             "changed); delete it to start this one afresh")
@@ -274,6 +275,7 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                 p.copy_(masters[n])
         opt.load_state_dict(state["optimizer"])
         start, losses, seconds = state["step"], list(state["losses"]), state["seconds"]
+        del state  # until the next save it held a copy of every master
     saved = start  # the step of the last checkpoint written
     group = ft.group(length) if ft.s2_attn else length
     full = model.config._attn_implementation  # what inference (and short steps) run
@@ -323,7 +325,11 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                             "or a shorter target, in a new run") from None
         for p, m in low:
             m.grad = None if p.grad is None else p.grad.float()
-        torch.nn.utils.clip_grad_norm_(list(masters.values()), 1.0)
+        norm = torch.nn.utils.clip_grad_norm_(list(masters.values()), 1.0)
+        if not torch.isfinite(norm):  # a finite loss whose backward overflowed: stepped, NaN weights
+            raise UserError(f"the fine-tune at {length} diverged: its gradients are not finite at step "
+                            f"{step + 1} (the checkpoint of step {saved} is kept); a lower [finetune] lr "
+                            f"than {ft.lr:g} or more warm-up steps, in a new run")
         opt.step()
         with torch.no_grad():
             for p, m in low:

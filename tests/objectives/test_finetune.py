@@ -321,11 +321,13 @@ def test_the_warm_up_is_linear_from_its_first_step_and_s2_attn_needs_two_groups(
     ("nan", r"the fine-tune at 64 diverged: its loss is nan at step 3 \(the checkpoint of step 2 is kept\)"),
     ("oom", r"out of GPU memory in fine-tune step 3 at 64 tokens \(the checkpoint of step 2 is kept\): try "
             r"\[finetune\] batch_tokens = 64"),
+    ("grad", r"the fine-tune at 64 diverged: its gradients are not finite at step 3 \(the checkpoint of step 2 "
+             r"is kept\)"),
 ])
 def test_a_loss_that_diverges_or_runs_out_of_memory_stops_in_one_line(tiny_model_dir, text_corpus_dir, tmp_path,
                                                                        monkeypatch, fault, message):
     """A NaN loss, stepped, put NaN in every weight: merged, saved, and every later stage's candidates
-    failed; out of GPU memory was a traceback. Now one line each, the last checkpoint (finite) kept,
+    failed; so did a finite loss with NaN gradients; out of GPU memory was a traceback. Now one line each, the last checkpoint (finite) kept,
     no model written."""
     spec = ObjectiveSpec.of(str(tiny_model_dir), str(text_corpus_dir))
     ft = FinetuneSpec(steps=6, lr=1e-2, warmup=2, checkpoint_every=2, batch_tokens=128, s2_group=16)
@@ -337,6 +339,9 @@ def test_a_loss_that_diverges_or_runs_out_of_memory_stops_in_one_line(tiny_model
             return real(model, ids, answer)
         if fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if fault == "grad":  # a finite loss whose gradient is not: d/dw sqrt(0 · w) = NaN
+            weight = next(p for p in model.parameters() if p.requires_grad)
+            return real(model, ids, answer) + torch.sqrt(weight.sum() * 0)
         return real(model, ids, answer) * float("nan")
 
     monkeypatch.setattr(ft_mod, "step_loss", faulty)
