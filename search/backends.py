@@ -20,7 +20,7 @@ from collections import Counter, deque
 from dataclasses import dataclass
 from typing import Any
 
-from longrope.objectives.perplexity import FAILED, Evaluation
+from longrope.objectives.perplexity import COMPLETE, FAILED, Evaluation
 from longrope.objectives.pruning import Cutoff
 from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worker_class
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
@@ -273,14 +273,15 @@ class RayBackend:
 
     def _step(self) -> None:
         """Wait for one thing to happen: a result (into `done`), a worker's death (its candidate
-        queued again, or failed after MAX_DEATHS), or a replacement coming up."""
-        ray = self.ray
-        ready, _ = ray.wait([*self.inflight, *self.starting], num_returns=1, timeout=WAIT_NOTE)
+        queued again, or failed after MAX_DEATHS), a replacement coming up, or an evaluation
+        passing its limit (a hung GPU raises nothing: search/stalls.py), checked at every step."""
+        ready, _ = self.ray.wait([*self.inflight, *self.starting], num_returns=1,
+                                 timeout=self.watch.wait(WAIT_NOTE))
+        for ref, e in self.watch.stalled(besides=ready):
+            self.watch.end(ref, whole=False)
+            self._lost(*self.inflight.pop(ref), e)
         if not ready:
             self._note_waiting()
-            for ref, e in self.watch.stalled():  # a hung GPU raises nothing (search/stalls.py)
-                self.watch.end(ref, finished=False)
-                self._lost(*self.inflight.pop(ref), e)
             return
         self.waits = 0
         ref = ready[0]
@@ -306,10 +307,10 @@ class RayBackend:
         try:
             result = self._get(ref)
         except self.died as e:
-            self.watch.end(ref, finished=False)
+            self.watch.end(ref, whole=False)
             self._lost(job, actor, e)
             return
-        self.watch.end(ref)
+        self.watch.end(ref, whole=result.status == COMPLETE)
         self.memory_kills = 0
         self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))

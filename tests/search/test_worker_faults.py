@@ -2,6 +2,7 @@
 which leaves the process alive and useless), a worker lost while it loads, one that cannot load."""
 
 import os
+import re
 
 import pytest
 from search_helpers import run_small, trajectory
@@ -338,7 +339,8 @@ def test_a_worker_that_hangs_is_replaced_and_changes_nothing(tmp_path, ray_sessi
             return super().evaluate(factors, length, threshold, pool)
 
     reference, _ = run_small(tmp_path, name="ref")
-    monkeypatch.setattr(backends, "WAIT_NOTE", 0.2)
+    # found as its limit passes: the wait for news ends then (it ended after WAIT_NOTE, 60 s)
+    monkeypatch.setattr(backends, "WAIT_NOTE", 3600.0)
     monkeypatch.setattr(stalls, "STALL_SECONDS", 5.0)  # synthetic evaluations take milliseconds
     monkeypatch.setattr(stalls, "MIN_SEEN", 1)
     backend = backend_of(ray_session, HangsOnce)
@@ -348,12 +350,15 @@ def test_a_worker_that_hangs_is_replaced_and_changes_nothing(tmp_path, ray_sessi
         backend.close()
     assert flag.exists() and backend.replaced >= 1
     assert trajectory(run) == trajectory(reference)
-    assert "note: a worker hung (its evaluation ran " in capsys.readouterr().err
+    ran = re.search(r"note: a worker hung \(its evaluation ran (\d+) s", capsys.readouterr().err)
+    assert ran and int(ran[1]) < 60, ran  # 5 s and a moment; the limit, not the next news, ended the wait
 
 
 def test_the_stall_limit_is_a_multiple_of_the_median_of_its_kind():
-    """No limit before MIN_SEEN evaluations of a kind (length, pool) have finished; then
-    STALL_FACTOR x their median, at least STALL_SECONDS; a death's time does not count."""
+    """No limit before MIN_SEEN evaluations of a kind (length, pool) have finished whole; then
+    STALL_FACTOR x their median, at least STALL_SECONDS; a death's time does not count, nor an
+    early abort's (it lowered the limit below a whole evaluation's time: the best candidates, which
+    do not abort, were taken for hung). The wait for news ends as the first limit passes."""
     from longrope.search import stalls
 
     now = [0.0]
@@ -364,13 +369,21 @@ def test_the_stall_limit_is_a_multiple_of_the_median_of_its_kind():
         watch.end(i)
     watch.start("died", (1024, "search"))
     now[0] += 9999.0
-    watch.end("died", finished=False)
+    watch.end("died", whole=False)
+    for i in range(5):  # aborted early (pruned): short, and not the cost of a whole one
+        watch.start(("pruned", i), (1024, "search"))
+        now[0] += 1.0
+        watch.end(("pruned", i), whole=False)
     assert watch.limit((1024, "search")) == 10 * 100.0 and watch.limit((2048, "search")) is None
+    assert watch.wait(60.0) == 60.0  # nothing in flight: the wait for news is the longest
     watch.start("a", (1024, "search"))
     watch.start("b", (2048, "search"))  # no history: never stalled
-    now[0] += 1000.0
-    assert watch.stalled() == []
+    now[0] += 400.0
+    assert watch.wait(60.0) == 60.0 and watch.wait(3600.0) == pytest.approx(600.05)  # until a's limit
+    now[0] += 600.0
+    assert watch.stalled() == [] and watch.wait(3600.0) == pytest.approx(0.05)
     now[0] += 1.0
+    assert watch.stalled(besides=["a"]) == [] and watch.wait(3600.0) == 0.0  # "a" just answered
     [(ref, e)] = watch.stalled()
     assert ref == "a" and "ran 1001 s, over 1000 s (10x the median of 3 alike" in str(e)
     watch.took[(1, "search")] = [1.0] * 3
