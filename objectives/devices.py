@@ -36,6 +36,16 @@ def sync(device: Any) -> None:
         torch.cuda.synchronize(torch.device(device))
 
 
+def out_of_memory(error: BaseException | None) -> bool:
+    """Whether an error says the GPU's memory ran out: torch's allocator ("CUDA out of memory") or
+    CUDA's own, outside it, on a card its replicas fill (a kernel's launch, cuBLAS's handle or
+    workspace: "CUDA error: out of memory", CUBLAS_STATUS_ALLOC_FAILED), not a failed device."""
+    import torch
+
+    return isinstance(error, torch.cuda.OutOfMemoryError) or (
+        isinstance(error, RuntimeError) and any(m in str(error) for m in ("out of memory", "ALLOC_FAILED")))
+
+
 def release_memory() -> None:
     """Free what dropped tensors held: their reference cycles (gc), then the CUDA cache, so the
     next allocation (a smaller batch, another model) finds it."""

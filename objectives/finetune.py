@@ -34,6 +34,7 @@ import numpy as np
 from longrope.spaces import RescaleFactors, UserError, architecture_of
 from longrope.spaces.files import atomic_write_bytes, atomic_write_text
 
+from .devices import out_of_memory
 from .specs import FinetuneSpec, ObjectiveSpec
 
 CHECKPOINT = "checkpoint.pt"
@@ -318,7 +319,9 @@ def finetune(spec: ObjectiveSpec, ft: FinetuneSpec, factors: RescaleFactors, len
                                 f"{step + 1} (the checkpoint of step {saved} is kept); a lower [finetune] lr "
                                 f"than {ft.lr:g} or more warm-up steps, in a new run")
             loss.backward()
-        except torch.cuda.OutOfMemoryError:
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
             raise UserError(f"out of GPU memory in fine-tune step {step + 1} at {length} tokens (the "
                             f"checkpoint of step {saved} is kept): try [finetune] batch_tokens = {length} "
                             f"(one sequence a step; it is {ft.batch_tokens}), [model] dtype = \"bfloat16\", "

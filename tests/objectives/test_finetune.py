@@ -321,6 +321,7 @@ def test_the_warm_up_is_linear_from_its_first_step_and_s2_attn_needs_two_groups(
     ("nan", r"the fine-tune at 64 diverged: its loss is nan at step 3 \(the checkpoint of step 2 is kept\)"),
     ("oom", r"out of GPU memory in fine-tune step 3 at 64 tokens \(the checkpoint of step 2 is kept\): try "
             r"\[finetune\] batch_tokens = 64"),
+    ("cuda-oom", r"out of GPU memory in fine-tune step 3 at 64 tokens \(the checkpoint of step 2 is kept\)"),
     ("grad", r"the fine-tune at 64 diverged: its gradients are not finite at step 3 \(the checkpoint of step 2 "
              r"is kept\)"),
 ])
@@ -339,6 +340,8 @@ def test_a_loss_that_diverges_or_runs_out_of_memory_stops_in_one_line(tiny_model
             return real(model, ids, answer)
         if fault == "oom":
             raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+        if fault == "cuda-oom":  # CUDA's own, outside torch's allocator
+            raise RuntimeError("CUDA error: out of memory")
         if fault == "grad":  # a finite loss whose gradient is not: d/dw sqrt(0 · w) = NaN
             weight = next(p for p in model.parameters() if p.requires_grad)
             return real(model, ids, answer) + torch.sqrt(weight.sum() * 0)

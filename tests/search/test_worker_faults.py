@@ -288,8 +288,9 @@ def test_a_worker_whose_constructor_raises_stops_the_run_in_one_line(ray_session
 
 
 def test_which_errors_say_the_device_failed():
-    """torch's errors from a broken GPU (AcceleratorError, or the RuntimeError of torch < 2.8 and of
-    cuBLAS/cuDNN), not its out-of-memory error (the scorer halves its batch) nor a bug's."""
+    """torch's errors from a broken GPU (AcceleratorError, or the RuntimeError of torch < 2.8, of
+    cuBLAS/cuDNN and of Triton), not an out-of-memory error, torch's (the scorer halves its batch)
+    or CUDA's (its one line: they were taken for a failed GPU), nor a bug's."""
     import torch
 
     from longrope.search.cluster import device_fault
@@ -298,6 +299,11 @@ def test_which_errors_say_the_device_failed():
     assert device_fault(RuntimeError("CUDA error: device-side assert triggered"))
     assert device_fault(RuntimeError("CUBLAS_STATUS_EXECUTION_FAILED when calling `cublasGemmEx( ...)`"))
     assert not device_fault(torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB"))
+    # CUDA's own out of memory, outside torch's allocator, on a card its replicas fill: a full card
+    assert not device_fault(torch.AcceleratorError("CUDA error: out of memory\nCUDA kernel errors might be ..."))
+    assert not device_fault(RuntimeError("CUDA error: CUBLAS_STATUS_ALLOC_FAILED when calling `cublasCreate(handle)`"))
+    assert device_fault(RuntimeError("Triton Error [CUDA]: an illegal memory access was encountered"))
+    assert device_fault(RuntimeError("CUDA driver error: unspecified launch failure"))
     assert not device_fault(RuntimeError("shape '[2, 3]' is invalid for input of size 7"))
     assert not device_fault(ValueError("CUDA error: but not from torch"))
 
