@@ -30,6 +30,7 @@ from .cluster import (
     check_resources,
     death_kind,
     death_reason,
+    deaths_in_a_row,
     init_ray,
     memory_kill,
     memory_shortage,
@@ -90,7 +91,7 @@ class InProcessBackend:
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
-MAX_MEMORY_KILLS = 3  # memory-monitor kills with no evaluation done between them (and > count): stop
+MAX_IN_A_ROW = 3  # deaths (or memory-monitor kills) with no evaluation done between them (and > count): stop
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
 PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as alive
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
@@ -130,7 +131,7 @@ class RayBackend:
         self.replaced = 0
         self.start_failures = 0  # replacements in a row that died before they started
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
-        self.memory_kills = 0  # workers Ray's memory monitor killed since an evaluation last finished
+        self.in_a_row: Counter = Counter()  # since an evaluation last finished: "deaths", "memory" kills
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
         self.dtype: str | None = None  # what the workers score in, once precision() has asked
@@ -311,7 +312,7 @@ class RayBackend:
             self._lost(job, actor, e)
             return
         self.watch.end(ref, whole=result.status == COMPLETE)
-        self.memory_kills = 0
+        self.in_a_row.clear()
         self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))
         self.idle.append(actor)
@@ -321,10 +322,12 @@ class RayBackend:
         """The actor died (OOM, node lost, killed) or hung: replace it, re-run its candidate on the next
         free worker unless it killed MAX_DEATHS (a memory-monitor kill is the node's: cluster.memory_kill)."""
         self._replace(actor, e)
-        if memory_kill(e):
-            self.memory_kills += 1
-            if self.memory_kills >= max(MAX_MEMORY_KILLS, self.count + 1):
-                raise memory_shortage(self.memory_kills, e)
+        if not not_its_fault(e):  # a lost node says nothing of what its workers run
+            self.in_a_row.update(["deaths", "memory"] if memory_kill(e) else ["deaths"])
+            if (kills := self.in_a_row["memory"]) >= max(MAX_IN_A_ROW, self.count + 1):
+                raise memory_shortage(kills, e)
+            if (deaths := self.in_a_row["deaths"]) >= max(MAX_IN_A_ROW, self.count + 1):
+                raise deaths_in_a_row(deaths, e)  # every evaluation fails, or each GPU: not a FAILED stage
         # held at 0 for a death not the candidate's: a re-run all the same, for _dispatch
         self.deaths[job.key] = self.deaths.get(job.key, 0) + (not memory_kill(e) and not not_its_fault(e))
         if self.deaths.get(job.key, 0) >= MAX_DEATHS:

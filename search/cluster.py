@@ -194,6 +194,16 @@ def memory_shortage(kills: int, error: Exception) -> UserError:
                      "run fewer on each (a higher workers.num_cpus, or fewer --workers) and resume")
 
 
+def deaths_in_a_row(deaths: int, error: Exception) -> UserError:
+    """The line that stops a search whose every evaluation ends its worker: an error each one hits
+    (a tokenizer's ids past the model's vocabulary: a device-side assert; a kernel this GPU lacks)
+    or GPUs that keep failing or hanging. It went on, each candidate charged two deaths (two model
+    loads) and recorded failed, through the whole stage."""
+    return UserError(f"{deaths} workers in a row ended with nothing scored between them (the last: "
+                     f"{death_kind(error)}: {death_reason(error)}): what every evaluation runs fails there, "
+                     "or the GPUs do; the workers' logs say more (ray logs); fix it and resume")
+
+
 def start_failure(failures: int, error: Exception) -> UserError:
     """The line that stops a search whose workers die before they start: a constructor's own error
     (a model it cannot read) names its cause, Ray's memory monitor's kills say what to do (loading

@@ -7,8 +7,8 @@ length and document pool costs about the same (the factors change no shape; an e
 only shortens it), so one running STALL_FACTOR times the median of those scored whole (an
 early abort's time would lower it: the candidates that do not abort, the best, would be taken
 for hung), and at least STALL_SECONDS, has a hung worker: the backend replaces it and runs the candidate again
-on another, as after a death (two in a row record it failed, so a cluster whose every GPU
-hangs fills the stage with failed trials that say why, not an endless retry).
+on another, as after a death (two record it failed; deaths with nothing scored between them,
+as on a cluster whose every GPU hangs, stop the run in one line: backends.MAX_IN_A_ROW).
 """
 
 from __future__ import annotations

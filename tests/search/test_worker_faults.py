@@ -87,6 +87,35 @@ def test_a_candidate_that_kills_two_workers_is_failed_not_retried_forever(tmp_pa
     assert reason in (run.path / "events.log").read_text()
 
 
+@pytest.mark.parametrize("count", [1, 3])
+def test_workers_that_every_evaluation_ends_stop_the_run_in_one_line(tmp_path, ray_session, count):
+    """An error every evaluation hits on the GPU (a tokenizer whose ids pass the model's vocabulary:
+    a device-side assert) ended each worker: each candidate was charged two deaths (two model
+    loads) and recorded failed, through the whole stage. max(MAX_IN_A_ROW, workers + 1) deaths
+    with nothing scored between them stop the run, naming the last."""
+    from longrope.search.backends import MAX_IN_A_ROW
+
+    tally = tmp_path / "deaths"
+    tally.write_text("")
+
+    class AssertsAlways(workers._Worker):
+        def evaluate(self, factors, length, threshold=None, pool="search"):
+            with tally.open("a") as f:
+                f.write("x")
+            raise RuntimeError("CUDA error: device-side assert triggered")
+
+    backend = backend_of(ray_session, AssertsAlways, count=count, num_cpus=0.5)
+    assert backend.count == count
+    try:
+        with pytest.raises(UserError, match=r"^(\d) workers in a row ended with nothing scored between them \(the "
+                                            r"last: a worker's GPU failed: RuntimeError: CUDA error: device-side "
+                                            r"assert triggered\): .*fix it and resume$") as e:
+            run_small(tmp_path, backend_obj=backend)
+    finally:
+        backend.close()
+    assert int(re.match(r"\d", str(e.value))[0]) == len(tally.read_text()) == max(MAX_IN_A_ROW, count + 1)
+
+
 # what ray.get raises for an actor's call when Ray's memory monitor killed its worker (Ray 2.60,
 # seen with RAY_memory_usage_threshold set just above the node's use and an actor allocating)
 MEMORY_KILL = ("1 worker(s) were killed due to the node running low on memory. Memory on the node (IP: "
