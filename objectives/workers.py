@@ -210,9 +210,11 @@ def cap_gpu_share(device: str, share: float) -> float | None:
     outside the cap, so the cap is the share less CONTEXT_RESERVE (at most half the share): caps
     of the whole share added up to more than the card, and the last replica to allocate ran out
     below its cap."""
+    if not 0 < share < 1 or not str(device).startswith("cuda"):
+        return None
     import torch
 
-    if not 0 < share < 1 or not str(device).startswith("cuda"):
+    if not torch.cuda.is_available():  # Ray's declared GPUs on a CPU machine (the tests)
         return None
     index = torch.device(device).index
     index = torch.cuda.current_device() if index is None else index
@@ -230,11 +232,12 @@ class _Worker:
 
         import ray
 
-        self.ev = make_evaluator(on_ray_worker(spec))
         if share is None:  # the GPU share Ray gave this actor (given by tests)
             share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
-        loaded = getattr(self.ev, "loaded", None)  # the synthetic objective holds no model
         self.share = share
+        cap_gpu_share("cuda", share)  # before the load: its peak and the compile warm-up's keep to the share
+        self.ev = make_evaluator(on_ray_worker(spec))
+        loaded = getattr(self.ev, "loaded", None)  # the synthetic objective holds no model
         self.ev.gpu_share = cap_gpu_share(loaded.device if loaded else "cpu", share)
         self._pid = os.getpid()
 

@@ -332,6 +332,7 @@ def test_a_replica_given_a_share_of_a_gpu_keeps_its_memory_to_that_share(monkeyp
     calls, gib = [], 1 << 30
     monkeypatch.setattr(torch.cuda, "set_per_process_memory_fraction", lambda f, d: calls.append((f, d)))
     monkeypatch.setattr(torch.cuda, "current_device", lambda: 3)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "get_device_properties",
                         lambda d: SimpleNamespace(total_memory=(80 if d == 3 else 4) * gib))
     assert workers.cap_gpu_share("cuda", 0.25) == 0.25 - 1 / 80  # 19 GiB + a context's 1 GiB of 80
@@ -341,12 +342,16 @@ def test_a_replica_given_a_share_of_a_gpu_keeps_its_memory_to_that_share(monkeyp
     for device, share in (("cuda", 1.0), ("cuda:0", 0.0), ("cpu", 0.25)):
         assert workers.cap_gpu_share(device, share) is None
     assert len(calls) == 2
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)  # Ray's declared GPUs on a CPU machine
+    assert workers.cap_gpu_share("cuda", 0.25) is None and len(calls) == 2
     seen = []
     monkeypatch.setattr(ray, "get_gpu_ids", lambda: [0])
     monkeypatch.setattr(workers, "cap_gpu_share", lambda device, share: seen.append((device, share)) or share)
-    monkeypatch.setattr(workers, "make_evaluator", lambda spec: SimpleNamespace(loaded=SimpleNamespace(device="cuda")))
+    monkeypatch.setattr(workers, "make_evaluator",
+                        lambda spec: seen.append("load") or SimpleNamespace(loaded=SimpleNamespace(device="cuda")))
     w = workers._Worker(ObjectiveSpec.of("synthetic", device="cuda"), share=0.25)
-    assert seen == [("cuda", 0.25)] and w.gpu_share() == (0.25, 0.25)
+    # capped before the load too (its peak, the compile warm-up's cache, within the share), then as loaded
+    assert seen == [("cuda", 0.25), "load", ("cuda", 0.25)] and w.gpu_share() == (0.25, 0.25)
 
 
 def test_ray_replicas_read_their_gpu_share(ray_session):
