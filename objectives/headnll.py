@@ -23,6 +23,8 @@ from typing import Any
 
 from longrope.spaces import Architecture
 
+from .devices import out_of_memory
+
 KINDS = ("auto", "eager", "compiled")
 ATTR = "_longrope_nll"  # set on a loaded model: "eager" or "compiled" (set_kind)
 
@@ -134,18 +136,17 @@ def warm_up(model: Any, arch: Architecture, chunk: int = 1024) -> None:
 
 
 def _out_of_memory(e: BaseException | None) -> BaseException | None:
-    """The CUDA out-of-memory error behind a compile failure, if one is: Dynamo re-raises what
-    its backend raised (inductor benchmarks kernels on the GPU) as BackendCompilerFailed, holding
-    it as `inner_exception`, or in the exception's cause or context."""
-    import torch
-
+    """The out-of-memory error behind a compile failure, if one is (devices.out_of_memory): Dynamo
+    re-raises what its backend raised (inductor benchmarks kernels on the GPU) as
+    BackendCompilerFailed, holding it as `inner_exception`, or in the exception's cause or context."""
     seen: set[int] = set()
+    found = None
     while e is not None and id(e) not in seen:
-        if isinstance(e, torch.cuda.OutOfMemoryError):
-            return e
+        if out_of_memory(e):  # torch's allocator's, or CUDA's own; the innermost (a wrapper quotes it)
+            found = e
         seen.add(id(e))
         e = getattr(e, "inner_exception", None) or e.__cause__ or e.__context__
-    return None
+    return found
 
 
 def _warn_once(device: str, e: BaseException) -> None:

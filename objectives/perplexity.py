@@ -25,7 +25,7 @@ import numpy as np
 
 from longrope.spaces import RescaleFactors, architecture_of
 
-from .devices import release_memory
+from .devices import out_of_memory, release_memory
 from .headnll import chunk_nll
 from .pruning import Cutoff, as_cutoff
 
@@ -84,7 +84,6 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
     per document. When the batch does not fit in GPU memory it is halved, down to one document;
     the replica remembers the size that failed at this length and halves larger batches before
     trying them (each would fail again: a wasted forward per batch, every candidate)."""
-    import torch
 
     length, failed = len(docs[0]), getattr(model, OOM_AT, {})
     if len(docs) > 1 and len(docs) >= failed.get(length, len(docs) + 1):
@@ -92,8 +91,8 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
         return batch_nll(model, docs[:half], chunk) + batch_nll(model, docs[half:], chunk)
     try:
         rows = token_nll(model, np.stack(docs), chunk)
-    except torch.cuda.OutOfMemoryError:
-        if len(docs) == 1:
+    except RuntimeError as e:  # torch's allocator's out of memory, or CUDA's own (devices.out_of_memory)
+        if len(docs) == 1 or not out_of_memory(e):
             raise
         rows = None  # retried below: in here the error's traceback holds the failed forward's tensors
     if rows is None:

@@ -235,7 +235,8 @@ class _Worker:
         if share is None:  # the GPU share Ray gave this actor (given by tests)
             share = ray.get_runtime_context().get_assigned_resources().get("GPU", 0.0)
         self.share = share
-        cap_gpu_share("cuda", share)  # before the load: its peak and the compile warm-up's keep to the share
+        if getattr(spec.model, "device", "auto") != "cpu":  # on the CPU no CUDA context is made
+            cap_gpu_share("cuda", share)  # before the load: its peak, the compile warm-up's, in the share
         self.ev = make_evaluator(on_ray_worker(spec))
         loaded = getattr(self.ev, "loaded", None)  # the synthetic objective holds no model
         self.ev.gpu_share = cap_gpu_share(loaded.device if loaded else "cpu", share)

@@ -26,14 +26,13 @@ from longrope.objectives.workers import ObjectiveSpec, make_evaluator, ray_worke
 from longrope.spaces import RescaleFactors, RopeGeometry, UserError
 
 from .cluster import (
+    DeathStreak,
     DeviceFault,
     check_resources,
     death_kind,
     death_reason,
-    deaths_in_a_row,
     init_ray,
     memory_kill,
-    memory_shortage,
     node_resources,
     not_its_fault,
     ray_get,
@@ -91,7 +90,6 @@ class InProcessBackend:
 
 MAX_DEATHS = 2  # a candidate that kills this many workers is recorded as failed
 MAX_START_FAILURES = 3  # replacements in a row that die before they start: stop the run
-MAX_IN_A_ROW = 3  # deaths (or memory-monitor kills) with no evaluation done between them (and > count): stop
 POOL_KEY = -1  # the job key of evaluate_pool's candidate (trial numbers are >= 0)
 PING_SECONDS = 5.0  # an idle worker that has not answered by then is taken as alive
 WAIT_NOTE = 60.0  # seconds with nothing scoring and workers waiting to be placed: say so (then 2x, 4x, ...)
@@ -123,6 +121,7 @@ class RayBackend:
         count = check_resources(node_resources(ray), count, num_gpus, num_cpus)
         self.actor_cls = ray_worker_class()
         self.actors = [self._new_actor() for _ in range(count)]
+        self.slots = {a: i for i, a in enumerate(self.actors)}  # a replica's slot, its replacements
         self.idle = list(self.actors)
         self.inflight: dict[Any, tuple[Job, Any]] = {}
         self.starting: dict[Any, Any] = {}
@@ -131,7 +130,7 @@ class RayBackend:
         self.replaced = 0
         self.start_failures = 0  # replacements in a row that died before they started
         self.deaths: dict[int, int] = {}  # job key -> workers it killed
-        self.in_a_row: Counter = Counter()  # since an evaluation last finished: "deaths", "memory" kills
+        self.streak = DeathStreak()  # deaths since an evaluation last finished
         self.waits = 0  # WAIT_NOTE periods in a row in which nothing happened
         self.capacity = self.count = count
         self.dtype: str | None = None  # what the workers score in, once precision() has asked
@@ -278,11 +277,13 @@ class RayBackend:
         passing its limit (a hung GPU raises nothing: search/stalls.py), checked at every step."""
         ready, _ = self.ray.wait([*self.inflight, *self.starting], num_returns=1,
                                  timeout=self.watch.wait(WAIT_NOTE))
-        for ref, e in self.watch.stalled(besides=ready):
+        hung = self.watch.stalled(besides=ready)
+        for ref, e in hung:
             self.watch.end(ref, whole=False)
             self._lost(*self.inflight.pop(ref), e)
         if not ready:
-            self._note_waiting()
+            if not hung:  # a wait cut short at a stall limit is not WAIT_NOTE of waiting for the cluster
+                self._note_waiting()
             return
         self.waits = 0
         ref = ready[0]
@@ -312,7 +313,7 @@ class RayBackend:
             self._lost(job, actor, e)
             return
         self.watch.end(ref, whole=result.status == COMPLETE)
-        self.in_a_row.clear()
+        self.streak.clear()
         self.deaths.pop(job.key, None)  # trial numbers start again at 0 in the next stage
         self.done.append((job.key, result))
         self.idle.append(actor)
@@ -321,13 +322,10 @@ class RayBackend:
     def _lost(self, job: Job, actor, e: Exception) -> None:
         """The actor died (OOM, node lost, killed) or hung: replace it, re-run its candidate on the next
         free worker unless it killed MAX_DEATHS (a memory-monitor kill is the node's: cluster.memory_kill)."""
+        slot = self.slots.get(actor)
         self._replace(actor, e)
-        if not not_its_fault(e):  # a lost node says nothing of what its workers run
-            self.in_a_row.update(["deaths", "memory"] if memory_kill(e) else ["deaths"])
-            if (kills := self.in_a_row["memory"]) >= max(MAX_IN_A_ROW, self.count + 1):
-                raise memory_shortage(kills, e)
-            if (deaths := self.in_a_row["deaths"]) >= max(MAX_IN_A_ROW, self.count + 1):
-                raise deaths_in_a_row(deaths, e)  # every evaluation fails, or each GPU: not a FAILED stage
+        if stop := self.streak.stop(slot, e, self.count):  # every evaluation fails, or every GPU
+            raise stop
         # held at 0 for a death not the candidate's: a re-run all the same, for _dispatch
         self.deaths[job.key] = self.deaths.get(job.key, 0) + (not memory_kill(e) and not not_its_fault(e))
         if self.deaths.get(job.key, 0) >= MAX_DEATHS:
@@ -374,6 +372,7 @@ class RayBackend:
             self.idle.remove(actor)
         fresh = self._new_actor()
         self.actors.append(fresh)
+        self.slots[fresh] = self.slots.pop(actor, None)
         self.replaced += 1
         print(f"note: {death_kind(error)} ({death_reason(error)}); {then}", file=sys.stderr)
         return fresh

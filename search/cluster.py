@@ -9,6 +9,8 @@ import os
 import signal
 import sys
 import threading
+from collections import Counter
+from typing import Any
 
 from longrope.objectives.devices import out_of_memory
 from longrope.runs.rundir import STORAGE_ERRORS
@@ -194,6 +196,39 @@ def memory_shortage(kills: int, error: Exception) -> UserError:
                      "run fewer on each (a higher workers.num_cpus, or fewer --workers) and resume")
 
 
+MAX_IN_A_ROW = 3  # deaths (or memory-monitor kills) with no evaluation done between them, > replicas: stop
+
+
+class DeathStreak:
+    """Workers' deaths since an evaluation last finished, to stop a run whose every evaluation ends
+    its worker rather than charge each candidate two deaths through the stage. A lost node's say
+    nothing of what its workers run: not counted. The run stops at max(MAX_IN_A_ROW, replicas + 1)
+    deaths (or as many memory-monitor kills) once every replica has died among them, each a slot its
+    replacements inherit: one bad GPU or short node among healthy ones churns its own slot while
+    the others score, whose evaluations may take far longer than its deaths, and stops nothing."""
+
+    def __init__(self) -> None:
+        self.deaths: Counter = Counter()  # "deaths", and "memory" kills among them
+        self.slots: set = set()  # the replicas' slots that died
+
+    def clear(self) -> None:
+        self.deaths.clear()
+        self.slots.clear()
+
+    def stop(self, slot: Any, error: Exception, replicas: int) -> UserError | None:
+        """Count a death of `slot`'s worker; the line that stops the run, when it should."""
+        if not_its_fault(error):
+            return None
+        self.deaths.update(["deaths", "memory"] if memory_kill(error) else ["deaths"])
+        self.slots.add(slot)
+        limit = max(MAX_IN_A_ROW, replicas + 1)
+        if len(self.slots) < replicas:
+            return None
+        if self.deaths["memory"] >= limit:
+            return memory_shortage(self.deaths["memory"], error)
+        return deaths_in_a_row(self.deaths["deaths"], error) if self.deaths["deaths"] >= limit else None
+
+
 def deaths_in_a_row(deaths: int, error: Exception) -> UserError:
     """The line that stops a search whose every evaluation ends its worker: an error each one hits
     (a tokenizer's ids past the model's vocabulary: a device-side assert; a kernel this GPU lacks)
@@ -207,13 +242,14 @@ def deaths_in_a_row(deaths: int, error: Exception) -> UserError:
 def start_failure(failures: int, error: Exception) -> UserError:
     """The line that stops a search whose workers die before they start: a constructor's own error
     (a model it cannot read) names its cause, Ray's memory monitor's kills say what to do (loading
-    is where memory peaks), other deaths (MAX_START_FAILURES in a row) name Ray's reason."""
+    is where memory peaks), other deaths (MAX_START_FAILURES: in a row for replacements, in all as
+    the workers first load) name Ray's reason."""
     if memory_kill(error):
         return memory_shortage(failures, error)
     if getattr(error, "actor_init_failed", False):
         cause = getattr(error, "cause", None) or error
         return UserError(f"a worker failed to start: {str(cause).strip().splitlines()[-1][:300]}")
-    return UserError(f"{failures} workers in a row died before they started: {death_reason(error)}")
+    return UserError(f"{failures} workers died before they started: {death_reason(error)}")
 
 
 def not_its_fault(error: Exception) -> bool:

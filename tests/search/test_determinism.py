@@ -588,7 +588,7 @@ def test_replacements_lost_with_their_nodes_do_not_count_as_failing_to_start(ray
         monkeypatch.setattr(backend, "_get", lambda ref: (_ for _ in ()).throw(
             ray_session.exceptions.RayActorError(error_msg="The actor is dead because its worker exited")))
         backend._replace(backend.idle.pop(), RuntimeError("it died"))
-        with pytest.raises(UserError, match=rf"^{MAX_START_FAILURES} workers in a row died before they started: "
+        with pytest.raises(UserError, match=rf"^{MAX_START_FAILURES} workers died before they started: "
                                             "The actor is dead because its worker exited$"):
             while backend.starting:
                 backend._step()

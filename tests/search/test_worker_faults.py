@@ -11,6 +11,7 @@ from longrope.objectives import workers
 from longrope.objectives.perplexity import COMPLETE
 from longrope.objectives.specs import ObjectiveSpec
 from longrope.search.backends import MAX_START_FAILURES, RayBackend
+from longrope.search.cluster import DeviceFault
 from longrope.spaces import UserError
 
 ILLEGAL_ACCESS = "CUDA error: an illegal memory access was encountered"
@@ -93,7 +94,7 @@ def test_workers_that_every_evaluation_ends_stop_the_run_in_one_line(tmp_path, r
     a device-side assert) ended each worker: each candidate was charged two deaths (two model
     loads) and recorded failed, through the whole stage. max(MAX_IN_A_ROW, workers + 1) deaths
     with nothing scored between them stop the run, naming the last."""
-    from longrope.search.backends import MAX_IN_A_ROW
+    from longrope.search.cluster import MAX_IN_A_ROW
 
     tally = tmp_path / "deaths"
     tally.write_text("")
@@ -113,7 +114,30 @@ def test_workers_that_every_evaluation_ends_stop_the_run_in_one_line(tmp_path, r
             run_small(tmp_path, backend_obj=backend)
     finally:
         backend.close()
-    assert int(re.match(r"\d", str(e.value))[0]) == len(tally.read_text()) == max(MAX_IN_A_ROW, count + 1)
+    deaths = max(MAX_IN_A_ROW, count + 1)  # a replacement may begin another before the last death is read
+    assert int(re.match(r"\d", str(e.value))[0]) == backend.replaced == deaths <= len(tally.read_text())
+
+
+def test_deaths_of_one_replica_alone_do_not_stop_the_run():
+    """One bad GPU (or short node) among healthy replicas: its slot's replacements die again and again
+    while the others' evaluations, far longer, have not finished. Its own churn, not the run's stop;
+    once every replica has died with nothing scored, the run stops (deaths or memory kills)."""
+    import ray
+
+    from longrope.search.cluster import DeathStreak
+
+    fault = DeviceFault("RuntimeError: CUDA error: an illegal memory access was encountered")
+    streak = DeathStreak()
+    assert all(streak.stop(0, fault, replicas=4) is None for _ in range(20))  # slot 0 alone
+    assert streak.stop(1, fault, 4) is None and streak.stop(2, fault, 4) is None
+    assert streak.stop(3, ray.exceptions.RayActorError(preempted=True), 4) is None  # a lost node's: not counted
+    stop = streak.stop(3, fault, 4)
+    assert str(stop).startswith("23 workers in a row ended with nothing scored between them (the last: a "
+                                "worker's GPU failed: RuntimeError: CUDA error: an illegal memory access")
+    streak.clear()
+    kill = ray.exceptions.OutOfMemoryError(MEMORY_KILL)
+    assert streak.stop(0, kill, 1) is None and streak.stop(0, kill, 1) is None
+    assert str(streak.stop(0, kill, 1)).startswith("Ray's memory monitor killed 3 workers with nothing scored")
 
 
 # what ray.get raises for an actor's call when Ray's memory monitor killed its worker (Ray 2.60,
@@ -287,7 +311,7 @@ def test_a_worker_lost_while_it_loads_is_replaced(tmp_path, ray_session, capsys,
     backend = backend_of(ray_session, DiesLoading, count=1)
     try:
         if deaths >= MAX_START_FAILURES:
-            with pytest.raises(UserError, match=rf"^{MAX_START_FAILURES} workers in a row died before they "
+            with pytest.raises(UserError, match=rf"^{MAX_START_FAILURES} workers died before they "
                                                 r"started: .*(exit|died)"):
                 backend.check([256])
             return
