@@ -256,6 +256,12 @@ def load_model(
         if dtype == "float32":  # transformers only warns; every forward would then raise
             raise UserError(f"attention = 'flash_attention_2' runs in bfloat16 or float16, not float32 "
                             f"(on {device}); set model.dtype = 'bfloat16', or attention = 'sdpa'")
+        if str(device).startswith("cuda") and (cc := torch.cuda.get_device_capability(device))[0] < 8:
+            # flash-attn 2 runs on Ampere and newer; transformers loads it on a T4 or V100 (float16 by
+            # auto there), and every forward raised: each candidate failed
+            raise UserError(f"attention = 'flash_attention_2' needs an Ampere or newer GPU (compute "
+                            f"capability 8.0+); {torch.cuda.get_device_name(device)} is {cc[0]}.{cc[1]}: "
+                            "set attention = 'sdpa'")
     if getattr(config, "sliding_window", None):
         config.sliding_window = None  # score the whole context, not a window
     full_attention(config)

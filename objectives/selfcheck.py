@@ -26,6 +26,9 @@ import numpy as np
 
 from longrope.spaces import RescaleFactors, method
 
+from .devices import is_cuda, release_memory
+
+PARITY_POSITIONS = 1024  # the positions whose logits the parity checks compare: the last ones
 PARITY_ATOL = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.02}  # |Δlogit| for uniform λ vs linear
 # max |Δlogit| / max |logit| for rising λ vs transformers' longrope: the two compute inv_freq in
 # different orders, an ulp apart, and a bf16 logit near 16 moves in steps of 0.125. Measured on
@@ -45,7 +48,8 @@ def resolve_dtype(dtype: str, device: str) -> str:
 
 def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None,
                   attention: str = "sdpa", tokenizer: str = "") -> dict[str, Any]:
-    """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0).
+    """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0), over
+    the last PARITY_POSITIONS positions (_logits).
     Both references are twins with the model's weights and a rope type set here (plain RoPE,
     PI), not the model itself: a config with its own scaling (llama3, an applied longrope, a
     fine-tuned run's model) is not what λ = 1 means. Model and twins run `attention`, the
@@ -65,11 +69,11 @@ def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None =
         plain = _twin_logits(model, {"rope_type": "default"}, ids)  # transformers' own RoPE
         linear = _twin_logits(model, {"rope_type": "linear", "factor": s}, ids)  # and its own PI
         apply_factors(model, RescaleFactors.uniform(1.0, geo.n_freqs))
-        same = bool(torch.equal(model(ids).logits, plain))
+        same = bool(torch.equal(_logits(model, ids), plain))
         apply_factors(model, RescaleFactors.uniform(s, geo.n_freqs))
-        diff = float((model(ids).logits.float() - linear.float()).abs().max())
+        diff = float((_logits(model, ids).float() - linear.float()).abs().max())
         apply_factors(model, RescaleFactors.uniform(s, geo.n_freqs, n_hat=length, mscale=1.2))
-        kept = float((model(ids).logits.float() - plain.float()).abs().max())
+        kept = float((_logits(model, ids).float() - plain.float()).abs().max())
         del plain, linear
         longrope = _longrope_parity(model, geo, s, ids)
     tol, rtol = PARITY_ATOL.get(loaded.dtype, 1e-4), LONGROPE_RTOL.get(loaded.dtype, 1e-4)
@@ -97,7 +101,7 @@ def _longrope_parity(model: Any, geo: Any, s: float, ids: Any) -> float | str:
         return f"not checked: transformers' longrope twin: {why}"
     apply_factors(model, RescaleFactors(lam, n_hat=0, mscale=1.2))
     ref = ref.float()
-    return float((model(ids).logits.float() - ref).abs().max() / ref.abs().max())
+    return float((_logits(model, ids).float() - ref).abs().max() / ref.abs().max())
 
 
 def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
@@ -110,7 +114,14 @@ def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
     twin = transformers.AutoModelForCausalLM.from_config(cfg, dtype=model.dtype,
                                                          attn_implementation=model.config._attn_implementation)
     twin.load_state_dict(model.state_dict())
-    return twin.to(ids.device).eval()(ids).logits
+    return _logits(twin.to(ids.device).eval(), ids)
+
+
+def _logits(model: Any, ids: Any) -> Any:
+    """The logits of the last PARITY_POSITIONS positions, whose attention reads every earlier key
+    as rotated: all of them at 2 x L0 held [L, vocab] several times over, past a GPU's memory for a
+    large vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16, 40 GB as float32)."""
+    return model(ids, logits_to_keep=PARITY_POSITIONS).logits
 
 
 def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
@@ -184,7 +195,8 @@ def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5, data: st
 
 def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: int = 5,
                data: str = "builtin:sotu") -> dict[str, Any]:
-    """Rank the fixed candidates in `dtype` and in float32 on the same documents."""
+    """Rank the fixed candidates in `dtype` and in float32 on the same documents. On a GPU the
+    float32 reference loads once `ev`'s model has moved to the CPU, where it is left."""
     from scipy.stats import spearmanr
 
     from .specs import ObjectiveSpec
@@ -194,11 +206,15 @@ def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: i
                                           heldout_docs=0))
     # the float32 reference: flash-attn computes only in 16-bit types, so SDPA stands in for it there
     att = "sdpa" if ev.spec.model.attention == "flash_attention_2" else ev.spec.model.attention
-    ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32",
-                                                                          attention=att)))
     length = scoring_length(ev)
     cands = candidates(ev.geometry, length)
     low = [ev.evaluate(c, length).ppl for c in cands]
+    loaded = getattr(ev, "loaded", None)
+    if loaded is not None and is_cuda(loaded.device):  # `ev`'s model leaves the GPU (it stays on the CPU):
+        loaded.model.to("cpu")  # with the float32 one beside it, 3x its weights, a 40-48 GB card was short
+        release_memory()
+    ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32",
+                                                                          attention=att)))
     high = [ref.evaluate(c, length).ppl for c in cands]
     rho = float(spearmanr(low, high).statistic)
     same_best = int(np.argmin(low)) == int(np.argmin(high))

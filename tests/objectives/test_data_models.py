@@ -159,7 +159,8 @@ def test_a_gguf_file_edited_in_place_converts_afresh(tmp_path, monkeypatch):
 
 def test_flash_attention_in_float32_is_refused_at_load(tiny_model_dir, monkeypatch):
     """dtype auto resolves to float32 on a CPU (and for "float32" anywhere): transformers only
-    warns, and flash-attn raised at every forward; refused in one line before the weights load."""
+    warns, and flash-attn raised at every forward; refused in one line before the weights load,
+    as is a GPU older than Ampere (a V100, a T4)."""
     import importlib.util
 
     find = importlib.util.find_spec
@@ -167,6 +168,15 @@ def test_flash_attention_in_float32_is_refused_at_load(tiny_model_dir, monkeypat
                         else find(name, *a))
     with pytest.raises(UserError, match=r"runs in bfloat16 or float16, not float32 \(on cpu\)"):
         load_model(str(tiny_model_dir), "auto", "cpu", "flash_attention_2")
+    # a GPU older than Ampere: transformers loads flash-attn 2 there, and every forward raised
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda d=None: (7, 0))
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda d=None: "Tesla V100-SXM2-16GB")
+    with pytest.raises(UserError, match=r"needs an Ampere or newer GPU \(compute capability 8.0\+\); Tesla "
+                                        r"V100-SXM2-16GB is 7.0: set attention = 'sdpa'"):
+        load_model(str(tiny_model_dir), "float16", "cuda", "flash_attention_2")
 
 
 def test_a_model_fingerprint_knows_a_copy_and_tells_other_weights_apart(tmp_path, tiny_model_dir):

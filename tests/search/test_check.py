@@ -208,7 +208,8 @@ def test_check_runs_the_configs_attention_and_tokenizer(tmp_path, capsys, monkey
 
 def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monkeypatch):
     """flash-attn computes only in 16-bit types: the float32 reference it is ranked against must
-    load with SDPA, or the check of every flash_attention_2 run fails on the GPU."""
+    load with SDPA, or the check of every flash_attention_2 run fails on the GPU; and it loads once
+    the 16-bit model has left the GPU."""
     from types import SimpleNamespace
 
     from longrope.objectives import workers
@@ -223,6 +224,8 @@ def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monk
         def __init__(self, spec):
             self.spec = spec
             made.append(spec.model)
+            self.loaded = SimpleNamespace(device=spec.model.device, model=SimpleNamespace(
+                to=lambda where: made.append(f"to {where}")))
 
         def docs(self, length):
             return [[0] * length]
@@ -233,8 +236,9 @@ def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monk
     monkeypatch.setattr(workers, "Evaluator", Scorer)
     ev = Scorer(ObjectiveSpec.of("m", device="cuda", dtype="bfloat16", attention="flash_attention_2"))
     r = selfcheck.rank_check("m", "cuda", "bfloat16", ev)
-    assert r["ok"] and [(m.dtype, m.attention) for m in made] == [("bfloat16", "flash_attention_2"),
-                                                                   ("float32", "sdpa")]
+    # the bf16 model leaves the GPU before the float32 one loads (both at once: 3x its weights there)
+    assert r["ok"] and [getattr(m, "dtype", m) for m in made] == ["bfloat16", "to cpu", "float32"]
+    assert [m.attention for m in made[::2]] == ["flash_attention_2", "sdpa"]
 
 
 def test_a_dtype_that_picks_another_best_fails_the_rank_check_however_close_its_ranking(monkeypatch):
@@ -406,3 +410,21 @@ def test_flags_win_over_the_configs_keys_and_every_device_must_pass(tmp_path, ca
     assert capsys.readouterr().err.strip().splitlines()[-1] == "error: model path missing does not exist"
     assert main(["check", "--device", "cuda:2"]) == 2
     assert "--device cuda:2: torch sees 2 GPU(s), cuda:0 to cuda:1" in capsys.readouterr().err
+
+
+def test_the_parity_checks_compare_the_last_positions_logits_only(monkeypatch):
+    """At 2 x L0 the logits of every position, held several times over, ran a GPU out of memory for
+    a large vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16): the checks compare the last
+    PARITY_POSITIONS positions', whose attention reads every earlier key as rotated."""
+    real, shapes = selfcheck._logits, []
+
+    def recorded(model, ids):
+        out = real(model, ids)
+        shapes.append((ids.shape[1], out.shape[1]))
+        return out
+
+    monkeypatch.setattr(selfcheck, "PARITY_POSITIONS", 16)
+    monkeypatch.setattr(selfcheck, "_logits", recorded)
+    r = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
+    assert r["ok"] and r["identity_bit_exact"] and len(shapes) == 7  # 3 twins, 4 forwards of the patch
+    assert set(shapes) == {(256, 16)}
