@@ -221,3 +221,31 @@ def test_the_memory_figure_is_the_median_of_fresh_processes_per_path(monkeypatch
     assert (m["peak_chunked"], m["peak_labels"]) == (630 * 2**20, 3000 * 2**20)
     assert m["memory"] == pytest.approx(630 / 3000) and m["measure"] == "RSS"
     assert m["runs"]["chunked"] == [900 * 2**20, 560 * 2**20, 630 * 2**20]
+
+
+def test_the_memory_probe_compiles_the_head_before_it_measures(monkeypatch):
+    """On CUDA the scorer's head is compiled (nll auto), and the first document compiled it inside
+    the measured span: Triton's autotuning buffers counted in the chunked path's peak. The probe
+    warms it up first, as a worker does when it loads."""
+    from longrope.objectives import devices, headnll
+    from longrope.search.cli.bench import probe_memory
+
+    order = []
+
+    class Peak:
+        bytes = 0
+
+        def __init__(self, device):
+            pass
+
+        def __enter__(self):
+            order.append("measured")
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+    monkeypatch.setattr(headnll, "warm_up", lambda model, arch: order.append("warmed up"))
+    monkeypatch.setattr(devices, "PeakMemory", Peak)
+    probe_memory.main("builtin:tiny-sotu", 64, "chunked")
+    assert order == ["warmed up", "measured"]

@@ -16,9 +16,11 @@ def main(spec: str, length: int, path: str) -> tuple[int, str]:
     import torch
 
     from longrope.objectives.devices import PeakMemory, device_name
+    from longrope.objectives.headnll import warm_up
     from longrope.objectives.models import load_model
     from longrope.objectives.perplexity import document_nll
     from longrope.objectives.rotary import patch_model
+    from longrope.spaces import architecture_of
 
     m = load_model(spec)
     gen = torch.Generator().manual_seed(0)
@@ -27,6 +29,9 @@ def main(spec: str, length: int, path: str) -> tuple[int, str]:
         m.model.model(ids[:, :8])  # touch the code paths once
     if path == "chunked":
         patch_model(m.model, m.geometry)
+        # the compiled head (nll auto on CUDA) compiles here, as a worker's does as it loads: inside,
+        # Triton's autotuning buffers counted in the peak (on a CPU the head is eager: nothing to do)
+        warm_up(m.model, architecture_of(m.model.config))
     with PeakMemory(m.device) as peak:
         if path == "chunked":
             document_nll(m.model, ids[0].cpu().numpy())
