@@ -245,7 +245,7 @@ def load_model(
         torch.set_num_threads(threads)
     if device == "auto":
         device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device == "cuda" and not torch.cuda.is_available():
+    if str(device).startswith("cuda") and not torch.cuda.is_available():
         raise UserError("model.device = 'cuda' but torch sees no GPU on this machine")
     dtype = auto_dtype(device) if dtype == "auto" else dtype
     if attention == "flash_attention_2":

