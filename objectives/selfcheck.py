@@ -124,9 +124,10 @@ def _logits(model: Any, ids: Any) -> Any:
     earlier key as rotated; the first show a fault of the early positions undiluted."""
     import torch
 
-    n, half = ids.shape[1], PARITY_POSITIONS // 2
-    keep = 0 if n <= PARITY_POSITIONS else torch.cat((torch.arange(half), torch.arange(n - half, n)))
-    return model(ids, logits_to_keep=keep if isinstance(keep, int) else keep.to(ids.device)).logits
+    n, half, at = ids.shape[1], PARITY_POSITIONS // 2, ids.device
+    keep = 0 if n <= PARITY_POSITIONS else torch.cat((torch.arange(half, device=at),
+                                                       torch.arange(n - half, n, device=at)))
+    return model(ids, logits_to_keep=keep).logits
 
 
 def set_rope(cfg: Any, rope_scaling: dict[str, Any]) -> None:
