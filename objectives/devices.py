@@ -40,10 +40,12 @@ def out_of_memory(error: BaseException | None) -> bool:
     """Whether an error says the GPU's memory ran out: torch's allocator ("CUDA out of memory") or
     CUDA's own, outside it, on a card its replicas fill (a kernel's launch, cuBLAS's handle or
     workspace: "CUDA error: out of memory", CUBLAS_STATUS_ALLOC_FAILED), not a failed device."""
+    if not isinstance(error, RuntimeError):  # torch's OutOfMemoryError is one too; torch not imported
+        return False
     import torch
 
-    return isinstance(error, torch.cuda.OutOfMemoryError) or (
-        isinstance(error, RuntimeError) and any(m in str(error) for m in ("out of memory", "ALLOC_FAILED")))
+    return isinstance(error, torch.cuda.OutOfMemoryError) or any(
+        m in str(error) for m in ("out of memory", "ALLOC_FAILED"))
 
 
 def release_memory() -> None:

@@ -84,7 +84,6 @@ def batch_nll(model: Any, docs: list[np.ndarray], chunk: int = 1024) -> list[tup
     per document. When the batch does not fit in GPU memory it is halved, down to one document;
     the replica remembers the size that failed at this length and halves larger batches before
     trying them (each would fail again: a wasted forward per batch, every candidate)."""
-
     length, failed = len(docs[0]), getattr(model, OOM_AT, {})
     if len(docs) > 1 and len(docs) >= failed.get(length, len(docs) + 1):
         half = len(docs) // 2

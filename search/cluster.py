@@ -129,7 +129,7 @@ DEVICE_FAULTS = ("CUDA error", "CUBLAS_STATUS_", "CUDNN_STATUS_", "cuDNN error",
 def device_fault(error: BaseException | None) -> bool:
     """Whether an exception raised inside a worker says its device failed (DeviceFault); CUDA's own
     out of memory ("CUDA error: out of memory") is a full card, not a failed one (devices.out_of_memory)."""
-    if isinstance(error, RuntimeError) and out_of_memory(error):
+    if out_of_memory(error):
         return False
     if type(error).__name__ == "AcceleratorError":
         return True

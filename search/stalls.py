@@ -6,9 +6,9 @@ word (a long evaluation is not a wait, so no note says so either). Every candida
 length and document pool costs about the same (the factors change no shape; an early abort
 only shortens it), so one running STALL_FACTOR times the median of those scored whole (an
 early abort's time would lower it: the candidates that do not abort, the best, would be taken
-for hung), and at least STALL_SECONDS, has a hung worker: the backend replaces it and runs the candidate again
-on another, as after a death (two record it failed; deaths with nothing scored between them,
-as on a cluster whose every GPU hangs, stop the run in one line: backends.MAX_IN_A_ROW).
+for hung), and at least STALL_SECONDS, has a hung worker: the backend replaces it and runs the
+candidate again on another, as after a death (two record it failed; deaths with nothing scored
+between them, as on a cluster whose every GPU hangs, stop the run: cluster.DeathStreak).
 """
 
 from __future__ import annotations
